@@ -1,0 +1,376 @@
+"""Find, read and validate the toolscript configuration file.
+
+It stands alone because the CLI, `auth` and `gateway` all need the validated server
+definitions, and it needs nothing from them. Only the standard library is imported.
+
+The file is TOML with one table per server under `servers`; see `config.toml.example`.
+Every mistake raises `ConfigError` with one line naming the file and the key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+if __package__:
+    from .errors import ConfigError
+else:
+    from errors import ConfigError
+
+__all__ = [
+    "Config",
+    "OAuthConfig",
+    "ServerConfig",
+    "find_config",
+    "is_loopback_host",
+    "load_config",
+    "toolscript_home",
+    "validate_server_name",
+]
+
+SERVER_TYPES = ("stdio", "http", "sse")
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+# `$$` is a literal `$`; `${NAME}` and `${NAME:-default}` are substitutions.
+_VAR_RE = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
+
+_COMMON_KEYS = {"type", "timeout", "include_tools", "exclude_tools"}
+_STDIO_KEYS = _COMMON_KEYS | {"command", "args", "env", "cwd"}
+_REMOTE_KEYS = _COMMON_KEYS | {"url", "headers", "oauth"}
+_OAUTH_KEYS = {"client_id", "client_secret", "scopes", "redirect_uri", "client_metadata_url"}
+
+
+@dataclass(frozen=True)
+class OAuthConfig:
+    """The optional `[servers.NAME.oauth]` table."""
+
+    client_id: str | None = None
+    client_secret: str | None = None
+    scopes: tuple[str, ...] = ()
+    redirect_uri: str | None = None
+    client_metadata_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One validated `[servers.NAME]` table, variables already substituted."""
+
+    name: str
+    type: str
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    oauth: OAuthConfig | None = None
+    include_tools: tuple[str, ...] = ()
+    exclude_tools: tuple[str, ...] = ()
+
+    @property
+    def is_remote(self) -> bool:
+        return self.type in ("http", "sse")
+
+    @property
+    def target(self) -> str:
+        """The command line or URL, for display."""
+        if self.url is not None:
+            return self.url
+        return " ".join([self.command or "", *self.args]).strip()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration: where it came from and its servers, in file order."""
+
+    path: Path | None
+    servers: dict[str, ServerConfig]
+
+    def server(self, name: str) -> ServerConfig:
+        """Return the server called `name` or raise a `ConfigError` listing the known ones."""
+        try:
+            return self.servers[name]
+        except KeyError:
+            known = ", ".join(self.servers) or "none"
+            where = f" in {self.path}" if self.path else ""
+            raise ConfigError(
+                f"Unknown server '{name}'{where} (configured: {known}).", server=name
+            ) from None
+
+
+def toolscript_home(environ: dict[str, str] | None = None) -> Path:
+    """Return `$TOOLSCRIPT_HOME`, defaulting to `~/.toolscript`."""
+    env = os.environ if environ is None else environ
+    home = env.get("TOOLSCRIPT_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".toolscript"
+
+
+def find_config(explicit: str | None = None, environ: dict[str, str] | None = None) -> Path | None:
+    """Return the config path to read, or None when there is none (zero servers).
+
+    Order: `--config`, `$TOOLSCRIPT_CONFIG`, `./toolscript.toml`, `$TOOLSCRIPT_HOME/config.toml`.
+    The first two are returned even if missing, so that reading them fails loudly.
+    """
+    env = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit).expanduser()
+    if env.get("TOOLSCRIPT_CONFIG"):
+        return Path(env["TOOLSCRIPT_CONFIG"]).expanduser()
+    for candidate in (Path("toolscript.toml"), toolscript_home(env) / "config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Find, parse and validate the configuration; see `find_config` for the search order."""
+    env = os.environ if environ is None else environ
+    path = find_config(explicit, env)
+    if path is None:
+        return Config(path=None, servers={})
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        hint = "--config" if explicit else "$TOOLSCRIPT_CONFIG"
+        raise ConfigError(f"{path}: config file not found (given by {hint}).", path=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file.", path=str(path)) from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot read config file: permission denied.", path=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not valid UTF-8.", path=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}", path=str(path)) from None
+    return parse_config(data, path=path, environ=env)
+
+
+def parse_config(data: dict[str, Any], *, path: Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Validate an already parsed TOML document."""
+    env = os.environ if environ is None else environ
+    where = f"{path}: " if path else ""
+
+    def fail(message: str, server: str | None = None) -> ConfigError:
+        return ConfigError(where + message, path=str(path) if path else None, server=server)
+
+    for key in data:
+        if key != "servers":
+            raise fail(f"{key}: unknown key (expected only [servers.NAME] tables)")
+    servers_table = data.get("servers", {})
+    if not isinstance(servers_table, dict):
+        raise fail("servers: must be a table of [servers.NAME] tables")
+    servers: dict[str, ServerConfig] = {}
+    for name, table in servers_table.items():
+        if not _is_valid_name(name):
+            raise fail(f"servers.{name}: {_name_problem(name)}", name)
+        if not isinstance(table, dict):
+            raise fail(f"servers.{name}: must be a table", name)
+        try:
+            servers[name] = _parse_server(name, table, env)
+        except _Invalid as exc:
+            raise fail(str(exc), name) from None
+    return Config(path=path, servers=servers)
+
+
+def validate_server_name(name: str) -> str:
+    """Return `name` if it is a valid server name, else raise `ConfigError`."""
+    if not isinstance(name, str) or not _is_valid_name(name):
+        raise ConfigError(f"Invalid server name {name!r}: {_name_problem(str(name))}.", server=None)
+    return name
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Return whether `host` is `localhost`, in 127.0.0.0/8 or `::1`."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Invalid(Exception):
+    """A validation problem; the message starts with the key path."""
+
+
+def _is_valid_name(name: str) -> bool:
+    return bool(_NAME_RE.fullmatch(name)) and "__" not in name
+
+
+def _name_problem(name: str) -> str:
+    if "__" in name and _NAME_RE.fullmatch(name):
+        return "server names must not contain '__' (it separates server and tool in SERVER__TOOL)"
+    return "server names may contain only letters, digits, '_' and '-'"
+
+
+def _parse_server(name: str, table: dict[str, Any], env: dict[str, str]) -> ServerConfig:
+    prefix = f"servers.{name}"
+    explicit_type = table.get("type")
+    if explicit_type is not None and explicit_type not in SERVER_TYPES:
+        raise _Invalid(f"{prefix}.type: must be one of 'stdio', 'http', 'sse', not {explicit_type!r}")
+    has_command, has_url = "command" in table, "url" in table
+    if has_command and has_url:
+        raise _Invalid(f"{prefix}: give either 'command' (stdio server) or 'url' (http/sse server), not both")
+    if explicit_type in ("http", "sse") and not has_url:
+        raise _Invalid(f"{prefix}: missing 'url' (required for a {explicit_type} server)")
+    if explicit_type == "stdio" and not has_command:
+        raise _Invalid(f"{prefix}: missing 'command' (required for a stdio server)")
+    if not has_command and not has_url:
+        raise _Invalid(f"{prefix}: missing 'command' (stdio server) or 'url' (http/sse server)")
+    kind = explicit_type or ("stdio" if has_command else "http")
+
+    allowed = _STDIO_KEYS if kind == "stdio" else _REMOTE_KEYS
+    for key in table:
+        if key not in allowed:
+            if key in _STDIO_KEYS | _REMOTE_KEYS:
+                raise _Invalid(f"{prefix}.{key}: not allowed for a {kind} server")
+            raise _Invalid(f"{prefix}.{key}: unknown key")
+
+    def sub(value: str, path: str) -> str:
+        return _substitute(value, path, name, env)
+
+    timeout = table.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise _Invalid(f"{prefix}.timeout: must be a positive number of seconds")
+        timeout = float(timeout)
+    include = tuple(sub(p, f"{prefix}.include_tools") for p in _str_list(table, "include_tools", prefix))
+    exclude = tuple(sub(p, f"{prefix}.exclude_tools") for p in _str_list(table, "exclude_tools", prefix))
+
+    if kind == "stdio":
+        command = sub(_str(table, "command", prefix, required=True), f"{prefix}.command")
+        if not command:
+            raise _Invalid(f"{prefix}.command: must not be empty")
+        args = tuple(sub(a, f"{prefix}.args") for a in _str_list(table, "args", prefix))
+        env_table = {k: sub(v, f"{prefix}.env.{k}") for k, v in _str_table(table, "env", prefix).items()}
+        cwd = table.get("cwd")
+        cwd = sub(_str(table, "cwd", prefix), f"{prefix}.cwd") if cwd is not None else None
+        return ServerConfig(
+            name=name, type=kind, command=command, args=args, env=env_table, cwd=cwd,
+            timeout=timeout, include_tools=include, exclude_tools=exclude,
+        )
+
+    url = sub(_str(table, "url", prefix, required=True), f"{prefix}.url")
+    _check_http_url(url, f"{prefix}.url")
+    headers = {k: sub(v, f"{prefix}.headers.{k}") for k, v in _str_table(table, "headers", prefix).items()}
+    oauth = None
+    if "oauth" in table:
+        oauth = _parse_oauth(table["oauth"], f"{prefix}.oauth", sub)
+    return ServerConfig(
+        name=name, type=kind, url=url, headers=headers, timeout=timeout, oauth=oauth,
+        include_tools=include, exclude_tools=exclude,
+    )
+
+
+def _parse_oauth(table: Any, prefix: str, sub: Any) -> OAuthConfig:
+    if not isinstance(table, dict):
+        raise _Invalid(f"{prefix}: must be a table")
+    for key in table:
+        if key not in _OAUTH_KEYS:
+            raise _Invalid(f"{prefix}.{key}: unknown key")
+
+    def opt(key: str) -> str | None:
+        return sub(_str(table, key, prefix), f"{prefix}.{key}") if key in table else None
+
+    client_id, client_secret = opt("client_id"), opt("client_secret")
+    if client_secret is not None and client_id is None:
+        raise _Invalid(f"{prefix}.client_secret: needs client_id as well")
+    redirect_uri = opt("redirect_uri")
+    if redirect_uri is not None:
+        parts = urlsplit(redirect_uri)
+        if parts.scheme != "http" or not is_loopback_host(parts.hostname):
+            raise _Invalid(
+                f"{prefix}.redirect_uri: must be a loopback http URL such as "
+                f"http://127.0.0.1:8765/callback, not {redirect_uri!r}"
+            )
+        try:
+            parts.port
+        except ValueError:
+            raise _Invalid(f"{prefix}.redirect_uri: invalid port in {redirect_uri!r}") from None
+    metadata_url = opt("client_metadata_url")
+    if metadata_url is not None:
+        _check_http_url(metadata_url, f"{prefix}.client_metadata_url")
+    scopes = tuple(sub(s, f"{prefix}.scopes") for s in _str_list(table, "scopes", prefix))
+    for scope in scopes:
+        if not scope or any(c.isspace() for c in scope):
+            raise _Invalid(f"{prefix}.scopes: each scope must be one non-empty word, not {scope!r}")
+    return OAuthConfig(
+        client_id=client_id, client_secret=client_secret, scopes=scopes,
+        redirect_uri=redirect_uri, client_metadata_url=metadata_url,
+    )
+
+
+def _check_http_url(url: str, path: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f"{path}: must be an http:// or https:// URL, not {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise _Invalid(f"{path}: invalid port in {url!r}") from None
+
+
+def _str(table: dict[str, Any], key: str, prefix: str, *, required: bool = False) -> str:
+    value = table.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise _Invalid(f"{prefix}.{key}: must be a string, not {_type_name(value)}")
+    return value
+
+
+def _str_list(table: dict[str, Any], key: str, prefix: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(f"{prefix}.{key}: must be a list of strings")
+    return value
+
+
+def _str_table(table: dict[str, Any], key: str, prefix: str) -> dict[str, str]:
+    value = table.get(key, {})
+    if not isinstance(value, dict):
+        raise _Invalid(f"{prefix}.{key}: must be a table of strings, not {_type_name(value)}")
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise _Invalid(f"{prefix}.{key}.{k}: must be a string, not {_type_name(v)}")
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+        list: "an array", dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _substitute(value: str, path: str, server: str, env: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1):
+            return "$"
+        var, default = match.group(2), match.group(3)
+        found = env.get(var)
+        if found:
+            return found
+        if default is not None:
+            return default
+        if found is not None:  # set but empty, no default: empty is what the user set
+            return found
+        raise _Invalid(
+            f"{path}: environment variable {var} is not set (server '{server}'); "
+            f"set it or write ${{{var}:-default}}"
+        )
+
+    result = _VAR_RE.sub(replace, value)
+    # Anything left that looks like the start of a reference was malformed.
+    leftover = _VAR_RE.sub("", value)
+    if "${" in leftover:
+        raise _Invalid(f"{path}: malformed variable reference (write ${{NAME}}, ${{NAME:-default}} or $$ for a literal $)")
+    return result

@@ -1,0 +1,107 @@
+"""The exception tree shared by every toolscript module.
+
+It stands alone because the CLI, `auth`, `gateway`, `storage` and `config` all raise
+from it, and none of them may import another one upward just to reach an exception.
+
+Messages are one sentence naming the object and the next step; they never contain a
+token, code, state, verifier or client secret.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "AuthRequiredError",
+    "ConfigError",
+    "ConnectError",
+    "StorageError",
+    "ToolError",
+    "ToolscriptError",
+    "UsageError",
+]
+
+
+class ToolscriptError(Exception):
+    """Root of every error toolscript raises on purpose.
+
+    `exit_code` is what the CLI exits with when this error reaches it.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, server: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.server = server
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(ToolscriptError):
+    """A command line that cannot be carried out (unknown server or tool, bad JSON)."""
+
+    exit_code = 2
+
+
+class ConfigError(ToolscriptError):
+    """The configuration file is missing, malformed or invalid."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | None = None, server: str | None = None) -> None:
+        super().__init__(message, server=server)
+        self.path = path
+
+
+class StorageError(ToolscriptError):
+    """A stored OAuth record cannot be read, written or trusted."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | None = None, server: str | None = None) -> None:
+        super().__init__(message, server=server)
+        self.path = path
+
+
+class AuthError(ToolscriptError):
+    """An OAuth step failed.
+
+    `error` carries the OAuth error code (`invalid_grant`, `access_denied`, ...) when the
+    authorization server sent one, so callers branch on it instead of parsing text.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, server: str | None = None, error: str | None = None) -> None:
+        super().__init__(message, server=server)
+        self.error = error
+
+
+class AuthRequiredError(AuthError):
+    """A server needs (new) authorization by the user: `toolscript auth SERVER`."""
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str | None = None,
+        error: str | None = None,
+        scope: str | None = None,
+    ) -> None:
+        super().__init__(message, server=server, error=error)
+        self.scope = scope
+
+
+class ConnectError(ToolscriptError):
+    """A server could not be reached, or failed while serving a request."""
+
+    exit_code = 4
+
+
+class ToolError(ToolscriptError):
+    """A tool ran and reported an error result (`isError`)."""
+
+    exit_code = 1

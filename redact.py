@@ -1,0 +1,85 @@
+"""Keep secrets out of log output.
+
+It stands alone because three modules feed it (`auth` and `gateway` register the
+secret values they handle, the CLI installs the filter on its log handlers) and it
+needs nothing from any of them.
+
+Two layers: exact values registered with `register_secret` (tokens, codes, state,
+PKCE verifiers, client secrets) are masked wherever they appear, and common secret
+shapes (`Bearer ...`, `access_token=...`, `"refresh_token": "..."`) are masked even when
+nobody registered the value.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+__all__ = ["MASK", "RedactingFilter", "redact", "register_secret"]
+
+MASK = "[REDACTED]"
+_MIN_SECRET_LEN = 4
+
+_SECRET_KEYS = (
+    "access_token", "refresh_token", "id_token", "code", "state", "client_secret",
+    "code_verifier", "password", "token", "assertion", "client_assertion",
+)
+_KEYS = "|".join(_SECRET_KEYS)
+_PATTERNS = [
+    # Authorization: Bearer abc / Basic abc
+    (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
+    # form or query: access_token=abc&...   (not e.g. "response_type=code")
+    (re.compile(rf"(?i)(?<![A-Za-z0-9_])({_KEYS})=([^&\s\"'<>]+)"), r"\1=" + MASK),
+    # JSON or repr: "access_token": "abc"  /  'code': 'abc'
+    (re.compile(rf"(?i)([\"'])({_KEYS})\1(\s*[:=]\s*)([\"'])(?:(?!\4).)*\4"), r"\1\2\1\3\4" + MASK + r"\4"),
+    # keyword style: access_token='abc'
+    (re.compile(rf"(?i)(?<![A-Za-z0-9_])({_KEYS})=([\"'])(?:(?!\2).)*\2"), r"\1=\2" + MASK + r"\2"),
+]
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_secret_re: re.Pattern[str] | None = None
+
+
+def register_secret(value: str | None) -> None:
+    """Mask `value` in every log line from now on."""
+    global _secret_re
+    if not value or len(value) < _MIN_SECRET_LEN:
+        return
+    with _lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        # Longest first so a secret containing another is masked whole.
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def redact(text: str) -> str:
+    """Return `text` with registered secrets and secret-shaped values masked."""
+    pattern = _secret_re
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    for regex, replacement in _PATTERNS:
+        text = regex.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that masks secrets in the message, arguments and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not hide the line, nor leak its args
+            message = str(record.msg)
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
