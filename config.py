@@ -146,7 +146,7 @@ def load_config(explicit: str | None = None, environ: dict[str, str] | None = No
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config file is not valid UTF-8.", path=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}", path=str(path)) from None
+        raise ConfigError(f"{path}: {_describe_toml_error(exc, path)}", path=str(path)) from None
     return parse_config(data, path=path, environ=env)
 
 
@@ -197,6 +197,18 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def _describe_toml_error(exc: tomllib.TOMLDecodeError, path: Path) -> str:
+    # tomllib (3.11) puts the position only in the message text.
+    message = str(exc)
+    found = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if found:
+        return f"TOML syntax error at line {found[1]}, column {found[2]}: {message[: found.start()]}"
+    if message.endswith(" (at end of document)"):
+        lines = path.read_text(encoding="utf-8").count("\n") + 1
+        return f"TOML syntax error at line {lines} (end of file): {message[: -len(' (at end of document)')]}"
+    return f"TOML syntax error: {message}"
+
+
 class _Invalid(Exception):
     """A validation problem; the message starts with the key path."""
 
@@ -213,6 +225,9 @@ def _name_problem(name: str) -> str:
 
 def _parse_server(name: str, table: dict[str, Any], env: dict[str, str]) -> ServerConfig:
     prefix = f"servers.{name}"
+    for key in table:
+        if key not in _STDIO_KEYS | _REMOTE_KEYS:
+            raise _Invalid(f"{prefix}.{key}: unknown key")
     explicit_type = table.get("type")
     if explicit_type is not None and explicit_type not in SERVER_TYPES:
         raise _Invalid(f"{prefix}.type: must be one of 'stdio', 'http', 'sse', not {explicit_type!r}")
@@ -230,9 +245,7 @@ def _parse_server(name: str, table: dict[str, Any], env: dict[str, str]) -> Serv
     allowed = _STDIO_KEYS if kind == "stdio" else _REMOTE_KEYS
     for key in table:
         if key not in allowed:
-            if key in _STDIO_KEYS | _REMOTE_KEYS:
-                raise _Invalid(f"{prefix}.{key}: not allowed for a {kind} server")
-            raise _Invalid(f"{prefix}.{key}: unknown key")
+            raise _Invalid(f"{prefix}.{key}: not allowed for a {kind} server")
 
     def sub(value: str, path: str) -> str:
         return _substitute(value, path, name, env)

@@ -82,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Send logs to stderr: toolscript at INFO, libraries at WARNING; every line redacted."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     if verbose:
@@ -98,6 +98,18 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     else:
         root.setLevel(logging.WARNING)
         log.setLevel(logging.INFO)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is now, so `main()` can run repeatedly in one process."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 # -- servers -------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""The CLI skeleton: help, version, servers, error lines and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import toolscript
+from conftest import ROOT, explain, run_cli
+from storage import Record, Store, Tokens
+
+CONFIG = """
+[servers.files]
+command = "python3"
+args = ["server.py"]
+
+[servers.github]
+url = "https://api.example.com/mcp"
+
+[servers.events]
+type = "sse"
+url = "https://events.example.com/sse"
+"""
+
+
+def test_help_lists_commands_and_does_not_import_mcp() -> None:
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['toolscript', '--help']\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'toolscript.py')!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'pydantic', 'anyio', 'httpx2'))\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, explain(proc)
+    assert "servers" in proc.stdout
+    assert "HEAVY []" in proc.stdout
+
+
+def test_servers_does_not_import_mcp(isolated_env: Path) -> None:
+    Path("toolscript.toml").write_text(CONFIG)
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "import toolscript\n"
+        "rc = toolscript.main(['servers'])\n"
+        "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'pydantic', 'anyio')))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, explain(proc)
+    assert "HEAVY []" in proc.stdout
+
+
+def test_version() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"toolscript {toolscript.__version__}"
+
+
+def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Path("toolscript.toml").write_text(CONFIG)
+    Store().save("github", Record(tokens=Tokens(access_token="x")))
+    assert toolscript.main(["servers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "files   stdio  python3 server.py",
+        "github  http   https://api.example.com/mcp  [oauth record]",
+        "events  sse    https://events.example.com/sse",
+    ]
+    assert toolscript.main(["servers", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0] == {"name": "files", "type": "stdio", "command": ["python3", "server.py"], "oauth_record": False}
+    assert rows[1]["oauth_record"] is True and rows[1]["url"] == "https://api.example.com/mcp"
+
+
+def test_servers_without_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert toolscript.main(["servers"]) == 0
+    assert capsys.readouterr().out.strip() == "No servers configured (no config file found). See config.toml.example."
+
+
+def test_config_error_is_one_line_exit_2() -> None:
+    Path("bad.toml").write_text('[servers.gh]\nurl = "https://x"\n[servers.gh.oauth]\nclient_ide = "x"\n')
+    proc = run_cli("--config", "bad.toml", "servers")
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr == "error: bad.toml: servers.gh.oauth.client_ide: unknown key\n"
+    assert proc.stdout == ""
+
+
+def test_verbose_shows_traceback_quiet_does_not() -> None:
+    proc = run_cli("-v", "--config", "missing.toml", "servers")
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and proc.stderr.rstrip().endswith(
+        "error: missing.toml: config file not found (given by --config)."
+    )
+    proc = run_cli("-q", "--config", "missing.toml", "servers")
+    assert proc.returncode == 2
+    assert proc.stderr == "error: missing.toml: config file not found (given by --config).\n"
+
+
+def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert toolscript.main([]) == 2
+    assert "usage: toolscript" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""The redaction filter on real log records from several loggers."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from redact import MASK, RedactingFilter, redact, register_secret
+
+
+@pytest.fixture()
+def captured() -> io.StringIO:
+    """Install a redacting handler on the root logger, as the CLI does."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root, ours = logging.getLogger(), logging.getLogger("toolscript")
+    levels = root.level, ours.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    ours.setLevel(logging.NOTSET)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(levels[0])
+    ours.setLevel(levels[1])
+
+
+def test_registered_secrets_are_masked_at_every_level_and_logger(captured: io.StringIO) -> None:
+    register_secret("s3cr3t-registered-value")
+    for name in ("toolscript", "httpx2", "mcp.client.auth", "urllib3.connectionpool"):
+        logger = logging.getLogger(name)
+        logger.debug("debug %s", "s3cr3t-registered-value")
+        logger.info("info %s!", "xs3cr3t-registered-valuex")
+        logger.warning("in a dict %r", {"k": "s3cr3t-registered-value"})
+        logger.error("error s3cr3t-registered-value")
+    out = captured.getvalue()
+    assert "s3cr3t" not in out
+    assert out.count(MASK) == 16
+    assert "httpx2 debug [REDACTED]" in out
+
+
+def test_secret_shapes_are_masked_without_registration(captured: io.StringIO) -> None:
+    log = logging.getLogger("urllib3")
+    log.debug("POST /token body=grant_type=authorization_code&code=AbC123&code_verifier=vvv&redirect_uri=x")
+    log.debug("GET /authorize?response_type=code&state=st4te&client_id=c")
+    log.debug("headers {'Authorization': 'Bearer eyJhbGciOi.payload.sig'}")
+    log.debug('response {"access_token": "tok1", "refresh_token":"tok2", "token_type": "Bearer"}')
+    log.debug("client_secret=hunter22 and access_token='quoted'")
+    out = captured.getvalue()
+    for secret in ("AbC123", "vvv", "st4te", "eyJhbGciOi", "tok1", "tok2", "hunter22", "quoted"):
+        assert secret not in out, secret
+    assert "response_type=code" in out and "grant_type=authorization_code" in out and "client_id=c" in out
+
+
+def test_tracebacks_are_redacted(captured: io.StringIO) -> None:
+    register_secret("tb-secret-123456")
+    try:
+        raise RuntimeError("failed with tb-secret-123456")
+    except RuntimeError:
+        logging.getLogger("toolscript").exception("boom")
+    out = captured.getvalue()
+    assert "Traceback" in out and "tb-secret-123456" not in out
+
+
+def test_longest_secret_wins_and_short_values_are_ignored() -> None:
+    register_secret("abcd1234")
+    register_secret("abcd1234efgh5678")
+    register_secret("ab")  # too short to mask safely
+    assert redact("x abcd1234efgh5678 y abcd1234 ab") == f"x {MASK} y {MASK} ab"
