@@ -92,8 +92,11 @@ class Metadata:
     server_url: str | None = None
     issuer: str | None = None
     token_endpoint: str | None = None
+    authorization_endpoint: str | None = None
     revocation_endpoint: str | None = None
     resource: str | None = None
+    # Why the last use of these credentials failed (no secret), for `servers` and `auth`.
+    last_error: str | None = None
     # Scopes a call was refused for (insufficient_scope); the next `auth` asks for them.
     requested_scope: str | None = None
     # The discovery chain followed by the last `auth`, for `auth --status`.
@@ -214,26 +217,43 @@ class Store:
     @contextlib.contextmanager
     def lock(self, server: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         """Hold the inter-process lock of `server`'s record (not reentrant)."""
+        fd = self.acquire_lock(server, timeout)
+        try:
+            yield
+        finally:
+            self.release_lock(fd)
+
+    def acquire_lock(self, server: str, timeout: float = LOCK_TIMEOUT) -> int:
+        """Take the lock of `server`'s record and return the handle for `release_lock`.
+
+        The lock is per open file, not per thread: it may be released from another
+        thread, and a second acquire in the same process waits like any other.
+        """
         lock_path = self.path(server).with_suffix(".lock")
         self._ensure_directory()
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise StorageError(
-                            f"Timed out after {timeout:.0f}s waiting for the lock on {lock_path}; "
-                            "another toolscript process is holding it.",
-                            path=str(lock_path), server=server,
-                        ) from None
-                    time.sleep(0.01)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the flock
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StorageError(
+                        f"Timed out after {timeout:.0f}s waiting for the lock on {lock_path}; "
+                        "another toolscript process is holding it.",
+                        path=str(lock_path), server=server,
+                    ) from None
+                time.sleep(0.01)
+            except BaseException:
+                os.close(fd)
+                raise
+
+    @staticmethod
+    def release_lock(fd: int) -> None:
+        """Release a lock taken with `acquire_lock`."""
+        os.close(fd)  # closing the descriptor releases the flock
 
     def update(self, server: str, change: Callable[[Record | None], Record | None]) -> Record | None:
         """Read, change and write one record under its lock; `change` returning None deletes it."""
