@@ -44,6 +44,7 @@ __all__ = [
     "RecordTokenStorage",
     "Store",
     "Tokens",
+    "client_information",
     "same_resource",
 ]
 
@@ -345,22 +346,10 @@ class RecordTokenStorage:
         await _in_thread(self.store.update, self.server, change)
 
     async def get_client_info(self) -> OAuthClientInformationFull | None:
-        from mcp.shared.auth import OAuthClientInformationFull
-
         record = await _in_thread(self.store.load, self.server)
         if record is None or record.client is None:
             return None
-        client = record.client
-        return OAuthClientInformationFull(
-            client_id=client.client_id,
-            client_secret=client.client_secret,
-            token_endpoint_auth_method=client.token_endpoint_auth_method,
-            redirect_uris=[client.redirect_uri] if client.redirect_uri else None,
-            issuer=client.issuer,
-            scope=client.scope,
-            client_id_issued_at=int(client.registered_at) if client.registered_at is not None else None,
-            client_secret_expires_at=int(client.client_secret_expires_at) if client.client_secret_expires_at else None,
-        )
+        return client_information(record.client)
 
     async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
         def change(record: Record | None) -> Record:
@@ -381,6 +370,22 @@ class RecordTokenStorage:
             return record
 
         await _in_thread(self.store.update, self.server, change)
+
+
+def client_information(client: ClientInfo) -> OAuthClientInformationFull:
+    """Return the stored client as the MCP SDK's model."""
+    from mcp.shared.auth import OAuthClientInformationFull
+
+    return OAuthClientInformationFull(
+        client_id=client.client_id,
+        client_secret=client.client_secret,
+        token_endpoint_auth_method=client.token_endpoint_auth_method,
+        redirect_uris=[client.redirect_uri] if client.redirect_uri else None,
+        issuer=client.issuer,
+        scope=client.scope,
+        client_id_issued_at=int(client.registered_at) if client.registered_at is not None else None,
+        client_secret_expires_at=int(client.client_secret_expires_at) if client.client_secret_expires_at else None,
+    )
 
 
 async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:

@@ -1,0 +1,325 @@
+"""The gateway's OAuth: the MCP SDK's `OAuthClientProvider`, non-interactive, over stored records.
+
+It stands alone because it is the one place that subclasses SDK internals
+(`OAuthClientProvider._auth_flow`), so an SDK upgrade touches this file only; the
+gateway imports it lazily, and it imports only `storage`, `config`, `errors` and `redact`.
+
+What it changes in the SDK's provider:
+- tokens, client and the recorded token endpoint are (re)read from the record before
+  every request, so a token another process refreshed, or a new `toolscript auth`, is
+  picked up without a restart, and the SDK knows the absolute expiry;
+- an expired token is refreshed a little before expiry, under the record's
+  inter-process lock, after re-reading the record, so a refresh token is spent once
+  even with many concurrent calls and several processes;
+- it never starts an interactive authorization: where the SDK would open a browser it
+  raises `AuthRequiredError` naming `toolscript auth SERVER`;
+- a rejected refresh deletes only the tokens that were used; a 403 `insufficient_scope`
+  records the scope for the next `toolscript auth`;
+- the bearer token is only attached to requests for the server URL it was issued for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+import httpx2
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.auth.utils import extract_field_from_www_auth, extract_scope_from_www_auth
+from mcp.shared.auth import OAuthClientMetadata, OAuthMetadata, OAuthToken, ProtectedResourceMetadata
+
+if __package__:
+    from .errors import AuthError, AuthRequiredError, ConnectError
+    from .redact import register_secret
+    from .storage import Record, RecordTokenStorage, Store, Tokens, client_information
+else:
+    from errors import AuthError, AuthRequiredError, ConnectError
+    from redact import register_secret
+    from storage import Record, RecordTokenStorage, Store, Tokens, client_information
+
+if TYPE_CHECKING:
+    from config import ServerConfig
+
+__all__ = ["StoredTokenAuth", "auth_required_message", "oauth_status"]
+
+log = logging.getLogger("toolscript.gateway.auth")
+
+# Refresh this long before the recorded expiry, so a call never starts with a token
+# that dies in flight.
+EXPIRY_SKEW = 30.0
+_REJECTED = ("invalid_grant", "invalid_client", "unauthorized_client")
+
+
+def auth_required_message(server: str, reason: str | None = None) -> str:
+    """The one message every authentication-required failure ends with."""
+    why = f" ({reason})" if reason else ""
+    return f"Server '{server}' requires OAuth2 authorization{why}. Run: toolscript auth {server}"
+
+
+def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> tuple[str, str | None]:
+    """Return `(status, reason)` from storage alone: authenticated, pending_authorization or authentication_failed."""
+    tokens = record.tokens_for(server_url) if record else None
+    last_error = record.metadata.last_error if record else None
+    if tokens is None:
+        if last_error:
+            return "authentication_failed", last_error
+        return "pending_authorization", None
+    if tokens.is_expired(now) and not tokens.refresh_token:
+        return "authentication_failed", "the access token expired and there is no refresh token"
+    if last_error:
+        return "authentication_failed", last_error
+    return "authenticated", None
+
+
+class StoredTokenAuth(OAuthClientProvider):
+    """A non-interactive `OAuthClientProvider` over one server's stored record.
+
+    `failure` holds the last authentication error raised, because some transports
+    swallow exceptions raised inside an auth flow; the gateway checks it when a call
+    fails in another way.
+    """
+
+    def __init__(self, store: Store, server: ServerConfig, *, lock_timeout: float = 30.0) -> None:
+        assert server.url is not None
+        self.store = store
+        self.server = server
+        self.lock_timeout = lock_timeout
+        self.failure: AuthError | None = None
+        self._record: Record | None = None
+        storage = RecordTokenStorage(store, server.name, server.url)
+        super().__init__(
+            server_url=server.url,
+            # Required by the SDK's constructor; only its interactive path (never used) reads it.
+            client_metadata=OAuthClientMetadata(redirect_uris=["http://127.0.0.1/callback"]),
+            storage=storage,
+        )
+
+    # -- the flow ----------------------------------------------------------------------
+
+    async def _auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        if not _same_origin(str(request.url), self.server.url or ""):
+            # Never send the token elsewhere; let the request go as it is.
+            yield request
+            return
+        name = self.server.name
+        sent: str | None = None
+        for attempt in (1, 2):
+            async with self.context.lock:
+                tokens = await self._load()
+                if tokens is None:
+                    raise self._fail(AuthRequiredError(self._needs_auth_message(), server=name))
+                # First pass: refresh if (nearly) expired. Second pass, after a 401: refresh
+                # unless another task already replaced the token that was refused.
+                stale = tokens.is_expired(leeway=EXPIRY_SKEW) if attempt == 1 else tokens.access_token == sent
+                if stale:
+                    fd = await anyio.to_thread.run_sync(self.store.acquire_lock, name, self.lock_timeout)
+                    try:
+                        refresh = await self._refresh_request(tokens, forced=attempt == 2)
+                        if refresh is not None:
+                            refresh_request, used = refresh
+                            await self._store_refresh((yield refresh_request), used)
+                    finally:
+                        await anyio.to_thread.run_sync(self.store.release_lock, fd)
+                sent = self._attach(request)
+            response = yield request
+            if response.status_code != 401:
+                break
+            if attempt == 1:
+                log.debug("server '%s' answered 401; refreshing once", name)
+            else:
+                reason = "the server rejected the access token"
+                await self._record_error(reason)
+                raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name))
+
+        if response.status_code == 403 and extract_field_from_www_auth(response, "error") == "insufficient_scope":
+            scope = extract_scope_from_www_auth(response)
+            await self._record_scope(scope)
+            wanted = f"scope '{scope}'" if scope else "more scopes"
+            raise self._fail(AuthRequiredError(
+                f"Server '{name}' needs {wanted} for this request (insufficient_scope). Run: toolscript auth {name}",
+                server=name, error="insufficient_scope", scope=scope,
+            ))
+        self.failure = None
+
+    async def _refresh_request(self, used: Tokens, forced: bool) -> tuple[httpx2.Request, Tokens] | None:
+        """With the record lock held: the refresh request to send, or None if another process already refreshed."""
+        name = self.server.name
+        current = await self._load()
+        if current is None:
+            raise self._fail(AuthRequiredError(self._needs_auth_message(), server=name))
+        if current.access_token != used.access_token:
+            if not current.is_expired(leeway=EXPIRY_SKEW):
+                log.debug("server '%s': using tokens refreshed by another process", name)
+                return None
+        elif not forced and not current.is_expired(leeway=EXPIRY_SKEW):
+            return None
+        if not current.refresh_token:
+            reason = "the access token expired and there is no refresh token"
+            raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name))
+        if self.context.client_info is None or self.context.oauth_metadata is None:
+            reason = "the stored record lacks the client or token endpoint needed to refresh"
+            raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name))
+        log.debug("server '%s': refreshing the access token at %s", name, self.context.oauth_metadata.token_endpoint)
+        return await self._refresh_token(), current
+
+    async def _store_refresh(self, response: httpx2.Response, used: Tokens) -> None:
+        """Persist a refresh response (the lock is held) or raise what it means."""
+        name = self.server.name
+        body = await response.aread()
+        if response.status_code == 200:
+            try:
+                token = OAuthToken.model_validate_json(body)
+            except ValueError:
+                raise self._fail(ConnectError(
+                    f"Token refresh for server '{name}' failed: the token endpoint sent an invalid response.", server=name,
+                )) from None
+            register_secret(token.access_token)
+            register_secret(token.refresh_token)
+            new = Tokens(
+                access_token=token.access_token,
+                token_type="Bearer",
+                # RFC 6749 §6: no new refresh token or scope means the old ones still hold.
+                refresh_token=token.refresh_token or used.refresh_token,
+                scope=token.scope or used.scope,
+                expires_at=time.time() + token.expires_in if token.expires_in is not None else None,
+            )
+
+            def save(record: Record | None) -> None:
+                record = record or Record()
+                record.tokens = new
+                record.metadata.last_error = None
+                self.store.save(name, record)
+
+            await anyio.to_thread.run_sync(lambda: save(self.store.load(name)))
+            self._use(new)
+            log.debug("server '%s': access token refreshed", name)
+            return
+        error, description = _oauth_error(response, body)
+        summary = f"{response.status_code} {error or 'error'}" + (f": {description}" if description else "")
+        if response.status_code in (400, 401) and error in _REJECTED:
+            reason = f"the refresh token was rejected: {error}"
+
+            def forget(record: Record | None) -> None:
+                # Delete only the tokens that were used, never newer ones.
+                if record is not None and record.tokens is not None and record.tokens.access_token == used.access_token:
+                    record.tokens = None
+                    record.metadata.last_error = reason
+                    self.store.save(name, record)
+
+            await anyio.to_thread.run_sync(lambda: forget(self.store.load(name)))
+            self.context.clear_tokens()
+            log.error("Token refresh for server '%s' was rejected (%s). Run: toolscript auth %s", name, error, name)
+            raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name, error=error))
+        await self._record_error(f"token refresh failed: {summary}")
+        log.error("Token refresh for server '%s' failed: %s; will retry on the next call", name, summary)
+        raise self._fail(ConnectError(f"Token refresh for server '{name}' failed: {summary}.", server=name))
+
+    # -- state -------------------------------------------------------------------------
+
+    async def _load(self) -> Tokens | None:
+        """Re-read the record into the SDK's context; return the tokens usable for this URL."""
+        record = await anyio.to_thread.run_sync(self.store.load, self.server.name)
+        self._record = record
+        tokens = record.tokens_for(self.server.url) if record else None
+        ctx = self.context
+        ctx.client_info = client_information(record.client) if record and record.client else None
+        meta = record.metadata if record else None
+        if meta and meta.issuer and meta.token_endpoint:
+            ctx.oauth_metadata = OAuthMetadata(
+                issuer=meta.issuer,
+                # The model requires it; only the interactive path, never taken here, reads it.
+                authorization_endpoint=meta.authorization_endpoint or meta.token_endpoint,
+                token_endpoint=meta.token_endpoint,
+                revocation_endpoint=meta.revocation_endpoint,
+            )
+            ctx.auth_server_url = meta.issuer
+            # With resource metadata set, the SDK sends `resource` on refresh (RFC 8707).
+            ctx.protected_resource_metadata = (
+                ProtectedResourceMetadata(resource=meta.resource, authorization_servers=[meta.issuer])
+                if meta.resource else None
+            )
+        else:
+            ctx.oauth_metadata = None
+        if ctx.client_info is not None and ctx.client_info.token_endpoint_auth_method is None:
+            # The SDK sends no secret when the method is unknown; RFC 7591's default is basic.
+            ctx.client_info.token_endpoint_auth_method = "client_secret_basic" if ctx.client_info.client_secret else "none"
+        self._use(tokens)
+        self._initialized = True
+        return tokens
+
+    def _use(self, tokens: Tokens | None) -> None:
+        if tokens is None:
+            self.context.clear_tokens()
+            return
+        register_secret(tokens.access_token)
+        register_secret(tokens.refresh_token)
+        self.context.current_tokens = OAuthToken(
+            access_token=tokens.access_token, refresh_token=tokens.refresh_token, scope=tokens.scope,
+        )
+        self.context.token_expiry_time = tokens.expires_at - EXPIRY_SKEW if tokens.expires_at is not None else None
+
+    def _attach(self, request: httpx2.Request) -> str | None:
+        tokens = self.context.current_tokens
+        if tokens is None:
+            return None
+        request.headers["Authorization"] = f"Bearer {tokens.access_token}"
+        return tokens.access_token
+
+    def _needs_auth_message(self) -> str:
+        record = self._record
+        if record is not None and record.tokens is not None and record.tokens_for(self.server.url) is None:
+            return auth_required_message(self.server.name, "the stored tokens were issued for another URL")
+        return auth_required_message(self.server.name)
+
+    def _fail(self, error: AuthError | ConnectError) -> AuthError | ConnectError:
+        if isinstance(error, AuthError):
+            self.failure = error
+            log.debug("server '%s': %s", self.server.name, error)
+        return error
+
+    async def _record_error(self, reason: str) -> None:
+        def change(record: Record | None) -> Record | None:
+            if record is not None:
+                record.metadata.last_error = reason
+            return record
+
+        await anyio.to_thread.run_sync(self.store.update, self.server.name, change)
+
+    async def _record_scope(self, scope: str | None) -> None:
+        if not scope:
+            return
+
+        def change(record: Record | None) -> Record:
+            record = record or Record()
+            wanted = (record.metadata.requested_scope or "").split()
+            wanted += [s for s in scope.split() if s not in wanted]
+            record.metadata.requested_scope = " ".join(wanted)
+            return record
+
+        await anyio.to_thread.run_sync(self.store.update, self.server.name, change)
+
+
+def _oauth_error(response: httpx2.Response, body: bytes) -> tuple[str | None, str | None]:
+    try:
+        data = response.json() if body else {}
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    error, description = data.get("error"), data.get("error_description")
+    return (error if isinstance(error, str) else None), (description if isinstance(description, str) else None)
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+
+    def port(p: object) -> int | None:
+        parts = p  # type: ignore[assignment]
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme)  # type: ignore[attr-defined]
+
+    return (pa.scheme.lower(), (pa.hostname or "").lower(), port(pa)) == (pb.scheme.lower(), (pb.hostname or "").lower(), port(pb))
