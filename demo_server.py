@@ -138,15 +138,18 @@ class DemoServer:
     options exist for the test suite: `registration` and `revocation` switch those
     endpoints, `resource_metadata=False` serves no RFC 9728 document (an MCP 2025-03-26
     style server), `transport` is "http" (streamable HTTP at /mcp) or "sse" (at /sse), and
-    `wrap` puts an ASGI middleware in front of the whole application.
+    `wrap` puts an ASGI middleware in front of the whole application, and
+    `require_auth=False` serves the tools to anyone (no OAuth at all).
     """
 
-    def __init__(self, *, transport: str = "http", registration: bool = True, revocation: bool = True,
+    def __init__(self, *, transport: str = "http", require_auth: bool = True, registration: bool = True,
+                 revocation: bool = True,
                  resource_metadata: bool = True, token_lifetime: int | None = 3600, refresh_tokens: bool = True,
                  rotate_refresh_tokens: bool = True, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> None:
         if transport not in ("http", "sse"):
             raise ValueError(f"transport must be 'http' or 'sse', not {transport!r}")
         self.transport = transport
+        self._require_auth = require_auth
         self._registration = registration
         self._revocation = revocation
         self._resource_metadata = resource_metadata
@@ -199,7 +202,7 @@ class DemoServer:
             self._sock.close()
 
     def _build_app(self) -> ASGIApp:
-        auth = AuthSettings(
+        auth = None if not self._require_auth else AuthSettings(
             issuer_url=self.origin,  # type: ignore[arg-type]
             resource_server_url=self.url if self._resource_metadata else None,  # type: ignore[arg-type]
             validate_token_resource=True if self._resource_metadata else None,
@@ -209,7 +212,8 @@ class DemoServer:
             ),
             revocation_options=RevocationOptions(enabled=self._revocation),
         )
-        mcp = MCPServer("toolscript-demo", auth_server_provider=self.provider, auth=auth, log_level="WARNING",
+        mcp = MCPServer("toolscript-demo", auth_server_provider=self.provider if auth else None, auth=auth,
+                        log_level="WARNING",
                         instructions="A local demo server: its OAuth consent step approves automatically.")
 
         @mcp.tool()
