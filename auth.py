@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
-import requests
-
 if __package__:
     from .config import is_loopback_host
     from .errors import AuthError, StorageError
@@ -47,6 +45,8 @@ else:
     from storage import ClientInfo, Metadata, Record, Store, Tokens, same_resource
 
 if TYPE_CHECKING:
+    import requests
+
     from config import ServerConfig
 
 __all__ = [
@@ -158,6 +158,9 @@ def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
     if record is None:
         return result
     tokens, client, endpoint = record.tokens, record.client, record.metadata.revocation_endpoint
+    for value in (tokens.access_token, tokens.refresh_token) if tokens else ():
+        register_secret(value)
+    register_secret(client.client_secret if client else None)
     if tokens is not None and client is not None and endpoint:
         http = _Http(http_timeout)
         try:
@@ -262,9 +265,14 @@ def status_report(server: ServerConfig, store: Store, now: float | None = None) 
 
 
 class _Http:
-    """requests with a timeout on every call, same-origin redirects only, and DEBUG lines."""
+    """requests with a timeout on every call, same-origin redirects only, and DEBUG lines.
+
+    `requests` is imported here, not at the top, so the status commands stay fast.
+    """
 
     def __init__(self, timeout: float) -> None:
+        import requests
+
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["User-Agent"] = _USER_AGENT
@@ -273,6 +281,8 @@ class _Http:
         self.session.close()
 
     def request(self, method: str, url: str, *, step: str, **kwargs: Any) -> requests.Response:
+        import requests
+
         for _ in range(_MAX_REDIRECTS + 1):
             log.debug("%s %s", method, _mask_query(url))
             try:
@@ -831,7 +841,8 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
     if open_browser is not None:
         log.info("Opening the authorization URL in the browser")
         if not open_browser(url):
-            log.warning("Could not open a browser; open the URL above yourself.")
+            log.warning("Could not open a browser; open the URL above yourself "
+                        "(or run again with --no-browser to paste the redirected URL).")
     log.info("Waiting for the authorization (up to %s)", _duration(timeout))
     try:
         code = callback.wait(timeout)
@@ -964,7 +975,7 @@ def _mask_query(url: str) -> str:
 
 
 def _reason(exc: requests.RequestException) -> str:
-    text = str(exc.__context__ or exc) if isinstance(exc, requests.ConnectionError) else str(exc)
+    text = str(exc.__context__ or exc)
     for marker in ("Connection refused", "Name or service not known", "certificate verify failed",
                    "No route to host", "Temporary failure in name resolution", "timed out"):
         if marker in text:

@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 if __package__:
     from . import config as _config
@@ -27,6 +27,8 @@ else:
     from storage import Store
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from config import Config, ServerConfig
 
 __all__ = ["main"]
@@ -193,7 +195,7 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
     return _auth_run(server, store, auth, no_browser=args.no_browser, timeout=args.timeout)
 
 
-def _auth_list(cfg: Config, store: Store, auth: Any) -> int:
+def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
     if not cfg.servers:
         _print(f"No servers configured ({cfg.path or 'no config file found'}).")
         return EXIT_OK
@@ -215,7 +217,7 @@ def _auth_list(cfg: Config, store: Store, auth: Any) -> int:
     return EXIT_OK
 
 
-def _auth_run(server: ServerConfig, store: Store, auth: Any, *, no_browser: bool, timeout: float,
+def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browser: bool, timeout: float,
               open_browser: Callable[[str], object] | None = None) -> int:
     import webbrowser
 
