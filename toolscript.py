@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 if __package__:
     from . import config as _config
-    from .errors import ToolscriptError, UsageError
+    from .errors import ConnectError, ToolscriptError, UsageError
     from .redact import RedactingFilter, redact
     from .storage import Store
 else:
     import config as _config
-    from errors import ToolscriptError, UsageError
+    from errors import ConnectError, ToolscriptError, UsageError
     from redact import RedactingFilter, redact
     from storage import Store
 
@@ -353,7 +353,10 @@ def _demo_use_server(url: str, access_token: str) -> None:
                 shown = ", ".join(f"{k}={v}" for k, v in arguments.items())
                 _print(f"5. Called {name}({shown}): {text}" if name == "add" else f"6. Called {name}(): {text}")
 
-    anyio.run(run)
+    try:
+        anyio.run(run)
+    except Exception as exc:  # the SDK raises exception groups; one line is enough here
+        raise ConnectError(f"Using the demo server's tools failed: {type(exc).__name__}: {exc}") from None
 
 
 # -- output helpers ------------------------------------------------------------------
