@@ -1,8 +1,994 @@
 """OAuth2 for MCP servers: discovery, client registration and the Authorization Code flow.
 
-Filled in by the `toolscript auth` issue.
+`authenticate` runs the whole interactive flow for one configured `http` or `sse` server
+and stores the result with `storage.Store`: probe the server, discover its protected
+resource metadata (RFC 9728) and authorization server metadata (RFC 8414, OpenID Connect
+discovery), obtain a client (stored, configured, client ID metadata document or dynamic
+registration per RFC 7591), run the Authorization Code flow with PKCE through a loopback
+redirect server, and exchange the code for tokens. `logout` revokes and deletes what was
+stored; `auth_state` and `status_report` describe it without network.
+
+It is built on `requests` and `http.server` and is synchronous; the MCP SDK is not
+imported. Progress goes to the `toolscript.auth` logger at INFO (each URL requested at
+DEBUG, query values masked); every token, code, state, verifier and client secret is
+registered with `redact` before it could reach a log line. Errors are `AuthError`s whose
+message names the step and what the server said, never a secret.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import base64
+import hashlib
+import hmac
+import html
+import http.server
+import logging
+import queue
+import re
+import secrets
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
+
+if __package__:
+    from .config import is_loopback_host
+    from .errors import AuthError, StorageError
+    from .redact import redact, register_secret
+    from .storage import ClientInfo, Metadata, Record, Store, Tokens, same_resource
+else:
+    from config import is_loopback_host
+    from errors import AuthError, StorageError
+    from redact import redact, register_secret
+    from storage import ClientInfo, Metadata, Record, Store, Tokens, same_resource
+
+if TYPE_CHECKING:
+    import requests
+
+    from config import ServerConfig
+
+__all__ = [
+    "AuthState",
+    "LogoutResult",
+    "auth_state",
+    "authenticate",
+    "describe_tokens",
+    "logout",
+    "parse_www_authenticate",
+    "status_report",
+]
+
+log = logging.getLogger("toolscript.auth")
+
+HTTP_TIMEOUT = 30.0
+CALLBACK_PATH = "/callback"
+OFFLINE_ACCESS = "offline_access"
+PROTOCOL_VERSION = "2025-11-25"
+_MAX_REDIRECTS = 5
+_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
+_USER_AGENT = "toolscript"
+
+
+# -- public results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthState:
+    """What `toolscript auth` (no server) shows for one server: a state word and details."""
+
+    state: str  # "authenticated", "expired", "not authenticated" or "n/a"
+    detail: str = ""
+    needs_auth: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.state} ({self.detail})" if self.detail else self.state
+
+
+@dataclass
+class LogoutResult:
+    """What `logout` did: which tokens the server revoked, what failed, what was deleted."""
+
+    revoked: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    deleted_tokens: bool = False
+    deleted_client: bool = False
+
+
+# -- the flow ------------------------------------------------------------------------
+
+
+def authenticate(
+    server: ServerConfig,
+    store: Store,
+    *,
+    open_browser: Callable[[str], object] | None,
+    show_url: Callable[[str], None],
+    read_pasted: Callable[[], str] | None = None,
+    timeout: float = 300.0,
+    http_timeout: float = HTTP_TIMEOUT,
+) -> Record | None:
+    """Authenticate `server` interactively and store the result; None if it needs no auth.
+
+    `show_url` is given the authorization URL (always); `open_browser` then opens it
+    (None: do not). `read_pasted`, when given, is called repeatedly in a thread for a
+    line holding the redirected URL, as an alternative to the loopback callback.
+    `timeout` bounds the wait for the browser.
+    """
+    if not server.is_remote or server.url is None:
+        raise AuthError(f"Server '{server.name}' is a {server.type} server; only http and sse servers use OAuth.",
+                        server=server.name)
+    http = _Http(http_timeout)
+    try:
+        discovery = _discover(http, server)
+        if discovery is None:
+            return None
+        record = store.load(server.name)
+        scope = _choose_scope(server, discovery, record)
+        callback, client = _prepare_client(http, server, discovery, record, scope)
+        with callback:
+            code, verifier = _authorize(server, discovery, client, scope, callback, open_browser=open_browser,
+                                        show_url=show_url, read_pasted=read_pasted, timeout=timeout)
+        log.info("Exchanging the authorization code for tokens")
+        tokens = _exchange_code(http, discovery, client, code, verifier, scope)
+    finally:
+        http.close()
+
+    new = Record(client=client, tokens=tokens, metadata=Metadata(
+        server_url=server.url, issuer=discovery.issuer, token_endpoint=discovery.token_endpoint,
+        revocation_endpoint=discovery.revocation_endpoint, resource=discovery.resource,
+        discovery=discovery.chain, scope_requested=scope,
+    ))
+    store.update(server.name, lambda _old: new)
+    return new
+
+
+def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
+           http_timeout: float = HTTP_TIMEOUT) -> LogoutResult:
+    """Revoke the stored tokens at the server (RFC 7009) when it can, then delete them."""
+    result = LogoutResult()
+    try:
+        record = store.load(server.name)
+    except StorageError:
+        if not forget_client:
+            raise
+        result.deleted_client = result.deleted_tokens = store.delete(server.name)  # corrupt: nothing to revoke
+        return result
+    if record is None:
+        return result
+    tokens, client, endpoint = record.tokens, record.client, record.metadata.revocation_endpoint
+    for value in (tokens.access_token, tokens.refresh_token) if tokens else ():
+        register_secret(value)
+    register_secret(client.client_secret if client else None)
+    if tokens is not None and client is not None and endpoint:
+        http = _Http(http_timeout)
+        try:
+            for kind, value in (("refresh_token", tokens.refresh_token), ("access_token", tokens.access_token)):
+                if not value:
+                    continue
+                name = kind.replace("_", " ")
+                try:
+                    _check_endpoint(endpoint, "revocation endpoint")
+                    data, auth = _client_auth(client, {"token": value, "token_type_hint": kind})
+                    response = http.request("POST", endpoint, step=f"Revoking the {name}", data=data, auth=auth)
+                    if response.status_code != 200:
+                        raise _server_error(f"Revoking the {name}", response)
+                    result.revoked.append(name)
+                except AuthError as exc:
+                    result.failures.append(exc.message)
+        finally:
+            http.close()
+
+    def change(old: Record | None) -> Record | None:
+        if old is None or forget_client:
+            return None
+        old.tokens = None
+        old.metadata.requested_scope = None
+        return old if old.client is not None else None
+
+    result.deleted_tokens = tokens is not None
+    result.deleted_client = forget_client and client is not None
+    store.update(server.name, change)
+    return result
+
+
+# -- status (no network) -------------------------------------------------------------
+
+
+def auth_state(server: ServerConfig, record: Record | None, now: float | None = None) -> AuthState:
+    """Classify `server` from its config and stored record alone."""
+    if not server.is_remote:
+        return AuthState("n/a", "stdio server")
+    if any(name.lower() == "authorization" for name in server.headers):
+        return AuthState("n/a", "Authorization header configured")
+    tokens = record.tokens_for(server.url) if record else None
+    if tokens is None:
+        return AuthState("not authenticated", needs_auth=True)
+    now = time.time() if now is None else now
+    if tokens.is_expired(now):
+        if tokens.refresh_token:
+            return AuthState("expired", "refreshable")
+        return AuthState("expired", "not refreshable", needs_auth=True)
+    return AuthState("authenticated", describe_tokens(tokens, now))
+
+
+def describe_tokens(tokens: Tokens, now: float | None = None) -> str:
+    """Return e.g. `scopes: repo read:user; expires in 59 min; refresh token: yes`."""
+    now = time.time() if now is None else now
+    expiry = "no expiry" if tokens.expires_at is None else f"expires in {_duration(tokens.expires_at - now)}"
+    return f"scopes: {tokens.scope or '(none)'}; {expiry}; refresh token: {'yes' if tokens.refresh_token else 'no'}"
+
+
+def status_report(server: ServerConfig, store: Store, now: float | None = None) -> list[tuple[str, str]]:
+    """Return (label, value) lines for `toolscript auth SERVER --status`; no secret values."""
+    now = time.time() if now is None else now
+    path = store.path(server.name)
+    record = store.load(server.name)
+    state = auth_state(server, record, now)
+    lines = [("Server", f"{server.name} ({server.type} {server.target})"), ("State", str(state))]
+    if record is None:
+        lines.append(("Record", f"{path} (none)"))
+        return lines
+    try:
+        mode = f"mode {stat.S_IMODE(path.stat().st_mode):03o}"
+    except OSError:
+        mode = "unreadable"
+    lines.append(("Record", f"{path} ({mode}; directory mode {stat.S_IMODE(path.parent.stat().st_mode):03o})"))
+    meta = record.metadata
+    for number, step in enumerate(meta.discovery, 1):
+        lines.append(("Discovery" if number == 1 else "", f"{number}. {step}"))
+    lines += [("Issuer", meta.issuer or "-"), ("Token endpoint", meta.token_endpoint or "-"),
+              ("Revocation endpoint", meta.revocation_endpoint or "none"), ("Resource", meta.resource or "-")]
+    client = record.client
+    if client is not None:
+        how = {"dynamic": "dynamic client registration (RFC 7591)", "config": "configured client_id",
+               "metadata_url": "client ID metadata document"}.get(client.registration_source, client.registration_source)
+        secret = "; client secret stored" if client.client_secret else ""
+        lines += [("Client", f"{client.client_id} via {how}{secret}"),
+                  ("Token auth method", client.token_endpoint_auth_method or "-"),
+                  ("Redirect URI", client.redirect_uri or "-")]
+    lines.append(("Scopes requested", meta.scope_requested or "(none)"))
+    if meta.requested_scope:
+        lines.append(("Step-up scopes", f"{meta.requested_scope} (asked for by the next toolscript auth)"))
+    tokens = record.tokens
+    if tokens is not None:
+        expires = "never" if tokens.expires_at is None else (
+            time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(tokens.expires_at))
+            + (" (expired)" if tokens.is_expired(now) else f" (in {_duration(tokens.expires_at - now)})"))
+        lines += [("Scopes granted", tokens.scope or "(none)"), ("Expires", expires),
+                  ("Refresh token", "yes" if tokens.refresh_token else "no")]
+    return lines
+
+
+# -- HTTP ----------------------------------------------------------------------------
+
+
+class _Http:
+    """requests with a timeout on every call, same-origin redirects only, and DEBUG lines.
+
+    `requests` is imported here, not at the top, so the status commands stay fast.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        import requests
+
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = _USER_AGENT
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(self, method: str, url: str, *, step: str, **kwargs: Any) -> requests.Response:
+        import requests
+
+        for _ in range(_MAX_REDIRECTS + 1):
+            log.debug("%s %s", method, _mask_query(url))
+            try:
+                response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
+            except requests.Timeout:
+                raise AuthError(f"{step} failed: {_origin(url)} did not answer within {self.timeout:.0f}s.") from None
+            except requests.RequestException as exc:
+                raise AuthError(f"{step} failed: cannot reach {_origin(url)} ({_reason(exc)}).") from None
+            location = response.headers.get("Location")
+            # Only GETs and method-preserving redirects are followed, and only on the same origin.
+            if response.status_code not in (301, 302, 303, 307, 308) or not location:
+                return response
+            target = urljoin(url, location)
+            if _origin(target) != _origin(url) or (method != "GET" and response.status_code not in (307, 308)):
+                log.debug("not following redirect from %s to %s", _mask_query(url), _mask_query(target))
+                return response
+            response.close()
+            url = target
+        raise AuthError(f"{step} failed: too many redirects from {_origin(url)}.")
+
+
+def _server_error(step: str, response: requests.Response) -> AuthError:
+    """Build `<step> failed: 400 invalid_grant: code expired` from an error response."""
+    error = description = None
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            error, description = body.get("error"), body.get("error_description")
+    except ValueError:
+        pass
+    status = f"{response.status_code} {response.reason or ''}".strip()
+    if response.status_code in (301, 302, 303, 307, 308):
+        status += f" (redirect to {_origin(urljoin(response.url, response.headers.get('Location', '')))}, not followed)"
+    if isinstance(error, str):
+        detail = f"{response.status_code} {error}" + (f": {description}" if isinstance(description, str) and description else "")
+        return AuthError(redact(f"{step} failed: {detail}"), error=error)
+    return AuthError(f"{step} failed: {status}")
+
+
+def _json_object(response: requests.Response, step: str, url: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise AuthError(f"{step} failed: {url} did not return a JSON object.")
+    return body
+
+
+def _check_endpoint(url: str, what: str) -> None:
+    """Refuse a discovered endpoint that is not https, unless it is on a loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+        return
+    raise AuthError(f"The {what} {_mask_query(url)} is not an https URL; refusing to use it "
+                    "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")
+
+
+# -- step 1-3: probe and discovery ---------------------------------------------------
+
+
+@dataclass
+class _Discovery:
+    server_url: str
+    resource: str
+    issuer: str
+    metadata: dict[str, Any]
+    challenge_scope: str | None
+    resource_scopes: list[str] | None
+    chain: list[str]
+    defaults: bool = False  # no metadata was published: legacy default endpoints
+
+    @property
+    def authorization_endpoint(self) -> str:
+        return self.metadata["authorization_endpoint"]
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.metadata["token_endpoint"]
+
+    @property
+    def registration_endpoint(self) -> str | None:
+        return self.metadata.get("registration_endpoint")
+
+    @property
+    def revocation_endpoint(self) -> str | None:
+        return self.metadata.get("revocation_endpoint")
+
+    def supports(self, key: str, value: str) -> bool:
+        values = self.metadata.get(key)
+        return isinstance(values, list) and value in values
+
+
+def _discover(http: _Http, server: ServerConfig) -> _Discovery | None:
+    assert server.url is not None
+    name, url = server.name, server.url
+    log.info("Probing %s", url)
+    challenge = _probe(http, server)
+    if challenge is None:
+        return None
+    chain = [f"probe {url}: 401, WWW-Authenticate " + (", ".join(f"{k}={v}" for k, v in challenge.items()
+                                                               if k in ("resource_metadata", "scope")) or "without parameters")]
+    prm, prm_url = _fetch_resource_metadata(http, url, challenge.get("resource_metadata"), chain)
+    if prm is not None:
+        resource = prm.get("resource")
+        if not isinstance(resource, str) or not _resource_covers(resource, url):
+            raise AuthError(f"Protected resource metadata at {prm_url} names resource {resource!r}, which does not "
+                            f"match server '{name}' at {url} (RFC 8707); refusing to authenticate.", server=name)
+        servers = prm.get("authorization_servers")
+        if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
+            raise AuthError(f"Protected resource metadata at {prm_url} lists no authorization server.", server=name)
+        issuer = servers[0]
+        scopes = prm.get("scopes_supported")
+        resource_scopes = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else None
+        metadata, defaults = _fetch_server_metadata(http, issuer, chain), False
+        if metadata is None:
+            raise AuthError(f"No authorization server metadata found for issuer {issuer} "
+                            f"(tried {', '.join(_metadata_urls(issuer))}).", server=name)
+    else:
+        # MCP 2025-03-26: no protected resource metadata; the server's origin is the
+        # authorization server, with default endpoints when it publishes no metadata.
+        resource, issuer, resource_scopes = url, _origin(url), None
+        log.info("No protected resource metadata; using %s as the authorization server (MCP 2025-03-26)", issuer)
+        metadata = _fetch_server_metadata(http, issuer, chain)
+        defaults = metadata is None
+        if metadata is None:
+            metadata = {"issuer": issuer, "authorization_endpoint": issuer + "/authorize",
+                        "token_endpoint": issuer + "/token", "registration_endpoint": issuer + "/register"}
+            chain.append(f"no authorization server metadata: default endpoints {issuer}/authorize, /token, /register")
+            log.info("No authorization server metadata; using the default endpoints /authorize, /token, /register")
+    _check_server_metadata(metadata, issuer, name, pkce=not defaults)
+    log.info("Authorization server: %s", issuer)
+    return _Discovery(server_url=url, resource=resource, issuer=issuer, metadata=metadata,
+                      challenge_scope=challenge.get("scope"), resource_scopes=resource_scopes, chain=chain,
+                      defaults=defaults)
+
+
+def _probe(http: _Http, server: ServerConfig) -> dict[str, str] | None:
+    """Make an unauthenticated MCP request; return the 401's WWW-Authenticate parameters."""
+    assert server.url is not None
+    headers = {k: v for k, v in server.headers.items()}
+    step = f"Probing server '{server.name}'"
+    if server.type == "sse":
+        with http.request("GET", server.url, step=step, headers={**headers, "Accept": "text/event-stream"},
+                          stream=True) as response:
+            return _challenge(response, server)
+    headers.update({"Accept": "application/json, text/event-stream", "Content-Type": "application/json"})
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+        "clientInfo": {"name": "toolscript", "version": "auth-probe"}}}
+    with http.request("POST", server.url, step=step, json=initialize, headers=headers, stream=True) as response:
+        challenge = _challenge(response, server)
+        session = response.headers.get("Mcp-Session-Id")
+    if challenge is not None:
+        return challenge
+    # Some servers let `initialize` through and protect only the methods after it.
+    headers["MCP-Protocol-Version"] = PROTOCOL_VERSION
+    if session:
+        headers["Mcp-Session-Id"] = session
+    try:
+        http.request("POST", server.url, step=step, headers=headers,
+                     json={"jsonrpc": "2.0", "method": "notifications/initialized"}).close()
+        with http.request("POST", server.url, step=step, headers=headers, stream=True,
+                          json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}) as response:
+            challenge = _challenge(response, server, strict=False)
+    finally:
+        if session:
+            try:
+                http.request("DELETE", server.url, step=step, headers=headers).close()
+            except AuthError:
+                pass
+    return challenge
+
+
+def _challenge(response: requests.Response, server: ServerConfig, strict: bool = True) -> dict[str, str] | None:
+    if response.status_code == 401:
+        return parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
+    if 200 <= response.status_code < 300 or not strict:
+        return None
+    raise AuthError(f"Probing server '{server.name}' failed: {response.status_code} {response.reason or ''}".strip()
+                    + f" from {server.url} (expected 401 asking for authentication).", server=server.name)
+
+
+_PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]+)')
+
+
+def parse_www_authenticate(header: str) -> dict[str, str]:
+    """Return the auth-params of a `WWW-Authenticate: Bearer ...` header (unquoted)."""
+    match = re.search(r"(?i)\bbearer\b", header)
+    text = header[match.end():] if match else header
+    params: dict[str, str] = {}
+    for key, value in _PARAM_RE.findall(text):
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        params.setdefault(key.lower(), value)
+    return params
+
+
+def _fetch_resource_metadata(http: _Http, server_url: str, hinted: str | None,
+                             chain: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    parts = urlsplit(server_url)
+    origin = _origin(server_url)
+    candidates = [hinted] if hinted else []
+    path = parts.path.rstrip("/")
+    if path:
+        candidates.append(f"{origin}/.well-known/oauth-protected-resource{path}")
+    candidates.append(f"{origin}/.well-known/oauth-protected-resource")
+    for url in dict.fromkeys(candidates):
+        _check_endpoint(url, "protected resource metadata URL")
+        log.info("Fetching protected resource metadata from %s", url)
+        document = _fetch_document(http, url, "Fetching protected resource metadata", chain)
+        if document is not None:
+            return document, url
+    return None, None
+
+
+def _metadata_urls(issuer: str) -> list[str]:
+    """The RFC 8414 / OIDC discovery URLs for `issuer`, in the MCP specification's order."""
+    origin, path = _origin(issuer), urlsplit(issuer).path.rstrip("/")
+    if path:
+        return [f"{origin}/.well-known/oauth-authorization-server{path}",
+                f"{origin}/.well-known/openid-configuration{path}",
+                f"{origin}{path}/.well-known/openid-configuration"]
+    return [f"{origin}/.well-known/oauth-authorization-server", f"{origin}/.well-known/openid-configuration"]
+
+
+def _fetch_server_metadata(http: _Http, issuer: str, chain: list[str]) -> dict[str, Any] | None:
+    _check_endpoint(issuer, "authorization server")
+    for url in _metadata_urls(issuer):
+        log.info("Fetching authorization server metadata from %s", url)
+        document = _fetch_document(http, url, "Fetching authorization server metadata", chain)
+        if document is not None:
+            return document
+    return None
+
+
+def _fetch_document(http: _Http, url: str, step: str, chain: list[str]) -> dict[str, Any] | None:
+    response = http.request("GET", url, step=step, headers={"Accept": "application/json",
+                                                            "MCP-Protocol-Version": PROTOCOL_VERSION})
+    if response.status_code != 200:
+        chain.append(f"{url}: {response.status_code}")
+        return None
+    chain.append(f"{url}: 200")
+    return _json_object(response, step, url)
+
+
+def _check_server_metadata(metadata: dict[str, Any], issuer: str, server: str, *, pkce: bool) -> None:
+    found = metadata.get("issuer")
+    # RFC 8414 §3.3 and the mix-up defence: the document must be the expected issuer's.
+    # Only a trailing slash is forgiven (URL libraries add one to a bare origin).
+    if not isinstance(found, str) or found.rstrip("/") != issuer.rstrip("/"):
+        raise AuthError(f"Authorization server metadata names issuer {found!r}, but {issuer!r} was expected; "
+                        "refusing to use it (possible mix-up attack).", server=server)
+    for key in ("authorization_endpoint", "token_endpoint"):
+        if not isinstance(metadata.get(key), str):
+            raise AuthError(f"Authorization server metadata of {issuer} has no {key}.", server=server)
+    for key in ("authorization_endpoint", "token_endpoint", "registration_endpoint", "revocation_endpoint"):
+        if isinstance(metadata.get(key), str):
+            _check_endpoint(metadata[key], key.replace("_", " "))
+    methods = metadata.get("code_challenge_methods_supported")
+    if pkce:  # the MCP spec: refuse an authorization server that does not advertise S256
+        if not isinstance(methods, list) or "S256" not in methods:
+            raise AuthError(f"The authorization server {issuer} does not advertise PKCE with S256 "
+                            "(code_challenge_methods_supported); refusing to authenticate.", server=server)
+
+
+def _resource_covers(resource: str, server_url: str) -> bool:
+    """Whether the metadata's `resource` is the server URL or a parent of it (RFC 8707, RFC 9728)."""
+    if _origin(resource) != _origin(server_url):
+        return False
+    base = urlsplit(resource).path.rstrip("/")
+    path = urlsplit(server_url).path.rstrip("/")
+    return path == base or path.startswith(base + "/")
+
+
+# -- step 4: scope and client --------------------------------------------------------
+
+
+def _choose_scope(server: ServerConfig, discovery: _Discovery, record: Record | None) -> str | None:
+    """The scope per the MCP spec, joined with configured and step-up scopes, plus offline_access."""
+    if discovery.challenge_scope:
+        scopes = discovery.challenge_scope.split()
+    else:
+        scopes = list(discovery.resource_scopes or [])
+    scopes += list(server.oauth.scopes if server.oauth else ())
+    if record is not None and record.metadata.requested_scope:
+        scopes += record.metadata.requested_scope.split()
+    if scopes and discovery.supports("scopes_supported", OFFLINE_ACCESS):
+        scopes.append(OFFLINE_ACCESS)
+    return " ".join(dict.fromkeys(scopes)) or None
+
+
+def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, record: Record | None,
+                    scope: str | None) -> tuple[_CallbackServer, ClientInfo]:
+    """Pick the client and start the loopback server on its redirect port (registering if needed)."""
+    oauth = server.oauth
+    configured_redirect = oauth.redirect_uri if oauth else None
+    stored = record.client if record else None
+    client = _configured_client(server, discovery)
+    if client is None and stored is not None and _reusable(stored, discovery, scope, configured_redirect):
+        log.info("Using the client registration stored for %s (client_id %s)", discovery.issuer, stored.client_id)
+        client = stored
+    elif client is not None and stored is not None and stored.client_id == client.client_id:
+        client.redirect_uri = client.redirect_uri or stored.redirect_uri  # keep the port across runs
+    redirect = client.redirect_uri if client else configured_redirect
+    try:
+        callback = _CallbackServer(redirect)
+    except _PortInUse as exc:
+        if client is None or client.registration_source != "dynamic" or configured_redirect:
+            raise AuthError(f"Port {exc.port} of the redirect URI {redirect} is in use by another program; "
+                            f"stop it or set another [servers.{server.name}.oauth] redirect_uri.", server=server.name) from None
+        log.info("Port %s of the stored redirect URI is in use; registering a new client", exc.port)
+        client = None
+        callback = _CallbackServer(None)
+    if client is None:
+        try:
+            client = _register(http, server, discovery, callback.redirect_uri, scope)
+        except BaseException:
+            callback.close()
+            raise
+    else:
+        client.redirect_uri = callback.redirect_uri
+    return callback, client
+
+
+def _configured_client(server: ServerConfig, discovery: _Discovery) -> ClientInfo | None:
+    oauth = server.oauth
+    if oauth is None:
+        return None
+    if oauth.client_id:
+        register_secret(oauth.client_secret)
+        method = _pick_auth_method(discovery, secret=bool(oauth.client_secret))
+        log.info("Using the configured client_id %s (%s)", oauth.client_id, method)
+        return ClientInfo(client_id=oauth.client_id, registration_source="config", client_secret=oauth.client_secret,
+                          token_endpoint_auth_method=method, issuer=discovery.issuer, redirect_uri=oauth.redirect_uri)
+    if oauth.client_metadata_url and discovery.metadata.get("client_id_metadata_document_supported") is True:
+        _check_endpoint(oauth.client_metadata_url, "client metadata URL")
+        log.info("Using the client ID metadata document %s", oauth.client_metadata_url)
+        return ClientInfo(client_id=oauth.client_metadata_url, registration_source="metadata_url",
+                          token_endpoint_auth_method="none", issuer=discovery.issuer, redirect_uri=oauth.redirect_uri)
+    return None
+
+
+def _reusable(client: ClientInfo, discovery: _Discovery, scope: str | None, configured_redirect: str | None) -> bool:
+    if client.registration_source != "dynamic" or not client.redirect_uri or client.issuer is None:
+        return False
+    if client.issuer.rstrip("/") != discovery.issuer.rstrip("/"):
+        return False
+    if configured_redirect and configured_redirect != client.redirect_uri:
+        return False
+    if client.client_secret_expires_at and client.client_secret_expires_at <= time.time():
+        return False
+    if client.token_endpoint_auth_method in ("client_secret_basic", "client_secret_post") and not client.client_secret:
+        return False
+    # A server that checks scopes against the registration would refuse new ones.
+    return not (scope and client.scope is not None and not set(scope.split()) <= set(client.scope.split()))
+
+
+def _pick_auth_method(discovery: _Discovery, *, secret: bool) -> str:
+    """Prefer `none`, else the first secret method the server lists (RFC 8414 default: basic)."""
+    if discovery.defaults:
+        return "client_secret_basic" if secret else "none"  # no metadata at all (legacy defaults)
+    listed = discovery.metadata.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
+    if not secret and "none" in listed:
+        return "none"
+    for method in listed:
+        if method in _AUTH_METHODS[1:]:
+            return method
+    return "none" if "none" in listed else "client_secret_basic"
+
+
+def _register(http: _Http, server: ServerConfig, discovery: _Discovery, redirect_uri: str,
+              scope: str | None) -> ClientInfo:
+    endpoint = discovery.registration_endpoint
+    if not endpoint:
+        raise AuthError(f"Server '{server.name}' does not support dynamic client registration. "
+                        f"Add [servers.{server.name}.oauth] client_id = \"...\" to your config.", server=server.name)
+    method = _pick_auth_method(discovery, secret=False)
+    body: dict[str, Any] = {
+        "client_name": "toolscript", "redirect_uris": [redirect_uri], "application_type": "native",
+        "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+        "token_endpoint_auth_method": method,
+    }
+    if scope:
+        body["scope"] = scope
+    log.info("Registering a client at %s", endpoint)
+    response = http.request("POST", endpoint, step="Client registration", json=body)
+    if response.status_code not in (200, 201):
+        raise _server_error("Client registration", response)
+    info = _json_object(response, "Client registration", endpoint)
+    client_id, secret = info.get("client_id"), info.get("client_secret")
+    register_secret(secret if isinstance(secret, str) else None)
+    if not isinstance(client_id, str) or not client_id:
+        raise AuthError(f"Client registration failed: {endpoint} returned no client_id.", server=server.name)
+    assigned = info.get("token_endpoint_auth_method") or ("client_secret_basic" if secret else method)
+    # RFC 7591 §3.2.1: use what the server assigned, if toolscript can.
+    if assigned not in _AUTH_METHODS:
+        raise AuthError(f"Client registration failed: {endpoint} assigned token endpoint auth method "
+                        f"{assigned!r}, which toolscript does not support.", server=server.name)
+    if assigned != "none" and not isinstance(secret, str):
+        raise AuthError(f"Client registration failed: {endpoint} assigned {assigned} but returned no client_secret.",
+                        server=server.name)
+    uris = info.get("redirect_uris")
+    if isinstance(uris, list) and uris and redirect_uri not in uris:
+        raise AuthError(f"Client registration failed: {endpoint} did not register the redirect URI {redirect_uri}.",
+                        server=server.name)
+    expires_at = info.get("client_secret_expires_at")
+    log.info("Registered client_id %s (%s)", client_id, assigned)
+    return ClientInfo(
+        client_id=client_id, registration_source="dynamic", client_secret=secret if assigned != "none" else None,
+        token_endpoint_auth_method=assigned, issuer=discovery.issuer, redirect_uri=redirect_uri,
+        registered_at=time.time(), client_secret_expires_at=float(expires_at) if isinstance(expires_at, (int, float)) and expires_at else None,
+        scope=info["scope"] if isinstance(info.get("scope"), str) else scope,
+    )
+
+
+# -- step 5-7: loopback server, authorization request, callback ----------------------
+
+
+class _PortInUse(Exception):
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.port = port
+
+
+class _CallbackServer:
+    """An `http.server` on 127.0.0.1 that takes exactly one authorization response.
+
+    The first response carrying `code`, `error` or `state` (from the browser at
+    `redirect_uri`, or pasted via `submit`) is checked and ends the wait, whatever its
+    outcome; the browser gets a page saying which. Other paths get 404.
+    """
+
+    def __init__(self, redirect_uri: str | None) -> None:
+        parts = urlsplit(redirect_uri) if redirect_uri else None
+        port = parts.port or 80 if parts else 0
+        self.path = (parts.path or "/") if parts else CALLBACK_PATH
+        self._results: queue.Queue[tuple[str | None, AuthError | None]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._done = False
+        self._expect: tuple[str, str, bool] | None = None
+        try:
+            self._httpd = http.server.HTTPServer(("127.0.0.1", port), self._handler_class())
+        except OSError:
+            raise _PortInUse(port) from None
+        self.port = self._httpd.server_address[1]
+        host = parts.hostname if parts and parts.hostname else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        self.redirect_uri = f"http://{host}:{self.port}{self.path}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="oauth-callback", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> _CallbackServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+    def expect(self, state: str, issuer: str, iss_required: bool) -> None:
+        self._expect = (state, issuer, iss_required)
+
+    def submit(self, params: dict[str, str]) -> tuple[bool, str]:
+        """Check one authorization response; return (accepted, message for the user)."""
+        with self._lock:
+            if self._done:
+                return False, "This authorization has already been completed; you can close this window."
+            if self._expect is None:
+                return False, "toolscript is not waiting for an authorization yet."
+            self._done = True
+            try:
+                code = _check_callback(params, *self._expect)
+            except AuthError as exc:
+                self._results.put((None, exc))
+                return False, exc.message
+            self._results.put((code, None))
+            return True, "toolscript received the authorization. You can close this window and return to the terminal."
+
+    def wait(self, timeout: float) -> str:
+        try:
+            code, error = self._results.get(timeout=timeout)
+        except queue.Empty:
+            raise _Timeout() from None
+        if error is not None:
+            raise error
+        assert code is not None
+        return code
+
+    def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            server_version = "toolscript"
+            sys_version = ""
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                parts = urlsplit(self.path)
+                params = dict(parse_qsl(parts.query, keep_blank_values=True))
+                if parts.path != owner.path:
+                    self._page(404, "Not found", "This is toolscript's OAuth callback server; nothing is here.")
+                elif not params.keys() & {"code", "error", "state"}:
+                    self._page(400, "Not an authorization response", "The request carried no authorization response.")
+                else:
+                    ok, message = owner.submit(params)
+                    self._page(200 if ok else 400, "Authorized" if ok else "Authorization failed", message)
+
+            def _page(self, status: int, title: str, message: str) -> None:
+                body = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>toolscript: {html.escape(title)}"
+                        f"</title></head><body><h1>{html.escape(title)}</h1><p>{html.escape(redact(message))}</p>"
+                        "</body></html>").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Referrer-Policy", "no-referrer")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+                log.debug("callback server: %s", _mask_query(format % args))
+
+        return Handler
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, scope: str | None,
+               callback: _CallbackServer, *, open_browser: Callable[[str], object] | None,
+               show_url: Callable[[str], None], read_pasted: Callable[[], str] | None, timeout: float) -> tuple[str, str]:
+    """Send the user to the authorization endpoint; return the checked code and the PKCE verifier."""
+    state = secrets.token_urlsafe(32)
+    verifier = secrets.token_urlsafe(64)
+    register_secret(state)
+    register_secret(verifier)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
+    params = {"response_type": "code", "client_id": client.client_id, "redirect_uri": callback.redirect_uri,
+              "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
+              "resource": discovery.resource}
+    if scope:
+        params["scope"] = scope
+    url = _add_query(discovery.authorization_endpoint, params)
+    iss_required = discovery.metadata.get("authorization_response_iss_parameter_supported") is True
+    callback.expect(state, discovery.issuer, iss_required)
+    show_url(url)
+    if read_pasted is not None:
+        threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste", daemon=True).start()
+    if open_browser is not None:
+        log.info("Opening the authorization URL in the browser")
+        if not open_browser(url):
+            log.warning("Could not open a browser; open the URL above yourself "
+                        "(or run again with --no-browser to paste the redirected URL).")
+    log.info("Waiting for the authorization (up to %s)", _duration(timeout))
+    try:
+        code = callback.wait(timeout)
+    except _Timeout:
+        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{server.name}'. "
+                        f"Run toolscript auth {server.name} again (--timeout SECONDS waits longer; --no-browser "
+                        "lets you paste the redirected URL).", server=server.name) from None
+    log.info("Authorization received")
+    return code, verifier
+
+
+def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
+    while True:
+        try:
+            line = read()
+        except (OSError, ValueError):
+            return
+        if not line:
+            return  # end of input: the loopback callback may still come
+        line = line.strip()
+        if not line:
+            continue
+        params = dict(parse_qsl(urlsplit(line).query, keep_blank_values=True))
+        if not params.keys() & {"code", "error", "state"}:
+            log.warning("That is not the redirected URL (it should contain ?code=...&state=...); paste the whole "
+                        "address from the browser's address bar.")
+            continue
+        callback.submit(params)
+        return
+
+
+def _check_callback(params: dict[str, str], state: str, issuer: str, iss_required: bool) -> str:
+    """Check an authorization response (state, error, RFC 9207 iss); return the code."""
+    register_secret(params.get("code"))
+    register_secret(params.get("state"))
+    if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
+        raise AuthError("The authorization response's state does not match the request; refusing it "
+                        "(it may be forged or from an older attempt). Run toolscript auth again.")
+    if "error" in params:
+        description = params.get("error_description")
+        raise AuthError(redact(f"Authorization was denied by the server: {params['error']}"
+                               + (f": {description}" if description else "")), error=params["error"])
+    iss = params.get("iss")
+    if iss is not None and iss.rstrip("/") != issuer.rstrip("/"):
+        raise AuthError(f"The authorization response came from issuer {iss!r}, not {issuer!r}; refusing it "
+                        "(RFC 9207 mix-up defence).")
+    if iss is None and iss_required:
+        raise AuthError(f"The authorization response has no iss parameter although {issuer} promises one "
+                        "(RFC 9207); refusing it.")
+    code = params.get("code")
+    if not code:
+        raise AuthError("The authorization response has no code.")
+    return code
+
+
+# -- step 8: tokens ------------------------------------------------------------------
+
+
+def _client_auth(client: ClientInfo, data: dict[str, str]) -> tuple[dict[str, str], tuple[str, str] | None]:
+    """Add client authentication by the registered method; return (form, Basic credentials)."""
+    data = {**data, "client_id": client.client_id}
+    method = client.token_endpoint_auth_method or ("client_secret_basic" if client.client_secret else "none")
+    if method == "client_secret_post" and client.client_secret:
+        data["client_secret"] = client.client_secret
+    elif method == "client_secret_basic" and client.client_secret:
+        # RFC 6749 §2.3.1: both parts form-encoded before Basic encoding.
+        return data, (quote(client.client_id, safe=""), quote(client.client_secret, safe=""))
+    return data, None
+
+
+def _exchange_code(http: _Http, discovery: _Discovery, client: ClientInfo, code: str, verifier: str,
+                   scope: str | None) -> Tokens:
+    data, auth = _client_auth(client, {
+        "grant_type": "authorization_code", "code": code, "redirect_uri": client.redirect_uri or "",
+        "code_verifier": verifier, "resource": discovery.resource,
+    })
+    response = http.request("POST", discovery.token_endpoint, step="Token exchange", data=data, auth=auth,
+                            headers={"Accept": "application/json"})
+    if response.status_code != 200:
+        raise _server_error("Token exchange", response)
+    body = _json_object(response, "Token exchange", discovery.token_endpoint)
+    access, refresh = body.get("access_token"), body.get("refresh_token")
+    register_secret(access if isinstance(access, str) else None)
+    register_secret(refresh if isinstance(refresh, str) else None)
+    register_secret(body.get("id_token") if isinstance(body.get("id_token"), str) else None)
+    if not isinstance(access, str) or not access:
+        raise AuthError("Token exchange failed: the response has no access_token.")
+    token_type = body.get("token_type")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise AuthError(f"Token exchange failed: token_type is {token_type!r}, not Bearer.")
+    expires_in = body.get("expires_in")
+    try:
+        expires_at = time.time() + float(expires_in) if expires_in is not None else None
+    except (TypeError, ValueError):
+        expires_at = None
+    granted = body.get("scope") if isinstance(body.get("scope"), str) else scope
+    return Tokens(access_token=access, token_type="Bearer", refresh_token=refresh if isinstance(refresh, str) else None,
+                  scope=granted or None, expires_at=expires_at)
+
+
+# -- small helpers -------------------------------------------------------------------
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
+def _add_query(url: str, params: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode(params, quote_via=quote)) if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def _mask_query(url: str) -> str:
+    """The URL with every query value replaced, for DEBUG lines."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    masked = "&".join(f"{k}=..." for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, masked, ""))
+
+
+def _reason(exc: requests.RequestException) -> str:
+    text = str(exc.__context__ or exc)
+    for marker in ("Connection refused", "Name or service not known", "certificate verify failed",
+                   "No route to host", "Temporary failure in name resolution", "timed out"):
+        if marker in text:
+            return marker.lower()
+    return type(exc).__name__
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600 * 2:
+        return f"{seconds // 60} min"
+    if seconds < 86400 * 2:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"

@@ -17,17 +17,19 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 if __package__:
     from . import config as _config
-    from .errors import ToolscriptError
+    from .errors import ConnectError, ToolscriptError, UsageError
     from .redact import RedactingFilter, redact
     from .storage import Store
 else:
     import config as _config
-    from errors import ToolscriptError
+    from errors import ConnectError, ToolscriptError, UsageError
     from redact import RedactingFilter, redact
     from storage import Store
 
 if TYPE_CHECKING:
-    from config import Config
+    from types import ModuleType
+
+    from config import Config, ServerConfig
 
 __all__ = ["main"]
 __version__ = "0.1.0"
@@ -50,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        cfg = _config.load_config(args.config)
+        # The demo brings its own config; a broken user config must not stop it.
+        cfg = _config.load_config(args.config) if getattr(args, "needs_config", True) else None
         return args.func(args, cfg)
     except ToolscriptError as exc:
         log.debug("command failed", exc_info=True)
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_servers,):
+    for add in (_add_servers, _add_auth, _add_demo):
         add(commands)
     return parser
 
@@ -146,11 +149,238 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+# -- auth ----------------------------------------------------------------------------
+
+
+def _add_auth(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "auth", help="authenticate an OAuth-protected server, or list every server's state",
+        description="Without SERVER: list every configured server's authentication state (no network). "
+                    "With SERVER: run the OAuth authorization flow in the browser and store the tokens.",
+    )
+    p.add_argument("server", nargs="?", metavar="SERVER", help="a configured http or sse server")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--status", action="store_true", help="show what is stored for SERVER (no network)")
+    action.add_argument("--logout", action="store_true", help="revoke and delete SERVER's tokens")
+    p.add_argument("--forget-client", action="store_true", help="with --logout: also delete the client registration")
+    p.add_argument("--no-browser", action="store_true",
+                   help="do not open a browser; print the URL and also accept the redirected URL pasted on stdin")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="how long to wait for the browser (default: 300)")
+    p.set_defaults(func=cmd_auth)
+
+
+def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
+    if __package__:
+        from . import auth
+    else:
+        import auth
+
+    store = Store()
+    if args.server is None:
+        if args.status or args.logout or args.forget_client:
+            raise UsageError("--status, --logout and --forget-client need a SERVER: toolscript auth SERVER --status")
+        return _auth_list(cfg, store, auth)
+    if args.forget_client and not args.logout:
+        raise UsageError("--forget-client goes with --logout: toolscript auth SERVER --logout --forget-client")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds.")
+    server = cfg.server(args.server)
+    if args.status:
+        lines = auth.status_report(server, store)
+        width = max(len(label) for label, _ in lines) + 1
+        for label, value in lines:
+            _print(f"{label + ':' if label else '':<{width}} {value}")
+        return EXIT_OK
+    if args.logout:
+        result = auth.logout(server, store, forget_client=args.forget_client)
+        for failure in result.failures:
+            log.warning("%s; deleting it locally anyway.", failure)
+        if result.revoked:
+            _print(f"Revoked the {' and the '.join(result.revoked)} at the server.")
+        done = [what for what, did in (("tokens", result.deleted_tokens), ("client registration", result.deleted_client)) if did]
+        _print(f"Deleted the {' and the '.join(done)} of '{server.name}'." if done
+               else f"Server '{server.name}' had no stored tokens; nothing to log out.")
+        return EXIT_OK
+    if not server.is_remote:
+        raise UsageError(f"Server '{server.name}' is a stdio server; only http and sse servers use OAuth.")
+    return _auth_run(server, store, auth, no_browser=args.no_browser, timeout=args.timeout)
+
+
+def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
+    if not cfg.servers:
+        _print(f"No servers configured ({cfg.path or 'no config file found'}).")
+        return EXIT_OK
+    width = max(len(name) for name in cfg.servers)
+    todo = []
+    for server in cfg.servers.values():
+        try:
+            state = auth.auth_state(server, store.load(server.name) if server.is_remote else None)
+            text = str(state)
+        except ToolscriptError as exc:
+            state, text = None, f"unreadable record: {exc}"
+        if state is None or state.needs_auth:
+            todo.append(server.name)
+        _print(f"{server.name:<{width}}  {text}")
+    if todo:
+        _print()
+        for name in todo:
+            _print(f"Run: toolscript auth {name}")
+    return EXIT_OK
+
+
+def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browser: bool, timeout: float,
+              open_browser: Callable[[str], object] | None = None) -> int:
+    import webbrowser
+
+    def show_url(url: str) -> None:
+        _status(f"\nOpen this URL in a browser to authorize toolscript for '{server.name}':\n\n  {url}\n")
+        if no_browser:
+            _status("When the browser shows the toolscript page, you are done. If it cannot reach this machine "
+                    "(SSH, container), paste the full address it ended on here and press Enter.\n")
+
+    opener = None if no_browser else (open_browser or webbrowser.open)
+    try:
+        record = auth.authenticate(server, store, open_browser=opener, show_url=show_url,
+                                   read_pasted=sys.stdin.readline if no_browser else None, timeout=timeout)
+    except KeyboardInterrupt:
+        _error(f"Authorization of '{server.name}' cancelled; stored data unchanged.")
+        return EXIT_INTERRUPTED
+    if record is None:
+        _print(f"Server '{server.name}' does not require authentication.")
+        return EXIT_OK
+    tokens = record.tokens
+    _print(f"✓ Authenticated '{server.name}' ({auth.describe_tokens(tokens)})")
+    if not tokens.refresh_token:
+        when = "when the access token expires" if tokens.expires_at is not None else "if the access token stops working"
+        _print(f"The server issued no refresh token: run toolscript auth {server.name} again {when}.")
+    return EXIT_OK
+
+
+# -- demo ----------------------------------------------------------------------------
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "demo", help="try toolscript against a bundled local OAuth-protected MCP server",
+        description="Start a local OAuth-protected MCP server, authenticate against it with the same flow as "
+                    "'toolscript auth', list its tools and call one. Needs no network, browser or account, "
+                    "and leaves nothing behind.",
+    )
+    p.add_argument("--no-browser", action="store_true",
+                   help="never open a browser; toolscript follows the authorization URL itself")
+    p.set_defaults(func=cmd_demo, needs_config=False)
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Config | None) -> int:
+    import os
+    import tempfile
+
+    if __package__:
+        from . import auth, demo_server
+    else:
+        import auth
+        import demo_server
+
+    _print("toolscript demo: a local OAuth-protected MCP server; no network, browser or account needed.")
+    saved_home = os.environ.get("TOOLSCRIPT_HOME")
+    with tempfile.TemporaryDirectory(prefix="toolscript-demo-") as tmp, demo_server.DemoServer() as server:
+        _print(f"1. Started the demo MCP server at {server.url} (its consent step approves automatically).")
+        config_path = os.path.join(tmp, "toolscript.toml")
+        with open(config_path, "w", encoding="utf-8") as handle:
+            handle.write(f'[servers.demo]\nurl = "{server.url}"\n')
+        os.environ["TOOLSCRIPT_HOME"] = os.path.join(tmp, "home")
+        try:
+            demo_cfg = _config.load_config(config_path)
+            store = Store()
+            _print(f"2. Using a temporary config {config_path} and TOOLSCRIPT_HOME {os.environ['TOOLSCRIPT_HOME']}.")
+            _print("3. Authenticating, as 'toolscript auth demo' does:")
+            use_browser = not args.no_browser and _browser_available()
+            code = _auth_run(demo_cfg.server("demo"), store, auth, no_browser=False, timeout=120,
+                             open_browser=None if use_browser else _follow_authorization)
+            if code != EXIT_OK:
+                return code
+            record = store.load("demo")
+            assert record is not None and record.tokens is not None
+            _demo_use_server(server.url, record.tokens.access_token)
+        finally:
+            if saved_home is None:
+                os.environ.pop("TOOLSCRIPT_HOME", None)
+            else:
+                os.environ["TOOLSCRIPT_HOME"] = saved_home
+    _print("Done: the demo server is stopped and its temporary files are removed.")
+    return EXIT_OK
+
+
+def _browser_available() -> bool:
+    import os
+
+    if os.environ.get("BROWSER"):
+        return True
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _follow_authorization(url: str) -> bool:
+    """Play the browser for the demo: request the authorization URL, then its loopback redirect."""
+    import requests
+
+    _status("   (no browser: toolscript follows the authorization URL itself)")
+    response = requests.get(url, allow_redirects=False, timeout=30)
+    location = response.headers.get("Location", "")
+    if response.status_code not in (302, 303) or not location.startswith("http://127.0.0.1:"):
+        raise ToolscriptError(f"The demo server answered the authorization request with {response.status_code}, "
+                              "not a redirect to the loopback callback.")
+    requests.get(location, timeout=30).close()
+    return True
+
+
+def _demo_use_server(url: str, access_token: str) -> None:
+    """List the demo server's tools and call two, with the access token just obtained.
+
+    Hook for the gateway: once `gateway.Gateway` is merged this becomes a gateway call
+    reading the stored tokens, like `toolscript call` does.
+    """
+    import anyio
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def run() -> None:
+        headers = {"Authorization": f"Bearer {access_token}"}
+        with anyio.fail_after(60):
+            await session_steps(headers)
+
+    async def session_steps(headers: dict[str, str]) -> None:
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http, \
+                streamable_http_client(url, http_client=http) as (read, write), \
+                ClientSession(read, write) as session:
+            await session.initialize()
+            tools = await session.list_tools()
+            _print(f"4. The server's tools: {', '.join(tool.name for tool in tools.tools)}")
+            for name, arguments in (("add", {"a": 2, "b": 3}), ("whoami", {})):
+                result = await session.call_tool(name, arguments)
+                text = " ".join(getattr(part, "text", "") for part in result.content)
+                shown = ", ".join(f"{k}={v}" for k, v in arguments.items())
+                _print(f"5. Called {name}({shown}): {text}" if name == "add" else f"6. Called {name}(): {text}")
+
+    try:
+        anyio.run(run)
+    except Exception as exc:  # the SDK raises exception groups; one line is enough here
+        raise ConnectError(f"Using the demo server's tools failed: {type(exc).__name__}: {exc}") from None
+
+
 # -- output helpers ------------------------------------------------------------------
 
 
 def _print(text: str = "") -> None:
     print(text, flush=True)
+
+
+def _status(text: str) -> None:
+    """Progress meant for the person at the terminal (stderr), shown even with --quiet."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _error(message: str) -> None:

@@ -41,3 +41,35 @@ def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = N
 def explain(proc: subprocess.CompletedProcess[str]) -> str:
     """Describe a finished subprocess for an assertion message."""
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+# == auth: OAuth test server, stand-in browser, config writer ===========================
+
+import contextlib  # noqa: E402
+import stat  # noqa: E402
+from typing import Any, Callable, Iterator  # noqa: E402
+
+
+@pytest.fixture
+def oauth_server() -> Iterator[Callable[..., Any]]:
+    """Start `tests/oauth_server.OAuthTestServer`s (port 0, own thread); stopped after the test."""
+    from oauth_server import OAuthTestServer
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **options: stack.enter_context(OAuthTestServer(**options))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> dict[str, str]:
+    """Environment for `run_cli` whose `$BROWSER` is `tests/browser.py` (an executable, as webbrowser needs)."""
+    script = tmp_path / "browser"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "browser.py"}" "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return {"BROWSER": str(script)}
+
+
+def write_config(text: str) -> Path:
+    """Write `./toolscript.toml` (the test's own working directory)."""
+    path = Path("toolscript.toml")
+    path.write_text(text)
+    return path

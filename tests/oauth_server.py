@@ -1,0 +1,150 @@
+"""The demo OAuth MCP server with a wiretap, for tests.
+
+`OAuthTestServer` is `demo_server.DemoServer` (a real authorization server and MCP server
+from the SDK) plus an ASGI layer in front that records every request (method, path,
+query, headers, body) and lets a test replace a JSON document or rewrite the redirect
+the authorization endpoint answers with. That is how tests serve a wrong issuer, drop
+the registration endpoint from metadata, or tamper with `state` and `iss`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+
+from demo_server import DemoServer
+
+__all__ = ["OAuthTestServer", "Seen", "pkce_challenge", "with_query"]
+
+
+@dataclass
+class Seen:
+    """One request the server received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes = b""
+
+    @property
+    def form(self) -> dict[str, str]:
+        return dict(parse_qsl(self.body.decode(), keep_blank_values=True))
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class _Wiretap:
+    app: Any
+    seen: list[Seen] = field(default_factory=list)
+    documents: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    rewrite_redirect: Callable[[str], str] | None = None
+    www_authenticate: str | None = None  # replaces the header of every 401
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = Seen(scope["method"], scope["path"], dict(parse_qsl(scope["query_string"].decode())),
+                    {k.decode().lower(): v.decode() for k, v in scope["headers"]})
+        self.seen.append(seen)
+        if scope["path"] in self.documents:
+            status, document = self.documents[scope["path"]]
+            body = json.dumps(document).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def tapped_receive() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen.body += message.get("body", b"")
+            return message
+
+        async def tapped_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = message["headers"]
+                if scope["path"] == "/authorize" and self.rewrite_redirect:
+                    headers = [(k, self.rewrite_redirect(v.decode()).encode() if k.lower() == b"location" else v)
+                               for k, v in headers]
+                if message["status"] == 401 and self.www_authenticate is not None:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"www-authenticate"]
+                    headers.append((b"www-authenticate", self.www_authenticate.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, tapped_receive, tapped_send)
+
+
+class OAuthTestServer(DemoServer):
+    """`DemoServer` with `tap`: recorded requests, replaceable documents, redirect rewriting."""
+
+    def __init__(self, **options: Any) -> None:
+        self.tap: _Wiretap
+
+        def wrap(app: Any) -> Any:
+            self.tap = _Wiretap(app)
+            return self.tap
+
+        super().__init__(wrap=wrap, **options)
+
+    @property
+    def metadata_path(self) -> str:
+        return "/.well-known/oauth-authorization-server"
+
+    @property
+    def resource_metadata_path(self) -> str:
+        return "/.well-known/oauth-protected-resource" + urlsplit(self.url).path
+
+    def document(self, path: str) -> dict[str, Any]:
+        """The JSON document the SDK serves at `path` (ignoring replacements)."""
+        saved = self.tap.documents.pop(path, None)
+        try:
+            return requests.get(self.origin + path, timeout=10).json()
+        finally:
+            if saved is not None:
+                self.tap.documents[path] = saved
+            self.tap.seen.pop()
+
+    def patch_document(self, path: str, **changes: Any) -> None:
+        """Serve the document at `path` with `changes` (a value of None removes the key)."""
+        document = self.document(path)
+        for key, value in changes.items():
+            if value is None:
+                document.pop(key, None)
+            else:
+                document[key] = value
+        self.tap.documents[path] = (200, document)
+
+    def hide(self, path: str) -> None:
+        """Answer 404 at `path`."""
+        self.tap.documents[path] = (404, {"error": "not_found"})
+
+    def requests_to(self, path: str, method: str | None = None) -> list[Seen]:
+        return [s for s in self.tap.seen if s.path == path and (method is None or s.method == method)]
+
+
+def with_query(url: str, **changes: str | None) -> str:
+    """`url` with query parameters replaced (None removes one)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    for key, value in changes.items():
+        if value is None:
+            query.pop(key, None)
+        else:
+            query[key] = value
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+
+def pkce_challenge(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()

@@ -1,0 +1,374 @@
+"""`toolscript auth` end to end: the real CLI in a subprocess, a real OAuth MCP server from
+the SDK, and `$BROWSER` set to a stand-in browser that follows the authorization redirect."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import requests
+
+from conftest import ROOT, explain, run_cli, write_config
+from oauth_server import pkce_challenge, with_query
+
+
+def _config(server, name: str = "demo", oauth: str = "") -> None:
+    write_config(f'[servers.{name}]\ntype = "{server.transport}"\nurl = "{server.url}"\n{oauth}')
+
+
+def _record(home: Path, name: str = "demo") -> dict:
+    return tomllib.loads((home / "oauth" / f"{name}.toml").read_text())
+
+
+def test_flow_stores_record_with_private_modes(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.startswith("✓ Authenticated 'demo' (scopes: mcp:tools offline_access; expires in 59 min; "
+                                  "refresh token: yes)"), explain(proc)
+    for step in ("Probing", "protected resource metadata", "authorization server metadata", "Registering a client",
+                 "Open this URL", "Waiting for the authorization", "Exchanging the authorization code"):
+        assert step in proc.stderr, explain(proc)
+
+    path = isolated_env / "oauth" / "demo.toml"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    record = _record(isolated_env)
+    provider = server.provider
+    [registered] = provider.registrations
+    client, tokens, meta = record["client"], record["tokens"], record["metadata"]
+    assert client["client_id"] == registered.client_id
+    assert client["client_secret"] == registered.client_secret
+    assert client["registration_source"] == "dynamic"
+    assert client["token_endpoint_auth_method"] == registered.token_endpoint_auth_method == "client_secret_post"
+    assert client["issuer"] == server.origin
+    assert client["redirect_uri"].startswith("http://127.0.0.1:") and client["redirect_uri"].endswith("/callback")
+    assert tokens["access_token"] in provider.access_tokens
+    assert tokens["refresh_token"] in provider.refresh_tokens
+    assert tokens["scope"] == "mcp:tools offline_access"
+    assert 3500 < tokens["expires_at"] - time.time() <= 3600
+    assert meta == {
+        "server_url": server.url, "issuer": server.origin, "token_endpoint": server.origin + "/token",
+        "revocation_endpoint": server.origin + "/revoke", "resource": server.url,
+        "discovery": meta["discovery"], "scope_requested": "mcp:tools offline_access",
+    }
+
+
+def test_pkce_verifier_and_resource_reach_the_server(oauth_server, browser):
+    server = oauth_server()
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 0, explain(proc)
+    [authorize] = server.requests_to("/authorize")
+    [token] = server.requests_to("/token")
+    assert authorize.query["code_challenge_method"] == "S256"
+    assert authorize.query["resource"] == token.form["resource"] == server.url
+    assert authorize.query["response_type"] == "code"
+    assert len(authorize.query["state"]) >= 32
+    form = token.form
+    assert form["grant_type"] == "authorization_code"
+    assert pkce_challenge(form["code_verifier"]) == authorize.query["code_challenge"]
+    assert form["redirect_uri"] == authorize.query["redirect_uri"]
+
+
+def test_second_run_reuses_the_registration_and_redirect_uri(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    first = run_cli("auth", "demo", env=browser)
+    second = run_cli("auth", "demo", env=browser)
+    assert first.returncode == 0 and second.returncode == 0, explain(second)
+    assert len(server.provider.registrations) == 1
+    assert len(server.requests_to("/register")) == 1
+    one, two = server.requests_to("/authorize")
+    assert one.query["redirect_uri"] == two.query["redirect_uri"]
+    assert one.query["client_id"] == two.query["client_id"]
+    assert one.query["state"] != two.query["state"]
+    assert "Using the client registration stored" in second.stderr
+
+
+def _preregistered(oauth_server, method: str):
+    server = oauth_server(registration=False)
+    server.patch_document(server.metadata_path, token_endpoint_auth_methods_supported=[method])
+    redirect = "http://127.0.0.1:{port}/callback"
+    import socket
+
+    with socket.socket() as probe:  # a port that is free now, for the configured redirect URI
+        probe.bind(("127.0.0.1", 0))
+        redirect = redirect.format(port=probe.getsockname()[1])
+    server.provider.add_client("pre-client", secret="pre-secret-value", auth_method=method, redirect_uri=redirect,
+                               scope="mcp:tools offline_access")
+    _config(server, oauth=f'[servers.demo.oauth]\nclient_id = "pre-client"\nclient_secret = "pre-secret-value"\n'
+                          f'redirect_uri = "{redirect}"\n')
+    return server
+
+
+def test_preregistered_client_secret_basic(oauth_server, browser, isolated_env):
+    server = _preregistered(oauth_server, "client_secret_basic")
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 0, explain(proc)
+    [token] = server.requests_to("/token")
+    assert token.headers["authorization"].startswith("Basic ")
+    import base64
+
+    assert base64.b64decode(token.headers["authorization"][6:]).decode() == "pre-client:pre-secret-value"
+    assert "client_secret" not in token.form
+    assert server.requests_to("/register") == []
+    client = _record(isolated_env)["client"]
+    assert (client["client_id"], client["registration_source"], client["token_endpoint_auth_method"]) == \
+        ("pre-client", "config", "client_secret_basic")
+
+
+def test_preregistered_client_secret_post(oauth_server, browser):
+    server = _preregistered(oauth_server, "client_secret_post")
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 0, explain(proc)
+    [token] = server.requests_to("/token")
+    assert "authorization" not in token.headers
+    assert token.form["client_id"] == "pre-client"
+    assert token.form["client_secret"] == "pre-secret-value"
+
+
+def test_server_without_registration_endpoint(oauth_server, browser, isolated_env):
+    server = oauth_server(registration=False)
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    assert proc.stderr.splitlines()[-1] == ("error: Server 'demo' does not support dynamic client registration. "
+                                            "Add [servers.demo.oauth] client_id = \"...\" to your config.")
+    assert server.requests_to("/authorize") == []
+    assert not (isolated_env / "oauth" / "demo.toml").exists()
+
+
+def test_state_mismatch_is_refused_without_token_request(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    server.tap.rewrite_redirect = lambda location: with_query(location, state="forged-state-value")
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    assert "error: The authorization response's state does not match the request; refusing it" in proc.stderr
+    assert server.requests_to("/token") == []
+    assert not (isolated_env / "oauth" / "demo.toml").exists()
+
+
+def test_error_callback_is_reported(oauth_server, browser):
+    server = oauth_server()
+    server.tap.rewrite_redirect = lambda location: with_query(
+        location, code=None, error="access_denied", error_description="The user said no")
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    assert proc.stderr.splitlines()[-1] == "error: Authorization was denied by the server: access_denied: The user said no"
+    assert server.requests_to("/token") == []
+
+
+def test_wrong_iss_is_refused(oauth_server, browser):
+    server = oauth_server()
+    server.tap.rewrite_redirect = lambda location: with_query(location, iss="https://evil.example.com")
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    assert (f"error: The authorization response came from issuer 'https://evil.example.com', not "
+            f"'{server.origin}'; refusing it (RFC 9207 mix-up defence).") in proc.stderr
+    assert server.requests_to("/token") == []
+
+
+def test_iss_required_when_advertised(oauth_server, browser):
+    server = oauth_server()
+    server.patch_document(server.metadata_path, authorization_response_iss_parameter_supported=True)
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    assert "has no iss parameter although" in proc.stderr
+    assert server.requests_to("/token") == []
+    # ...and accepted when present and right.
+    server.tap.rewrite_redirect = lambda location: with_query(location, iss=server.origin)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 0, explain(proc)
+
+
+def test_issuer_mismatch_in_metadata_is_refused(oauth_server, browser):
+    server = oauth_server()
+    server.patch_document(server.metadata_path, issuer="https://evil.example.com")
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: Authorization server metadata names issuer 'https://evil.example.com', but '{server.origin}' "
+        "was expected; refusing to use it (possible mix-up attack).")
+    assert server.requests_to("/register") == [] and server.requests_to("/authorize") == []
+
+
+def test_non_loopback_http_endpoint_is_refused(oauth_server, browser):
+    server = oauth_server()
+    server.patch_document(server.metadata_path, token_endpoint="http://tokens.example.com/token")
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    assert proc.stderr.splitlines()[-1] == (
+        "error: The token endpoint http://tokens.example.com/token is not an https URL; refusing to use it "
+        "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")
+
+
+def test_timeout_expiry(oauth_server, isolated_env):
+    server = oauth_server()
+    _config(server)
+    proc = run_cli("auth", "demo", "--no-browser", "--timeout", "0.5", input="")
+    assert proc.returncode == 1, explain(proc)
+    assert proc.stderr.splitlines()[-1] == (
+        "error: Timed out after 0 s waiting for the authorization of 'demo'. Run toolscript auth demo again "
+        "(--timeout SECONDS waits longer; --no-browser lets you paste the redirected URL).")
+    assert not (isolated_env / "oauth" / "demo.toml").exists()
+
+
+class _Interactive:
+    """The CLI in a subprocess with stdin open, and its stderr read line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "toolscript.py"), *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+
+    def authorization_url(self) -> str:
+        while True:
+            line = self.lines.get(timeout=30).strip()
+            if line.startswith("http://") and "/authorize?" in line:
+                return line
+
+    def finish(self) -> tuple[int, str, str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        stdout = self.proc.stdout.read()  # small: cannot have blocked the process
+        self._reader.join(10)
+        return self.proc.returncode, stdout, "".join(self.stderr)
+
+
+def test_no_browser_accepts_the_pasted_url(oauth_server, isolated_env):
+    server = oauth_server()
+    _config(server)
+    cli = _Interactive("auth", "demo", "--no-browser")
+    url = cli.authorization_url()
+    location = requests.get(url, allow_redirects=False, timeout=10).headers["Location"]
+    assert cli.proc.stdin is not None
+    cli.proc.stdin.write("not a url\n" + location + "\n")
+    cli.proc.stdin.flush()
+    code, stdout, stderr = cli.finish()
+    assert code == 0, stderr
+    assert stdout.startswith("✓ Authenticated 'demo'")
+    assert "That is not the redirected URL" in stderr
+    assert "Opening the authorization URL" not in stderr
+    assert _record(isolated_env)["tokens"]["access_token"] in server.provider.access_tokens
+
+
+def test_ctrl_c_cancels_and_keeps_stored_data(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    before = (isolated_env / "oauth" / "demo.toml").read_bytes()
+    cli = _Interactive("auth", "demo", "--no-browser")
+    cli.authorization_url()
+    cli.proc.send_signal(signal.SIGINT)
+    code, _, stderr = cli.finish()
+    assert code == 130, stderr
+    assert "error: Authorization of 'demo' cancelled; stored data unchanged." in stderr
+    assert (isolated_env / "oauth" / "demo.toml").read_bytes() == before
+
+
+def test_no_refresh_token_is_explained(oauth_server, browser):
+    server = oauth_server(refresh_tokens=False)
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.splitlines() == [
+        "✓ Authenticated 'demo' (scopes: mcp:tools offline_access; expires in 59 min; refresh token: no)",
+        "The server issued no refresh token: run toolscript auth demo again when the access token expires.",
+    ]
+
+
+def test_server_without_auth(oauth_server):
+    server = oauth_server(require_auth=False)
+    _config(server)
+    proc = run_cli("auth", "demo")
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "Server 'demo' does not require authentication.\n"
+    assert not Path(os.environ["TOOLSCRIPT_HOME"], "oauth", "demo.toml").exists()
+
+
+def test_sse_server(oauth_server, browser, isolated_env):
+    server = oauth_server(transport="sse")
+    _config(server)
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 0, explain(proc)
+    assert _record(isolated_env)["metadata"]["resource"] == server.url
+    assert server.requests_to("/sse", "GET")
+
+
+def test_logout_revokes_at_the_server(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    tokens = _record(isolated_env)["tokens"]
+    proc = run_cli("auth", "demo", "--logout")
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.splitlines() == ["Revoked the refresh token and the access token at the server.",
+                                        "Deleted the tokens of 'demo'."]
+    assert server.provider.revoked == [tokens["refresh_token"], tokens["access_token"]]
+    record = _record(isolated_env)
+    assert "tokens" not in record and record["client"]["client_id"]
+    proc = run_cli("auth", "demo", "--logout", "--forget-client")
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "Deleted the client registration of 'demo'.\n"
+    assert not (isolated_env / "oauth" / "demo.toml").exists()
+
+
+def test_logout_survives_a_revocation_failure(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    server.hide("/revoke")
+    proc = run_cli("auth", "demo", "--logout")
+    assert proc.returncode == 0, explain(proc)
+    assert "Revoking the refresh token failed: 404" in proc.stderr and "deleting it locally anyway" in proc.stderr
+    assert proc.stdout == "Deleted the tokens of 'demo'.\n"
+    assert "tokens" not in _record(isolated_env)
+
+
+def test_debug_log_of_a_whole_flow_holds_no_secret(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    proc = run_cli("-v", "auth", "demo", env=browser)
+    assert proc.returncode == 0, explain(proc)
+    assert "DEBUG toolscript.auth: POST " + server.origin + "/token" in proc.stderr
+    assert "DEBUG toolscript.auth: callback server:" in proc.stderr
+    [authorize] = server.requests_to("/authorize")
+    [token] = server.requests_to("/token")
+    record = _record(isolated_env)
+    secrets = {
+        "access token": record["tokens"]["access_token"], "refresh token": record["tokens"]["refresh_token"],
+        "client secret": record["client"]["client_secret"], "code": token.form["code"],
+        "state": authorize.query["state"], "verifier": token.form["code_verifier"],
+    }
+    # The authorization URL is shown to the user (it must be); every other line is checked.
+    lines = [line for line in proc.stderr.splitlines() if "/authorize?" not in line]
+    assert sum("/authorize?" in line for line in proc.stderr.splitlines()) == 1
+    for name, value in secrets.items():
+        assert not any(value in line for line in lines), f"{name} leaked:\n{proc.stderr}"
+        assert value not in proc.stdout
