@@ -410,6 +410,15 @@ def _discover(http: _Http, server: ServerConfig) -> _Discovery | None:
         log.info("No protected resource metadata; using %s as the authorization server (MCP 2025-03-26)", issuer)
         metadata = _fetch_server_metadata(http, issuer, chain)
         defaults = metadata is None
+        found = metadata.get("issuer") if metadata else None
+        if isinstance(found, str) and found.rstrip("/") != issuer and _same_origin_issuer(found, issuer):
+            # MCP 2025-03-26 puts the metadata at the origin's well-known URL whatever the
+            # issuer's path (e.g. <origin>/oauth). The document comes from the server's own
+            # origin, the only trust anchor on this path, so an issuer on that origin is
+            # accepted and used from here on; an issuer on another origin is still refused.
+            log.info("Legacy authorization server metadata names issuer %s on the server's origin; using it", found)
+            chain.append(f"legacy issuer {found} on the server's origin accepted")
+            issuer = found.rstrip("/")
         if metadata is None:
             metadata = {"issuer": issuer, "authorization_endpoint": issuer + "/authorize",
                         "token_endpoint": issuer + "/token", "registration_endpoint": issuer + "/register"}
@@ -549,6 +558,11 @@ def _check_server_metadata(metadata: dict[str, Any], issuer: str, server: str, *
         if not isinstance(methods, list) or "S256" not in methods:
             raise AuthError(f"The authorization server {issuer} does not advertise PKCE with S256 "
                             "(code_challenge_methods_supported); refusing to authenticate.", server=server)
+
+
+def _same_origin_issuer(issuer: str, origin: str) -> bool:
+    parts = urlsplit(issuer)
+    return not parts.query and not parts.fragment and _origin(issuer) == origin
 
 
 def _resource_covers(resource: str, server_url: str) -> bool:

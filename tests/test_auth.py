@@ -122,8 +122,29 @@ def test_legacy_server_without_any_metadata_uses_default_endpoints(oauth_server)
     assert record.tokens.access_token in test_server.provider.access_tokens
 
 
-def test_legacy_metadata_with_another_issuer_is_refused(oauth_server):
+def test_legacy_metadata_with_an_issuer_on_another_origin_is_refused(oauth_server):
     test_server = oauth_server(resource_metadata=False)
+    test_server.patch_document(test_server.metadata_path, issuer="https://as.example.com")
+    with pytest.raises(AuthError) as caught:
+        _authenticate(_server(test_server))
+    assert str(caught.value) == (
+        f"Authorization server metadata names issuer 'https://as.example.com', but '{test_server.origin}' was "
+        "expected; refusing to use it (possible mix-up attack).")
+    assert test_server.requests_to("/register") == []
+
+
+def test_legacy_metadata_with_an_issuer_path_on_the_same_origin_is_used(oauth_server):
+    # MCP 2025-03-26 servers publish root metadata for an issuer such as <origin>/oauth.
+    test_server = oauth_server(resource_metadata=False)
+    test_server.patch_document(test_server.metadata_path, issuer=test_server.origin + "/oauth")
+    record, _ = _authenticate(_server(test_server))
+    assert record.metadata.issuer == test_server.origin + "/oauth"
+    assert record.client.issuer == test_server.origin + "/oauth"
+    assert f"legacy issuer {test_server.origin}/oauth on the server's origin accepted" in record.metadata.discovery
+
+
+def test_issuer_mismatch_after_resource_metadata_stays_strict(oauth_server):
+    test_server = oauth_server()
     test_server.patch_document(test_server.metadata_path, issuer=test_server.origin + "/oauth")
     with pytest.raises(AuthError, match="names issuer .*/oauth', but .* was expected; refusing to use it"):
         _authenticate(_server(test_server))

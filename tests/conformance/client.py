@@ -59,11 +59,15 @@ def main(argv: list[str]) -> int:
     home = Path(tempfile.mkdtemp(prefix="toolscript-conformance-"))
     try:
         write_config(home / "config.toml", url, scenario, context)
+        # webbrowser wants $BROWSER to be one executable path.
+        browser = home / "browser"
+        browser.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{BROWSER}" "$@"\n', encoding="utf-8")
+        browser.chmod(0o700)
         env = {
             **os.environ,
             "TOOLSCRIPT_HOME": str(home),
             "TOOLSCRIPT_CONFIG": str(home / "config.toml"),
-            "BROWSER": f"{sys.executable} {BROWSER} %s",
+            "BROWSER": str(browser),
         }
         env.pop("TOOLSCRIPT_GATEWAY_URL", None)
         code = EXIT_AUTH_REQUIRED
