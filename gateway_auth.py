@@ -112,7 +112,7 @@ class StoredTokenAuth(OAuthClientProvider):
             async with self.context.lock:
                 tokens = await self._load()
                 if tokens is None:
-                    raise self._fail(AuthRequiredError(self._needs_auth_message(), server=name))
+                    break  # no credentials: the request goes without, and a 401 says auth is needed
                 # First pass: refresh if (nearly) expired. Second pass, after a 401: refresh
                 # unless another task already replaced the token that was refused.
                 stale = tokens.is_expired(leeway=EXPIRY_SKEW) if attempt == 1 else tokens.access_token == sent
@@ -136,8 +136,20 @@ class StoredTokenAuth(OAuthClientProvider):
                 await self._record_error(reason)
                 raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name))
 
+        if tokens is None:
+            response = yield request
+            if response.status_code == 401:
+                raise self._fail(AuthRequiredError(self._needs_auth_message(), server=name))
+
         if response.status_code == 403 and extract_field_from_www_auth(response, "error") == "insufficient_scope":
             scope = extract_scope_from_www_auth(response)
+            granted = set((tokens.scope or "").split()) if tokens else set()
+            if scope and tokens is not None and set(scope.split()) <= granted:
+                # Asking again for what was granted would loop; say so instead.
+                raise self._fail(AuthError(
+                    f"Server '{name}' refused the request for lack of scope '{scope}', which was already granted; "
+                    "authorizing again will not help.", server=name, error="insufficient_scope",
+                ))
             await self._record_scope(scope)
             wanted = f"scope '{scope}'" if scope else "more scopes"
             raise self._fail(AuthRequiredError(
