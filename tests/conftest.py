@@ -41,3 +41,67 @@ def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = N
 def explain(proc: subprocess.CompletedProcess[str]) -> str:
     """Describe a finished subprocess for an assertion message."""
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+# ======================================================================================
+# Gateway fixtures (tests/test_gateway*.py, tests/test_cli_gateway.py)
+# ======================================================================================
+
+import time  # noqa: E402
+from typing import Any, Callable, Iterator  # noqa: E402
+
+SERVERS = Path(__file__).resolve().parent / "servers"
+STDIO_SERVER = str(SERVERS / "stdio_server.py")
+sys.path.insert(0, str(SERVERS))
+
+
+def stdio_server(*flags: str, **extra: Any) -> dict[str, Any]:
+    """A `[servers.NAME]` table running the test toolbox over stdio."""
+    return {"command": sys.executable, "args": [STDIO_SERVER, *flags], **extra}
+
+
+def write_config(servers: dict[str, dict[str, Any]], path: Path | None = None) -> Path:
+    """Write `servers` as ./toolscript.toml (found by the CLI in the test's working directory)."""
+    import tomli_w
+
+    path = path or Path("toolscript.toml")
+    path.write_text(tomli_w.dumps({"servers": servers}), encoding="utf-8")
+    return path
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def http_server() -> Iterator[Any]:
+    """The test toolbox over streamable HTTP on a loopback port, in this process."""
+    from http_server import serving
+
+    with serving("http") as running:
+        yield running
+
+
+@pytest.fixture
+def sse_server() -> Iterator[Any]:
+    """The test toolbox over SSE on a loopback port, in this process."""
+    from http_server import serving
+
+    with serving("sse") as running:
+        yield running
