@@ -469,11 +469,8 @@ class _Server:
             self.status, self.error = FAILED, ConnectError(f"Server '{name}' {verb}: {link.reason}", server=name)
         else:
             self.status = FAILED
-            self.error = ConnectError(
-                f"Server '{name}' {'is closed' if self._closing else 'closed the connection'}; "
-                "it is reconnected on the next call.",
-                server=name,
-            )
+            message = "is closed" if self._closing else "closed the connection; it is reconnected on the next call"
+            self.error = ConnectError(f"Server '{name}' {message}.", server=name)
         if not was_connected:
             self.tools = {}
         log.debug("%s", self.error.message)

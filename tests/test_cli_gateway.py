@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import select
 import signal
@@ -24,6 +25,17 @@ from gateway import Gateway
 from gateway_http import ApiServer
 
 ECHO_LINE = "s__echo    Echo the text back."
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """`main()` installs a stderr handler on the root logger; take it away again after each test."""
+    root, ours = logging.getLogger(), logging.getLogger("toolscript")
+    handlers, levels = list(root.handlers), (root.level, ours.level)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(levels[0])
+    ours.setLevel(levels[1])
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
