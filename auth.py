@@ -37,12 +37,12 @@ if __package__:
     from .config import is_loopback_host
     from .errors import AuthError, StorageError
     from .redact import redact, register_secret
-    from .storage import ClientInfo, Metadata, Record, Store, Tokens, same_resource
+    from .storage import ClientInfo, Metadata, Record, Store, Tokens
 else:
     from config import is_loopback_host
     from errors import AuthError, StorageError
     from redact import redact, register_secret
-    from storage import ClientInfo, Metadata, Record, Store, Tokens, same_resource
+    from storage import ClientInfo, Metadata, Record, Store, Tokens
 
 if TYPE_CHECKING:
     import requests

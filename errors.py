@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "AuthRequiredError",
+    "CallTimeoutError",
     "ConfigError",
     "ConnectError",
     "StorageError",
@@ -105,3 +106,7 @@ class ToolError(ToolscriptError):
     """A tool ran and reported an error result (`isError`)."""
 
     exit_code = 1
+
+
+class CallTimeoutError(ConnectError):
+    """A server did not answer a tool call (or a connection attempt) in time."""

@@ -10,10 +10,16 @@ SDK, pydantic, anyio) are imported inside the commands that need them, so `--hel
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
-from typing import TYPE_CHECKING, Callable, Sequence
+import threading
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if __package__:
     from . import config as _config
@@ -27,9 +33,8 @@ else:
     from storage import Store
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
     from config import Config, ServerConfig
+    from gateway_http import SyncGateway
 
 __all__ = ["main"]
 __version__ = "0.1.0"
@@ -37,7 +42,10 @@ __version__ = "0.1.0"
 log = logging.getLogger("toolscript")
 
 EXIT_OK = 0
+EXIT_TOOL_ERROR = 1
 EXIT_USAGE = 2
+EXIT_AUTH_REQUIRED = 3
+EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
 
 Command = Callable[[argparse.Namespace, "Config"], int]
@@ -78,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_servers, _add_auth, _add_demo):
+    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_gateway, _add_demo):
         add(commands)
     return parser
 
@@ -369,6 +377,227 @@ def _demo_use_server(url: str, access_token: str) -> None:
         anyio.run(run)
     except Exception as exc:  # the SDK raises exception groups; one line is enough here
         raise ConnectError(f"Using the demo server's tools failed: {type(exc).__name__}: {exc}") from None
+
+
+# -- tools, call, gateway --------------------------------------------------------------
+
+GATEWAY_URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
+
+
+def _add_tools(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("tools", help="list the tools of the servers (connects to them)")
+    p.add_argument("--server", metavar="NAME", help="only this server")
+    p.add_argument("--json", action="store_true", help="print the full list, with input schemas, as JSON")
+    p.set_defaults(func=cmd_tools)
+
+
+def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
+    with _open_gateway(cfg, server=args.server) as gateway:
+        tools = gateway.tools(args.server)
+        rows = [row for row in gateway.servers() if args.server in (None, row["name"])]
+    if args.json:
+        _print(json.dumps(tools, indent=2))
+    else:
+        width = max((len(tool["name"]) for tool in tools), default=0)
+        for tool in tools:
+            summary = (tool.get("description") or "").strip().split("\n")[0]
+            _print(f"{tool['name']:<{width}}  {summary}".rstrip())
+    failed = [row for row in rows if row["status"] != "connected"]
+    for row in failed:
+        _error(row.get("error") or f"Server '{row['name']}' is {row['status']}.")
+    if not rows:
+        where = cfg.path or "no config file found"
+        _error(f"No servers configured ({where}). See config.toml.example.")
+    # One broken server among several is reported but does not fail the listing.
+    if failed and len(failed) == len(rows):
+        return EXIT_AUTH_REQUIRED if all(row["status"] == "auth_required" for row in failed) else EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def _add_call(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("call", help="call a tool: toolscript call SERVER__TOOL '{\"name\": \"value\"}'")
+    p.add_argument("tool", metavar="SERVER__TOOL", help="the tool, as listed by `toolscript tools`")
+    p.add_argument("arguments", nargs="?", metavar="ARGS",
+                   help="a JSON object, @FILE to read it from a file, or - to read stdin (default: {})")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="give up on the call after this long")
+    p.set_defaults(func=cmd_call)
+
+
+def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
+    arguments = _read_arguments(args.arguments, args.tool)
+    with _open_gateway(cfg, for_tool=args.tool) as gateway:
+        result = gateway.call(args.tool, arguments, timeout=args.timeout)
+    failed = bool(result.get("isError"))
+    if args.json:
+        _print(json.dumps(result, indent=2))
+    else:
+        text = render_result(result)
+        if failed:
+            print(text, file=sys.stderr, flush=True)
+        elif text:
+            _print(text)
+    return EXIT_TOOL_ERROR if failed else EXIT_OK
+
+
+def _add_gateway(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("gateway", help="serve every configured server through a local HTTP API")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (default: 0, any free port)")
+    p.set_defaults(func=cmd_gateway)
+
+
+def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
+    gateway_module = _gateway_module()
+    if __package__:
+        from .gateway_http import ApiServer
+    else:
+        from gateway_http import ApiServer
+    if not _config.is_loopback_host(args.host):
+        log.warning("warning: --host %s is not a loopback address: other machines can use your servers, "
+                    "and the credentials they hold, through this gateway.", args.host)
+    gateway = gateway_module.Gateway(cfg)
+    try:
+        api = ApiServer(gateway, args.host, args.port)
+    except OSError as exc:
+        raise UsageError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
+    try:
+        with _sigterm_interrupts():
+            try:
+                with gateway:
+                    for row in gateway.servers():
+                        if row["status"] == "connected":
+                            log.info("Server '%s': connected, %d tools", row["name"], row["tools"])
+                        else:
+                            log.warning("%s", row.get("error"))
+                    _print(f"{GATEWAY_URL_VAR}={api.url}")
+                    api.serve_forever()
+            except KeyboardInterrupt:
+                log.info("Gateway stopped.")
+    finally:
+        api.server_close()
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | None = None) -> Iterator[SyncGateway]:
+    """Yield the running gateway at $TOOLSCRIPT_GATEWAY_URL, else a gateway of our own.
+
+    Our own connects only `server`, or the server of the tool `for_tool`, or else all.
+    """
+    url = os.environ.get(GATEWAY_URL_VAR)
+    if url:
+        if __package__:
+            from .gateway_http import RemoteGateway
+        else:
+            from gateway_http import RemoteGateway
+        remote = RemoteGateway(url)
+        remote.check()
+        yield remote
+        return
+    gateway_module = _gateway_module()
+    if for_tool is not None:
+        server = gateway_module.split_tool_name(for_tool)[0]
+    with _sigterm_interrupts(), gateway_module.Gateway(cfg, only=[server] if server else None) as gateway:
+        yield gateway
+
+
+def _gateway_module() -> ModuleType:
+    """Import `gateway`, and with it the MCP SDK, only when a command needs it."""
+    if __package__:
+        from . import gateway
+    else:
+        import gateway
+    return gateway
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so that stdio servers are shut down on either."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown at a time
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _read_arguments(source: str | None, tool: str) -> dict[str, Any]:
+    """Parse ARGS of `call`: inline JSON, `@file`, `-` for stdin, or nothing for `{}`."""
+    if source is None:
+        return {}
+    where = "ARGS"
+    if source == "-":
+        text, where = sys.stdin.read(), "stdin"
+    elif source.startswith("@"):
+        path = source[1:]
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+        except OSError as exc:
+            raise UsageError(f"Cannot read the arguments for '{tool}' from {path}: {exc.strerror or exc}.") from None
+        where = path
+    else:
+        text = source
+    try:
+        arguments = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(
+            f"The arguments for '{tool}' ({where}) are not valid JSON: {exc}. "
+            """Give a JSON object such as '{"path": "README.md"}'."""
+        ) from None
+    if not isinstance(arguments, dict):
+        raise UsageError(f"The arguments for '{tool}' ({where}) must be a JSON object, not {type(arguments).__name__}.")
+    return arguments
+
+
+def render_result(result: dict[str, Any]) -> str:
+    """Return a tool result for reading: text as text, other content as one-line summaries."""
+    parts = [_render_content(item) for item in result.get("content") or []]
+    if not parts and result.get("structuredContent") is not None:
+        parts.append(json.dumps(result["structuredContent"], indent=2))
+    return "\n".join(parts)
+
+
+def _render_content(item: dict[str, Any]) -> str:
+    kind = item.get("type")
+    if kind == "text":
+        return str(item.get("text", ""))
+    if kind in ("image", "audio"):
+        return f"[{kind}: {item.get('mimeType', 'unknown type')}, {_decoded_size(item.get('data'))} bytes]"
+    if kind == "resource_link":
+        return f"[resource link: {item.get('name') or item.get('uri')} <{item.get('uri')}>]"
+    if kind == "resource":
+        resource = item.get("resource") or {}
+        if "text" in resource:
+            return f"[resource: {resource.get('uri')}]\n{resource['text']}"
+        mime = resource.get("mimeType", "unknown type")
+        return f"[resource: {resource.get('uri')}, {mime}, {_decoded_size(resource.get('blob'))} bytes]"
+    return json.dumps(item, indent=2)
+
+
+def _decoded_size(data: Any) -> int:
+    try:
+        return len(base64.b64decode(data or "", validate=False))
+    except (ValueError, TypeError):
+        return len(data or "")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 # -- output helpers ------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -24,6 +26,17 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     work.mkdir()
     monkeypatch.chdir(work)
     return home
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """`main()` configures the root logger; undo it after each test so tests stay independent."""
+    root, ours = logging.getLogger(), logging.getLogger("toolscript")
+    handlers, levels = list(root.handlers), (root.level, ours.level)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(levels[0])
+    ours.setLevel(levels[1])
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
@@ -47,7 +60,6 @@ def explain(proc: subprocess.CompletedProcess[str]) -> str:
 
 import contextlib  # noqa: E402
 import stat  # noqa: E402
-from typing import Any, Callable, Iterator  # noqa: E402
 
 
 @pytest.fixture
@@ -68,8 +80,68 @@ def browser(tmp_path: Path) -> dict[str, str]:
     return {"BROWSER": str(script)}
 
 
-def write_config(text: str) -> Path:
-    """Write `./toolscript.toml` (the test's own working directory)."""
-    path = Path("toolscript.toml")
-    path.write_text(text)
+def write_config(config: str | dict[str, dict[str, Any]], path: Path | None = None) -> Path:
+    """Write ./toolscript.toml (found by the CLI in the test's working directory).
+
+    `config` is TOML text, or a dict of `[servers.NAME]` tables.
+    """
+    import tomli_w
+
+    path = path or Path("toolscript.toml")
+    text = config if isinstance(config, str) else tomli_w.dumps({"servers": config})
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+# ======================================================================================
+# Gateway fixtures (tests/test_gateway*.py, tests/test_cli_gateway.py)
+# ======================================================================================
+
+import time  # noqa: E402
+
+SERVERS = Path(__file__).resolve().parent / "servers"
+STDIO_SERVER = str(SERVERS / "stdio_server.py")
+sys.path.insert(0, str(SERVERS))
+
+
+def stdio_server(*flags: str, **extra: Any) -> dict[str, Any]:
+    """A `[servers.NAME]` table running the test toolbox over stdio."""
+    return {"command": sys.executable, "args": [STDIO_SERVER, *flags], **extra}
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def http_server() -> Iterator[Any]:
+    """The test toolbox over streamable HTTP on a loopback port, in this process."""
+    from http_server import serving
+
+    with serving("http") as running:
+        yield running
+
+
+@pytest.fixture
+def sse_server() -> Iterator[Any]:
+    """The test toolbox over SSE on a loopback port, in this process."""
+    from http_server import serving
+
+    with serving("sse") as running:
+        yield running

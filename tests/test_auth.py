@@ -349,7 +349,7 @@ def test_status_of_one_server_shows_no_secret(oauth_server, capsys):
                   "Client", "Token auth method", "Redirect URI", "Scopes requested", "Scopes granted", "Expires",
                   "Refresh token"):
         assert label in labels, out
-    assert f"(mode 600; directory mode 700)" in out
+    assert "(mode 600; directory mode 700)" in out
     assert f"Client:              {record.client.client_id} via dynamic client registration (RFC 7591); " \
            "client secret stored" in out
     assert f"1. probe {test_server.url}: 401, WWW-Authenticate resource_metadata=" in out

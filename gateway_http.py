@@ -1,0 +1,283 @@
+"""The gateway's local HTTP API, and the client that reaches a running gateway through it.
+
+It stands apart from `gateway` because it needs only a gateway's synchronous methods
+(`servers`, `tools`, `call`) and the standard library, never the MCP SDK: the CLI's
+`tools` and `call` go through a running gateway without importing the SDK.
+
+Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]` and
+`POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional). Errors are
+`{"error": message}` with 400 (malformed body), 401 (authentication required), 403
+(foreign Host or Origin), 404 (unknown server or tool), 413 (body too large), 415 (not
+JSON), 502 (the server failed) or 504 (timeout).
+
+The API spends the user's credentials, so it refuses what a web page or another host
+could send: a `Host` header other than the bound address or `localhost` with the bound
+port (DNS rebinding), an `Origin` other than its own (cross-site requests), and POSTs
+that are not `application/json` (which browsers cannot send cross-site without asking).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Protocol
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+if __package__:
+    from .errors import AuthRequiredError, CallTimeoutError, ConfigError, ConnectError, ToolscriptError, UsageError
+    from .redact import redact
+else:
+    from errors import AuthRequiredError, CallTimeoutError, ConfigError, ConnectError, ToolscriptError, UsageError
+    from redact import redact
+
+__all__ = ["MAX_BODY_BYTES", "ApiServer", "RemoteGateway", "SyncGateway", "status_for"]
+
+log = logging.getLogger("toolscript.gateway.http")
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle before its thread gives up
+_CALL_PREFIX = "/tools/"
+
+
+class SyncGateway(Protocol):
+    """What the API serves: `gateway.Gateway`, or a `RemoteGateway` in front of one."""
+
+    def servers(self) -> list[dict[str, Any]]: ...
+
+    def tools(self, server: str | None = None) -> list[dict[str, Any]]: ...
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]: ...
+
+
+def status_for(exc: ToolscriptError) -> int:
+    """Return the HTTP status that reports `exc`."""
+    if isinstance(exc, AuthRequiredError):
+        return 401
+    if isinstance(exc, (UsageError, ConfigError)):
+        return 404
+    if isinstance(exc, CallTimeoutError):
+        return 504
+    return 502
+
+
+class ApiServer(ThreadingHTTPServer):
+    """The HTTP API over `gateway`, bound to `host:port` (port 0: any free port).
+
+    Run it with `serve_forever()`; each connection gets its own thread, so a slow tool
+    call never holds up other clients.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, gateway: SyncGateway, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), _Handler)
+        self.gateway = gateway
+        self.port: int = self.server_address[1]
+        self.authority = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.allowed_hosts = {self.authority.lower(), f"localhost:{self.port}"}
+        self.allowed_origins = {f"http://{authority}" for authority in self.allowed_hosts}
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.authority}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ApiServer
+    protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
+    server_version = "toolscript-gateway"
+    timeout = _IDLE_TIMEOUT
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+        if not self._allowed():
+            return
+        path, query = self._target()
+        gateway = self.server.gateway
+        if path == "/health":
+            self._send(200, {"status": "ok"})
+        elif path == "/servers":
+            self._answer(gateway.servers)
+        elif path == "/tools":
+            self._answer(lambda: gateway.tools(query.get("server")))
+        else:
+            self._send(404, {"error": f"No endpoint GET {path}; try /health, /servers, /tools."})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._allowed():
+            return
+        path, query = self._target()
+        name = unquote(path[len(_CALL_PREFIX):]) if path.startswith(_CALL_PREFIX) else ""
+        if not name:
+            self._send(404, {"error": f"No endpoint POST {path}; call a tool with POST /tools/SERVER__TOOL."}, close=True)
+            return
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            self._send(415, {"error": "The body must be a JSON object sent as Content-Type: application/json."}, close=True)
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._send(400, {"error": "Invalid Content-Length."}, close=True)
+            return
+        if length > MAX_BODY_BYTES:
+            self._send(413, {"error": f"The body is larger than {MAX_BODY_BYTES} bytes."}, close=True)
+            return
+        body = self.rfile.read(length)
+        try:
+            arguments = json.loads(body) if body.strip() else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._send(400, {"error": f"The body is not valid JSON: {exc}."})
+            return
+        if not isinstance(arguments, dict):
+            self._send(400, {"error": f"The body must be a JSON object of arguments, not {type(arguments).__name__}."})
+            return
+        try:
+            timeout = float(query["timeout"]) if "timeout" in query else None
+        except ValueError:
+            timeout = -1.0
+        if timeout is not None and not timeout > 0:
+            self._send(400, {"error": "timeout must be a positive number of seconds."})
+            return
+        self._answer(lambda: self.server.gateway.call(name, arguments, timeout=timeout))
+
+    def _allowed(self) -> bool:
+        """Refuse requests a web page or another host could make (see the module docstring)."""
+        host = (self.headers.get("Host") or "").lower()
+        if host not in self.server.allowed_hosts:
+            self._send(403, {
+                "error": f"Host {host or '(none)'!r} is not allowed; this gateway answers only to "
+                         f"{' and '.join(sorted(self.server.allowed_hosts))}."
+            }, close=True)
+            return False
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.lower() not in self.server.allowed_origins:
+            self._send(403, {"error": f"Cross-origin requests (Origin {origin!r}) are not allowed."}, close=True)
+            return False
+        return True
+
+    def _target(self) -> tuple[str, dict[str, str]]:
+        parts = urlsplit(self.path)
+        return parts.path, {key: values[-1] for key, values in parse_qs(parts.query).items()}
+
+    def _answer(self, produce: Callable[[], Any]) -> None:
+        try:
+            payload = produce()
+        except ToolscriptError as exc:
+            self._send(status_for(exc), {"error": redact(exc.message)})
+        except Exception:
+            log.exception("gateway API: unexpected error for %s %s", self.command, self.path)
+            self._send(500, {"error": "Internal gateway error; see the gateway's log."})
+        else:
+            self._send(200, payload)
+
+    def _send(self, status: int, payload: Any, *, close: bool = False) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if close:  # the request body may be unread: the connection cannot be reused
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server signature
+        log.debug("gateway API: %s %s", self.address_string(), format % args)
+
+
+_ERRORS: dict[int, type[ToolscriptError]] = {
+    400: UsageError, 401: AuthRequiredError, 404: UsageError, 504: CallTimeoutError,
+}
+
+
+class RemoteGateway:
+    """A running gateway reached over its HTTP API, with the methods of `gateway.Gateway`.
+
+    Errors come back as the same exception types the gateway raised (by HTTP status), so
+    callers behave the same either way. Each thread keeps one keep-alive connection.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise UsageError(f"TOOLSCRIPT_GATEWAY_URL must look like http://127.0.0.1:PORT, not {url!r}.")
+        self.url = url.rstrip("/")
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._local = threading.local()
+
+    def check(self) -> None:
+        """Raise `ConnectError` unless a gateway answers at the URL."""
+        try:
+            health = self._request("GET", "/health", timeout=10)
+        except ConnectError:
+            raise
+        except ToolscriptError as exc:
+            raise self._unreachable(exc.message) from None
+        if health != {"status": "ok"}:
+            raise self._unreachable("it did not answer like a toolscript gateway")
+
+    def servers(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/servers")
+
+    def tools(self, server: str | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", "/tools" + (f"?server={quote(server)}" if server else ""))
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+        path = _CALL_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
+        # The gateway bounds every call; the socket timeout only guards against a hung gateway.
+        return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = 60.0) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in range(2):
+            connection = getattr(self._local, "connection", None)
+            reused = connection is not None
+            if connection is None:
+                connection = self._local.connection = http.client.HTTPConnection(self._host, self._port)
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            try:
+                connection.request(method, path, body=data, headers=headers)
+                response = connection.getresponse()
+                raw = response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                # A kept-alive connection the gateway closed meanwhile: once more on a new one.
+                if reused and attempt == 0 and isinstance(exc, (ConnectionError, http.client.RemoteDisconnected)):
+                    continue
+                if isinstance(exc, TimeoutError):
+                    raise CallTimeoutError(f"The gateway at {self.url} did not answer in time.") from None
+                raise self._unreachable(str(exc) or type(exc).__name__) from None
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise self._unreachable(f"it answered HTTP {response.status} without JSON") from None
+        if response.status == 200:
+            return payload
+        message = payload.get("error") if isinstance(payload, dict) else None
+        raise _ERRORS.get(response.status, ConnectError)(message or f"The gateway answered HTTP {response.status}.")
+
+    def _unreachable(self, reason: str) -> ConnectError:
+        return ConnectError(
+            f"The gateway at {self.url} (TOOLSCRIPT_GATEWAY_URL) is not reachable: {reason}. "
+            "Start it with: toolscript gateway, or unset TOOLSCRIPT_GATEWAY_URL."
+        )

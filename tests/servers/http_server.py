@@ -1,0 +1,84 @@
+"""Serve the test toolbox over streamable HTTP (`/mcp`) or SSE (`/sse`) on a loopback port.
+
+In the test process: `with serving("http") as srv: srv.url ...` runs uvicorn in a thread.
+As a subprocess: `python http_server.py [http|sse]` prints `URL=...` and serves until killed.
+
+The listening socket is bound and put into listen mode before uvicorn starts, so clients
+can connect at once (the kernel queues them): nothing has to wait for "started".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from toolbox import build  # noqa: E402
+
+__all__ = ["Running", "serving"]
+
+
+@dataclass
+class Running:
+    url: str
+    port: int
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        """Stop at once, dropping open connections (a long-lived SSE stream would hold it up)."""
+        self.server.should_exit = self.server.force_exit = True
+        self.thread.join(10)
+
+
+def bind_loopback(port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    return sock
+
+
+def make_app(transport: str, name: str = "toolbox"):  # noqa: ANN201 - a Starlette app
+    mcp = build(name)
+    return mcp.sse_app() if transport == "sse" else mcp.streamable_http_app()
+
+
+@contextlib.contextmanager
+def serving(transport: str = "http", *, port: int = 0, name: str = "toolbox") -> Iterator[Running]:
+    """Serve the toolbox in a background thread; stop it on exit."""
+    sock = bind_loopback(port)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(transport, name), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    path = "/sse" if transport == "sse" else "/mcp"
+    running = Running(url=f"http://127.0.0.1:{port}{path}", port=port, server=server, thread=thread)
+    try:
+        yield running
+    finally:
+        running.stop()
+        sock.close()
+
+
+def main() -> None:
+    transport = sys.argv[1] if len(sys.argv) > 1 else "http"
+    sock = bind_loopback()
+    port = sock.getsockname()[1]
+    path = "/sse" if transport == "sse" else "/mcp"
+    print(f"URL=http://127.0.0.1:{port}{path}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(make_app(transport), log_level="warning", lifespan="on"))
+    asyncio.run(server.serve(sockets=[sock]))
+
+
+if __name__ == "__main__":
+    main()

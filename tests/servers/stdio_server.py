@@ -1,0 +1,37 @@
+"""Run the test toolbox over stdio: `python stdio_server.py [--paged] [--hang] [--exit CODE]`.
+
+--paged      tools/list answers in pages of two
+--hang       read stdin but never answer (a server that never finishes connecting)
+--exit CODE  exit at once with CODE (a server that dies before the handshake)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--paged", action="store_true")
+    parser.add_argument("--hang", action="store_true")
+    parser.add_argument("--exit", type=int, default=None)
+    parser.add_argument("--name", default="toolbox")
+    args = parser.parse_args()
+    print(f"{args.name}: starting on stdio (this line goes to stderr)", file=sys.stderr, flush=True)
+    if args.exit is not None:
+        sys.exit(args.exit)
+    if args.hang:
+        for _ in sys.stdin:
+            pass
+        return
+    from toolbox import build  # only now: --hang and --exit servers start fast
+
+    build(args.name, page_size=2 if args.paged else None).run("stdio")
+
+
+if __name__ == "__main__":
+    main()

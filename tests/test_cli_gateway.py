@@ -1,0 +1,288 @@
+"""`toolscript tools`, `call` and `gateway`: in-process through `main()`, and as a user runs them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx2
+import pytest
+from conftest import ROOT, explain, process_exists, run_cli, stdio_server, write_config
+
+import toolscript
+from config import load_config
+from errors import AuthRequiredError
+from gateway import Gateway
+from gateway_http import ApiServer
+
+ECHO_LINE = "s__echo    Echo the text back."
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = toolscript.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def servers() -> Path:
+    return write_config({"s": stdio_server(exclude_tools=["crash"]), "broken": {"command": "/nonexistent/mcp-server"}})
+
+
+BROKEN = "error: Server 'broken' failed to connect: cannot run '/nonexistent/mcp-server': No such file or directory\n"
+
+
+# -- tools ---------------------------------------------------------------------------
+
+
+def test_tools_lists_one_per_line_and_reports_failures(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "tools")
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0] == ECHO_LINE
+    assert lines[1] == "s__add     Add two integers; the result is structured."
+    assert len(lines) == 10 and not any("crash" in line for line in lines)
+    assert err == BROKEN
+
+
+def test_tools_json_has_schemas(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "tools", "--server", "s", "--json")
+    tools = json.loads(out)
+    assert code == 0
+    assert tools[0]["name"] == "s__echo"
+    assert tools[0]["description"] == "Echo the text back.\nSecond line of the description."
+    assert tools[0]["inputSchema"]["properties"]["text"]["type"] == "string"
+
+
+def test_tools_of_a_failed_server_exit_4(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "tools", "--server", "broken") == (4, "", BROKEN)
+    code, _, err = cli(capsys, "tools", "--server", "nope")
+    assert code == 2 and "Unknown server 'nope'" in err
+
+
+# -- call ----------------------------------------------------------------------------
+
+
+def test_call_prints_text_and_readable_content(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "call", "s__echo", '{"text": "hello"}') == (0, "hello\n", "")
+    code, out, err = cli(capsys, "call", "s__mixed")
+    assert (code, err) == (0, "")
+    assert out == (
+        "first\n[image: image/png, 25 bytes]\n[resource: file:///notes.txt]\nnote text\n"
+        "[resource link: big.bin <file:///big.bin>]\nlast\n"
+    )
+
+
+def test_call_json_prints_the_whole_result(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "call", "s__add", '{"a": 4, "b": 5}', "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "content": [{"type": "text", "text": json.dumps({"total": 9, "terms": [4, 5]}, indent=2)}],
+        "structuredContent": {"total": 9, "terms": [4, 5]},
+        "isError": False,
+    }
+
+
+def test_call_is_error_exits_1(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "call", "s__fail", '{"message": "disk full"}') == (1, "", "Error executing tool fail: disk full\n")
+    code, out, _ = cli(capsys, "call", "s__mixed", '{"is_error": true}', "--json")
+    assert code == 1 and json.loads(out)["isError"] is True
+
+
+def test_call_arguments_from_file_stdin_or_nothing(servers: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("args.json").write_text('{"text": "from a file"}')
+    assert cli(capsys, "call", "s__echo", "@args.json") == (0, "from a file\n", "")
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"text": "from stdin"}'))
+    assert cli(capsys, "call", "s__echo", "-") == (0, "from stdin\n", "")
+    code, out, _ = cli(capsys, "call", "s__pid")
+    assert code == 0 and out.strip().isdigit()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["s__echo", "{bad"], "error: The arguments for 's__echo' (ARGS) are not valid JSON: Expecting property name "
+                          "enclosed in double quotes: line 1 column 2 (char 1). "
+                          """Give a JSON object such as '{"path": "README.md"}'.\n"""),
+    (["s__echo", "[1]"], "error: The arguments for 's__echo' (ARGS) must be a JSON object, not list.\n"),
+    (["s__echo", "@missing.json"], "error: Cannot read the arguments for 's__echo' from missing.json: "
+                                   "No such file or directory.\n"),
+    (["s__nope"], "error: Unknown tool 'nope' on server 's'. Run: toolscript tools --server s\n"),
+    (["s__crash"], "error: Tool 's__crash' is hidden by the include_tools/exclude_tools of server 's'.\n"),
+    (["echo"], "error: 'echo' is not a SERVER__TOOL name (such as files__read_file). Run: toolscript tools\n"),
+])
+def test_call_usage_errors_exit_2(servers: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    assert cli(capsys, "call", *args) == (2, "", message)
+
+
+def test_call_unknown_server_exits_2(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "call", "nope__echo")
+    assert (code, out) == (2, "")
+    assert err == "error: Unknown server 'nope' in toolscript.toml (configured: s, broken).\n"
+
+
+def test_call_connects_only_its_server_and_failures_exit_4(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "call", "broken__echo") == (4, "", BROKEN)
+    # `s` works although `broken` is configured: it is never started for this call.
+    assert cli(capsys, "call", "s__echo", '{"text": "fine"}') == (0, "fine\n", "")
+    assert cli(capsys, "call", "s__slow", '{"seconds": 30}', "--timeout", "0.2") == (
+        4, "", "error: Tool 's__slow' did not answer within 0.2 s.\n"
+    )
+
+
+# -- through a running gateway (TOOLSCRIPT_GATEWAY_URL) -------------------------------
+
+
+class _DenyAll(httpx2.Auth):
+    async def async_auth_flow(self, request: httpx2.Request) -> Any:
+        raise AuthRequiredError("Server 'locked' is not authenticated.", server="locked")
+        yield request  # pragma: no cover
+
+
+@pytest.fixture
+def running_gateway(servers: Path, http_server: Any) -> Iterator[str]:
+    write_config({
+        "s": stdio_server(exclude_tools=["crash"]),
+        "broken": {"command": "/nonexistent/mcp-server"},
+        "locked": {"url": http_server.url},
+    })
+    gateway = Gateway(load_config(), auth=lambda server: _DenyAll()).start()
+    api = ApiServer(gateway)
+    thread = threading.Thread(target=api.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield api.url
+    finally:
+        api.shutdown()
+        api.server_close()
+        gateway.stop()
+
+
+def test_tools_and_call_through_the_gateway_match_direct_use(
+    running_gateway: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commands = [
+        ["tools", "--server", "s"], ["tools", "--server", "s", "--json"], ["tools", "--server", "broken"],
+        ["call", "s__echo", '{"text": "same"}'], ["call", "s__mixed", "--json"], ["call", "s__fail"],
+        ["call", "s__nope"], ["call", "s__crash"], ["call", "s__echo", "[1]"], ["call", "broken__echo"],
+        ["call", "s__slow", '{"seconds": 30}', "--timeout", "0.2"],
+    ]
+    direct = [cli(capsys, *command) for command in commands]
+    monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", running_gateway)
+    through = [cli(capsys, *command) for command in commands]
+    assert [result[0] for result in direct] == [0, 0, 4, 0, 0, 1, 2, 2, 2, 4, 4]
+    assert through == direct
+
+
+def test_auth_required_exits_3(running_gateway: str, capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", running_gateway)
+    message = "error: Server 'locked' is not authenticated. Run: toolscript auth locked\n"
+    assert cli(capsys, "call", "locked__echo", '{"text": "x"}') == (3, "", message)
+    assert cli(capsys, "tools", "--server", "locked") == (3, "", message)
+
+
+def test_unreachable_gateway_exits_4(servers: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", "http://127.0.0.1:9")
+    for command in (["tools"], ["call", "s__echo", '{"text": "x"}']):
+        code, out, err = cli(capsys, *command)
+        assert (code, out) == (4, "")
+        assert err.startswith("error: The gateway at http://127.0.0.1:9 (TOOLSCRIPT_GATEWAY_URL) is not reachable: ")
+
+
+# -- as a user runs them -------------------------------------------------------------
+
+
+def test_help_and_servers_do_not_import_the_sdk(servers: Path) -> None:
+    script = (
+        "import sys, contextlib, io\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import toolscript\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    for argv in (['--help'], ['call', '--help'], ['tools', '--help'], ['gateway', '--help']):\n"
+        "        try:\n"
+        "            toolscript.main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "    assert toolscript.main(['servers']) == 0\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'mcp_types', 'pydantic', 'anyio', 'httpx2'))\n"
+        "print(heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "[]\n", explain(proc)
+
+
+def test_call_end_to_end(servers: Path) -> None:
+    proc = run_cli("call", "s__echo", '{"text": "hi there"}')
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hi there\n", ""), explain(proc)
+
+
+def _start_gateway(*args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "toolscript.py"), "gateway", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    if not ready:
+        proc.kill()
+        pytest.fail("toolscript gateway printed nothing within 60 s")
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals) -> None:
+    proc, first = _start_gateway("--port", "0")
+    try:
+        assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
+        url = first.strip().split("=", 1)[1]
+        env = {"TOOLSCRIPT_GATEWAY_URL": url}
+        called = run_cli("call", "s__pid", env=env)
+        assert called.returncode == 0, explain(called)
+        child = int(called.stdout)
+        assert process_exists(child)
+        listed = run_cli("tools", env=env)
+        assert (listed.returncode, listed.stdout.splitlines()[0]) == (0, ECHO_LINE), explain(listed)
+        assert listed.stderr == BROKEN
+        proc.send_signal(stop)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == ""  # nothing after the URL line
+    assert "Server 's': connected, 10 tools" in err and "Gateway stopped." in err
+    assert not process_exists(child)
+
+
+def test_gateway_command_warns_about_non_loopback_hosts(servers: Path) -> None:
+    write_config({"s": stdio_server()})
+    proc, first = _start_gateway("--host", "0.0.0.0")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://0.0.0.0:")
+    assert "warning: --host 0.0.0.0 is not a loopback address" in err
+    assert proc.returncode == 0
+
+
+def test_gateway_command_port_in_use_exits_2(servers: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("gateway", "--port", str(port))
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr.startswith(f"error: Cannot listen on 127.0.0.1:{port}: "), explain(proc)
+    assert os.environ.get("TOOLSCRIPT_GATEWAY_URL") is None

@@ -1,0 +1,252 @@
+"""The local HTTP API (`gateway_http.ApiServer`) and its client (`RemoteGateway`), over a real Gateway."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from typing import Any, Iterator
+
+import httpx2
+import pytest
+from conftest import stdio_server
+
+from config import parse_config
+from errors import AuthRequiredError, CallTimeoutError, ConnectError, UsageError
+from gateway import Gateway
+from gateway_http import MAX_BODY_BYTES, ApiServer, RemoteGateway
+
+
+class _DenyAll(httpx2.Auth):
+    async def async_auth_flow(self, request: httpx2.Request) -> Any:
+        raise AuthRequiredError("Server 'locked' is not authenticated.", server="locked")
+        yield request  # pragma: no cover - makes this a generator
+
+
+@pytest.fixture(scope="module")
+def api(http_server_module: Any) -> Iterator[ApiServer]:
+    cfg = parse_config({"servers": {
+        "s": stdio_server(timeout=5),
+        "missing": {"command": "/nonexistent/mcp-server"},
+        "locked": {"url": http_server_module.url},
+    }})
+    gateway = Gateway(cfg, auth=lambda server: _DenyAll()).start()
+    server = ApiServer(gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def http_server_module() -> Iterator[Any]:
+    from http_server import serving
+
+    with serving("http") as running:
+        yield running
+
+
+def request(api: ApiServer, method: str, path: str, body: bytes | str | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """Send one raw request (so that tests control every header) and return (status, JSON)."""
+    connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        headers = {"Host": f"127.0.0.1:{api.port}", **(headers or {})}
+        if body is not None:
+            data = body.encode() if isinstance(body, str) else body
+            headers.setdefault("Content-Type", "application/json")
+            headers.setdefault("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders(data if body is not None else None)
+        response = connection.getresponse()
+        assert response.getheader("Content-Type") == "application/json"
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def post(api: ApiServer, tool: str, arguments: Any = None, **kwargs: Any) -> tuple[int, Any]:
+    return request(api, "POST", f"/tools/{tool}", json.dumps(arguments if arguments is not None else {}), **kwargs)
+
+
+# -- endpoints -----------------------------------------------------------------------
+
+
+def test_health_servers_and_tools(api: ApiServer) -> None:
+    assert request(api, "GET", "/health") == (200, {"status": "ok"})
+    code, servers = request(api, "GET", "/servers")
+    assert code == 200
+    assert servers[0] == {"name": "s", "type": "stdio", "status": "connected", "tools": 11}
+    assert servers[1]["status"] == "failed" and "cannot run '/nonexistent/mcp-server'" in servers[1]["error"]
+    assert servers[2] == {
+        "name": "locked", "type": "http", "status": "auth_required", "tools": 0,
+        "error": "Server 'locked' is not authenticated. Run: toolscript auth locked",
+    }
+    code, tools = request(api, "GET", "/tools?server=s")
+    assert code == 200
+    echo = tools[0]
+    assert echo["name"] == "s__echo" and echo["server"] == "s" and echo["tool"] == "echo"
+    assert echo["inputSchema"]["required"] == ["text"]
+    assert "outputSchema" in echo
+    code, everything = request(api, "GET", "/tools")
+    assert code == 200 and [tool["name"] for tool in everything] == [tool["name"] for tool in tools]
+    assert request(api, "GET", "/tools?server=nope")[0] == 404
+    assert request(api, "GET", "/nowhere")[0] == 404
+
+
+def test_call_returns_the_result(api: ApiServer) -> None:
+    assert post(api, "s__echo", {"text": "hi"}) == (
+        200, {"content": [{"type": "text", "text": "hi"}], "structuredContent": {"result": "hi"}, "isError": False}
+    )
+    code, result = post(api, "s__mixed", {"is_error": True})
+    assert code == 200
+    assert result["isError"] is True and result["structuredContent"] == {"answer": 42, "nested": {"ok": [1, 2]}}
+    assert len(result["content"]) == 5
+    code, result = request(api, "POST", "/tools/s__pid", "")  # an empty body means no arguments
+    assert code == 200 and isinstance(result["structuredContent"]["result"], int)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("{not json", "The body is not valid JSON"),
+    ("[1, 2]", "The body must be a JSON object of arguments, not list"),
+    ('"text"', "The body must be a JSON object of arguments, not str"),
+])
+def test_malformed_bodies_are_400(api: ApiServer, body: str, message: str) -> None:
+    code, payload = request(api, "POST", "/tools/s__echo", body)
+    assert code == 400
+    assert payload["error"].startswith(message)
+
+
+def test_error_statuses(api: ApiServer) -> None:
+    assert post(api, "s__nope") == (404, {"error": "Unknown tool 'nope' on server 's'. Run: toolscript tools --server s"})
+    assert post(api, "other__echo")[0] == 404
+    assert post(api, "no_separator")[0] == 404
+    assert post(api, "locked__echo", {"text": "x"}) == (
+        401, {"error": "Server 'locked' is not authenticated. Run: toolscript auth locked"}
+    )
+    code, payload = post(api, "missing__echo", {"text": "x"})
+    assert code == 502 and "cannot run '/nonexistent/mcp-server'" in payload["error"]
+    code, payload = request(api, "POST", "/tools/s__slow?timeout=0.2", json.dumps({"seconds": 30}))
+    assert (code, payload) == (504, {"error": "Tool 's__slow' did not answer within 0.2 s."})
+    assert request(api, "POST", "/tools/s__slow?timeout=-1", "{}")[0] == 400
+    assert request(api, "POST", "/elsewhere", "{}")[0] == 404
+
+
+# -- what a browser or another host could send ---------------------------------------
+
+
+@pytest.mark.parametrize("host", ["evil.example:80", "evil.example", "127.0.0.1:1", "localhost", "", "0.0.0.0"])
+def test_foreign_host_headers_are_refused(api: ApiServer, host: str) -> None:
+    code, payload = request(api, "GET", "/servers", headers={"Host": host})
+    assert code == 403
+    assert "is not allowed; this gateway answers only to" in payload["error"]
+    assert post(api, "s__echo", {"text": "x"}, headers={"Host": host})[0] == 403
+
+
+def test_localhost_with_the_port_is_accepted(api: ApiServer) -> None:
+    assert request(api, "GET", "/health", headers={"Host": f"localhost:{api.port}"}) == (200, {"status": "ok"})
+
+
+def test_cross_origin_requests_are_refused(api: ApiServer) -> None:
+    for origin in ("http://evil.example", "null", f"http://127.0.0.1:{api.port + 1}", "https://localhost"):
+        code, payload = post(api, "s__echo", {"text": "x"}, headers={"Origin": origin})
+        assert code == 403 and payload["error"] == f"Cross-origin requests (Origin {origin!r}) are not allowed."
+        assert request(api, "GET", "/tools", headers={"Origin": origin})[0] == 403
+    for origin in (f"http://127.0.0.1:{api.port}", f"http://localhost:{api.port}"):
+        assert post(api, "s__echo", {"text": "x"}, headers={"Origin": origin})[0] == 200
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None])
+def test_posts_must_be_json(api: ApiServer, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {"Content-Type": ""}
+    code, payload = request(api, "POST", "/tools/s__echo", '{"text": "x"}', headers=headers)
+    assert (code, payload["error"]) == (415, "The body must be a JSON object sent as Content-Type: application/json.")
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    assert request(api, "POST", "/tools/s__echo", '{"text": "x"}', headers=headers)[0] == 200
+
+
+def test_oversized_bodies_are_413(api: ApiServer) -> None:
+    code, payload = request(api, "POST", "/tools/s__echo", "{}", headers={"Content-Length": str(MAX_BODY_BYTES + 1)})
+    assert (code, payload) == (413, {"error": f"The body is larger than {MAX_BODY_BYTES} bytes."})
+    big = json.dumps({"text": "x" * (MAX_BODY_BYTES - 100)})
+    assert post(api, "s__echo", json.loads(big))[0] == 200
+
+
+# -- concurrency ---------------------------------------------------------------------
+
+
+def test_a_slow_call_does_not_block_others(api: ApiServer) -> None:
+    slow_done = threading.Event()
+
+    def slow() -> None:
+        post(api, "s__slow", {"seconds": 3})
+        slow_done.set()
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    try:
+        for i in range(5):
+            assert post(api, "s__echo", {"text": str(i)})[1]["content"][0]["text"] == str(i)
+        assert not slow_done.is_set()
+    finally:
+        thread.join(30)
+    assert slow_done.is_set()
+
+
+def test_many_clients_get_their_own_results(api: ApiServer) -> None:
+    remote = RemoteGateway(api.url)
+    errors: list[str] = []
+
+    def worker(n: int) -> None:
+        for i in range(10):
+            text = f"client {n} call {i}"
+            result = remote.call("s__echo", {"text": text})
+            if result["content"] != [{"type": "text", "text": text}]:
+                errors.append(f"{text!r} got {result!r}")
+        remote.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+
+
+# -- RemoteGateway -------------------------------------------------------------------
+
+
+def test_remote_gateway_raises_what_the_gateway_raised(api: ApiServer) -> None:
+    remote = RemoteGateway(api.url + "/")
+    remote.check()
+    assert remote.servers()[0]["name"] == "s"
+    assert [tool["name"] for tool in remote.tools("s")][:2] == ["s__echo", "s__add"]
+    assert remote.call("s__add", {"a": 1, "b": 2})["structuredContent"] == {"total": 3, "terms": [1, 2]}
+    with pytest.raises(UsageError, match="Unknown tool 'nope'"):
+        remote.call("s__nope")
+    with pytest.raises(AuthRequiredError, match="Run: toolscript auth locked"):
+        remote.call("locked__echo", {"text": "x"})
+    with pytest.raises(CallTimeoutError, match="did not answer within 0.2 s"):
+        remote.call("s__slow", {"seconds": 30}, timeout=0.2)
+    with pytest.raises(ConnectError, match="cannot run"):
+        remote.call("missing__echo", {"text": "x"})
+    with pytest.raises(UsageError, match="Unknown server 'nope'"):
+        remote.tools("nope")
+
+
+def test_remote_gateway_not_reachable() -> None:
+    remote = RemoteGateway("http://127.0.0.1:9")
+    with pytest.raises(ConnectError) as caught:
+        remote.check()
+    assert str(caught.value).startswith("The gateway at http://127.0.0.1:9 (TOOLSCRIPT_GATEWAY_URL) is not reachable: ")
+    assert str(caught.value).endswith("Start it with: toolscript gateway, or unset TOOLSCRIPT_GATEWAY_URL.")
+    with pytest.raises(UsageError, match="must look like http://127.0.0.1:PORT"):
+        RemoteGateway("localhost:8080")
+
