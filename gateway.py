@@ -39,11 +39,15 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 if __package__:
-    from .errors import AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from .gateway_auth import StoredTokenAuth
     from .redact import register_secret
+    from .storage import Store, oauth_status
 else:
-    from errors import AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from gateway_auth import StoredTokenAuth
     from redact import register_secret
+    from storage import Store, oauth_status
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
@@ -82,6 +86,21 @@ _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "c
 
 AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
 """Given an http/sse server, return the `httpx2.Auth` for its requests (or None)."""
+
+
+def stored_oauth(store: Store) -> AuthFactory:
+    """The default `AuthFactory`: OAuth from `store` for every http/sse server without its own Authorization header.
+
+    A server without stored tokens is sent requests without a token; its 401 then says
+    which command to run.
+    """
+
+    def factory(server: ServerConfig) -> httpx2.Auth | None:
+        if any(name.lower() == "authorization" for name in server.headers):
+            return None
+        return StoredTokenAuth(store, server)
+
+    return factory
 
 
 def split_tool_name(name: str) -> tuple[str, str]:
@@ -126,7 +145,8 @@ class Gateway:
     """Connections to the configured MCP servers, used from plain threads.
 
     `only` limits the gateway to some servers (the CLI's `call` connects just one); `auth`
-    supplies the `httpx2.Auth` of each http/sse server. A server's `timeout` from the config
+    supplies the `httpx2.Auth` of each http/sse server (default: `stored_oauth` over `store`,
+    the OAuth records under `$TOOLSCRIPT_HOME`). A server's `timeout` from the config
     overrides `connect_timeout` and `call_timeout` for that server.
     """
 
@@ -136,6 +156,7 @@ class Gateway:
         *,
         only: Iterable[str] | None = None,
         auth: AuthFactory | None = None,
+        store: Store | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> None:
@@ -146,7 +167,8 @@ class Gateway:
         self._configs = {name: config.servers[name] for name in names}
         for server in self._configs.values():
             _register_secrets(server)
-        self._auth = auth
+        self.store = store or Store()
+        self._auth = auth or stored_oauth(self.store)
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._supervisor: Any = None
@@ -261,12 +283,16 @@ class Gateway:
                 with anyio.fail_after(limit):
                     return await link.session.call_tool(tool, arguments)  # type: ignore[union-attr, return-value]
             except TimeoutError:
+                if (failure := server.auth_failure()) is not None:
+                    raise failure from None
                 raise CallTimeoutError(
                     f"Tool '{name}{SEPARATOR}{tool}' did not answer within {limit:g} s.", server=name
                 ) from None
             except MCPError as exc:
                 if exc.code == types.CONNECTION_CLOSED:
                     raise await server.lost_during(link, tool) from None
+                if (failure := server.auth_failure()) is not None:
+                    raise failure from None  # e.g. a step-up (403 insufficient_scope) for this call
                 if attempt == 0 and _session_expired(exc):
                     # The server forgot the session, so it never ran this call: reconnect, send again.
                     log.info("Server '%s': session expired; reconnecting", name)
@@ -301,7 +327,7 @@ class Gateway:
         return config
 
     def _auth_for(self, server: ServerConfig) -> httpx2.Auth | None:
-        return self._auth(server) if self._auth is not None and server.is_remote else None
+        return self._auth(server) if server.is_remote else None
 
 
 @dataclass(eq=False)
@@ -332,14 +358,45 @@ class _Server:
         self._lock = anyio.Lock()
         self._retry_at = 0.0
         self._refreshing: anyio.Event | None = None
+        self.auth: httpx2.Auth | None = None
 
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "type": self.config.type, "status": self.status}
         if self.status != CONNECTED:
             row["error"] = self.error.message
         row["tools"] = len(self.tools)
-        # The OAuth issue adds "oauth_status" here.
+        oauth = self.oauth_status()
+        if oauth is not None:
+            row["oauth_status"], reason = oauth
+            if reason:
+                row["oauth_error"] = reason
         return row
+
+    def oauth_status(self) -> tuple[str, str | None] | None:
+        """`(status, reason)` for a server that uses OAuth (a stored record or an oauth table), else None."""
+        store = self._gateway.store
+        if not self.config.is_remote or (self.config.oauth is None and not store.exists(self.name)):
+            return None
+        try:
+            status = oauth_status(store.load(self.name), self.config.url or "")
+        except ToolscriptError as exc:
+            return "authentication_failed", exc.message
+        if self.status == AUTH_REQUIRED and status[0] == "authenticated":
+            return "authentication_failed", self.error.message
+        return status
+
+    def auth_failure(self) -> AuthError | None:
+        """The authentication error the current connection's OAuth provider last raised, if any."""
+        return self.auth.failure if isinstance(self.auth, StoredTokenAuth) else None
+
+    def _on_auth_failure(self, link: _Link, error: AuthError) -> None:
+        # Over SSE a failed POST is only logged by the SDK and its call would wait for its
+        # timeout; over streamable HTTP a refused token ends the transport anyway. End the
+        # connection so calls in flight fail now, except for a step-up over streamable HTTP,
+        # which fails only its own request.
+        if self.config.type == "sse" or error.error != "insufficient_scope":
+            if link is self._link and self._wake is not None:
+                self._wake.set()
 
     async def connect(self) -> _Link:
         """Start a connection task and wait until it is connected or has failed."""
@@ -363,7 +420,7 @@ class _Server:
             link = self._link
             if link is not None and link.session is not None:
                 return link
-            if anyio.current_time() < self._retry_at:
+            if anyio.current_time() < self._retry_at and self.status != AUTH_REQUIRED:
                 raise self.error
             for attempt in range(RECONNECT_ATTEMPTS):
                 if attempt:
@@ -382,6 +439,9 @@ class _Server:
             await link.ended.wait()  # the connection task records why
         if link is self._link and self.status == AUTH_REQUIRED:
             return self.error
+        failure = self.auth_failure()
+        if failure is not None:
+            return failure
         what = f"failed ({link.reason})" if link.reason else "closed the connection"
         return ConnectError(
             f"Server '{self.name}' {what} during the call to '{tool}'; it is reconnected on the next call.",
@@ -426,10 +486,13 @@ class _Server:
         """Connect, then hold the connection open until it is closed or lost."""
         wake = self._wake = anyio.Event()
         error: BaseException | None = None
+        auth = self.auth = self._gateway._auth_for(self.config)
+        if isinstance(auth, StoredTokenAuth):
+            auth.on_failure = lambda failure: self._on_auth_failure(link, failure)
         try:
             with anyio.CancelScope() as scope:
                 scope.deadline = anyio.current_time() + self.connect_timeout
-                async with _open_transport(self.config, self._gateway._auth_for(self.config)) as (read, write):
+                async with _open_transport(self.config, auth) as (read, write):
                     async with ClientSession(
                         _EndSignal(read, wake), write, message_handler=self._on_message
                     ) as session:
@@ -456,6 +519,9 @@ class _Server:
         if link is not self._link:
             return
         auth = _find(error, AuthRequiredError) if error is not None else None
+        failure = self.auth_failure()
+        if auth is None and isinstance(failure, AuthRequiredError):
+            auth = failure  # the transport swallowed it (SSE) or only saw the cancellation
         if auth is not None:
             self.status, self.error = AUTH_REQUIRED, _auth_error(auth, name)
             link.reason = auth.message

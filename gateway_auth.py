@@ -21,8 +21,9 @@ What it changes in the SDK's provider:
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -45,7 +46,7 @@ else:
 if TYPE_CHECKING:
     from config import ServerConfig
 
-__all__ = ["StoredTokenAuth", "auth_required_message", "oauth_status"]
+__all__ = ["StoredTokenAuth", "auth_required_message"]
 
 log = logging.getLogger("toolscript.gateway.auth")
 
@@ -61,27 +62,13 @@ def auth_required_message(server: str, reason: str | None = None) -> str:
     return f"Server '{server}' requires OAuth2 authorization{why}. Run: toolscript auth {server}"
 
 
-def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> tuple[str, str | None]:
-    """Return `(status, reason)` from storage alone: authenticated, pending_authorization or authentication_failed."""
-    tokens = record.tokens_for(server_url) if record else None
-    last_error = record.metadata.last_error if record else None
-    if tokens is None:
-        if last_error:
-            return "authentication_failed", last_error
-        return "pending_authorization", None
-    if tokens.is_expired(now) and not tokens.refresh_token:
-        return "authentication_failed", "the access token expired and there is no refresh token"
-    if last_error:
-        return "authentication_failed", last_error
-    return "authenticated", None
-
-
 class StoredTokenAuth(OAuthClientProvider):
     """A non-interactive `OAuthClientProvider` over one server's stored record.
 
-    `failure` holds the last authentication error raised, because some transports
-    swallow exceptions raised inside an auth flow; the gateway checks it when a call
-    fails in another way.
+    `failure` holds the last authentication error, because some transports swallow
+    exceptions raised inside an auth flow, and a step-up refusal is let through to fail
+    only its own request; the gateway checks it when a call fails in another way.
+    `on_failure`, when set, is called with each such error as it happens.
     """
 
     def __init__(self, store: Store, server: ServerConfig, *, lock_timeout: float = 30.0) -> None:
@@ -90,6 +77,8 @@ class StoredTokenAuth(OAuthClientProvider):
         self.server = server
         self.lock_timeout = lock_timeout
         self.failure: AuthError | None = None
+        self.on_failure: Callable[[AuthError], None] | None = None
+        self._stat: tuple[int, int, int] | None = None
         self._record: Record | None = None
         storage = RecordTokenStorage(store, server.name, server.url)
         super().__init__(
@@ -142,20 +131,23 @@ class StoredTokenAuth(OAuthClientProvider):
                 raise self._fail(AuthRequiredError(self._needs_auth_message(), server=name))
 
         if response.status_code == 403 and extract_field_from_www_auth(response, "error") == "insufficient_scope":
+            # Not raised: the 403 fails only this request, and the gateway reports `failure`.
             scope = extract_scope_from_www_auth(response)
             granted = set((tokens.scope or "").split()) if tokens else set()
             if scope and tokens is not None and set(scope.split()) <= granted:
                 # Asking again for what was granted would loop; say so instead.
-                raise self._fail(AuthError(
+                self._fail(AuthError(
                     f"Server '{name}' refused the request for lack of scope '{scope}', which was already granted; "
                     "authorizing again will not help.", server=name, error="insufficient_scope",
                 ))
+                return
             await self._record_scope(scope)
             wanted = f"scope '{scope}'" if scope else "more scopes"
-            raise self._fail(AuthRequiredError(
+            self._fail(AuthRequiredError(
                 f"Server '{name}' needs {wanted} for this request (insufficient_scope). Run: toolscript auth {name}",
                 server=name, error="insufficient_scope", scope=scope,
             ))
+            return
         self.failure = None
 
     async def _refresh_request(self, used: Tokens, forced: bool) -> tuple[httpx2.Request, Tokens] | None:
@@ -235,8 +227,7 @@ class StoredTokenAuth(OAuthClientProvider):
 
     async def _load(self) -> Tokens | None:
         """Re-read the record into the SDK's context; return the tokens usable for this URL."""
-        record = await anyio.to_thread.run_sync(self.store.load, self.server.name)
-        self._record = record
+        record = self._read()
         tokens = record.tokens_for(self.server.url) if record else None
         ctx = self.context
         ctx.client_info = client_information(record.client) if record and record.client else None
@@ -263,6 +254,20 @@ class StoredTokenAuth(OAuthClientProvider):
         self._use(tokens)
         self._initialized = True
         return tokens
+
+    def _read(self) -> Record | None:
+        """The record, parsed again only when the file changed (it is replaced, never edited)."""
+        try:
+            info = os.stat(self.store.path(self.server.name))
+        except FileNotFoundError:
+            self._stat, self._record = None, None
+            return None
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if key != self._stat:
+            # A small local file: reading it inline costs less than a trip to a worker thread.
+            self._record = self.store.load(self.server.name)
+            self._stat = key
+        return self._record
 
     def _use(self, tokens: Tokens | None) -> None:
         if tokens is None:
@@ -292,6 +297,8 @@ class StoredTokenAuth(OAuthClientProvider):
         if isinstance(error, AuthError):
             self.failure = error
             log.debug("server '%s': %s", self.server.name, error)
+            if self.on_failure is not None:
+                self.on_failure(error)
         return error
 
     async def _record_error(self, reason: str) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "Store",
     "Tokens",
     "client_information",
+    "oauth_status",
     "same_resource",
 ]
 
@@ -149,6 +150,21 @@ class Record:
 def same_resource(a: str, b: str) -> bool:
     """Return whether two URLs name the same resource (scheme/host case, default port, trailing slash)."""
     return _normalize_url(a) == _normalize_url(b)
+
+
+def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> tuple[str, str | None]:
+    """Return `(status, reason)` from storage alone: authenticated, pending_authorization or authentication_failed."""
+    tokens = record.tokens_for(server_url) if record else None
+    last_error = record.metadata.last_error if record else None
+    if tokens is None:
+        if last_error:
+            return "authentication_failed", last_error
+        return "pending_authorization", None
+    if tokens.is_expired(now) and not tokens.refresh_token:
+        return "authentication_failed", "the access token expired and there is no refresh token"
+    if last_error:
+        return "authentication_failed", last_error
+    return "authenticated", None
 
 
 class Store:

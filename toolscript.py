@@ -25,12 +25,12 @@ if __package__:
     from . import config as _config
     from .errors import ConnectError, ToolscriptError, UsageError
     from .redact import RedactingFilter, redact
-    from .storage import Store
+    from .storage import Store, oauth_status
 else:
     import config as _config
     from errors import ConnectError, ToolscriptError, UsageError
     from redact import RedactingFilter, redact
-    from storage import Store
+    from storage import Store, oauth_status
 
 if TYPE_CHECKING:
     from config import Config, ServerConfig
@@ -142,6 +142,14 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         else:
             row["command"] = [server.command, *server.args]
         row["oauth_record"] = server.is_remote and store.exists(server.name)
+        if server.is_remote and (server.oauth is not None or row["oauth_record"]):
+            try:
+                status, reason = oauth_status(store.load(server.name), server.url or "")
+            except ToolscriptError as exc:
+                status, reason = "authentication_failed", exc.message
+            row["oauth_status"] = status
+            if reason:
+                row["oauth_error"] = reason
         rows.append(row)
     if args.json:
         _print(json.dumps(rows, indent=2))
@@ -150,10 +158,11 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         where = cfg.path or "no config file found"
         _print(f"No servers configured ({where}). See config.toml.example.")
         return EXIT_OK
-    width = max(len(r["name"]) for r in rows)  # type: ignore[arg-type]
-    for server in cfg.servers.values():
-        oauth = "  [oauth record]" if server.is_remote and store.exists(server.name) else ""
-        _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}")
+    width = max(len(str(r["name"])) for r in rows)
+    for server, row in zip(cfg.servers.values(), rows):
+        oauth = f"  [oauth: {row['oauth_status']}]" if "oauth_status" in row else ""
+        reason = f" ({row['oauth_error']})" if "oauth_error" in row else ""
+        _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}")
     return EXIT_OK
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import toolscript
 from conftest import ROOT, explain, run_cli
-from storage import Record, Store, Tokens
+from storage import Metadata, Record, Store, Tokens
 
 CONFIG = """
 [servers.files]
@@ -67,18 +68,30 @@ def test_version() -> None:
 
 def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     Path("toolscript.toml").write_text(CONFIG)
-    Store().save("github", Record(tokens=Tokens(access_token="x")))
+    Store().save("github", Record(tokens=Tokens(access_token="x", expires_at=time.time() + 600),
+                                  metadata=Metadata(server_url="https://api.example.com/mcp")))
+    Store().save("events", Record(metadata=Metadata(server_url="https://events.example.com/sse",
+                                                    last_error="the refresh token was rejected: invalid_grant")))
     assert toolscript.main(["servers"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "files   stdio  python3 server.py",
-        "github  http   https://api.example.com/mcp  [oauth record]",
-        "events  sse    https://events.example.com/sse",
+        "github  http   https://api.example.com/mcp  [oauth: authenticated]",
+        "events  sse    https://events.example.com/sse  [oauth: authentication_failed] "
+        "(the refresh token was rejected: invalid_grant)",
     ]
     assert toolscript.main(["servers", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0] == {"name": "files", "type": "stdio", "command": ["python3", "server.py"], "oauth_record": False}
-    assert rows[1]["oauth_record"] is True and rows[1]["url"] == "https://api.example.com/mcp"
+    assert rows[1] == {"name": "github", "type": "http", "url": "https://api.example.com/mcp", "oauth_record": True,
+                       "oauth_status": "authenticated"}
+    assert rows[2]["oauth_status"] == "authentication_failed"
+    Store().delete("github")
+    Store().delete("events")
+    Path("toolscript.toml").write_text(CONFIG + '[servers.github.oauth]\nscopes = ["repo"]\n')
+    assert toolscript.main(["servers", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[1]["oauth_status"] == "pending_authorization" and "oauth_status" not in rows[2]
 
 
 def test_servers_without_config(capsys: pytest.CaptureFixture[str]) -> None:
