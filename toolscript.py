@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if __package__:
     from . import config as _config
-    from .errors import ConnectError, ToolscriptError, UsageError
+    from .errors import ToolscriptError, UsageError
     from .redact import RedactingFilter, redact
     from .storage import Store, oauth_status
 else:
     import config as _config
-    from errors import ConnectError, ToolscriptError, UsageError
+    from errors import ToolscriptError, UsageError
     from redact import RedactingFilter, redact
     from storage import Store, oauth_status
 
@@ -317,9 +317,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config | None) -> int:
                              open_browser=None if use_browser else _follow_authorization)
             if code != EXIT_OK:
                 return code
-            record = store.load("demo")
-            assert record is not None and record.tokens is not None
-            _demo_use_server(server.url, record.tokens.access_token)
+            _demo_use_server(demo_cfg, store)
         finally:
             if saved_home is None:
                 os.environ.pop("TOOLSCRIPT_HOME", None)
@@ -353,39 +351,15 @@ def _follow_authorization(url: str) -> bool:
     return True
 
 
-def _demo_use_server(url: str, access_token: str) -> None:
-    """List the demo server's tools and call two, with the access token just obtained.
-
-    Hook for the gateway: once `gateway.Gateway` is merged this becomes a gateway call
-    reading the stored tokens, like `toolscript call` does.
-    """
-    import anyio
-    import httpx2
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    async def run() -> None:
-        headers = {"Authorization": f"Bearer {access_token}"}
-        with anyio.fail_after(60):
-            await session_steps(headers)
-
-    async def session_steps(headers: dict[str, str]) -> None:
-        async with httpx2.AsyncClient(headers=headers, timeout=30) as http, \
-                streamable_http_client(url, http_client=http) as (read, write), \
-                ClientSession(read, write) as session:
-            await session.initialize()
-            tools = await session.list_tools()
-            _print(f"4. The server's tools: {', '.join(tool.name for tool in tools.tools)}")
-            for name, arguments in (("add", {"a": 2, "b": 3}), ("whoami", {})):
-                result = await session.call_tool(name, arguments)
-                text = " ".join(getattr(part, "text", "") for part in result.content)
-                shown = ", ".join(f"{k}={v}" for k, v in arguments.items())
-                _print(f"5. Called {name}({shown}): {text}" if name == "add" else f"6. Called {name}(): {text}")
-
-    try:
-        anyio.run(run)
-    except Exception as exc:  # the SDK raises exception groups; one line is enough here
-        raise ConnectError(f"Using the demo server's tools failed: {type(exc).__name__}: {exc}") from None
+def _demo_use_server(cfg: Config, store: Store) -> None:
+    """List the demo server's tools and call two through a `Gateway`, as `toolscript call` does."""
+    with _gateway_module().Gateway(cfg, store=store) as gateway:
+        tools = gateway.tools("demo")
+        _print(f"4. The server's tools: {', '.join(tool['tool'] for tool in tools)}")
+        result = gateway.call("demo__add", {"a": 2, "b": 3})
+        _print(f"5. Called demo__add(a=2, b=3): {render_result(result)}")
+        result = gateway.call("demo__whoami")
+        _print(f"6. Called demo__whoami(): {render_result(result)}")
 
 
 # -- tools, call, gateway --------------------------------------------------------------
