@@ -137,6 +137,7 @@ def authenticate(
 
     new = Record(client=client, tokens=tokens, metadata=Metadata(
         server_url=server.url, issuer=discovery.issuer, token_endpoint=discovery.token_endpoint,
+        authorization_endpoint=discovery.authorization_endpoint,
         revocation_endpoint=discovery.revocation_endpoint, resource=discovery.resource,
         discovery=discovery.chain, scope_requested=scope,
     ))

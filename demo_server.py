@@ -127,8 +127,9 @@ class DemoProvider:
             refresh = secrets.token_urlsafe(32)
             self.refresh_tokens[refresh] = RefreshToken(token=refresh, client_id=client_id, scopes=scopes,
                                                         resource=resource)
+        # A refresh token kept (not rotated) is not sent again, as many servers do (RFC 6749 §6).
         return OAuthToken(access_token=access, token_type="Bearer", expires_in=self.token_lifetime,
-                          scope=" ".join(scopes) or None, refresh_token=refresh)
+                          scope=" ".join(scopes) or None, refresh_token=None if keep_refresh else refresh)
 
 
 class DemoServer:
@@ -138,14 +139,16 @@ class DemoServer:
     options exist for the test suite: `registration` and `revocation` switch those
     endpoints, `resource_metadata=False` serves no RFC 9728 document (an MCP 2025-03-26
     style server), `transport` is "http" (streamable HTTP at /mcp) or "sse" (at /sse), and
-    `wrap` puts an ASGI middleware in front of the whole application, and
-    `require_auth=False` serves the tools to anyone (no OAuth at all).
+    `wrap` puts an ASGI middleware in front of the whole application,
+    `require_auth=False` serves the tools to anyone (no OAuth at all), and `extra_scopes`
+    are scopes clients may register and ask for besides the demo's own.
     """
 
     def __init__(self, *, transport: str = "http", require_auth: bool = True, registration: bool = True,
                  revocation: bool = True,
                  resource_metadata: bool = True, token_lifetime: int | None = 3600, refresh_tokens: bool = True,
-                 rotate_refresh_tokens: bool = True, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> None:
+                 rotate_refresh_tokens: bool = True, extra_scopes: tuple[str, ...] = (),
+                 wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> None:
         if transport not in ("http", "sse"):
             raise ValueError(f"transport must be 'http' or 'sse', not {transport!r}")
         self.transport = transport
@@ -154,6 +157,7 @@ class DemoServer:
         self._revocation = revocation
         self._resource_metadata = resource_metadata
         self._wrap = wrap
+        self._extra_scopes = list(extra_scopes)
         self._provider_options: dict[str, Any] = {
             "token_lifetime": token_lifetime, "refresh_tokens": refresh_tokens,
             "rotate_refresh_tokens": rotate_refresh_tokens,
@@ -208,7 +212,8 @@ class DemoServer:
             validate_token_resource=True if self._resource_metadata else None,
             required_scopes=[DEMO_SCOPE],
             client_registration_options=ClientRegistrationOptions(
-                enabled=self._registration, valid_scopes=[DEMO_SCOPE, OFFLINE_SCOPE], default_scopes=[DEMO_SCOPE],
+                enabled=self._registration, valid_scopes=[DEMO_SCOPE, OFFLINE_SCOPE, *self._extra_scopes],
+                default_scopes=[DEMO_SCOPE],
             ),
             revocation_options=RevocationOptions(enabled=self._revocation),
         )

@@ -146,7 +146,8 @@ class Gateway:
 
     `only` limits the gateway to some servers (the CLI's `call` connects just one); `auth`
     supplies the `httpx2.Auth` of each http/sse server (default: `stored_oauth` over `store`,
-    the OAuth records under `$TOOLSCRIPT_HOME`). A server's `timeout` from the config
+    the OAuth records under `$TOOLSCRIPT_HOME`). `announce` logs a server needing
+    authorization as a warning (a one-shot command reports it as its error instead). A server's `timeout` from the config
     overrides `connect_timeout` and `call_timeout` for that server.
     """
 
@@ -157,6 +158,7 @@ class Gateway:
         only: Iterable[str] | None = None,
         auth: AuthFactory | None = None,
         store: Store | None = None,
+        announce: bool = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> None:
@@ -168,6 +170,7 @@ class Gateway:
         for server in self._configs.values():
             _register_secrets(server)
         self.store = store or Store()
+        self.announce = announce
         self._auth = auth or stored_oauth(self.store)
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
@@ -523,8 +526,11 @@ class _Server:
         if auth is None and isinstance(failure, AuthRequiredError):
             auth = failure  # the transport swallowed it (SSE) or only saw the cancellation
         if auth is not None:
+            newly = self.status != AUTH_REQUIRED
             self.status, self.error = AUTH_REQUIRED, _auth_error(auth, name)
             link.reason = auth.message
+            if newly:  # once, not on every reconnect attempt
+                log.log(logging.WARNING if self._gateway.announce else logging.DEBUG, "%s", self.error.message)
         elif timed_out:
             self.status = FAILED
             self.error = CallTimeoutError(f"Server '{name}' did not connect within {self.connect_timeout:g} s.", server=name)

@@ -481,7 +481,7 @@ def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | Non
     gateway_module = _gateway_module()
     if for_tool is not None:
         server = gateway_module.split_tool_name(for_tool)[0]
-    with _sigterm_interrupts(), gateway_module.Gateway(cfg, only=[server] if server else None) as gateway:
+    with _sigterm_interrupts(), gateway_module.Gateway(cfg, only=[server] if server else None, announce=False) as gateway:
         yield gateway
 
 

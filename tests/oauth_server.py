@@ -49,6 +49,9 @@ class _Wiretap:
     documents: dict[str, tuple[int, Any]] = field(default_factory=dict)
     rewrite_redirect: Callable[[str], str] | None = None
     www_authenticate: str | None = None  # replaces the header of every 401
+    # Step-up: tool name -> the scope its calls need; a token without it gets a 403.
+    step_up: dict[str, str] = field(default_factory=dict)
+    scopes_of: Callable[[str], set[str]] = lambda token: set()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -64,6 +67,22 @@ class _Wiretap:
                         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
             return
+
+        if self.step_up and scope["method"] == "POST":
+            seen.body = await _read_body(receive)
+            challenge = self._step_up_challenge(seen)
+            if challenge is not None:
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"www-authenticate", challenge.encode()), (b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            replayed, upstream = [{"type": "http.request", "body": seen.body, "more_body": False}], receive
+
+            async def replay() -> dict[str, Any]:
+                return replayed.pop() if replayed else await upstream()
+
+            receive = replay
+            seen.body = b""  # tapped_receive records it again
 
         async def tapped_receive() -> dict[str, Any]:
             message = await receive()
@@ -86,6 +105,29 @@ class _Wiretap:
         await self.app(scope, tapped_receive, tapped_send)
 
 
+    def _step_up_challenge(self, seen: Seen) -> str | None:
+        try:
+            message = json.loads(seen.body)
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or message.get("method") != "tools/call":
+            return None
+        needed = self.step_up.get(message.get("params", {}).get("name"))
+        token = seen.headers.get("authorization", "").removeprefix("Bearer ")
+        if needed is None or needed in self.scopes_of(token):
+            return None
+        return f'Bearer error="insufficient_scope", scope="{" ".join([*sorted(self.scopes_of(token)), needed])}"'
+
+
+async def _read_body(receive: Any) -> bytes:
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
 class OAuthTestServer(DemoServer):
     """`DemoServer` with `tap`: recorded requests, replaceable documents, redirect rewriting."""
 
@@ -93,10 +135,14 @@ class OAuthTestServer(DemoServer):
         self.tap: _Wiretap
 
         def wrap(app: Any) -> Any:
-            self.tap = _Wiretap(app)
+            self.tap = _Wiretap(app, scopes_of=self._scopes_of)
             return self.tap
 
         super().__init__(wrap=wrap, **options)
+
+    def _scopes_of(self, token: str) -> set[str]:
+        found = self.provider.access_tokens.get(token)
+        return set(found.scopes) if found else set()
 
     @property
     def metadata_path(self) -> str:

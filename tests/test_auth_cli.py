@@ -58,6 +58,7 @@ def test_flow_stores_record_with_private_modes(oauth_server, browser, isolated_e
     assert 3500 < tokens["expires_at"] - time.time() <= 3600
     assert meta == {
         "server_url": server.url, "issuer": server.origin, "token_endpoint": server.origin + "/token",
+        "authorization_endpoint": server.origin + "/authorize",
         "revocation_endpoint": server.origin + "/revoke", "resource": server.url,
         "discovery": meta["discovery"], "scope_requested": "mcp:tools offline_access",
     }

@@ -38,8 +38,8 @@ def test_demo_without_browser_or_network(headless, isolated_env, tmp_path):
     assert lines[3] == "3. Authenticating, as 'toolscript auth demo' does:"
     assert lines[4].startswith("✓ Authenticated 'demo' (scopes: mcp:tools offline_access; expires in 59 min; ")
     assert lines[5] == "4. The server's tools: echo, add, whoami"
-    assert lines[6] == "5. Called add(a=2, b=3): 5"
-    assert lines[7].startswith("6. Called whoami(): client ") and lines[7].endswith("with scopes mcp:tools offline_access")
+    assert lines[6] == "5. Called demo__add(a=2, b=3): 5"
+    assert lines[7].startswith("6. Called demo__whoami(): client ") and lines[7].endswith("with scopes mcp:tools offline_access")
     assert lines[8] == "Done: the demo server is stopped and its temporary files are removed."
     assert "(no browser: toolscript follows the authorization URL itself)" in proc.stderr
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -49,5 +49,5 @@ def test_demo_without_browser_or_network(headless, isolated_env, tmp_path):
 def test_demo_uses_the_browser_when_there_is_one(headless, browser):
     proc = _run_demo({**headless, **browser})
     assert proc.returncode == 0, explain(proc)
-    assert "5. Called add(a=2, b=3): 5" in proc.stdout
+    assert "5. Called demo__add(a=2, b=3): 5" in proc.stdout
     assert "no browser" not in proc.stderr

@@ -1,0 +1,285 @@
+"""OAuth in the gateway, against the real OAuth-protected test server.
+
+Tokens come from a real `toolscript auth` flow; the tests then age, spoil or move them
+and check what the gateway (in this process, or `toolscript call` in others) does, counting
+at the server what went over the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import auth
+from browser import visit
+from config import load_config
+from conftest import ROOT, explain, run_cli, write_config
+from errors import AuthError, AuthRequiredError
+from gateway import Gateway
+from storage import Store
+
+NAME = "demo"
+
+
+def setup_server(oauth_server: Any, **options: Any) -> Any:
+    """Start the test server, configure it as `demo` and authenticate with the real flow."""
+    server = oauth_server(**options)
+    write_config(f'[servers.{NAME}]\ntype = "{server.transport}"\nurl = "{server.url}"\n')
+    authenticate()
+    return server
+
+
+def authenticate() -> None:
+    record = auth.authenticate(load_config().server(NAME), Store(), open_browser=visit, show_url=lambda url: None,
+                               timeout=30)
+    assert record is not None and record.tokens is not None
+
+
+def age_tokens(**changes: Any) -> Any:
+    """Make the stored access token expired (and apply `changes` to the metadata); return the record."""
+    store = Store()
+    record = store.load(NAME)
+    assert record is not None and record.tokens is not None
+    record.tokens.expires_at = time.time() - 60
+    for key, value in changes.items():
+        setattr(record.metadata, key, value)
+    store.save(NAME, record)
+    return record
+
+
+def refreshes(server: Any) -> list[Any]:
+    return [seen for seen in server.requests_to("/token", "POST") if seen.form.get("grant_type") == "refresh_token"]
+
+
+def row(gateway: Gateway) -> dict[str, Any]:
+    return next(r for r in gateway.servers() if r["name"] == NAME)
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_restart_with_expired_token_refreshes_once_at_the_recorded_endpoint(oauth_server: Any, transport: str) -> None:
+    server = setup_server(oauth_server, transport=transport)
+    old = age_tokens(token_endpoint=server.origin + "/token?from=record")
+    proc = run_cli("call", f"{NAME}__echo", '{"text": "after restart"}')
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "after restart\n"
+    [refresh] = refreshes(server)
+    assert refresh.query == {"from": "record"}
+    assert refresh.form["refresh_token"] == old.tokens.refresh_token
+    assert refresh.form["resource"] == server.url  # RFC 8707 on refresh too
+    new = Store().load(NAME)
+    assert new.tokens.access_token != old.tokens.access_token
+    assert new.tokens.refresh_token != old.tokens.refresh_token  # rotated, and the new one is stored
+    assert new.tokens.refresh_token in server.provider.refresh_tokens
+    assert new.tokens.expires_at > time.time() + 3000
+    assert new.client == old.client
+
+
+def test_refresh_response_without_refresh_token_keeps_the_old_one(oauth_server: Any) -> None:
+    server = setup_server(oauth_server, rotate_refresh_tokens=False)
+    old = age_tokens()
+    with Gateway(load_config()) as gateway:
+        assert gateway.call(f"{NAME}__add", {"a": 1, "b": 2})["structuredContent"] == {"result": 3}
+    assert len(refreshes(server)) == 1
+    new = Store().load(NAME)
+    assert new.tokens.access_token != old.tokens.access_token
+    assert new.tokens.refresh_token == old.tokens.refresh_token
+
+
+def test_token_is_refreshed_a_little_before_expiry_not_after_a_failure(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    store = Store()
+    record = store.load(NAME)
+    record.tokens.expires_at = time.time() + 5  # still valid at the server, but about to expire
+    store.save(NAME, record)
+    first = len(server.tap.seen)
+    with Gateway(load_config()) as gateway:
+        gateway.call(f"{NAME}__echo", {"text": "x"})
+    assert len(refreshes(server)) == 1
+    used = [seen for seen in server.tap.seen[first:] if seen.path == "/mcp"]
+    assert used, "the MCP endpoint was used"
+    # No request went out with the old token first: every MCP request carried the new one.
+    new = store.load(NAME).tokens.access_token
+    assert {s.headers.get("authorization") for s in used} == {f"Bearer {new}"}
+
+
+def test_twenty_concurrent_calls_with_an_expired_token_cause_one_refresh(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    with Gateway(load_config()) as gateway:
+        age_tokens()
+        results: dict[int, Any] = {}
+
+        def call(i: int) -> None:
+            results[i] = gateway.call(f"{NAME}__echo", {"text": f"call {i}"})
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert {i: r["content"][0]["text"] for i, r in results.items()} == {i: f"call {i}" for i in range(20)}
+    assert len(refreshes(server)) == 1
+
+
+RACER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import toolscript
+deadline = float(sys.argv[2])
+while time.time() < deadline:  # start together: the race is the point
+    pass
+sys.exit(toolscript.main(["call", "demo__echo", '{"text": "racer"}']))
+"""
+
+
+def test_two_processes_racing_to_refresh_cause_one_refresh(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    age_tokens()
+    start = time.time() + 2.0
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ROOT), str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, f"{out}\n{err}"
+        assert out == "racer\n"
+    assert len(refreshes(server)) == 1
+
+
+def test_rejected_refresh_requires_auth_and_a_new_auth_recovers_the_running_gateway(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    with Gateway(load_config()) as gateway:
+        assert row(gateway)["oauth_status"] == "authenticated"
+        record = age_tokens()
+        server.provider.refresh_tokens.clear()  # the server forgot the grant: invalid_grant
+        with pytest.raises(AuthRequiredError) as caught:
+            gateway.call(f"{NAME}__echo", {"text": "x"})
+        assert str(caught.value) == (
+            "Server 'demo' requires OAuth2 authorization (the refresh token was rejected: invalid_grant). "
+            "Run: toolscript auth demo")
+        status = row(gateway)
+        assert status["status"] == "auth_required"
+        assert status["oauth_status"] == "authentication_failed"
+        assert status["oauth_error"] == "the refresh token was rejected: invalid_grant"
+        stored = Store().load(NAME)
+        assert stored.tokens is None and stored.client == record.client  # tokens gone, registration kept
+
+        authenticate()  # the user runs `toolscript auth demo` while the gateway runs
+        assert gateway.call(f"{NAME}__echo", {"text": "back"})["content"][0]["text"] == "back"
+        assert row(gateway)["status"] == "connected" and row(gateway)["oauth_status"] == "authenticated"
+    assert len(server.requests_to("/register")) == 1  # the registration was reused
+
+
+def test_rejected_refresh_keeps_a_newer_token_written_by_another_process(oauth_server: Any) -> None:
+    from gateway_auth import StoredTokenAuth
+
+    server = setup_server(oauth_server)
+    age_tokens()
+    server.provider.refresh_tokens.clear()
+    store = Store()
+
+    class Interleaved(StoredTokenAuth):
+        # Another process writes fresh tokens just before this one's refusal is stored.
+        async def _store_refresh(self, response: Any, used: Any) -> None:
+            newer = store.load(NAME)
+            newer.tokens.access_token = "written-by-another-process"
+            store.save(NAME, newer)
+            await super()._store_refresh(response, used)
+
+    with Gateway(load_config(), auth=lambda cfg: Interleaved(store, cfg), store=store) as gateway:
+        assert row(gateway)["status"] == "auth_required"
+    assert store.load(NAME).tokens.access_token == "written-by-another-process"
+
+
+def test_no_credentials_is_auth_required_with_the_command_and_others_unaffected(
+        oauth_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    server = oauth_server()
+    write_config({NAME: {"url": server.url}, "open": {"command": sys.executable, "args": [
+        str(ROOT / "tests" / "servers" / "stdio_server.py")]}})
+    with caplog.at_level("WARNING"), Gateway(load_config()) as gateway:
+        rows = {r["name"]: r for r in gateway.servers()}
+        assert rows["open"]["status"] == "connected"
+        assert rows[NAME]["status"] == "auth_required"
+        assert rows[NAME]["error"] == "Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo"
+        assert "oauth_status" not in rows["open"] and "oauth_status" not in rows[NAME]  # not an OAuth server yet
+        with pytest.raises(AuthRequiredError):
+            gateway.call(f"{NAME}__echo", {"text": "x"})
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings.count("Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo") == 1
+    proc = run_cli("call", f"{NAME}__echo", '{"text": "x"}')
+    assert proc.returncode == 3, explain(proc)
+    assert proc.stderr.endswith("error: Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo\n")
+
+
+def test_pending_authorization_status_for_a_configured_oauth_server(oauth_server: Any) -> None:
+    server = oauth_server()
+    write_config(f'[servers.{NAME}]\nurl = "{server.url}"\n[servers.{NAME}.oauth]\nscopes = ["mcp:tools"]\n')
+    with Gateway(load_config()) as gateway:
+        assert row(gateway)["oauth_status"] == "pending_authorization"
+    proc = run_cli("servers", "--json")
+    assert json.loads(proc.stdout)[0]["oauth_status"] == "pending_authorization"
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_step_up_names_the_scope_and_the_next_auth_asks_for_the_union(oauth_server: Any, transport: str) -> None:
+    server = setup_server(oauth_server, transport=transport, extra_scopes=("mcp:admin",))
+    server.tap.step_up["whoami"] = "mcp:admin"
+    proc = run_cli("call", f"{NAME}__whoami")
+    assert proc.returncode == 3, explain(proc)
+    assert proc.stderr.endswith(
+        "error: Server 'demo' needs scope 'mcp:tools offline_access mcp:admin' for this request "
+        "(insufficient_scope). Run: toolscript auth demo\n")
+    assert set(Store().load(NAME).metadata.requested_scope.split()) == {"mcp:tools", "offline_access", "mcp:admin"}
+
+    authenticate()
+    last = server.requests_to("/authorize")[-1]
+    assert set(last.query["scope"].split()) == {"mcp:tools", "offline_access", "mcp:admin"}
+    proc = run_cli("call", f"{NAME}__whoami")
+    assert proc.returncode == 0, explain(proc)
+    assert "mcp:admin" in proc.stdout
+
+
+def test_step_up_for_a_scope_already_granted_does_not_ask_for_auth(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    server.tap.step_up["whoami"] = "mcp:tools"
+    server.tap.scopes_of = lambda token: set()  # the server claims the token lacks what it was granted
+    with Gateway(load_config()) as gateway:
+        with pytest.raises(AuthError) as caught:
+            gateway.call(f"{NAME}__whoami")
+        assert not isinstance(caught.value, AuthRequiredError)
+        assert "which was already granted; authorizing again will not help" in str(caught.value)
+        # Only that call failed: the session goes on.
+        assert gateway.call(f"{NAME}__echo", {"text": "still here"})["content"][0]["text"] == "still here"
+
+
+def test_tokens_stored_for_an_old_url_are_not_sent(oauth_server: Any) -> None:
+    old_server = setup_server(oauth_server)
+    token = Store().load(NAME).tokens.access_token
+    new_server = oauth_server()
+    write_config(f'[servers.{NAME}]\nurl = "{new_server.url}"\n')
+    proc = run_cli("call", f"{NAME}__echo", '{"text": "x"}')
+    assert proc.returncode == 3, explain(proc)
+    assert proc.stderr.endswith(
+        "error: Server 'demo' requires OAuth2 authorization (the stored tokens were issued for another URL). "
+        "Run: toolscript auth demo\n")
+    sent = [seen.headers.get("authorization", "") for seen in new_server.tap.seen]
+    assert sent and not any(token in value for value in sent)
+    assert old_server.requests_to("/token") and not refreshes(old_server)
+
+
+def test_no_secret_in_gateway_logs(oauth_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    server = setup_server(oauth_server)
+    old = age_tokens()
+    proc = run_cli("-v", "call", f"{NAME}__echo", '{"text": "x"}')
+    assert proc.returncode == 0, explain(proc)
+    new = Store().load(NAME)
+    secrets = [old.tokens.access_token, old.tokens.refresh_token, new.tokens.access_token,
+               new.tokens.refresh_token, new.client.client_secret]
+    assert "refreshing the access token" in proc.stderr
+    for secret in filter(None, secrets):
+        assert secret not in proc.stderr and secret not in proc.stdout
+    assert len(refreshes(server)) == 1
