@@ -79,3 +79,9 @@ def test_auth_suite(runner: list[str], tmp_path: Path) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario(runner: list[str], tmp_path: Path, scenario: str) -> None:
     run_conformance(runner, ["--scenario", scenario], tmp_path)
+    if scenario == "auth/resource-mismatch":
+        # The suite only checks that no authorization was attempted; a client that did
+        # nothing would pass. toolscript must also have refused, saying why.
+        [stderr] = tmp_path.rglob("stderr.txt")
+        assert "which does not match server 'conformance'" in stderr.read_text()
+        assert "refusing to authenticate" in stderr.read_text()
