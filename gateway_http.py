@@ -72,6 +72,7 @@ class ApiServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default of 5 resets connections from a burst of clients
 
     def __init__(self, gateway: SyncGateway, host: str = "127.0.0.1", port: int = 0) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET

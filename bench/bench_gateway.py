@@ -4,9 +4,12 @@
 
 Against a stdio server and a streamable HTTP server (`echo_server.py`, one `echo` tool):
 
-  (a) the SDK in async code: `ClientSession.call_tool`
+  (a) the SDK in async code: `ClientSession.call_tool`, timed inside its event loop
   (b) `Gateway.call` from a plain thread, through the blocking portal
   (c) the HTTP API: `RemoteGateway.call` over keep-alive HTTP to an `ApiServer`
+
+Latencies are measured in interleaved rounds (a, b, c, a, b, c, ...), so that changes in
+background load affect the three alike; (a)'s event loop runs in its own thread for that.
 
 It prints per-call latency (median and p95) with the ratios b/a and c/a; throughput with
 1, 8 and 32 concurrent callers (threads for b and c, tasks on one session for a); and the
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -41,6 +45,7 @@ from gateway_http import ApiServer, RemoteGateway  # noqa: E402
 
 ECHO = str(Path(__file__).resolve().with_name("echo_server.py"))
 WARMUP = 50
+ROUNDS = 10
 CONCURRENCY = (1, 8, 32)
 TARGETS = {"b/a": 1.15, "c/a": 1.5, "start 10/1": 1.5}
 ARGS = {"text": "hello"}
@@ -56,9 +61,9 @@ def main() -> None:
     with _http_echo_server() as url:
         for kind in ("stdio", "http"):
             cfg = parse_config({"servers": {"echo": _server_table(kind, url)}})
-            with Gateway(cfg) as gateway, _api(gateway) as remote:
-                verdicts += _latency(kind, url, gateway, remote, options.calls)
-                _throughput(kind, url, gateway, remote, options.calls)
+            with _sdk(kind, url) as sdk, Gateway(cfg) as gateway, _api(gateway) as remote:
+                verdicts += _latency(kind, sdk, gateway, remote, options.calls)
+                _throughput(kind, sdk, gateway, remote, options.calls)
     verdicts.append(_startup(options.repeats))
     print("\nTargets")
     for name, value, target in verdicts:
@@ -68,10 +73,53 @@ def main() -> None:
 # -- latency -------------------------------------------------------------------------
 
 
-def _latency(kind: str, url: str, gateway: Gateway, remote: RemoteGateway, calls: int) -> list[tuple[str, float, float]]:
-    a = anyio.run(_sdk_latency, kind, url, calls)
-    b = _timed(lambda: gateway.call("echo__echo", ARGS), calls)
-    c = _timed(lambda: remote.call("echo__echo", ARGS), calls)
+class _Sdk:
+    """(a): one SDK session on its own event loop; every figure is timed inside async code."""
+
+    def __init__(self, portal: Any, session: ClientSession) -> None:
+        self._portal = portal
+        self._session = session
+
+    def latencies(self, calls: int) -> list[float]:
+        return self._portal.call(self._latencies, calls)
+
+    def throughput(self, workers: int, calls: int) -> float:
+        return self._portal.call(self._throughput, workers, calls)
+
+    async def _latencies(self, calls: int) -> list[float]:
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            await self._session.call_tool("echo", ARGS)
+            times.append(time.perf_counter() - started)
+        return times
+
+    async def _throughput(self, workers: int, calls: int) -> float:
+        per_worker = max(1, calls // workers)
+
+        async def worker() -> None:
+            for _ in range(per_worker):
+                await self._session.call_tool("echo", ARGS)
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(workers):
+                tg.start_soon(worker)
+        return per_worker * workers / (time.perf_counter() - started)
+
+
+def _latency(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, calls: int) -> list[tuple[str, float, float]]:
+    a: list[float] = []
+    b: list[float] = []
+    c: list[float] = []
+    sdk.latencies(WARMUP)
+    _timed(lambda: gateway.call("echo__echo", ARGS), WARMUP)
+    _timed(lambda: remote.call("echo__echo", ARGS), WARMUP)
+    # Interleaved rounds, so that a change in background load hits all three alike.
+    for _ in range(ROUNDS):
+        a += sdk.latencies(calls // ROUNDS)
+        b += _timed(lambda: gateway.call("echo__echo", ARGS), calls // ROUNDS)
+        c += _timed(lambda: remote.call("echo__echo", ARGS), calls // ROUNDS)
     print(f"Latency per call, {kind} server (median / p95, microseconds)")
     for label, times in (("(a) SDK, async", a), ("(b) Gateway, thread", b), ("(c) HTTP API", c)):
         print(f"  {label:<22} {_median(times):8.0f} / {_p95(times):8.0f}")
@@ -80,21 +128,7 @@ def _latency(kind: str, url: str, gateway: Gateway, remote: RemoteGateway, calls
     return ratios
 
 
-async def _sdk_latency(kind: str, url: str, calls: int) -> list[float]:
-    async with _sdk_session(kind, url) as session:
-        for _ in range(WARMUP):
-            await session.call_tool("echo", ARGS)
-        times = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            await session.call_tool("echo", ARGS)
-            times.append(time.perf_counter() - started)
-    return times
-
-
 def _timed(call: Callable[[], Any], calls: int) -> list[float]:
-    for _ in range(WARMUP):
-        call()
     times = []
     for _ in range(calls):
         started = time.perf_counter()
@@ -106,37 +140,20 @@ def _timed(call: Callable[[], Any], calls: int) -> list[float]:
 # -- throughput ----------------------------------------------------------------------
 
 
-def _throughput(kind: str, url: str, gateway: Gateway, remote: RemoteGateway, calls: int) -> None:
+def _throughput(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, calls: int) -> None:
     print(f"Throughput, {kind} server (calls per second; ratio to (a) at the same concurrency)")
     print(f"  {'callers':>7}  {'(a) SDK tasks':>14}  {'(b) Gateway':>18}  {'(c) HTTP API':>18}")
     for workers in CONCURRENCY:
-        a = anyio.run(_sdk_throughput, kind, url, workers, calls)
+        a = sdk.throughput(workers, calls)
         b = _threaded(lambda: gateway.call("echo__echo", ARGS), workers, calls)
         c = _threaded(lambda: remote.call("echo__echo", ARGS), workers, calls)
         print(f"  {workers:>7}  {a:>14.0f}  {b:>10.0f} ({b / a:4.2f})  {c:>10.0f} ({c / a:4.2f})")
     print()
 
 
-async def _sdk_throughput(kind: str, url: str, workers: int, calls: int) -> float:
-    per_worker = max(1, calls // workers)
-    async with _sdk_session(kind, url) as session:
-        for _ in range(WARMUP):
-            await session.call_tool("echo", ARGS)
-
-        async def worker() -> None:
-            for _ in range(per_worker):
-                await session.call_tool("echo", ARGS)
-
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(workers):
-                tg.start_soon(worker)
-        return per_worker * workers / (time.perf_counter() - started)
-
-
 def _threaded(call: Callable[[], Any], workers: int, calls: int) -> float:
     per_worker = max(1, calls // workers)
-    barrier = threading.Barrier(workers + 1)
+    barrier = threading.Barrier(workers + 1, timeout=120)  # a failed worker must not hang the run
 
     def worker() -> None:
         call()  # opens this thread's HTTP connection before the clock starts
@@ -232,6 +249,13 @@ def _server_table(kind: str, url: str) -> dict[str, Any]:
 
 def _stdio_config(count: int) -> Config:
     return parse_config({"servers": {f"echo{i}": _server_table("stdio", "") for i in range(count)}})
+
+
+@contextlib.contextmanager
+def _sdk(kind: str, url: str) -> Iterator[_Sdk]:
+    with anyio.from_thread.start_blocking_portal() as portal:
+        with portal.wrap_async_context_manager(_sdk_session(kind, url)) as session:
+            yield _Sdk(portal, session)
 
 
 @contextlib.contextmanager
