@@ -273,42 +273,7 @@ class Gateway:
 
     async def _call(self, name: str, tool: str, arguments: dict[str, Any], timeout: float | None) -> types.CallToolResult:
         server = self._servers[name]
-        limit = timeout or server.call_timeout
-        for attempt in range(2):
-            link = await server.link_for_call()
-            if tool not in server.tools:
-                await server.refresh_tools()  # it may have added the tool without notifying us
-                if tool not in server.tools:
-                    raise UsageError(
-                        f"Unknown tool '{tool}' on server '{name}'. Run: toolscript tools --server {name}", server=name
-                    )
-            try:
-                with anyio.fail_after(limit):
-                    return await link.session.call_tool(tool, arguments)  # type: ignore[union-attr, return-value]
-            except TimeoutError:
-                if (failure := server.auth_failure()) is not None:
-                    raise failure from None
-                raise CallTimeoutError(
-                    f"Tool '{name}{SEPARATOR}{tool}' did not answer within {limit:g} s.", server=name
-                ) from None
-            except MCPError as exc:
-                if exc.code == types.CONNECTION_CLOSED:
-                    raise await server.lost_during(link, tool) from None
-                if (failure := server.auth_failure()) is not None:
-                    raise failure from None  # e.g. a step-up (403 insufficient_scope) for this call
-                if attempt == 0 and _session_expired(exc):
-                    # The server forgot the session, so it never ran this call: reconnect, send again.
-                    log.info("Server '%s': session expired; reconnecting", name)
-                    await server.drop(link)
-                    continue
-                raise ConnectError(
-                    f"Server '{name}' answered the call to '{tool}' with an error: {exc.message}", server=name
-                ) from None
-            except RuntimeError as exc:  # the SDK rejects a result that breaks the tool's outputSchema
-                raise ConnectError(
-                    f"Server '{name}' sent an unusable result for '{tool}': {_first_line(exc)}", server=name
-                ) from None
-        raise AssertionError("unreachable")
+        return await server.call_tool(tool, arguments, timeout or server.call_timeout)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -318,8 +283,8 @@ class Gateway:
             raise ConnectError("The gateway is not running.")
         try:
             return portal.call(func, *args)
-        except (_FutureCancelled, RuntimeError) as exc:
-            if isinstance(exc, RuntimeError) and self._portal is not None:
+        except (_FutureCancelled, RuntimeError):
+            if self._portal is portal:  # still running: a genuine error
                 raise
             raise ConnectError("The gateway stopped before the request finished.") from None
 
@@ -338,6 +303,7 @@ class _Link:
     """One connection attempt: its session once connected, and why it ended."""
 
     ready: anyio.Event = field(default_factory=anyio.Event)
+    hang_up: anyio.Event = field(default_factory=anyio.Event)  # set to end the connection
     ended: anyio.Event = field(default_factory=anyio.Event)
     session: ClientSession | None = None
     reason: str | None = None  # why it failed or ended, when not a clean close
@@ -356,7 +322,6 @@ class _Server:
         self.tools: dict[str, types.Tool] = {}
         self._gateway = gateway
         self._link: _Link | None = None
-        self._wake: anyio.Event | None = None
         self._closing = False
         self._lock = anyio.Lock()
         self._retry_at = 0.0
@@ -398,8 +363,7 @@ class _Server:
         # connection so calls in flight fail now, except for a step-up over streamable HTTP,
         # which fails only its own request.
         if self.config.type == "sse" or error.error != "insufficient_scope":
-            if link is self._link and self._wake is not None:
-                self._wake.set()
+            link.hang_up.set()
 
     async def connect(self) -> _Link:
         """Start a connection task and wait until it is connected or has failed."""
@@ -436,6 +400,44 @@ class _Server:
                     break
             raise self.error
 
+    async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, *,
+                        resend_if_expired: bool = True) -> types.CallToolResult:
+        link = await self.link_for_call()
+        if tool not in self.tools:
+            await self.refresh_tools()  # it may have added the tool without notifying us
+            if tool not in self.tools:
+                raise UsageError(
+                    f"Unknown tool '{tool}' on server '{self.name}'. Run: toolscript tools --server {self.name}",
+                    server=self.name,
+                )
+        assert link.session is not None
+        try:
+            with anyio.fail_after(timeout):
+                return await link.session.call_tool(tool, arguments)  # type: ignore[return-value]
+        except TimeoutError:
+            if (failure := self.auth_failure()) is not None:
+                raise failure from None
+            raise CallTimeoutError(
+                f"Tool '{self.name}{SEPARATOR}{tool}' did not answer within {timeout:g} s.", server=self.name
+            ) from None
+        except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED:
+                raise await self.lost_during(link, tool) from None
+            if (failure := self.auth_failure()) is not None:
+                raise failure from None  # e.g. a step-up (403 insufficient_scope) for this call
+            if resend_if_expired and _session_expired(exc):
+                # The server forgot the session, so it never ran this call: reconnect, send it again.
+                log.info("Server '%s': session expired; reconnecting", self.name)
+                await self.drop(link)
+                return await self.call_tool(tool, arguments, timeout, resend_if_expired=False)
+            raise ConnectError(
+                f"Server '{self.name}' answered the call to '{tool}' with an error: {exc.message}", server=self.name
+            ) from None
+        except RuntimeError as exc:  # the SDK rejects a result that breaks the tool's outputSchema
+            raise ConnectError(
+                f"Server '{self.name}' sent an unusable result for '{tool}': {_first_line(exc)}", server=self.name
+            ) from None
+
     async def lost_during(self, link: _Link, tool: str) -> ToolscriptError:
         """Return the error for a call whose connection ended under it."""
         with anyio.move_on_after(STOP_TIMEOUT):
@@ -452,16 +454,15 @@ class _Server:
         )
 
     async def drop(self, link: _Link) -> None:
-        """End `link` (if still current) and wait until it is closed."""
-        if link is self._link and self._wake is not None:
-            self._wake.set()
+        """End `link` and wait until it is closed."""
+        link.hang_up.set()
         with anyio.move_on_after(STOP_TIMEOUT):
             await link.ended.wait()
 
     def close(self) -> None:
         self._closing = True
-        if self._wake is not None:
-            self._wake.set()
+        if self._link is not None:
+            self._link.hang_up.set()
 
     async def refresh_tools(self) -> None:
         link = self._link
@@ -487,7 +488,6 @@ class _Server:
 
     async def _run(self, link: _Link) -> None:
         """Connect, then hold the connection open until it is closed or lost."""
-        wake = self._wake = anyio.Event()
         error: BaseException | None = None
         auth = self.auth = self._gateway._auth_for(self.config)
         if isinstance(auth, StoredTokenAuth):
@@ -497,7 +497,7 @@ class _Server:
                 scope.deadline = anyio.current_time() + self.connect_timeout
                 async with _open_transport(self.config, auth) as (read, write):
                     async with ClientSession(
-                        _EndSignal(read, wake), write, message_handler=self._on_message
+                        _EndSignal(read, link.hang_up), write, message_handler=self._on_message
                     ) as session:
                         await session.initialize()
                         await self._load_tools(session)
@@ -506,8 +506,7 @@ class _Server:
                         self.status = CONNECTED
                         link.ready.set()
                         log.debug("Server '%s': connected, %d tools", self.name, len(self.tools))
-                        await wake.wait()
-                        link.session = None
+                        await link.hang_up.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
             error = exc
         finally:
@@ -567,15 +566,15 @@ class _Server:
 
 
 class _EndSignal:
-    """A transport's read stream that sets `ended` when the session stops reading it.
+    """A transport's read stream that sets `hang_up` when the session stops reading it.
 
     The session stops reading when the stream ends (a stdio server exited, an SSE stream
     closed), which is how the connection task learns that its peer went away.
     """
 
-    def __init__(self, stream: Any, ended: anyio.Event) -> None:
+    def __init__(self, stream: Any, hang_up: anyio.Event) -> None:
         self._stream = stream
-        self._ended = ended
+        self._hang_up = hang_up
 
     def __getattr__(self, name: str) -> Any:  # e.g. `last_context` of the SDK's context streams
         return getattr(self._stream, name)
@@ -584,7 +583,7 @@ class _EndSignal:
         return await self._stream.receive()
 
     async def aclose(self) -> None:
-        self._ended.set()
+        self._hang_up.set()
         await self._stream.aclose()
 
     def __aiter__(self) -> _EndSignal:
@@ -598,7 +597,7 @@ class _EndSignal:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
-        self._ended.set()
+        self._hang_up.set()
         return await self._stream.__aexit__(*exc_info)
 
 

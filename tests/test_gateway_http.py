@@ -202,12 +202,18 @@ def test_a_slow_call_does_not_block_others(api: ApiServer) -> None:
 def test_many_clients_get_their_own_results(api: ApiServer) -> None:
     remote = RemoteGateway(api.url)
     errors: list[str] = []
+    together = threading.Barrier(32, timeout=30)  # all connect at once, as a burst of clients would
 
     def worker(n: int) -> None:
+        together.wait()
         for i in range(10):
             text = f"client {n} call {i}"
-            result = remote.call("s__echo", {"text": text})
-            if result["content"] != [{"type": "text", "text": text}]:
+            try:
+                result = remote.call("s__echo", {"text": text})
+            except Exception as exc:
+                result = repr(exc)
+            if result != {"content": [{"type": "text", "text": text}], "structuredContent": {"result": text},
+                          "isError": False}:
                 errors.append(f"{text!r} got {result!r}")
         remote.close()
 
