@@ -190,11 +190,14 @@ class _Handler(BaseHTTPRequestHandler):
         if close:  # the request body may be unread: the connection cannot be reused
             self.send_header("Connection", "close")
             self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
+        # end_headers() plus the body in one write: one send and one wake-up of the client
+        # per response instead of two (a measurable share of a loopback round trip).
+        self._headers_buffer.append(b"\r\n" + body)  # type: ignore[attr-defined]
+        self.flush_headers()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server signature
-        log.debug("gateway API: %s %s", self.address_string(), format % args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("gateway API: %s %s", self.address_string(), format % args)
 
 
 _ERRORS: dict[int, type[ToolscriptError]] = {
