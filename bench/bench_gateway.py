@@ -206,7 +206,7 @@ async def _sdk_start(count: int) -> float:
     done = anyio.Event()
 
     async def hold(event: anyio.Event) -> None:
-        async with _sdk_session("stdio", "") as _session:
+        async with _sdk_session("stdio", ""):
             event.set()
             await done.wait()
 
