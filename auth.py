@@ -382,6 +382,7 @@ class _Discovery:
 def _discover(http: _Http, server: ServerConfig) -> _Discovery | None:
     assert server.url is not None
     name, url = server.name, server.url
+    _check_endpoint(url, f"URL of server '{name}'")  # a token must never travel in clear text
     log.info("Probing %s", url)
     challenge = _probe(http, server)
     if challenge is None:

@@ -16,7 +16,6 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "StorageError",
-    "ToolError",
     "ToolscriptError",
     "UsageError",
 ]
@@ -100,12 +99,6 @@ class ConnectError(ToolscriptError):
     """A server could not be reached, or failed while serving a request."""
 
     exit_code = 4
-
-
-class ToolError(ToolscriptError):
-    """A tool ran and reported an error result (`isError`)."""
-
-    exit_code = 1
 
 
 class CallTimeoutError(ConnectError):

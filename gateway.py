@@ -353,16 +353,16 @@ class _Server:
             return "authentication_failed", self.error.message
         return status
 
-    def auth_failure(self) -> AuthError | None:
+    def auth_failure(self) -> AuthError | ConnectError | None:
         """The authentication error the current connection's OAuth provider last raised, if any."""
         return self.auth.failure if isinstance(self.auth, StoredTokenAuth) else None
 
-    def _on_auth_failure(self, link: _Link, error: AuthError) -> None:
+    def _on_auth_failure(self, link: _Link, error: AuthError | ConnectError) -> None:
         # Over SSE a failed POST is only logged by the SDK and its call would wait for its
         # timeout; over streamable HTTP a refused token ends the transport anyway. End the
         # connection so calls in flight fail now, except for a step-up over streamable HTTP,
         # which fails only its own request.
-        if self.config.type == "sse" or error.error != "insufficient_scope":
+        if self.config.type == "sse" or getattr(error, "error", None) != "insufficient_scope":
             link.hang_up.set()
 
     async def connect(self) -> _Link:
@@ -534,6 +534,9 @@ class _Server:
             self.status = FAILED
             self.error = CallTimeoutError(f"Server '{name}' did not connect within {self.connect_timeout:g} s.", server=name)
             link.reason = "timed out"
+        elif isinstance(failure, ConnectError) and error is not None:
+            link.reason = failure.message  # a token refresh failed: it says so itself
+            self.status, self.error = FAILED, failure
         elif error is not None:
             link.reason = _reason(error, self.config)
             verb = "failed" if was_connected else "failed to connect"

@@ -35,10 +35,12 @@ from mcp.client.auth.utils import extract_field_from_www_auth, extract_scope_fro
 from mcp.shared.auth import OAuthClientMetadata, OAuthMetadata, OAuthToken, ProtectedResourceMetadata
 
 if __package__:
+    from .config import is_loopback_host
     from .errors import AuthError, AuthRequiredError, ConnectError
     from .redact import register_secret
     from .storage import Record, RecordTokenStorage, Store, Tokens, client_information
 else:
+    from config import is_loopback_host
     from errors import AuthError, AuthRequiredError, ConnectError
     from redact import register_secret
     from storage import Record, RecordTokenStorage, Store, Tokens, client_information
@@ -76,8 +78,8 @@ class StoredTokenAuth(OAuthClientProvider):
         self.store = store
         self.server = server
         self.lock_timeout = lock_timeout
-        self.failure: AuthError | None = None
-        self.on_failure: Callable[[AuthError], None] | None = None
+        self.failure: AuthError | ConnectError | None = None
+        self.on_failure: Callable[[AuthError | ConnectError], None] | None = None
         self._stat: tuple[int, int, int] | None = None
         self._record: Record | None = None
         storage = RecordTokenStorage(store, server.name, server.url)
@@ -91,8 +93,8 @@ class StoredTokenAuth(OAuthClientProvider):
     # -- the flow ----------------------------------------------------------------------
 
     async def _auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
-        if not _same_origin(str(request.url), self.server.url or ""):
-            # Never send the token elsewhere; let the request go as it is.
+        if not _may_carry_token(str(request.url), self.server.url or ""):
+            # Never send the token elsewhere, nor in clear text; let the request go as it is.
             yield request
             return
         name = self.server.name
@@ -106,14 +108,16 @@ class StoredTokenAuth(OAuthClientProvider):
                 # unless another task already replaced the token that was refused.
                 stale = tokens.is_expired(leeway=EXPIRY_SKEW) if attempt == 1 else tokens.access_token == sent
                 if stale:
-                    fd = await anyio.to_thread.run_sync(self.store.acquire_lock, name, self.lock_timeout)
+                    # Shielded: a cancellation must not lose a lock the worker thread took.
+                    with anyio.CancelScope(shield=True):
+                        fd = await anyio.to_thread.run_sync(self.store.acquire_lock, name, self.lock_timeout)
                     try:
                         refresh = await self._refresh_request(tokens, forced=attempt == 2)
                         if refresh is not None:
                             refresh_request, used = refresh
                             await self._store_refresh((yield refresh_request), used)
                     finally:
-                        await anyio.to_thread.run_sync(self.store.release_lock, fd)
+                        self.store.release_lock(fd)  # closing a descriptor never blocks
                 sent = self._attach(request)
             response = yield request
             if response.status_code != 401:
@@ -149,6 +153,8 @@ class StoredTokenAuth(OAuthClientProvider):
             ))
             return
         self.failure = None
+        if self._record is not None and self._record.metadata.last_error:
+            await self._record_error(None)  # it works again
 
     async def _refresh_request(self, used: Tokens, forced: bool) -> tuple[httpx2.Request, Tokens] | None:
         """With the record lock held: the refresh request to send, or None if another process already refreshed."""
@@ -209,17 +215,21 @@ class StoredTokenAuth(OAuthClientProvider):
             reason = f"the refresh token was rejected: {error}"
 
             def forget(record: Record | None) -> None:
-                # Delete only the tokens that were used, never newer ones.
+                # Delete only the tokens that were used, never newer ones (the lock is held).
                 if record is not None and record.tokens is not None and record.tokens.access_token == used.access_token:
                     record.tokens = None
                     record.metadata.last_error = reason
+                    if error != "invalid_grant" and record.client and record.client.registration_source == "dynamic":
+                        # The registration itself was refused: forget it, so `toolscript auth` registers anew.
+                        record.client = None
                     self.store.save(name, record)
 
             await anyio.to_thread.run_sync(lambda: forget(self.store.load(name)))
             self.context.clear_tokens()
             log.error("Token refresh for server '%s' was rejected (%s). Run: toolscript auth %s", name, error, name)
             raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name, error=error))
-        await self._record_error(f"token refresh failed: {summary}")
+        reason = f"token refresh failed: {summary}"
+        await anyio.to_thread.run_sync(lambda: self._set_last_error(self.store.load(name), reason))
         log.error("Token refresh for server '%s' failed: %s; will retry on the next call", name, summary)
         raise self._fail(ConnectError(f"Token refresh for server '{name}' failed: {summary}.", server=name))
 
@@ -291,23 +301,28 @@ class StoredTokenAuth(OAuthClientProvider):
         record = self._record
         if record is not None and record.tokens is not None and record.tokens_for(self.server.url) is None:
             return auth_required_message(self.server.name, "the stored tokens were issued for another URL")
-        return auth_required_message(self.server.name)
+        return auth_required_message(self.server.name, record.metadata.last_error if record else None)
 
     def _fail(self, error: AuthError | ConnectError) -> AuthError | ConnectError:
-        if isinstance(error, AuthError):
-            self.failure = error
-            log.debug("server '%s': %s", self.server.name, error)
-            if self.on_failure is not None:
-                self.on_failure(error)
+        self.failure = error
+        log.debug("server '%s': %s", self.server.name, error)
+        if self.on_failure is not None:
+            self.on_failure(error)
         return error
 
-    async def _record_error(self, reason: str) -> None:
-        def change(record: Record | None) -> Record | None:
-            if record is not None:
-                record.metadata.last_error = reason
-            return record
+    async def _record_error(self, reason: str | None) -> None:
+        """Record (or, with None, clear) why these credentials last failed; takes the lock."""
+        def change() -> None:
+            with self.store.lock(self.server.name):
+                self._set_last_error(self.store.load(self.server.name), reason)
 
-        await anyio.to_thread.run_sync(self.store.update, self.server.name, change)
+        await anyio.to_thread.run_sync(change)
+
+    def _set_last_error(self, record: Record | None, reason: str | None) -> None:
+        # Only call with the record lock held.
+        if record is not None and record.metadata.last_error != reason:
+            record.metadata.last_error = reason
+            self.store.save(self.server.name, record)
 
     async def _record_scope(self, scope: str | None) -> None:
         if not scope:
@@ -337,11 +352,15 @@ def _oauth_error(response: httpx2.Response, body: bytes) -> tuple[str | None, st
     return (error if isinstance(error, str) else None), (description if isinstance(description, str) else None)
 
 
-def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
+def _may_carry_token(url: str, server_url: str) -> bool:
+    """Whether a request to `url` may carry the token issued for `server_url`: same origin, and not clear text."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        return False
+    return _origin(url) == _origin(server_url)
 
-    def port(p: object) -> int | None:
-        parts = p  # type: ignore[assignment]
-        return parts.port or {"http": 80, "https": 443}.get(parts.scheme)  # type: ignore[attr-defined]
 
-    return (pa.scheme.lower(), (pa.hostname or "").lower(), port(pa)) == (pb.scheme.lower(), (pb.hostname or "").lower(), port(pb))
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)

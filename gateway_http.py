@@ -19,6 +19,7 @@ that are not `application/json` (which browsers cannot send cross-site without a
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import logging
 import socket
@@ -64,6 +65,14 @@ def status_for(exc: ToolscriptError) -> int:
     return 502
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class ApiServer(ThreadingHTTPServer):
     """The HTTP API over `gateway`, bound to `host:port` (port 0: any free port).
 
@@ -81,7 +90,16 @@ class ApiServer(ThreadingHTTPServer):
         self.port: int = self.server_address[1]
         self.authority = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.allowed_hosts = {self.authority.lower(), f"localhost:{self.port}"}
-        self.allowed_origins = {f"http://{authority}" for authority in self.allowed_hosts}
+        # Bound to every address: any of them may be named, but only as an IP literal,
+        # since DNS rebinding needs a host name.
+        self.wildcard = ipaddress.ip_address(host).is_unspecified if _is_ip(host) else False
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a `Host` header (lowercased) names this gateway."""
+        if host in self.allowed_hosts:
+            return True
+        name, _, port = host.rpartition(":")
+        return self.wildcard and port == str(self.port) and _is_ip(name.strip("[]"))
 
     @property
     def url(self) -> str:
@@ -154,14 +172,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _allowed(self) -> bool:
         """Refuse requests a web page or another host could make (see the module docstring)."""
         host = (self.headers.get("Host") or "").lower()
-        if host not in self.server.allowed_hosts:
+        if not self.server.host_allowed(host):
             self._send(403, {
                 "error": f"Host {host or '(none)'!r} is not allowed; this gateway answers only to "
                          f"{' and '.join(sorted(self.server.allowed_hosts))}."
             }, close=True)
             return False
         origin = self.headers.get("Origin")
-        if origin is not None and origin.lower() not in self.server.allowed_origins:
+        if origin is not None and not (origin.lower().startswith("http://")
+                                       and self.server.host_allowed(origin.lower()[len("http://"):])):
             self._send(403, {"error": f"Cross-origin requests (Origin {origin!r}) are not allowed."}, close=True)
             return False
         return True

@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -182,7 +183,7 @@ def _add_auth(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--forget-client", action="store_true", help="with --logout: also delete the client registration")
     p.add_argument("--no-browser", action="store_true",
                    help="do not open a browser; print the URL and also accept the redirected URL pasted on stdin")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
                    help="how long to wait for the browser (default: 300)")
     p.set_defaults(func=cmd_auth)
 
@@ -200,8 +201,6 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
         return _auth_list(cfg, store, auth)
     if args.forget_client and not args.logout:
         raise UsageError("--forget-client goes with --logout: toolscript auth SERVER --logout --forget-client")
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be a positive number of seconds.")
     server = cfg.server(args.server)
     if args.status:
         lines = auth.status_report(server, store)
@@ -578,7 +577,7 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
+    if not 0 < value < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
     return value
 

@@ -391,3 +391,12 @@ def test_status_commands_do_not_import_the_sdk():
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path.cwd(), capture_output=True, text=True, timeout=60,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_plain_http_server_url_off_loopback_is_refused(oauth_server):
+    write_config('[servers.demo]\nurl = "http://mcp.example.com/mcp"\n')
+    with pytest.raises(AuthError) as caught:
+        _authenticate(load_config().server("demo"))
+    assert str(caught.value) == (
+        "The URL of server 'demo' http://mcp.example.com/mcp is not an https URL; refusing to use it "
+        "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")

@@ -62,7 +62,8 @@ def failed_or_warned(out: Path) -> tuple[list[str], list[str]]:
 
 
 def run_conformance(runner: list[str], args: list[str], out: Path) -> None:
-    proc = subprocess.run([*runner, "client", "--command", CLIENT, *args, "-o", str(out)],
+    # 2 min per scenario, not the default 30 s: the suite runs its scenarios in parallel.
+    proc = subprocess.run([*runner, "client", "--command", CLIENT, *args, "--timeout", "120000", "-o", str(out)],
                           capture_output=True, text=True, timeout=500, cwd=HERE)
     summary, problems = failed_or_warned(out)
     print("\n".join(summary))

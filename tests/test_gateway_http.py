@@ -256,3 +256,22 @@ def test_remote_gateway_not_reachable() -> None:
     with pytest.raises(UsageError, match="must look like http://127.0.0.1:PORT"):
         RemoteGateway("localhost:8080")
 
+
+
+def test_a_wildcard_bind_accepts_its_addresses_but_not_host_names() -> None:
+    class Idle:
+        def servers(self) -> list[Any]:
+            return []
+
+    server = ApiServer(Idle(), host="0.0.0.0")  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert request(server, "GET", "/servers") == (200, [])  # Host: 127.0.0.1:PORT
+        assert request(server, "GET", "/servers", headers={"Host": f"localhost:{server.port}"})[0] == 200
+        for host in (f"evil.example:{server.port}", "127.0.0.1:1"):
+            assert request(server, "GET", "/servers", headers={"Host": host})[0] == 403
+        assert request(server, "GET", "/servers", headers={"Origin": f"http://evil.example:{server.port}"})[0] == 403
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -283,3 +283,48 @@ def test_no_secret_in_gateway_logs(oauth_server: Any, caplog: pytest.LogCaptureF
     for secret in filter(None, secrets):
         assert secret not in proc.stderr and secret not in proc.stdout
     assert len(refreshes(server)) == 1
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_token_endpoint_failure_fails_the_call_promptly_and_releases_the_lock(oauth_server: Any, transport: str) -> None:
+    from errors import ConnectError
+
+    server = setup_server(oauth_server, transport=transport)
+    server.tap.documents["/broken-token"] = (503, {"error": "temporarily_unavailable"})
+    old = age_tokens(token_endpoint=server.origin + "/broken-token")
+    with Gateway(load_config(), call_timeout=60) as gateway:
+        started = time.monotonic()
+        with pytest.raises(ConnectError) as caught:
+            gateway.call(f"{NAME}__echo", {"text": "x"})
+        assert time.monotonic() - started < 20  # not the call timeout, not the lock timeout
+        assert str(caught.value) == "Token refresh for server 'demo' failed: 503 temporarily_unavailable."
+    record = Store().load(NAME)
+    assert record.tokens == old.tokens  # kept for the next try
+    assert record.metadata.last_error == "token refresh failed: 503 temporarily_unavailable"
+    Store().release_lock(Store().acquire_lock(NAME, timeout=1))  # nobody holds it
+
+
+def test_refused_dynamic_client_is_forgotten_so_auth_registers_again(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    age_tokens()
+    server.provider.clients.clear()  # the server dropped the registration: invalid_client
+    proc = run_cli("call", f"{NAME}__echo", '{"text": "x"}')
+    assert proc.returncode == 3, explain(proc)
+    assert "the refresh token was rejected: invalid_client" in proc.stderr
+    assert Store().load(NAME).client is None
+    authenticate()
+    assert len(server.requests_to("/register")) == 2
+    assert run_cli("call", f"{NAME}__echo", '{"text": "x"}').returncode == 0
+
+
+def test_a_working_call_clears_the_last_error(oauth_server: Any) -> None:
+    setup_server(oauth_server)
+    store = Store()
+    record = store.load(NAME)
+    record.metadata.last_error = "token refresh failed: 503 temporarily_unavailable"
+    store.save(NAME, record)
+    assert json.loads(run_cli("servers", "--json").stdout)[0]["oauth_status"] == "authentication_failed"
+    with Gateway(load_config()) as gateway:
+        gateway.call(f"{NAME}__echo", {"text": "x"})
+        assert row(gateway)["oauth_status"] == "authenticated"
+    assert store.load(NAME).metadata.last_error is None
