@@ -42,12 +42,12 @@ if __package__:
     from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
     from .gateway_auth import StoredTokenAuth
     from .redact import register_secret
-    from .storage import Store, oauth_status
+    from .storage import Store
 else:
     from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
     from gateway_auth import StoredTokenAuth
     from redact import register_secret
-    from storage import Store, oauth_status
+    from storage import Store
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
@@ -342,14 +342,8 @@ class _Server:
 
     def oauth_status(self) -> tuple[str, str | None] | None:
         """`(status, reason)` for a server that uses OAuth (a stored record or an oauth table), else None."""
-        store = self._gateway.store
-        if not self.config.is_remote or (self.config.oauth is None and not store.exists(self.name)):
-            return None
-        try:
-            status = oauth_status(store.load(self.name), self.config.url or "")
-        except ToolscriptError as exc:
-            return "authentication_failed", exc.message
-        if self.status == AUTH_REQUIRED and status[0] == "authenticated":
+        status = self._gateway.store.oauth_status_of(self.config)
+        if status is not None and self.status == AUTH_REQUIRED and status[0] == "authenticated":
             return "authentication_failed", self.error.message
         return status
 

@@ -37,6 +37,8 @@ else:
 if TYPE_CHECKING:
     from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
+    from config import ServerConfig
+
 __all__ = [
     "ClientInfo",
     "Metadata",
@@ -181,6 +183,15 @@ class Store:
 
     def exists(self, server: str) -> bool:
         return self.path(server).exists()
+
+    def oauth_status_of(self, server: ServerConfig) -> tuple[str, str | None] | None:
+        """`oauth_status` of a server that uses OAuth (an oauth table or a stored record), else None."""
+        if not server.is_remote or (server.oauth is None and not self.exists(server.name)):
+            return None
+        try:
+            return oauth_status(self.load(server.name), server.url or "")
+        except StorageError as exc:
+            return "authentication_failed", exc.message
 
     def load(self, server: str) -> Record | None:
         """Return the record for `server`, or None if there is none."""

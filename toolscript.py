@@ -26,12 +26,12 @@ if __package__:
     from . import config as _config
     from .errors import ToolscriptError, UsageError
     from .redact import RedactingFilter, redact
-    from .storage import Store, oauth_status
+    from .storage import Store
 else:
     import config as _config
     from errors import ToolscriptError, UsageError
     from redact import RedactingFilter, redact
-    from storage import Store, oauth_status
+    from storage import Store
 
 if TYPE_CHECKING:
     from config import Config, ServerConfig
@@ -143,12 +143,9 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         else:
             row["command"] = [server.command, *server.args]
         row["oauth_record"] = server.is_remote and store.exists(server.name)
-        if server.is_remote and (server.oauth is not None or row["oauth_record"]):
-            try:
-                status, reason = oauth_status(store.load(server.name), server.url or "")
-            except ToolscriptError as exc:
-                status, reason = "authentication_failed", exc.message
-            row["oauth_status"] = status
+        oauth = store.oauth_status_of(server)
+        if oauth is not None:
+            row["oauth_status"], reason = oauth
             if reason:
                 row["oauth_error"] = reason
         rows.append(row)
