@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,7 +52,8 @@ def failed_or_warned(out: Path) -> tuple[list[str], list[str]]:
     summary, problems = [], []
     for checks_file in sorted(out.rglob("checks.json")):
         checks = json.loads(checks_file.read_text())
-        scenario = str(checks_file.parent.relative_to(out)).rsplit("-20", 1)[0]
+        # The runner names each result folder SCENARIO-<ISO timestamp>.
+        scenario = re.sub(r"-\d{4}-\d\d-\d\dT[\d-]+Z?$", "", str(checks_file.parent.relative_to(out)))
         counts = {s: sum(1 for c in checks if c["status"] == s) for s in ("SUCCESS", "FAILURE", "WARNING")}
         summary.append(f"{scenario}: {counts['SUCCESS']} passed, {counts['FAILURE']} failed, {counts['WARNING']} warnings")
         for check in checks:
