@@ -1,8 +1,8 @@
 """The gateway's OAuth: the MCP SDK's `OAuthClientProvider`, non-interactive, over stored records.
 
 It stands alone because it is the one place that subclasses SDK internals
-(`OAuthClientProvider._auth_flow`), so an SDK upgrade touches this file only; the
-gateway imports it lazily, and it imports only `storage`, `config`, `errors` and `redact`.
+(`OAuthClientProvider._auth_flow`), so an SDK upgrade touches this file only. Only the
+gateway imports it, and it imports only `storage`, `config`, `errors` and `redact`.
 
 What it changes in the SDK's provider:
 - tokens, client and the recorded token endpoint are (re)read from the record before
@@ -11,11 +11,14 @@ What it changes in the SDK's provider:
 - an expired token is refreshed a little before expiry, under the record's
   inter-process lock, after re-reading the record, so a refresh token is spent once
   even with many concurrent calls and several processes;
-- it never starts an interactive authorization: where the SDK would open a browser it
-  raises `AuthRequiredError` naming `toolscript auth SERVER`;
-- a rejected refresh deletes only the tokens that were used; a 403 `insufficient_scope`
-  records the scope for the next `toolscript auth`;
-- the bearer token is only attached to requests for the server URL it was issued for.
+- it never starts an interactive authorization: without tokens a request goes out
+  without one, and where the SDK would then open a browser it raises
+  `AuthRequiredError` naming `toolscript auth SERVER`;
+- a rejected refresh deletes only the tokens that were used (and a refused dynamic
+  registration); a 403 `insufficient_scope` fails only its request and records the
+  scope for the next `toolscript auth`;
+- the bearer token is only attached to https (or loopback) requests to the origin of
+  the server URL it was issued for.
 """
 
 from __future__ import annotations
