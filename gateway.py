@@ -40,12 +40,12 @@ from mcp.shared.exceptions import MCPError
 
 if __package__:
     from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
-    from .gateway_auth import StoredTokenAuth
+    from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .redact import register_secret
     from .storage import Store
 else:
     from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
-    from gateway_auth import StoredTokenAuth
+    from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from redact import register_secret
     from storage import Store
 
@@ -405,20 +405,22 @@ class _Server:
                     server=self.name,
                 )
         assert link.session is not None
+        failures: list[AuthError | ConnectError] = []
+        CALL_FAILURES.set(failures)  # this task's own context: only this call's requests add to it
         try:
             with anyio.fail_after(timeout):
                 return await link.session.call_tool(tool, arguments)  # type: ignore[return-value]
         except TimeoutError:
-            if (failure := self.auth_failure()) is not None:
-                raise failure from None
+            if failures:
+                raise failures[-1] from None
             raise CallTimeoutError(
                 f"Tool '{self.name}{SEPARATOR}{tool}' did not answer within {timeout:g} s.", server=self.name
             ) from None
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
                 raise await self.lost_during(link, tool) from None
-            if (failure := self.auth_failure()) is not None:
-                raise failure from None  # e.g. a step-up (403 insufficient_scope) for this call
+            if failures:
+                raise failures[-1] from None  # e.g. a step-up (403 insufficient_scope) for this call
             if resend_if_expired and _session_expired(exc):
                 # The server forgot the session, so it never ran this call: reconnect, send it again.
                 log.info("Server '%s': session expired; reconnecting", self.name)

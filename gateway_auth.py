@@ -27,6 +27,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -51,7 +52,7 @@ else:
 if TYPE_CHECKING:
     from config import ServerConfig
 
-__all__ = ["StoredTokenAuth", "auth_required_message"]
+__all__ = ["CALL_FAILURES", "StoredTokenAuth", "auth_required_message"]
 
 log = logging.getLogger("toolscript.gateway.auth")
 
@@ -59,6 +60,13 @@ log = logging.getLogger("toolscript.gateway.auth")
 # that dies in flight.
 EXPIRY_SKEW = 30.0
 _REJECTED = ("invalid_grant", "invalid_client", "unauthorized_client")
+
+
+# The auth errors met while sending one call's requests. The SDK's transports send each
+# message in a copy of the caller's context, so a caller that sets a fresh list here
+# before a call finds in it the errors of that call only, however many run at once.
+CALL_FAILURES: ContextVar[list[AuthError | ConnectError] | None] = ContextVar("toolscript_call_failures",
+                                                                             default=None)
 
 
 def auth_required_message(server: str, reason: str | None = None) -> str:
@@ -71,8 +79,9 @@ class StoredTokenAuth(OAuthClientProvider):
     """A non-interactive `OAuthClientProvider` over one server's stored record.
 
     `failure` holds the last authentication error, because some transports swallow
-    exceptions raised inside an auth flow, and a step-up refusal is let through to fail
-    only its own request; the gateway checks it when a call fails in another way.
+    exceptions raised inside an auth flow; the gateway checks it when a connection ends.
+    A call's own errors (a step-up refusal is let through to fail only its request) are
+    also added to `CALL_FAILURES`.
     `on_failure`, when set, is called with each such error as it happens.
     """
 
@@ -308,6 +317,9 @@ class StoredTokenAuth(OAuthClientProvider):
 
     def _fail(self, error: AuthError | ConnectError) -> AuthError | ConnectError:
         self.failure = error
+        call_failures = CALL_FAILURES.get()
+        if call_failures is not None:
+            call_failures.append(error)
         log.debug("server '%s': %s", self.server.name, error)
         if self.on_failure is not None:
             self.on_failure(error)

@@ -328,3 +328,32 @@ def test_a_working_call_clears_the_last_error(oauth_server: Any) -> None:
         gateway.call(f"{NAME}__echo", {"text": "x"})
         assert row(gateway)["oauth_status"] == "authenticated"
     assert store.load(NAME).metadata.last_error is None
+
+
+def test_a_step_up_fails_its_own_call_only_among_concurrent_calls(oauth_server: Any) -> None:
+    server = setup_server(oauth_server, extra_scopes=("mcp:admin",))
+    server.tap.step_up["whoami"] = "mcp:admin"
+    with Gateway(load_config()) as gateway:
+        outcomes: dict[int, Any] = {}
+
+        def call(i: int) -> None:
+            try:
+                if i % 5 == 0:
+                    gateway.call(f"{NAME}__whoami")
+                    outcomes[i] = "no error"
+                else:
+                    outcomes[i] = gateway.call(f"{NAME}__echo", {"text": str(i)})["content"][0]["text"]
+            except Exception as exc:  # recorded, then compared below
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(30)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    for i, outcome in outcomes.items():
+        if i % 5 == 0:
+            assert isinstance(outcome, AuthRequiredError) and outcome.scope == "mcp:tools offline_access mcp:admin", i
+        else:
+            assert outcome == str(i)
+    assert len(outcomes) == 30
