@@ -35,12 +35,12 @@ from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsp
 
 if __package__:
     from .config import is_loopback_host
-    from .errors import AuthError, StorageError
+    from .errors import AuthConnectError, AuthError, StorageError
     from .redact import redact, register_secret
     from .storage import ClientInfo, Metadata, Record, Store, Tokens
 else:
     from config import is_loopback_host
-    from errors import AuthError, StorageError
+    from errors import AuthConnectError, AuthError, StorageError
     from redact import redact, register_secret
     from storage import ClientInfo, Metadata, Record, Store, Tokens
 
@@ -289,9 +289,10 @@ class _Http:
             try:
                 response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
             except requests.Timeout:
-                raise AuthError(f"{step} failed: {_origin(url)} did not answer within {self.timeout:.0f}s.") from None
+                raise AuthConnectError(
+                    f"{step} failed: {_origin(url)} did not answer within {self.timeout:.0f}s.") from None
             except requests.RequestException as exc:
-                raise AuthError(f"{step} failed: cannot reach {_origin(url)} ({_reason(exc)}).") from None
+                raise AuthConnectError(f"{step} failed: cannot reach {_origin(url)} ({_reason(exc)}).") from None
             location = response.headers.get("Location")
             # Only GETs and method-preserving redirects are followed, and only on the same origin.
             if response.status_code not in (301, 302, 303, 307, 308) or not location:

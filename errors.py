@@ -10,6 +10,7 @@ token, code, state, verifier or client secret.
 from __future__ import annotations
 
 __all__ = [
+    "AuthConnectError",
     "AuthError",
     "AuthRequiredError",
     "CallTimeoutError",
@@ -103,3 +104,9 @@ class ConnectError(ToolscriptError):
 
 class CallTimeoutError(ConnectError):
     """A server did not answer a tool call (or a connection attempt) in time."""
+
+
+class AuthConnectError(AuthError, ConnectError):
+    """An OAuth step could not reach its server (exit code 4, like any unreachable server)."""
+
+    exit_code = 4

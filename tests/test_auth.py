@@ -169,8 +169,9 @@ def test_probe_failure_names_the_step(oauth_server):
 def test_unreachable_server():
     write_config(f'[servers.demo]\nurl = "http://127.0.0.1:{_free_port()}/mcp"\n')
     with pytest.raises(AuthError, match=r"^Probing server 'demo' failed: cannot reach http://127.0.0.1:\d+ "
-                                        r"\(connection refused\)\.$"):
+                                        r"\(connection refused\)\.$") as caught:
         _authenticate(load_config().server("demo"))
+    assert caught.value.exit_code == 4  # like any unreachable server
 
 
 # -- scope ---------------------------------------------------------------------------
