@@ -185,7 +185,7 @@ def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
         if old is None or forget_client:
             return None
         old.tokens = None
-        old.metadata.requested_scope = None
+        old.metadata.step_up_scope = None
         return old if old.client is not None else None
 
     result.deleted_tokens = tokens is not None
@@ -250,8 +250,8 @@ def status_report(server: ServerConfig, store: Store, now: float | None = None) 
                   ("Token auth method", client.token_endpoint_auth_method or "-"),
                   ("Redirect URI", client.redirect_uri or "-")]
     lines.append(("Scopes requested", meta.scope_requested or "(none)"))
-    if meta.requested_scope:
-        lines.append(("Step-up scopes", f"{meta.requested_scope} (asked for by the next toolscript auth)"))
+    if meta.step_up_scope:
+        lines.append(("Step-up scopes", f"{meta.step_up_scope} (asked for by the next toolscript auth)"))
     tokens = record.tokens
     if tokens is not None:
         expires = "never" if tokens.expires_at is None else (
@@ -587,8 +587,8 @@ def _choose_scope(server: ServerConfig, discovery: _Discovery, record: Record | 
     else:
         scopes = list(discovery.resource_scopes or [])
     scopes += list(server.oauth.scopes if server.oauth else ())
-    if record is not None and record.metadata.requested_scope:
-        scopes += record.metadata.requested_scope.split()
+    if record is not None and record.metadata.step_up_scope:
+        scopes += record.metadata.step_up_scope.split()
     if scopes and discovery.supports("scopes_supported", OFFLINE_ACCESS):
         scopes.append(OFFLINE_ACCESS)
     return " ".join(dict.fromkeys(scopes)) or None

@@ -346,11 +346,11 @@ class StoredTokenAuth(OAuthClientProvider):
         def change(record: Record | None) -> Record:
             # What the next `toolscript auth` must ask for: what was granted, plus this.
             record = record or Record()
-            wanted = (record.metadata.requested_scope or "").split()
+            wanted = (record.metadata.step_up_scope or "").split()
             if record.tokens is not None:
                 wanted += (record.tokens.scope or "").split()
             wanted += scope.split()
-            record.metadata.requested_scope = " ".join(dict.fromkeys(wanted))
+            record.metadata.step_up_scope = " ".join(dict.fromkeys(wanted))
             return record
 
         await anyio.to_thread.run_sync(self.store.update, self.server.name, change)

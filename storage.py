@@ -102,7 +102,7 @@ class Metadata:
     # Why the last use of these credentials failed (no secret), for `servers` and `auth`.
     last_error: str | None = None
     # Scopes a call was refused for (insufficient_scope); the next `auth` asks for them.
-    requested_scope: str | None = None
+    step_up_scope: str | None = None
     # The discovery chain followed by the last `auth`, for `auth --status`.
     discovery: list[str] = field(default_factory=list)
     scope_requested: str | None = None

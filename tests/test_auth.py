@@ -193,7 +193,7 @@ def test_scope_choice():
     discovery.resource_scopes = ["a", "b"]
     assert auth._choose_scope(plain, discovery, None) == "a b offline_access"
     discovery.challenge_scope = "c"  # WWW-Authenticate scope wins over scopes_supported
-    stepped = Record(metadata=Metadata(requested_scope="d c"))
+    stepped = Record(metadata=Metadata(step_up_scope="d c"))
     assert auth._choose_scope(configured, discovery, stepped) == "c cfg d offline_access"
     assert auth._choose_scope(plain, _discovery(scopes_supported=["a"]), None) is None
     no_offline = _discovery(scopes_supported=["a"])

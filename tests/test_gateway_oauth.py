@@ -233,7 +233,7 @@ def test_step_up_names_the_scope_and_the_next_auth_asks_for_the_union(oauth_serv
     assert proc.stderr.endswith(
         "error: Server 'demo' needs scope 'mcp:tools offline_access mcp:admin' for this request "
         "(insufficient_scope). Run: toolscript auth demo\n")
-    assert set(Store().load(NAME).metadata.requested_scope.split()) == {"mcp:tools", "offline_access", "mcp:admin"}
+    assert set(Store().load(NAME).metadata.step_up_scope.split()) == {"mcp:tools", "offline_access", "mcp:admin"}
 
     authenticate()
     last = server.requests_to("/authorize")[-1]
