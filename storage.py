@@ -54,6 +54,7 @@ __all__ = [
 log = logging.getLogger("toolscript.storage")
 
 REGISTRATION_SOURCES = ("dynamic", "config", "metadata_url")
+_SECTIONS = ("client", "tokens", "metadata")
 LOCK_TIMEOUT = 60.0
 
 
@@ -115,6 +116,9 @@ class Record:
     client: ClientInfo | None = None
     tokens: Tokens | None = None
     metadata: Metadata = field(default_factory=Metadata)
+    # Keys this version does not know (written by a newer one), kept as they were:
+    # `{"client": {...}, ...}` for unknown keys of a section, other tables by name.
+    unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def tokens_for(self, server_url: str | None) -> Tokens | None:
         """Return the tokens only if they were issued for `server_url`.
@@ -128,12 +132,13 @@ class Record:
         return self.tokens
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for name in ("client", "tokens", "metadata"):
+        data: dict[str, Any] = {k: v for k, v in self.unknown.items() if k not in _SECTIONS}
+        for name in _SECTIONS:
             section = getattr(self, name)
             if section is None:
                 continue
             values = {k: v for k, v in dataclasses.asdict(section).items() if v is not None and v != []}
+            values.update(self.unknown.get(name, {}))
             if values:
                 data[name] = values
         return data
@@ -141,12 +146,13 @@ class Record:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
         """Build a record from parsed TOML; raise ValueError when it is not one."""
-        client = _section(data, "client", ClientInfo)
-        tokens = _section(data, "tokens", Tokens)
-        metadata = _section(data, "metadata", Metadata) or Metadata()
+        unknown: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
+        client = _section(data, "client", ClientInfo, unknown)
+        tokens = _section(data, "tokens", Tokens, unknown)
+        metadata = _section(data, "metadata", Metadata, unknown) or Metadata()
         if client is not None and client.registration_source not in REGISTRATION_SOURCES:
             raise ValueError(f"client.registration_source {client.registration_source!r} is not one of {REGISTRATION_SOURCES}")
-        return cls(client=client, tokens=tokens, metadata=metadata)
+        return cls(client=client, tokens=tokens, metadata=metadata, unknown=unknown)
 
 
 def same_resource(a: str, b: str) -> bool:
@@ -438,7 +444,7 @@ def _check_owner(info: os.stat_result, path: Path) -> None:
         )
 
 
-def _section(data: dict[str, Any], name: str, kind: type) -> Any:
+def _section(data: dict[str, Any], name: str, kind: type, unknown: dict[str, Any]) -> Any:
     values = data.get(name)
     if values is None:
         return None
@@ -448,7 +454,8 @@ def _section(data: dict[str, Any], name: str, kind: type) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in known:
-            continue  # written by a newer version; ignored rather than fatal
+            unknown.setdefault(name, {})[key] = value  # written by a newer version: kept, not fatal
+            continue
         expected = known[key].type
         if "float" in expected and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)

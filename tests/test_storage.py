@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import anyio
@@ -233,3 +234,21 @@ def test_expired_tokens_report_zero_remaining(isolated_env: Path) -> None:
     token = anyio.run(RecordTokenStorage(store, "github", URL).get_tokens)
     assert token is not None and token.expires_in == 0
     assert record.tokens.is_expired()
+
+
+def test_keys_from_a_newer_version_survive_an_update(isolated_env: Path) -> None:
+    store = Store()
+    store.save("github", sample_record())
+    path = isolated_env / "oauth" / "github.toml"
+    text = path.read_text().replace("[tokens]\n", "[tokens]\nbound_to = \"dpop\"\n")
+    path.write_text(text + "\n[future]\nflag = true\n")
+
+    def rotate(record: Record | None) -> Record:
+        assert record is not None and record.tokens is not None
+        record.tokens.access_token = "at-2"
+        return record
+
+    store.update("github", rotate)
+    data = tomllib.loads(path.read_text())
+    assert data["future"] == {"flag": True}
+    assert data["tokens"]["bound_to"] == "dpop" and data["tokens"]["access_token"] == "at-2"
