@@ -447,7 +447,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
                     for row in gateway.servers():
                         if row["status"] == "connected":
                             log.info("Server '%s': connected, %d tools", row["name"], row["tools"])
-                        else:
+                        elif row["status"] != "auth_required":  # the gateway has warned of those
                             log.warning("%s", row.get("error"))
                     _print(f"{GATEWAY_URL_VAR}={api.url}")
                     api.serve_forever()

@@ -357,3 +357,28 @@ def test_a_step_up_fails_its_own_call_only_among_concurrent_calls(oauth_server: 
         else:
             assert outcome == str(i)
     assert len(outcomes) == 30
+
+
+def test_toolscript_gateway_warns_once_and_answers_401(oauth_server: Any) -> None:
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from test_cli_gateway import _start_gateway
+
+    server = oauth_server()
+    write_config({NAME: {"url": server.url}})
+    proc, first = _start_gateway()
+    try:
+        url = first.strip().removeprefix("TOOLSCRIPT_GATEWAY_URL=")
+        request = urllib.request.Request(f"{url}/tools/{NAME}__echo", data=b'{"text": "x"}',
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        assert caught.value.code == 401
+        assert json.loads(caught.value.read()) == {
+            "error": "Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert err.count("Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo") == 1, err
