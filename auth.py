@@ -38,11 +38,13 @@ if __package__:
     from .errors import AuthConnectError, AuthError, StorageError
     from .redact import redact, register_secret
     from .storage import ClientInfo, Metadata, Record, Store, Tokens
+    from .storage import url_origin
 else:
     from config import is_loopback_host
     from errors import AuthConnectError, AuthError, StorageError
     from redact import redact, register_secret
     from storage import ClientInfo, Metadata, Record, Store, Tokens
+    from storage import url_origin
 
 if TYPE_CHECKING:
     import requests
@@ -290,20 +292,20 @@ class _Http:
                 response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
             except requests.Timeout:
                 raise AuthConnectError(
-                    f"{step} failed: {_origin(url)} did not answer within {self.timeout:.0f}s.") from None
+                    f"{step} failed: {url_origin(url)} did not answer within {self.timeout:.0f}s.") from None
             except requests.RequestException as exc:
-                raise AuthConnectError(f"{step} failed: cannot reach {_origin(url)} ({_reason(exc)}).") from None
+                raise AuthConnectError(f"{step} failed: cannot reach {url_origin(url)} ({_reason(exc)}).") from None
             location = response.headers.get("Location")
             # Only GETs and method-preserving redirects are followed, and only on the same origin.
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
                 return response
             target = urljoin(url, location)
-            if _origin(target) != _origin(url) or (method != "GET" and response.status_code not in (307, 308)):
+            if url_origin(target) != url_origin(url) or (method != "GET" and response.status_code not in (307, 308)):
                 log.debug("not following redirect from %s to %s", _mask_query(url), _mask_query(target))
                 return response
             response.close()
             url = target
-        raise AuthError(f"{step} failed: too many redirects from {_origin(url)}.")
+        raise AuthError(f"{step} failed: too many redirects from {url_origin(url)}.")
 
 
 def _server_error(step: str, response: requests.Response) -> AuthError:
@@ -317,7 +319,7 @@ def _server_error(step: str, response: requests.Response) -> AuthError:
         pass
     status = f"{response.status_code} {response.reason or ''}".strip()
     if response.status_code in (301, 302, 303, 307, 308):
-        status += f" (redirect to {_origin(urljoin(response.url, response.headers.get('Location', '')))}, not followed)"
+        status += f" (redirect to {url_origin(urljoin(response.url, response.headers.get('Location', '')))}, not followed)"
     if isinstance(error, str):
         detail = f"{response.status_code} {error}" + (f": {description}" if isinstance(description, str) and description else "")
         return AuthError(redact(f"{step} failed: {detail}"), error=error)
@@ -409,7 +411,7 @@ def _discover(http: _Http, server: ServerConfig) -> _Discovery | None:
     else:
         # MCP 2025-03-26: no protected resource metadata; the server's origin is the
         # authorization server, with default endpoints when it publishes no metadata.
-        resource, issuer, resource_scopes = url, _origin(url), None
+        resource, issuer, resource_scopes = url, url_origin(url), None
         log.info("No protected resource metadata; using %s as the authorization server (MCP 2025-03-26)", issuer)
         metadata = _fetch_server_metadata(http, issuer, chain)
         defaults = metadata is None
@@ -498,7 +500,7 @@ def parse_www_authenticate(header: str) -> dict[str, str]:
 def _fetch_resource_metadata(http: _Http, server_url: str, hinted: str | None,
                              chain: list[str]) -> tuple[dict[str, Any] | None, str | None]:
     parts = urlsplit(server_url)
-    origin = _origin(server_url)
+    origin = url_origin(server_url)
     candidates = [hinted] if hinted else []
     path = parts.path.rstrip("/")
     if path:
@@ -515,7 +517,7 @@ def _fetch_resource_metadata(http: _Http, server_url: str, hinted: str | None,
 
 def _metadata_urls(issuer: str) -> list[str]:
     """The RFC 8414 / OIDC discovery URLs for `issuer`, in the MCP specification's order."""
-    origin, path = _origin(issuer), urlsplit(issuer).path.rstrip("/")
+    origin, path = url_origin(issuer), urlsplit(issuer).path.rstrip("/")
     if path:
         return [f"{origin}/.well-known/oauth-authorization-server{path}",
                 f"{origin}/.well-known/openid-configuration{path}",
@@ -565,12 +567,12 @@ def _check_server_metadata(metadata: dict[str, Any], issuer: str, server: str, *
 
 def _same_origin_issuer(issuer: str, origin: str) -> bool:
     parts = urlsplit(issuer)
-    return not parts.query and not parts.fragment and _origin(issuer) == origin
+    return not parts.query and not parts.fragment and url_origin(issuer) == origin
 
 
 def _resource_covers(resource: str, server_url: str) -> bool:
     """Whether the metadata's `resource` is the server URL or a parent of it (RFC 8707, RFC 9728)."""
-    if _origin(resource) != _origin(server_url):
+    if url_origin(resource) != url_origin(server_url):
         return False
     base = urlsplit(resource).path.rstrip("/")
     path = urlsplit(server_url).path.rstrip("/")
@@ -961,19 +963,6 @@ def _exchange_code(http: _Http, discovery: _Discovery, client: ClientInfo, code:
 
 
 # -- small helpers -------------------------------------------------------------------
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    host = f"[{host}]" if ":" in host else host
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    default = {"http": 80, "https": 443}.get(scheme)
-    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
 def _add_query(url: str, params: dict[str, str]) -> str:

@@ -42,12 +42,12 @@ if __package__:
     from .config import is_loopback_host
     from .errors import AuthError, AuthRequiredError, ConnectError
     from .redact import register_secret
-    from .storage import Record, RecordTokenStorage, Store, Tokens, client_information
+    from .storage import Record, RecordTokenStorage, Store, Tokens, client_information, url_origin
 else:
     from config import is_loopback_host
     from errors import AuthError, AuthRequiredError, ConnectError
     from redact import register_secret
-    from storage import Record, RecordTokenStorage, Store, Tokens, client_information
+    from storage import Record, RecordTokenStorage, Store, Tokens, client_information, url_origin
 
 if TYPE_CHECKING:
     from config import ServerConfig
@@ -372,10 +372,4 @@ def _may_carry_token(url: str, server_url: str) -> bool:
     parts = urlsplit(url)
     if parts.scheme != "https" and not is_loopback_host(parts.hostname):
         return False
-    return _origin(url) == _origin(server_url)
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+    return url_origin(url) == url_origin(server_url)

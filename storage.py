@@ -24,6 +24,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import tomli_w
 
@@ -49,6 +50,7 @@ __all__ = [
     "client_information",
     "oauth_status",
     "same_resource",
+    "url_origin",
 ]
 
 log = logging.getLogger("toolscript.storage")
@@ -505,16 +507,20 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _normalize_url(url: str) -> tuple[str, str, int | None, str, str]:
-    from urllib.parse import urlsplit
-
+def url_origin(url: str) -> str:
+    """`scheme://host[:port]` of `url`, lowercased, without a default port: equal for the same origin."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
     try:
         port = parts.port
     except ValueError:
         port = None
-    if port is None:
-        port = {"http": 80, "https": 443}.get(scheme)
-    path = parts.path.rstrip("/") or ""
-    return scheme, (parts.hostname or "").lower(), port, path, parts.query
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
+def _normalize_url(url: str) -> tuple[str, str, str]:
+    parts = urlsplit(url)
+    return url_origin(url), parts.path.rstrip("/"), parts.query
