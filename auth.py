@@ -37,14 +37,12 @@ if __package__:
     from .config import is_loopback_host
     from .errors import AuthConnectError, AuthError, StorageError
     from .redact import redact, register_secret
-    from .storage import ClientInfo, Metadata, Record, Store, Tokens
-    from .storage import url_origin
+    from .storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
 else:
     from config import is_loopback_host
     from errors import AuthConnectError, AuthError, StorageError
     from redact import redact, register_secret
-    from storage import ClientInfo, Metadata, Record, Store, Tokens
-    from storage import url_origin
+    from storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
 
 if TYPE_CHECKING:
     import requests
