@@ -97,6 +97,7 @@ def write_config(config: str | dict[str, dict[str, Any]], path: Path | None = No
 # Gateway fixtures (tests/test_gateway*.py, tests/test_cli_gateway.py)
 # ======================================================================================
 
+import threading  # noqa: E402
 import time  # noqa: E402
 
 SERVERS = Path(__file__).resolve().parent / "servers"
@@ -107,6 +108,17 @@ sys.path.insert(0, str(SERVERS))
 def stdio_server(*flags: str, **extra: Any) -> dict[str, Any]:
     """A `[servers.NAME]` table running the test toolbox over stdio."""
     return {"command": sys.executable, "args": [STDIO_SERVER, *flags], **extra}
+
+
+def run_threads(target: Callable[[int], Any], count: int, timeout: float = 60.0) -> None:
+    """Run `target(0..count-1)` in `count` threads at once; fail the test if any is still running after `timeout`."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "threads still running after the timeout"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx2
 import pytest
-from conftest import process_exists, stdio_server, wait_until
+from conftest import process_exists, run_threads, stdio_server, wait_until
 from toolbox import PNG
 
 from config import Config, parse_config
@@ -311,11 +310,6 @@ def test_many_threads_get_their_own_results(http_server: Any) -> None:
                               "isError": False}:
                     errors.append(f"{text!r} got {result!r}")
 
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(32)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert not any(thread.is_alive() for thread in threads)
+        run_threads(worker, 32)
         assert errors == []
 

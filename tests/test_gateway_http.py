@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import httpx2
 import pytest
-from conftest import stdio_server
+from conftest import run_threads, stdio_server
 
 from config import parse_config
 from errors import AuthRequiredError, CallTimeoutError, ConnectError, UsageError
@@ -217,12 +217,7 @@ def test_many_clients_get_their_own_results(api: ApiServer) -> None:
                 errors.append(f"{text!r} got {result!r}")
         remote.close()
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(32)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads)
+    run_threads(worker, 32)
     assert errors == []
 
 

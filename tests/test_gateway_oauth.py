@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 import auth
 from browser import visit
 from config import load_config
-from conftest import ROOT, explain, run_cli, write_config
+from conftest import ROOT, explain, run_cli, run_threads, write_config
 from errors import AuthError, AuthRequiredError
 from gateway import Gateway
 from storage import Store
@@ -117,11 +116,7 @@ def test_twenty_concurrent_calls_with_an_expired_token_cause_one_refresh(oauth_s
         def call(i: int) -> None:
             results[i] = gateway.call(f"{NAME}__echo", {"text": f"call {i}"})
 
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        run_threads(call, 20)
         assert {i: r["content"][0]["text"] for i, r in results.items()} == {i: f"call {i}" for i in range(20)}
     assert len(refreshes(server)) == 1
 
@@ -346,11 +341,7 @@ def test_a_step_up_fails_its_own_call_only_among_concurrent_calls(oauth_server: 
             except Exception as exc:  # recorded, then compared below
                 outcomes[i] = exc
 
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(30)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        run_threads(call, 30)
     for i, outcome in outcomes.items():
         if i % 5 == 0:
             assert isinstance(outcome, AuthRequiredError) and outcome.scope == "mcp:tools offline_access mcp:admin", i
