@@ -94,6 +94,7 @@ class StoredTokenAuth(OAuthClientProvider):
         self.on_failure: Callable[[AuthError | ConnectError], None] | None = None
         self._stat: tuple[int, int, int] | None = None
         self._record: Record | None = None
+        self._applied: Record | None = None  # the record the SDK's context was last filled from
         storage = RecordTokenStorage(store, server.name, server.url)
         super().__init__(
             server_url=server.url,
@@ -251,6 +252,9 @@ class StoredTokenAuth(OAuthClientProvider):
         """Re-read the record into the SDK's context; return the tokens usable for this URL."""
         record = self._read()
         tokens = record.tokens_for(self.server.url) if record else None
+        if record is not None and record is self._applied:
+            return tokens  # the context already holds this record (it is parsed anew when the file changes)
+        self._applied = record
         ctx = self.context
         ctx.client_info = client_information(record.client) if record and record.client else None
         meta = record.metadata if record else None
