@@ -112,11 +112,3 @@ def test_verbose_shows_traceback_quiet_does_not() -> None:
 def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert toolscript.main([]) == 2
     assert "usage: toolscript" in capsys.readouterr().err
-
-
-def test_every_module_is_packaged() -> None:
-    import configparser
-
-    setup = configparser.ConfigParser()
-    setup.read(ROOT / "setup.cfg")
-    assert set(setup["options"]["py_modules"].split()) == {path.stem for path in ROOT.glob("*.py")}
