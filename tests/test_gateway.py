@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import httpx2
 import pytest
-from conftest import process_exists, run_threads, stdio_server, wait_until
+from conftest import DenyingAuth, process_exists, run_threads, stdio_server, wait_until
 from toolbox import PNG
 
 from config import Config, parse_config
@@ -254,25 +254,12 @@ def test_http_server_restart_expires_the_session_and_is_transparent(http_server:
             assert gateway.call("h__echo", {"text": "three"})["content"][0]["text"] == "three"
 
 
-class _Deny(httpx2.Auth):
-    """Let `allow` requests through, then raise AuthRequiredError like an OAuth provider would."""
-
-    def __init__(self, allow: int) -> None:
-        self.allow = allow
-
-    async def async_auth_flow(self, request: httpx2.Request) -> Any:
-        if self.allow <= 0:
-            raise AuthRequiredError("Server 'h' is not authenticated.", server="h")
-        self.allow -= 1
-        yield request
-
-
 def test_auth_required_at_connect_and_mid_session(http_server: Any) -> None:
     allowances = {"h": [0], "late": [5, 100]}  # `late` fails after its handshake, then recovers
 
     def auth(server: Any) -> httpx2.Auth:
         allow = allowances[server.name]
-        return _Deny(allow.pop(0) if len(allow) > 1 else allow[0])
+        return DenyingAuth(server.name, allow.pop(0) if len(allow) > 1 else allow[0])
 
     with Gateway(config(h={"url": http_server.url}, late={"url": http_server.url}), auth=auth) as gateway:
         row = status(gateway, "h")

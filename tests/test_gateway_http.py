@@ -7,20 +7,13 @@ import json
 import threading
 from typing import Any, Iterator
 
-import httpx2
 import pytest
-from conftest import run_threads, stdio_server
+from conftest import DenyingAuth, run_threads, stdio_server
 
 from config import parse_config
 from errors import AuthRequiredError, CallTimeoutError, ConnectError, UsageError
 from gateway import Gateway
 from gateway_http import MAX_BODY_BYTES, ApiServer, RemoteGateway
-
-
-class _DenyAll(httpx2.Auth):
-    async def async_auth_flow(self, request: httpx2.Request) -> Any:
-        raise AuthRequiredError("Server 'locked' is not authenticated.", server="locked")
-        yield request  # pragma: no cover - makes this a generator
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +23,7 @@ def api(http_server_module: Any) -> Iterator[ApiServer]:
         "missing": {"command": "/nonexistent/mcp-server"},
         "locked": {"url": http_server_module.url},
     }})
-    gateway = Gateway(cfg, auth=lambda server: _DenyAll()).start()
+    gateway = Gateway(cfg, auth=lambda server: DenyingAuth("locked")).start()
     server = ApiServer(gateway)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

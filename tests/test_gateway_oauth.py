@@ -18,7 +18,7 @@ import pytest
 import auth
 from browser import visit
 from config import load_config
-from conftest import ROOT, explain, run_cli, run_threads, write_config
+from conftest import ROOT, explain, run_cli, run_threads, start_gateway_process, write_config
 from errors import AuthError, AuthRequiredError
 from gateway import Gateway
 from storage import Store
@@ -355,11 +355,9 @@ def test_toolscript_gateway_warns_once_and_answers_401(oauth_server: Any) -> Non
     import urllib.error
     import urllib.request
 
-    from test_cli_gateway import _start_gateway
-
     server = oauth_server()
     write_config({NAME: {"url": server.url}})
-    proc, first = _start_gateway()
+    proc, first = start_gateway_process()
     try:
         url = first.strip().removeprefix("TOOLSCRIPT_GATEWAY_URL=")
         request = urllib.request.Request(f"{url}/tools/{NAME}__echo", data=b'{"text": "x"}',
