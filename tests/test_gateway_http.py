@@ -5,10 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import DenyingAuth, run_threads, stdio_server
+from conftest import DenyingAuth, run_threads, stdio_server, wait_until
 
 from config import parse_config
 from errors import AuthRequiredError, CallTimeoutError, ConnectError, UsageError
@@ -174,22 +175,25 @@ def test_oversized_bodies_are_413(api: ApiServer) -> None:
 # -- concurrency ---------------------------------------------------------------------
 
 
-def test_a_slow_call_does_not_block_others(api: ApiServer) -> None:
-    slow_done = threading.Event()
+def test_a_slow_call_does_not_block_others(api: ApiServer, tmp_path: Path) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"  # the slow call answers once `release` exists
+    answers: list[Any] = []
 
     def slow() -> None:
-        post(api, "s__slow", {"seconds": 3})
-        slow_done.set()
+        arguments = {"seconds": 60, "started_file": str(started), "until_file": str(release), "text": "released"}
+        answers.append(post(api, "s__slow", arguments))
 
     thread = threading.Thread(target=slow)
     thread.start()
     try:
+        wait_until(started.exists, what="the slow call to start")
         for i in range(5):
             assert post(api, "s__echo", {"text": str(i)})[1]["content"][0]["text"] == str(i)
-        assert not slow_done.is_set()
+        assert answers == []  # still waiting for the release
     finally:
+        release.touch()
         thread.join(30)
-    assert slow_done.is_set()
+    assert answers and answers[0][1]["content"][0]["text"] == "released"
 
 
 def test_many_clients_get_their_own_results(api: ApiServer) -> None:
