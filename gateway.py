@@ -173,7 +173,7 @@ class Gateway:
             _register_secrets(server)
         self.store = store or Store()
         self.announce = announce
-        self._auth = auth or stored_oauth(self.store)
+        self._auth_factory = auth or stored_oauth(self.store)
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._supervisor: Any = None
@@ -299,7 +299,7 @@ class Gateway:
         return _Server(
             config,
             connections=connections,
-            auth=self._auth if config.is_remote else None,
+            auth=self._auth_factory if config.is_remote else None,
             store=self.store,
             connect_timeout=config.timeout or self.connect_timeout,
             call_timeout=config.timeout or self.call_timeout,
