@@ -7,7 +7,9 @@ is touched only on the loop thread, so the public methods need no locks: they ha
 work to the loop and wait for the answer.
 
 Each connection lives in its own task (`_Server._run`), so the transport's and the session's
-async context managers are entered and exited in the same task, as anyio requires.
+async context managers are entered and exited in the same task, as anyio requires. A
+`_Server` gets everything it needs from the `Gateway` as constructor arguments: the task
+group its connection tasks run in, its auth factory, the record store and its timeouts.
 
 Failure model: a server that cannot connect is `failed` (or `auth_required`) with a one-line
 reason and never delays the others. A connection that ends later (the stdio process exits,
@@ -171,12 +173,11 @@ class Gateway:
             _register_secrets(server)
         self.store = store or Store()
         self.announce = announce
-        self._auth = auth or stored_oauth(self.store)
+        self._auth_factory = auth or stored_oauth(self.store)
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._supervisor: Any = None
         self._servers: dict[str, _Server] = {}
-        self._tg: TaskGroup | None = None
         self._stopping: anyio.Event | None = None
 
     def __enter__(self) -> Gateway:
@@ -215,13 +216,13 @@ class Gateway:
 
     def servers(self) -> list[dict[str, Any]]:
         """Return each server's `name`, `type`, `status`, `error` (unless connected) and tool count."""
-        return self._sync(self._server_rows)
+        return self._run_on_loop(self._server_rows)
 
     def tools(self, server: str | None = None) -> list[dict[str, Any]]:
         """Return the visible tools of every connected server, or of `server` only."""
         if server is not None:
             self._config_of(server)
-        return self._sync(self._tool_rows, server)
+        return self._run_on_loop(self._tool_rows, server)
 
     def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
         """Call the tool `server__tool` and return its result (see `result_to_dict`).
@@ -240,19 +241,18 @@ class Gateway:
             arguments = {}
         if not isinstance(arguments, dict):
             raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server)
-        return result_to_dict(self._sync(self._call, server, tool, arguments, timeout))
+        return result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout))
 
     # -- on the loop thread --------------------------------------------------------------
 
     async def _supervise(self, *, task_status: TaskStatus[None]) -> None:
         """Own the task group every connection runs in; on stop, close them, within a deadline."""
         self._stopping = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            self._servers = {name: _Server(config, self) for name, config in self._configs.items()}
+        async with anyio.create_task_group() as connections:
+            self._servers = {name: self._new_server(config, connections) for name, config in self._configs.items()}
             task_status.started()
             await self._stopping.wait()
-            tg.cancel_scope.deadline = anyio.current_time() + STOP_TIMEOUT
+            connections.cancel_scope.deadline = anyio.current_time() + STOP_TIMEOUT
             for server in self._servers.values():
                 server.close()
 
@@ -267,7 +267,7 @@ class Gateway:
     async def _tool_rows(self, name: str | None) -> list[dict[str, Any]]:
         rows = []
         for server in [self._servers[name]] if name else self._servers.values():
-            await server.settled()
+            await server.wait_for_tool_refresh()
             rows.extend(_tool_row(server.name, tool) for tool in server.tools.values())
         return rows
 
@@ -277,7 +277,8 @@ class Gateway:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _sync(self, func: Callable[..., Any], *args: Any) -> Any:
+    def _run_on_loop(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run `func(*args)` on the loop thread and return its result."""
         portal = self._portal
         if portal is None:
             raise ConnectError("The gateway is not running.")
@@ -294,39 +295,60 @@ class Gateway:
             raise UsageError(f"Server '{server}' is not connected by this gateway.", server=server)
         return config
 
-    def _auth_for(self, server: ServerConfig) -> httpx2.Auth | None:
-        return self._auth(server) if server.is_remote else None
+    def _new_server(self, config: ServerConfig, connections: TaskGroup) -> _Server:
+        return _Server(
+            config,
+            connections=connections,
+            auth=self._auth_factory if config.is_remote else None,
+            store=self.store,
+            connect_timeout=config.timeout or self.connect_timeout,
+            call_timeout=config.timeout or self.call_timeout,
+            announce=self.announce,
+        )
 
 
 @dataclass(eq=False)
-class _Link:
-    """One connection attempt: its session once connected, and why it ended."""
+class _Connection:
+    """One attempt to connect to a server, and the connection it made, if any.
 
-    ready: anyio.Event = field(default_factory=anyio.Event)
-    hang_up: anyio.Event = field(default_factory=anyio.Event)  # set to end the connection
-    ended: anyio.Event = field(default_factory=anyio.Event)
+    `session` is set while it is connected; `end_reason` says why it failed or ended,
+    unless it was closed cleanly.
+    """
+
+    connected_or_failed: anyio.Event = field(default_factory=anyio.Event)
+    close_requested: anyio.Event = field(default_factory=anyio.Event)
+    closed: anyio.Event = field(default_factory=anyio.Event)  # its task has finished
     session: ClientSession | None = None
-    reason: str | None = None  # why it failed or ended, when not a clean close
+    end_reason: str | None = None
 
 
 class _Server:
-    """One configured server and its current connection; used only on the loop thread."""
+    """One configured server and its current connection; used only on the loop thread.
 
-    def __init__(self, config: ServerConfig, gateway: Gateway) -> None:
+    Its connection tasks run in `connections`; `auth` (None for stdio servers) makes the
+    `httpx2.Auth` of each new connection; `store` holds its OAuth record; `announce` logs
+    that it needs authorization as a warning rather than at debug level.
+    """
+
+    def __init__(self, config: ServerConfig, *, connections: TaskGroup, auth: AuthFactory | None, store: Store,
+                 connect_timeout: float, call_timeout: float, announce: bool) -> None:
         self.config = config
         self.name = config.name
-        self.connect_timeout = config.timeout or gateway.connect_timeout
-        self.call_timeout = config.timeout or gateway.call_timeout
+        self.connect_timeout = connect_timeout
+        self.call_timeout = call_timeout
         self.status = FAILED
         self.error: ToolscriptError = ConnectError(f"Server '{self.name}' is not connected yet.", server=self.name)
         self.tools: dict[str, types.Tool] = {}
-        self._gateway = gateway
-        self._link: _Link | None = None
+        self._connections = connections
+        self._auth_factory = auth
+        self._store = store
+        self._announce = announce
+        self._connection: _Connection | None = None
         self._closing = False
-        self._lock = anyio.Lock()
-        self._retry_at = 0.0
-        self._refreshing: anyio.Event | None = None
-        self.auth: httpx2.Auth | None = None
+        self._reconnect_lock = anyio.Lock()
+        self._fail_fast_until = 0.0  # after a failed reconnect round, calls fail with its error until then
+        self._tool_refresh_done: anyio.Event | None = None  # None unless a tool list refresh is in progress
+        self.auth: httpx2.Auth | None = None  # the current connection's
 
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "type": self.config.type, "status": self.status}
@@ -342,7 +364,7 @@ class _Server:
 
     def oauth_status(self) -> tuple[str, str | None] | None:
         """`(status, reason)` for a server that uses OAuth (a stored record or an oauth table), else None."""
-        status = self._gateway.store.oauth_status_of(self.config)
+        status = self._store.oauth_status_of(self.config)
         if status is not None and self.status == AUTH_REQUIRED and status[0] == "authenticated":
             return "authentication_failed", self.error.message
         return status
@@ -351,52 +373,51 @@ class _Server:
         """The authentication error the current connection's OAuth provider last raised, if any."""
         return self.auth.failure if isinstance(self.auth, StoredTokenAuth) else None
 
-    def _on_auth_failure(self, link: _Link, error: AuthError | ConnectError) -> None:
+    def _on_auth_failure(self, connection: _Connection, error: AuthError | ConnectError) -> None:
         # Over SSE a failed POST is only logged by the SDK and its call would wait for its
         # timeout; over streamable HTTP a refused token ends the transport anyway. End the
         # connection so calls in flight fail now, except for a step-up over streamable HTTP,
         # which fails only its own request.
         if self.config.type == "sse" or getattr(error, "error", None) != "insufficient_scope":
-            link.hang_up.set()
+            connection.close_requested.set()
 
-    async def connect(self) -> _Link:
+    async def connect(self) -> _Connection:
         """Start a connection task and wait until it is connected or has failed."""
         if self._closing:
             raise ConnectError(f"Server '{self.name}' is closed: the gateway is stopping.", server=self.name)
-        link = _Link()
-        self._link = link
-        assert self._gateway._tg is not None
-        self._gateway._tg.start_soon(self._run, link, name=f"toolscript-{self.name}")
-        await link.ready.wait()
-        if link.session is None:
-            self._retry_at = anyio.current_time() + RETRY_COOLDOWN
-        return link
+        connection = _Connection()
+        self._connection = connection
+        self._connections.start_soon(self._run, connection, name=f"toolscript-{self.name}")
+        await connection.connected_or_failed.wait()
+        if connection.session is None:
+            self._fail_fast_until = anyio.current_time() + RETRY_COOLDOWN
+        return connection
 
-    async def link_for_call(self) -> _Link:
+    async def live_connection(self) -> _Connection:
         """Return the live connection, reconnecting (bounded attempts, backoff) if it ended."""
-        link = self._link
-        if link is not None and link.session is not None:
-            return link
-        async with self._lock:
-            link = self._link
-            if link is not None and link.session is not None:
-                return link
-            if anyio.current_time() < self._retry_at and self.status != AUTH_REQUIRED:
+        connection = self._connection
+        if connection is not None and connection.session is not None:
+            return connection
+        async with self._reconnect_lock:
+            connection = self._connection
+            if connection is not None and connection.session is not None:
+                return connection
+            if anyio.current_time() < self._fail_fast_until and self.status != AUTH_REQUIRED:
                 raise self.error
             for attempt in range(RECONNECT_ATTEMPTS):
                 if attempt:
                     await anyio.sleep(RECONNECT_BACKOFF * 2 ** (attempt - 1))
                 log.debug("Server '%s': connecting (attempt %d)", self.name, attempt + 1)
-                link = await self.connect()
-                if link.session is not None:
-                    return link
+                connection = await self.connect()
+                if connection.session is not None:
+                    return connection
                 if self.status == AUTH_REQUIRED:
                     break
             raise self.error
 
     async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, *,
                         resend_if_expired: bool = True) -> types.CallToolResult:
-        link = await self.link_for_call()
+        connection = await self.live_connection()
         if tool not in self.tools:
             await self.refresh_tools()  # it may have added the tool without notifying us
             if tool not in self.tools:
@@ -404,12 +425,12 @@ class _Server:
                     f"Unknown tool '{tool}' on server '{self.name}'. Run: toolscript tools --server {self.name}",
                     server=self.name,
                 )
-        assert link.session is not None
+        assert connection.session is not None
         failures: list[AuthError | ConnectError] = []
         CALL_FAILURES.set(failures)  # this task's own context: only this call's requests add to it
         try:
             with anyio.fail_after(timeout):
-                return await link.session.call_tool(tool, arguments)  # type: ignore[return-value]
+                return await connection.session.call_tool(tool, arguments)  # type: ignore[return-value]
         except TimeoutError:
             if failures:
                 raise failures[-1] from None
@@ -418,13 +439,13 @@ class _Server:
             ) from None
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
-                raise await self.lost_during(link, tool) from None
+                raise await self.lost_connection_error(connection, tool) from None
             if failures:
                 raise failures[-1] from None  # e.g. a step-up (403 insufficient_scope) for this call
             if resend_if_expired and _session_expired(exc):
                 # The server forgot the session, so it never ran this call: reconnect, send it again.
                 log.info("Server '%s': session expired; reconnecting", self.name)
-                await self.drop(link)
+                await self.close_connection(connection)
                 return await self.call_tool(tool, arguments, timeout, resend_if_expired=False)
             raise ConnectError(
                 f"Server '{self.name}' answered the call to '{tool}' with an error: {exc.message}", server=self.name
@@ -434,87 +455,91 @@ class _Server:
                 f"Server '{self.name}' sent an unusable result for '{tool}': {_first_line(exc)}", server=self.name
             ) from None
 
-    async def lost_during(self, link: _Link, tool: str) -> ToolscriptError:
-        """Return the error for a call whose connection ended under it."""
+    async def lost_connection_error(self, connection: _Connection, tool: str) -> ToolscriptError:
+        """Return the error for a call to `tool` whose connection ended under it."""
         with anyio.move_on_after(STOP_TIMEOUT):
-            await link.ended.wait()  # the connection task records why
-        if link is self._link and self.status == AUTH_REQUIRED:
+            await connection.closed.wait()  # the connection task records why
+        if connection is self._connection and self.status == AUTH_REQUIRED:
             return self.error
         failure = self.auth_failure()
         if failure is not None:
             return failure
-        what = f"failed ({link.reason})" if link.reason else "closed the connection"
+        what = f"failed ({connection.end_reason})" if connection.end_reason else "closed the connection"
         return ConnectError(
             f"Server '{self.name}' {what} during the call to '{tool}'; it is reconnected on the next call.",
             server=self.name,
         )
 
-    async def drop(self, link: _Link) -> None:
-        """End `link` and wait until it is closed."""
-        link.hang_up.set()
+    async def close_connection(self, connection: _Connection) -> None:
+        """Close `connection` and wait until its task has finished."""
+        connection.close_requested.set()
         with anyio.move_on_after(STOP_TIMEOUT):
-            await link.ended.wait()
+            await connection.closed.wait()
 
     def close(self) -> None:
+        """Close the current connection for good: the gateway is stopping."""
         self._closing = True
-        if self._link is not None:
-            self._link.hang_up.set()
+        if self._connection is not None:
+            self._connection.close_requested.set()
 
     async def refresh_tools(self) -> None:
-        link = self._link
-        if link is None or link.session is None:
+        connection = self._connection
+        if connection is None or connection.session is None:
             return
-        done = self._refreshing = anyio.Event()
+        done = self._tool_refresh_done = anyio.Event()
         try:
             with anyio.fail_after(self.call_timeout):
-                await self._load_tools(link.session)
+                await self._load_tools(connection.session)
         except Exception as exc:
             log.warning("Server '%s': could not refresh its tool list: %s", self.name, _first_line(exc))
         finally:
             done.set()
-            if self._refreshing is done:
-                self._refreshing = None
+            if self._tool_refresh_done is done:
+                self._tool_refresh_done = None
 
-    async def settled(self) -> None:
-        """Wait (bounded) for a tool list refresh in progress."""
-        refreshing = self._refreshing
-        if refreshing is not None:
+    async def wait_for_tool_refresh(self) -> None:
+        """Wait (bounded) for a tool list refresh in progress, if any."""
+        done = self._tool_refresh_done
+        if done is not None:
             with anyio.move_on_after(self.call_timeout):
-                await refreshing.wait()
+                await done.wait()
 
-    async def _run(self, link: _Link) -> None:
+    async def _run(self, connection: _Connection) -> None:
         """Connect, then hold the connection open until it is closed or lost."""
         error: BaseException | None = None
-        auth = self.auth = self._gateway._auth_for(self.config)
+        auth = self.auth = self._auth_factory(self.config) if self._auth_factory is not None else None
         if isinstance(auth, StoredTokenAuth):
-            auth.on_failure = lambda failure: self._on_auth_failure(link, failure)
+            auth.on_failure = lambda failure: self._on_auth_failure(connection, failure)
         try:
             with anyio.CancelScope() as scope:
                 scope.deadline = anyio.current_time() + self.connect_timeout
                 async with _open_transport(self.config, auth) as (read, write):
                     async with ClientSession(
-                        _EndSignal(read, link.hang_up), write, message_handler=self._on_message
+                        _ReadStreamWithEndEvent(read, connection.close_requested), write,
+                        message_handler=self._on_message,
                     ) as session:
                         await session.initialize()
                         await self._load_tools(session)
                         scope.deadline = math.inf
-                        link.session = session
+                        connection.session = session
                         self.status = CONNECTED
-                        link.ready.set()
+                        connection.connected_or_failed.set()
                         log.debug("Server '%s': connected, %d tools", self.name, len(self.tools))
-                        await link.hang_up.wait()
+                        await connection.close_requested.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
             error = exc
         finally:
-            was_connected = link.ready.is_set()
-            link.session = None
-            self._record_end(link, error, timed_out=scope.cancelled_caught, was_connected=was_connected)
-            link.ready.set()
-            link.ended.set()
+            was_connected = connection.session is not None
+            connection.session = None
+            self._record_end(connection, error, timed_out=scope.cancelled_caught, was_connected=was_connected)
+            connection.connected_or_failed.set()
+            connection.closed.set()
 
-    def _record_end(self, link: _Link, error: BaseException | None, *, timed_out: bool, was_connected: bool) -> None:
+    def _record_end(self, connection: _Connection, error: BaseException | None, *, timed_out: bool,
+                    was_connected: bool) -> None:
+        """Set the status and error of a connection that failed or ended (unless it was replaced already)."""
         name = self.name
-        if link is not self._link:
+        if connection is not self._connection:
             return
         auth = _find(error, AuthRequiredError) if error is not None else None
         failure = self.auth_failure()
@@ -523,20 +548,21 @@ class _Server:
         if auth is not None:
             newly = self.status != AUTH_REQUIRED
             self.status, self.error = AUTH_REQUIRED, _auth_error(auth, name)
-            link.reason = auth.message
+            connection.end_reason = auth.message
             if newly:  # once, not on every reconnect attempt
-                log.log(logging.WARNING if self._gateway.announce else logging.DEBUG, "%s", self.error.message)
+                log.log(logging.WARNING if self._announce else logging.DEBUG, "%s", self.error.message)
         elif timed_out:
             self.status = FAILED
             self.error = CallTimeoutError(f"Server '{name}' did not connect within {self.connect_timeout:g} s.", server=name)
-            link.reason = "timed out"
+            connection.end_reason = "timed out"
         elif isinstance(failure, ConnectError) and error is not None:
-            link.reason = failure.message  # a token refresh failed: it says so itself
+            connection.end_reason = failure.message  # a token refresh failed: it says so itself
             self.status, self.error = FAILED, failure
         elif error is not None:
-            link.reason = _reason(error, self.config)
+            connection.end_reason = _reason(error, self.config)
             verb = "failed" if was_connected else "failed to connect"
-            self.status, self.error = FAILED, ConnectError(f"Server '{name}' {verb}: {link.reason}", server=name)
+            self.status = FAILED
+            self.error = ConnectError(f"Server '{name}' {verb}: {connection.end_reason}", server=name)
         else:
             self.status = FAILED
             message = "is closed" if self._closing else "closed the connection; it is reconnected on the next call"
@@ -564,16 +590,16 @@ class _Server:
             log.debug("Server '%s': transport error: %s", self.name, _first_line(message))
 
 
-class _EndSignal:
-    """A transport's read stream that sets `hang_up` when the session stops reading it.
+class _ReadStreamWithEndEvent:
+    """A transport's read stream that sets `ended` when the session stops reading it.
 
     The session stops reading when the stream ends (a stdio server exited, an SSE stream
     closed), which is how the connection task learns that its peer went away.
     """
 
-    def __init__(self, stream: Any, hang_up: anyio.Event) -> None:
+    def __init__(self, stream: Any, ended: anyio.Event) -> None:
         self._stream = stream
-        self._hang_up = hang_up
+        self._ended = ended
 
     def __getattr__(self, name: str) -> Any:  # e.g. `last_context` of the SDK's context streams
         return getattr(self._stream, name)
@@ -582,21 +608,21 @@ class _EndSignal:
         return await self._stream.receive()
 
     async def aclose(self) -> None:
-        self._hang_up.set()
+        self._ended.set()
         await self._stream.aclose()
 
-    def __aiter__(self) -> _EndSignal:
+    def __aiter__(self) -> _ReadStreamWithEndEvent:
         return self
 
     async def __anext__(self) -> Any:
         return await self._stream.__anext__()
 
-    async def __aenter__(self) -> _EndSignal:
+    async def __aenter__(self) -> _ReadStreamWithEndEvent:
         await self._stream.__aenter__()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
-        self._hang_up.set()
+        self._ended.set()
         return await self._stream.__aexit__(*exc_info)
 
 

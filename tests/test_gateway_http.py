@@ -5,22 +5,16 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+from pathlib import Path
 from typing import Any, Iterator
 
-import httpx2
 import pytest
-from conftest import run_threads, stdio_server
+from conftest import DenyingAuth, run_threads, stdio_server, wait_until
 
 from config import parse_config
 from errors import AuthRequiredError, CallTimeoutError, ConnectError, UsageError
 from gateway import Gateway
 from gateway_http import MAX_BODY_BYTES, ApiServer, RemoteGateway
-
-
-class _DenyAll(httpx2.Auth):
-    async def async_auth_flow(self, request: httpx2.Request) -> Any:
-        raise AuthRequiredError("Server 'locked' is not authenticated.", server="locked")
-        yield request  # pragma: no cover - makes this a generator
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +24,7 @@ def api(http_server_module: Any) -> Iterator[ApiServer]:
         "missing": {"command": "/nonexistent/mcp-server"},
         "locked": {"url": http_server_module.url},
     }})
-    gateway = Gateway(cfg, auth=lambda server: _DenyAll()).start()
+    gateway = Gateway(cfg, auth=lambda server: DenyingAuth("locked")).start()
     server = ApiServer(gateway)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -181,22 +175,25 @@ def test_oversized_bodies_are_413(api: ApiServer) -> None:
 # -- concurrency ---------------------------------------------------------------------
 
 
-def test_a_slow_call_does_not_block_others(api: ApiServer) -> None:
-    slow_done = threading.Event()
+def test_a_slow_call_does_not_block_others(api: ApiServer, tmp_path: Path) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"  # the slow call answers once `release` exists
+    answers: list[Any] = []
 
     def slow() -> None:
-        post(api, "s__slow", {"seconds": 3})
-        slow_done.set()
+        arguments = {"seconds": 60, "started_file": str(started), "until_file": str(release), "text": "released"}
+        answers.append(post(api, "s__slow", arguments))
 
     thread = threading.Thread(target=slow)
     thread.start()
     try:
+        wait_until(started.exists, what="the slow call to start")
         for i in range(5):
             assert post(api, "s__echo", {"text": str(i)})[1]["content"][0]["text"] == str(i)
-        assert not slow_done.is_set()
+        assert answers == []  # still waiting for the release
     finally:
+        release.touch()
         thread.join(30)
-    assert slow_done.is_set()
+    assert answers and answers[0][1]["content"][0]["text"] == "released"
 
 
 def test_many_clients_get_their_own_results(api: ApiServer) -> None:

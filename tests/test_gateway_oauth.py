@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 import auth
 from browser import visit
 from config import load_config
-from conftest import ROOT, explain, run_cli, run_threads, write_config
+from conftest import ROOT, explain, finish_within, run_cli, run_threads, start_gateway_process, write_config
 from errors import AuthError, AuthRequiredError
 from gateway import Gateway
 from storage import Store
@@ -121,27 +122,50 @@ def test_twenty_concurrent_calls_with_an_expired_token_cause_one_refresh(oauth_s
     assert len(refreshes(server)) == 1
 
 
+# `toolscript -v call`, where taking the record lock first waits at a barrier (a folder both
+# racers leave a file in) until the other racer has come to take it too: both have found the
+# token expired, and both are about to refresh it, however slowly each process started.
 RACER = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-import toolscript
-deadline = float(sys.argv[2])
-while time.time() < deadline:  # start together: the race is the point
-    pass
-sys.exit(toolscript.main(["call", "demo__echo", '{"text": "racer"}']))
+import storage, toolscript
+barrier = Path(sys.argv[2])
+acquire_lock = storage.Store.acquire_lock
+
+def acquire_lock_together(self, *args, **kwargs):
+    (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(barrier.iterdir())) < 2:
+        if time.monotonic() > deadline:
+            print("racer: the other process never came to take the lock", file=sys.stderr, flush=True)
+            os._exit(5)
+        time.sleep(0.01)
+    return acquire_lock(self, *args, **kwargs)
+
+storage.Store.acquire_lock = acquire_lock_together
+sys.exit(toolscript.main(["-v", "call", "demo__echo", '{"text": "racer"}']))
 """
 
 
-def test_two_processes_racing_to_refresh_cause_one_refresh(oauth_server: Any) -> None:
+def test_two_processes_racing_to_refresh_cause_one_refresh(oauth_server: Any, tmp_path: Path) -> None:
     server = setup_server(oauth_server)
     age_tokens()
-    start = time.time() + 2.0
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ROOT), str(start)], stdout=subprocess.PIPE,
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ROOT), str(barrier)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [proc.communicate(timeout=60) for proc in procs]
+    outputs = [proc.communicate(timeout=90) for proc in procs]
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, f"{out}\n{err}"
         assert out == "racer\n"
+    assert len(list(barrier.iterdir())) == 2
+    # They overlapped: the one that took the lock second had read the expired token too, and
+    # found under the lock the tokens the other had just refreshed.
+    logs = sorted(err for _, err in outputs)
+    refreshed = [err for err in logs if "refreshing the access token" in err]
+    reused = [err for err in logs if "using tokens refreshed by another process" in err]
+    assert len(refreshed) == 1 and len(reused) == 1 and refreshed != reused, "\n---\n".join(logs)
     assert len(refreshes(server)) == 1
 
 
@@ -287,11 +311,10 @@ def test_token_endpoint_failure_fails_the_call_promptly_and_releases_the_lock(oa
     server = setup_server(oauth_server, transport=transport)
     server.tap.documents["/broken-token"] = (503, {"error": "temporarily_unavailable"})
     old = age_tokens(token_endpoint=server.origin + "/broken-token")
-    with Gateway(load_config(), call_timeout=60) as gateway:
-        started = time.monotonic()
+    # Promptly: long before the call timeout (an hour) or the lock timeout (a StorageError).
+    with Gateway(load_config(), call_timeout=3600) as gateway:
         with pytest.raises(ConnectError) as caught:
-            gateway.call(f"{NAME}__echo", {"text": "x"})
-        assert time.monotonic() - started < 20  # not the call timeout, not the lock timeout
+            finish_within(60, lambda: gateway.call(f"{NAME}__echo", {"text": "x"}))
         assert str(caught.value) == "Token refresh for server 'demo' failed: 503 temporarily_unavailable."
     record = Store().load(NAME)
     assert record.tokens == old.tokens  # kept for the next try
@@ -355,11 +378,9 @@ def test_toolscript_gateway_warns_once_and_answers_401(oauth_server: Any) -> Non
     import urllib.error
     import urllib.request
 
-    from test_cli_gateway import _start_gateway
-
     server = oauth_server()
     write_config({NAME: {"url": server.url}})
-    proc, first = _start_gateway()
+    proc, first = start_gateway_process()
     try:
         url = first.strip().removeprefix("TOOLSCRIPT_GATEWAY_URL=")
         request = urllib.request.Request(f"{url}/tools/{NAME}__echo", data=b'{"text": "x"}',

@@ -1,17 +1,34 @@
-"""Run the test toolbox over stdio: `python stdio_server.py [--paged] [--hang] [--exit CODE]`.
+"""Run the test toolbox over stdio: `python stdio_server.py [--paged] [--hang] [--exit CODE] [--arrive DIR ...]`.
 
---paged      tools/list answers in pages of two
---hang       read stdin but never answer (a server that never finishes connecting)
---exit CODE  exit at once with CODE (a server that dies before the handshake)
+--paged         tools/list answers in pages of two
+--hang          read stdin but never answer (a server that never finishes connecting)
+--exit CODE     exit at once with CODE (a server that dies before the handshake)
+--arrive DIR    first leave a file named after this process in DIR (a barrier shared by several servers)
+--wait-for N    then, before anything else, wait until DIR holds N such files (at most 60 s, then exit 1):
+                the server can only connect if all N servers were started before it finished connecting
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+BARRIER_TIMEOUT = 60.0
+
+
+def arrive(folder: Path, wait_for: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + BARRIER_TIMEOUT
+    while len(list(folder.iterdir())) < wait_for:
+        if time.monotonic() > deadline:
+            sys.exit(f"barrier: fewer than {wait_for} servers arrived in {folder} within {BARRIER_TIMEOUT:g} s")
+        time.sleep(0.01)
 
 
 def main() -> None:
@@ -20,8 +37,12 @@ def main() -> None:
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--exit", type=int, default=None)
     parser.add_argument("--name", default="toolbox")
+    parser.add_argument("--arrive", type=Path, default=None)
+    parser.add_argument("--wait-for", type=int, default=0)
     args = parser.parse_args()
     print(f"{args.name}: starting on stdio (this line goes to stderr)", file=sys.stderr, flush=True)
+    if args.arrive is not None:
+        arrive(args.arrive, args.wait_for)
     if args.exit is not None:
         sys.exit(args.exit)
     if args.hang:

@@ -62,9 +62,16 @@ def build(name: str = "toolbox", *, page_size: int | None = None) -> MCPServer:
             is_error=is_error,
         )
 
-    @server.tool(description="Sleep, then answer.")
-    async def slow(seconds: float = 1.0, text: str = "done") -> str:
-        await anyio.sleep(seconds)
+    @server.tool(description="Create `started_file` (if given), sleep `seconds` or until a file `until_file` exists, "
+                             "then answer.")
+    async def slow(seconds: float = 1.0, text: str = "done", started_file: str = "", until_file: str = "") -> str:
+        if started_file:
+            open(started_file, "x").close()
+        with anyio.move_on_after(seconds):
+            if not until_file:
+                await anyio.sleep_forever()
+            while not os.path.exists(until_file):
+                await anyio.sleep(0.01)
         return text
 
     @server.tool(description="Exit the server process at once (stdio only), after `delay` seconds.")
