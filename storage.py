@@ -51,6 +51,7 @@ __all__ = [
     "oauth_status",
     "same_resource",
     "url_origin",
+    "write_atomic",
 ]
 
 log = logging.getLogger("toolscript.storage")
@@ -238,7 +239,7 @@ class Store:
         path = self.path(server)
         self._ensure_directory()
         data = tomli_w.dumps(record.to_dict()).encode("utf-8")
-        _write_atomic(path, data)
+        write_atomic(path, data)
 
     def delete(self, server: str) -> bool:
         """Delete the record; return whether there was one."""
@@ -479,9 +480,10 @@ def _matches(value: Any, annotation: str) -> bool:
     return isinstance(value, str)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data`: a temporary file created with `mode`, fsynced, then renamed."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:
             view = memoryview(data)

@@ -55,7 +55,7 @@ Command = Callable[[argparse.Namespace, "Config"], int]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with `argv` (default: `sys.argv[1:]`) and return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     configure_logging(args.verbose, args.quiet)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -75,6 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; for `add`, everything after `--` is the server's command line, options included."""
+    if "--" in argv:
+        cut = argv.index("--")
+        args = parser.parse_args(argv[:cut])
+        if getattr(args, "func", None) is cmd_add and not args.command:
+            args.command = argv[cut + 1:]
+            return args
+    return parser.parse_args(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toolscript",
@@ -87,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_gateway, _add_demo):
+    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_gateway, _add_demo, _add_add, _add_remove,
+                _add_import):
         add(commands)
     return parser
 
@@ -577,6 +589,135 @@ def _positive_float(text: str) -> float:
     if not 0 < value < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
     return value
+
+
+# -- add, remove, import: edit the config file ---------------------------------------------
+
+
+def _add_add(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "add", help="add a server to the config file",
+        description="Add a stdio server (toolscript add NAME [--env K=V] -- COMMAND ARGS...) or an http/sse server "
+                    "(toolscript add NAME --url URL [--type sse] [--header K=V]) to the config file in use (else "
+                    "$TOOLSCRIPT_HOME/config.toml), keeping the rest of the file as it is. Values may use ${VAR}.",
+    )
+    p.add_argument("name", metavar="NAME", help="the new server's name (letters, digits, '_', '-')")
+    p.add_argument("command", nargs="*", metavar="COMMAND", help="after --: the stdio server's command and arguments")
+    p.add_argument("--url", help="the http or sse server's URL")
+    p.add_argument("--type", choices=("http", "sse"), help="with --url: the transport (default: http)")
+    p.add_argument("--header", action="append", default=[], metavar="K=V", help="with --url: a request header")
+    p.add_argument("--env", action="append", default=[], metavar="K=V", help="with a command: an environment variable")
+    p.add_argument("--cwd", metavar="DIR", help="with a command: its working directory")
+    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="seconds allowed per request")
+    p.set_defaults(func=cmd_add, needs_config=False)
+
+
+def cmd_add(args: argparse.Namespace, cfg: Config | None) -> int:
+    config_edit = _config_edit()
+    table: dict[str, object] = {}
+    if args.url and args.command:
+        raise UsageError("Give either --url URL or -- COMMAND ARGS..., not both.")
+    if args.url:
+        if args.env or args.cwd:
+            raise UsageError("--env and --cwd are for stdio servers (toolscript add NAME -- COMMAND ARGS...).")
+        table = {"type": args.type or "http", "url": args.url}
+        if args.header:
+            table["headers"] = _pairs(args.header, "--header")
+    elif args.command:
+        if args.type or args.header:
+            raise UsageError("--type and --header are for http/sse servers (toolscript add NAME --url URL).")
+        table = {"command": args.command[0]}
+        if args.command[1:]:
+            table["args"] = args.command[1:]
+        if args.env:
+            table["env"] = _pairs(args.env, "--env")
+        if args.cwd:
+            table["cwd"] = args.cwd
+    else:
+        raise UsageError(f"Say what to run: toolscript add {args.name} -- COMMAND ARGS..., "
+                         f"or toolscript add {args.name} --url URL")
+    if args.timeout:
+        table["timeout"] = args.timeout
+    path = config_edit.writable_config_path(args.config)
+    config_edit.add_servers(path, {args.name: table})
+    _print(f"Added server '{args.name}' to {path}.")
+    for variable in config_edit.unset_variables(table):
+        log.warning("Set %s in the environment before using '%s'.", variable, args.name)
+    return EXIT_OK
+
+
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} takes KEY=VALUE, not {item!r}.")
+        pairs[key] = value
+    return pairs
+
+
+def _add_remove(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("remove", help="remove a server from the config file",
+                            description="Remove [servers.NAME] from the config file in use, keeping the rest as it "
+                                        "is. Stored OAuth tokens are kept (toolscript auth NAME --logout first to "
+                                        "revoke them).")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_remove, needs_config=False)
+
+
+def cmd_remove(args: argparse.Namespace, cfg: Config | None) -> int:
+    config_edit = _config_edit()
+    path = _config.find_config(args.config)
+    if path is None:
+        raise UsageError(f"No config file to remove '{args.name}' from.")
+    config_edit.remove_server(path, args.name)
+    _print(f"Removed server '{args.name}' from {path}.")
+    if Store().exists(args.name):
+        _print(f"Its OAuth record {Store().path(args.name)} was kept; delete it if you no longer need it.")
+    return EXIT_OK
+
+
+def _add_import(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "import", help="add the servers of another MCP client's config",
+        description="Read a Claude Desktop or Claude Code (.mcp.json), VS Code or Cursor (mcp.json) JSON file, or a "
+                    "Codex config.toml, and add its servers to the config file in use (else "
+                    "$TOOLSCRIPT_HOME/config.toml). Says what it skipped and why.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--dry-run", action="store_true", help="print the TOML it would add, change nothing")
+    p.set_defaults(func=cmd_import, needs_config=False)
+
+
+def cmd_import(args: argparse.Namespace, cfg: Config | None) -> int:
+    config_edit = _config_edit()
+    from pathlib import Path
+
+    path = config_edit.writable_config_path(args.config)
+    configured = config_edit.configured_servers(path)
+    plan = config_edit.plan_import(Path(args.file).expanduser(), configured)
+    for name, reason in plan.skipped:
+        log.warning("Skipped '%s': %s.", name, reason)
+    for note in plan.notes:
+        log.warning("Note: %s.", note)
+    if args.dry_run:
+        if plan.servers:
+            _print(config_edit.servers_toml(plan.servers).rstrip("\n"))
+        _status(f"Would add {len(plan.servers)} server(s) from {plan.source} to {path}.")
+        return EXIT_OK
+    if plan.servers:
+        config_edit.add_servers(path, plan.servers)
+    names = ", ".join(plan.servers) or "none"
+    _print(f"Added {len(plan.servers)} server(s) from {plan.source} to {path}: {names}.")
+    return EXIT_OK
+
+
+def _config_edit() -> ModuleType:
+    if __package__:
+        from . import config_edit
+    else:
+        import config_edit
+    return config_edit
 
 
 # -- output helpers ------------------------------------------------------------------
