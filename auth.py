@@ -35,12 +35,12 @@ from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsp
 
 if __package__:
     from .config import is_loopback_host
-    from .errors import AuthConnectError, AuthError, StorageError
+    from .errors import AuthConnectError, AuthError, StorageError, auth_command
     from .redact import redact, register_secret
     from .storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
 else:
     from config import is_loopback_host
-    from errors import AuthConnectError, AuthError, StorageError
+    from errors import AuthConnectError, AuthError, StorageError, auth_command
     from redact import redact, register_secret
     from storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
 
@@ -742,7 +742,7 @@ class _CallbackServer:
         self._results: queue.Queue[tuple[str | None, AuthError | None]] = queue.Queue()
         self._lock = threading.Lock()
         self._done = False
-        self._expect: tuple[str, str, bool] | None = None
+        self._expect: tuple[str, str, str, bool] | None = None
         try:
             self._httpd = http.server.HTTPServer(("127.0.0.1", port), self._handler_class())
         except OSError:
@@ -766,8 +766,8 @@ class _CallbackServer:
         self._httpd.server_close()
         self._thread.join(5)
 
-    def expect(self, state: str, issuer: str, iss_required: bool) -> None:
-        self._expect = (state, issuer, iss_required)
+    def expect(self, server: str, state: str, issuer: str, iss_required: bool) -> None:
+        self._expect = (server, state, issuer, iss_required)
 
     def submit(self, params: dict[str, str]) -> tuple[bool, str]:
         """Check one authorization response; return (accepted, message for the user)."""
@@ -851,7 +851,7 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
         params["scope"] = scope
     url = _add_query(discovery.authorization_endpoint, params)
     iss_required = discovery.metadata.get("authorization_response_iss_parameter_supported") is True
-    callback.expect(state, discovery.issuer, iss_required)
+    callback.expect(server.name, state, discovery.issuer, iss_required)
     show_url(url)
     if read_pasted is not None:
         threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste", daemon=True).start()
@@ -864,9 +864,9 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
     try:
         code = callback.wait(timeout)
     except _Timeout:
-        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{server.name}'. "
-                        f"Run toolscript auth {server.name} again (--timeout SECONDS waits longer; --no-browser "
-                        "lets you paste the redirected URL).", server=server.name) from None
+        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{server.name}' "
+                        "(--timeout SECONDS waits longer; --no-browser lets you paste the redirected URL).",
+                        server=server.name, next_command=auth_command(server.name)) from None
     log.info("Authorization received")
     return code, verifier
 
@@ -891,13 +891,14 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
         return
 
 
-def _check_callback(params: dict[str, str], state: str, issuer: str, iss_required: bool) -> str:
+def _check_callback(params: dict[str, str], server: str, state: str, issuer: str, iss_required: bool) -> str:
     """Check an authorization response (state, error, RFC 9207 iss); return the code."""
     register_secret(params.get("code"))
     register_secret(params.get("state"))
     if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
         raise AuthError("The authorization response's state does not match the request; refusing it "
-                        "(it may be forged or from an older attempt). Run toolscript auth again.")
+                        "(it may be forged or from an older attempt).", server=server,
+                        next_command=auth_command(server))
     if "error" in params:
         description = params.get("error_description")
         raise AuthError(redact(f"Authorization was denied by the server: {params['error']}"

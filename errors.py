@@ -1,10 +1,11 @@
-"""The exception tree shared by every toolscript module.
+"""The exception tree shared by every toolscript module, and how an error names the next step.
 
 It stands alone because the CLI, `auth`, `gateway`, `storage` and `config` all raise
 from it, and none of them may import another one upward just to reach an exception.
 
-Messages are one sentence naming the object and the next step; they never contain a
-token, code, state, verifier or client secret.
+Messages are one sentence naming the object, then the next step as `Run: COMMAND` (built
+here only, from `next_command`); they never contain a token, code, state, verifier or
+client secret.
 """
 
 from __future__ import annotations
@@ -19,21 +20,38 @@ __all__ = [
     "StorageError",
     "ToolscriptError",
     "UsageError",
+    "auth_command",
+    "run_hint",
 ]
+
+
+def auth_command(server: str, *options: str) -> str:
+    """Return the `toolscript auth SERVER [OPTIONS]` command line that fixes a problem of `server`."""
+    return " ".join(["toolscript auth", server, *options])
+
+
+def run_hint(command: str) -> str:
+    """Return the hint that ends a message or a listing: `Run: COMMAND`."""
+    return f"Run: {command}"
 
 
 class ToolscriptError(Exception):
     """Root of every error toolscript raises on purpose.
 
-    `exit_code` is what the CLI exits with when this error reaches it.
+    `exit_code` is what the CLI exits with when this error reaches it. `next_command`,
+    when set, is the command that fixes the problem; `message` then ends with its
+    `Run:` hint, so callers that need the command read the attribute, never the text.
     """
 
     exit_code: int = 1
 
-    def __init__(self, message: str, *, server: str | None = None) -> None:
+    def __init__(self, message: str, *, server: str | None = None, next_command: str | None = None) -> None:
+        if next_command is not None:
+            message = f"{message.rstrip('.')}. {run_hint(next_command)}"
         super().__init__(message)
         self.message = message
         self.server = server
+        self.next_command = next_command
 
     def __str__(self) -> str:
         return self.message
@@ -60,8 +78,9 @@ class StorageError(ToolscriptError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, path: str | None = None, server: str | None = None) -> None:
-        super().__init__(message, server=server)
+    def __init__(self, message: str, *, path: str | None = None, server: str | None = None,
+                 next_command: str | None = None) -> None:
+        super().__init__(message, server=server, next_command=next_command)
         self.path = path
 
 
@@ -74,13 +93,17 @@ class AuthError(ToolscriptError):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, server: str | None = None, error: str | None = None) -> None:
-        super().__init__(message, server=server)
+    def __init__(self, message: str, *, server: str | None = None, error: str | None = None,
+                 next_command: str | None = None) -> None:
+        super().__init__(message, server=server, next_command=next_command)
         self.error = error
 
 
 class AuthRequiredError(AuthError):
-    """A server needs (new) authorization by the user: `toolscript auth SERVER`."""
+    """A server needs (new) authorization by the user: `toolscript auth SERVER`.
+
+    With a `server`, `next_command` is that command unless another one is given.
+    """
 
     exit_code = 3
 
@@ -91,8 +114,11 @@ class AuthRequiredError(AuthError):
         server: str | None = None,
         error: str | None = None,
         scope: str | None = None,
+        next_command: str | None = None,
     ) -> None:
-        super().__init__(message, server=server, error=error)
+        if next_command is None and server is not None:
+            next_command = auth_command(server)
+        super().__init__(message, server=server, error=error, next_command=next_command)
         self.scope = scope
 
 
@@ -110,3 +136,4 @@ class AuthConnectError(AuthError, ConnectError):
     """An OAuth step could not reach its server (exit code 4, like any unreachable server)."""
 
     exit_code = 4
+

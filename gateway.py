@@ -671,11 +671,10 @@ def _session_expired(exc: MCPError) -> bool:
 
 
 def _auth_error(exc: AuthRequiredError, server: str) -> AuthRequiredError:
-    if f"toolscript auth {server}" in exc.message:
+    """`exc`, or (raised by an auth without a server name) the same error naming the command to run."""
+    if exc.next_command is not None:
         return exc
-    return AuthRequiredError(
-        f"{exc.message.rstrip('.')}. Run: toolscript auth {server}", server=server, error=exc.error, scope=exc.scope
-    )
+    return AuthRequiredError(exc.message, server=server, error=exc.error, scope=exc.scope)
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -40,19 +40,19 @@ from mcp.shared.auth import OAuthClientMetadata, OAuthMetadata, OAuthToken, Prot
 
 if __package__:
     from .config import is_loopback_host
-    from .errors import AuthError, AuthRequiredError, ConnectError
+    from .errors import AuthError, AuthRequiredError, ConnectError, auth_command, run_hint
     from .redact import register_secret
     from .storage import Record, RecordTokenStorage, Store, Tokens, client_information, url_origin
 else:
     from config import is_loopback_host
-    from errors import AuthError, AuthRequiredError, ConnectError
+    from errors import AuthError, AuthRequiredError, ConnectError, auth_command, run_hint
     from redact import register_secret
     from storage import Record, RecordTokenStorage, Store, Tokens, client_information, url_origin
 
 if TYPE_CHECKING:
     from config import ServerConfig
 
-__all__ = ["CALL_FAILURES", "StoredTokenAuth", "auth_required_message"]
+__all__ = ["CALL_FAILURES", "StoredTokenAuth"]
 
 log = logging.getLogger("toolscript.gateway.auth")
 
@@ -69,10 +69,10 @@ CALL_FAILURES: ContextVar[list[AuthError | ConnectError] | None] = ContextVar("t
                                                                              default=None)
 
 
-def auth_required_message(server: str, reason: str | None = None) -> str:
-    """The one message every authentication-required failure ends with."""
+def _auth_required(server: str, reason: str | None = None, *, error: str | None = None) -> AuthRequiredError:
+    """The error of every failure that only a new `toolscript auth SERVER` fixes."""
     why = f" ({reason})" if reason else ""
-    return f"Server '{server}' requires OAuth2 authorization{why}. Run: toolscript auth {server}"
+    return AuthRequiredError(f"Server '{server}' requires OAuth2 authorization{why}.", server=server, error=error)
 
 
 class StoredTokenAuth(OAuthClientProvider):
@@ -140,12 +140,12 @@ class StoredTokenAuth(OAuthClientProvider):
             else:
                 reason = "the server rejected the access token"
                 await self._record_error(reason)
-                raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name))
+                raise self._fail(_auth_required(name, reason))
 
         if tokens is None:
             response = yield request
             if response.status_code == 401:
-                raise self._fail(AuthRequiredError(self._needs_auth_message(), server=name))
+                raise self._fail(self._needs_auth())
 
         if response.status_code == 403 and extract_field_from_www_auth(response, "error") == "insufficient_scope":
             # Not raised: the 403 fails only this request, and the gateway reports `failure`.
@@ -161,7 +161,7 @@ class StoredTokenAuth(OAuthClientProvider):
             await self._record_scope(scope)
             wanted = f"scope '{scope}'" if scope else "more scopes"
             self._fail(AuthRequiredError(
-                f"Server '{name}' needs {wanted} for this request (insufficient_scope). Run: toolscript auth {name}",
+                f"Server '{name}' needs {wanted} for this request (insufficient_scope).",
                 server=name, error="insufficient_scope", scope=scope,
             ))
             return
@@ -174,7 +174,7 @@ class StoredTokenAuth(OAuthClientProvider):
         name = self.server.name
         current = await self._load()
         if current is None:
-            raise self._fail(AuthRequiredError(self._needs_auth_message(), server=name))
+            raise self._fail(self._needs_auth())
         if current.access_token != used.access_token:
             if not current.is_expired(leeway=EXPIRY_SKEW):
                 log.debug("server '%s': using tokens refreshed by another process", name)
@@ -182,11 +182,10 @@ class StoredTokenAuth(OAuthClientProvider):
         elif not forced and not current.is_expired(leeway=EXPIRY_SKEW):
             return None
         if not current.refresh_token:
-            reason = "the access token expired and there is no refresh token"
-            raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name))
+            raise self._fail(_auth_required(name, "the access token expired and there is no refresh token"))
         if self.context.client_info is None or self.context.oauth_metadata is None:
             reason = "the stored record lacks the client or token endpoint needed to refresh"
-            raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name))
+            raise self._fail(_auth_required(name, reason))
         log.debug("server '%s': refreshing the access token at %s", name, self.context.oauth_metadata.token_endpoint)
         return await self._refresh_token(), current
 
@@ -239,8 +238,8 @@ class StoredTokenAuth(OAuthClientProvider):
 
             await anyio.to_thread.run_sync(lambda: forget(self.store.load(name)))
             self.context.clear_tokens()
-            log.error("Token refresh for server '%s' was rejected (%s). Run: toolscript auth %s", name, error, name)
-            raise self._fail(AuthRequiredError(auth_required_message(name, reason), server=name, error=error))
+            log.error("Token refresh for server '%s' was rejected (%s). %s", name, error, run_hint(auth_command(name)))
+            raise self._fail(_auth_required(name, reason, error=error))
         reason = f"token refresh failed: {summary}"
         await anyio.to_thread.run_sync(lambda: self._set_last_error(self.store.load(name), reason))
         log.error("Token refresh for server '%s' failed: %s; will retry on the next call", name, summary)
@@ -313,11 +312,11 @@ class StoredTokenAuth(OAuthClientProvider):
         request.headers["Authorization"] = f"Bearer {tokens.access_token}"
         return tokens.access_token
 
-    def _needs_auth_message(self) -> str:
+    def _needs_auth(self) -> AuthRequiredError:
         record = self._record
         if record is not None and record.tokens is not None and record.tokens_for(self.server.url) is None:
-            return auth_required_message(self.server.name, "the stored tokens were issued for another URL")
-        return auth_required_message(self.server.name, record.metadata.last_error if record else None)
+            return _auth_required(self.server.name, "the stored tokens were issued for another URL")
+        return _auth_required(self.server.name, record.metadata.last_error if record else None)
 
     def _fail(self, error: AuthError | ConnectError) -> AuthError | ConnectError:
         self.failure = error

@@ -30,10 +30,10 @@ import tomli_w
 
 if __package__:
     from .config import toolscript_home, validate_server_name
-    from .errors import ConfigError, StorageError
+    from .errors import ConfigError, StorageError, auth_command
 else:
     from config import toolscript_home, validate_server_name
-    from errors import ConfigError, StorageError
+    from errors import ConfigError, StorageError, auth_command
 
 if TYPE_CHECKING:
     from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
@@ -213,10 +213,11 @@ class Store:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise StorageError(f"{path} is a symbolic link; refusing to read it. Delete it and run: toolscript auth {server}", path=str(path), server=server) from None
+                raise StorageError(f"{path} is a symbolic link; refusing to read it (delete it first).", path=str(path),
+                                   server=server, next_command=auth_command(server)) from None
             raise StorageError(f"Cannot read {path}: {exc.strerror}.", path=str(path), server=server) from None
         with os.fdopen(fd, "rb") as handle:
-            self._check_file(handle.fileno(), path)
+            self._check_file(handle.fileno(), path, server)
             raw = handle.read()
         try:
             data = tomllib.loads(raw.decode("utf-8"))
@@ -227,11 +228,9 @@ class Store:
                 return Record.from_dict(data)
             except ValueError as exc:
                 reason = str(exc)
-        raise StorageError(
-            f"OAuth record {path} is corrupt ({reason}). "
-            f"Run: toolscript auth --logout {server} --forget-client, or delete the file.",
-            path=str(path), server=server,
-        )
+        raise StorageError(f"OAuth record {path} is corrupt ({reason}); delete it, or log out and forget the client.",
+                           path=str(path), server=server,
+                           next_command=auth_command(server, "--logout", "--forget-client"))
 
     def save(self, server: str, record: Record) -> None:
         """Write the record atomically with mode 0600."""
@@ -319,10 +318,11 @@ class Store:
             log.warning("%s had permissions %03o; tightened to 700", self.directory, mode)
             os.chmod(self.directory, 0o700)
 
-    def _check_file(self, fd: int, path: Path) -> None:
+    def _check_file(self, fd: int, path: Path, server: str) -> None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise StorageError(f"{path} is not a regular file; delete it and run toolscript auth again.", path=str(path))
+            raise StorageError(f"{path} is not a regular file (delete it first).", path=str(path), server=server,
+                               next_command=auth_command(server))
         _check_owner(info, path)
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:

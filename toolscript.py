@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if __package__:
     from . import config as _config
-    from .errors import ToolscriptError, UsageError
+    from .errors import ToolscriptError, UsageError, auth_command, run_hint
     from .redact import RedactingFilter, redact
     from .storage import Store
 else:
     import config as _config
-    from errors import ToolscriptError, UsageError
+    from errors import ToolscriptError, UsageError, auth_command, run_hint
     from redact import RedactingFilter, redact
     from storage import Store
 
@@ -238,7 +238,7 @@ def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
     if todo:
         _print()
         for name in todo:
-            _print(f"Run: toolscript auth {name}")
+            _print(run_hint(auth_command(name)))
     return EXIT_OK
 
 
@@ -266,7 +266,7 @@ def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browse
     _print(f"✓ Authenticated '{server.name}' ({auth.describe_tokens(tokens)})")
     if not tokens.refresh_token:
         when = "when the access token expires" if tokens.expires_at is not None else "if the access token stops working"
-        _print(f"The server issued no refresh token: run toolscript auth {server.name} again {when}.")
+        _print(f"The server issued no refresh token: authorize again {when}. {run_hint(auth_command(server.name))}")
     return EXIT_OK
 
 

@@ -158,8 +158,8 @@ def test_corrupt_record_is_one_clear_error_and_is_not_overwritten(isolated_env: 
     with pytest.raises(StorageError) as info:
         store.load("github")
     assert str(info.value) == (
-        f"OAuth record {path} is corrupt ({reason}). "
-        "Run: toolscript auth --logout github --forget-client, or delete the file."
+        f"OAuth record {path} is corrupt ({reason}); delete it, or log out and forget the client. "
+        "Run: toolscript auth github --logout --forget-client"
     )
     with pytest.raises(StorageError):
         store.update("github", lambda record: record)

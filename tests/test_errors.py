@@ -1,0 +1,37 @@
+"""The exception tree: next commands as attributes."""
+
+from __future__ import annotations
+
+from errors import AuthError, AuthRequiredError, StorageError, ToolscriptError, auth_command, run_hint
+
+
+def test_next_command_is_an_attribute_and_ends_the_message() -> None:
+    assert auth_command("github") == "toolscript auth github"
+    assert auth_command("github", "--logout", "--forget-client") == "toolscript auth github --logout --forget-client"
+    assert run_hint("toolscript tools") == "Run: toolscript tools"
+    error = StorageError("Record x is broken.", next_command=auth_command("x"))
+    assert error.next_command == "toolscript auth x"
+    assert str(error) == error.message == "Record x is broken. Run: toolscript auth x"
+    assert str(AuthError("It failed", next_command="toolscript auth y")) == "It failed. Run: toolscript auth y"
+    plain = ToolscriptError("Nothing to do.")
+    assert plain.next_command is None and str(plain) == "Nothing to do."
+
+
+def test_auth_required_names_its_server_command() -> None:
+    error = AuthRequiredError("Server 'h' is not authenticated.", server="h", scope="repo")
+    assert error.next_command == "toolscript auth h" and error.exit_code == 3
+    assert str(error) == "Server 'h' is not authenticated. Run: toolscript auth h"
+    assert AuthRequiredError("Somebody must log in.").next_command is None
+
+
+def test_gateway_adds_the_command_by_attribute() -> None:
+    from gateway import _auth_error
+
+    named = AuthRequiredError("Server 'h' is not authenticated.", server="h")
+    assert _auth_error(named, "h") is named
+    anonymous = AuthRequiredError("The token was refused.", error="invalid_token", scope="s")
+    fixed = _auth_error(anonymous, "h")
+    assert (fixed.server, fixed.error, fixed.scope) == ("h", "invalid_token", "s")
+    assert fixed.next_command == "toolscript auth h"
+    assert fixed.message == "The token was refused. Run: toolscript auth h"
+
