@@ -34,15 +34,15 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 if __package__:
-    from .config import is_loopback_host
     from .errors import AuthConnectError, AuthError, StorageError, auth_command
     from .redact import redact, register_secret
-    from .storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
+    from .storage import ClientInfo, Metadata, Record, Store, Tokens
+    from .urls import is_https_or_loopback, url_origin
 else:
-    from config import is_loopback_host
     from errors import AuthConnectError, AuthError, StorageError, auth_command
     from redact import redact, register_secret
-    from storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
+    from storage import ClientInfo, Metadata, Record, Store, Tokens
+    from urls import is_https_or_loopback, url_origin
 
 if TYPE_CHECKING:
     import requests
@@ -201,7 +201,7 @@ def auth_state(server: ServerConfig, record: Record | None, now: float | None = 
     """Classify `server` from its config and stored record alone."""
     if not server.is_remote:
         return AuthState("n/a", "stdio server")
-    if any(name.lower() == "authorization" for name in server.headers):
+    if server.has_authorization_header:
         return AuthState("n/a", "Authorization header configured")
     tokens = record.tokens_for(server.url) if record else None
     if tokens is None:
@@ -336,10 +336,7 @@ def _json_object(response: requests.Response, step: str, url: str) -> dict[str, 
 
 def _check_endpoint(url: str, what: str) -> None:
     """Refuse a discovered endpoint that is not https, unless it is on a loopback host."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+    if is_https_or_loopback(url):
         return
     raise AuthError(f"The {what} {_mask_query(url)} is not an https URL; refusing to use it "
                     "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")

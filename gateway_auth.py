@@ -2,7 +2,7 @@
 
 It stands alone because it is the one place that subclasses SDK internals
 (`OAuthClientProvider._auth_flow`), so an SDK upgrade touches this file only. Only the
-gateway imports it, and it imports only `storage`, `config`, `errors` and `redact`.
+gateway imports it, and it imports only `storage`, `urls`, `errors` and `redact`.
 
 What it changes in the SDK's provider:
 - tokens, client and the recorded token endpoint are (re)read from the record before
@@ -29,7 +29,6 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -39,15 +38,15 @@ from mcp.client.auth.utils import extract_field_from_www_auth, extract_scope_fro
 from mcp.shared.auth import OAuthClientMetadata, OAuthMetadata, OAuthToken, ProtectedResourceMetadata
 
 if __package__:
-    from .config import is_loopback_host
     from .errors import AuthError, AuthRequiredError, ConnectError, auth_command, run_hint
     from .redact import register_secret
-    from .storage import Record, RecordTokenStorage, Store, Tokens, client_information, url_origin
+    from .storage import Record, RecordTokenStorage, Store, Tokens, client_information
+    from .urls import is_https_or_loopback, url_origin
 else:
-    from config import is_loopback_host
     from errors import AuthError, AuthRequiredError, ConnectError, auth_command, run_hint
     from redact import register_secret
-    from storage import Record, RecordTokenStorage, Store, Tokens, client_information, url_origin
+    from storage import Record, RecordTokenStorage, Store, Tokens, client_information
+    from urls import is_https_or_loopback, url_origin
 
 if TYPE_CHECKING:
     from config import ServerConfig
@@ -372,7 +371,4 @@ def _oauth_error(response: httpx2.Response, body: bytes) -> tuple[str | None, st
 
 def _may_carry_token(url: str, server_url: str) -> bool:
     """Whether a request to `url` may carry the token issued for `server_url`: same origin, and not clear text."""
-    parts = urlsplit(url)
-    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
-        return False
-    return url_origin(url) == url_origin(server_url)
+    return is_https_or_loopback(url) and url_origin(url) == url_origin(server_url)

@@ -24,16 +24,17 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
-from urllib.parse import urlsplit
 
 import tomli_w
 
 if __package__:
     from .config import toolscript_home, validate_server_name
     from .errors import ConfigError, StorageError, auth_command
+    from .urls import same_resource
 else:
     from config import toolscript_home, validate_server_name
     from errors import ConfigError, StorageError, auth_command
+    from urls import same_resource
 
 if TYPE_CHECKING:
     from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
@@ -43,14 +44,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ClientInfo",
     "Metadata",
+    "OAuthStatus",
     "Record",
     "RecordTokenStorage",
     "Store",
     "Tokens",
     "client_information",
     "oauth_status",
-    "same_resource",
-    "url_origin",
 ]
 
 log = logging.getLogger("toolscript.storage")
@@ -157,24 +157,31 @@ class Record:
         return cls(client=client, tokens=tokens, metadata=metadata, unknown=unknown)
 
 
-def same_resource(a: str, b: str) -> bool:
-    """Return whether two URLs name the same resource (scheme/host case, default port, trailing slash)."""
-    return _normalize_url(a) == _normalize_url(b)
+@dataclass(frozen=True)
+class OAuthStatus:
+    """A server's OAuth state as `servers` and the gateway report it, with why it failed."""
+
+    status: str  # "authenticated", "pending_authorization" or "authentication_failed"
+    reason: str | None = None
+
+    def row(self) -> dict[str, str]:
+        """The `oauth_status` (and `oauth_error`) fields of a server's row."""
+        return {"oauth_status": self.status, **({"oauth_error": self.reason} if self.reason else {})}
 
 
-def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> tuple[str, str | None]:
-    """Return `(status, reason)` from storage alone: authenticated, pending_authorization or authentication_failed."""
+def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> OAuthStatus:
+    """Classify a server's OAuth state from its record alone."""
     tokens = record.tokens_for(server_url) if record else None
     last_error = record.metadata.last_error if record else None
     if tokens is None:
         if last_error:
-            return "authentication_failed", last_error
-        return "pending_authorization", None
+            return OAuthStatus("authentication_failed", last_error)
+        return OAuthStatus("pending_authorization")
     if tokens.is_expired(now) and not tokens.refresh_token:
-        return "authentication_failed", "the access token expired and there is no refresh token"
+        return OAuthStatus("authentication_failed", "the access token expired and there is no refresh token")
     if last_error:
-        return "authentication_failed", last_error
-    return "authenticated", None
+        return OAuthStatus("authentication_failed", last_error)
+    return OAuthStatus("authenticated")
 
 
 class Store:
@@ -192,14 +199,14 @@ class Store:
     def exists(self, server: str) -> bool:
         return self.path(server).exists()
 
-    def oauth_status_of(self, server: ServerConfig) -> tuple[str, str | None] | None:
+    def oauth_status_of(self, server: ServerConfig) -> OAuthStatus | None:
         """`oauth_status` of a server that uses OAuth (an oauth table or a stored record), else None."""
         if not server.is_remote or (server.oauth is None and not self.exists(server.name)):
             return None
         try:
             return oauth_status(self.load(server.name), server.url or "")
         except StorageError as exc:
-            return "authentication_failed", exc.message
+            return OAuthStatus("authentication_failed", exc.message)
 
     def load(self, server: str) -> Record | None:
         """Return the record for `server`, or None if there is none."""
@@ -505,22 +512,3 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def url_origin(url: str) -> str:
-    """`scheme://host[:port]` of `url`, lowercased, without a default port: equal for the same origin."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    host = f"[{host}]" if ":" in host else host
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    default = {"http": 80, "https": 443}.get(scheme)
-    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
-
-
-def _normalize_url(url: str) -> tuple[str, str, str]:
-    parts = urlsplit(url)
-    return url_origin(url), parts.path.rstrip("/"), parts.query

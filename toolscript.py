@@ -27,11 +27,13 @@ if __package__:
     from .errors import ToolscriptError, UsageError, auth_command, run_hint
     from .redact import RedactingFilter, redact
     from .storage import Store
+    from .urls import is_loopback_host
 else:
     import config as _config
     from errors import ToolscriptError, UsageError, auth_command, run_hint
     from redact import RedactingFilter, redact
     from storage import Store
+    from urls import is_loopback_host
 
 if TYPE_CHECKING:
     from config import Config, ServerConfig
@@ -145,9 +147,7 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         row["oauth_record"] = server.is_remote and store.exists(server.name)
         oauth = store.oauth_status_of(server)
         if oauth is not None:
-            row["oauth_status"], reason = oauth
-            if reason:
-                row["oauth_error"] = reason
+            row.update(oauth.row())
         rows.append(row)
     if args.json:
         _print(json.dumps(rows, indent=2))
@@ -432,7 +432,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
         from .gateway_http import ApiServer
     else:
         from gateway_http import ApiServer
-    if not _config.is_loopback_host(args.host):
+    if not is_loopback_host(args.host):
         log.warning("warning: --host %s is not a loopback address: other machines can use your servers, "
                     "and the credentials they hold, through this gateway.", args.host)
     gateway = gateway_module.Gateway(cfg)
