@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 if __package__:
-    from .errors import AuthConnectError, AuthError, StorageError, auth_command
+    from .errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from .redact import redact, register_secret
     from .storage import ClientInfo, Metadata, Record, Store, Tokens
     from .urls import is_https_or_loopback, url_origin
 else:
-    from errors import AuthConnectError, AuthError, StorageError, auth_command
+    from errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from redact import redact, register_secret
     from storage import ClientInfo, Metadata, Record, Store, Tokens
     from urls import is_https_or_loopback, url_origin
@@ -308,20 +308,12 @@ class _Http:
 
 def _server_error(step: str, response: requests.Response) -> AuthError:
     """Build `<step> failed: 400 invalid_grant: code expired` from an error response."""
-    error = description = None
-    try:
-        body = response.json()
-        if isinstance(body, dict):
-            error, description = body.get("error"), body.get("error_description")
-    except ValueError:
-        pass
-    status = f"{response.status_code} {response.reason or ''}".strip()
-    if response.status_code in (301, 302, 303, 307, 308):
-        status += f" (redirect to {url_origin(urljoin(response.url, response.headers.get('Location', '')))}, not followed)"
-    if isinstance(error, str):
-        detail = f"{response.status_code} {error}" + (f": {description}" if isinstance(description, str) and description else "")
-        return AuthError(redact(f"{step} failed: {detail}"), error=error)
-    return AuthError(f"{step} failed: {status}")
+    answer = OAuthErrorResponse.parse(response.status_code, response.content)
+    detail = str(answer)
+    if answer.error is None and response.status_code in (301, 302, 303, 307, 308):
+        target = urljoin(response.url, response.headers.get("Location", ""))
+        detail += f" (redirect to {url_origin(target)}, not followed)"
+    return AuthError(f"{step} failed: {detail}", error=answer.error)
 
 
 def _json_object(response: requests.Response, step: str, url: str) -> dict[str, Any]:
@@ -938,24 +930,10 @@ def _exchange_code(http: _Http, discovery: _Discovery, client: ClientInfo, code:
                             headers={"Accept": "application/json"})
     if response.status_code != 200:
         raise _server_error("Token exchange", response)
-    body = _json_object(response, "Token exchange", discovery.token_endpoint)
-    access, refresh = body.get("access_token"), body.get("refresh_token")
-    register_secret(access if isinstance(access, str) else None)
-    register_secret(refresh if isinstance(refresh, str) else None)
-    register_secret(body.get("id_token") if isinstance(body.get("id_token"), str) else None)
-    if not isinstance(access, str) or not access:
-        raise AuthError("Token exchange failed: the response has no access_token.")
-    token_type = body.get("token_type")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise AuthError(f"Token exchange failed: token_type is {token_type!r}, not Bearer.")
-    expires_in = body.get("expires_in")
     try:
-        expires_at = time.time() + float(expires_in) if expires_in is not None else None
-    except (TypeError, ValueError):
-        expires_at = None
-    granted = body.get("scope") if isinstance(body.get("scope"), str) else scope
-    return Tokens(access_token=access, token_type="Bearer", refresh_token=refresh if isinstance(refresh, str) else None,
-                  scope=granted or None, expires_at=expires_at)
+        return Tokens.from_response(response.content, now=time.time(), scope=scope)
+    except ValueError as exc:
+        raise AuthError(f"Token exchange failed: {exc}.") from None
 
 
 # -- small helpers -------------------------------------------------------------------

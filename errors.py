@@ -1,14 +1,24 @@
-"""The exception tree shared by every toolscript module, and how an error names the next step.
+"""The exception tree shared by every toolscript module, and what an error message is made of.
 
 It stands alone because the CLI, `auth`, `gateway`, `storage` and `config` all raise
 from it, and none of them may import another one upward just to reach an exception.
 
 Messages are one sentence naming the object, then the next step as `Run: COMMAND` (built
 here only, from `next_command`); they never contain a token, code, state, verifier or
-client secret.
+client secret. An authorization server's error answer is read here too
+(`OAuthErrorResponse`), because its `error` code is what `AuthError.error` carries.
 """
 
 from __future__ import annotations
+
+import http
+import json
+from dataclasses import dataclass
+
+if __package__:
+    from .redact import redact
+else:
+    from redact import redact
 
 __all__ = [
     "AuthConnectError",
@@ -17,6 +27,7 @@ __all__ = [
     "CallTimeoutError",
     "ConfigError",
     "ConnectError",
+    "OAuthErrorResponse",
     "StorageError",
     "ToolscriptError",
     "UsageError",
@@ -137,3 +148,38 @@ class AuthConnectError(AuthError, ConnectError):
 
     exit_code = 4
 
+
+@dataclass(frozen=True)
+class OAuthErrorResponse:
+    """An authorization server's answer other than success (RFC 6749 §5.2, RFC 7591 §3.2.2).
+
+    `error` and `description` are the body's `error` and `error_description` when it is a
+    JSON object holding them as strings (whatever its content type says, as servers often
+    label it wrongly), else None.
+    """
+
+    status: int
+    error: str | None = None
+    description: str | None = None
+
+    @classmethod
+    def parse(cls, status: int, body: bytes) -> OAuthErrorResponse:
+        """Read the answer with HTTP status `status` and body `body`."""
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return cls(status)
+        error, description = data.get("error"), data.get("error_description")
+        return cls(status, error if isinstance(error, str) else None,
+                   description if isinstance(description, str) and description else None)
+
+    def __str__(self) -> str:
+        """`400 invalid_grant: code expired`, or `503 Service Unavailable` without an error code; redacted."""
+        if self.error is None:
+            try:
+                return f"{self.status} {http.HTTPStatus(self.status).phrase}"
+            except ValueError:
+                return str(self.status)
+        return redact(f"{self.status} {self.error}" + (f": {self.description}" if self.description else ""))

@@ -1,4 +1,4 @@
-"""Secure on-disk storage of OAuth records, one file per server.
+"""Secure on-disk storage of OAuth records, one file per server, and what they hold.
 
 Layout: `$TOOLSCRIPT_HOME/oauth/<server>.toml` (mode 0600) in a directory of mode 0700,
 with a `<server>.lock` file beside it for inter-process locking. A record has three
@@ -7,6 +7,9 @@ revocation need later without new discovery). Keys without a value are omitted.
 
 Writes go to a temporary file created 0600 in the same directory, are fsynced and then
 `os.replace`d, so a crash leaves the old or the new complete file, never a partial one.
+
+Tokens enter a record only through `Tokens.from_response`, which turns a token
+endpoint's relative `expires_in` into the absolute `expires_at` that is stored.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import json
 import logging
 import os
 import secrets
 import stat
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -30,15 +35,15 @@ import tomli_w
 if __package__:
     from .config import toolscript_home, validate_server_name
     from .errors import ConfigError, StorageError, auth_command
+    from .redact import register_secret
     from .urls import same_resource
 else:
     from config import toolscript_home, validate_server_name
     from errors import ConfigError, StorageError, auth_command
+    from redact import register_secret
     from urls import same_resource
 
 if TYPE_CHECKING:
-    from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
-
     from config import ServerConfig
 
 __all__ = [
@@ -46,10 +51,8 @@ __all__ = [
     "Metadata",
     "OAuthStatus",
     "Record",
-    "RecordTokenStorage",
     "Store",
     "Tokens",
-    "client_information",
     "oauth_status",
 ]
 
@@ -84,6 +87,41 @@ class Tokens:
     refresh_token: str | None = None
     scope: str | None = None
     expires_at: float | None = None
+
+    @classmethod
+    def from_response(cls, body: Mapping[str, Any] | bytes, *, now: float, scope: str | None = None,
+                      refresh_token: str | None = None) -> Tokens:
+        """Build the tokens of a token endpoint's success answer (RFC 6749 §5.1), a JSON object or its bytes.
+
+        `expires_in` counts from `now` (when the request was sent). `scope` and
+        `refresh_token` stand in for what the answer leaves out: the scope asked for
+        (§5.1), the refresh token used (§6). Every token in it is registered as a secret
+        first; a ValueError says, without a secret, what makes it unusable.
+        """
+        if isinstance(body, bytes):
+            try:
+                body = json.loads(body)
+            except ValueError:
+                body = None
+        if not isinstance(body, Mapping):
+            raise ValueError("the answer is not a JSON object")  # noqa: TRY004 (a bad answer, not a bad call)
+        access, refresh = body.get("access_token"), body.get("refresh_token")
+        for value in (access, refresh, body.get("id_token")):
+            register_secret(value if isinstance(value, str) else None)
+        if not isinstance(access, str) or not access:
+            raise ValueError("the answer has no access_token")
+        token_type = body.get("token_type")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise ValueError(f"token_type is {token_type!r}, not Bearer")
+        expires_in = body.get("expires_in")
+        try:
+            expires_at = now + float(expires_in) if expires_in is not None else None
+        except (TypeError, ValueError):
+            expires_at = None  # unknown: used until the server refuses it
+        granted = body.get("scope")
+        return cls(access_token=access, token_type="Bearer",
+                   refresh_token=refresh if isinstance(refresh, str) and refresh else refresh_token,
+                   scope=(granted if isinstance(granted, str) and granted else scope) or None, expires_at=expires_at)
 
     def is_expired(self, now: float | None = None, leeway: float = 0.0) -> bool:
         """Return whether the access token is expired, `leeway` seconds early."""
@@ -335,106 +373,6 @@ class Store:
         if mode & 0o077:
             log.warning("%s had permissions %03o; tightened to 600", path, mode)
             os.fchmod(fd, 0o600)
-
-
-class RecordTokenStorage:
-    """The MCP SDK's `TokenStorage` protocol over one server's record.
-
-    Expiry is stored as an absolute time: `set_tokens` turns the SDK's relative
-    `expires_in` into `expires_at`, `get_tokens` turns it back into what is left.
-    Tokens recorded for another server URL are not returned.
-    """
-
-    def __init__(self, store: Store, server: str, server_url: str) -> None:
-        _check_name(server)
-        self.store = store
-        self.server = server
-        self.server_url = server_url
-
-    async def get_tokens(self) -> OAuthToken | None:
-        from mcp.shared.auth import OAuthToken
-
-        record = await _in_thread(self.store.load, self.server)
-        tokens = record.tokens_for(self.server_url) if record else None
-        if tokens is None:
-            return None
-        expires_in = None
-        if tokens.expires_at is not None:
-            expires_in = max(0, int(tokens.expires_at - time.time()))
-        return OAuthToken(
-            access_token=tokens.access_token,
-            token_type="Bearer",
-            expires_in=expires_in,
-            scope=tokens.scope,
-            refresh_token=tokens.refresh_token,
-        )
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        now = time.time()
-        new = Tokens(
-            access_token=tokens.access_token,
-            token_type=tokens.token_type,
-            refresh_token=tokens.refresh_token,
-            scope=tokens.scope,
-            expires_at=now + tokens.expires_in if tokens.expires_in is not None else None,
-        )
-
-        def change(record: Record | None) -> Record:
-            record = record or Record()
-            record.tokens = new
-            record.metadata.server_url = self.server_url
-            return record
-
-        await _in_thread(self.store.update, self.server, change)
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        record = await _in_thread(self.store.load, self.server)
-        if record is None or record.client is None:
-            return None
-        return client_information(record.client)
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        def change(record: Record | None) -> Record:
-            record = record or Record()
-            source = record.client.registration_source if record.client else "dynamic"
-            redirect = client_info.redirect_uris[0] if client_info.redirect_uris else None
-            record.client = ClientInfo(
-                client_id=client_info.client_id,
-                registration_source=source,
-                client_secret=client_info.client_secret,
-                token_endpoint_auth_method=client_info.token_endpoint_auth_method,
-                issuer=client_info.issuer,
-                redirect_uri=str(redirect) if redirect is not None else None,
-                registered_at=float(client_info.client_id_issued_at or time.time()),
-                client_secret_expires_at=client_info.client_secret_expires_at or None,
-                scope=client_info.scope,
-            )
-            return record
-
-        await _in_thread(self.store.update, self.server, change)
-
-
-def client_information(client: ClientInfo) -> OAuthClientInformationFull:
-    """Return the stored client as the MCP SDK's model."""
-    from mcp.shared.auth import OAuthClientInformationFull
-
-    return OAuthClientInformationFull(
-        client_id=client.client_id,
-        client_secret=client.client_secret,
-        token_endpoint_auth_method=client.token_endpoint_auth_method,
-        redirect_uris=[client.redirect_uri] if client.redirect_uri else None,
-        issuer=client.issuer,
-        scope=client.scope,
-        client_id_issued_at=int(client.registered_at) if client.registered_at is not None else None,
-        client_secret_expires_at=int(client.client_secret_expires_at) if client.client_secret_expires_at else None,
-    )
-
-
-async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
-    # File locks and fsync block; keep them off the event loop.
-    import anyio.to_thread
-
-    return await anyio.to_thread.run_sync(func, *args)
 
 
 def _check_name(server: str) -> None:
