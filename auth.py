@@ -26,9 +26,11 @@ import logging
 import queue
 import re
 import secrets
+import ssl
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
@@ -955,12 +957,30 @@ def _mask_query(url: str) -> str:
 
 
 def _reason(exc: requests.RequestException) -> str:
-    text = str(exc.__context__ or exc)
-    for marker in ("Connection refused", "Name or service not known", "certificate verify failed",
-                   "No route to host", "Temporary failure in name resolution", "timed out"):
-        if marker in text:
-            return marker.lower()
+    """Say why a request could not be sent, from the OS or TLS error under the library's wrappers."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "certificate verify failed"
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        if isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError) and cause.strerror:
+            return cause.strerror.lower()  # e.g. connection refused, name or service not known
     return type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: its cause or context, and urllib3's `reason` (MaxRetryError)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        reason = getattr(current, "reason", None)
+        wrapped = current.args[0] if current.args else None
+        todo += [c for c in (current.__cause__, current.__context__, reason, wrapped) if isinstance(c, BaseException)]
 
 
 def _duration(seconds: float) -> str:
