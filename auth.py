@@ -26,23 +26,25 @@ import logging
 import queue
 import re
 import secrets
+import ssl
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 if __package__:
-    from .config import is_loopback_host
-    from .errors import AuthConnectError, AuthError, StorageError
+    from .errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from .redact import redact, register_secret
-    from .storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
+    from .storage import ClientInfo, Metadata, Record, Store, Tokens
+    from .urls import is_https_or_loopback, url_origin
 else:
-    from config import is_loopback_host
-    from errors import AuthConnectError, AuthError, StorageError
+    from errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from redact import redact, register_secret
-    from storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
+    from storage import ClientInfo, Metadata, Record, Store, Tokens
+    from urls import is_https_or_loopback, url_origin
 
 if TYPE_CHECKING:
     import requests
@@ -201,7 +203,7 @@ def auth_state(server: ServerConfig, record: Record | None, now: float | None = 
     """Classify `server` from its config and stored record alone."""
     if not server.is_remote:
         return AuthState("n/a", "stdio server")
-    if any(name.lower() == "authorization" for name in server.headers):
+    if server.has_authorization_header:
         return AuthState("n/a", "Authorization header configured")
     tokens = record.tokens_for(server.url) if record else None
     if tokens is None:
@@ -308,20 +310,12 @@ class _Http:
 
 def _server_error(step: str, response: requests.Response) -> AuthError:
     """Build `<step> failed: 400 invalid_grant: code expired` from an error response."""
-    error = description = None
-    try:
-        body = response.json()
-        if isinstance(body, dict):
-            error, description = body.get("error"), body.get("error_description")
-    except ValueError:
-        pass
-    status = f"{response.status_code} {response.reason or ''}".strip()
-    if response.status_code in (301, 302, 303, 307, 308):
-        status += f" (redirect to {url_origin(urljoin(response.url, response.headers.get('Location', '')))}, not followed)"
-    if isinstance(error, str):
-        detail = f"{response.status_code} {error}" + (f": {description}" if isinstance(description, str) and description else "")
-        return AuthError(redact(f"{step} failed: {detail}"), error=error)
-    return AuthError(f"{step} failed: {status}")
+    answer = OAuthErrorResponse.parse(response.status_code, response.content)
+    detail = str(answer)
+    if answer.error is None and response.status_code in (301, 302, 303, 307, 308):
+        target = urljoin(response.url, response.headers.get("Location", ""))
+        detail += f" (redirect to {url_origin(target)}, not followed)"
+    return AuthError(f"{step} failed: {detail}", error=answer.error)
 
 
 def _json_object(response: requests.Response, step: str, url: str) -> dict[str, Any]:
@@ -336,10 +330,7 @@ def _json_object(response: requests.Response, step: str, url: str) -> dict[str, 
 
 def _check_endpoint(url: str, what: str) -> None:
     """Refuse a discovered endpoint that is not https, unless it is on a loopback host."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+    if is_https_or_loopback(url):
         return
     raise AuthError(f"The {what} {_mask_query(url)} is not an https URL; refusing to use it "
                     "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")
@@ -742,7 +733,7 @@ class _CallbackServer:
         self._results: queue.Queue[tuple[str | None, AuthError | None]] = queue.Queue()
         self._lock = threading.Lock()
         self._done = False
-        self._expect: tuple[str, str, bool] | None = None
+        self._expect: tuple[str, str, str, bool] | None = None
         try:
             self._httpd = http.server.HTTPServer(("127.0.0.1", port), self._handler_class())
         except OSError:
@@ -766,8 +757,8 @@ class _CallbackServer:
         self._httpd.server_close()
         self._thread.join(5)
 
-    def expect(self, state: str, issuer: str, iss_required: bool) -> None:
-        self._expect = (state, issuer, iss_required)
+    def expect(self, server: str, state: str, issuer: str, iss_required: bool) -> None:
+        self._expect = (server, state, issuer, iss_required)
 
     def submit(self, params: dict[str, str]) -> tuple[bool, str]:
         """Check one authorization response; return (accepted, message for the user)."""
@@ -851,7 +842,7 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
         params["scope"] = scope
     url = _add_query(discovery.authorization_endpoint, params)
     iss_required = discovery.metadata.get("authorization_response_iss_parameter_supported") is True
-    callback.expect(state, discovery.issuer, iss_required)
+    callback.expect(server.name, state, discovery.issuer, iss_required)
     show_url(url)
     if read_pasted is not None:
         threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste", daemon=True).start()
@@ -864,9 +855,9 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
     try:
         code = callback.wait(timeout)
     except _Timeout:
-        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{server.name}'. "
-                        f"Run toolscript auth {server.name} again (--timeout SECONDS waits longer; --no-browser "
-                        "lets you paste the redirected URL).", server=server.name) from None
+        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{server.name}' "
+                        "(--timeout SECONDS waits longer; --no-browser lets you paste the redirected URL).",
+                        server=server.name, next_command=auth_command(server.name)) from None
     log.info("Authorization received")
     return code, verifier
 
@@ -891,13 +882,14 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
         return
 
 
-def _check_callback(params: dict[str, str], state: str, issuer: str, iss_required: bool) -> str:
+def _check_callback(params: dict[str, str], server: str, state: str, issuer: str, iss_required: bool) -> str:
     """Check an authorization response (state, error, RFC 9207 iss); return the code."""
     register_secret(params.get("code"))
     register_secret(params.get("state"))
     if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
         raise AuthError("The authorization response's state does not match the request; refusing it "
-                        "(it may be forged or from an older attempt). Run toolscript auth again.")
+                        "(it may be forged or from an older attempt).", server=server,
+                        next_command=auth_command(server))
     if "error" in params:
         description = params.get("error_description")
         raise AuthError(redact(f"Authorization was denied by the server: {params['error']}"
@@ -940,24 +932,10 @@ def _exchange_code(http: _Http, discovery: _Discovery, client: ClientInfo, code:
                             headers={"Accept": "application/json"})
     if response.status_code != 200:
         raise _server_error("Token exchange", response)
-    body = _json_object(response, "Token exchange", discovery.token_endpoint)
-    access, refresh = body.get("access_token"), body.get("refresh_token")
-    register_secret(access if isinstance(access, str) else None)
-    register_secret(refresh if isinstance(refresh, str) else None)
-    register_secret(body.get("id_token") if isinstance(body.get("id_token"), str) else None)
-    if not isinstance(access, str) or not access:
-        raise AuthError("Token exchange failed: the response has no access_token.")
-    token_type = body.get("token_type")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise AuthError(f"Token exchange failed: token_type is {token_type!r}, not Bearer.")
-    expires_in = body.get("expires_in")
     try:
-        expires_at = time.time() + float(expires_in) if expires_in is not None else None
-    except (TypeError, ValueError):
-        expires_at = None
-    granted = body.get("scope") if isinstance(body.get("scope"), str) else scope
-    return Tokens(access_token=access, token_type="Bearer", refresh_token=refresh if isinstance(refresh, str) else None,
-                  scope=granted or None, expires_at=expires_at)
+        return Tokens.from_response(response.content, now=time.time(), scope=scope)
+    except ValueError as exc:
+        raise AuthError(f"Token exchange failed: {exc}.") from None
 
 
 # -- small helpers -------------------------------------------------------------------
@@ -979,12 +957,30 @@ def _mask_query(url: str) -> str:
 
 
 def _reason(exc: requests.RequestException) -> str:
-    text = str(exc.__context__ or exc)
-    for marker in ("Connection refused", "Name or service not known", "certificate verify failed",
-                   "No route to host", "Temporary failure in name resolution", "timed out"):
-        if marker in text:
-            return marker.lower()
+    """Say why a request could not be sent, from the OS or TLS error under the library's wrappers."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "certificate verify failed"
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        if isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError) and cause.strerror:
+            return cause.strerror.lower()  # e.g. connection refused, name or service not known
     return type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: its cause or context, and urllib3's `reason` (MaxRetryError)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        reason = getattr(current, "reason", None)
+        wrapped = current.args[0] if current.args else None
+        todo += [c for c in (current.__cause__, current.__context__, reason, wrapped) if isinstance(c, BaseException)]
 
 
 def _duration(seconds: float) -> str:

@@ -1,7 +1,8 @@
 """Find, read and validate the toolscript configuration file.
 
 It stands alone because the CLI, `auth` and `gateway` all need the validated server
-definitions, and it needs nothing from them. Only the standard library is imported.
+definitions, and it needs nothing from them. Besides `errors` and `urls`, only the
+standard library is imported.
 
 The file is TOML with one table per server under `servers`; see `config.toml.example`.
 Every mistake raises `ConfigError` with one line naming the file and the key path.
@@ -9,7 +10,6 @@ Every mistake raises `ConfigError` with one line naming the file and the key pat
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
@@ -20,15 +20,16 @@ from urllib.parse import urlsplit
 
 if __package__:
     from .errors import ConfigError
+    from .urls import is_loopback_http
 else:
     from errors import ConfigError
+    from urls import is_loopback_http
 
 __all__ = [
     "Config",
     "OAuthConfig",
     "ServerConfig",
     "find_config",
-    "is_loopback_host",
     "load_config",
     "toolscript_home",
     "validate_server_name",
@@ -76,6 +77,11 @@ class ServerConfig:
     @property
     def is_remote(self) -> bool:
         return self.type in ("http", "sse")
+
+    @property
+    def has_authorization_header(self) -> bool:
+        """Whether the config sets an `Authorization` header itself (then OAuth stays out of the way)."""
+        return any(name.lower() == "authorization" for name in self.headers)
 
     @property
     def target(self) -> str:
@@ -184,19 +190,6 @@ def validate_server_name(name: str) -> str:
     return name
 
 
-def is_loopback_host(host: str | None) -> bool:
-    """Return whether `host` is `localhost`, in 127.0.0.0/8 or `::1`."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _describe_toml_error(exc: tomllib.TOMLDecodeError, path: Path) -> str:
     # tomllib (3.11) puts the position only in the message text.
     message = str(exc)
@@ -298,14 +291,13 @@ def _parse_oauth(table: Any, prefix: str, sub: Any) -> OAuthConfig:
         raise _Invalid(f"{prefix}.client_secret: needs client_id as well")
     redirect_uri = opt("redirect_uri")
     if redirect_uri is not None:
-        parts = urlsplit(redirect_uri)
-        if parts.scheme != "http" or not is_loopback_host(parts.hostname):
+        if not is_loopback_http(redirect_uri):
             raise _Invalid(
                 f"{prefix}.redirect_uri: must be a loopback http URL such as "
                 f"http://127.0.0.1:8765/callback, not {redirect_uri!r}"
             )
         try:
-            parts.port
+            urlsplit(redirect_uri).port
         except ValueError:
             raise _Invalid(f"{prefix}.redirect_uri: invalid port in {redirect_uri!r}") from None
     metadata_url = opt("client_metadata_url")

@@ -44,12 +44,12 @@ if __package__:
     from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .redact import register_secret
-    from .storage import Store
+    from .storage import OAuthStatus, Store
 else:
     from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from redact import register_secret
-    from storage import Store
+    from storage import OAuthStatus, Store
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
@@ -98,7 +98,7 @@ def stored_oauth(store: Store) -> AuthFactory:
     """
 
     def factory(server: ServerConfig) -> httpx2.Auth | None:
-        if any(name.lower() == "authorization" for name in server.headers):
+        if server.has_authorization_header:
             return None
         return StoredTokenAuth(store, server)
 
@@ -357,16 +357,14 @@ class _Server:
         row["tools"] = len(self.tools)
         oauth = self.oauth_status()
         if oauth is not None:
-            row["oauth_status"], reason = oauth
-            if reason:
-                row["oauth_error"] = reason
+            row.update(oauth.row())
         return row
 
-    def oauth_status(self) -> tuple[str, str | None] | None:
-        """`(status, reason)` for a server that uses OAuth (a stored record or an oauth table), else None."""
+    def oauth_status(self) -> OAuthStatus | None:
+        """The OAuth status of a server that uses OAuth (a stored record or an oauth table), else None."""
         status = self._store.oauth_status_of(self.config)
-        if status is not None and self.status == AUTH_REQUIRED and status[0] == "authenticated":
-            return "authentication_failed", self.error.message
+        if status is not None and self.status == AUTH_REQUIRED and status.status == "authenticated":
+            return OAuthStatus("authentication_failed", self.error.message)
         return status
 
     def auth_failure(self) -> AuthError | ConnectError | None:
@@ -697,11 +695,10 @@ def _session_expired(exc: MCPError) -> bool:
 
 
 def _auth_error(exc: AuthRequiredError, server: str) -> AuthRequiredError:
-    if f"toolscript auth {server}" in exc.message:
+    """`exc`, or (raised by an auth without a server name) the same error naming the command to run."""
+    if exc.next_command is not None:
         return exc
-    return AuthRequiredError(
-        f"{exc.message.rstrip('.')}. Run: toolscript auth {server}", server=server, error=exc.error, scope=exc.scope
-    )
+    return AuthRequiredError(exc.message, server=server, error=exc.error, scope=exc.scope)
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -1,4 +1,4 @@
-"""Secure on-disk storage of OAuth records, one file per server.
+"""Secure on-disk storage of OAuth records, one file per server, and what they hold.
 
 Layout: `$TOOLSCRIPT_HOME/oauth/<server>.toml` (mode 0600) in a directory of mode 0700,
 with a `<server>.lock` file beside it for inter-process locking. A record has three
@@ -7,6 +7,9 @@ revocation need later without new discovery). Keys without a value are omitted.
 
 Writes go to a temporary file created 0600 in the same directory, are fsynced and then
 `os.replace`d, so a crash leaves the old or the new complete file, never a partial one.
+
+Tokens enter a record only through `Tokens.from_response`, which turns a token
+endpoint's relative `expires_in` into the absolute `expires_at` that is stored.
 """
 
 from __future__ import annotations
@@ -15,42 +18,42 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import json
 import logging
 import os
 import secrets
 import stat
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
-from urllib.parse import urlsplit
 
 import tomli_w
 
 if __package__:
     from .config import toolscript_home, validate_server_name
-    from .errors import ConfigError, StorageError
+    from .errors import ConfigError, StorageError, auth_command
+    from .redact import register_secret
+    from .urls import same_resource
 else:
     from config import toolscript_home, validate_server_name
-    from errors import ConfigError, StorageError
+    from errors import ConfigError, StorageError, auth_command
+    from redact import register_secret
+    from urls import same_resource
 
 if TYPE_CHECKING:
-    from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
-
     from config import ServerConfig
 
 __all__ = [
     "ClientInfo",
     "Metadata",
+    "OAuthStatus",
     "Record",
-    "RecordTokenStorage",
     "Store",
     "Tokens",
-    "client_information",
     "oauth_status",
-    "same_resource",
-    "url_origin",
     "write_atomic",
 ]
 
@@ -85,6 +88,41 @@ class Tokens:
     refresh_token: str | None = None
     scope: str | None = None
     expires_at: float | None = None
+
+    @classmethod
+    def from_response(cls, body: Mapping[str, Any] | bytes, *, now: float, scope: str | None = None,
+                      refresh_token: str | None = None) -> Tokens:
+        """Build the tokens of a token endpoint's success answer (RFC 6749 §5.1), a JSON object or its bytes.
+
+        `expires_in` counts from `now` (when the request was sent). `scope` and
+        `refresh_token` stand in for what the answer leaves out: the scope asked for
+        (§5.1), the refresh token used (§6). Every token in it is registered as a secret
+        first; a ValueError says, without a secret, what makes it unusable.
+        """
+        if isinstance(body, bytes):
+            try:
+                body = json.loads(body)
+            except ValueError:
+                body = None
+        if not isinstance(body, Mapping):
+            raise ValueError("the answer is not a JSON object")  # noqa: TRY004 (a bad answer, not a bad call)
+        access, refresh = body.get("access_token"), body.get("refresh_token")
+        for value in (access, refresh, body.get("id_token")):
+            register_secret(value if isinstance(value, str) else None)
+        if not isinstance(access, str) or not access:
+            raise ValueError("the answer has no access_token")
+        token_type = body.get("token_type")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise ValueError(f"token_type is {token_type!r}, not Bearer")
+        expires_in = body.get("expires_in")
+        try:
+            expires_at = now + float(expires_in) if expires_in is not None else None
+        except (TypeError, ValueError):
+            expires_at = None  # unknown: used until the server refuses it
+        granted = body.get("scope")
+        return cls(access_token=access, token_type="Bearer",
+                   refresh_token=refresh if isinstance(refresh, str) and refresh else refresh_token,
+                   scope=(granted if isinstance(granted, str) and granted else scope) or None, expires_at=expires_at)
 
     def is_expired(self, now: float | None = None, leeway: float = 0.0) -> bool:
         """Return whether the access token is expired, `leeway` seconds early."""
@@ -158,24 +196,31 @@ class Record:
         return cls(client=client, tokens=tokens, metadata=metadata, unknown=unknown)
 
 
-def same_resource(a: str, b: str) -> bool:
-    """Return whether two URLs name the same resource (scheme/host case, default port, trailing slash)."""
-    return _normalize_url(a) == _normalize_url(b)
+@dataclass(frozen=True)
+class OAuthStatus:
+    """A server's OAuth state as `servers` and the gateway report it, with why it failed."""
+
+    status: str  # "authenticated", "pending_authorization" or "authentication_failed"
+    reason: str | None = None
+
+    def row(self) -> dict[str, str]:
+        """The `oauth_status` (and `oauth_error`) fields of a server's row."""
+        return {"oauth_status": self.status, **({"oauth_error": self.reason} if self.reason else {})}
 
 
-def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> tuple[str, str | None]:
-    """Return `(status, reason)` from storage alone: authenticated, pending_authorization or authentication_failed."""
+def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> OAuthStatus:
+    """Classify a server's OAuth state from its record alone."""
     tokens = record.tokens_for(server_url) if record else None
     last_error = record.metadata.last_error if record else None
     if tokens is None:
         if last_error:
-            return "authentication_failed", last_error
-        return "pending_authorization", None
+            return OAuthStatus("authentication_failed", last_error)
+        return OAuthStatus("pending_authorization")
     if tokens.is_expired(now) and not tokens.refresh_token:
-        return "authentication_failed", "the access token expired and there is no refresh token"
+        return OAuthStatus("authentication_failed", "the access token expired and there is no refresh token")
     if last_error:
-        return "authentication_failed", last_error
-    return "authenticated", None
+        return OAuthStatus("authentication_failed", last_error)
+    return OAuthStatus("authenticated")
 
 
 class Store:
@@ -193,14 +238,14 @@ class Store:
     def exists(self, server: str) -> bool:
         return self.path(server).exists()
 
-    def oauth_status_of(self, server: ServerConfig) -> tuple[str, str | None] | None:
+    def oauth_status_of(self, server: ServerConfig) -> OAuthStatus | None:
         """`oauth_status` of a server that uses OAuth (an oauth table or a stored record), else None."""
         if not server.is_remote or (server.oauth is None and not self.exists(server.name)):
             return None
         try:
             return oauth_status(self.load(server.name), server.url or "")
         except StorageError as exc:
-            return "authentication_failed", exc.message
+            return OAuthStatus("authentication_failed", exc.message)
 
     def load(self, server: str) -> Record | None:
         """Return the record for `server`, or None if there is none."""
@@ -214,10 +259,11 @@ class Store:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise StorageError(f"{path} is a symbolic link; refusing to read it. Delete it and run: toolscript auth {server}", path=str(path), server=server) from None
+                raise StorageError(f"{path} is a symbolic link; refusing to read it (delete it first).", path=str(path),
+                                   server=server, next_command=auth_command(server)) from None
             raise StorageError(f"Cannot read {path}: {exc.strerror}.", path=str(path), server=server) from None
         with os.fdopen(fd, "rb") as handle:
-            self._check_file(handle.fileno(), path)
+            self._check_file(handle.fileno(), path, server)
             raw = handle.read()
         try:
             data = tomllib.loads(raw.decode("utf-8"))
@@ -228,11 +274,9 @@ class Store:
                 return Record.from_dict(data)
             except ValueError as exc:
                 reason = str(exc)
-        raise StorageError(
-            f"OAuth record {path} is corrupt ({reason}). "
-            f"Run: toolscript auth --logout {server} --forget-client, or delete the file.",
-            path=str(path), server=server,
-        )
+        raise StorageError(f"OAuth record {path} is corrupt ({reason}); delete it, or log out and forget the client.",
+                           path=str(path), server=server,
+                           next_command=auth_command(server, "--logout", "--forget-client"))
 
     def save(self, server: str, record: Record) -> None:
         """Write the record atomically with mode 0600."""
@@ -320,115 +364,16 @@ class Store:
             log.warning("%s had permissions %03o; tightened to 700", self.directory, mode)
             os.chmod(self.directory, 0o700)
 
-    def _check_file(self, fd: int, path: Path) -> None:
+    def _check_file(self, fd: int, path: Path, server: str) -> None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise StorageError(f"{path} is not a regular file; delete it and run toolscript auth again.", path=str(path))
+            raise StorageError(f"{path} is not a regular file (delete it first).", path=str(path), server=server,
+                               next_command=auth_command(server))
         _check_owner(info, path)
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             log.warning("%s had permissions %03o; tightened to 600", path, mode)
             os.fchmod(fd, 0o600)
-
-
-class RecordTokenStorage:
-    """The MCP SDK's `TokenStorage` protocol over one server's record.
-
-    Expiry is stored as an absolute time: `set_tokens` turns the SDK's relative
-    `expires_in` into `expires_at`, `get_tokens` turns it back into what is left.
-    Tokens recorded for another server URL are not returned.
-    """
-
-    def __init__(self, store: Store, server: str, server_url: str) -> None:
-        _check_name(server)
-        self.store = store
-        self.server = server
-        self.server_url = server_url
-
-    async def get_tokens(self) -> OAuthToken | None:
-        from mcp.shared.auth import OAuthToken
-
-        record = await _in_thread(self.store.load, self.server)
-        tokens = record.tokens_for(self.server_url) if record else None
-        if tokens is None:
-            return None
-        expires_in = None
-        if tokens.expires_at is not None:
-            expires_in = max(0, int(tokens.expires_at - time.time()))
-        return OAuthToken(
-            access_token=tokens.access_token,
-            token_type="Bearer",
-            expires_in=expires_in,
-            scope=tokens.scope,
-            refresh_token=tokens.refresh_token,
-        )
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        now = time.time()
-        new = Tokens(
-            access_token=tokens.access_token,
-            token_type=tokens.token_type,
-            refresh_token=tokens.refresh_token,
-            scope=tokens.scope,
-            expires_at=now + tokens.expires_in if tokens.expires_in is not None else None,
-        )
-
-        def change(record: Record | None) -> Record:
-            record = record or Record()
-            record.tokens = new
-            record.metadata.server_url = self.server_url
-            return record
-
-        await _in_thread(self.store.update, self.server, change)
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        record = await _in_thread(self.store.load, self.server)
-        if record is None or record.client is None:
-            return None
-        return client_information(record.client)
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        def change(record: Record | None) -> Record:
-            record = record or Record()
-            source = record.client.registration_source if record.client else "dynamic"
-            redirect = client_info.redirect_uris[0] if client_info.redirect_uris else None
-            record.client = ClientInfo(
-                client_id=client_info.client_id,
-                registration_source=source,
-                client_secret=client_info.client_secret,
-                token_endpoint_auth_method=client_info.token_endpoint_auth_method,
-                issuer=client_info.issuer,
-                redirect_uri=str(redirect) if redirect is not None else None,
-                registered_at=float(client_info.client_id_issued_at or time.time()),
-                client_secret_expires_at=client_info.client_secret_expires_at or None,
-                scope=client_info.scope,
-            )
-            return record
-
-        await _in_thread(self.store.update, self.server, change)
-
-
-def client_information(client: ClientInfo) -> OAuthClientInformationFull:
-    """Return the stored client as the MCP SDK's model."""
-    from mcp.shared.auth import OAuthClientInformationFull
-
-    return OAuthClientInformationFull(
-        client_id=client.client_id,
-        client_secret=client.client_secret,
-        token_endpoint_auth_method=client.token_endpoint_auth_method,
-        redirect_uris=[client.redirect_uri] if client.redirect_uri else None,
-        issuer=client.issuer,
-        scope=client.scope,
-        client_id_issued_at=int(client.registered_at) if client.registered_at is not None else None,
-        client_secret_expires_at=int(client.client_secret_expires_at) if client.client_secret_expires_at else None,
-    )
-
-
-async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
-    # File locks and fsync block; keep them off the event loop.
-    import anyio.to_thread
-
-    return await anyio.to_thread.run_sync(func, *args)
 
 
 def _check_name(server: str) -> None:
@@ -507,22 +452,3 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def url_origin(url: str) -> str:
-    """`scheme://host[:port]` of `url`, lowercased, without a default port: equal for the same origin."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    host = f"[{host}]" if ":" in host else host
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    default = {"http": 80, "https": 443}.get(scheme)
-    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
-
-
-def _normalize_url(url: str) -> tuple[str, str, str]:
-    parts = urlsplit(url)
-    return url_origin(url), parts.path.rstrip("/"), parts.query

@@ -24,14 +24,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if __package__:
     from . import config as _config
-    from .errors import ToolscriptError, UsageError
+    from .errors import ToolscriptError, UsageError, auth_command, run_hint
     from .redact import RedactingFilter, redact
     from .storage import Store
+    from .urls import is_loopback_host
 else:
     import config as _config
-    from errors import ToolscriptError, UsageError
+    from errors import ToolscriptError, UsageError, auth_command, run_hint
     from redact import RedactingFilter, redact
     from storage import Store
+    from urls import is_loopback_host
 
 if TYPE_CHECKING:
     from config import Config, ServerConfig
@@ -157,9 +159,7 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         row["oauth_record"] = server.is_remote and store.exists(server.name)
         oauth = store.oauth_status_of(server)
         if oauth is not None:
-            row["oauth_status"], reason = oauth
-            if reason:
-                row["oauth_error"] = reason
+            row.update(oauth.row())
         rows.append(row)
     if args.json:
         _print(json.dumps(rows, indent=2))
@@ -250,7 +250,7 @@ def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
     if todo:
         _print()
         for name in todo:
-            _print(f"Run: toolscript auth {name}")
+            _print(run_hint(auth_command(name)))
     return EXIT_OK
 
 
@@ -278,7 +278,7 @@ def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browse
     _print(f"✓ Authenticated '{server.name}' ({auth.describe_tokens(tokens)})")
     if not tokens.refresh_token:
         when = "when the access token expires" if tokens.expires_at is not None else "if the access token stops working"
-        _print(f"The server issued no refresh token: run toolscript auth {server.name} again {when}.")
+        _print(f"The server issued no refresh token: authorize again {when}. {run_hint(auth_command(server.name))}")
     return EXIT_OK
 
 
@@ -444,7 +444,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
         from .gateway_http import ApiServer
     else:
         from gateway_http import ApiServer
-    if not _config.is_loopback_host(args.host):
+    if not is_loopback_host(args.host):
         log.warning("warning: --host %s is not a loopback address: other machines can use your servers, "
                     "and the credentials they hold, through this gateway.", args.host)
     gateway = gateway_module.Gateway(cfg)

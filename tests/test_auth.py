@@ -286,6 +286,16 @@ def test_token_exchange_failure_carries_the_oauth_error(oauth_server):
     assert not Store().exists("demo")
 
 
+def test_unusable_token_answer_names_what_is_wrong(oauth_server):
+    test_server = oauth_server()
+    test_server.patch_document(test_server.metadata_path, token_endpoint=test_server.origin + "/odd-token")
+    test_server.tap.documents["/odd-token"] = (200, {"access_token": "at-odd", "token_type": "mac"})
+    with pytest.raises(AuthError) as caught:
+        _authenticate(_server(test_server))
+    assert str(caught.value) == "Token exchange failed: token_type is 'mac', not Bearer."
+    assert not Store().exists("demo")
+
+
 def test_callback_server_answers_other_paths_with_404_and_keeps_waiting(oauth_server):
     import urllib.error
     import urllib.request

@@ -157,7 +157,9 @@ def test_state_mismatch_is_refused_without_token_request(oauth_server, browser, 
     _config(server)
     proc = run_cli("auth", "demo", env=browser)
     assert proc.returncode == 1, explain(proc)
-    assert "error: The authorization response's state does not match the request; refusing it" in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "error: The authorization response's state does not match the request; refusing it (it may be forged or "
+        "from an older attempt). Run: toolscript auth demo")
     assert server.requests_to("/token") == []
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
@@ -227,8 +229,8 @@ def test_timeout_expiry(oauth_server, isolated_env):
     proc = run_cli("auth", "demo", "--no-browser", "--timeout", "0.5", input="")
     assert proc.returncode == 1, explain(proc)
     assert proc.stderr.splitlines()[-1] == (
-        "error: Timed out after 0 s waiting for the authorization of 'demo'. Run toolscript auth demo again "
-        "(--timeout SECONDS waits longer; --no-browser lets you paste the redirected URL).")
+        "error: Timed out after 0 s waiting for the authorization of 'demo' (--timeout SECONDS waits longer; "
+        "--no-browser lets you paste the redirected URL). Run: toolscript auth demo")
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
 
@@ -302,7 +304,8 @@ def test_no_refresh_token_is_explained(oauth_server, browser):
     assert proc.returncode == 0, explain(proc)
     assert proc.stdout.splitlines() == [
         "✓ Authenticated 'demo' (scopes: mcp:tools offline_access; expires in 59 min; refresh token: no)",
-        "The server issued no refresh token: run toolscript auth demo again when the access token expires.",
+        "The server issued no refresh token: authorize again when the access token expires. "
+        "Run: toolscript auth demo",
     ]
 
 

@@ -394,3 +394,15 @@ def test_toolscript_gateway_warns_once_and_answers_401(oauth_server: Any) -> Non
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert err.count("Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo") == 1, err
+
+
+def test_unusable_refresh_answer_is_named_like_the_token_exchange_does(oauth_server: Any) -> None:
+    from errors import ConnectError
+
+    server = setup_server(oauth_server)
+    server.tap.documents["/odd-token"] = (200, {"access_token": "at-odd", "token_type": "mac"})
+    old = age_tokens(token_endpoint=server.origin + "/odd-token")
+    with Gateway(load_config()) as gateway, pytest.raises(ConnectError) as caught:
+        gateway.call(f"{NAME}__echo", {"text": "x"})
+    assert str(caught.value) == "Token refresh for server 'demo' failed: token_type is 'mac', not Bearer."
+    assert Store().load(NAME).tokens == old.tokens  # nothing half-usable is stored

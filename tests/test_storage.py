@@ -1,22 +1,22 @@
-"""Secure storage: modes, atomicity, locking, corruption, names and the SDK TokenStorage."""
+"""Secure storage: modes, atomicity, locking, corruption, names, and tokens from a token endpoint's answer."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
-import anyio
 import pytest
 
 import storage
 from errors import StorageError
-from storage import ClientInfo, Metadata, Record, RecordTokenStorage, Store, Tokens
+from redact import redact
+from storage import ClientInfo, Metadata, Record, Store, Tokens
 
 URL = "https://mcp.example.com/mcp"
 
@@ -158,8 +158,8 @@ def test_corrupt_record_is_one_clear_error_and_is_not_overwritten(isolated_env: 
     with pytest.raises(StorageError) as info:
         store.load("github")
     assert str(info.value) == (
-        f"OAuth record {path} is corrupt ({reason}). "
-        "Run: toolscript auth --logout github --forget-client, or delete the file."
+        f"OAuth record {path} is corrupt ({reason}); delete it, or log out and forget the client. "
+        "Run: toolscript auth github --logout --forget-client"
     )
     with pytest.raises(StorageError):
         store.update("github", lambda record: record)
@@ -172,8 +172,6 @@ def test_names_that_could_escape_are_refused(isolated_env: Path, name: str) -> N
     for action in (store.load, store.exists, store.delete, lambda n: store.save(n, sample_record())):
         with pytest.raises(StorageError):
             action(name)
-    with pytest.raises(StorageError):
-        RecordTokenStorage(store, name, URL)
     assert not (isolated_env / "x").exists() and not Path("/abs.toml").exists()
 
 
@@ -189,51 +187,41 @@ def test_tokens_are_not_used_for_another_url(isolated_env: Path) -> None:
     assert record.tokens_for("https://mcp.example.com/other") is None
     assert record.tokens_for("http://mcp.example.com/mcp") is None
 
-    moved = RecordTokenStorage(store, "github", "https://new.example.com/mcp")
-    assert anyio.run(moved.get_tokens) is None
-    assert anyio.run(RecordTokenStorage(store, "github", URL).get_tokens) is not None
+
+def test_token_answer_becomes_tokens_with_an_absolute_expiry() -> None:
+    body = {"access_token": "at-answer-1", "token_type": "bearer", "expires_in": 3600, "scope": "a b",
+            "refresh_token": "rt-answer-1", "id_token": "idt-answer-1"}
+    tokens = Tokens.from_response(body, now=1000.0)
+    assert tokens == Tokens(access_token="at-answer-1", token_type="Bearer", refresh_token="rt-answer-1",
+                            scope="a b", expires_at=4600.0)
+    assert Tokens.from_response(json.dumps(body).encode(), now=1000.0) == tokens  # the raw body reads the same
+    # Every token of the answer is a secret from then on, the unused id_token too.
+    assert redact("at-answer-1 rt-answer-1 idt-answer-1") == "[REDACTED] [REDACTED] [REDACTED]"
 
 
-def test_token_storage_round_trip_with_sdk_models(isolated_env: Path) -> None:
-    from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
-
-    store = Store()
-    ts = RecordTokenStorage(store, "github", URL)
-    token = OAuthToken(access_token="at-9", token_type="bearer", expires_in=3600, scope="a b", refresh_token="rt-9")
-    info = OAuthClientInformationFull(
-        client_id="cid", client_secret="sec", redirect_uris=["http://127.0.0.1:4567/callback"],
-        token_endpoint_auth_method="client_secret_basic", issuer="https://auth.example.com",
-        scope="a b", client_id_issued_at=1700000000,
-    )
-
-    async def scenario() -> tuple[OAuthToken | None, OAuthClientInformationFull | None]:
-        await ts.set_client_info(info)
-        before = time.time()
-        await ts.set_tokens(token)
-        stored = store.load("github")
-        assert stored is not None and stored.tokens is not None
-        assert before + 3600 <= stored.tokens.expires_at <= time.time() + 3600  # absolute
-        return await ts.get_tokens(), await ts.get_client_info()
-
-    got_token, got_info = anyio.run(scenario)
-    assert got_token is not None and got_info is not None
-    assert got_token.access_token == "at-9" and got_token.refresh_token == "rt-9"
-    assert got_token.token_type == "Bearer" and got_token.scope == "a b"
-    assert got_token.expires_in in (3599, 3600)
-    assert got_info.model_dump(exclude_none=True) == info.model_dump(exclude_none=True)
-    record = store.load("github")
-    assert record is not None and record.metadata.server_url == URL
+def test_token_answer_falls_back_to_what_it_leaves_out() -> None:
+    tokens = Tokens.from_response({"access_token": "at-2", "token_type": "Bearer"}, now=1000.0,
+                                  scope="asked", refresh_token="rt-used")
+    assert (tokens.scope, tokens.refresh_token, tokens.expires_at) == ("asked", "rt-used", None)
+    tokens = Tokens.from_response({"access_token": "at-2", "token_type": "Bearer", "scope": "", "refresh_token": "",
+                                   "expires_in": "soon"}, now=1000.0, scope="asked")
+    assert (tokens.scope, tokens.refresh_token, tokens.expires_at) == ("asked", None, None)
+    assert Tokens.from_response({"access_token": "at-2", "token_type": "Bearer", "expires_in": "60"},
+                                now=1000.0).expires_at == 1060.0
 
 
-def test_expired_tokens_report_zero_remaining(isolated_env: Path) -> None:
-    store = Store()
-    record = sample_record()
-    assert record.tokens is not None
-    record.tokens.expires_at = time.time() - 100
-    store.save("github", record)
-    token = anyio.run(RecordTokenStorage(store, "github", URL).get_tokens)
-    assert token is not None and token.expires_in == 0
-    assert record.tokens.is_expired()
+@pytest.mark.parametrize(("body", "problem"), [
+    (b"<html>busy</html>", "the answer is not a JSON object"),
+    (b"[1, 2]", "the answer is not a JSON object"),
+    ({"token_type": "Bearer"}, "the answer has no access_token"),
+    ({"access_token": "", "token_type": "Bearer"}, "the answer has no access_token"),
+    ({"access_token": "at-3"}, "token_type is None, not Bearer"),
+    ({"access_token": "at-3", "token_type": "mac"}, "token_type is 'mac', not Bearer"),
+])
+def test_unusable_token_answer_says_why(body: object, problem: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        Tokens.from_response(body, now=0.0)  # type: ignore[arg-type]
+    assert str(caught.value) == problem
 
 
 def test_keys_from_a_newer_version_survive_an_update(isolated_env: Path) -> None:
