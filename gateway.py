@@ -24,10 +24,10 @@ import logging
 import math
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import CancelledError as _FutureCancelled
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import httpx2
@@ -82,6 +82,10 @@ RECONNECT_BACKOFF = 0.25  # seconds before the second attempt; doubles after eac
 RETRY_COOLDOWN = 2.0
 STOP_TIMEOUT = 10.0
 _MAX_PAGES = 1000
+# Error answers that mean the request itself was wrong: no such resource or prompt, bad arguments.
+# -32002 is "resource not found" of the 2025 specifications (retired since, but servers send it).
+_REFUSALS = (types.INVALID_PARAMS, types.METHOD_NOT_FOUND, -32002)
+_T = TypeVar("_T")
 _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "credential")
 
 AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
@@ -394,8 +398,7 @@ class _Server:
                     break
             raise self.error
 
-    async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, *,
-                        resend_if_expired: bool = True) -> types.CallToolResult:
+    async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float) -> types.CallToolResult:
         link = await self.link_for_call()
         if tool not in self.tools:
             await self.refresh_tools()  # it may have added the tool without notifying us
@@ -404,38 +407,60 @@ class _Server:
                     f"Unknown tool '{tool}' on server '{self.name}'. Run: toolscript tools --server {self.name}",
                     server=self.name,
                 )
+        return await self.request(
+            f"the call to '{tool}'", lambda session: session.call_tool(tool, arguments), timeout, link=link,
+            subject=f"Tool '{self.name}{SEPARATOR}{tool}'",
+        )
+
+    async def request(self, what: str, send: Callable[[ClientSession], Awaitable[_T]], timeout: float, *,
+                      link: _Link | None = None, subject: str | None = None, refused_hint: str | None = None,
+                      resend_if_expired: bool = True) -> _T:
+        """Send one request (`send`) on the live connection and translate its failures.
+
+        Every request kind (tool calls, resources, prompts, completions) goes through here, so
+        each meets reconnection, OAuth failures, timeouts and expired sessions the same way.
+        `what` names the request in messages ("the call to 'echo'"); `subject` starts the
+        timeout message instead of "Server 'NAME'". With `refused_hint`, an error answer that
+        says the request itself was wrong (unknown resource, bad arguments) is a `UsageError`
+        ending with that hint; else every error answer is a `ConnectError`.
+        """
+        link = link or await self.link_for_call()
         assert link.session is not None
         failures: list[AuthError | ConnectError] = []
-        CALL_FAILURES.set(failures)  # this task's own context: only this call's requests add to it
+        CALL_FAILURES.set(failures)  # this task's own context: only this request's messages add to it
         try:
             with anyio.fail_after(timeout):
-                return await link.session.call_tool(tool, arguments)  # type: ignore[return-value]
+                return await send(link.session)
         except TimeoutError:
             if failures:
                 raise failures[-1] from None
-            raise CallTimeoutError(
-                f"Tool '{self.name}{SEPARATOR}{tool}' did not answer within {timeout:g} s.", server=self.name
-            ) from None
+            late = f"{subject} did not answer" if subject else f"Server '{self.name}' did not answer {what}"
+            raise CallTimeoutError(f"{late} within {timeout:g} s.", server=self.name) from None
         except MCPError as exc:
             if exc.code == types.CONNECTION_CLOSED:
-                raise await self.lost_during(link, tool) from None
+                raise await self.lost_during(link, what) from None
             if failures:
                 raise failures[-1] from None  # e.g. a step-up (403 insufficient_scope) for this call
             if resend_if_expired and _session_expired(exc):
-                # The server forgot the session, so it never ran this call: reconnect, send it again.
+                # The server forgot the session, so it never ran this request: reconnect, send it again.
                 log.info("Server '%s': session expired; reconnecting", self.name)
                 await self.drop(link)
-                return await self.call_tool(tool, arguments, timeout, resend_if_expired=False)
+                return await self.request(what, send, timeout, subject=subject, refused_hint=refused_hint,
+                                          resend_if_expired=False)
+            if refused_hint is not None and exc.code in _REFUSALS:
+                raise UsageError(
+                    f"Server '{self.name}' refused {what}: {exc.message.rstrip('.')}. {refused_hint}", server=self.name
+                ) from None
             raise ConnectError(
-                f"Server '{self.name}' answered the call to '{tool}' with an error: {exc.message}", server=self.name
+                f"Server '{self.name}' answered {what} with an error: {exc.message}", server=self.name
             ) from None
-        except RuntimeError as exc:  # the SDK rejects a result that breaks the tool's outputSchema
+        except RuntimeError as exc:  # e.g. the SDK rejects a result that breaks the tool's outputSchema
             raise ConnectError(
-                f"Server '{self.name}' sent an unusable result for '{tool}': {_first_line(exc)}", server=self.name
+                f"Server '{self.name}' sent an unusable result for {what}: {_first_line(exc)}", server=self.name
             ) from None
 
-    async def lost_during(self, link: _Link, tool: str) -> ToolscriptError:
-        """Return the error for a call whose connection ended under it."""
+    async def lost_during(self, link: _Link, what: str) -> ToolscriptError:
+        """Return the error for a request (`what`) whose connection ended under it."""
         with anyio.move_on_after(STOP_TIMEOUT):
             await link.ended.wait()  # the connection task records why
         if link is self._link and self.status == AUTH_REQUIRED:
@@ -443,9 +468,9 @@ class _Server:
         failure = self.auth_failure()
         if failure is not None:
             return failure
-        what = f"failed ({link.reason})" if link.reason else "closed the connection"
+        failed = f"failed ({link.reason})" if link.reason else "closed the connection"
         return ConnectError(
-            f"Server '{self.name}' {what} during the call to '{tool}'; it is reconnected on the next call.",
+            f"Server '{self.name}' {failed} during {what}; it is reconnected on the next call.",
             server=self.name,
         )
 
