@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import logging
 import math
 import os
@@ -63,6 +64,7 @@ __all__ = [
     "Gateway",
     "http_client",
     "result_to_dict",
+    "split_prompt_name",
     "split_tool_name",
     "tool_allowed",
 ]
@@ -109,12 +111,19 @@ def stored_oauth(store: Store) -> AuthFactory:
 
 def split_tool_name(name: str) -> tuple[str, str]:
     """Split `server__tool` into the server name and the server's own tool name."""
-    server, sep, tool = name.partition(SEPARATOR)
-    if not sep or not server or not tool:
-        raise UsageError(
-            f"'{name}' is not a SERVER__TOOL name (such as files__read_file). Run: toolscript tools"
-        )
-    return server, tool
+    return _split_name(name, "TOOL", "files__read_file", "tools")
+
+
+def split_prompt_name(name: str) -> tuple[str, str]:
+    """Split `server__prompt` into the server name and the server's own prompt name."""
+    return _split_name(name, "PROMPT", "code__review", "prompts")
+
+
+def _split_name(name: str, kind: str, example: str, listing: str) -> tuple[str, str]:
+    server, sep, own = name.partition(SEPARATOR)
+    if not sep or not server or not own:
+        raise UsageError(f"'{name}' is not a SERVER__{kind} name (such as {example}). Run: toolscript {listing}")
+    return server, own
 
 
 def tool_allowed(server: ServerConfig, tool: str) -> bool:
@@ -246,6 +255,76 @@ class Gateway:
             raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server)
         return result_to_dict(self._sync(self._call, server, tool, arguments, timeout))
 
+    def resources(self, server: str | None = None) -> list[dict[str, Any]]:
+        """Return the resources and resource templates of every connected server, or of `server` only.
+
+        Each row is the server's own entry (all pages) with `server` added: a resource has
+        `uri`, a template `uriTemplate`. A server without the resources capability has none;
+        `include_tools`/`exclude_tools` do not apply. With `server`, its failure is raised;
+        without, a server whose listing fails is left out (and logged).
+        """
+        if server is not None:
+            self._config_of(server)
+        return self._sync(self._listing, server, _Server.list_resources)
+
+    def read_resource(self, server: str, uri: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Read the resource `uri` of `server`: `{"contents": [{uri, mimeType?, text | blob}]}`, blobs in base64.
+
+        Raises `UsageError` when the server offers no resources or refuses the URI, and the
+        errors of `call` otherwise.
+        """
+        self._config_of(server)
+        if not isinstance(uri, str) or not uri:
+            raise UsageError(
+                f"Give the URI of a resource of server '{server}'. Run: toolscript resources --server {server}",
+                server=server,
+            )
+        return _as_json(self._sync(self._on_server, server, _Server.read_resource, uri, timeout))
+
+    def prompts(self, server: str | None = None) -> list[dict[str, Any]]:
+        """Return the prompts of every connected server (all pages), or of `server` only, as `SERVER__PROMPT`.
+
+        A server without the prompts capability has none; failures as for `resources`.
+        """
+        if server is not None:
+            self._config_of(server)
+        return self._sync(self._listing, server, _Server.list_prompts)
+
+    def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, *,
+                   timeout: float | None = None) -> dict[str, Any]:
+        """Get the prompt `server__prompt` filled in with `arguments`: `{description?, messages}`.
+
+        Prompt arguments are strings; other JSON values are sent as their JSON text
+        (`3` as "3", `true` as "true").
+        """
+        server, prompt = split_prompt_name(name)
+        self._config_of(server)
+        return _as_json(self._sync(self._on_server, server, _Server.get_prompt, prompt,
+                                   _prompt_arguments(name, arguments), timeout))
+
+    def complete(self, server: str, argument: str, value: str = "", *, prompt: str | None = None,
+                 uri_template: str | None = None, context: dict[str, str] | None = None,
+                 timeout: float | None = None) -> dict[str, Any]:
+        """Ask `server` to complete `value` of `argument` of its `prompt` or of a resource `uri_template`.
+
+        `prompt` is the server's own prompt name (a `prompts` row's `prompt`); `context` holds
+        arguments already chosen. Returns `{values, total?, hasMore?}`.
+        """
+        self._config_of(server)
+        if (prompt is None) == (uri_template is None):
+            raise UsageError("Complete an argument of either a prompt or a resource template: give exactly one.",
+                             server=server)
+        if not all(isinstance(text, str) for text in (argument, value, prompt or "", uri_template or "")) or (
+                context is not None and not (isinstance(context, dict)
+                                             and all(isinstance(v, str) for v in context.values()))):
+            raise UsageError("Completion arguments, values and context values must be strings.", server=server)
+        ref: types.PromptReference | types.ResourceTemplateReference = (
+            types.PromptReference(type="ref/prompt", name=prompt) if prompt is not None
+            else types.ResourceTemplateReference(type="ref/resource", uri=uri_template or "")
+        )
+        completion = self._sync(self._on_server, server, _Server.complete, ref, argument, value, context, timeout)
+        return _as_json(completion)
+
     # -- on the loop thread --------------------------------------------------------------
 
     async def _supervise(self, *, task_status: TaskStatus[None]) -> None:
@@ -278,6 +357,28 @@ class Gateway:
     async def _call(self, name: str, tool: str, arguments: dict[str, Any], timeout: float | None) -> types.CallToolResult:
         server = self._servers[name]
         return await server.call_tool(tool, arguments, timeout or server.call_timeout)
+
+    async def _on_server(self, name: str, method: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        return await method(self._servers[name], *args)
+
+    async def _listing(self, name: str | None, list_one: Callable[[_Server], Awaitable[list[dict[str, Any]]]]
+                       ) -> list[dict[str, Any]]:
+        """The rows `list_one` gives for server `name`, or for every connected server (concurrently)."""
+        if name is not None:
+            return await list_one(self._servers[name])
+        servers = [server for server in self._servers.values() if server.status == CONNECTED]
+        found: dict[str, list[dict[str, Any]]] = {}
+
+        async def one(server: _Server) -> None:
+            try:
+                found[server.name] = await list_one(server)
+            except ToolscriptError as exc:  # one broken server does not hide the others' entries
+                log.warning("%s", exc.message)
+
+        async with anyio.create_task_group() as tg:
+            for server in servers:
+                tg.start_soon(one, server)
+        return [row for server in servers for row in found.get(server.name, [])]
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -458,6 +559,73 @@ class _Server:
             raise ConnectError(
                 f"Server '{self.name}' sent an unusable result for {what}: {_first_line(exc)}", server=self.name
             ) from None
+
+    async def list_resources(self) -> list[dict[str, Any]]:
+        if not self.offers(await self.link_for_call(), "resources"):
+            return []
+        resources = await self._list_all("the resource list", _resource_page, "resources")
+        templates = await self._list_all("the resource template list", _template_page, "resource_templates")
+        return [{"server": self.name, **_as_json(item)} for item in [*resources, *templates]]
+
+    async def list_prompts(self) -> list[dict[str, Any]]:
+        if not self.offers(await self.link_for_call(), "prompts"):
+            return []
+        prompts = await self._list_all("the prompt list", _prompt_page, "prompts")
+        return [_prompt_row(self.name, prompt) for prompt in prompts]
+
+    async def read_resource(self, uri: str, timeout: float | None) -> types.ReadResourceResult:
+        link = await self.link_for_call()
+        self._require(link, "resources", "resources")
+        return await self.request(f"the read of '{uri}'", lambda session: session.read_resource(uri),
+                                  timeout or self.call_timeout, link=link,
+                                  refused_hint=f"Run: toolscript resources --server {self.name}")
+
+    async def get_prompt(self, prompt: str, arguments: dict[str, str], timeout: float | None) -> types.GetPromptResult:
+        link = await self.link_for_call()
+        self._require(link, "prompts", "prompts")
+        return await self.request(f"the request for prompt '{prompt}'",
+                                  lambda session: session.get_prompt(prompt, arguments),
+                                  timeout or self.call_timeout, link=link,
+                                  refused_hint=f"Run: toolscript prompts --server {self.name}")
+
+    async def complete(self, ref: types.PromptReference | types.ResourceTemplateReference, argument: str, value: str,
+                       context: dict[str, str] | None, timeout: float | None) -> types.Completion:
+        link = await self.link_for_call()
+        self._require(link, "completions", "completions")
+        result = await self.request(
+            f"the completion of '{argument}'",
+            lambda session: session.complete(ref, {"name": argument, "value": value}, context_arguments=context),
+            timeout or self.call_timeout, link=link,
+            refused_hint=f"Run: toolscript {'prompts' if ref.type == 'ref/prompt' else 'resources'} --server {self.name}",
+        )
+        return result.completion
+
+    def offers(self, link: _Link, capability: str) -> bool:
+        """Whether the server declared `capability` (resources, prompts, completions) on connecting."""
+        capabilities = link.session.server_capabilities if link.session is not None else None
+        return capabilities is not None and getattr(capabilities, capability, None) is not None
+
+    def _require(self, link: _Link, capability: str, what: str) -> None:
+        if not self.offers(link, capability):
+            raise UsageError(
+                f"Server '{self.name}' offers no {what} (it does not declare the {capability} capability).",
+                server=self.name,
+            )
+
+    async def _list_all(self, what: str, list_page: Callable[[ClientSession, types.PaginatedRequestParams | None],
+                                                             Awaitable[Any]], attribute: str) -> list[Any]:
+        """Every item of a paginated listing, page after page."""
+        items: list[Any] = []
+        cursor: str | None = None
+        for _ in range(_MAX_PAGES):
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await self.request(what, lambda session, params=params: list_page(session, params),
+                                      self.call_timeout)
+            items.extend(getattr(page, attribute))
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return items
 
     async def lost_during(self, link: _Link, what: str) -> ToolscriptError:
         """Return the error for a request (`what`) whose connection ended under it."""
@@ -676,6 +844,50 @@ def _tool_row(server: str, tool: types.Tool) -> dict[str, Any]:
     if tool.output_schema is not None:
         row["outputSchema"] = tool.output_schema
     return row
+
+
+def _prompt_row(server: str, prompt: types.Prompt) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": f"{server}{SEPARATOR}{prompt.name}",
+        "server": server,
+        "prompt": prompt.name,
+        "description": prompt.description or "",
+        "arguments": [_as_json(argument) for argument in prompt.arguments or []],
+    }
+    if prompt.title:
+        row["title"] = prompt.title
+    return row
+
+
+def _prompt_arguments(name: str, arguments: Any) -> dict[str, str]:
+    """Prompt arguments as the strings MCP sends: a string as is, any other JSON value as its JSON text."""
+    if arguments is None:
+        return {}
+    if not isinstance(arguments, dict):
+        raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.")
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in arguments.items()}
+
+
+def _as_json(model: Any) -> dict[str, Any]:
+    """A result or entry as the JSON object the server sent."""
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+
+
+async def _resource_page(session: ClientSession, params: types.PaginatedRequestParams | None) -> Any:
+    return await session.list_resources(params=params)
+
+
+async def _template_page(session: ClientSession, params: types.PaginatedRequestParams | None) -> Any:
+    try:
+        return await session.list_resource_templates(params=params)
+    except MCPError as exc:
+        if exc.code == types.METHOD_NOT_FOUND:  # resources without templates: some servers omit the method
+            return types.ListResourceTemplatesResult(resource_templates=[])
+        raise
+
+
+async def _prompt_page(session: ClientSession, params: types.PaginatedRequestParams | None) -> Any:
+    return await session.list_prompts(params=params)
 
 
 def _register_secrets(server: ServerConfig) -> None:
