@@ -3,9 +3,10 @@
 `build()` returns an SDK `MCPServer` whose listings come in pages of two; `add_catalog()`
 puts the same resources and prompts on any `MCPServer` (the OAuth-protected demo server
 in the tests); `build_bare()` is a low-level server with one tool and no resources,
-prompts or completions capability at all.
+prompts or completions capability at all; `build_bare(partial=True)` declares resources
+and prompts but has no resources/templates/list method and fails every prompts/list.
 
-As a subprocess: `python catalog.py stdio [--bare]` serves on stdin/stdout, and
+As a subprocess: `python catalog.py stdio [--bare | --partial]` serves on stdin/stdout, and
 `python catalog.py http [--bare]` prints `URL=...` and serves streamable HTTP until killed.
 In the test process: `with serving("http") as srv: srv.url ...` (a thread, as `http_server.serving`).
 """
@@ -23,6 +24,7 @@ import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import AssistantMessage, Image, MCPServer, UserMessage
 from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.shared.exceptions import MCPError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -109,7 +111,8 @@ class _PagedCatalog(MCPServer):
         end = start + self.page_size
         return items[start:end], str(end) if end < len(items) else None
 
-    async def _handle_list_resources(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+    async def _handle_list_resources(self, ctx: Any, params: types.PaginatedRequestParams | None
+                                     ) -> types.ListResourcesResult:
         resources = [r.model_copy(update={"size": SIZES.get(str(r.uri))}) for r in await self.list_resources()]
         page, cursor = self._page(resources, params)
         return types.ListResourcesResult(resources=page, next_cursor=cursor)
@@ -119,7 +122,8 @@ class _PagedCatalog(MCPServer):
         page, cursor = self._page(await self.list_resource_templates(), params)
         return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor)
 
-    async def _handle_list_prompts(self, ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+    async def _handle_list_prompts(self, ctx: Any, params: types.PaginatedRequestParams | None
+                                   ) -> types.ListPromptsResult:
         page, cursor = self._page(await self.list_prompts(), params)
         return types.ListPromptsResult(prompts=page, next_cursor=cursor)
 
@@ -131,8 +135,12 @@ def build(name: str = "catalog") -> MCPServer:
     return server
 
 
-def build_bare(name: str = "bare") -> Server[Any]:
-    """Return a server with one tool `ping` that declares no resources, prompts or completions."""
+def build_bare(name: str = "bare", *, partial: bool = False) -> Server[Any]:
+    """Return a server with one tool `ping` that declares no resources, prompts or completions.
+
+    With `partial`, it declares resources (one, and no templates method) and prompts (whose
+    listing always fails).
+    """
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[types.Tool(name="ping", description="Answer pong.",
@@ -141,6 +149,15 @@ def build_bare(name: str = "bare") -> Server[Any]:
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         return types.CallToolResult(content=[types.TextContent(type="text", text="pong")])
 
+    async def list_resources(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=[types.Resource(name="only", uri="partial://only")])
+
+    async def list_prompts(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        raise MCPError(code=types.INTERNAL_ERROR, message="the prompt shelf collapsed")
+
+    if partial:
+        return Server(name, on_list_tools=list_tools, on_call_tool=call_tool, on_list_resources=list_resources,
+                      on_list_prompts=list_prompts)
     return Server(name, on_list_tools=list_tools, on_call_tool=call_tool)
 
 
@@ -171,10 +188,10 @@ def serving(transport: str = "http", *, bare: bool = False) -> Iterator[Any]:
         sock.close()
 
 
-async def _run_bare_stdio() -> None:
+async def _run_bare_stdio(partial: bool) -> None:
     from mcp.server.stdio import stdio_server
 
-    server = build_bare()
+    server = build_bare(partial=partial)
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
@@ -183,10 +200,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("transport", choices=["stdio", "http"])
     parser.add_argument("--bare", action="store_true", help="no resources, prompts or completions")
+    parser.add_argument("--partial", action="store_true", help="resources without templates, failing prompts (stdio)")
     args = parser.parse_args()
     if args.transport == "stdio":
-        if args.bare:
-            asyncio.run(_run_bare_stdio())
+        if args.bare or args.partial:
+            asyncio.run(_run_bare_stdio(args.partial))
         else:
             build().run("stdio")
         return
