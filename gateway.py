@@ -2,7 +2,9 @@
 
 The MCP SDK is asynchronous; toolscript is not. A `Gateway` runs the SDK's clients on one
 event loop in a background thread (an anyio blocking portal) and offers plain, thread-safe
-methods: `start`, `stop`, `servers`, `tools` and `call`. Every piece of connection state
+methods: `start`, `stop`, `servers`, `tools` and `call`, and for resources, prompts and
+completions `resources`, `read_resource`, `prompts`, `get_prompt` and `complete`; every kind
+of request goes through one path (`_Server.request`). Every piece of connection state
 is touched only on the loop thread, so the public methods need no locks: they hand their
 work to the loop and wait for the answer.
 
@@ -314,9 +316,10 @@ class Gateway:
         if (prompt is None) == (uri_template is None):
             raise UsageError("Complete an argument of either a prompt or a resource template: give exactly one.",
                              server=server)
-        if not all(isinstance(text, str) for text in (argument, value, prompt or "", uri_template or "")) or (
-                context is not None and not (isinstance(context, dict)
-                                             and all(isinstance(v, str) for v in context.values()))):
+        texts = [argument, value, prompt or "", uri_template or ""]
+        if context is not None:
+            texts += list(context.values()) if isinstance(context, dict) else [context]
+        if not all(isinstance(text, str) for text in texts):
             raise UsageError("Completion arguments, values and context values must be strings.", server=server)
         ref: types.PromptReference | types.ResourceTemplateReference = (
             types.PromptReference(type="ref/prompt", name=prompt) if prompt is not None
@@ -575,14 +578,14 @@ class _Server:
 
     async def read_resource(self, uri: str, timeout: float | None) -> types.ReadResourceResult:
         link = await self.link_for_call()
-        self._require(link, "resources", "resources")
+        self._require(link, "resources")
         return await self.request(f"the read of '{uri}'", lambda session: session.read_resource(uri),
                                   timeout or self.call_timeout, link=link,
                                   refused_hint=f"Run: toolscript resources --server {self.name}")
 
     async def get_prompt(self, prompt: str, arguments: dict[str, str], timeout: float | None) -> types.GetPromptResult:
         link = await self.link_for_call()
-        self._require(link, "prompts", "prompts")
+        self._require(link, "prompts")
         return await self.request(f"the request for prompt '{prompt}'",
                                   lambda session: session.get_prompt(prompt, arguments),
                                   timeout or self.call_timeout, link=link,
@@ -591,12 +594,12 @@ class _Server:
     async def complete(self, ref: types.PromptReference | types.ResourceTemplateReference, argument: str, value: str,
                        context: dict[str, str] | None, timeout: float | None) -> types.Completion:
         link = await self.link_for_call()
-        self._require(link, "completions", "completions")
+        self._require(link, "completions")
+        listing = "prompts" if isinstance(ref, types.PromptReference) else "resources"
         result = await self.request(
             f"the completion of '{argument}'",
             lambda session: session.complete(ref, {"name": argument, "value": value}, context_arguments=context),
-            timeout or self.call_timeout, link=link,
-            refused_hint=f"Run: toolscript {'prompts' if ref.type == 'ref/prompt' else 'resources'} --server {self.name}",
+            timeout or self.call_timeout, link=link, refused_hint=f"Run: toolscript {listing} --server {self.name}",
         )
         return result.completion
 
@@ -605,10 +608,10 @@ class _Server:
         capabilities = link.session.server_capabilities if link.session is not None else None
         return capabilities is not None and getattr(capabilities, capability, None) is not None
 
-    def _require(self, link: _Link, capability: str, what: str) -> None:
+    def _require(self, link: _Link, capability: str) -> None:
         if not self.offers(link, capability):
             raise UsageError(
-                f"Server '{self.name}' offers no {what} (it does not declare the {capability} capability).",
+                f"Server '{self.name}' offers no {capability} (it does not declare the {capability} capability).",
                 server=self.name,
             )
 
