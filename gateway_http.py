@@ -285,8 +285,8 @@ def _completion_request(body: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(body) - known)
     if unknown or not isinstance(body.get("server"), str) or not isinstance(body.get("argument"), str):
         raise _MalformedRequest('POST /complete takes {"server": NAME, "prompt": PROMPT or "uriTemplate": TEMPLATE, '
-                         '"argument": NAME, "value": TEXT, "context": {NAME: TEXT}}'
-                         + (f"; unknown key {', '.join(map(repr, unknown))}." if unknown else "."))
+                                '"argument": NAME, "value": TEXT, "context": {NAME: TEXT}}'
+                                + (f"; unknown key {', '.join(map(repr, unknown))}." if unknown else "."))
     return {"server": body["server"], "argument": body["argument"], "value": body.get("value", ""),
             "prompt": body.get("prompt"), "uri_template": body.get("uriTemplate"), "context": body.get("context")}
 
@@ -334,15 +334,16 @@ class RemoteGateway:
         # The gateway bounds every call; the socket timeout only guards against a hung gateway.
         return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)
 
+    # Listing resources and prompts asks every server, each bounded by its timeout: no socket timeout here.
     def resources(self, server: str | None = None) -> list[dict[str, Any]]:
-        return self._request("GET", "/resources" + (f"?server={quote(server)}" if server else ""))
+        return self._request("GET", "/resources" + (f"?server={quote(server)}" if server else ""), timeout=None)
 
     def read_resource(self, server: str, uri: str, *, timeout: float | None = None) -> dict[str, Any]:
         query = {"server": server, "uri": uri, **({"timeout": f"{timeout:g}"} if timeout else {})}
         return self._request("GET", "/resources/read?" + urlencode(query), timeout=timeout + 30 if timeout else None)
 
     def prompts(self, server: str | None = None) -> list[dict[str, Any]]:
-        return self._request("GET", "/prompts" + (f"?server={quote(server)}" if server else ""))
+        return self._request("GET", "/prompts" + (f"?server={quote(server)}" if server else ""), timeout=None)
 
     def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, *,
                    timeout: float | None = None) -> dict[str, Any]:
@@ -355,7 +356,7 @@ class RemoteGateway:
         body = {"server": server, "argument": argument, "value": value, "prompt": prompt, "uriTemplate": uri_template,
                 "context": context}
         path = _COMPLETE_PATH + (f"?timeout={timeout:g}" if timeout else "")
-        return self._request("POST", path, {key: value for key, value in body.items() if value is not None},
+        return self._request("POST", path, {key: item for key, item in body.items() if item is not None},
                              timeout=timeout + 30 if timeout else None)
 
     def close(self) -> None:

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if __package__:
     from . import config as _config
-    from .errors import ToolscriptError, UsageError
+    from .errors import ConnectError, ToolscriptError, UsageError
     from .redact import RedactingFilter, redact
     from .storage import Store
 else:
     import config as _config
-    from errors import ToolscriptError, UsageError
+    from errors import ConnectError, ToolscriptError, UsageError
     from redact import RedactingFilter, redact
     from storage import Store
 
@@ -432,7 +432,7 @@ def cmd_resources(args: argparse.Namespace, cfg: Config) -> int:
                   _resource_details(item)) for item in resources]
         widths = [max((len(line[column]) for line in table), default=0) for column in range(3)]
         for line in table:
-            _print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + f"  {line[3]}".rstrip())
+            _print(("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + f"  {line[3]}").rstrip())
     return _report_failed_servers(cfg, rows)
 
 
@@ -449,9 +449,10 @@ def _add_read(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("read", help="read a resource: toolscript read SERVER URI")
     p.add_argument("server", metavar="SERVER", help="the server, as listed by `toolscript resources`")
     p.add_argument("uri", metavar="URI", help="the resource's URI (or a URI made from a template)")
-    p.add_argument("--json", action="store_true", help="print the whole result as JSON (binary content in base64)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the content to FILE (needed for binary content "
-                   "when stdout is a terminal)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the whole result as JSON (binary content in base64)")
+    output.add_argument("-o", "--output", metavar="FILE", help="write the content to FILE (needed for binary content "
+                        "when stdout is a terminal)")
     p.set_defaults(func=cmd_read)
 
 
@@ -500,7 +501,7 @@ def _content_bytes(item: dict[str, Any]) -> bytes:
     try:
         return base64.b64decode(item.get("blob") or "", validate=True)
     except (ValueError, TypeError):
-        raise ToolscriptError(f"The server sent resource '{item.get('uri')}' as invalid base64.") from None
+        raise ConnectError(f"The server sent resource '{item.get('uri')}' as invalid base64.") from None
 
 
 def _add_prompts(commands: argparse._SubParsersAction) -> None:

@@ -352,6 +352,17 @@ def test_cli_listing_failures(servers: Path, capsys: pytest.CaptureFixture[str])
     assert code == 2 and "Unknown server 'nope'" in err
 
 
+def test_cli_listing_of_a_partial_server(capsys: pytest.CaptureFixture[str]) -> None:
+    write_config({"partial": catalog_stdio("--partial")})
+    assert cli(capsys, "resources") == (0, "partial  partial://only  only\n", "")
+    assert cli(capsys, "prompts", "--server", "partial") == (
+        4, "", "error: Server 'partial' answered the prompt list with an error: the prompt shelf collapsed\n"
+    )
+    code, out, err = cli(capsys, "prompts")  # all servers: the failure is reported, not fatal
+    assert (code, out) == (0, "")
+    assert err == "Server 'partial' answered the prompt list with an error: the prompt shelf collapsed\n"
+
+
 def test_cli_read_prints_text_and_writes_files(servers: Path, capsys: pytest.CaptureFixture[str],
                                                tmp_path: Path) -> None:
     assert cli(capsys, "read", "c", "catalog://readme") == (0, README, "")
@@ -365,6 +376,9 @@ def test_cli_read_prints_text_and_writes_files(servers: Path, capsys: pytest.Cap
     assert target.read_text() == README
     code, out, _ = cli(capsys, "read", "c", "catalog://logo.png", "--json")
     assert json.loads(out)["contents"][0]["blob"] == base64.b64encode(LOGO).decode()
+    with pytest.raises(SystemExit) as usage:
+        cli(capsys, "read", "c", "catalog://readme", "-o", str(target), "--json")
+    assert usage.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     code, _, err = cli(capsys, "read", "c", "catalog://readme", "-o", str(tmp_path / "no" / "such" / "dir"))
     assert (code, err) == (2, f"error: Cannot write {tmp_path / 'no' / 'such' / 'dir'}: No such file or directory.\n")
 
