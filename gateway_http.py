@@ -4,8 +4,10 @@ It stands apart from `gateway` because it needs only a gateway's synchronous met
 (`servers`, `tools`, `call`) and the standard library, never the MCP SDK: the CLI's
 `tools` and `call` go through a running gateway without importing the SDK.
 
-Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]` and
-`POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional). Errors are
+Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]`, `GET /tools/SERVER__TOOL`
+and `POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional). Nobody can
+answer a server's request for input through the API: it is declined at once, and the answer
+lists it in `declinedInputRequests`. Errors are
 `{"error": message}` with 400 (malformed body), 401 (authentication required), 403
 (foreign Host or Origin), 404 (unknown server or tool), 413 (body too large), 415 (not
 JSON), 502 (the server failed) or 504 (timeout).
@@ -51,7 +53,10 @@ class SyncGateway(Protocol):
 
     def tools(self, server: str | None = None) -> list[dict[str, Any]]: ...
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]: ...
+    def tool(self, name: str) -> dict[str, Any]: ...
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+             input_handler: Any = None) -> dict[str, Any]: ...
 
 
 def status_for(exc: ToolscriptError) -> int:
@@ -126,6 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(gateway.servers)
         elif path == "/tools":
             self._answer(lambda: gateway.tools(query.get("server")))
+        elif path.startswith(_CALL_PREFIX) and len(path) > len(_CALL_PREFIX):
+            self._answer(lambda: gateway.tool(unquote(path[len(_CALL_PREFIX):])))
         else:
             self._send(404, {"error": f"No endpoint GET {path}; try /health, /servers, /tools."})
 
@@ -257,7 +264,12 @@ class RemoteGateway:
     def tools(self, server: str | None = None) -> list[dict[str, Any]]:
         return self._request("GET", "/tools" + (f"?server={quote(server)}" if server else ""))
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+    def tool(self, name: str) -> dict[str, Any]:
+        return self._request("GET", _CALL_PREFIX + quote(name))
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+             input_handler: Any = None) -> dict[str, Any]:
+        """Call a tool through the gateway; `input_handler` is not used: the gateway declines requests for input."""
         path = _CALL_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
         # The gateway bounds every call; the socket timeout only guards against a hung gateway.
         return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)
