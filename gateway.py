@@ -37,7 +37,7 @@ from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 
 if __package__:
     from .elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
@@ -483,7 +483,7 @@ class _Server:
         return self.tools[tool]
 
     async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, call: _CallInput, *,
-                        resend_if_expired: bool = True) -> types.CallToolResult:
+                        resend_if_expired: bool = True, urls_opened: bool = False) -> types.CallToolResult:
         link = await self.link_for_call()
         unsupported = _unsupported_reason(await self.known_tool(tool))
         if unsupported:
@@ -512,7 +512,18 @@ class _Server:
                 # The server forgot the session, so it never ran this call: reconnect, send it again.
                 log.info("Server '%s': session expired; reconnecting", self.name)
                 await self.drop(link)
-                return await self.call_tool(tool, arguments, timeout, call, resend_if_expired=False)
+                return await self.call_tool(tool, arguments, timeout, call, resend_if_expired=False,
+                                            urls_opened=urls_opened)
+            if exc.code == types.URL_ELICITATION_REQUIRED:
+                # URL-mode elicitation as an error: open the URLs first, then call again (once).
+                required = _required_urls(exc)
+                if required and not urls_opened and await self._opened(call, required):
+                    return await self.call_tool(tool, arguments, timeout, call, resend_if_expired=resend_if_expired,
+                                                urls_opened=True)
+                where = ", ".join(params.url for params in required) or "a URL it did not send"
+                raise ToolscriptError(f"Server '{self.name}' needs you to open {where} before '{tool}' can run; "
+                                      "call it from a terminal, or open that first and call again.",
+                                      server=self.name) from None
             raise ConnectError(
                 f"Server '{self.name}' answered the call to '{tool}' with an error: {exc.message}", server=self.name
             ) from None
@@ -549,6 +560,13 @@ class _Server:
         what = "sampling (an LLM completion)" if isinstance(request, types.CreateMessageRequest) else "its roots"
         raise ConnectError(f"Server '{self.name}' asked for {what} during the call to '{call.tool}'; "
                            "toolscript offers neither sampling nor roots.", server=self.name)
+
+    async def _opened(self, call: _CallInput, required: list[types.ElicitRequestURLParams]) -> bool:
+        """Ask for each URL a server requires; whether the user accepted them all."""
+        for params in required:
+            if (await self._elicit(call, params)).action != ACCEPT:
+                return False
+        return True
 
     async def _on_elicitation(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
         """The session's elicitation callback: answer through the handler of the call that asked."""
@@ -807,6 +825,14 @@ def _unsupported_reason(tool: types.Tool) -> str | None:
     if tool.execution is not None and tool.execution.task_support == "required":
         return "requires task-augmented execution (MCP tasks), which toolscript does not support"
     return None
+
+
+def _required_urls(exc: MCPError) -> list[types.ElicitRequestURLParams]:
+    """The URL-mode elicitations of a -32042 error (none if it does not list them well)."""
+    try:
+        return UrlElicitationRequiredError.from_error(exc.error).elicitations
+    except ValueError:  # also pydantic's ValidationError
+        return []
 
 
 def _input_request(server: str, tool: str, params: types.ElicitRequestParams) -> InputRequest:

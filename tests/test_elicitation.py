@@ -15,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx2
 import pytest
@@ -27,7 +28,7 @@ from config import load_config
 from elicitation import ACCEPT, CANCEL, DECLINE, InputAnswer, InputRequest, ask_on_terminal, form_fields
 from gateway import Gateway
 from gateway_http import ApiServer
-from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, PAGE_URL, serving
+from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, LINK_URL, PAGE_URL, serving
 
 INTERACTIVE = str(SERVERS / "interactive.py")
 NOTE = ("note: Server 'i' asked for input during i__book_table: 'Book a table for tonight?' "
@@ -151,6 +152,17 @@ def test_url_mode_without_a_terminal_names_the_url(stdio_config: Path) -> None:
     assert proc.stderr == ("note: Server 'i' asked for input during i__open_page: 'Sign the form on our site.', "
                            f"to be given at {PAGE_URL}; declined, as stdin or stderr is not a terminal.\n"
                            '{"action": "decline"}\n')
+
+
+def test_a_url_required_error_is_asked_like_url_mode_then_the_call_is_sent_again(stdio_config: Path) -> None:
+    code, output = on_terminal(["call", "i__visit_first"], [""])
+    assert code == 0, output
+    assert f"  Link your account first.\nOpen this URL in a browser to continue there:\n\n  {LINK_URL}\n" in output
+    assert output.endswith("welcome back\n")
+    proc = run_cli("call", "i__visit_first", input="")
+    assert (proc.returncode, proc.stdout) == (1, ""), explain(proc)
+    assert proc.stderr == (f"error: Server 'i' needs you to open {LINK_URL} before 'visit_first' can run; "
+                           "call it from a terminal, or open that first and call again.\n")
 
 
 def test_terminal_over_streamable_http(http_config: Path) -> None:
@@ -302,8 +314,9 @@ def test_form_fields_read_the_spec_s_primitive_schemas() -> None:
     assert fields["guests"].convert("12") == 12
     assert fields["budget"].convert("3") == 3 and fields["budget"].convert("0.5") == 0.5
     assert fields["time"].convert("Late") == "20:00" and fields["time"].convert("1") == "18:00"
-    for name, text, problem in [("guests", "13", "give at most 12"), ("seating", "roof", "choose one of indoor, "
-                                "outdoor, bar (or its number)"), ("name", "", "give at least 1 character")]:
+    problems = [("guests", "13", "give at most 12"), ("name", "", "give at least 1 character"),
+                ("seating", "roof", "choose one of indoor, outdoor, bar (or its number)")]
+    for name, text, problem in problems:
         with pytest.raises(ValueError, match=re.escape(problem)):
             fields[name].convert(text)
     legacy = form_fields({"properties": {"c": {"type": "string", "enum": ["r", "g"], "enumNames": ["Red", "Green"]}}})

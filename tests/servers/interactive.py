@@ -9,6 +9,8 @@ result is an error unless the answer was `accept`:
 - `book_table`: form elicitation with string, integer, number, boolean, single and multiple
   choice fields, every one with a default;
 - `open_page`: URL-mode elicitation;
+- `visit_first`: fails with the URL-elicitation-required error (-32042) on every odd call,
+  answers on every even one;
 - `pick_pizza`: asks through the SDK's `Resolve(Elicit)`, which over the legacy protocol is an
   `elicitation/create` request and over 2026-07-28 an input-required result;
 - `media`: text, image, audio, an embedded blob resource and a resource link;
@@ -32,13 +34,15 @@ from typing import Annotated, Any, Literal
 import mcp_types as types
 from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
+from mcp.shared.exceptions import UrlElicitationRequiredError
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from http_server import Running, bind_loopback  # noqa: E402
 
-__all__ = ["AUDIO", "BLOB", "BOOKING_DEFAULTS", "BOOKING_SCHEMA", "PNG", "add_tools", "build", "serving"]
+__all__ = ["AUDIO", "BLOB", "BOOKING_DEFAULTS", "BOOKING_SCHEMA", "LINK_URL", "PAGE_URL", "PNG", "add_tools", "build",
+           "serving"]
 
 PNG = b"\x89PNG\r\n\x1a\n interactive image"
 AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt fake audio"
@@ -62,6 +66,7 @@ BOOKING_SCHEMA: dict[str, Any] = {
 }
 BOOKING_DEFAULTS = {name: prop["default"] for name, prop in BOOKING_SCHEMA["properties"].items()}
 PAGE_URL = "https://example.com/sign?form=1"
+LINK_URL = "https://example.com/link"
 
 
 class Pizza(BaseModel):
@@ -87,6 +92,16 @@ def add_tools(server: MCPServer) -> None:
         answer = await ctx.session.elicit_url("Sign the form on our site.", PAGE_URL, "sign-1",
                                               related_request_id=ctx.request_id)
         return _report({"action": answer.action})
+
+    visits = [0]
+
+    @server.tool(description="Needs a visit to a web page first (URL elicitation required error).")
+    def visit_first() -> str:
+        visits[0] += 1
+        if visits[0] % 2:
+            raise UrlElicitationRequiredError([types.ElicitRequestURLParams(
+                message="Link your account first.", url=LINK_URL, elicitation_id=f"link-{visits[0]}")])
+        return "welcome back"
 
     @server.tool(description="Order a pizza (asks through Resolve).")
     async def pick_pizza(choice: Annotated[ElicitationResult[Pizza], Resolve(ask_for_pizza)]) -> types.CallToolResult:
