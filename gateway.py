@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import httpx2
 import mcp_types as types
 from mcp.client.session import ClientSession
@@ -854,15 +855,16 @@ async def _in_own_thread(func: Callable[[InputRequest], Any], request: InputRequ
     def work() -> None:
         try:
             outcome["value"] = func(request)
-        except BaseException as exc:
+        except Exception as exc:
             outcome["error"] = exc
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            anyio.from_thread.run_sync(done.set, token=token)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+                anyio.from_thread.run_sync(done.set, token=token)
 
     threading.Thread(target=work, daemon=True, name="toolscript-input").start()
     await done.wait()
-    if "error" in outcome:
-        raise outcome["error"]
+    if "value" not in outcome:
+        raise outcome.get("error") or RuntimeError("the input handler's thread ended without an answer")
     return outcome["value"]
 
 
