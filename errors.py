@@ -9,6 +9,8 @@ token, code, state, verifier or client secret.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "AuthConnectError",
     "AuthError",
@@ -19,6 +21,7 @@ __all__ = [
     "StorageError",
     "ToolscriptError",
     "UsageError",
+    "did_you_mean",
 ]
 
 
@@ -110,3 +113,33 @@ class AuthConnectError(AuthError, ConnectError):
     """An OAuth step could not reach its server (exit code 4, like any unreachable server)."""
 
     exit_code = 4
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """Return " (did you mean 'X'?)" for the first candidate one edit away from `name`, else "".
+
+    One edit is one character changed, added or removed, two neighbours swapped, or a
+    difference in case only: the typos a person makes in a server, tool or key name.
+    Names shorter than three characters get no suggestion: one edit from them is a guess.
+    """
+    if len(name) < 3:
+        return ""
+    for candidate in candidates:
+        if candidate != name and _one_edit_apart(name.lower(), candidate.lower()):
+            return f" (did you mean '{candidate}'?)"
+    return ""
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    if len(a) > len(b):
+        a, b = b, a
+    if len(b) - len(a) > 1:
+        return False
+    start = 0
+    while start < len(a) and a[start] == b[start]:
+        start += 1
+    if len(a) < len(b):  # one character added
+        return a[start:] == b[start + 1:]
+    # same length: equal, one character changed, or two neighbours swapped
+    swapped = a[start:start + 2] == b[start:start + 2][::-1] and a[start + 2:] == b[start + 2:]
+    return a[start + 1:] == b[start + 1:] or swapped

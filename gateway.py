@@ -40,11 +40,13 @@ from mcp.shared.exceptions import MCPError
 
 if __package__:
     from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from .errors import did_you_mean
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .redact import register_secret
     from .storage import Store
 else:
     from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from errors import did_you_mean
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from redact import register_secret
     from storage import Store
@@ -400,8 +402,9 @@ class _Server:
         if tool not in self.tools:
             await self.refresh_tools()  # it may have added the tool without notifying us
             if tool not in self.tools:
+                near = did_you_mean(f"{self.name}{SEPARATOR}{tool}", [f"{self.name}{SEPARATOR}{t}" for t in self.tools])
                 raise UsageError(
-                    f"Unknown tool '{tool}' on server '{self.name}'. Run: toolscript tools --server {self.name}",
+                    f"Unknown tool '{tool}' on server '{self.name}'{near}. Run: toolscript tools --server {self.name}",
                     server=self.name,
                 )
         assert link.session is not None

@@ -94,7 +94,7 @@ def test_config_error_is_one_line_exit_2() -> None:
     Path("bad.toml").write_text('[servers.gh]\nurl = "https://x"\n[servers.gh.oauth]\nclient_ide = "x"\n')
     proc = run_cli("--config", "bad.toml", "servers")
     assert proc.returncode == 2, explain(proc)
-    assert proc.stderr == "error: bad.toml: servers.gh.oauth.client_ide: unknown key\n"
+    assert proc.stderr == "error: bad.toml: servers.gh.oauth.client_ide: unknown key (did you mean 'client_id'?)\n"
     assert proc.stdout == ""
 
 

@@ -125,6 +125,11 @@ def test_unknown_tools_and_bad_names(good: Gateway) -> None:
     with pytest.raises(UsageError) as caught:
         good.call("good__nope", {})
     assert str(caught.value) == "Unknown tool 'nope' on server 'good'. Run: toolscript tools --server good"
+    with pytest.raises(UsageError) as caught:
+        good.call("good__ehco", {})
+    assert str(caught.value) == (
+        "Unknown tool 'ehco' on server 'good' (did you mean 'good__echo'?). Run: toolscript tools --server good"
+    )
     with pytest.raises(ConfigError, match="Unknown server 'other'"):
         good.call("other__echo", {})
     with pytest.raises(UsageError, match="'echo' is not a SERVER__TOOL name"):
