@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with `argv` (default: `sys.argv[1:]`) and return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose and args.quiet:  # one before the command, one after it
+        parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     configure_logging(args.verbose, args.quiet)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -76,20 +78,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="toolscript",
         description="Use MCP servers, including OAuth2-protected ones, from the command line.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", metavar="PATH", help="config file (default: $TOOLSCRIPT_CONFIG, "
-                        "./toolscript.toml, then $TOOLSCRIPT_HOME/config.toml)")
-    noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
-    noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_gateway, _add_demo):
         add(commands)
+    for command in commands.choices.values():
+        _add_global_options(command, after_command=True)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """Add --config, -v and -q, which go before or after the command (`toolscript servers --config x.toml`).
+
+    After the command they default to "not given", so they never undo the same option given before it.
+    """
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    parser.add_argument("--config", metavar="PATH", **unset, help="config file (default: $TOOLSCRIPT_CONFIG, "
+                        "./toolscript.toml, then $TOOLSCRIPT_HOME/config.toml)")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", **unset, help="debug logging, tracebacks on errors")
+    noise.add_argument("-q", "--quiet", action="store_true", **unset, help="only errors")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Lets a command's options and positional arguments come in any order (`call X --json ARGS`).
+
+    Plain argparse assigns a command's positionals in one go, so `call X --json ARGS` leaves
+    ARGS unrecognized; the intermixed parse does not. A parser with subcommands parses as usual.
+    """
+
+    _intermixing = False  # parse_known_intermixed_args calls parse_known_args itself
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:

@@ -109,6 +109,20 @@ def test_verbose_shows_traceback_quiet_does_not() -> None:
     assert proc.stderr == "error: missing.toml: config file not found (given by --config).\n"
 
 
+def test_global_options_also_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("elsewhere.toml").write_text(CONFIG)
+    assert toolscript.main(["servers", "--config", "elsewhere.toml", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["files", "github", "events"]
+    proc = run_cli("servers", "-v", "--config", "missing.toml")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr, explain(proc)
+    proc = run_cli("servers", "--config", "missing.toml", "-q")
+    assert (proc.returncode, proc.stderr) == (2, "error: missing.toml: config file not found (given by --config).\n")
+    # The one after the command wins over the one before it.
+    assert toolscript.main(["--config", "missing.toml", "servers", "--config", "elsewhere.toml"]) == 0
+    proc = run_cli("-v", "servers", "-q")
+    assert proc.returncode == 2 and "not allowed with argument -v/--verbose" in proc.stderr, explain(proc)
+
+
 def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert toolscript.main([]) == 2
     assert "usage: toolscript" in capsys.readouterr().err

@@ -91,6 +91,14 @@ def test_call_json_prints_the_whole_result(servers: Path, capsys: pytest.Capture
     }
 
 
+def test_call_options_go_before_or_after_the_arguments(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "call", "s__add", "--json", '{"a": 4, "b": 5}')
+    assert code == 0 and json.loads(out)["structuredContent"] == {"total": 9, "terms": [4, 5]}
+    assert cli(capsys, "call", "--timeout", "60", "s__echo", '{"text": "a"}') == (0, "a\n", "")
+    assert cli(capsys, "call", "s__echo", "--timeout", "60", '{"text": "b"}') == (0, "b\n", "")
+    assert cli(capsys, "call", "s__echo", '{"text": "c"}', "--timeout", "60", "-q") == (0, "c\n", "")
+
+
 def test_call_is_error_exits_1(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(capsys, "call", "s__fail", '{"message": "disk full"}') == (1, "", "Error executing tool fail: disk full\n")
     code, out, _ = cli(capsys, "call", "s__mixed", '{"is_error": true}', "--json")
