@@ -454,7 +454,7 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
 def _add_gateway(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("gateway", help="serve every configured server through a local HTTP API")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port to listen on (default: 0, any free port)")
+    p.add_argument("--port", type=_port, default=0, help="port to listen on (default: 0, any free port)")
     p.set_defaults(func=cmd_gateway)
 
 
@@ -608,6 +608,16 @@ def _positive_float(text: str) -> float:
         value = 0.0
     if not 0 < value < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 (any free port) to 65535, not {text!r}")
     return value
 
 

@@ -274,3 +274,13 @@ def test_gateway_command_port_in_use_exits_2(servers: Path) -> None:
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr.startswith(f"error: Cannot listen on 127.0.0.1:{port}: "), explain(proc)
     assert os.environ.get("TOOLSCRIPT_GATEWAY_URL") is None
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_gateway_command_port_out_of_range_is_a_usage_error(servers: Path, port: str) -> None:
+    proc = run_cli("gateway", "--port", port)
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr.splitlines()[-1] == (
+        f"toolscript gateway: error: argument --port: must be a port number from 0 (any free port) to 65535, "
+        f"not {port!r}"
+    ), explain(proc)
