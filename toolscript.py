@@ -185,8 +185,7 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         _print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
-        where = cfg.path or "no config file found"
-        _print(f"No servers configured ({where}). See config.toml.example.")
+        _print(_no_servers(cfg))
         return EXIT_OK
     width = max(len(str(r["name"])) for r in rows)
     for server, row in zip(cfg.servers.values(), rows):
@@ -194,6 +193,10 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         reason = f" ({row['oauth_error']})" if "oauth_error" in row else ""
         _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}")
     return EXIT_OK
+
+
+def _no_servers(cfg: Config) -> str:
+    return f"No servers configured ({cfg.path or 'no config file found'}). See config.toml.example."
 
 
 # -- auth ----------------------------------------------------------------------------
@@ -254,7 +257,7 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
 
 def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
     if not cfg.servers:
-        _print(f"No servers configured ({cfg.path or 'no config file found'}).")
+        _print(_no_servers(cfg))
         return EXIT_OK
     width = max(len(name) for name in cfg.servers)
     todo = []
@@ -417,10 +420,9 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
     for row in failed:
         _error(row.get("error") or f"Server '{row['name']}' is {row['status']}.")
     if not rows:
-        where = cfg.path or "no config file found"
-        _error(f"No servers configured ({where}). See config.toml.example.")
-    # One broken server among several is reported but does not fail the listing.
-    if failed and len(failed) == len(rows):
+        _status(_no_servers(cfg))  # not an error: there is nothing to list (stdout stays clean for --json)
+    # The listing is printed as far as it goes; any server missing from it fails the command.
+    if failed:
         return EXIT_AUTH_REQUIRED if all(row["status"] == "auth_required" for row in failed) else EXIT_UNREACHABLE
     return EXIT_OK
 

@@ -46,11 +46,25 @@ BROKEN = "error: Server 'broken' failed to connect: cannot run '/nonexistent/mcp
 def test_tools_lists_one_per_line_and_reports_failures(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(capsys, "tools")
     lines = out.splitlines()
-    assert code == 0
+    assert code == 4  # what could be listed is, but a server is missing from the list
     assert lines[0] == ECHO_LINE
     assert lines[1] == "s__add     Add two integers; the result is structured."
     assert len(lines) == 10 and not any("crash" in line for line in lines)
     assert err == BROKEN
+
+
+def test_tools_exit_3_when_only_authorization_is_missing(oauth_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config({"s": stdio_server(), "demo": {"url": oauth_server().url}})
+    code, out, err = cli(capsys, "tools")
+    assert (code, out.splitlines()[0]) == (3, ECHO_LINE)
+    assert err.startswith("error: Server 'demo' ") and err.endswith(" Run: toolscript auth demo\n"), err
+    assert err.count("\n") == 1
+
+
+def test_tools_without_any_config_is_not_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "tools") == (0, "", "No servers configured (no config file found). See config.toml.example.\n")
+    assert cli(capsys, "tools", "--json") == (0, "[]\n", "No servers configured (no config file found). "
+                                                       "See config.toml.example.\n")
 
 
 def test_tools_json_has_schemas(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -239,7 +253,7 @@ def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Si
         child = int(called.stdout)
         assert process_exists(child)
         listed = run_cli("tools", env=env)
-        assert (listed.returncode, listed.stdout.splitlines()[0]) == (0, ECHO_LINE), explain(listed)
+        assert (listed.returncode, listed.stdout.splitlines()[0]) == (4, ECHO_LINE), explain(listed)
         assert listed.stderr == BROKEN
         proc.send_signal(stop)
         out, err = proc.communicate(timeout=30)
