@@ -8,7 +8,9 @@ Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]` and
 `POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional). Errors are
 `{"error": message}` with 400 (malformed body), 401 (authentication required), 403
 (foreign Host or Origin), 404 (unknown server or tool), 413 (body too large), 415 (not
-JSON), 502 (the server failed) or 504 (timeout).
+JSON), 502 (the server failed) or 504 (timeout). An error toolscript raised also carries
+its `kind` and attributes (`{"error": ..., "kind": "auth_required", "server": ...}`), from
+which `RemoteGateway` raises the same exception, so a command exits the same either way.
 
 The API spends the user's credentials, so it refuses what a web page or another host
 could send: a `Host` header other than the bound address or `localhost` with the bound
@@ -29,13 +31,15 @@ from typing import Any, Callable, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 if __package__:
-    from .errors import AuthRequiredError, CallTimeoutError, ConfigError, ConnectError, ToolscriptError, UsageError
+    from .errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, ConnectError
+    from .errors import StorageError, ToolscriptError, UsageError
     from .redact import redact
 else:
-    from errors import AuthRequiredError, CallTimeoutError, ConfigError, ConnectError, ToolscriptError, UsageError
+    from errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, ConnectError
+    from errors import StorageError, ToolscriptError, UsageError
     from redact import redact
 
-__all__ = ["MAX_BODY_BYTES", "ApiServer", "RemoteGateway", "SyncGateway", "status_for"]
+__all__ = ["MAX_BODY_BYTES", "ApiServer", "RemoteGateway", "SyncGateway", "error_body", "error_from_body", "status_for"]
 
 log = logging.getLogger("toolscript.gateway.http")
 
@@ -63,6 +67,44 @@ def status_for(exc: ToolscriptError) -> int:
     if isinstance(exc, CallTimeoutError):
         return 504
     return 502
+
+
+# The `kind` of each error type in an error body. Every class in errors.py is listed, so an
+# error crosses the API as itself: same type, same exit code, same message.
+_KINDS: dict[str, type[ToolscriptError]] = {
+    "error": ToolscriptError, "usage": UsageError, "config": ConfigError, "storage": StorageError,
+    "auth": AuthError, "auth_required": AuthRequiredError, "unreachable": ConnectError,
+    "timeout": CallTimeoutError, "auth_unreachable": AuthConnectError,
+}
+_KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
+# Attributes an error body carries besides the message (none of them is ever a secret);
+# `oauth_error` is the attribute `error`, renamed so as not to clash with the message.
+_ERROR_ATTRIBUTES = {"server": "server", "path": "path", "scope": "scope", "oauth_error": "error",
+                     "next_command": "next_command"}
+
+
+def error_body(exc: ToolscriptError) -> dict[str, Any]:
+    """Return the API's JSON error body for `exc`: its message, `kind` and attributes."""
+    kind = next((_KIND_OF[cls] for cls in type(exc).__mro__ if cls in _KIND_OF), "error")
+    body: dict[str, Any] = {"error": redact(exc.message), "kind": kind}
+    for key, attribute in _ERROR_ATTRIBUTES.items():
+        value = getattr(exc, attribute, None)
+        if isinstance(value, str):
+            body[key] = value
+    return body
+
+
+def error_from_body(status: int, body: Any) -> ToolscriptError:
+    """Return the exception an API error answer reports (see `error_body`); by status if it has no `kind`."""
+    body = body if isinstance(body, dict) else {}
+    message = body.get("error") if isinstance(body.get("error"), str) else f"The gateway answered HTTP {status}."
+    kind = _KINDS.get(body.get("kind")) if isinstance(body.get("kind"), str) else None
+    server = body.get("server") if isinstance(body.get("server"), str) else None
+    exc = (kind or _ERRORS.get(status, ConnectError))(message, server=server)
+    for key, attribute in _ERROR_ATTRIBUTES.items():
+        if key != "server" and isinstance(body.get(key), str) and hasattr(exc, attribute):
+            setattr(exc, attribute, body[key])
+    return exc
 
 
 def _is_ip(text: str) -> bool:
@@ -193,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             payload = produce()
         except ToolscriptError as exc:
-            self._send(status_for(exc), {"error": redact(exc.message)})
+            self._send(status_for(exc), error_body(exc))
         except Exception:
             log.exception("gateway API: unexpected error for %s %s", self.command, self.path)
             self._send(500, {"error": "Internal gateway error; see the gateway's log."})
@@ -299,8 +341,7 @@ class RemoteGateway:
             raise self._unreachable(f"it answered HTTP {response.status} without JSON") from None
         if response.status == 200:
             return payload
-        message = payload.get("error") if isinstance(payload, dict) else None
-        raise _ERRORS.get(response.status, ConnectError)(message or f"The gateway answered HTTP {response.status}.")
+        raise error_from_body(response.status, payload)
 
     def _unreachable(self, reason: str) -> ConnectError:
         return ConnectError(
