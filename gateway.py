@@ -10,7 +10,9 @@ Each connection lives in its own task (`_Server._run`), so the transport's and t
 async context managers are entered and exited in the same task, as anyio requires.
 
 Failure model: a server that cannot connect is `failed` (or `auth_required`) with a one-line
-reason and never delays the others. A connection that ends later (the stdio process exits,
+reason and never delays the others. Until its first attempt ends a server is `connecting`;
+`start(wait=False)` returns at once, and a call to a server still connecting waits for it
+within the call's timeout, which is one deadline for connecting, reconnecting and the call. A connection that ends later (the stdio process exits,
 the HTTP connection drops, the HTTP session expires) is re-established by the next call,
 with a bounded number of attempts and backoff; a call in flight when its connection ends
 fails at once instead of waiting for its timeout.
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTH_REQUIRED",
     "CONNECTED",
+    "CONNECTING",
     "FAILED",
     "AuthFactory",
     "Gateway",
@@ -71,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger("toolscript.gateway")
 
-CONNECTED, FAILED, AUTH_REQUIRED = "connected", "failed", "auth_required"
+CONNECTED, FAILED, AUTH_REQUIRED, CONNECTING = "connected", "failed", "auth_required", "connecting"
 SEPARATOR = "__"
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_CALL_TIMEOUT = 300.0
@@ -148,9 +151,10 @@ class Gateway:
 
     `only` limits the gateway to some servers (the CLI's `call` connects just one); `auth`
     supplies the `httpx2.Auth` of each http/sse server (default: `stored_oauth` over `store`,
-    the OAuth records under `$TOOLSCRIPT_HOME`). `announce` logs a server needing
-    authorization as a warning (a one-shot command reports it as its error instead). A server's `timeout` from the config
-    overrides `connect_timeout` and `call_timeout` for that server.
+    the OAuth records under `$TOOLSCRIPT_HOME`). `announce` logs each connection (INFO) and a
+    server failing to connect or needing authorization (WARNING); a one-shot command reports
+    those as its error instead. A server's `timeout` from the config overrides
+    `connect_timeout` and `call_timeout` for that server.
     """
 
     def __init__(
@@ -187,15 +191,18 @@ class Gateway:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def start(self) -> Gateway:
-        """Connect every server concurrently; return once each is connected or has failed."""
+    def start(self, *, wait: bool = True) -> Gateway:
+        """Connect every server concurrently; return once each is connected or has failed.
+
+        With `wait=False`, return at once: servers are `connecting` until their first attempt ends.
+        """
         if self._portal is not None:
             raise RuntimeError("the gateway is already started")
         self._portal_cm = anyio.from_thread.start_blocking_portal(name="toolscript-gateway")
         self._portal = self._portal_cm.__enter__()
         try:
             self._supervisor, _ = self._portal.start_task(self._supervise)
-            self._portal.call(self._connect_all)
+            self._portal.call(self._connect_all, wait)
         except BaseException:
             self.stop()
             raise
@@ -258,10 +265,11 @@ class Gateway:
             for server in self._servers.values():
                 server.close()
 
-    async def _connect_all(self) -> None:
-        async with anyio.create_task_group() as tg:
-            for server in self._servers.values():
-                tg.start_soon(server.connect)
+    async def _connect_all(self, wait: bool) -> None:
+        links = [server.begin_connect() for server in self._servers.values()]
+        if wait:
+            for link in links:
+                await link.ready.wait()
 
     async def _server_rows(self) -> list[dict[str, Any]]:
         return [server.row() for server in self._servers.values()]
@@ -269,6 +277,7 @@ class Gateway:
     async def _tool_rows(self, name: str | None) -> list[dict[str, Any]]:
         rows = []
         for server in [self._servers[name]] if name else self._servers.values():
+            await server.connecting_done()  # so that a listing right after start is complete
             await server.settled()
             rows.extend(_tool_row(server.name, tool) for tool in server.tools.values())
         return rows
@@ -304,11 +313,13 @@ class Gateway:
 class _Link:
     """One connection attempt: its session once connected, and why it ended."""
 
-    ready: anyio.Event = field(default_factory=anyio.Event)
+    ready: anyio.Event = field(default_factory=anyio.Event)  # set once connected, or when the attempt failed
     hang_up: anyio.Event = field(default_factory=anyio.Event)  # set to end the connection
     ended: anyio.Event = field(default_factory=anyio.Event)
     session: ClientSession | None = None
     reason: str | None = None  # why it failed or ended, when not a clean close
+    attempt: anyio.CancelScope | None = None  # the connection's scope, cancelled to abandon an attempt
+    first: bool = False  # the server's first attempt, whose failure an announcing gateway logs
 
 
 class _Server:
@@ -319,7 +330,7 @@ class _Server:
         self.name = config.name
         self.connect_timeout = config.timeout or gateway.connect_timeout
         self.call_timeout = config.timeout or gateway.call_timeout
-        self.status = FAILED
+        self.status = CONNECTING
         self.error: ToolscriptError = ConnectError(f"Server '{self.name}' is not connected yet.", server=self.name)
         self.tools: dict[str, types.Tool] = {}
         self._gateway = gateway
@@ -332,7 +343,7 @@ class _Server:
 
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "type": self.config.type, "status": self.status}
-        if self.status != CONNECTED:
+        if self.status not in (CONNECTED, CONNECTING):
             row["error"] = self.error.message
         row["tools"] = len(self.tools)
         oauth = self.oauth_status()
@@ -361,23 +372,42 @@ class _Server:
         if self.config.type == "sse" or getattr(error, "error", None) != "insufficient_scope":
             link.hang_up.set()
 
-    async def connect(self) -> _Link:
-        """Start a connection task and wait until it is connected or has failed."""
+    def begin_connect(self) -> _Link:
+        """Start a connection task; its `ready` is set once it is connected or has failed."""
         if self._closing:
             raise ConnectError(f"Server '{self.name}' is closed: the gateway is stopping.", server=self.name)
-        link = _Link()
+        link = _Link(first=self._link is None)
         self._link = link
         assert self._gateway._tg is not None
         self._gateway._tg.start_soon(self._run, link, name=f"toolscript-{self.name}")
-        await link.ready.wait()
-        if link.session is None:
-            self._retry_at = anyio.current_time() + RETRY_COOLDOWN
         return link
 
+    async def connect(self) -> _Link:
+        """Start a connection task and wait until it is connected or has failed."""
+        link = self.begin_connect()
+        await link.ready.wait()
+        return link
+
+    async def connecting_done(self) -> None:
+        """Wait (bounded by the connect timeout) for a connection attempt in progress to end."""
+        link = self._link
+        if link is not None and not link.ready.is_set():
+            with anyio.move_on_after(self.connect_timeout + STOP_TIMEOUT):
+                await link.ready.wait()
+
     async def link_for_call(self) -> _Link:
-        """Return the live connection, reconnecting (bounded attempts, backoff) if it ended."""
+        """Return the live connection, reconnecting (bounded attempts, backoff) if it ended.
+
+        An attempt already in progress (the first, or another call's) is waited for, and its
+        outcome is this call's. The caller bounds the whole wait with the call's deadline.
+        """
         link = self._link
         if link is not None and link.session is not None:
+            return link
+        if link is not None and not link.ready.is_set():
+            await link.ready.wait()
+            if link.session is None:
+                raise self.error
             return link
         async with self._lock:
             link = self._link
@@ -397,8 +427,45 @@ class _Server:
             raise self.error
 
     async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, *,
-                        resend_if_expired: bool = True) -> types.CallToolResult:
-        link = await self.link_for_call()
+                        deadline: float | None = None, resend_if_expired: bool = True) -> types.CallToolResult:
+        """Call `tool`; `timeout` bounds everything: waiting for a connection, reconnecting, the call."""
+        if deadline is None:
+            deadline = anyio.current_time() + timeout
+        link: _Link | None = None
+        failures: list[AuthError | ConnectError] = []
+        try:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                link = await self.link_for_call()
+                return await self._call_on(link, tool, arguments, failures)
+        except TimeoutError:
+            if failures:
+                raise failures[-1] from None
+            if link is None:
+                raise _connect_timeout(self.name, timeout) from None
+            raise CallTimeoutError(
+                f"Tool '{self.name}{SEPARATOR}{tool}' did not answer within {timeout:g} s.", server=self.name
+            ) from None
+        except MCPError as exc:
+            assert link is not None
+            if exc.code == types.CONNECTION_CLOSED:
+                raise await self.lost_during(link, tool) from None
+            if failures:
+                raise failures[-1] from None  # e.g. a step-up (403 insufficient_scope) for this call
+            if resend_if_expired and _session_expired(exc):
+                # The server forgot the session, so it never ran this call: reconnect, send it again.
+                log.info("Server '%s': session expired; reconnecting", self.name)
+                await self.drop(link)
+                return await self.call_tool(tool, arguments, timeout, deadline=deadline, resend_if_expired=False)
+            raise ConnectError(
+                f"Server '{self.name}' answered the call to '{tool}' with an error: {exc.message}", server=self.name
+            ) from None
+        except RuntimeError as exc:  # the SDK rejects a result that breaks the tool's outputSchema
+            raise ConnectError(
+                f"Server '{self.name}' sent an unusable result for '{tool}': {_first_line(exc)}", server=self.name
+            ) from None
+
+    async def _call_on(self, link: _Link, tool: str, arguments: dict[str, Any],
+                       failures: list[AuthError | ConnectError]) -> types.CallToolResult:
         if tool not in self.tools:
             await self.refresh_tools()  # it may have added the tool without notifying us
             if tool not in self.tools:
@@ -408,34 +475,10 @@ class _Server:
                     server=self.name,
                 )
         assert link.session is not None
-        failures: list[AuthError | ConnectError] = []
-        CALL_FAILURES.set(failures)  # this task's own context: only this call's requests add to it
-        try:
-            with anyio.fail_after(timeout):
-                return await link.session.call_tool(tool, arguments)  # type: ignore[return-value]
-        except TimeoutError:
-            if failures:
-                raise failures[-1] from None
-            raise CallTimeoutError(
-                f"Tool '{self.name}{SEPARATOR}{tool}' did not answer within {timeout:g} s.", server=self.name
-            ) from None
-        except MCPError as exc:
-            if exc.code == types.CONNECTION_CLOSED:
-                raise await self.lost_during(link, tool) from None
-            if failures:
-                raise failures[-1] from None  # e.g. a step-up (403 insufficient_scope) for this call
-            if resend_if_expired and _session_expired(exc):
-                # The server forgot the session, so it never ran this call: reconnect, send it again.
-                log.info("Server '%s': session expired; reconnecting", self.name)
-                await self.drop(link)
-                return await self.call_tool(tool, arguments, timeout, resend_if_expired=False)
-            raise ConnectError(
-                f"Server '{self.name}' answered the call to '{tool}' with an error: {exc.message}", server=self.name
-            ) from None
-        except RuntimeError as exc:  # the SDK rejects a result that breaks the tool's outputSchema
-            raise ConnectError(
-                f"Server '{self.name}' sent an unusable result for '{tool}': {_first_line(exc)}", server=self.name
-            ) from None
+        # Set only now, in this task's own context: the connection task started above has its
+        # own, so only this call's requests add to the list.
+        CALL_FAILURES.set(failures)
+        return await link.session.call_tool(tool, arguments)  # type: ignore[return-value]
 
     async def lost_during(self, link: _Link, tool: str) -> ToolscriptError:
         """Return the error for a call whose connection ended under it."""
@@ -462,6 +505,8 @@ class _Server:
         self._closing = True
         if self._link is not None:
             self._link.hang_up.set()
+            if not self._link.ready.is_set() and self._link.attempt is not None:
+                self._link.attempt.cancel()  # still connecting: give up now, not at the connect timeout
 
     async def refresh_tools(self) -> None:
         link = self._link
@@ -495,6 +540,11 @@ class _Server:
             with anyio.CancelScope() as scope:
                 scope.deadline = anyio.current_time() + self.connect_timeout
                 async with _open_transport(self.config, auth) as (read, write):
+                    # Abandoning the attempt is safe only from here: a cancellation while the stdio
+                    # transport spawns its process would lose the process (an asyncio limitation).
+                    link.attempt = scope
+                    if self._closing:
+                        scope.cancel()
                     async with ClientSession(
                         _EndSignal(read, link.hang_up), write, message_handler=self._on_message
                     ) as session:
@@ -504,14 +554,18 @@ class _Server:
                         link.session = session
                         self.status = CONNECTED
                         link.ready.set()
-                        log.debug("Server '%s': connected, %d tools", self.name, len(self.tools))
+                        log.log(logging.INFO if self._gateway.announce else logging.DEBUG,
+                                "Server '%s': connected, %d tools", self.name, len(self.tools))
                         await link.hang_up.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
             error = exc
         finally:
             was_connected = link.ready.is_set()
             link.session = None
-            self._record_end(link, error, timed_out=scope.cancelled_caught, was_connected=was_connected)
+            timed_out = scope.cancelled_caught and not self._closing
+            self._record_end(link, error, timed_out=timed_out, was_connected=was_connected)
+            if not was_connected and link is self._link:
+                self._retry_at = anyio.current_time() + RETRY_COOLDOWN
             link.ready.set()
             link.ended.set()
 
@@ -531,7 +585,7 @@ class _Server:
                 log.log(logging.WARNING if self._gateway.announce else logging.DEBUG, "%s", self.error.message)
         elif timed_out:
             self.status = FAILED
-            self.error = CallTimeoutError(f"Server '{name}' did not connect within {self.connect_timeout:g} s.", server=name)
+            self.error = _connect_timeout(name, self.connect_timeout)
             link.reason = "timed out"
         elif isinstance(failure, ConnectError) and error is not None:
             link.reason = failure.message  # a token refresh failed: it says so itself
@@ -546,7 +600,8 @@ class _Server:
             self.error = ConnectError(f"Server '{name}' {message}.", server=name)
         if not was_connected:
             self.tools = {}
-        log.debug("%s", self.error.message)
+        announce = link.first and self.status == FAILED and self._gateway.announce and not self._closing
+        log.log(logging.WARNING if announce else logging.DEBUG, "%s", self.error.message)
 
     async def _load_tools(self, session: ClientSession) -> None:
         tools: list[types.Tool] = []
@@ -671,6 +726,10 @@ def _session_expired(exc: MCPError) -> bool:
     # for a bare 404, says "Session terminated". Either way the call was never run.
     message = exc.message.lower()
     return "session" in message and any(word in message for word in ("not found", "terminated", "expired", "unknown"))
+
+
+def _connect_timeout(server: str, seconds: float) -> CallTimeoutError:
+    return CallTimeoutError(f"Server '{server}' did not connect within {seconds:g} s.", server=server)
 
 
 def _auth_error(exc: AuthRequiredError, server: str) -> AuthRequiredError:

@@ -8,7 +8,7 @@ Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]` and
 `POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional). Errors are
 `{"error": message}` with 400 (malformed body), 401 (authentication required), 403
 (foreign Host or Origin), 404 (unknown server or tool), 413 (body too large), 415 (not
-JSON), 502 (the server failed) or 504 (timeout). An error toolscript raised also carries
+JSON), 502 (the server failed), 503 (the gateway is stopping) or 504 (timeout). An error toolscript raised also carries
 its `kind` and attributes (`{"error": ..., "kind": "auth_required", "server": ...}`), from
 which `RemoteGateway` raises the same exception, so a command exits the same either way.
 
@@ -20,6 +20,7 @@ that are not `application/json` (which browsers cannot send cross-site without a
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
@@ -27,7 +28,7 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 if __package__:
@@ -119,7 +120,9 @@ class ApiServer(ThreadingHTTPServer):
     """The HTTP API over `gateway`, bound to `host:port` (port 0: any free port).
 
     Run it with `serve_forever()`; each connection gets its own thread, so a slow tool
-    call never holds up other clients.
+    call never holds up other clients. To stop: `shutdown()` (or interrupt `serve_forever`),
+    `stopping.set()` so that what is still asked or answered gets 503 "the gateway is
+    stopping", stop the gateway, then `wait_idle()` so those answers go out.
     """
 
     daemon_threads = True
@@ -135,6 +138,9 @@ class ApiServer(ThreadingHTTPServer):
         # Bound to every address: any of them may be named, but only as an IP literal,
         # since DNS rebinding needs a host name.
         self.wildcard = ipaddress.ip_address(host).is_unspecified if _is_ip(host) else False
+        self.stopping = threading.Event()
+        self._answering = 0  # requests between reaching the gateway and their answer being sent
+        self._idle = threading.Condition()
 
     def host_allowed(self, host: str) -> bool:
         """Whether a `Host` header (lowercased) names this gateway."""
@@ -143,9 +149,37 @@ class ApiServer(ThreadingHTTPServer):
         name, _, port = host.rpartition(":")
         return self.wildcard and port == str(self.port) and _is_ip(name.strip("[]"))
 
+    def accepted_hosts(self) -> str:
+        """Describe the `Host` headers this gateway answers to, for a person."""
+        if self.wildcard:
+            return (f"localhost:{self.port} or an IP address of this machine with port {self.port} "
+                    f"(such as {self.url.removeprefix('http://')})")
+        return " and ".join(sorted(self.allowed_hosts))
+
     @property
     def url(self) -> str:
+        """The URL a client on this machine uses: loopback when bound to every address."""
+        if self.wildcard:
+            loopback = "[::1]" if self.address_family == socket.AF_INET6 else "127.0.0.1"
+            return f"http://{loopback}:{self.port}"
         return f"http://{self.authority}"
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Count a request as in flight until its answer is sent (see `wait_idle`)."""
+        with self._idle:
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._answering -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every request in flight has been answered; False if some still were after `timeout`."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._answering == 0, timeout)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -217,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.host_allowed(host):
             self._send(403, {
                 "error": f"Host {host or '(none)'!r} is not allowed; this gateway answers only to "
-                         f"{' and '.join(sorted(self.server.allowed_hosts))}."
+                         f"{self.server.accepted_hosts()}."
             }, close=True)
             return False
         origin = self.headers.get("Origin")
@@ -232,15 +266,22 @@ class _Handler(BaseHTTPRequestHandler):
         return parts.path, {key: values[-1] for key, values in parse_qs(parts.query).items()}
 
     def _answer(self, produce: Callable[[], Any]) -> None:
-        try:
-            payload = produce()
-        except ToolscriptError as exc:
-            self._send(status_for(exc), error_body(exc))
-        except Exception:
-            log.exception("gateway API: unexpected error for %s %s", self.command, self.path)
-            self._send(500, {"error": "Internal gateway error; see the gateway's log."})
-        else:
-            self._send(200, payload)
+        with self.server.answering():
+            if self.server.stopping.is_set():
+                self._send(503, error_body(_stopping()), close=True)
+                return
+            try:
+                payload = produce()
+            except ToolscriptError as exc:
+                # Whatever failed while the gateway stops (a closed session, a cancelled call) failed because of that.
+                stopping = self.server.stopping.is_set()
+                self._send(503 if stopping else status_for(exc), error_body(_stopping() if stopping else exc),
+                           close=stopping)
+            except Exception:
+                log.exception("gateway API: unexpected error for %s %s", self.command, self.path)
+                self._send(500, {"error": "Internal gateway error; see the gateway's log."})
+            else:
+                self._send(200, payload)
 
     def _send(self, status: int, payload: Any, *, close: bool = False) -> None:
         body = json.dumps(payload).encode()
@@ -259,6 +300,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server signature
         if log.isEnabledFor(logging.DEBUG):
             log.debug("gateway API: %s %s", self.address_string(), format % args)
+
+
+def _stopping() -> ConnectError:
+    return ConnectError("The gateway is stopping: the request did not finish.")
 
 
 _ERRORS: dict[int, type[ToolscriptError]] = {

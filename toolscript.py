@@ -469,7 +469,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     if not _config.is_loopback_host(args.host):
         log.warning("warning: --host %s is not a loopback address: other machines can use your servers, "
                     "and the credentials they hold, through this gateway.", args.host)
-    gateway = gateway_module.Gateway(cfg)
+    gateway = gateway_module.Gateway(cfg)  # announces each server as it connects or fails
     try:
         api = ApiServer(gateway, args.host, args.port)
     except OSError as exc:
@@ -477,19 +477,31 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     try:
         with _sigterm_interrupts():
             try:
-                with gateway:
-                    for row in gateway.servers():
-                        if row["status"] == "connected":
-                            log.info("Server '%s': connected, %d tools", row["name"], row["tools"])
-                        elif row["status"] != "auth_required":  # the gateway has warned of those
-                            log.warning("%s", row.get("error"))
-                    _print(f"{GATEWAY_URL_VAR}={api.url}")
+                # The API listens already (requests wait in its queue): say where, then connect
+                # the servers in the background while it serves.
+                _print_gateway_url(api.url)
+                gateway.start(wait=False)
+                try:
                     api.serve_forever()
-            except KeyboardInterrupt:
+                finally:
+                    api.stopping.set()  # calls still in flight are answered 503
+                    gateway.stop()
+                    api.wait_idle(_ANSWER_GRACE)
+            except KeyboardInterrupt as stop:
                 log.info("Gateway stopped.")
+                # SIGTERM is how a service is told to stop; Ctrl-C exits 130, as for every command.
+                return EXIT_OK if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
     finally:
         api.server_close()
     return EXIT_OK
+
+
+_ANSWER_GRACE = 5.0  # seconds for the last answers to go out once the gateway has stopped
+
+
+def _print_gateway_url(url: str) -> None:
+    """Print the gateway's first stdout line, the one a script reads to find the gateway."""
+    _print(f"{GATEWAY_URL_VAR}={url}")
 
 
 @contextlib.contextmanager
@@ -511,8 +523,14 @@ def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | Non
     gateway_module = _gateway_module()
     if for_tool is not None:
         server = gateway_module.split_tool_name(for_tool)[0]
-    with _sigterm_interrupts(), gateway_module.Gateway(cfg, only=[server] if server else None, announce=False) as gateway:
-        yield gateway
+    gateway = gateway_module.Gateway(cfg, only=[server] if server else None, announce=False)
+    with _sigterm_interrupts():
+        # Not waiting here: a call waits for its server within its own timeout, a listing as long as it must.
+        gateway.start(wait=False)
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
 
 
 def _gateway_module() -> ModuleType:
@@ -524,6 +542,10 @@ def _gateway_module() -> ModuleType:
     return gateway
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C; the gateway tells them apart for its exit code."""
+
+
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Treat SIGTERM like Ctrl-C, so that stdio servers are shut down on either."""
@@ -533,7 +555,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
     def interrupt(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown at a time
-        raise KeyboardInterrupt
+        raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -15,13 +15,13 @@ from typing import Any, Iterator
 
 import httpx2
 import pytest
-from conftest import ROOT, explain, process_exists, run_cli, stdio_server, write_config
+from conftest import ROOT, explain, process_exists, run_cli, stdio_server, wait_until, write_config
 
 import toolscript
 from config import load_config
 from errors import AuthRequiredError
 from gateway import Gateway
-from gateway_http import ApiServer
+from gateway_http import ApiServer, RemoteGateway
 
 ECHO_LINE = "s__echo    Echo the text back."
 
@@ -154,8 +154,16 @@ def test_call_connects_only_its_server_and_failures_exit_4(servers: Path, capsys
     assert cli(capsys, "call", "broken__echo") == (4, "", BROKEN)
     # `s` works although `broken` is configured: it is never started for this call.
     assert cli(capsys, "call", "s__echo", '{"text": "fine"}') == (0, "fine\n", "")
+    # --timeout is one deadline for starting the server and the call: 0.2 s is too short to start it.
     assert cli(capsys, "call", "s__slow", '{"seconds": 30}', "--timeout", "0.2") == (
-        4, "", "error: Tool 's__slow' did not answer within 0.2 s.\n"
+        4, "", "error: Server 's' did not connect within 0.2 s.\n"
+    )
+
+
+def test_call_timeout_bounds_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    write_config({"hang": stdio_server("--hang")})  # never answers; its own connect timeout is 30 s
+    assert cli(capsys, "call", "hang__echo", '{"text": "x"}', "--timeout", "1") == (
+        4, "", "error: Server 'hang' did not connect within 1 s.\n"
     )
 
 
@@ -194,13 +202,17 @@ def test_tools_and_call_through_the_gateway_match_direct_use(
         ["tools", "--server", "s"], ["tools", "--server", "s", "--json"], ["tools", "--server", "broken"],
         ["call", "s__echo", '{"text": "same"}'], ["call", "s__mixed", "--json"], ["call", "s__fail"],
         ["call", "s__nope"], ["call", "s__crash"], ["call", "s__echo", "[1]"], ["call", "broken__echo"],
-        ["call", "s__slow", '{"seconds": 30}', "--timeout", "0.2"],
+        ["call", "nope__echo"], ["call", "s__ehco"],
     ]
     direct = [cli(capsys, *command) for command in commands]
     monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", running_gateway)
     through = [cli(capsys, *command) for command in commands]
-    assert [result[0] for result in direct] == [0, 0, 4, 0, 0, 1, 2, 2, 2, 4, 4]
+    assert [result[0] for result in direct] == [0, 0, 4, 0, 0, 1, 2, 2, 2, 4, 2, 2]
     assert through == direct
+    # The running gateway is connected already, so the whole 0.2 s go to the call.
+    assert cli(capsys, "call", "s__slow", '{"seconds": 30}', "--timeout", "0.2") == (
+        4, "", "error: Tool 's__slow' did not answer within 0.2 s.\n"
+    )
 
 
 def test_auth_required_exits_3(running_gateway: str, capsys: pytest.CaptureFixture[str],
@@ -241,8 +253,8 @@ def _start_gateway(*args: str) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline()
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals) -> None:
+@pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals, exit_code: int) -> None:
     proc, first = _start_gateway("--port", "0")
     try:
         assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
@@ -261,18 +273,53 @@ def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Si
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, err
+    assert proc.returncode == exit_code, err
     assert out == ""  # nothing after the URL line
     assert "Server 's': connected, 10 tools" in err and "Gateway stopped." in err
     assert not process_exists(child)
 
 
-def test_gateway_command_warns_about_non_loopback_hosts(servers: Path) -> None:
+def test_gateway_serves_before_its_servers_connect(servers: Path, tmp_path: Path) -> None:
+    write_config({"s": stdio_server(), "hang": stdio_server("--hang")})  # `hang` would take 30 s to fail
+    proc, first = _start_gateway()
+    try:
+        url = first.strip().split("=", 1)[1]
+        env = {"TOOLSCRIPT_GATEWAY_URL": url}
+        assert {row["name"]: row["status"] for row in RemoteGateway(url).servers()}["hang"] == "connecting"
+        called = run_cli("call", "s__echo", '{"text": "served"}', env=env)  # waits for `s` only
+        assert (called.returncode, called.stdout) == (0, "served\n"), explain(called)
+        timed_out = run_cli("call", "hang__echo", "{}", "--timeout", "1", env=env)
+        assert (timed_out.returncode, timed_out.stderr) == (4, "error: Server 'hang' did not connect within 1 s.\n")
+        assert {row["name"]: row["status"] for row in RemoteGateway(url).servers()}["hang"] == "connecting"
+        # A call in flight when the gateway stops is answered 503, not dropped.
+        started = tmp_path / "started"
+        caller = subprocess.Popen(
+            [sys.executable, str(ROOT / "toolscript.py"), "call", "s__slow",
+             json.dumps({"seconds": 120, "started": str(started)})],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+        )
+        wait_until(started.exists, timeout=60, what="the call to start")
+        proc.send_signal(signal.SIGINT)
+        out, err = caller.communicate(timeout=60)
+        assert (caller.returncode, out, err) == (4, "", "error: The gateway is stopping: the request did not finish.\n")
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+
+
+def test_gateway_command_on_every_address_prints_a_usable_url(servers: Path) -> None:
     write_config({"s": stdio_server()})
     proc, first = _start_gateway("--host", "0.0.0.0")
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://0.0.0.0:")
+    try:
+        assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
+        listed = run_cli("tools", env={"TOOLSCRIPT_GATEWAY_URL": first.strip().split("=", 1)[1]})
+        assert (listed.returncode, listed.stdout.splitlines()[0]) == (0, ECHO_LINE), explain(listed)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
     assert "warning: --host 0.0.0.0 is not a loopback address" in err
     assert proc.returncode == 0
 

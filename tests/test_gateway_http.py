@@ -308,8 +308,12 @@ def test_a_wildcard_bind_accepts_its_addresses_but_not_host_names() -> None:
     try:
         assert request(server, "GET", "/servers") == (200, [])  # Host: 127.0.0.1:PORT
         assert request(server, "GET", "/servers", headers={"Host": f"localhost:{server.port}"})[0] == 200
+        assert server.url == f"http://127.0.0.1:{server.port}"  # where a client connects, not 0.0.0.0
         for host in (f"evil.example:{server.port}", "127.0.0.1:1"):
-            assert request(server, "GET", "/servers", headers={"Host": host})[0] == 403
+            assert request(server, "GET", "/servers", headers={"Host": host}) == (403, {
+                "error": f"Host {host!r} is not allowed; this gateway answers only to localhost:{server.port} "
+                         f"or an IP address of this machine with port {server.port} (such as 127.0.0.1:{server.port})."
+            })
         assert request(server, "GET", "/servers", headers={"Origin": f"http://evil.example:{server.port}"})[0] == 403
     finally:
         server.shutdown()

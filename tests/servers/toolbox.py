@@ -62,8 +62,10 @@ def build(name: str = "toolbox", *, page_size: int | None = None) -> MCPServer:
             is_error=is_error,
         )
 
-    @server.tool(description="Sleep, then answer.")
-    async def slow(seconds: float = 1.0, text: str = "done") -> str:
+    @server.tool(description="Sleep, then answer; create the file `started` first, if given.")
+    async def slow(seconds: float = 1.0, text: str = "done", started: str = "") -> str:
+        if started:  # lets a test wait until the call is running
+            open(started, "w").close()
         await anyio.sleep(seconds)
         return text
 
