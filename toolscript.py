@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_gateway, _add_demo):
+    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_gateway, _add_demo, _add_config):
         add(commands)
     for command in commands.choices.values():
         _add_global_options(command, after_command=True)
@@ -196,7 +197,8 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _no_servers(cfg: Config) -> str:
-    return f"No servers configured ({cfg.path or 'no config file found'}). See config.toml.example."
+    return (f"No servers configured ({cfg.path or 'no config file found'}). "
+            "For an example with every key, run: toolscript config example")
 
 
 # -- auth ----------------------------------------------------------------------------
@@ -311,12 +313,14 @@ def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browse
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "demo", help="try toolscript against a bundled local OAuth-protected MCP server",
-        description="Start a local OAuth-protected MCP server, authenticate against it with the same flow as "
-                    "'toolscript auth', list its tools and call one. Needs no network, browser or account, "
-                    "and leaves nothing behind.",
+        description="Start a local OAuth-protected MCP server (its consent step approves by itself), authenticate "
+                    "against it with the same flow as 'toolscript auth', list its tools and call two through the "
+                    "gateway, then stop it and remove its temporary files. toolscript follows the authorization "
+                    "URL itself, as a browser would, so no browser tab opens unless you ask for one with --browser. "
+                    "Needs no network, browser or account; your config and stored tokens are not touched.",
     )
-    p.add_argument("--no-browser", action="store_true",
-                   help="never open a browser; toolscript follows the authorization URL itself")
+    p.add_argument("--browser", action="store_true",
+                   help="open the authorization URL in your browser ($BROWSER or the system's) instead")
     p.set_defaults(func=cmd_demo, needs_config=False)
 
 
@@ -343,9 +347,8 @@ def cmd_demo(args: argparse.Namespace, cfg: Config | None) -> int:
             store = Store()
             _print(f"2. Using a temporary config {config_path} and TOOLSCRIPT_HOME {os.environ['TOOLSCRIPT_HOME']}.")
             _print("3. Authenticating, as 'toolscript auth demo' does:")
-            use_browser = not args.no_browser and _browser_available()
             code = _auth_run(demo_cfg.server("demo"), store, auth, no_browser=False, timeout=120,
-                             open_browser=None if use_browser else _follow_authorization)
+                             open_browser=None if args.browser else _follow_authorization)
             if code != EXIT_OK:
                 return code
             _demo_use_server(demo_cfg, store)
@@ -358,21 +361,11 @@ def cmd_demo(args: argparse.Namespace, cfg: Config | None) -> int:
     return EXIT_OK
 
 
-def _browser_available() -> bool:
-    import os
-
-    if os.environ.get("BROWSER"):
-        return True
-    if sys.platform in ("darwin", "win32"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
 def _follow_authorization(url: str) -> bool:
     """Play the browser for the demo: request the authorization URL, then its loopback redirect."""
     import requests
 
-    _status("   (no browser: toolscript follows the authorization URL itself)")
+    _status("   (toolscript follows the authorization URL itself, as a browser would; --browser opens yours)")
     response = requests.get(url, allow_redirects=False, timeout=30)
     location = response.headers.get("Location", "")
     if response.status_code not in (302, 303) or not location.startswith("http://127.0.0.1:"):
@@ -391,6 +384,41 @@ def _demo_use_server(cfg: Config, store: Store) -> None:
         _print(f"5. Called demo__add(a=2, b=3): {render_result(result)}")
         result = gateway.call("demo__whoami")
         _print(f"6. Called demo__whoami(): {render_result(result)}")
+
+
+# -- config --------------------------------------------------------------------------
+
+# Shipped beside the modules: at the checkout's root, and as package data when installed.
+EXAMPLE_CONFIG = Path(__file__).with_name("config.toml.example")
+
+
+def _add_config(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("config", help="show an example configuration: toolscript config example",
+                            description="Help with the configuration file.")
+    actions = p.add_subparsers(title="actions", metavar="ACTION")
+    example = actions.add_parser(
+        "example", help="print an example config with every key (toolscript config example > toolscript.toml)",
+        description=f"Print {EXAMPLE_CONFIG.name}, an example config with every key, to start from: "
+                    "toolscript config example > toolscript.toml",
+    )
+    _add_global_options(example, after_command=True)
+    example.set_defaults(func=cmd_config_example, needs_config=False)
+    p.set_defaults(func=lambda args, cfg: _usage(p), needs_config=False)
+
+
+def cmd_config_example(args: argparse.Namespace, cfg: Config | None) -> int:
+    try:
+        text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ToolscriptError(f"Cannot read the example config {EXAMPLE_CONFIG}: {exc.strerror or exc}.") from None
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
 
 
 # -- tools, call, gateway --------------------------------------------------------------

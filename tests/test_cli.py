@@ -87,7 +87,17 @@ def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pyte
 
 def test_servers_without_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert toolscript.main(["servers"]) == 0
-    assert capsys.readouterr().out.strip() == "No servers configured (no config file found). See config.toml.example."
+    assert capsys.readouterr().out.strip() == (
+        "No servers configured (no config file found). For an example with every key, run: toolscript config example"
+    )
+
+
+def test_config_example_prints_the_shipped_example(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("toolscript.toml").write_text("not [valid toml")  # the example does not need a working config
+    assert toolscript.main(["config", "example"]) == 0
+    assert capsys.readouterr().out == (ROOT / "config.toml.example").read_text()
+    assert toolscript.main(["config"]) == 2
+    assert capsys.readouterr().err.startswith("usage: toolscript config ")
 
 
 def test_config_error_is_one_line_exit_2() -> None:

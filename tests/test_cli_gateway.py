@@ -62,9 +62,9 @@ def test_tools_exit_3_when_only_authorization_is_missing(oauth_server: Any, caps
 
 
 def test_tools_without_any_config_is_not_an_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(capsys, "tools") == (0, "", "No servers configured (no config file found). See config.toml.example.\n")
-    assert cli(capsys, "tools", "--json") == (0, "[]\n", "No servers configured (no config file found). "
-                                                       "See config.toml.example.\n")
+    notice = "No servers configured (no config file found). For an example with every key, run: toolscript config example\n"
+    assert cli(capsys, "tools") == (0, "", notice)
+    assert cli(capsys, "tools", "--json") == (0, "[]\n", notice)
 
 
 def test_tools_json_has_schemas(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
