@@ -159,7 +159,8 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None, environ: dic
 
     for key in data:
         if key != "servers":
-            raise fail(f"{key}: unknown key{did_you_mean(key, ['servers']) or ' (expected only [servers.NAME] tables)'}")
+            hint = did_you_mean(key, ["servers"]) or " (expected only [servers.NAME] tables)"
+            raise fail(f"{key}: unknown key{hint}")
     servers_table = data.get("servers", {})
     if not isinstance(servers_table, dict):
         raise fail("servers: must be a table of [servers.NAME] tables")

@@ -12,10 +12,11 @@ async context managers are entered and exited in the same task, as anyio require
 Failure model: a server that cannot connect is `failed` (or `auth_required`) with a one-line
 reason and never delays the others. Until its first attempt ends a server is `connecting`;
 `start(wait=False)` returns at once, and a call to a server still connecting waits for it
-within the call's timeout, which is one deadline for connecting, reconnecting and the call. A connection that ends later (the stdio process exits,
-the HTTP connection drops, the HTTP session expires) is re-established by the next call,
-with a bounded number of attempts and backoff; a call in flight when its connection ends
-fails at once instead of waiting for its timeout.
+within the call's timeout, which is one deadline for connecting, reconnecting and the call.
+A connection that ends later (the stdio process exits, the HTTP connection drops, the HTTP
+session expires) is re-established by the next call, with a bounded number of attempts and
+backoff; a call in flight when its connection ends fails at once instead of waiting for its
+timeout.
 """
 
 from __future__ import annotations

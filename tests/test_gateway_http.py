@@ -125,8 +125,9 @@ def test_malformed_bodies_are_400(api: ApiServer, body: str, message: str) -> No
 
 
 def test_error_statuses(api: ApiServer) -> None:
-    assert post(api, "s__nope") == (404, {"error": "Unknown tool 'nope' on server 's'. Run: toolscript tools --server s",
-                                          "kind": "usage", "server": "s"})
+    assert post(api, "s__nope") == (404, {
+        "error": "Unknown tool 'nope' on server 's'. Run: toolscript tools --server s", "kind": "usage", "server": "s",
+    })
     assert post(api, "other__echo")[0] == 404
     assert post(api, "no_separator")[0] == 404
     assert post(api, "locked__echo", {"text": "x"}) == (401, {
