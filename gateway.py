@@ -476,8 +476,8 @@ class _Server:
                     server=self.name,
                 )
         assert link.session is not None
-        # Set only now, in this task's own context: the connection task started above has its
-        # own, so only this call's requests add to the list.
+        # Set only now, in this call's own context: a connection task started for the call has
+        # copied the context already, so only this call's requests add to the list.
         CALL_FAILURES.set(failures)
         return await link.session.call_tool(tool, arguments)  # type: ignore[return-value]
 
