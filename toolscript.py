@@ -377,7 +377,7 @@ def _follow_authorization(url: str) -> bool:
 
 def _demo_use_server(cfg: Config, store: Store) -> None:
     """List the demo server's tools and call two through a `Gateway`, as `toolscript call` does."""
-    with _gateway_module().Gateway(cfg, store=store) as gateway:
+    with _gateway_module().Gateway(cfg, store=store, announce=False) as gateway:
         tools = gateway.tools("demo")
         _print(f"4. The server's tools: {', '.join(tool['tool'] for tool in tools)}")
         result = gateway.call("demo__add", {"a": 2, "b": 3})

@@ -52,6 +52,7 @@ def test_demo_without_browser_or_network(headless, isolated_env, tmp_path):
     assert lines[7].startswith("6. Called demo__whoami(): client ") and lines[7].endswith("with scopes mcp:tools offline_access")
     assert lines[8] == "Done: the demo server is stopped and its temporary files are removed."
     assert FOLLOWS in proc.stderr
+    assert "connected" not in proc.stderr  # the numbered steps say what happens; no gateway log lines
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not isolated_env.exists()
 
