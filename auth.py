@@ -154,9 +154,12 @@ def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
     except StorageError:
         if not forget_client:
             raise
-        result.deleted_client = result.deleted_tokens = store.delete(server.name)  # corrupt: nothing to revoke
+        with store.lock(server.name):
+            result.deleted_client = result.deleted_tokens = store.delete(server.name)  # corrupt: nothing to revoke
         return result
     if record is None:
+        if store.directory.exists():  # nothing stored, but a crashed write may have left a temporary file
+            store.update(server.name, lambda old: old)
         return result
     tokens, client, endpoint = record.tokens, record.client, record.metadata.revocation_endpoint
     for value in (tokens.access_token, tokens.refresh_token) if tokens else ():

@@ -27,7 +27,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import CancelledError as _FutureCancelled
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import httpx2
@@ -39,12 +39,14 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 if __package__:
-    from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from .errors import (AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError,
+                         UsageError)
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .redact import register_secret
     from .storage import Store
 else:
-    from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from errors import (AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError,
+                        UsageError)
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from redact import register_secret
     from storage import Store
@@ -83,6 +85,8 @@ RETRY_COOLDOWN = 2.0
 STOP_TIMEOUT = 10.0
 _MAX_PAGES = 1000
 _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "credential")
+
+_Found = TypeVar("_Found", bound=BaseException)
 
 AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
 """Given an http/sse server, return the `httpx2.Auth` for its requests (or None)."""
@@ -533,6 +537,9 @@ class _Server:
         elif isinstance(failure, ConnectError) and error is not None:
             link.reason = failure.message  # a token refresh failed: it says so itself
             self.status, self.error = FAILED, failure
+        elif error is not None and (fault := _find(error, StorageError)) is not None:
+            link.reason = fault.message  # the record or its lock is unusable; the message names the file
+            self.status, self.error = FAILED, fault
         elif error is not None:
             link.reason = _reason(error, self.config)
             verb = "failed" if was_connected else "failed to connect"
@@ -686,7 +693,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def _find(exc: BaseException, kind: type[AuthRequiredError]) -> AuthRequiredError | None:
+def _find(exc: BaseException, kind: type[_Found]) -> _Found | None:
     return next((leaf for leaf in _leaves(exc) if isinstance(leaf, kind)), None)
 
 

@@ -208,16 +208,24 @@ class Store:
             return None
         self._check_directory()
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: opening a FIFO planted here must not wait for a writer.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise StorageError(f"{path} is a symbolic link; refusing to read it. Delete it and run: toolscript auth {server}", path=str(path), server=server) from None
             raise StorageError(f"Cannot read {path}: {exc.strerror}.", path=str(path), server=server) from None
-        with os.fdopen(fd, "rb") as handle:
-            self._check_file(handle.fileno(), path)
-            raw = handle.read()
+        try:
+            try:
+                self._check_file(fd, path)  # before any use: it may be a directory or a FIFO
+            except BaseException:
+                os.close(fd)
+                raise
+            with os.fdopen(fd, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise StorageError(f"Cannot read {path}: {exc.strerror}.", path=str(path), server=server) from None
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError):
@@ -234,20 +242,28 @@ class Store:
         )
 
     def save(self, server: str, record: Record) -> None:
-        """Write the record atomically with mode 0600."""
+        """Write the record atomically with mode 0600 (removing temporary files a crashed write left)."""
         path = self.path(server)
         self._ensure_directory()
         data = tomli_w.dumps(record.to_dict()).encode("utf-8")
-        _write_atomic(path, data)
+        try:
+            _remove_temporary_files(path)
+            _write_atomic(path, data)
+        except OSError as exc:
+            raise StorageError(f"Cannot write {path}: {exc.strerror or exc}.", path=str(path), server=server) from None
 
     def delete(self, server: str) -> bool:
-        """Delete the record; return whether there was one."""
+        """Delete the record (and temporary files a crashed write left); return whether there was one."""
         path = self.path(server)
         try:
+            _remove_temporary_files(path)
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_directory(path.parent)
+        except OSError as exc:
+            raise StorageError(f"Cannot delete {path}: {exc.strerror or exc}.", path=str(path), server=server) from None
+        with contextlib.suppress(OSError):  # it is gone; a failed directory sync only weakens durability
+            _fsync_directory(path.parent)
         return True
 
     @contextlib.contextmanager
@@ -267,7 +283,7 @@ class Store:
         """
         lock_path = self.path(server).with_suffix(".lock")
         self._ensure_directory()
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = _open_lock_file(lock_path, server)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -317,7 +333,11 @@ class Store:
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             log.warning("%s had permissions %03o; tightened to 700", self.directory, mode)
-            os.chmod(self.directory, 0o700)
+            try:
+                os.chmod(self.directory, 0o700)
+            except OSError as exc:
+                raise StorageError(f"Cannot tighten the permissions of {self.directory}: {exc.strerror or exc}.",
+                                   path=str(self.directory)) from None
 
     def _check_file(self, fd: int, path: Path) -> None:
         info = os.fstat(fd)
@@ -477,6 +497,39 @@ def _matches(value: Any, annotation: str) -> bool:
     if "float" in annotation:
         return isinstance(value, float)
     return isinstance(value, str)
+
+
+def _open_lock_file(path: Path, server: str) -> int:
+    """Open (creating) the lock file; refuse anything but a regular file of ours, without blocking."""
+    try:
+        # O_NONBLOCK: opening a FIFO planted here must not wait for its other end.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StorageError(f"{path} is a symbolic link; refusing to use it as a lock. Delete it.",
+                               path=str(path), server=server) from None
+        raise StorageError(f"Cannot open the lock file {path}: {exc.strerror or exc}.", path=str(path),
+                           server=server) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StorageError(f"{path} is not a regular file; refusing to use it as a lock. Delete it.",
+                               path=str(path), server=server)
+        _check_owner(info, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_temporary_files(path: Path) -> None:
+    """Remove the temporary files (`.NAME.toml.*.tmp`, holding tokens) a crash in `_write_atomic` left.
+
+    Only call with the record's lock held, so no other writer's file is taken.
+    """
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
