@@ -37,12 +37,12 @@ if __package__:
     from .config import is_loopback_host
     from .errors import AuthConnectError, AuthError, StorageError
     from .redact import redact, register_secret
-    from .storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
+    from .storage import ClientInfo, Metadata, Record, Store, Tokens, expires_at_from, url_origin
 else:
     from config import is_loopback_host
     from errors import AuthConnectError, AuthError, StorageError
     from redact import redact, register_secret
-    from storage import ClientInfo, Metadata, Record, Store, Tokens, url_origin
+    from storage import ClientInfo, Metadata, Record, Store, Tokens, expires_at_from, url_origin
 
 if TYPE_CHECKING:
     import requests
@@ -141,7 +141,16 @@ def authenticate(
         revocation_endpoint=discovery.revocation_endpoint, resource=discovery.resource,
         discovery=discovery.chain, scope_requested=scope,
     ))
-    store.update(server.name, lambda _old: new)
+    store.update(server.name, lambda old: _keep_unknown(old, new))
+    return new
+
+
+def _keep_unknown(old: Record | None, new: Record) -> Record:
+    """`new`, keeping the keys a newer version wrote in `old` (its unknown token keys went with its tokens)."""
+    if old is not None:
+        new.unknown = {name: value for name, value in old.unknown.items() if name != "tokens"}
+        if old.client is None or new.client is None or old.client.client_id != new.client.client_id:
+            new.unknown.pop("client", None)  # they described another registration
     return new
 
 
@@ -953,14 +962,10 @@ def _exchange_code(http: _Http, discovery: _Discovery, client: ClientInfo, code:
     token_type = body.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise AuthError(f"Token exchange failed: token_type is {token_type!r}, not Bearer.")
-    expires_in = body.get("expires_in")
-    try:
-        expires_at = time.time() + float(expires_in) if expires_in is not None else None
-    except (TypeError, ValueError):
-        expires_at = None
+    now = time.time()
     granted = body.get("scope") if isinstance(body.get("scope"), str) else scope
     return Tokens(access_token=access, token_type="Bearer", refresh_token=refresh if isinstance(refresh, str) else None,
-                  scope=granted or None, expires_at=expires_at)
+                  scope=granted or None, expires_at=expires_at_from(body.get("expires_in"), now), issued_at=now)
 
 
 # -- small helpers -------------------------------------------------------------------

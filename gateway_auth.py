@@ -23,6 +23,7 @@ What it changes in the SDK's provider:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -42,12 +43,12 @@ if __package__:
     from .config import is_loopback_host
     from .errors import AuthError, AuthRequiredError, ConnectError
     from .redact import register_secret
-    from .storage import Record, RecordTokenStorage, Store, Tokens, client_information, url_origin
+    from .storage import Record, RecordTokenStorage, Store, Tokens, client_information, expires_at_from, url_origin
 else:
     from config import is_loopback_host
     from errors import AuthError, AuthRequiredError, ConnectError
     from redact import register_secret
-    from storage import Record, RecordTokenStorage, Store, Tokens, client_information, url_origin
+    from storage import Record, RecordTokenStorage, Store, Tokens, client_information, expires_at_from, url_origin
 
 if TYPE_CHECKING:
     from config import ServerConfig
@@ -196,20 +197,25 @@ class StoredTokenAuth(OAuthClientProvider):
         body = await response.aread()
         if response.status_code == 200:
             try:
-                token = OAuthToken.model_validate_json(body)
-            except ValueError:
+                fields = json.loads(body)
+                # expires_in is checked apart: an unusable one must not throw away tokens the server has issued.
+                expires_in = fields.pop("expires_in", None) if isinstance(fields, dict) else None
+                token = OAuthToken.model_validate(fields)
+            except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
                 raise self._fail(ConnectError(
                     f"Token refresh for server '{name}' failed: the token endpoint sent an invalid response.", server=name,
                 )) from None
             register_secret(token.access_token)
             register_secret(token.refresh_token)
+            now = time.time()
             new = Tokens(
                 access_token=token.access_token,
                 token_type="Bearer",
                 # RFC 6749 §6: no new refresh token or scope means the old ones still hold.
                 refresh_token=token.refresh_token or used.refresh_token,
                 scope=token.scope or used.scope,
-                expires_at=time.time() + token.expires_in if token.expires_in is not None else None,
+                expires_at=expires_at_from(expires_in, now),
+                issued_at=now,
             )
 
             def save(record: Record | None) -> None:

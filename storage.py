@@ -16,6 +16,7 @@ import dataclasses
 import errno
 import fcntl
 import logging
+import math
 import os
 import secrets
 import stat
@@ -48,6 +49,7 @@ __all__ = [
     "Store",
     "Tokens",
     "client_information",
+    "expires_at_from",
     "oauth_status",
     "same_resource",
     "url_origin",
@@ -58,6 +60,9 @@ log = logging.getLogger("toolscript.storage")
 REGISTRATION_SOURCES = ("dynamic", "config", "metadata_url")
 _SECTIONS = ("client", "tokens", "metadata")
 LOCK_TIMEOUT = 60.0
+# A token lifetime or stored time further ahead than this is treated as unknown: no server
+# means it, and times that far out break date formatting.
+MAX_LIFETIME = 10 * 365 * 86400.0
 
 
 @dataclass
@@ -77,13 +82,14 @@ class ClientInfo:
 
 @dataclass
 class Tokens:
-    """The tokens; `expires_at` is absolute (epoch seconds), never a relative lifetime."""
+    """The tokens; `expires_at` and `issued_at` are absolute (epoch seconds), never a relative lifetime."""
 
     access_token: str
     token_type: str = "Bearer"
     refresh_token: str | None = None
     scope: str | None = None
     expires_at: float | None = None
+    issued_at: float | None = None
 
     def is_expired(self, now: float | None = None, leeway: float = 0.0) -> bool:
         """Return whether the access token is expired, `leeway` seconds early."""
@@ -139,22 +145,47 @@ class Record:
             section = getattr(self, name)
             if section is None:
                 continue
-            values = {k: v for k, v in dataclasses.asdict(section).items() if v is not None and v != []}
+            values = {k: v for k, v in dataclasses.asdict(section).items()
+                      if v is not None and v != [] and (not isinstance(v, float) or _usable_time(v))}
             values.update(self.unknown.get(name, {}))
             if values:
                 data[name] = values
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Record:
-        """Build a record from parsed TOML; raise ValueError when it is not one."""
+    def from_dict(cls, data: dict[str, Any], source: Path | str = "an OAuth record") -> Record:
+        """Build a record from parsed TOML; raise ValueError when it is not one.
+
+        A time that is not finite or lies absurdly far off is read as unknown, with a
+        warning naming `source`.
+        """
         unknown: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
-        client = _section(data, "client", ClientInfo, unknown)
-        tokens = _section(data, "tokens", Tokens, unknown)
-        metadata = _section(data, "metadata", Metadata, unknown) or Metadata()
+        client = _section(data, "client", ClientInfo, unknown, source)
+        tokens = _section(data, "tokens", Tokens, unknown, source)
+        metadata = _section(data, "metadata", Metadata, unknown, source) or Metadata()
         if client is not None and client.registration_source not in REGISTRATION_SOURCES:
             raise ValueError(f"client.registration_source {client.registration_source!r} is not one of {REGISTRATION_SOURCES}")
         return cls(client=client, tokens=tokens, metadata=metadata, unknown=unknown)
+
+
+def expires_at_from(expires_in: object, now: float) -> float | None:
+    """The absolute expiry for a token response's `expires_in`, or None when it is absent or unusable.
+
+    An unusable value (not a number, not finite, not positive, or beyond `MAX_LIFETIME`)
+    is logged as a warning and treated as "expiry unknown": the token is used until the
+    server refuses it.
+    """
+    if expires_in is None:
+        return None
+    try:
+        lifetime = float(expires_in) if not isinstance(expires_in, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        lifetime = math.nan
+    if 0 < lifetime <= MAX_LIFETIME:  # also false for nan
+        return now + lifetime
+    log.warning("The token endpoint sent expires_in %.40r, which is not a usable lifetime; "
+                "treating the token's expiry as unknown.", expires_in)
+    return None
 
 
 def same_resource(a: str, b: str) -> bool:
@@ -232,7 +263,7 @@ class Store:
             data, reason = None, "not valid TOML"
         if data is not None:
             try:
-                return Record.from_dict(data)
+                return Record.from_dict(data, source=path)
             except ValueError as exc:
                 reason = str(exc)
         raise StorageError(
@@ -389,7 +420,8 @@ class RecordTokenStorage:
             token_type=tokens.token_type,
             refresh_token=tokens.refresh_token,
             scope=tokens.scope,
-            expires_at=now + tokens.expires_in if tokens.expires_in is not None else None,
+            expires_at=expires_at_from(tokens.expires_in, now),
+            issued_at=now,
         )
 
         def change(record: Record | None) -> Record:
@@ -466,7 +498,7 @@ def _check_owner(info: os.stat_result, path: Path) -> None:
         )
 
 
-def _section(data: dict[str, Any], name: str, kind: type, unknown: dict[str, Any]) -> Any:
+def _section(data: dict[str, Any], name: str, kind: type, unknown: dict[str, Any], source: Path | str) -> Any:
     values = data.get(name)
     if values is None:
         return None
@@ -483,6 +515,9 @@ def _section(data: dict[str, Any], name: str, kind: type, unknown: dict[str, Any
             value = float(value)
         if not _matches(value, expected):
             raise ValueError(f"{name}.{key} has the wrong type")
+        if isinstance(value, float) and not _usable_time(value):
+            log.warning("%s: %s.%s = %r is not a usable time; treating it as unknown.", source, name, key, value)
+            continue
         kwargs[key] = value
     try:
         return kind(**kwargs)
@@ -497,6 +532,11 @@ def _matches(value: Any, annotation: str) -> bool:
     if "float" in annotation:
         return isinstance(value, float)
     return isinstance(value, str)
+
+
+def _usable_time(value: float) -> bool:
+    """Whether a stored time (epoch seconds) is finite and not absurdly far off."""
+    return 0 <= value <= time.time() + MAX_LIFETIME  # false for nan
 
 
 def _open_lock_file(path: Path, server: str) -> int:

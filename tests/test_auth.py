@@ -396,3 +396,27 @@ def test_plain_http_server_url_off_loopback_is_refused(oauth_server):
     assert str(caught.value) == (
         "The URL of server 'demo' http://mcp.example.com/mcp is not an https URL; refusing to use it "
         "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")
+
+
+# -- hostile token responses -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("expires_in", ["Infinity", "-Infinity", "NaN", "1e400", "-5", "0", "1e10", '"soon"', "true"])
+def test_unusable_expires_in_means_expiry_unknown(oauth_server, caplog, expires_in):
+    test_server = oauth_server()
+    test_server.send_expires_in(expires_in)
+    with caplog.at_level("WARNING", logger="toolscript.storage"):
+        record, _ = _authenticate(_server(test_server))
+    assert record.tokens.expires_at is None
+    assert Store().load("demo").tokens.expires_at is None
+    assert any("not a usable lifetime; treating the token's expiry as unknown" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_plain_expires_in_is_kept(oauth_server):
+    test_server = oauth_server()
+    test_server.send_expires_in('"120"')  # a string, as some servers send it
+    before = time.time()
+    record, _ = _authenticate(_server(test_server))
+    assert before + 120 <= record.tokens.expires_at <= time.time() + 120
+    assert before <= record.tokens.issued_at <= time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import stat
 import subprocess
@@ -373,3 +374,42 @@ def test_debug_log_of_a_whole_flow_holds_no_secret(oauth_server, browser, isolat
     for name, value in secrets.items():
         assert not any(value in line for line in lines), f"{name} leaked:\n{proc.stderr}"
         assert value not in proc.stdout
+
+
+def test_a_stored_expiry_that_is_not_usable_breaks_nothing(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    path = isolated_env / "oauth" / "demo.toml"
+    written = path.read_text()
+    for value in ("inf", "nan", "-inf", "1e300"):  # as an older version may have stored them
+        path.write_text(re.sub(r"(?m)^expires_at = .*$", f"expires_at = {value}", written))
+        for command in (["auth"], ["auth", "demo", "--status"], ["call", "demo__echo", '{"text": "still works"}']):
+            proc = run_cli(*command)
+            assert proc.returncode == 0, explain(proc)
+            assert "Traceback" not in proc.stderr, explain(proc)
+            assert "tokens.expires_at" in proc.stderr and "treating it as unknown" in proc.stderr, explain(proc)
+        assert proc.stdout == "still works\n"
+
+
+def test_keys_from_a_newer_version_survive_auth_and_logout(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    path = isolated_env / "oauth" / "demo.toml"
+    text = path.read_text().replace("[client]\n", '[client]\njwks_uri = "https://client.example/jwks"\n')
+    path.write_text(text + '\n[future]\nflag = true\n\n[future.nested]\nlevel = 2\n')
+
+    proc = run_cli("auth", "demo", env=browser)  # reuses the stored registration
+    assert proc.returncode == 0, explain(proc)
+    assert len(server.provider.registrations) == 1
+    record = _record(isolated_env)
+    assert record["client"]["jwks_uri"] == "https://client.example/jwks"
+    assert record["future"] == {"flag": True, "nested": {"level": 2}}
+
+    proc = run_cli("auth", "demo", "--logout")
+    assert proc.returncode == 0, explain(proc)
+    record = _record(isolated_env)
+    assert "tokens" not in record
+    assert record["client"]["jwks_uri"] == "https://client.example/jwks"
+    assert record["future"] == {"flag": True, "nested": {"level": 2}}

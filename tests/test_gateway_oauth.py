@@ -107,6 +107,19 @@ def test_token_is_refreshed_a_little_before_expiry_not_after_a_failure(oauth_ser
     assert {s.headers.get("authorization") for s in used} == {f"Bearer {new}"}
 
 
+def test_an_unusable_expires_in_on_refresh_keeps_the_new_tokens(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    old = age_tokens()
+    server.send_expires_in("Infinity")
+    proc = run_cli("call", f"{NAME}__echo", '{"text": "refreshed"}')
+    assert proc.returncode == 0, explain(proc)
+    assert "not a usable lifetime; treating the token's expiry as unknown" in proc.stderr
+    new = Store().load(NAME).tokens
+    assert new.expires_at is None
+    assert new.refresh_token != old.tokens.refresh_token and new.refresh_token in server.provider.refresh_tokens
+    assert len(refreshes(server)) == 1
+
+
 def test_twenty_concurrent_calls_with_an_expired_token_cause_one_refresh(oauth_server: Any) -> None:
     server = setup_server(oauth_server)
     with Gateway(load_config()) as gateway:

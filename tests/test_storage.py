@@ -363,3 +363,30 @@ def test_temporary_files_of_a_crashed_write_are_removed_by_the_next_write_and_by
     crash_leftovers()  # a crash during the very first write: no record at all
     assert toolscript.main(["auth", "github", "--logout"]) == 0
     assert temporary_files() == [".other.toml.000000000003.tmp"]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e300", "-1e300"])
+def test_a_stored_time_that_is_not_usable_is_read_as_unknown(isolated_env: Path, caplog: pytest.LogCaptureFixture,
+                                                             value: str) -> None:
+    store = Store()
+    store.save("github", sample_record())
+    path = store.path("github")
+    text = path.read_text().replace("expires_at = 1800000000.0", f"expires_at = {value}")
+    path.write_text(text.replace("registered_at = 1700000000.0", f"registered_at = {value}"))
+    with caplog.at_level(logging.WARNING, logger="toolscript.storage"):
+        record = store.load("github")
+    assert record is not None and record.tokens is not None and record.client is not None
+    assert record.tokens.expires_at is None and record.client.registered_at is None
+    assert f"{path}: tokens.expires_at = {float(value)!r} is not a usable time; treating it as unknown." in caplog.text
+    storage.client_information(record.client)  # no OverflowError
+    store.save("github", record)
+    assert "expires_at" not in tomllib.loads(path.read_text())["tokens"]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300])
+def test_an_unusable_time_is_never_written(isolated_env: Path, value: float) -> None:
+    record = sample_record()
+    assert record.tokens is not None
+    record.tokens.expires_at = value
+    Store().save("github", record)
+    assert "expires_at" not in tomllib.loads(Store().path("github").read_text())["tokens"]
