@@ -95,6 +95,7 @@ def test_token_is_refreshed_a_little_before_expiry_not_after_a_failure(oauth_ser
     store = Store()
     record = store.load(NAME)
     record.tokens.expires_at = time.time() + 5  # still valid at the server, but about to expire
+    record.tokens.issued_at = record.tokens.expires_at - 3600  # a 60-minute token
     store.save(NAME, record)
     first = len(server.tap.seen)
     with Gateway(load_config()) as gateway:
@@ -105,6 +106,28 @@ def test_token_is_refreshed_a_little_before_expiry_not_after_a_failure(oauth_ser
     # No request went out with the old token first: every MCP request carried the new one.
     new = store.load(NAME).tokens.access_token
     assert {s.headers.get("authorization") for s in used} == {f"Bearer {new}"}
+
+
+def test_a_sixty_minute_token_is_refreshed_shortly_before_expiry_not_minutes_early(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    store = Store()
+    for remaining, expected in ((120, 0), (20, 1)):
+        record = store.load(NAME)
+        record.tokens.expires_at = time.time() + remaining
+        record.tokens.issued_at = record.tokens.expires_at - 3600
+        store.save(NAME, record)
+        with Gateway(load_config()) as gateway:
+            gateway.call(f"{NAME}__echo", {"text": "x"})
+        assert len(refreshes(server)) == expected, f"{remaining} s before expiry"
+
+
+def test_a_four_second_token_costs_one_call_at_most_one_refresh(oauth_server: Any) -> None:
+    server = setup_server(oauth_server, token_lifetime=4)
+    age_tokens()
+    proc = run_cli("call", f"{NAME}__echo", '{"text": "short-lived"}')
+    assert proc.returncode == 0, explain(proc)
+    assert len(refreshes(server)) == 1  # a fresh 4 s token is not taken for an expired one
+    assert Store().load(NAME).tokens.access_token in server.provider.access_tokens
 
 
 def test_an_unusable_expires_in_on_refresh_keeps_the_new_tokens(oauth_server: Any) -> None:
