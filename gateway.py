@@ -42,13 +42,13 @@ if __package__:
     from .errors import (AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError,
                          UsageError)
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
-    from .redact import register_secret
+    from .redact import redact, register_secret
     from .storage import Store
 else:
     from errors import (AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError,
                         UsageError)
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
-    from redact import register_secret
+    from redact import redact, register_secret
     from storage import Store
 
 if TYPE_CHECKING:
@@ -335,13 +335,13 @@ class _Server:
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "type": self.config.type, "status": self.status}
         if self.status != CONNECTED:
-            row["error"] = self.error.message
+            row["error"] = redact(self.error.message)  # may quote a server, which may echo a credential
         row["tools"] = len(self.tools)
         oauth = self.oauth_status()
         if oauth is not None:
             row["oauth_status"], reason = oauth
             if reason:
-                row["oauth_error"] = reason
+                row["oauth_error"] = redact(reason)
         return row
 
     def oauth_status(self) -> tuple[str, str | None] | None:

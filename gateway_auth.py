@@ -42,12 +42,12 @@ from mcp.shared.auth import OAuthClientMetadata, OAuthMetadata, OAuthToken, Prot
 if __package__:
     from .config import is_loopback_host
     from .errors import AuthError, AuthRequiredError, ConnectError
-    from .redact import register_secret
+    from .redact import redact, register_secret
     from .storage import Record, RecordTokenStorage, Store, Tokens, client_information, expires_at_from, url_origin
 else:
     from config import is_loopback_host
     from errors import AuthError, AuthRequiredError, ConnectError
-    from redact import register_secret
+    from redact import redact, register_secret
     from storage import Record, RecordTokenStorage, Store, Tokens, client_information, expires_at_from, url_origin
 
 if TYPE_CHECKING:
@@ -234,7 +234,8 @@ class StoredTokenAuth(OAuthClientProvider):
             log.debug("server '%s': access token refreshed", name)
             return
         error, description = _oauth_error(response, body)
-        summary = f"{response.status_code} {error or 'error'}" + (f": {description}" if description else "")
+        # The server's text may echo what it was sent (the refresh token, the client secret).
+        summary = redact(f"{response.status_code} {error or 'error'}" + (f": {description}" if description else ""))
         if response.status_code in (400, 401) and error in _REJECTED:
             reason = f"the refresh token was rejected: {error}"
 
@@ -266,6 +267,8 @@ class StoredTokenAuth(OAuthClientProvider):
         if record is not None and record is self._applied:
             return tokens  # the context already holds this record (it is parsed anew when the file changes)
         self._applied = record
+        for secret in record.secret_values() if record else ():
+            register_secret(secret)  # before any server could echo one back
         ctx = self.context
         ctx.client_info = client_information(record.client) if record and record.client else None
         meta = record.metadata if record else None

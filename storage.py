@@ -32,9 +32,11 @@ import tomli_w
 if __package__:
     from .config import toolscript_home, validate_server_name
     from .errors import ConfigError, StorageError
+    from .redact import redact, register_secret
 else:
     from config import toolscript_home, validate_server_name
     from errors import ConfigError, StorageError
+    from redact import redact, register_secret
 
 if TYPE_CHECKING:
     from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
@@ -139,6 +141,12 @@ class Record:
             return None
         return self.tokens
 
+    def secret_values(self) -> list[str]:
+        """The tokens and client secret held by this record."""
+        values = [self.tokens.access_token, self.tokens.refresh_token] if self.tokens else []
+        values.append(self.client.client_secret if self.client else None)
+        return [value for value in values if value]
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {k: v for k, v in self.unknown.items() if k not in _SECTIONS}
         for name in _SECTIONS:
@@ -196,7 +204,7 @@ def same_resource(a: str, b: str) -> bool:
 def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> tuple[str, str | None]:
     """Return `(status, reason)` from storage alone: authenticated, pending_authorization or authentication_failed."""
     tokens = record.tokens_for(server_url) if record else None
-    last_error = record.metadata.last_error if record else None
+    last_error = _masked(record.metadata.last_error, record) if record else None
     if tokens is None:
         if last_error:
             return "authentication_failed", last_error
@@ -537,6 +545,15 @@ def _matches(value: Any, annotation: str) -> bool:
 def _usable_time(value: float) -> bool:
     """Whether a stored time (epoch seconds) is finite and not absurdly far off."""
     return 0 <= value <= time.time() + MAX_LIFETIME  # false for nan
+
+
+def _masked(text: str | None, record: Record) -> str | None:
+    """Server-supplied `text` with the record's secrets and secret-shaped values masked."""
+    if text is None:
+        return None
+    for value in record.secret_values():
+        register_secret(value)
+    return redact(text)
 
 
 def _open_lock_file(path: Path, server: str) -> int:

@@ -21,7 +21,8 @@ from config import load_config
 from conftest import ROOT, explain, run_cli, run_threads, write_config
 from errors import AuthError, AuthRequiredError
 from gateway import Gateway
-from storage import Store
+from redact import MASK
+from storage import ClientInfo, Metadata, Record, Store, Tokens
 
 NAME = "demo"
 
@@ -409,3 +410,59 @@ def test_toolscript_gateway_warns_once_and_answers_401(oauth_server: Any) -> Non
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert err.count("Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo") == 1, err
+
+
+ECHO_ROWS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from config import load_config
+from errors import ToolscriptError
+from gateway import Gateway
+with Gateway(load_config()) as gateway:
+    try:
+        gateway.call("demo__echo", {"text": "x"})
+    except ToolscriptError as exc:
+        print(json.dumps({"call": str(exc), "servers": gateway.servers()}))
+"""
+
+
+def test_credentials_echoed_by_the_token_endpoint_are_masked_everywhere(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    record = age_tokens()
+    credentials = {"refresh token": record.tokens.refresh_token, "client secret": record.client.client_secret}
+    server.echo_credentials()  # 400 invalid_request, every credential received in error_description
+    # A fresh process: nothing is registered with `redact` before the gateway reads the record.
+    proc = subprocess.run([sys.executable, "-c", ECHO_ROWS, str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout, f"{proc.stdout}\n{proc.stderr}"
+    answer = json.loads(proc.stdout)
+    [sent] = refreshes(server)
+    assert sent.form["refresh_token"] == record.tokens.refresh_token  # ... and echoed back
+    assert sent.form["client_secret"] == record.client.client_secret
+    stored = Store().load(NAME).metadata.last_error
+    assert stored == (f"token refresh failed: 400 invalid_request: cannot use refresh_token is {MASK}; "
+                      f"client_id is {record.client.client_id}; client_secret is {MASK}")
+    shown = {"the record's last_error": stored, "the call's error": answer["call"],
+             "the servers answer (GET /servers)": json.dumps(answer["servers"])}
+    for args in (("servers",), ("servers", "--json"), ("call", f"{NAME}__echo")):
+        proc = run_cli(*args)
+        shown[f"toolscript {' '.join(args)}"] = proc.stdout + proc.stderr
+    assert MASK in shown["toolscript servers"] and MASK in shown["toolscript servers --json"]
+    for where, text in shown.items():
+        for what, value in credentials.items():
+            assert value not in text, f"the {what} is in {where}: {text}"
+
+
+def test_a_secret_stored_in_last_error_by_an_older_version_is_masked_when_shown() -> None:
+    write_config(f'[servers.{NAME}]\nurl = "https://mcp.example.com/mcp"\n')
+    refresh_token, client_secret = "rt-0123456789abcdef", "cs-0123456789abcdef"
+    Store().save(NAME, Record(
+        client=ClientInfo("cid", client_secret=client_secret),
+        tokens=Tokens("at-0123456789abcdef", refresh_token=refresh_token),
+        metadata=Metadata(server_url="https://mcp.example.com/mcp",
+                          last_error=f"token refresh failed: 400 invalid_request: {refresh_token}, {client_secret}"),
+    ))
+    for args in (("servers",), ("servers", "--json")):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, explain(proc)
+        assert f"400 invalid_request: {MASK}, {MASK}" in proc.stdout, explain(proc)
+        assert refresh_token not in proc.stdout and client_secret not in proc.stdout
