@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import threading
 import time
 import tomllib
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
@@ -150,13 +152,15 @@ def test_server_without_registration_endpoint(oauth_server, browser, isolated_en
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
 
-def test_state_mismatch_is_refused_without_token_request(oauth_server, browser, isolated_env):
+def test_state_mismatch_is_ignored_without_token_request(oauth_server, browser, isolated_env):
     server = oauth_server()
     server.tap.rewrite_redirect = lambda location: with_query(location, state="forged-state-value")
     _config(server)
-    proc = run_cli("auth", "demo", env=browser)
+    proc = run_cli("auth", "demo", "--timeout", "1", env=browser)
     assert proc.returncode == 1, explain(proc)
-    assert "error: The authorization response's state does not match the request; refusing it" in proc.stderr
+    assert ("Ignored an authorization response whose state does not match the request (it may be forged or from "
+            "an older attempt); still waiting for the genuine one.") in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: Timed out after 1 s waiting for the authorization of 'demo'")
     assert server.requests_to("/token") == []
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
@@ -254,13 +258,24 @@ class _Interactive:
             if line.startswith("http://") and "/authorize?" in line:
                 return line
 
-    def finish(self) -> tuple[int, str, str]:
+    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
+        """Close stdin and wait (bounded) for the exit; a process still running then is killed."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"still running {timeout} s later:\n{''.join(self.stderr)}") from None
         stdout = self.proc.stdout.read()  # small: cannot have blocked the process
         self._reader.join(10)
         return self.proc.returncode, stdout, "".join(self.stderr)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def test_no_browser_accepts_the_pasted_url(oauth_server, isolated_env):
@@ -292,6 +307,43 @@ def test_ctrl_c_cancels_and_keeps_stored_data(oauth_server, browser, isolated_en
     assert code == 130, stderr
     assert "error: Authorization of 'demo' cancelled; stored data unchanged." in stderr
     assert (isolated_env / "oauth" / "demo.toml").read_bytes() == before
+
+
+def _callback_address(authorization_url: str) -> tuple[str, int]:
+    redirect = urlsplit(dict(parse_qsl(urlsplit(authorization_url).query))["redirect_uri"])
+    return redirect.hostname, redirect.port
+
+
+def test_timeout_ends_the_command_despite_a_silent_connection(oauth_server, isolated_env):
+    server = oauth_server()
+    _config(server)
+    cli = _Interactive("auth", "demo", "--no-browser", "--timeout", "2")
+    try:
+        with socket.create_connection(_callback_address(cli.authorization_url()), timeout=10):
+            code, _, stderr = cli.finish()
+    finally:
+        cli.kill()
+    assert code == 1, stderr
+    assert stderr.splitlines()[-1].startswith("error: Timed out after 2 s waiting for the authorization of 'demo'.")
+    assert "Traceback" not in stderr
+
+
+def test_ctrl_c_ends_the_command_despite_silent_connections(oauth_server, isolated_env):
+    server = oauth_server()
+    _config(server)
+    cli = _Interactive("auth", "demo", "--no-browser")
+    try:
+        address = _callback_address(cli.authorization_url())
+        with socket.create_connection(address, timeout=10), socket.create_connection(address, timeout=10):
+            # The callback server still answers others meanwhile.
+            assert requests.get(f"http://{address[0]}:{address[1]}/favicon.ico", timeout=10).status_code == 404
+            cli.proc.send_signal(signal.SIGINT)
+            code, _, stderr = cli.finish()
+    finally:
+        cli.kill()
+    assert code == 130, stderr
+    assert "error: Authorization of 'demo' cancelled; stored data unchanged." in stderr
+    assert "Traceback" not in stderr
 
 
 def test_no_refresh_token_is_explained(oauth_server, browser):
