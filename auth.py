@@ -27,6 +27,7 @@ import logging
 import queue
 import re
 import secrets
+import signal
 import socket
 import socketserver
 import stat
@@ -814,7 +815,7 @@ class _CallbackServer:
         self._threads = [threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.1},
                                           name="oauth-callback", daemon=True) for listener in self._listeners]
         for thread in self._threads:
-            thread.start()
+            _start_without_signals(thread)
 
     def __enter__(self) -> _CallbackServer:
         return self
@@ -858,10 +859,15 @@ class _CallbackServer:
             return True, "toolscript received the authorization. You can close this window and return to the terminal."
 
     def wait(self, timeout: float) -> str:
-        try:
-            code, error = self._results.get(timeout=timeout)
-        except queue.Empty:
-            raise _Timeout() from None
+        deadline = time.monotonic() + timeout
+        while True:
+            # In short slices: a Ctrl-C that a thread toolscript did not start took is acted on at once.
+            try:
+                code, error = self._results.get(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+                break
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    raise _Timeout() from None
         if error is not None:
             raise error
         assert code is not None
@@ -908,6 +914,22 @@ class _Timeout(Exception):
     pass
 
 
+def _start_without_signals(thread: threading.Thread) -> None:
+    """Start `thread` with SIGINT and SIGTERM blocked in it and in the threads it starts.
+
+    The kernel hands a signal sent to the process to any thread that does not block it;
+    one taken by a helper thread would leave the main thread waiting, Ctrl-C unheeded.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: signals reach the main thread only
+        thread.start()
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class _ForeignState(AuthError):
     """An authorization response that does not answer this request (its `state` differs)."""
 
@@ -931,7 +953,8 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
     callback.expect(state, discovery.issuer, iss_required)
     show_url(url)
     if read_pasted is not None:
-        threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste", daemon=True).start()
+        _start_without_signals(threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste",
+                                                daemon=True))
     if open_browser is not None:
         log.info("Opening the authorization URL in the browser")
         if not open_browser(url):

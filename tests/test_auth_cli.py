@@ -3,6 +3,7 @@ the SDK, and `$BROWSER` set to a stand-in browser that follows the authorization
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -258,16 +259,19 @@ class _Interactive:
             if line.startswith("http://") and "/authorize?" in line:
                 return line
 
-    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
-        """Close stdin and wait (bounded) for the exit; a process still running then is killed."""
+    def finish(self, timeout: float = 30, close_stdin: bool = True) -> tuple[int, str, str]:
+        """Wait (bounded) for the exit, after closing stdin or before; a process still running then is killed."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
+        if close_stdin:
+            self.proc.stdin.close()
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
             raise AssertionError(f"still running {timeout} s later:\n{''.join(self.stderr)}") from None
+        finally:
+            self.proc.stdin.close()
         stdout = self.proc.stdout.read()  # small: cannot have blocked the process
         self._reader.join(10)
         return self.proc.returncode, stdout, "".join(self.stderr)
@@ -334,11 +338,13 @@ def test_ctrl_c_ends_the_command_despite_silent_connections(oauth_server, isolat
     cli = _Interactive("auth", "demo", "--no-browser")
     try:
         address = _callback_address(cli.authorization_url())
-        with socket.create_connection(address, timeout=10), socket.create_connection(address, timeout=10):
-            # The callback server still answers others meanwhile.
-            assert requests.get(f"http://{address[0]}:{address[1]}/favicon.ico", timeout=10).status_code == 404
+        assert requests.get(f"http://{address[0]}:{address[1]}/favicon.ico", timeout=10).status_code == 404
+        with contextlib.ExitStack() as stack:
+            # Each gets a thread of its own in the callback server, none of which may take the SIGINT.
+            for _ in range(10):
+                stack.enter_context(socket.create_connection(address, timeout=10))
             cli.proc.send_signal(signal.SIGINT)
-            code, _, stderr = cli.finish()
+            code, _, stderr = cli.finish(close_stdin=False)  # as at a terminal: the paste prompt stays open
     finally:
         cli.kill()
     assert code == 130, stderr
