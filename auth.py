@@ -18,6 +18,7 @@ message names the step and what the server said, never a secret.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import html
@@ -27,6 +28,9 @@ import queue
 import re
 import secrets
 import ssl
+import signal
+import socket
+import socketserver
 import stat
 import threading
 import time
@@ -66,6 +70,8 @@ log = logging.getLogger("toolscript.auth")
 
 HTTP_TIMEOUT = 30.0
 CALLBACK_PATH = "/callback"
+# A connection to the loopback callback server that sends nothing for this long is dropped.
+CALLBACK_IDLE_TIMEOUT = 5.0
 OFFLINE_ACCESS = "offline_access"
 PROTOCOL_VERSION = "2025-11-25"
 _MAX_REDIRECTS = 5
@@ -143,7 +149,16 @@ def authenticate(
         revocation_endpoint=discovery.revocation_endpoint, resource=discovery.resource,
         discovery=discovery.chain, scope_requested=scope,
     ))
-    store.update(server.name, lambda _old: new)
+    store.update(server.name, lambda old: _keep_unknown(old, new))
+    return new
+
+
+def _keep_unknown(old: Record | None, new: Record) -> Record:
+    """`new`, keeping the keys a newer version wrote in `old` (its unknown token keys went with its tokens)."""
+    if old is not None:
+        new.unknown = {name: value for name, value in old.unknown.items() if name != "tokens"}
+        if old.client is None or new.client is None or old.client.client_id != new.client.client_id:
+            new.unknown.pop("client", None)  # they described another registration
     return new
 
 
@@ -156,9 +171,12 @@ def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
     except StorageError:
         if not forget_client:
             raise
-        result.deleted_client = result.deleted_tokens = store.delete(server.name)  # corrupt: nothing to revoke
+        with store.lock(server.name):
+            result.deleted_client = result.deleted_tokens = store.delete(server.name)  # corrupt: nothing to revoke
         return result
     if record is None:
+        if store.directory.exists():  # nothing stored, but a crashed write may have left a temporary file
+            store.update(server.name, lambda old: old)
         return result
     tokens, client, endpoint = record.tokens, record.client, record.metadata.revocation_endpoint
     for value in (tokens.access_token, tokens.refresh_token) if tokens else ():
@@ -607,6 +625,9 @@ def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, re
         log.info("Port %s of the stored redirect URI is in use; registering a new client", exc.port)
         client = None
         callback = _CallbackServer(None)
+    except _CannotListen as exc:
+        raise AuthError(f"Cannot listen on {exc.host} port {exc.port} for the redirect URI {redirect} ({exc.reason}); "
+                        f"set another [servers.{server.name}.oauth] redirect_uri.", server=server.name) from None
     if client is None:
         try:
             client = _register(http, server, discovery, callback.redirect_uri, scope)
@@ -712,16 +733,42 @@ def _register(http: _Http, server: ServerConfig, discovery: _Discovery, redirect
 # -- step 5-7: loopback server, authorization request, callback ----------------------
 
 
-class _PortInUse(Exception):
-    def __init__(self, port: int) -> None:
-        super().__init__(port)
-        self.port = port
+class _CannotListen(Exception):
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(host, port, reason)
+        self.host, self.port, self.reason = host, port, reason
+
+
+class _PortInUse(_CannotListen):
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port, "in use")
+
+
+class _Listener(http.server.ThreadingHTTPServer):
+    """One listening socket of the callback server; each connection is served in its own daemon thread."""
+
+    block_on_close = False  # closing never waits for a connection's thread
+
+    def __init__(self, host: str, port: int, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer's own also looks up the host's name, which can stall on a broken resolver.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        log.debug("callback server: connection from %s failed", client_address)
 
 
 class _CallbackServer:
-    """An `http.server` on 127.0.0.1 that takes exactly one authorization response.
+    """A loopback HTTP server, on the redirect URI's host and port, that takes one authorization response.
 
-    The first response carrying `code`, `error` or `state` (from the browser at
+    Every connection is served in its own thread and dropped after `CALLBACK_IDLE_TIMEOUT`
+    seconds of silence, so stray or hostile connections never delay the genuine callback nor
+    keep `close` waiting. A response whose `state` does not match the request gets an error
+    page, is logged and ignored. The first one that matches (from the browser at
     `redirect_uri`, or pasted via `submit`) is checked and ends the wait, whatever its
     outcome; the browser gets a page saying which. Other paths get 404.
     """
@@ -729,22 +776,37 @@ class _CallbackServer:
     def __init__(self, redirect_uri: str | None) -> None:
         parts = urlsplit(redirect_uri) if redirect_uri else None
         port = parts.port or 80 if parts else 0
+        host = parts.hostname if parts and parts.hostname else "127.0.0.1"
         self.path = (parts.path or "/") if parts else CALLBACK_PATH
         self._results: queue.Queue[tuple[str | None, AuthError | None]] = queue.Queue()
         self._lock = threading.Lock()
         self._done = False
         self._expect: tuple[str, str, str, bool] | None = None
+        handler = self._handler_class()
+        self._listeners: list[_Listener] = []
         try:
-            self._httpd = http.server.HTTPServer(("127.0.0.1", port), self._handler_class())
-        except OSError:
-            raise _PortInUse(port) from None
-        self.port = self._httpd.server_address[1]
-        host = parts.hostname if parts and parts.hostname else "127.0.0.1"
+            # Listen where the browser will connect: the host the redirect URI names.
+            for address in ("127.0.0.1", "::1") if host == "localhost" else (host,):
+                try:
+                    self._listeners.append(_Listener(address, port, handler))
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise _PortInUse(address, port) from None
+                    if self._listeners and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                        continue  # localhost on a machine without IPv6 loopback
+                    raise _CannotListen(address, port, exc.strerror or str(exc)) from None
+                port = self._listeners[0].server_address[1]
+        except BaseException:
+            for listener in self._listeners:
+                listener.server_close()
+            raise
+        self.port = port
         host = f"[{host}]" if ":" in host else host
         self.redirect_uri = f"http://{host}:{self.port}{self.path}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="oauth-callback", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.1},
+                                          name="oauth-callback", daemon=True) for listener in self._listeners]
+        for thread in self._threads:
+            _start_without_signals(thread)
 
     def __enter__(self) -> _CallbackServer:
         return self
@@ -753,9 +815,16 @@ class _CallbackServer:
         self.close()
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
+        for listener in self._listeners:
+            listener.shutdown()  # returns within a poll interval: connections have their own threads
+            listener.server_close()
+        for thread in self._threads:
+            thread.join(5)
+
+    @property
+    def done(self) -> bool:
+        """Whether an authorization response has ended the wait."""
+        return self._done
 
     def expect(self, server: str, state: str, issuer: str, iss_required: bool) -> None:
         self._expect = (server, state, issuer, iss_required)
@@ -767,20 +836,29 @@ class _CallbackServer:
                 return False, "This authorization has already been completed; you can close this window."
             if self._expect is None:
                 return False, "toolscript is not waiting for an authorization yet."
-            self._done = True
             try:
                 code = _check_callback(params, *self._expect)
+            except _ForeignState as exc:
+                log.warning("%s", exc.message)  # not the end: the genuine response may still come
+                return False, exc.message
             except AuthError as exc:
+                self._done = True
                 self._results.put((None, exc))
                 return False, exc.message
+            self._done = True
             self._results.put((code, None))
             return True, "toolscript received the authorization. You can close this window and return to the terminal."
 
     def wait(self, timeout: float) -> str:
-        try:
-            code, error = self._results.get(timeout=timeout)
-        except queue.Empty:
-            raise _Timeout() from None
+        deadline = time.monotonic() + timeout
+        while True:
+            # In short slices: a Ctrl-C that a thread toolscript did not start took is acted on at once.
+            try:
+                code, error = self._results.get(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+                break
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    raise _Timeout() from None
         if error is not None:
             raise error
         assert code is not None
@@ -792,6 +870,7 @@ class _CallbackServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             server_version = "toolscript"
             sys_version = ""
+            timeout = CALLBACK_IDLE_TIMEOUT  # per read: a silent connection is dropped
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 parts = urlsplit(self.path)
@@ -826,6 +905,26 @@ class _Timeout(Exception):
     pass
 
 
+def _start_without_signals(thread: threading.Thread) -> None:
+    """Start `thread` with SIGINT and SIGTERM blocked in it and in the threads it starts.
+
+    The kernel hands a signal sent to the process to any thread that does not block it;
+    one taken by a helper thread would leave the main thread waiting, Ctrl-C unheeded.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: signals reach the main thread only
+        thread.start()
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _ForeignState(AuthError):
+    """An authorization response that does not answer this request (its `state` differs)."""
+
+
 def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, scope: str | None,
                callback: _CallbackServer, *, open_browser: Callable[[str], object] | None,
                show_url: Callable[[str], None], read_pasted: Callable[[], str] | None, timeout: float) -> tuple[str, str]:
@@ -845,7 +944,8 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
     callback.expect(server.name, state, discovery.issuer, iss_required)
     show_url(url)
     if read_pasted is not None:
-        threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste", daemon=True).start()
+        _start_without_signals(threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste",
+                                                daemon=True))
     if open_browser is not None:
         log.info("Opening the authorization URL in the browser")
         if not open_browser(url):
@@ -879,17 +979,17 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
                         "address from the browser's address bar.")
             continue
         callback.submit(params)
-        return
+        if callback.done:
+            return
 
 
 def _check_callback(params: dict[str, str], server: str, state: str, issuer: str, iss_required: bool) -> str:
     """Check an authorization response (state, error, RFC 9207 iss); return the code."""
-    register_secret(params.get("code"))
-    register_secret(params.get("state"))
     if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
-        raise AuthError("The authorization response's state does not match the request; refusing it "
-                        "(it may be forged or from an older attempt).", server=server,
-                        next_command=auth_command(server))
+        # Its values are not registered as secrets: anyone can send these, as often as they like.
+        raise _ForeignState("Ignored an authorization response whose state does not match the request (it may be "
+                            "forged or from an older attempt); still waiting for the genuine one.")
+    register_secret(params.get("code"))  # the state is ours, registered already
     if "error" in params:
         description = params.get("error_description")
         raise AuthError(redact(f"Authorization was denied by the server: {params['error']}"

@@ -50,17 +50,17 @@ from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 
 if __package__:
     from .elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
-    from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError, UsageError
     from .errors import did_you_mean
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
-    from .redact import register_secret
+    from .redact import redact, register_secret
     from .storage import OAuthStatus, Store
 else:
     from elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
-    from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError, UsageError
     from errors import did_you_mean
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
-    from redact import register_secret
+    from redact import redact, register_secret
     from storage import OAuthStatus, Store
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ _INPUT_POLL_DELAYS = (0.05, 0.1, 0.2, 0.25)  # before resending a call whose res
 # switch to "auto" to have SDK servers answer with input-required results.
 PROTOCOL_NEGOTIATION = "legacy"
 _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "credential")
+
+_Found = TypeVar("_Found", bound=BaseException)
 
 AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
 """Given an http/sse server, return the `httpx2.Auth` for its requests (or None)."""
@@ -555,7 +557,7 @@ class _Server:
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "type": self.config.type, "status": self.status}
         if self.status not in (CONNECTED, CONNECTING):
-            row["error"] = self.error.message
+            row["error"] = redact(self.error.message)  # may quote a server, which may echo a credential
         row["tools"] = len(self.tools)
         oauth = self.oauth_status()
         if oauth is not None:
@@ -976,6 +978,9 @@ class _Server:
         elif isinstance(failure, ConnectError) and error is not None:
             connection.end_reason = failure.message  # a token refresh failed: it says so itself
             self.status, self.error = FAILED, failure
+        elif error is not None and (fault := _find(error, StorageError)) is not None:
+            connection.end_reason = fault.message  # the record or its lock is unusable; the message names the file
+            self.status, self.error = FAILED, fault
         elif error is not None:
             connection.end_reason = _reason(error, self.config)
             verb = "failed" if was_connected else "failed to connect"
@@ -1247,7 +1252,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def _find(exc: BaseException, kind: type[AuthRequiredError]) -> AuthRequiredError | None:
+def _find(exc: BaseException, kind: type[_Found]) -> _Found | None:
     return next((leaf for leaf in _leaves(exc) if isinstance(leaf, kind)), None)
 
 

@@ -62,8 +62,10 @@ __all__ = ["CALL_FAILURES", "StoredTokenAuth"]
 log = logging.getLogger("toolscript.gateway.auth")
 
 # Refresh this long before the recorded expiry, so a call never starts with a token
-# that dies in flight.
+# that dies in flight; for a short-lived token, this fraction of its lifetime instead, so a
+# fresh token is never taken for an expired one.
 EXPIRY_SKEW = 30.0
+EXPIRY_SKEW_FRACTION = 0.1
 _REJECTED = ("invalid_grant", "invalid_client", "unauthorized_client")
 
 
@@ -123,7 +125,10 @@ class StoredTokenAuth(OAuthClientProvider):
                     break  # no credentials: the request goes without, and a 401 says auth is needed
                 # First pass: refresh if (nearly) expired. Second pass, after a 401: refresh
                 # unless another task already replaced the token that was refused.
-                stale = tokens.is_expired(leeway=EXPIRY_SKEW) if attempt == 1 else tokens.access_token == sent
+                if attempt == 1:
+                    stale = tokens.is_expired(leeway=_refresh_margin(tokens))
+                else:
+                    stale = tokens.access_token == sent
                 if stale:
                     # Shielded: a cancellation must not lose a lock the worker thread took.
                     with anyio.CancelScope(shield=True):
@@ -180,10 +185,10 @@ class StoredTokenAuth(OAuthClientProvider):
         if current is None:
             raise self._fail(self._needs_auth())
         if current.access_token != used.access_token:
-            if not current.is_expired(leeway=EXPIRY_SKEW):
+            if not current.is_expired(leeway=_refresh_margin(current)):
                 log.debug("server '%s': using tokens refreshed by another process", name)
                 return None
-        elif not forced and not current.is_expired(leeway=EXPIRY_SKEW):
+        elif not forced and not current.is_expired(leeway=_refresh_margin(current)):
             return None
         if not current.refresh_token:
             raise self._fail(_auth_required(name, "the access token expired and there is no refresh token"))
@@ -247,6 +252,8 @@ class StoredTokenAuth(OAuthClientProvider):
         if record is not None and record is self._applied:
             return tokens  # the context already holds this record (it is parsed anew when the file changes)
         self._applied = record
+        for secret in record.secret_values() if record else ():
+            register_secret(secret)  # before any server could echo one back
         ctx = self.context
         ctx.client_info = _client_information(record.client) if record and record.client else None
         meta = record.metadata if record else None
@@ -296,7 +303,8 @@ class StoredTokenAuth(OAuthClientProvider):
         self.context.current_tokens = OAuthToken(
             access_token=tokens.access_token, refresh_token=tokens.refresh_token, scope=tokens.scope,
         )
-        self.context.token_expiry_time = tokens.expires_at - EXPIRY_SKEW if tokens.expires_at is not None else None
+        margin = _refresh_margin(tokens)
+        self.context.token_expiry_time = tokens.expires_at - margin if tokens.expires_at is not None else None
 
     def _attach(self, request: httpx2.Request) -> str | None:
         tokens = self.context.current_tokens
@@ -350,6 +358,14 @@ class StoredTokenAuth(OAuthClientProvider):
             return record
 
         await anyio.to_thread.run_sync(self.store.update, self.server.name, change)
+
+
+def _refresh_margin(tokens: Tokens) -> float:
+    """How long before its expiry a token is refreshed: `EXPIRY_SKEW`, less for a short-lived token."""
+    if tokens.expires_at is None or tokens.issued_at is None:
+        return EXPIRY_SKEW  # lifetime unknown (a record from an older version)
+    lifetime = tokens.expires_at - tokens.issued_at
+    return max(0.0, min(EXPIRY_SKEW, lifetime * EXPIRY_SKEW_FRACTION))
 
 
 def _may_carry_token(url: str, server_url: str) -> bool:

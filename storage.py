@@ -20,6 +20,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import secrets
 import stat
@@ -35,12 +36,12 @@ import tomli_w
 if __package__:
     from .config import toolscript_home, validate_server_name
     from .errors import ConfigError, StorageError, auth_command
-    from .redact import register_secret
+    from .redact import redact, register_secret
     from .urls import same_resource
 else:
     from config import toolscript_home, validate_server_name
     from errors import ConfigError, StorageError, auth_command
-    from redact import register_secret
+    from redact import redact, register_secret
     from urls import same_resource
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ __all__ = [
     "Record",
     "Store",
     "Tokens",
+    "expires_at_from",
     "oauth_status",
     "write_atomic",
 ]
@@ -62,6 +64,9 @@ log = logging.getLogger("toolscript.storage")
 REGISTRATION_SOURCES = ("dynamic", "config", "metadata_url")
 _SECTIONS = ("client", "tokens", "metadata")
 LOCK_TIMEOUT = 60.0
+# A token lifetime or stored time further ahead than this is treated as unknown: no server
+# means it, and times that far out break date formatting.
+MAX_LIFETIME = 10 * 365 * 86400.0
 
 
 @dataclass
@@ -81,13 +86,14 @@ class ClientInfo:
 
 @dataclass
 class Tokens:
-    """The tokens; `expires_at` is absolute (epoch seconds), never a relative lifetime."""
+    """The tokens; `expires_at` and `issued_at` are absolute (epoch seconds), never a relative lifetime."""
 
     access_token: str
     token_type: str = "Bearer"
     refresh_token: str | None = None
     scope: str | None = None
     expires_at: float | None = None
+    issued_at: float | None = None
 
     @classmethod
     def from_response(cls, body: Mapping[str, Any] | bytes, *, now: float, scope: str | None = None,
@@ -102,7 +108,7 @@ class Tokens:
         if isinstance(body, bytes):
             try:
                 body = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
                 body = None
         if not isinstance(body, Mapping):
             raise ValueError("the answer is not a JSON object")  # noqa: TRY004 (a bad answer, not a bad call)
@@ -114,15 +120,11 @@ class Tokens:
         token_type = body.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise ValueError(f"token_type is {token_type!r}, not Bearer")
-        expires_in = body.get("expires_in")
-        try:
-            expires_at = now + float(expires_in) if expires_in is not None else None
-        except (TypeError, ValueError):
-            expires_at = None  # unknown: used until the server refuses it
         granted = body.get("scope")
         return cls(access_token=access, token_type="Bearer",
                    refresh_token=refresh if isinstance(refresh, str) and refresh else refresh_token,
-                   scope=(granted if isinstance(granted, str) and granted else scope) or None, expires_at=expires_at)
+                   scope=(granted if isinstance(granted, str) and granted else scope) or None,
+                   expires_at=expires_at_from(body.get("expires_in"), now), issued_at=now)
 
     def is_expired(self, now: float | None = None, leeway: float = 0.0) -> bool:
         """Return whether the access token is expired, `leeway` seconds early."""
@@ -172,25 +174,36 @@ class Record:
             return None
         return self.tokens
 
+    def secret_values(self) -> list[str]:
+        """The tokens and client secret held by this record."""
+        values = [self.tokens.access_token, self.tokens.refresh_token] if self.tokens else []
+        values.append(self.client.client_secret if self.client else None)
+        return [value for value in values if value]
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {k: v for k, v in self.unknown.items() if k not in _SECTIONS}
         for name in _SECTIONS:
             section = getattr(self, name)
             if section is None:
                 continue
-            values = {k: v for k, v in dataclasses.asdict(section).items() if v is not None and v != []}
+            values = {k: v for k, v in dataclasses.asdict(section).items()
+                      if v is not None and v != [] and (not isinstance(v, float) or _usable_time(v))}
             values.update(self.unknown.get(name, {}))
             if values:
                 data[name] = values
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Record:
-        """Build a record from parsed TOML; raise ValueError when it is not one."""
+    def from_dict(cls, data: dict[str, Any], source: Path | str = "an OAuth record") -> Record:
+        """Build a record from parsed TOML; raise ValueError when it is not one.
+
+        A time that is not finite or lies absurdly far off is read as unknown, with a
+        warning naming `source`.
+        """
         unknown: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
-        client = _section(data, "client", ClientInfo, unknown)
-        tokens = _section(data, "tokens", Tokens, unknown)
-        metadata = _section(data, "metadata", Metadata, unknown) or Metadata()
+        client = _section(data, "client", ClientInfo, unknown, source)
+        tokens = _section(data, "tokens", Tokens, unknown, source)
+        metadata = _section(data, "metadata", Metadata, unknown, source) or Metadata()
         if client is not None and client.registration_source not in REGISTRATION_SOURCES:
             raise ValueError(f"client.registration_source {client.registration_source!r} is not one of {REGISTRATION_SOURCES}")
         return cls(client=client, tokens=tokens, metadata=metadata, unknown=unknown)
@@ -208,10 +221,32 @@ class OAuthStatus:
         return {"oauth_status": self.status, **({"oauth_error": self.reason} if self.reason else {})}
 
 
+def expires_at_from(expires_in: object, now: float) -> float | None:
+    """The absolute expiry for a token response's `expires_in`, or None when it is absent or unusable.
+
+    An unusable value (not a number, not finite, not positive, or beyond `MAX_LIFETIME`)
+    is logged as a warning and treated as "expiry unknown": the token is used until the
+    server refuses it.
+    """
+    if expires_in is None:
+        return None
+    try:
+        lifetime = float(expires_in) if not isinstance(expires_in, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        lifetime = math.nan
+    if 0 < lifetime <= MAX_LIFETIME:  # also false for nan
+        return now + lifetime
+    log.warning("The token endpoint sent expires_in %.40r, which is not a usable lifetime; "
+                "treating the token's expiry as unknown.", expires_in)
+    return None
+
+
+
+
 def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> OAuthStatus:
     """Classify a server's OAuth state from its record alone."""
     tokens = record.tokens_for(server_url) if record else None
-    last_error = record.metadata.last_error if record else None
+    last_error = _masked(record.metadata.last_error, record) if record else None
     if tokens is None:
         if last_error:
             return OAuthStatus("authentication_failed", last_error)
@@ -254,7 +289,8 @@ class Store:
             return None
         self._check_directory()
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: opening a FIFO planted here must not wait for a writer.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -262,16 +298,23 @@ class Store:
                 raise StorageError(f"{path} is a symbolic link; refusing to read it (delete it first).", path=str(path),
                                    server=server, next_command=auth_command(server)) from None
             raise StorageError(f"Cannot read {path}: {exc.strerror}.", path=str(path), server=server) from None
-        with os.fdopen(fd, "rb") as handle:
-            self._check_file(handle.fileno(), path, server)
-            raw = handle.read()
+        try:
+            try:
+                self._check_file(fd, path, server)  # before any use: it may be a directory or a FIFO
+            except BaseException:
+                os.close(fd)
+                raise
+            with os.fdopen(fd, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise StorageError(f"Cannot read {path}: {exc.strerror}.", path=str(path), server=server) from None
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError):
             data, reason = None, "not valid TOML"
         if data is not None:
             try:
-                return Record.from_dict(data)
+                return Record.from_dict(data, source=path)
             except ValueError as exc:
                 reason = str(exc)
         raise StorageError(f"OAuth record {path} is corrupt ({reason}); delete it, or log out and forget the client.",
@@ -279,20 +322,28 @@ class Store:
                            next_command=auth_command(server, "--logout", "--forget-client"))
 
     def save(self, server: str, record: Record) -> None:
-        """Write the record atomically with mode 0600."""
+        """Write the record atomically with mode 0600 (removing temporary files a crashed write left)."""
         path = self.path(server)
         self._ensure_directory()
         data = tomli_w.dumps(record.to_dict()).encode("utf-8")
-        write_atomic(path, data)
+        try:
+            _remove_temporary_files(path)
+            write_atomic(path, data)
+        except OSError as exc:
+            raise StorageError(f"Cannot write {path}: {exc.strerror or exc}.", path=str(path), server=server) from None
 
     def delete(self, server: str) -> bool:
-        """Delete the record; return whether there was one."""
+        """Delete the record (and temporary files a crashed write left); return whether there was one."""
         path = self.path(server)
         try:
+            _remove_temporary_files(path)
             path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_directory(path.parent)
+        except OSError as exc:
+            raise StorageError(f"Cannot delete {path}: {exc.strerror or exc}.", path=str(path), server=server) from None
+        with contextlib.suppress(OSError):  # it is gone; a failed directory sync only weakens durability
+            _fsync_directory(path.parent)
         return True
 
     @contextlib.contextmanager
@@ -312,7 +363,7 @@ class Store:
         """
         lock_path = self.path(server).with_suffix(".lock")
         self._ensure_directory()
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = _open_lock_file(lock_path, server)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -362,7 +413,11 @@ class Store:
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             log.warning("%s had permissions %03o; tightened to 700", self.directory, mode)
-            os.chmod(self.directory, 0o700)
+            try:
+                os.chmod(self.directory, 0o700)
+            except OSError as exc:
+                raise StorageError(f"Cannot tighten the permissions of {self.directory}: {exc.strerror or exc}.",
+                                   path=str(self.directory)) from None
 
     def _check_file(self, fd: int, path: Path, server: str) -> None:
         info = os.fstat(fd)
@@ -392,7 +447,7 @@ def _check_owner(info: os.stat_result, path: Path) -> None:
         )
 
 
-def _section(data: dict[str, Any], name: str, kind: type, unknown: dict[str, Any]) -> Any:
+def _section(data: dict[str, Any], name: str, kind: type, unknown: dict[str, Any], source: Path | str) -> Any:
     values = data.get(name)
     if values is None:
         return None
@@ -409,6 +464,9 @@ def _section(data: dict[str, Any], name: str, kind: type, unknown: dict[str, Any
             value = float(value)
         if not _matches(value, expected):
             raise ValueError(f"{name}.{key} has the wrong type")
+        if isinstance(value, float) and not _usable_time(value):
+            log.warning("%s: %s.%s = %r is not a usable time; treating it as unknown.", source, name, key, value)
+            continue
         kwargs[key] = value
     try:
         return kind(**kwargs)
@@ -423,6 +481,53 @@ def _matches(value: Any, annotation: str) -> bool:
     if "float" in annotation:
         return isinstance(value, float)
     return isinstance(value, str)
+
+
+def _usable_time(value: float) -> bool:
+    """Whether a stored time (epoch seconds) is finite and not absurdly far off."""
+    return 0 <= value <= time.time() + MAX_LIFETIME  # false for nan
+
+
+def _masked(text: str | None, record: Record) -> str | None:
+    """Server-supplied `text` with the record's secrets and secret-shaped values masked."""
+    if text is None:
+        return None
+    for value in record.secret_values():
+        register_secret(value)
+    return redact(text)
+
+
+def _open_lock_file(path: Path, server: str) -> int:
+    """Open (creating) the lock file; refuse anything but a regular file of ours, without blocking."""
+    try:
+        # O_NONBLOCK: opening a FIFO planted here must not wait for its other end.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StorageError(f"{path} is a symbolic link; refusing to use it as a lock. Delete it.",
+                               path=str(path), server=server) from None
+        raise StorageError(f"Cannot open the lock file {path}: {exc.strerror or exc}.", path=str(path),
+                           server=server) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StorageError(f"{path} is not a regular file; refusing to use it as a lock. Delete it.",
+                               path=str(path), server=server)
+        _check_owner(info, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_temporary_files(path: Path) -> None:
+    """Remove the temporary files (`.NAME.toml.*.tmp`, holding tokens) a crash in `write_atomic` left.
+
+    Only call with the record's lock held, so no other writer's file is taken.
+    """
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -4,7 +4,9 @@
 from the SDK) plus an ASGI layer in front that records every request (method, path,
 query, headers, body) and lets a test replace a JSON document or rewrite the redirect
 the authorization endpoint answers with. That is how tests serve a wrong issuer, drop
-the registration endpoint from metadata, or tamper with `state` and `iss`.
+the registration endpoint from metadata, or tamper with `state` and `iss`. It can also play
+a hostile token endpoint: one that echoes every credential it receives in its error
+messages (`echo_credentials`), or rewrites the token responses it sends (`expires_in`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -52,6 +55,9 @@ class _Wiretap:
     # Step-up: tool name -> the scope its calls need; a token without it gets a 403.
     step_up: dict[str, str] = field(default_factory=dict)
     scopes_of: Callable[[str], set[str]] = lambda token: set()
+    # (status, OAuth error): the token endpoint refuses every request, echoing its credentials.
+    echo_credentials: tuple[int, str] | None = None
+    rewrite_token_response: Callable[[bytes], bytes] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -60,6 +66,12 @@ class _Wiretap:
         seen = Seen(scope["method"], scope["path"], dict(parse_qsl(scope["query_string"].decode())),
                     {k.decode().lower(): v.decode() for k, v in scope["headers"]})
         self.seen.append(seen)
+        if scope["path"] == "/token" and self.echo_credentials is not None:
+            seen.body = await _read_body(receive)
+            await self._echo(seen, send)
+            return
+        if scope["path"] == "/token" and self.rewrite_token_response is not None:
+            send = _rewriting(send, self.rewrite_token_response)
         if scope["path"] in self.documents:
             status, document = self.documents[scope["path"]]
             body = json.dumps(document).encode()
@@ -105,6 +117,17 @@ class _Wiretap:
         await self.app(scope, tapped_receive, tapped_send)
 
 
+    async def _echo(self, seen: Seen, send: Any) -> None:
+        status, error = self.echo_credentials or (400, "invalid_request")
+        received = [f"{key} is {value}" for key, value in seen.form.items() if key not in ("grant_type", "resource")]
+        authorization = seen.headers.get("authorization", "")
+        if authorization.startswith("Basic "):
+            received.append("basic credentials are " + base64.b64decode(authorization[6:]).decode())
+        body = json.dumps({"error": error, "error_description": "cannot use " + "; ".join(received)}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
     def _step_up_challenge(self, seen: Seen) -> str | None:
         try:
             message = json.loads(seen.body)
@@ -117,6 +140,26 @@ class _Wiretap:
         if needed is None or needed in self.scopes_of(token):
             return None
         return f'Bearer error="insufficient_scope", scope="{" ".join([*sorted(self.scopes_of(token)), needed])}"'
+
+
+def _rewriting(send: Any, rewrite: Callable[[bytes], bytes]) -> Any:
+    """An ASGI `send` that passes the whole response body through `rewrite`."""
+    held: dict[str, Any] = {"body": b""}
+
+    async def rewriting_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            held["start"] = message
+        elif message["type"] == "http.response.body":
+            held["body"] += message.get("body", b"")
+            if not message.get("more_body"):
+                body, start = rewrite(held["body"]), held["start"]
+                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+        else:
+            await send(message)
+
+    return rewriting_send
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -175,6 +218,15 @@ class OAuthTestServer(DemoServer):
     def hide(self, path: str) -> None:
         """Answer 404 at `path`."""
         self.tap.documents[path] = (404, {"error": "not_found"})
+
+    def echo_credentials(self, status: int = 400, error: str = "invalid_request") -> None:
+        """Make the token endpoint refuse every request with `error`, echoing every credential it received."""
+        self.tap.echo_credentials = (status, error)
+
+    def send_expires_in(self, raw: str) -> None:
+        """Make the token endpoint's responses carry `"expires_in": RAW` (raw JSON text, e.g. `Infinity`)."""
+        self.tap.rewrite_token_response = lambda body: re.sub(rb'"expires_in":\s*[^,}]+', b'"expires_in": '
+                                                              + raw.encode(), body)
 
     def requests_to(self, path: str, method: str | None = None) -> list[Seen]:
         return [s for s in self.tap.seen if s.path == path and (method is None or s.method == method)]

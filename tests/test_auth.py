@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -407,3 +409,87 @@ def test_plain_http_server_url_off_loopback_is_refused(oauth_server):
     assert str(caught.value) == (
         "The URL of server 'demo' http://mcp.example.com/mcp is not an https URL; refusing to use it "
         "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")
+
+
+# -- the callback server under stray and hostile requests ------------------------------
+
+
+def test_callback_server_drops_a_silent_connection():
+    with auth._CallbackServer(None) as callback, socket.create_connection(("127.0.0.1", callback.port)) as idle:
+        idle.settimeout(auth.CALLBACK_IDLE_TIMEOUT + 25)
+        assert idle.recv(1) == b""  # closed by the server, not left hanging
+
+
+def test_silent_connections_never_delay_the_callback():
+    import requests
+
+    with auth._CallbackServer(None) as callback, contextlib.ExitStack() as stack:
+        for _ in range(5):  # four say nothing, one sends half a request line
+            idle = stack.enter_context(socket.create_connection(("127.0.0.1", callback.port)))
+        idle.sendall(b"GET /callback?co")
+        callback.expect("demo", "the-expected-state", "https://issuer.example", False)
+        response = requests.get(f"{callback.redirect_uri}?code=the-code&state=the-expected-state", timeout=10)
+        assert response.status_code == 200, response.text
+        assert callback.wait(10) == "the-code"
+
+
+def test_a_forged_state_is_ignored_and_the_flow_keeps_waiting(oauth_server, caplog):
+    import requests
+
+    test_server = oauth_server()
+    forged: list[requests.Response] = []
+
+    def browser(url: str) -> bool:
+        redirect = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["redirect_uri"][0]
+        forged.append(requests.get(redirect + "?code=attacker-code&state=wrong", timeout=10))
+        forged.append(requests.get(redirect + "?error=access_denied&state=wrong", timeout=10))
+        return visit(url)
+
+    with caplog.at_level("WARNING", logger="toolscript.auth"):
+        record, _ = _authenticate(_server(test_server), open_browser=browser)
+    assert record.tokens.access_token in test_server.provider.access_tokens
+    assert [response.status_code for response in forged] == [400, 400]
+    assert "still waiting for the genuine one" in forged[0].text
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "Ignored an authorization response whose state does not match the request (it may be forged or from an "
+        "older attempt); still waiting for the genuine one."] * 2
+    [token] = test_server.requests_to("/token")
+    assert token.form["code"] != "attacker-code"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "[::1]", "localhost"])
+def test_callback_server_listens_on_the_host_the_redirect_uri_names(oauth_server, host):
+    family = socket.AF_INET6 if host == "[::1]" else socket.AF_INET
+    with socket.socket(family) as probe:  # a port free on that host now
+        probe.bind((host.strip("[]").replace("localhost", "127.0.0.1"), 0))
+        port = probe.getsockname()[1]
+    redirect = f"http://{host}:{port}/callback"
+    test_server = oauth_server()
+    record, _ = _authenticate(_server(test_server, f'[servers.demo.oauth]\nredirect_uri = "{redirect}"\n'))
+    assert record.client.redirect_uri == redirect
+    [authorize] = test_server.requests_to("/authorize")
+    assert authorize.query["redirect_uri"] == redirect
+
+
+# -- hostile token responses -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("expires_in", ["Infinity", "-Infinity", "NaN", "1e400", "-5", "0", "1e10", '"soon"', "true"])
+def test_unusable_expires_in_means_expiry_unknown(oauth_server, caplog, expires_in):
+    test_server = oauth_server()
+    test_server.send_expires_in(expires_in)
+    with caplog.at_level("WARNING", logger="toolscript.storage"):
+        record, _ = _authenticate(_server(test_server))
+    assert record.tokens.expires_at is None
+    assert Store().load("demo").tokens.expires_at is None
+    assert any("not a usable lifetime; treating the token's expiry as unknown" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_plain_expires_in_is_kept(oauth_server):
+    test_server = oauth_server()
+    test_server.send_expires_in('"120"')  # a string, as some servers send it
+    before = time.time()
+    record, _ = _authenticate(_server(test_server))
+    assert before + 120 <= record.tokens.expires_at <= time.time() + 120
+    assert before <= record.tokens.issued_at <= time.time()

@@ -3,9 +3,12 @@ the SDK, and `$BROWSER` set to a stand-in browser that follows the authorization
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -13,6 +16,7 @@ import threading
 import time
 import tomllib
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
@@ -151,15 +155,15 @@ def test_server_without_registration_endpoint(oauth_server, browser, isolated_en
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
 
-def test_state_mismatch_is_refused_without_token_request(oauth_server, browser, isolated_env):
+def test_state_mismatch_is_ignored_without_token_request(oauth_server, browser, isolated_env):
     server = oauth_server()
     server.tap.rewrite_redirect = lambda location: with_query(location, state="forged-state-value")
     _config(server)
-    proc = run_cli("auth", "demo", env=browser)
+    proc = run_cli("auth", "demo", "--timeout", "1", env=browser)
     assert proc.returncode == 1, explain(proc)
-    assert proc.stderr.splitlines()[-1] == (
-        "error: The authorization response's state does not match the request; refusing it (it may be forged or "
-        "from an older attempt). Run: toolscript auth demo")
+    assert ("Ignored an authorization response whose state does not match the request (it may be forged or from "
+            "an older attempt); still waiting for the genuine one.") in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: Timed out after 1 s waiting for the authorization of 'demo'")
     assert server.requests_to("/token") == []
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
@@ -257,13 +261,27 @@ class _Interactive:
             if line.startswith("http://") and "/authorize?" in line:
                 return line
 
-    def finish(self) -> tuple[int, str, str]:
+    def finish(self, timeout: float = 30, close_stdin: bool = True) -> tuple[int, str, str]:
+        """Wait (bounded) for the exit, after closing stdin or before; a process still running then is killed."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+        if close_stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"still running {timeout} s later:\n{''.join(self.stderr)}") from None
+        finally:
+            self.proc.stdin.close()
         stdout = self.proc.stdout.read()  # small: cannot have blocked the process
         self._reader.join(10)
         return self.proc.returncode, stdout, "".join(self.stderr)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def test_no_browser_accepts_the_pasted_url(oauth_server, isolated_env):
@@ -295,6 +313,45 @@ def test_ctrl_c_cancels_and_keeps_stored_data(oauth_server, browser, isolated_en
     assert code == 130, stderr
     assert "error: Authorization of 'demo' cancelled; stored data unchanged." in stderr
     assert (isolated_env / "oauth" / "demo.toml").read_bytes() == before
+
+
+def _callback_address(authorization_url: str) -> tuple[str, int]:
+    redirect = urlsplit(dict(parse_qsl(urlsplit(authorization_url).query))["redirect_uri"])
+    return redirect.hostname, redirect.port
+
+
+def test_timeout_ends_the_command_despite_a_silent_connection(oauth_server, isolated_env):
+    server = oauth_server()
+    _config(server)
+    cli = _Interactive("auth", "demo", "--no-browser", "--timeout", "2")
+    try:
+        with socket.create_connection(_callback_address(cli.authorization_url()), timeout=10):
+            code, _, stderr = cli.finish()
+    finally:
+        cli.kill()
+    assert code == 1, stderr
+    assert stderr.splitlines()[-1].startswith("error: Timed out after 2 s waiting for the authorization of 'demo'")
+    assert "Traceback" not in stderr
+
+
+def test_ctrl_c_ends_the_command_despite_silent_connections(oauth_server, isolated_env):
+    server = oauth_server()
+    _config(server)
+    cli = _Interactive("auth", "demo", "--no-browser")
+    try:
+        address = _callback_address(cli.authorization_url())
+        assert requests.get(f"http://{address[0]}:{address[1]}/favicon.ico", timeout=10).status_code == 404
+        with contextlib.ExitStack() as stack:
+            # Each gets a thread of its own in the callback server, none of which may take the SIGINT.
+            for _ in range(10):
+                stack.enter_context(socket.create_connection(address, timeout=10))
+            cli.proc.send_signal(signal.SIGINT)
+            code, _, stderr = cli.finish(close_stdin=False)  # as at a terminal: the paste prompt stays open
+    finally:
+        cli.kill()
+    assert code == 130, stderr
+    assert "error: Authorization of 'demo' cancelled; stored data unchanged." in stderr
+    assert "Traceback" not in stderr
 
 
 def test_no_refresh_token_is_explained(oauth_server, browser):
@@ -378,3 +435,42 @@ def test_debug_log_of_a_whole_flow_holds_no_secret(oauth_server, browser, isolat
     for name, value in secrets.items():
         assert not any(value in line for line in lines), f"{name} leaked:\n{proc.stderr}"
         assert value not in proc.stdout
+
+
+def test_a_stored_expiry_that_is_not_usable_breaks_nothing(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    path = isolated_env / "oauth" / "demo.toml"
+    written = path.read_text()
+    for value in ("inf", "nan", "-inf", "1e300"):  # as an older version may have stored them
+        path.write_text(re.sub(r"(?m)^expires_at = .*$", f"expires_at = {value}", written))
+        for command in (["auth"], ["auth", "demo", "--status"], ["call", "demo__echo", '{"text": "still works"}']):
+            proc = run_cli(*command)
+            assert proc.returncode == 0, explain(proc)
+            assert "Traceback" not in proc.stderr, explain(proc)
+            assert "tokens.expires_at" in proc.stderr and "treating it as unknown" in proc.stderr, explain(proc)
+        assert proc.stdout == "still works\n"
+
+
+def test_keys_from_a_newer_version_survive_auth_and_logout(oauth_server, browser, isolated_env):
+    server = oauth_server()
+    _config(server)
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    path = isolated_env / "oauth" / "demo.toml"
+    text = path.read_text().replace("[client]\n", '[client]\njwks_uri = "https://client.example/jwks"\n')
+    path.write_text(text + '\n[future]\nflag = true\n\n[future.nested]\nlevel = 2\n')
+
+    proc = run_cli("auth", "demo", env=browser)  # reuses the stored registration
+    assert proc.returncode == 0, explain(proc)
+    assert len(server.provider.registrations) == 1
+    record = _record(isolated_env)
+    assert record["client"]["jwks_uri"] == "https://client.example/jwks"
+    assert record["future"] == {"flag": True, "nested": {"level": 2}}
+
+    proc = run_cli("auth", "demo", "--logout")
+    assert proc.returncode == 0, explain(proc)
+    record = _record(isolated_env)
+    assert "tokens" not in record
+    assert record["client"]["jwks_uri"] == "https://client.example/jwks"
+    assert record["future"] == {"flag": True, "nested": {"level": 2}}

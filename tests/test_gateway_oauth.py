@@ -22,7 +22,8 @@ from config import load_config
 from conftest import ROOT, explain, finish_within, run_cli, run_threads, start_gateway_process, write_config
 from errors import AuthError, AuthRequiredError
 from gateway import Gateway
-from storage import Store
+from redact import MASK
+from storage import ClientInfo, Metadata, Record, Store, Tokens
 
 NAME = "demo"
 
@@ -96,6 +97,7 @@ def test_token_is_refreshed_a_little_before_expiry_not_after_a_failure(oauth_ser
     store = Store()
     record = store.load(NAME)
     record.tokens.expires_at = time.time() + 5  # still valid at the server, but about to expire
+    record.tokens.issued_at = record.tokens.expires_at - 3600  # a 60-minute token
     store.save(NAME, record)
     first = len(server.tap.seen)
     with Gateway(load_config()) as gateway:
@@ -106,6 +108,41 @@ def test_token_is_refreshed_a_little_before_expiry_not_after_a_failure(oauth_ser
     # No request went out with the old token first: every MCP request carried the new one.
     new = store.load(NAME).tokens.access_token
     assert {s.headers.get("authorization") for s in used} == {f"Bearer {new}"}
+
+
+def test_a_sixty_minute_token_is_refreshed_shortly_before_expiry_not_minutes_early(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    store = Store()
+    for remaining, expected in ((120, 0), (20, 1)):
+        record = store.load(NAME)
+        record.tokens.expires_at = time.time() + remaining
+        record.tokens.issued_at = record.tokens.expires_at - 3600
+        store.save(NAME, record)
+        with Gateway(load_config()) as gateway:
+            gateway.call(f"{NAME}__echo", {"text": "x"})
+        assert len(refreshes(server)) == expected, f"{remaining} s before expiry"
+
+
+def test_a_four_second_token_costs_one_call_at_most_one_refresh(oauth_server: Any) -> None:
+    server = setup_server(oauth_server, token_lifetime=4)
+    age_tokens()
+    proc = run_cli("call", f"{NAME}__echo", '{"text": "short-lived"}')
+    assert proc.returncode == 0, explain(proc)
+    assert len(refreshes(server)) == 1  # a fresh 4 s token is not taken for an expired one
+    assert Store().load(NAME).tokens.access_token in server.provider.access_tokens
+
+
+def test_an_unusable_expires_in_on_refresh_keeps_the_new_tokens(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    old = age_tokens()
+    server.send_expires_in("Infinity")
+    proc = run_cli("call", f"{NAME}__echo", '{"text": "refreshed"}')
+    assert proc.returncode == 0, explain(proc)
+    assert "not a usable lifetime; treating the token's expiry as unknown" in proc.stderr
+    new = Store().load(NAME).tokens
+    assert new.expires_at is None
+    assert new.refresh_token != old.tokens.refresh_token and new.refresh_token in server.provider.refresh_tokens
+    assert len(refreshes(server)) == 1
 
 
 def test_twenty_concurrent_calls_with_an_expired_token_cause_one_refresh(oauth_server: Any) -> None:
@@ -407,3 +444,59 @@ def test_unusable_refresh_answer_is_named_like_the_token_exchange_does(oauth_ser
         gateway.call(f"{NAME}__echo", {"text": "x"})
     assert str(caught.value) == "Token refresh for server 'demo' failed: token_type is 'mac', not Bearer."
     assert Store().load(NAME).tokens == old.tokens  # nothing half-usable is stored
+
+
+ECHO_ROWS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from config import load_config
+from errors import ToolscriptError
+from gateway import Gateway
+with Gateway(load_config()) as gateway:
+    try:
+        gateway.call("demo__echo", {"text": "x"})
+    except ToolscriptError as exc:
+        print(json.dumps({"call": str(exc), "servers": gateway.servers()}))
+"""
+
+
+def test_credentials_echoed_by_the_token_endpoint_are_masked_everywhere(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)
+    record = age_tokens()
+    credentials = {"refresh token": record.tokens.refresh_token, "client secret": record.client.client_secret}
+    server.echo_credentials()  # 400 invalid_request, every credential received in error_description
+    # A fresh process: nothing is registered with `redact` before the gateway reads the record.
+    proc = subprocess.run([sys.executable, "-c", ECHO_ROWS, str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout, f"{proc.stdout}\n{proc.stderr}"
+    answer = json.loads(proc.stdout)
+    [sent] = refreshes(server)
+    assert sent.form["refresh_token"] == record.tokens.refresh_token  # ... and echoed back
+    assert sent.form["client_secret"] == record.client.client_secret
+    stored = Store().load(NAME).metadata.last_error
+    assert stored == (f"token refresh failed: 400 invalid_request: cannot use refresh_token is {MASK}; "
+                      f"client_id is {record.client.client_id}; client_secret is {MASK}")
+    shown = {"the record's last_error": stored, "the call's error": answer["call"],
+             "the servers answer (GET /servers)": json.dumps(answer["servers"])}
+    for args in (("servers",), ("servers", "--json"), ("call", f"{NAME}__echo")):
+        proc = run_cli(*args)
+        shown[f"toolscript {' '.join(args)}"] = proc.stdout + proc.stderr
+    assert MASK in shown["toolscript servers"] and MASK in shown["toolscript servers --json"]
+    for where, text in shown.items():
+        for what, value in credentials.items():
+            assert value not in text, f"the {what} is in {where}: {text}"
+
+
+def test_a_secret_stored_in_last_error_by_an_older_version_is_masked_when_shown() -> None:
+    write_config(f'[servers.{NAME}]\nurl = "https://mcp.example.com/mcp"\n')
+    refresh_token, client_secret = "rt-0123456789abcdef", "cs-0123456789abcdef"
+    Store().save(NAME, Record(
+        client=ClientInfo("cid", client_secret=client_secret),
+        tokens=Tokens("at-0123456789abcdef", refresh_token=refresh_token),
+        metadata=Metadata(server_url="https://mcp.example.com/mcp",
+                          last_error=f"token refresh failed: 400 invalid_request: {refresh_token}, {client_secret}"),
+    ))
+    for args in (("servers",), ("servers", "--json")):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, explain(proc)
+        assert f"400 invalid_request: {MASK}, {MASK}" in proc.stdout, explain(proc)
+        assert refresh_token not in proc.stdout and client_secret not in proc.stdout

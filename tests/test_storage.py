@@ -92,7 +92,7 @@ def test_failed_replace_leaves_old_record_and_no_temp_file(isolated_env: Path, m
     monkeypatch.setattr(storage.os, "replace", crash)
     changed = sample_record()
     changed.tokens = Tokens(access_token="at-2")
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError):  # the OSError, as one line naming the file
         store.save("github", changed)
     monkeypatch.undo()
     assert (isolated_env / "oauth" / "github.toml").read_bytes() == before
@@ -193,7 +193,7 @@ def test_token_answer_becomes_tokens_with_an_absolute_expiry() -> None:
             "refresh_token": "rt-answer-1", "id_token": "idt-answer-1"}
     tokens = Tokens.from_response(body, now=1000.0)
     assert tokens == Tokens(access_token="at-answer-1", token_type="Bearer", refresh_token="rt-answer-1",
-                            scope="a b", expires_at=4600.0)
+                            scope="a b", expires_at=4600.0, issued_at=1000.0)
     assert Tokens.from_response(json.dumps(body).encode(), now=1000.0) == tokens  # the raw body reads the same
     # Every token of the answer is a secret from then on, the unused id_token too.
     assert redact("at-answer-1 rt-answer-1 idt-answer-1") == "[REDACTED] [REDACTED] [REDACTED]"
@@ -240,3 +240,143 @@ def test_keys_from_a_newer_version_survive_an_update(isolated_env: Path) -> None
     data = tomllib.loads(path.read_text())
     assert data["future"] == {"flag": True}
     assert data["tokens"]["bound_to"] == "dpop" and data["tokens"]["access_token"] == "at-2"
+
+
+# -- hostile and broken files ---------------------------------------------------------
+
+from conftest import explain, run_cli, write_config  # noqa: E402
+
+import toolscript  # noqa: E402
+
+
+def _plant(path: Path, kind: str) -> None:
+    """Put a symbolic link (to a valid record), a directory or a FIFO where `path` should be."""
+    path.unlink(missing_ok=True)
+    if kind == "symlink":
+        target = path.parent.parent / "elsewhere.toml"
+        target.write_bytes((path.parent / "github.toml").read_bytes())
+        path.symlink_to(target)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo"])
+@pytest.mark.parametrize("which", ["record", "lock"])
+def test_a_planted_record_or_lock_file_is_one_line_and_exit_2(isolated_env: Path, kind: str, which: str) -> None:
+    write_config(f'[servers.github]\nurl = "{URL}"\n[servers.demo]\nurl = "{URL}"\n')
+    store = Store()
+    store.save("github", sample_record())
+    store.save("demo", sample_record())
+    path = store.path("demo") if which == "record" else store.path("demo").with_suffix(".lock")
+    _plant(path, kind)
+    commands = [["auth", "demo", "--logout"]]
+    if which == "record":
+        commands += [["auth", "demo", "--status"], ["call", "demo__echo"]]
+    for command in commands:
+        proc = run_cli(*command, timeout=30)  # a FIFO opened for reading would block forever
+        assert proc.returncode == 2, explain(proc)
+        assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, explain(proc)
+        assert proc.stderr.startswith("error: ") and str(path) in proc.stderr, explain(proc)
+    if which == "record":
+        proc = run_cli("auth", timeout=30)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, explain(proc)
+        assert "demo    unreadable record: " in proc.stdout and str(path) in proc.stdout, explain(proc)
+    else:
+        assert store.load("demo") == sample_record()  # untouched
+
+
+def test_a_full_disk_is_a_storage_error_naming_the_file(isolated_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(f'[servers.github]\nurl = "{URL}"\n')
+    store = Store()
+    store.save("github", sample_record())
+    before = store.path("github").read_bytes()
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, os.strerror(28))  # ENOSPC
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StorageError) as caught:
+        store.save("github", sample_record())
+    assert caught.value.path == str(store.path("github"))
+    assert toolscript.main(["auth", "github", "--logout"]) == 2
+    assert capsys.readouterr().err == f"error: Cannot write {store.path('github')}: No space left on device.\n"
+    assert store.path("github").read_bytes() == before
+    assert sorted(p.name for p in store.directory.iterdir()) == ["github.lock", "github.toml"]  # no temp file left
+
+
+def test_a_read_only_directory_is_a_storage_error_naming_the_file(isolated_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # Root ignores permission bits, so the read-only file system is played by os.open.
+    write_config(f'[servers.github]\nurl = "{URL}"\n')
+    store = Store()
+    store.save("github", sample_record())
+    real_open = os.open
+
+    def read_only(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_CREAT and str(path).endswith(".tmp"):
+            raise OSError(30, os.strerror(30), str(path))  # EROFS
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert toolscript.main(["auth", "github", "--logout"]) == 2
+    assert capsys.readouterr().err == f"error: Cannot write {store.path('github')}: Read-only file system.\n"
+    assert store.load("github") == sample_record()
+
+
+def test_temporary_files_of_a_crashed_write_are_removed_by_the_next_write_and_by_logout(isolated_env: Path) -> None:
+    write_config(f'[servers.github]\nurl = "{URL}"\n')
+    store = Store()
+    store.save("github", sample_record())
+
+    def crash_leftovers() -> list[Path]:
+        leftovers = [store.directory / f".github.toml.{n:012x}.tmp" for n in (1, 2)]
+        for leftover in leftovers:
+            leftover.write_text('[tokens]\naccess_token = "at-from-a-crash"\n')
+        (store.directory / ".other.toml.000000000003.tmp").write_text("not ours")
+        return leftovers
+
+    def temporary_files() -> list[str]:
+        return sorted(p.name for p in store.directory.iterdir() if p.name.endswith(".tmp"))
+
+    crash_leftovers()
+    store.update("github", lambda record: record)
+    assert temporary_files() == [".other.toml.000000000003.tmp"]  # another record's are left alone
+    crash_leftovers()
+    assert toolscript.main(["auth", "github", "--logout"]) == 0
+    assert temporary_files() == [".other.toml.000000000003.tmp"]
+    store.delete("github")
+    crash_leftovers()  # a crash during the very first write: no record at all
+    assert toolscript.main(["auth", "github", "--logout"]) == 0
+    assert temporary_files() == [".other.toml.000000000003.tmp"]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e300", "-1e300"])
+def test_a_stored_time_that_is_not_usable_is_read_as_unknown(isolated_env: Path, caplog: pytest.LogCaptureFixture,
+                                                             value: str) -> None:
+    store = Store()
+    store.save("github", sample_record())
+    path = store.path("github")
+    text = path.read_text().replace("expires_at = 1800000000.0", f"expires_at = {value}")
+    path.write_text(text.replace("registered_at = 1700000000.0", f"registered_at = {value}"))
+    with caplog.at_level(logging.WARNING, logger="toolscript.storage"):
+        record = store.load("github")
+    assert record is not None and record.tokens is not None and record.client is not None
+    assert record.tokens.expires_at is None and record.client.registered_at is None
+    assert f"{path}: tokens.expires_at = {float(value)!r} is not a usable time; treating it as unknown." in caplog.text
+    from gateway_auth import _client_information
+
+    _client_information(record.client)  # the SDK's model takes it: no OverflowError
+    store.save("github", record)
+    assert "expires_at" not in tomllib.loads(path.read_text())["tokens"]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300])
+def test_an_unusable_time_is_never_written(isolated_env: Path, value: float) -> None:
+    record = sample_record()
+    assert record.tokens is not None
+    record.tokens.expires_at = value
+    Store().save("github", record)
+    assert "expires_at" not in tomllib.loads(Store().path("github").read_text())["tokens"]
