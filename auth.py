@@ -54,6 +54,7 @@ __all__ = [
     "LogoutResult",
     "auth_state",
     "authenticate",
+    "describe_duration",
     "describe_tokens",
     "logout",
     "parse_www_authenticate",
@@ -94,6 +95,9 @@ class LogoutResult:
     failures: list[str] = field(default_factory=list)
     deleted_tokens: bool = False
     deleted_client: bool = False
+    # The server offers no revocation: the deleted tokens stay valid until they expire (this access token then).
+    not_revocable: bool = False
+    access_token_expires_at: float | None = None
 
 
 # -- the flow ------------------------------------------------------------------------
@@ -108,13 +112,16 @@ def authenticate(
     read_pasted: Callable[[], str] | None = None,
     timeout: float = 300.0,
     http_timeout: float = HTTP_TIMEOUT,
+    forget_client: bool = False,
 ) -> Record | None:
     """Authenticate `server` interactively and store the result; None if it needs no auth.
 
     `show_url` is given the authorization URL (always); `open_browser` then opens it
     (None: do not). `read_pasted`, when given, is called repeatedly in a thread for a
     line holding the redirected URL, as an alternative to the loopback callback.
-    `timeout` bounds the wait for the browser.
+    `timeout` bounds the wait for the browser. `forget_client` registers anew instead of
+    reusing the stored client registration. A server that answers without asking for
+    authorization is recorded as such (`Record.auth_not_needed`).
     """
     if not server.is_remote or server.url is None:
         raise AuthError(f"Server '{server.name}' is a {server.type} server; only http and sse servers use OAuth.",
@@ -123,13 +130,16 @@ def authenticate(
     try:
         discovery = _discover(http, server)
         if discovery is None:
+            store.update(server.name, lambda old: _note_auth_not_needed(old, server.url))
             return None
         record = store.load(server.name)
         scope = _choose_scope(server, discovery, record)
-        callback, client = _prepare_client(http, server, discovery, record, scope)
+        stored = record.client if record is not None and not forget_client else None
+        callback, client = _prepare_client(http, server, discovery, stored, scope)
         with callback:
             code, verifier = _authorize(server, discovery, client, scope, callback, open_browser=open_browser,
-                                        show_url=show_url, read_pasted=read_pasted, timeout=timeout)
+                                        show_url=show_url, read_pasted=read_pasted, timeout=timeout,
+                                        stored_client=stored is not None and client is stored)
         log.info("Exchanging the authorization code for tokens")
         tokens = _exchange_code(http, discovery, client, code, verifier, scope)
     finally:
@@ -143,6 +153,12 @@ def authenticate(
     ))
     store.update(server.name, lambda _old: new)
     return new
+
+
+def _note_auth_not_needed(record: Record | None, server_url: str | None) -> Record:
+    record = record or Record()
+    record.metadata.auth_not_needed_for = server_url
+    return record
 
 
 def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
@@ -190,6 +206,8 @@ def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
 
     result.deleted_tokens = tokens is not None
     result.deleted_client = forget_client and client is not None
+    if tokens is not None and not endpoint:
+        result.not_revocable, result.access_token_expires_at = True, tokens.expires_at
     store.update(server.name, change)
     return result
 
@@ -205,6 +223,8 @@ def auth_state(server: ServerConfig, record: Record | None, now: float | None = 
         return AuthState("n/a", "Authorization header configured")
     tokens = record.tokens_for(server.url) if record else None
     if tokens is None:
+        if record is not None and record.auth_not_needed(server.url):
+            return AuthState("no auth needed", "it answered toolscript auth without asking for authorization")
         return AuthState("not authenticated", needs_auth=True)
     now = time.time() if now is None else now
     if tokens.is_expired(now):
@@ -212,6 +232,11 @@ def auth_state(server: ServerConfig, record: Record | None, now: float | None = 
             return AuthState("expired", "refreshable")
         return AuthState("expired", "not refreshable", needs_auth=True)
     return AuthState("authenticated", describe_tokens(tokens, now))
+
+
+def describe_duration(seconds: float) -> str:
+    """Return e.g. `59 min` or `3 days`."""
+    return _duration(seconds)
 
 
 def describe_tokens(tokens: Tokens, now: float | None = None) -> str:
@@ -249,6 +274,8 @@ def status_report(server: ServerConfig, store: Store, now: float | None = None) 
         lines += [("Client", f"{client.client_id} via {how}{secret}"),
                   ("Token auth method", client.token_endpoint_auth_method or "-"),
                   ("Redirect URI", client.redirect_uri or "-")]
+        if client.registration_client_uri:
+            lines.append(("Client configuration", f"{client.registration_client_uri} (RFC 7592)"))
     lines.append(("Scopes requested", meta.scope_requested or "(none)"))
     if meta.step_up_scope:
         lines.append(("Step-up scopes", f"{meta.step_up_scope} (asked for by the next toolscript auth)"))
@@ -394,8 +421,11 @@ def _discover(http: _Http, server: ServerConfig) -> _Discovery | None:
     if prm is not None:
         resource = prm.get("resource")
         if not isinstance(resource, str) or not _resource_covers(resource, url):
+            alias = _loopback_alias(resource, url) if isinstance(resource, str) else None
+            hint = (f" The server calls itself {urlsplit(alias).hostname}, not {urlsplit(url).hostname}: configure "
+                    f"url = \"{alias}\" in [servers.{name}].") if alias else ""
             raise AuthError(f"Protected resource metadata at {prm_url} names resource {resource!r}, which does not "
-                            f"match server '{name}' at {url} (RFC 8707); refusing to authenticate.", server=name)
+                            f"match server '{name}' at {url} (RFC 8707); refusing to authenticate.{hint}", server=name)
         servers = prm.get("authorization_servers")
         if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
             raise AuthError(f"Protected resource metadata at {prm_url} lists no authorization server.", server=name)
@@ -568,6 +598,21 @@ def _same_origin_issuer(issuer: str, origin: str) -> bool:
     return not parts.query and not parts.fragment and url_origin(issuer) == origin
 
 
+def _loopback_alias(resource: str, server_url: str) -> str | None:
+    """`server_url` on the resource's host, when the two name the loopback host differently (localhost, 127.0.0.1)."""
+    named, configured = urlsplit(resource), urlsplit(server_url)
+    try:
+        same_port = named.port == configured.port
+    except ValueError:
+        return None
+    if named.scheme != configured.scheme or not same_port or named.hostname == configured.hostname:
+        return None
+    if not (is_loopback_host(named.hostname) and is_loopback_host(configured.hostname)):
+        return None
+    alias = urlunsplit((configured.scheme, named.netloc, configured.path, configured.query, ""))
+    return alias if _resource_covers(resource, alias) else None
+
+
 def _resource_covers(resource: str, server_url: str) -> bool:
     """Whether the metadata's `resource` is the server URL or a parent of it (RFC 8707, RFC 9728)."""
     if url_origin(resource) != url_origin(server_url):
@@ -594,16 +639,19 @@ def _choose_scope(server: ServerConfig, discovery: _Discovery, record: Record | 
     return " ".join(dict.fromkeys(scopes)) or None
 
 
-def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, record: Record | None,
+def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, stored: ClientInfo | None,
                     scope: str | None) -> tuple[_CallbackServer, ClientInfo]:
     """Pick the client and start the loopback server on its redirect port (registering if needed)."""
     oauth = server.oauth
     configured_redirect = oauth.redirect_uri if oauth else None
-    stored = record.client if record else None
     client = _configured_client(server, discovery)
     if client is None and stored is not None and _reusable(stored, discovery, scope, configured_redirect):
-        log.info("Using the client registration stored for %s (client_id %s)", discovery.issuer, stored.client_id)
-        client = stored
+        if _registration_gone(http, stored):
+            log.info("%s no longer knows the stored client registration (client_id %s); registering anew",
+                     discovery.issuer, stored.client_id)
+        else:
+            log.info("Using the client registration stored for %s (client_id %s)", discovery.issuer, stored.client_id)
+            client = stored
     elif client is not None and stored is not None and stored.client_id == client.client_id:
         client.redirect_uri = client.redirect_uri or stored.redirect_uri  # keep the port across runs
     redirect = client.redirect_uri if client else configured_redirect
@@ -625,6 +673,37 @@ def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, re
     else:
         client.redirect_uri = callback.redirect_uri
     return callback, client
+
+
+def _registration_gone(http: _Http, client: ClientInfo) -> bool:
+    """Ask the client configuration endpoint (RFC 7592) whether the registration still exists.
+
+    Only a registration that came with `registration_client_uri` and `registration_access_token`
+    can be asked about; any answer but a refusal (401, 403, 404) counts as still there.
+    """
+    uri, token = client.registration_client_uri, client.registration_access_token
+    if not uri or not token:
+        return False
+    register_secret(token)
+    try:
+        _check_endpoint(uri, "client configuration endpoint")
+        response = http.request("GET", uri, step="Checking the stored client registration",
+                                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+    except AuthError as exc:
+        log.debug("Not checking the stored client registration: %s", exc.message)
+        return False
+    if response.status_code in (401, 403, 404):
+        return True
+    if response.status_code == 200:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        rotated = body.get("registration_access_token") if isinstance(body, dict) else None
+        if isinstance(rotated, str) and rotated:  # RFC 7592 §3: the server may issue a new one
+            register_secret(rotated)
+            client.registration_access_token = rotated
+    return False
 
 
 def _configured_client(server: ServerConfig, discovery: _Discovery) -> ClientInfo | None:
@@ -709,12 +788,18 @@ def _register(http: _Http, server: ServerConfig, discovery: _Discovery, redirect
         raise AuthError(f"Client registration failed: {endpoint} did not register the redirect URI {redirect_uri}.",
                         server=server.name)
     expires_at = info.get("client_secret_expires_at")
+    # RFC 7592: where the registration can be read later, to find out whether it still exists.
+    management_uri, management_token = info.get("registration_client_uri"), info.get("registration_access_token")
+    if not (isinstance(management_uri, str) and isinstance(management_token, str) and management_token):
+        management_uri = management_token = None
+    register_secret(management_token)
     log.info("Registered client_id %s (%s)", client_id, assigned)
     return ClientInfo(
         client_id=client_id, registration_source="dynamic", client_secret=secret if assigned != "none" else None,
         token_endpoint_auth_method=assigned, issuer=discovery.issuer, redirect_uri=redirect_uri,
         registered_at=time.time(), client_secret_expires_at=float(expires_at) if isinstance(expires_at, (int, float)) and expires_at else None,
         scope=info["scope"] if isinstance(info.get("scope"), str) else scope,
+        registration_client_uri=management_uri, registration_access_token=management_token,
     )
 
 
@@ -742,7 +827,7 @@ class _CallbackServer:
         self._results: queue.Queue[tuple[str | None, AuthError | None]] = queue.Queue()
         self._lock = threading.Lock()
         self._done = False
-        self._expect: tuple[str, str, bool] | None = None
+        self._expect: tuple[str, str, bool, str] | None = None
         try:
             self._httpd = http.server.HTTPServer(("127.0.0.1", port), self._handler_class())
         except OSError:
@@ -766,8 +851,8 @@ class _CallbackServer:
         self._httpd.server_close()
         self._thread.join(5)
 
-    def expect(self, state: str, issuer: str, iss_required: bool) -> None:
-        self._expect = (state, issuer, iss_required)
+    def expect(self, state: str, issuer: str, iss_required: bool, server: str) -> None:
+        self._expect = (state, issuer, iss_required, server)
 
     def submit(self, params: dict[str, str]) -> tuple[bool, str]:
         """Check one authorization response; return (accepted, message for the user)."""
@@ -837,8 +922,13 @@ class _Timeout(Exception):
 
 def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, scope: str | None,
                callback: _CallbackServer, *, open_browser: Callable[[str], object] | None,
-               show_url: Callable[[str], None], read_pasted: Callable[[], str] | None, timeout: float) -> tuple[str, str]:
-    """Send the user to the authorization endpoint; return the checked code and the PKCE verifier."""
+               show_url: Callable[[str], None], read_pasted: Callable[[], str] | None, timeout: float,
+               stored_client: bool = False) -> tuple[str, str]:
+    """Send the user to the authorization endpoint; return the checked code and the PKCE verifier.
+
+    `stored_client`: the client is a dynamic registration stored by an earlier run, which the
+    authorization server may have forgotten since.
+    """
     state = secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(64)
     register_secret(state)
@@ -851,7 +941,7 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
         params["scope"] = scope
     url = _add_query(discovery.authorization_endpoint, params)
     iss_required = discovery.metadata.get("authorization_response_iss_parameter_supported") is True
-    callback.expect(state, discovery.issuer, iss_required)
+    callback.expect(state, discovery.issuer, iss_required, server.name)
     show_url(url)
     if read_pasted is not None:
         threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste", daemon=True).start()
@@ -864,9 +954,17 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
     try:
         code = callback.wait(timeout)
     except _Timeout:
-        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{server.name}'. "
-                        f"Run toolscript auth {server.name} again (--timeout SECONDS waits longer; --no-browser "
-                        "lets you paste the redirected URL).", server=server.name) from None
+        name = server.name
+        again = (f"toolscript auth {name} (--timeout SECONDS waits longer; --no-browser lets you paste the "
+                 "redirected URL).")
+        if stored_client:  # the browser may have shown the server's invalid_client page: a dead end
+            again = (f"If the browser showed an error such as invalid_client, the authorization server has forgotten "
+                     f"the client registration toolscript stored; run: toolscript auth {name} --forget-client. "
+                     f"Otherwise run: {again}")
+        else:
+            again = f"Run: {again}"
+        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}'. {again}",
+                        server=name) from None
     log.info("Authorization received")
     return code, verifier
 
@@ -884,20 +982,22 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
             continue
         params = dict(parse_qsl(urlsplit(line).query, keep_blank_values=True))
         if not params.keys() & {"code", "error", "state"}:
-            log.warning("That is not the redirected URL (it should contain ?code=...&state=...); paste the whole "
-                        "address from the browser's address bar.")
+            # A placeholder form: real-looking `code=...` values would be masked in the log line.
+            log.warning("That is not the redirected URL (it looks like %s?code=<code>&state=<state>); paste the whole "
+                        "address from the browser's address bar.", callback.redirect_uri)
             continue
         callback.submit(params)
         return
 
 
-def _check_callback(params: dict[str, str], state: str, issuer: str, iss_required: bool) -> str:
-    """Check an authorization response (state, error, RFC 9207 iss); return the code."""
+def _check_callback(params: dict[str, str], state: str, issuer: str, iss_required: bool, server: str) -> str:
+    """Check an authorization response (state, error, RFC 9207 iss) for `server`; return the code."""
     register_secret(params.get("code"))
     register_secret(params.get("state"))
     if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
-        raise AuthError("The authorization response's state does not match the request; refusing it "
-                        "(it may be forged or from an older attempt). Run toolscript auth again.")
+        raise AuthError(f"The authorization response's state does not match the request for '{server}'; refusing "
+                        f"it (it may be forged or from an older attempt). Run: toolscript auth {server}",
+                        server=server)
     if "error" in params:
         description = params.get("error_description")
         raise AuthError(redact(f"Authorization was denied by the server: {params['error']}"

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -177,7 +178,9 @@ def _add_auth(commands: argparse._SubParsersAction) -> None:
     action = p.add_mutually_exclusive_group()
     action.add_argument("--status", action="store_true", help="show what is stored for SERVER (no network)")
     action.add_argument("--logout", action="store_true", help="revoke and delete SERVER's tokens")
-    p.add_argument("--forget-client", action="store_true", help="with --logout: also delete the client registration")
+    p.add_argument("--forget-client", action="store_true",
+                   help="with --logout: also delete the client registration; without: register toolscript anew "
+                        "(when the authorization server forgot the stored registration)")
     p.add_argument("--no-browser", action="store_true",
                    help="do not open a browser; print the URL and also accept the redirected URL pasted on stdin")
     p.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
@@ -196,8 +199,8 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
         if args.status or args.logout or args.forget_client:
             raise UsageError("--status, --logout and --forget-client need a SERVER: toolscript auth SERVER --status")
         return _auth_list(cfg, store, auth)
-    if args.forget_client and not args.logout:
-        raise UsageError("--forget-client goes with --logout: toolscript auth SERVER --logout --forget-client")
+    if args.forget_client and args.status:
+        raise UsageError("--forget-client goes with --logout, or alone: toolscript auth SERVER --forget-client")
     server = cfg.server(args.server)
     if args.status:
         lines = auth.status_report(server, store)
@@ -209,6 +212,12 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
         result = auth.logout(server, store, forget_client=args.forget_client)
         for failure in result.failures:
             log.warning("%s; deleting it locally anyway.", failure)
+        if result.not_revocable:
+            expiry = result.access_token_expires_at
+            left = None if expiry is None else auth.describe_duration(expiry - time.time())
+            when = "" if left is None else f"; the access token expires in {left}"
+            log.warning("Server '%s' offers no token revocation: the deleted tokens stay valid at the server until "
+                        "they expire%s.", server.name, when)
         if result.revoked:
             _print(f"Revoked the {' and the '.join(result.revoked)} at the server.")
         done = [what for what, did in (("tokens", result.deleted_tokens), ("client registration", result.deleted_client)) if did]
@@ -217,7 +226,8 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
         return EXIT_OK
     if not server.is_remote:
         raise UsageError(f"Server '{server.name}' is a stdio server; only http and sse servers use OAuth.")
-    return _auth_run(server, store, auth, no_browser=args.no_browser, timeout=args.timeout)
+    return _auth_run(server, store, auth, no_browser=args.no_browser, timeout=args.timeout,
+                     forget_client=args.forget_client)
 
 
 def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
@@ -243,7 +253,7 @@ def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
 
 
 def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browser: bool, timeout: float,
-              open_browser: Callable[[str], object] | None = None) -> int:
+              open_browser: Callable[[str], object] | None = None, forget_client: bool = False) -> int:
     import webbrowser
 
     def show_url(url: str) -> None:
@@ -255,7 +265,8 @@ def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browse
     opener = None if no_browser else (open_browser or webbrowser.open)
     try:
         record = auth.authenticate(server, store, open_browser=opener, show_url=show_url,
-                                   read_pasted=sys.stdin.readline if no_browser else None, timeout=timeout)
+                                   read_pasted=sys.stdin.readline if no_browser else None, timeout=timeout,
+                                   forget_client=forget_client)
     except KeyboardInterrupt:
         _error(f"Authorization of '{server.name}' cancelled; stored data unchanged.")
         return EXIT_INTERRUPTED

@@ -3,7 +3,7 @@ the SDK, and `$BROWSER` set to a stand-in browser that follows the authorization
 
 from __future__ import annotations
 
-import os
+import json
 import queue
 import signal
 import stat
@@ -155,7 +155,9 @@ def test_state_mismatch_is_refused_without_token_request(oauth_server, browser, 
     _config(server)
     proc = run_cli("auth", "demo", env=browser)
     assert proc.returncode == 1, explain(proc)
-    assert "error: The authorization response's state does not match the request; refusing it" in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "error: The authorization response's state does not match the request for 'demo'; refusing it (it may be "
+        "forged or from an older attempt). Run: toolscript auth demo")
     assert server.requests_to("/token") == []
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
@@ -225,7 +227,7 @@ def test_timeout_expiry(oauth_server, isolated_env):
     proc = run_cli("auth", "demo", "--no-browser", "--timeout", "0.5", input="")
     assert proc.returncode == 1, explain(proc)
     assert proc.stderr.splitlines()[-1] == (
-        "error: Timed out after 0 s waiting for the authorization of 'demo'. Run toolscript auth demo again "
+        "error: Timed out after 0 s waiting for the authorization of 'demo'. Run: toolscript auth demo "
         "(--timeout SECONDS waits longer; --no-browser lets you paste the redirected URL).")
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
@@ -304,13 +306,18 @@ def test_no_refresh_token_is_explained(oauth_server, browser):
     ]
 
 
-def test_server_without_auth(oauth_server):
+def test_server_without_auth_is_remembered_as_needing_none(oauth_server):
     server = oauth_server(require_auth=False)
     _config(server)
+    assert run_cli("auth").stdout == "demo  not authenticated\n\nRun: toolscript auth demo\n"
     proc = run_cli("auth", "demo")
     assert proc.returncode == 0, explain(proc)
     assert proc.stdout == "Server 'demo' does not require authentication.\n"
-    assert not Path(os.environ["TOOLSCRIPT_HOME"], "oauth", "demo.toml").exists()
+    # The listing (no network) no longer asks to authenticate it, and it is no OAuth server.
+    assert run_cli("auth").stdout == (
+        "demo  no auth needed (it answered toolscript auth without asking for authorization)\n")
+    assert "oauth_status" not in json.loads(run_cli("servers", "--json").stdout)[0]
+    assert "[oauth" not in run_cli("servers").stdout
 
 
 def test_sse_server(oauth_server, browser, isolated_env):
