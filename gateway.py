@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import logging
 import math
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import CancelledError as _FutureCancelled
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,11 +43,13 @@ from mcp.shared.exceptions import MCPError
 if __package__:
     from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
+    from .logs import SERVER
     from .redact import register_secret
     from .storage import Store
 else:
     from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
+    from logs import SERVER
     from redact import register_secret
     from storage import Store
 
@@ -61,6 +65,7 @@ __all__ = [
     "FAILED",
     "AuthFactory",
     "Gateway",
+    "ProgressCallback",
     "http_client",
     "result_to_dict",
     "split_tool_name",
@@ -68,6 +73,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("toolscript.gateway")
+# Log notifications of the servers (notifications/message), at their own level.
+server_log = logging.getLogger("toolscript.server")
 
 CONNECTED, FAILED, AUTH_REQUIRED = "connected", "failed", "auth_required"
 SEPARATOR = "__"
@@ -82,10 +89,20 @@ RECONNECT_BACKOFF = 0.25  # seconds before the second attempt; doubles after eac
 RETRY_COOLDOWN = 2.0
 STOP_TIMEOUT = 10.0
 _MAX_PAGES = 1000
+_MAX_STDERR_LINE = 300
+STDERR_TAIL_LINES = 10  # of a stdio server that failed to start, shown in its error
+STDERR_DRAIN_TIMEOUT = 1.0  # seconds to wait for the rest of a dead stdio server's stderr
+# MCP logging levels (RFC 5424 names) as Python's.
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warning": logging.WARNING,
+               "error": logging.ERROR, "critical": logging.CRITICAL, "alert": logging.CRITICAL,
+               "emergency": logging.CRITICAL}
 _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "credential")
 
 AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
 """Given an http/sse server, return the `httpx2.Auth` for its requests (or None)."""
+
+ProgressCallback = Callable[[float, "float | None", "str | None"], None]
+"""Called with (progress, total, message) for each progress notification of a call, on the gateway's thread."""
 
 
 def stored_oauth(store: Store) -> AuthFactory:
@@ -128,16 +145,20 @@ def result_to_dict(result: types.CallToolResult) -> dict[str, Any]:
     return data
 
 
-def http_client(server: ServerConfig, auth: httpx2.Auth | None = None) -> httpx2.AsyncClient:
+def http_client(server: ServerConfig, auth: httpx2.Auth | None = None, *,
+                on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None) -> httpx2.AsyncClient:
     """Build the HTTP client of an http/sse server: its static headers, its timeout and `auth`.
 
     This is the one place where an HTTP transport's client is made; OAuth plugs in as `auth`.
+    `on_response` sees every response (the SDK turns an HTTP error into a JSON-RPC error
+    without its status).
     """
     timeout = server.timeout or DEFAULT_CONNECT_TIMEOUT
     return httpx2.AsyncClient(
         headers=dict(server.headers),
         timeout=httpx2.Timeout(timeout, read=max(timeout, STREAM_READ_TIMEOUT)),
         auth=auth,
+        event_hooks={"response": [on_response]} if on_response is not None else None,
     )
 
 
@@ -223,12 +244,14 @@ class Gateway:
             self._config_of(server)
         return self._sync(self._tool_rows, server)
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+             on_progress: ProgressCallback | None = None) -> dict[str, Any]:
         """Call the tool `server__tool` and return its result (see `result_to_dict`).
 
         Raises `UsageError` for an unknown or hidden tool, `AuthRequiredError`, `CallTimeoutError`
-        when no answer came in `timeout` seconds, and `ConnectError` when the server failed.
-        An `isError` result is returned, not raised.
+        when no answer (nor progress) came in `timeout` seconds, and `ConnectError` when the
+        server failed. An `isError` result is returned, not raised. Every call asks the server
+        for progress; each progress notification restarts the timeout and goes to `on_progress`.
         """
         server, tool = split_tool_name(name)
         config = self._config_of(server)
@@ -240,7 +263,7 @@ class Gateway:
             arguments = {}
         if not isinstance(arguments, dict):
             raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server)
-        return result_to_dict(self._sync(self._call, server, tool, arguments, timeout))
+        return result_to_dict(self._sync(self._call, server, tool, arguments, timeout, on_progress))
 
     # -- on the loop thread --------------------------------------------------------------
 
@@ -271,9 +294,17 @@ class Gateway:
             rows.extend(_tool_row(server.name, tool) for tool in server.tools.values())
         return rows
 
-    async def _call(self, name: str, tool: str, arguments: dict[str, Any], timeout: float | None) -> types.CallToolResult:
+    async def _call(self, name: str, tool: str, arguments: dict[str, Any], timeout: float | None,
+                    on_progress: ProgressCallback | None) -> types.CallToolResult:
         server = self._servers[name]
-        return await server.call_tool(tool, arguments, timeout or server.call_timeout)
+        SERVER.set(name)  # this task's own context: what the SDK logs for the call names the server
+        try:
+            result = await server.call_tool(tool, arguments, timeout or server.call_timeout, on_progress=on_progress)
+        except AuthError as exc:
+            server.call_auth_failure = exc
+            raise
+        server.call_auth_failure = None
+        return result
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -307,6 +338,21 @@ class _Link:
     ended: anyio.Event = field(default_factory=anyio.Event)
     session: ClientSession | None = None
     reason: str | None = None  # why it failed or ended, when not a clean close
+    clues: _Clues = field(default_factory=lambda: _Clues())
+
+
+@dataclass(eq=False)
+class _Clues:
+    """What a connection's transport saw that explains its failure better than the SDK's error."""
+
+    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))  # a stdio server's last lines
+    stderr_closed: threading.Event = field(default_factory=threading.Event)
+    http_error: tuple[int, str] | None = None  # status and URL of the last HTTP error answering a POST
+
+    async def note_response(self, response: httpx2.Response) -> None:
+        # Only POSTs carry MCP messages; a GET stream may be refused (405) without harm.
+        if response.status_code >= 400 and response.request.method == "POST":
+            self.http_error = response.status_code, str(response.request.url.copy_with(query=None))
 
 
 class _Server:
@@ -327,6 +373,7 @@ class _Server:
         self._retry_at = 0.0
         self._refreshing: anyio.Event | None = None
         self.auth: httpx2.Auth | None = None
+        self.call_auth_failure: AuthError | None = None  # of the last call, which failed with it
 
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "type": self.config.type, "status": self.status}
@@ -345,6 +392,8 @@ class _Server:
         status = self._gateway.store.oauth_status_of(self.config)
         if status is not None and self.status == AUTH_REQUIRED and status[0] == "authenticated":
             return "authentication_failed", self.error.message
+        if status is not None and self.call_auth_failure is not None and status[0] == "authenticated":
+            return "authentication_failed", self.call_auth_failure.message
         return status
 
     def auth_failure(self) -> AuthError | ConnectError | None:
@@ -395,6 +444,7 @@ class _Server:
             raise self.error
 
     async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, *,
+                        on_progress: ProgressCallback | None = None,
                         resend_if_expired: bool = True) -> types.CallToolResult:
         link = await self.link_for_call()
         if tool not in self.tools:
@@ -407,9 +457,22 @@ class _Server:
         assert link.session is not None
         failures: list[AuthError | ConnectError] = []
         CALL_FAILURES.set(failures)  # this task's own context: only this call's requests add to it
+        deadline = anyio.CancelScope(deadline=anyio.current_time() + timeout)
+
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            # The MCP specification lets progress reset a request's timeout: a long task that
+            # keeps reporting is not given up on.
+            deadline.deadline = anyio.current_time() + timeout
+            log.debug("Server '%s': progress of '%s': %g/%s %s", self.name, tool, value,
+                      "?" if total is None else f"{total:g}", message or "")
+            if on_progress is not None:
+                on_progress(value, total, message)
+
         try:
-            with anyio.fail_after(timeout):
-                return await link.session.call_tool(tool, arguments)  # type: ignore[return-value]
+            with deadline:
+                return await link.session.call_tool(  # type: ignore[return-value]
+                    tool, arguments, progress_callback=progress)
+            raise TimeoutError  # only the deadline ends the block without a result
         except TimeoutError:
             if failures:
                 raise failures[-1] from None
@@ -425,7 +488,7 @@ class _Server:
                 # The server forgot the session, so it never ran this call: reconnect, send it again.
                 log.info("Server '%s': session expired; reconnecting", self.name)
                 await self.drop(link)
-                return await self.call_tool(tool, arguments, timeout, resend_if_expired=False)
+                return await self.call_tool(tool, arguments, timeout, on_progress=on_progress, resend_if_expired=False)
             raise ConnectError(
                 f"Server '{self.name}' answered the call to '{tool}' with an error: {exc.message}", server=self.name
             ) from None
@@ -484,6 +547,7 @@ class _Server:
 
     async def _run(self, link: _Link) -> None:
         """Connect, then hold the connection open until it is closed or lost."""
+        SERVER.set(self.name)  # what the SDK logs for this connection names the server
         error: BaseException | None = None
         auth = self.auth = self._gateway._auth_for(self.config)
         if isinstance(auth, StoredTokenAuth):
@@ -491,9 +555,10 @@ class _Server:
         try:
             with anyio.CancelScope() as scope:
                 scope.deadline = anyio.current_time() + self.connect_timeout
-                async with _open_transport(self.config, auth) as (read, write):
+                async with _open_transport(self.config, auth, link.clues) as (read, write):
                     async with ClientSession(
-                        _EndSignal(read, link.hang_up), write, message_handler=self._on_message
+                        _EndSignal(read, link.hang_up), write, message_handler=self._on_message,
+                        logging_callback=self._on_log,
                     ) as session:
                         await session.initialize()
                         await self._load_tools(session)
@@ -505,6 +570,10 @@ class _Server:
                         await link.hang_up.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
             error = exc
+            if self.config.type == "stdio" and not link.ready.is_set():
+                # The process is gone; its last stderr lines may still be in the pipe. They say why.
+                with anyio.move_on_after(STDERR_DRAIN_TIMEOUT, shield=True):
+                    await anyio.to_thread.run_sync(link.clues.stderr_closed.wait, STDERR_DRAIN_TIMEOUT)
         finally:
             was_connected = link.ready.is_set()
             link.session = None
@@ -534,7 +603,7 @@ class _Server:
             link.reason = failure.message  # a token refresh failed: it says so itself
             self.status, self.error = FAILED, failure
         elif error is not None:
-            link.reason = _reason(error, self.config)
+            link.reason = _reason(error, self.config, None if was_connected else link.clues)
             verb = "failed" if was_connected else "failed to connect"
             self.status, self.error = FAILED, ConnectError(f"Server '{name}' {verb}: {link.reason}", server=name)
         else:
@@ -555,6 +624,12 @@ class _Server:
             if not cursor:
                 break
         self.tools = {tool.name: tool for tool in tools if tool_allowed(self.config, tool.name)}
+
+    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        """Show a server's log notification at its level, naming the server (and its logger)."""
+        data = params.data if isinstance(params.data, str) else json.dumps(params.data)
+        source = f"{self.name} ({params.logger})" if params.logger else self.name
+        server_log.log(_LOG_LEVELS.get(params.level, logging.INFO), "%s: %s", source, data)
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):
@@ -601,30 +676,36 @@ class _EndSignal:
 
 
 @contextlib.asynccontextmanager
-async def _open_transport(server: ServerConfig, auth: httpx2.Auth | None) -> AsyncIterator[tuple[Any, Any]]:
+async def _open_transport(server: ServerConfig, auth: httpx2.Auth | None,
+                          clues: _Clues) -> AsyncIterator[tuple[Any, Any]]:
     if server.type == "stdio":
-        async with _stdio_transport(server) as streams:
+        async with _stdio_transport(server, clues) as streams:
             yield streams
     elif server.type == "sse":
         assert server.url is not None
-        factory = lambda **_: http_client(server, auth)  # noqa: E731 - sse_client's own arguments are ignored
+
+        def factory(**_: Any) -> httpx2.AsyncClient:  # sse_client's own arguments are ignored
+            return http_client(server, auth, on_response=clues.note_response)
+
         async with sse_client(server.url, httpx_client_factory=factory, sse_read_timeout=STREAM_READ_TIMEOUT) as streams:
             yield streams
     else:
         assert server.url is not None
-        async with http_client(server, auth) as client, streamable_http_client(server.url, http_client=client) as streams:
+        async with http_client(server, auth, on_response=clues.note_response) as client, \
+                streamable_http_client(server.url, http_client=client) as streams:
             yield streams
 
 
 @contextlib.asynccontextmanager
-async def _stdio_transport(server: ServerConfig) -> AsyncIterator[tuple[Any, Any]]:
-    """Run a stdio server with its stderr going to our log at DEBUG, never to our stdout."""
+async def _stdio_transport(server: ServerConfig, clues: _Clues) -> AsyncIterator[tuple[Any, Any]]:
+    """Run a stdio server with its stderr going to our log at DEBUG (and its last lines to `clues`)."""
     assert server.command is not None
     params = StdioServerParameters(
         command=server.command, args=list(server.args), env={**os.environ, **server.env}, cwd=server.cwd
     )
     read_fd, write_fd = os.pipe()
-    threading.Thread(target=_log_stderr, args=(server.name, read_fd), daemon=True, name=f"stderr-{server.name}").start()
+    threading.Thread(target=_log_stderr, args=(server.name, read_fd, clues), daemon=True,
+                     name=f"stderr-{server.name}").start()
     errlog = os.fdopen(write_fd, "w")
     async with contextlib.AsyncExitStack() as stack:
         try:
@@ -634,10 +715,15 @@ async def _stdio_transport(server: ServerConfig) -> AsyncIterator[tuple[Any, Any
         yield streams
 
 
-def _log_stderr(server: str, fd: int) -> None:
-    with open(fd, encoding="utf-8", errors="replace") as stream:
-        for line in stream:
-            log.debug("%s (stderr): %s", server, line.rstrip())
+def _log_stderr(server: str, fd: int, clues: _Clues) -> None:
+    try:
+        with open(fd, encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                log.debug("%s (stderr): %s", server, line.rstrip())
+                if line.strip():
+                    clues.stderr.append(line.rstrip()[:_MAX_STDERR_LINE])
+    finally:
+        clues.stderr_closed.set()
 
 
 def _tool_row(server: str, tool: types.Tool) -> dict[str, Any]:
@@ -690,16 +776,18 @@ def _find(exc: BaseException, kind: type[AuthRequiredError]) -> AuthRequiredErro
     return next((leaf for leaf in _leaves(exc) if isinstance(leaf, kind)), None)
 
 
-def _reason(exc: BaseException, server: ServerConfig) -> str:
-    """Describe why a connection failed, in one line."""
+def _reason(exc: BaseException, server: ServerConfig, clues: _Clues | None = None) -> str:
+    """Describe why a connection failed, in one line; with `clues` of a stdio server, its last stderr lines follow."""
     cancelled = anyio.get_cancelled_exc_class()
     leaf = next((e for e in _leaves(exc) if not isinstance(e, cancelled)), exc)
     if isinstance(leaf, MCPError) and leaf.code == types.CONNECTION_CLOSED and server.type == "stdio":
-        return "the server process closed the connection (run with -v to see its stderr)"
+        return "the server process closed the connection" + _stderr_tail(clues)
     if isinstance(leaf, OSError) and server.type == "stdio":
         return f"cannot run {server.command!r}: {leaf.strerror or leaf}"
     if isinstance(leaf, httpx2.HTTPStatusError):
-        return f"HTTP {leaf.response.status_code} from {server.url}"
+        return _http_failure(leaf.response.status_code, str(leaf.request.url.copy_with(query=None)))
+    if isinstance(leaf, MCPError) and clues is not None and clues.http_error is not None:
+        return _http_failure(*clues.http_error)  # the SDK's error lost the status ("Not Found")
     if isinstance(leaf, httpx2.TimeoutException):
         return f"no answer from {server.url} in time"
     if isinstance(leaf, (httpx2.TransportError, OSError)):
@@ -708,6 +796,19 @@ def _reason(exc: BaseException, server: ServerConfig) -> str:
         return leaf.message
     text = _first_line(leaf)
     return f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
+
+
+def _http_failure(status: int, url: str) -> str:
+    hint = ": is this the server's MCP endpoint?" if status in (404, 405) else ""
+    return f"HTTP {status} from {url}{hint}"
+
+
+def _stderr_tail(clues: _Clues | None) -> str:
+    if clues is None:
+        return " (run with -v to see its stderr)"
+    if not clues.stderr:
+        return " without writing to stderr"
+    return "; its stderr ended with:" + "".join(f"\n    {line}" for line in clues.stderr)
 
 
 def _first_line(exc: BaseException) -> str:

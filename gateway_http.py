@@ -51,7 +51,8 @@ class SyncGateway(Protocol):
 
     def tools(self, server: str | None = None) -> list[dict[str, Any]]: ...
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]: ...
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+             on_progress: Callable[[float, float | None, str | None], None] | None = None) -> dict[str, Any]: ...
 
 
 def status_for(exc: ToolscriptError) -> int:
@@ -257,7 +258,9 @@ class RemoteGateway:
     def tools(self, server: str | None = None) -> list[dict[str, Any]]:
         return self._request("GET", "/tools" + (f"?server={quote(server)}" if server else ""))
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+             on_progress: Callable[[float, float | None, str | None], None] | None = None) -> dict[str, Any]:
+        """Call a tool through the gateway; its progress stays at the gateway (the API answers once)."""
         path = _CALL_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
         # The gateway bounds every call; the socket timeout only guards against a hung gateway.
         return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)

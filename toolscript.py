@@ -21,16 +21,18 @@ import sys
 import threading
 import time
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Self, Sequence
 
 if __package__:
     from . import config as _config
     from .errors import ToolscriptError, UsageError
+    from .logs import OneLineFilter
     from .redact import RedactingFilter, redact
     from .storage import Store
 else:
     import config as _config
     from errors import ToolscriptError, UsageError
+    from logs import OneLineFilter
     from redact import RedactingFilter, redact
     from storage import Store
 
@@ -94,9 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Send logs to stderr: toolscript at INFO, libraries at WARNING; every line redacted."""
+    """Send logs to stderr: toolscript at INFO, libraries at WARNING; every line redacted.
+
+    Without `verbose` every record is one line, tracebacks included (see `logs.OneLineFilter`).
+    """
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(OneLineFilter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
@@ -114,7 +121,10 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever `sys.stderr` is now, so `main()` can run repeatedly in one process."""
+    """Writes to whatever `sys.stderr` is now, so `main()` can run repeatedly in one process.
+
+    A live progress line on the terminal is taken away for each record and drawn again after it.
+    """
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
@@ -123,6 +133,62 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: object) -> None:
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with _ProgressLine.lock:
+            line = _ProgressLine.shown
+            if line is not None:
+                line.erase()
+            super().emit(record)
+            if line is not None:
+                line.draw()
+
+
+class _ProgressLine:
+    """The progress of one tool call: a live line on stderr if it is a terminal, else INFO log lines.
+
+    Called by the gateway (on its own thread) with each progress notification of the call.
+    """
+
+    lock = threading.RLock()
+    shown: _ProgressLine | None = None  # the line on the terminal now, if any
+
+    def __init__(self, tool: str) -> None:
+        self.tool = tool
+        self.live = sys.stderr.isatty() and log.isEnabledFor(logging.INFO)  # not with -q
+        self.text = ""
+        self.done = False  # a late notification must not draw the line again
+
+    def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        count = f"{progress:g}/{total:g}" if total is not None else f"{progress:g}"
+        text = f"{self.tool}: {_printable(message)} ({count})" if message else f"{self.tool}: {count}"
+        if not self.live:
+            log.info("%s", text)
+            return
+        with self.lock:
+            if self.done:
+                return
+            self.text = text
+            _ProgressLine.shown = self
+            self.draw()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self.lock:
+            self.done = True
+            if _ProgressLine.shown is self:
+                self.erase()
+                _ProgressLine.shown = None
+
+    def draw(self) -> None:
+        sys.stderr.write("\r\x1b[K" + redact(self.text))
+        sys.stderr.flush()
+
+    def erase(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
 
 
 # -- servers -------------------------------------------------------------------------
@@ -410,14 +476,15 @@ def _add_call(commands: argparse._SubParsersAction) -> None:
     p.add_argument("arguments", nargs="?", metavar="ARGS",
                    help="a JSON object, @FILE to read it from a file, or - to read stdin (default: {})")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="give up on the call after this long")
+    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                   help="give up on the call after this long without an answer or progress")
     p.set_defaults(func=cmd_call)
 
 
 def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
     arguments = _read_arguments(args.arguments, args.tool)
-    with _open_gateway(cfg, for_tool=args.tool) as gateway:
-        result = gateway.call(args.tool, arguments, timeout=args.timeout)
+    with _open_gateway(cfg, for_tool=args.tool) as gateway, _ProgressLine(args.tool) as progress:
+        result = gateway.call(args.tool, arguments, timeout=args.timeout, on_progress=progress)
     failed = bool(result.get("isError"))
     if args.json:
         _print(json.dumps(result, indent=2))
@@ -604,6 +671,11 @@ def _status(text: str) -> None:
 
 def _error(message: str) -> None:
     print(f"error: {redact(message)}", file=sys.stderr, flush=True)
+
+
+def _printable(text: str) -> str:
+    """Server text for one status line: control characters (newlines, escapes) shown escaped."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 if __name__ == "__main__":
