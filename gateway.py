@@ -22,19 +22,20 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import logging
 import math
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import CancelledError as _FutureCancelled
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import httpx2
 import mcp_types as types
-from mcp.client.session import ClientSession
+from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -63,6 +64,7 @@ __all__ = [
     "FAILED",
     "AuthFactory",
     "Gateway",
+    "SessionHooks",
     "http_client",
     "result_to_dict",
     "split_tool_name",
@@ -72,6 +74,7 @@ __all__ = [
 log = logging.getLogger("toolscript.gateway")
 
 CONNECTED, FAILED, AUTH_REQUIRED = "connected", "failed", "auth_required"
+CONNECTING = "connecting"  # only from `Gateway.status`: a connection attempt is in progress
 SEPARATOR = "__"
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_CALL_TIMEOUT = 300.0
@@ -88,6 +91,24 @@ _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "c
 
 AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
 """Given an http/sse server, return the `httpx2.Auth` for its requests (or None)."""
+_T = TypeVar("_T")
+
+
+@dataclass
+class SessionHooks:
+    """What a front serving MCP to other clients (front.py) hears from the servers' sessions.
+
+    Each runs on the gateway's loop thread. `status_changed(server)` after a server connected
+    or its connection attempt or connection ended; `notification(server, message)` for each
+    notification it sends (after the gateway's own handling, so a tool list is fresh). Both
+    must not block. `elicitation` and `sampling`, when set, answer the server's requests of
+    that kind (the sessions then declare the capability), as `(server, context, params)`.
+    """
+
+    status_changed: Callable[[str], None] | None = None
+    notification: Callable[[str, Any], None] | None = None
+    elicitation: Callable[[str, ClientRequestContext, types.ElicitRequestParams], Awaitable[Any]] | None = None
+    sampling: Callable[[str, ClientRequestContext, types.CreateMessageRequestParams], Awaitable[Any]] | None = None
 
 
 def stored_oauth(store: Store) -> AuthFactory:
@@ -163,6 +184,7 @@ class Gateway:
         announce: bool = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        hooks: SessionHooks | None = None,
     ) -> None:
         names = list(config.servers) if only is None else [config.server(name).name for name in only]
         self.config = config
@@ -174,6 +196,7 @@ class Gateway:
         self.store = store or Store()
         self.announce = announce
         self._auth_factory = auth or stored_oauth(self.store)
+        self._hooks = hooks or SessionHooks()
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._supervisor: Any = None
@@ -243,6 +266,58 @@ class Gateway:
             raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server)
         return result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout))
 
+    # -- for fronts that serve MCP on the loop thread (front.py) ---------------------------
+
+    @contextlib.asynccontextmanager
+    async def run_in_current_loop(self) -> AsyncIterator[Gateway]:
+        """Run the gateway in the calling event loop, not a thread of its own; close every server on exit.
+
+        Servers connect in the background (`session_for` waits for one still connecting). The
+        thread-facing methods (`servers`, `tools`, `call`) are not available in this mode.
+        """
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._supervise)
+            assert self._stopping is not None
+            try:
+                for server in self._servers.values():
+                    server.start_connection()
+                yield self
+            finally:
+                self._stopping.set()
+
+    @property
+    def server_names(self) -> list[str]:
+        """The servers this gateway connects, in config order."""
+        return list(self._configs)
+
+    def status(self, server: str) -> str:
+        """`connecting` while an attempt to connect is in progress, else `connected`, `failed` or `auth_required`."""
+        state = self._servers[server]
+        return CONNECTING if state.connecting else state.status
+
+    def error(self, server: str) -> ToolscriptError:
+        """Why `server` is not connected (its last error)."""
+        return self._servers[server].error
+
+    def cached_tools(self, server: str) -> list[types.Tool]:
+        """The visible tools `server` listed when it last connected or notified a change."""
+        return list(self._servers[server].tools.values())
+
+    async def session_for(self, server: str) -> ClientSession:
+        """The live session of `server`, waiting for an attempt in progress and reconnecting one that ended.
+
+        Raises the server's error (`AuthRequiredError`, `ConnectError`) when it cannot connect.
+        """
+        connection = await self._servers[server].live_connection()
+        assert connection.session is not None
+        return connection.session
+
+    async def forward(self, server: str, what: str, send: Callable[[ClientSession, Callable[[], None]], Awaitable[_T]],
+                      timeout: float | None = None) -> _T:
+        """Send one request to `server` as it is; see `_Server.forward`. `timeout` defaults to the server's."""
+        state = self._servers[server]
+        return await state.forward(what, send, timeout or state.call_timeout)
+
     # -- on the loop thread --------------------------------------------------------------
 
     async def _supervise(self, *, task_status: TaskStatus[None]) -> None:
@@ -304,6 +379,7 @@ class Gateway:
             connect_timeout=config.timeout or self.connect_timeout,
             call_timeout=config.timeout or self.call_timeout,
             announce=self.announce,
+            hooks=self._hooks,
         )
 
 
@@ -331,7 +407,8 @@ class _Server:
     """
 
     def __init__(self, config: ServerConfig, *, connections: TaskGroup, auth: AuthFactory | None, store: Store,
-                 connect_timeout: float, call_timeout: float, announce: bool) -> None:
+                 connect_timeout: float, call_timeout: float, announce: bool,
+                 hooks: SessionHooks | None = None) -> None:
         self.config = config
         self.name = config.name
         self.connect_timeout = connect_timeout
@@ -343,6 +420,7 @@ class _Server:
         self._auth_factory = auth
         self._store = store
         self._announce = announce
+        self._hooks = hooks or SessionHooks()
         self._connection: _Connection | None = None
         self._closing = False
         self._reconnect_lock = anyio.Lock()
@@ -379,13 +457,23 @@ class _Server:
         if self.config.type == "sse" or getattr(error, "error", None) != "insufficient_scope":
             connection.close_requested.set()
 
-    async def connect(self) -> _Connection:
-        """Start a connection task and wait until it is connected or has failed."""
+    def start_connection(self) -> _Connection:
+        """Start a connection task; its `connected_or_failed` is set once it is connected or has failed."""
         if self._closing:
             raise ConnectError(f"Server '{self.name}' is closed: the gateway is stopping.", server=self.name)
         connection = _Connection()
         self._connection = connection
         self._connections.start_soon(self._run, connection, name=f"toolscript-{self.name}")
+        return connection
+
+    @property
+    def connecting(self) -> bool:
+        """Whether a connection attempt is in progress."""
+        return self._connection is not None and not self._connection.connected_or_failed.is_set()
+
+    async def connect(self) -> _Connection:
+        """Start a connection task and wait until it is connected or has failed."""
+        connection = self.start_connection()
         await connection.connected_or_failed.wait()
         if connection.session is None:
             self._fail_fast_until = anyio.current_time() + RETRY_COOLDOWN
@@ -394,6 +482,8 @@ class _Server:
     async def live_connection(self) -> _Connection:
         """Return the live connection, reconnecting (bounded attempts, backoff) if it ended."""
         connection = self._connection
+        if connection is not None and not connection.connected_or_failed.is_set():
+            await connection.connected_or_failed.wait()  # an attempt in progress: its outcome first
         if connection is not None and connection.session is not None:
             return connection
         async with self._reconnect_lock:
@@ -452,6 +542,39 @@ class _Server:
             raise ConnectError(
                 f"Server '{self.name}' sent an unusable result for '{tool}': {_first_line(exc)}", server=self.name
             ) from None
+
+    async def forward(self, what: str, send: Callable[[ClientSession, Callable[[], None]], Awaitable[_T]],
+                      timeout: float, *, resend_if_expired: bool = True) -> _T:
+        """Send one request as it is, for a front that passes requests through: `send(session, still_alive)`.
+
+        The server's own error answers propagate as `MCPError`. Failures of the connection (it
+        ended, it needs authorization, its HTTP session expired: sent again once) raise the
+        gateway's errors, as for `call_tool`. `timeout` is idle time: `still_alive()` (called
+        on progress) restarts it. `what` names the request in messages ("the call to 'echo'").
+        """
+        connection = await self.live_connection()
+        assert connection.session is not None
+        failures: list[AuthError | ConnectError] = []
+        CALL_FAILURES.set(failures)  # this task's own context: only this request's messages add to it
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+            def still_alive() -> None:
+                scope.deadline = anyio.current_time() + timeout
+
+            try:
+                return await send(connection.session, still_alive)
+            except MCPError as exc:
+                if exc.code == types.CONNECTION_CLOSED:
+                    raise await self.lost_connection_error(connection, what) from None
+                if failures:
+                    raise failures[-1] from None
+                if resend_if_expired and _session_expired(exc):
+                    log.info("Server '%s': session expired; reconnecting", self.name)
+                    await self.close_connection(connection)
+                    return await self.forward(what, send, timeout, resend_if_expired=False)
+                raise
+        if failures:
+            raise failures[-1]
+        raise CallTimeoutError(f"Server '{self.name}' did not answer {what} within {timeout:g} s.", server=self.name)
 
     async def lost_connection_error(self, connection: _Connection, tool: str) -> ToolscriptError:
         """Return the error for a call to `tool` whose connection ended under it."""
@@ -514,7 +637,7 @@ class _Server:
                 async with _open_transport(self.config, auth) as (read, write):
                     async with ClientSession(
                         _ReadStreamWithEndEvent(read, connection.close_requested), write,
-                        message_handler=self._on_message,
+                        message_handler=self._on_message, **self._request_callbacks(),
                     ) as session:
                         await session.initialize()
                         await self._load_tools(session)
@@ -523,6 +646,7 @@ class _Server:
                         self.status = CONNECTED
                         connection.connected_or_failed.set()
                         log.debug("Server '%s': connected, %d tools", self.name, len(self.tools))
+                        self._status_changed()
                         await connection.close_requested.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
             error = exc
@@ -532,6 +656,7 @@ class _Server:
             self._record_end(connection, error, timed_out=scope.cancelled_caught, was_connected=was_connected)
             connection.connected_or_failed.set()
             connection.closed.set()
+            self._status_changed()
 
     def _record_end(self, connection: _Connection, error: BaseException | None, *, timed_out: bool,
                     was_connected: bool) -> None:
@@ -586,6 +711,21 @@ class _Server:
             await self.refresh_tools()
         elif isinstance(message, Exception):
             log.debug("Server '%s': transport error: %s", self.name, _first_line(message))
+            return
+        if self._hooks.notification is not None:
+            self._hooks.notification(self.name, message)
+
+    def _status_changed(self) -> None:
+        if self._hooks.status_changed is not None:
+            self._hooks.status_changed(self.name)
+
+    def _request_callbacks(self) -> dict[str, Any]:
+        """The session's callbacks for the server's elicitation and sampling requests, when a front answers them."""
+        callbacks: dict[str, Any] = {}
+        for kind, hook in (("elicitation", self._hooks.elicitation), ("sampling", self._hooks.sampling)):
+            if hook is not None:
+                callbacks[f"{kind}_callback"] = functools.partial(hook, self.name)
+        return callbacks
 
 
 class _ReadStreamWithEndEvent:
