@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_gateway, _add_demo, _add_add, _add_remove,
-                _add_import):
+    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_gateway, _add_serve, _add_demo, _add_add,
+                _add_remove, _add_import):
         add(commands)
     return parser
 
@@ -468,6 +468,31 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     finally:
         api.server_close()
     return EXIT_OK
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve", help="serve the configured servers as one MCP server on stdin/stdout, for MCP clients",
+        description="Speak MCP on stdin/stdout for an MCP client (Claude Code, Codex, Cursor...), passing every "
+                    "request on to the configured servers, with toolscript's stored OAuth tokens. With one server "
+                    "its names pass through unchanged; with several, tools and prompts are SERVER__NAME.",
+    )
+    p.add_argument("--server", action="append", default=[], metavar="NAME", help="serve only NAME (repeatable)")
+    p.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                   help="how long listings just after start wait for servers still connecting (default: 5)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
+    if __package__:
+        from . import front
+    else:
+        import front
+    names = list(dict.fromkeys(cfg.server(name).name for name in args.server)) or list(cfg.servers)
+    if not names:
+        raise UsageError(f"No servers configured ({cfg.path or 'no config file found'}). See config.toml.example.")
+    ended_by = front.serve_stdio(cfg, names, version=__version__, list_wait=max(0.0, args.wait))
+    return EXIT_INTERRUPTED if ended_by == signal.SIGINT else EXIT_OK
 
 
 @contextlib.contextmanager
