@@ -130,15 +130,16 @@ class Front:
 
         async def send(session: ClientSession, still_alive: Callable[[], None]) -> dict[str, Any]:
             async def progress(value: float, total: float | None, message: str | None) -> None:
-                still_alive()  # progress restarts the idle timeout, so it is always asked for
-                if token is not None:
-                    await ctx.session.report_progress(value, total, message)
+                still_alive()  # progress restarts the timeout
+                await ctx.session.report_progress(value, total, message)
 
             try:
-                result = await session.send_request(request, _RAW, progress_callback=progress)
+                result = await session.send_request(request, _RAW,
+                                                    progress_callback=progress if token is not None else None)
             except ValidationError:
                 raise MCPError(types.INTERNAL_ERROR, f"Server '{server}' sent an invalid result for {what}.") from None
-            await anyio.lowlevel.checkpoint()  # let progress received before the result go out first
+            if token is not None:
+                await anyio.lowlevel.checkpoint()  # let progress that came before the result go out first
             return result
 
         try:
