@@ -140,15 +140,17 @@ class DemoServer:
     endpoints, `resource_metadata=False` serves no RFC 9728 document (an MCP 2025-03-26
     style server), `transport` is "http" (streamable HTTP at /mcp) or "sse" (at /sse), and
     `wrap` puts an ASGI middleware in front of the whole application,
-    `require_auth=False` serves the tools to anyone (no OAuth at all), and `extra_scopes`
-    are scopes clients may register and ask for besides the demo's own.
+    `require_auth=False` serves the tools to anyone (no OAuth at all), `extra_scopes`
+    are scopes clients may register and ask for besides the demo's own, and `extend` adds
+    to the MCP server before it is served (the tests add resources and prompts).
     """
 
     def __init__(self, *, transport: str = "http", require_auth: bool = True, registration: bool = True,
                  revocation: bool = True,
                  resource_metadata: bool = True, token_lifetime: int | None = 3600, refresh_tokens: bool = True,
                  rotate_refresh_tokens: bool = True, extra_scopes: tuple[str, ...] = (),
-                 wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> None:
+                 wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+                 extend: Callable[[MCPServer], None] | None = None) -> None:
         if transport not in ("http", "sse"):
             raise ValueError(f"transport must be 'http' or 'sse', not {transport!r}")
         self.transport = transport
@@ -157,6 +159,7 @@ class DemoServer:
         self._revocation = revocation
         self._resource_metadata = resource_metadata
         self._wrap = wrap
+        self._extend = extend
         self._extra_scopes = list(extra_scopes)
         self._provider_options: dict[str, Any] = {
             "token_lifetime": token_lifetime, "refresh_tokens": refresh_tokens,
@@ -239,6 +242,8 @@ class DemoServer:
                 return "anonymous"
             return f"client {token.client_id} with scopes {' '.join(token.scopes) or '(none)'}"
 
+        if self._extend is not None:
+            self._extend(mcp)
         if self.transport == "sse":
             return mcp.sse_app()
         return mcp.streamable_http_app()

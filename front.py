@@ -128,9 +128,8 @@ class Front:
         in_flight = self._in_flight.setdefault(server, [])
         in_flight.append(ctx)
 
-        async def send(session: ClientSession, still_alive: Callable[[], None]) -> dict[str, Any]:
+        async def send(session: ClientSession) -> dict[str, Any]:
             async def progress(value: float, total: float | None, message: str | None) -> None:
-                still_alive()  # progress restarts the timeout
                 await ctx.session.report_progress(value, total, message)
 
             try:
@@ -166,7 +165,7 @@ class Front:
             for _ in range(1000):
                 request = method(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
                 page = await self.gateway.forward(server, f"the {key} list",
-                                                  lambda session, _alive, r=request: session.send_request(r, _RAW))
+                                                  lambda session, r=request: session.send_request(r, _RAW))
                 entries.extend(page.get(key) or [])
                 cursor = page.get("nextCursor")
                 if not cursor:
@@ -215,7 +214,7 @@ class Front:
         if not self._subscriptions.get(key):
             request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
             await self.gateway.forward(server, f"the subscription to '{uri}'",
-                                       lambda session, _alive: session.send_request(request, _RAW))
+                                       lambda session: session.send_request(request, _RAW))
         self._subscriptions[key] = self._subscriptions.get(key, 0) + 1
 
     async def unsubscribe(self, server: str, uri: str) -> None:
@@ -229,7 +228,7 @@ class Front:
         if count == 1:
             request = types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri))
             await self.gateway.forward(server, f"the unsubscription from '{uri}'",
-                                       lambda session, _alive: session.send_request(request, _RAW))
+                                       lambda session: session.send_request(request, _RAW))
 
     def unsubscribe_soon(self, server: str, uri: str) -> None:
         """`unsubscribe` in the background (a client went away)."""
@@ -282,7 +281,7 @@ class Front:
             if owner == server and count:
                 request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
                 await _logged(self.gateway.forward(server, f"the subscription to '{uri}'",
-                                                   lambda session, _alive, r=request: session.send_request(r, _RAW)),
+                                                   lambda session, r=request: session.send_request(r, _RAW)),
                               f"subscribe again to '{uri}'")
         for downstream in self._downstreams(server):
             await downstream.session.send_tool_list_changed()
@@ -296,7 +295,7 @@ class Front:
         if level is None or not await self.offers(server, "logging"):
             return
         request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))  # type: ignore[arg-type]
-        await _logged(self.gateway.forward(server, "the log level", lambda session, _alive: session.send_request(
+        await _logged(self.gateway.forward(server, "the log level", lambda session: session.send_request(
             request, _RAW)), f"set the log level of '{server}'")
 
     async def _notify(self, server: str, message: Any) -> None:

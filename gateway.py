@@ -2,7 +2,9 @@
 
 The MCP SDK is asynchronous; toolscript is not. A `Gateway` runs the SDK's clients on one
 event loop in a background thread (an anyio blocking portal) and offers plain, thread-safe
-methods: `start`, `stop`, `servers`, `tools` and `call`. Every piece of connection state
+methods: `start`, `stop`, `servers`, `tools` and `call`, and for resources, prompts and
+completions `resources`, `read_resource`, `prompts`, `get_prompt` and `complete`; every kind
+of request goes through one path (`_Server.request`). Every piece of connection state
 is touched only on the loop thread, so the public methods need no locks: they hand their
 work to the loop and wait for the answer.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import json
 import logging
 import math
 import os
@@ -67,6 +70,7 @@ __all__ = [
     "SessionHooks",
     "http_client",
     "result_to_dict",
+    "split_prompt_name",
     "split_tool_name",
     "tool_allowed",
 ]
@@ -87,11 +91,14 @@ RECONNECT_BACKOFF = 0.25  # seconds before the second attempt; doubles after eac
 RETRY_COOLDOWN = 2.0
 STOP_TIMEOUT = 10.0
 _MAX_PAGES = 1000
+# Error answers that mean the request itself was wrong: no such resource or prompt, bad arguments.
+# -32002 is "resource not found" of the 2025 specifications (retired since, but servers send it).
+_REFUSALS = (types.INVALID_PARAMS, types.METHOD_NOT_FOUND, -32002)
+_T = TypeVar("_T")
 _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "credential")
 
 AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
 """Given an http/sse server, return the `httpx2.Auth` for its requests (or None)."""
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -128,12 +135,19 @@ def stored_oauth(store: Store) -> AuthFactory:
 
 def split_tool_name(name: str) -> tuple[str, str]:
     """Split `server__tool` into the server name and the server's own tool name."""
-    server, sep, tool = name.partition(SEPARATOR)
-    if not sep or not server or not tool:
-        raise UsageError(
-            f"'{name}' is not a SERVER__TOOL name (such as files__read_file). Run: toolscript tools"
-        )
-    return server, tool
+    return _split_name(name, "TOOL", "files__read_file", "tools")
+
+
+def split_prompt_name(name: str) -> tuple[str, str]:
+    """Split `server__prompt` into the server name and the server's own prompt name."""
+    return _split_name(name, "PROMPT", "code__review", "prompts")
+
+
+def _split_name(name: str, kind: str, example: str, listing: str) -> tuple[str, str]:
+    server, sep, own = name.partition(SEPARATOR)
+    if not sep or not server or not own:
+        raise UsageError(f"'{name}' is not a SERVER__{kind} name (such as {example}). Run: toolscript {listing}")
+    return server, own
 
 
 def tool_allowed(server: ServerConfig, tool: str) -> bool:
@@ -266,6 +280,77 @@ class Gateway:
             raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server)
         return result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout))
 
+    def resources(self, server: str | None = None) -> list[dict[str, Any]]:
+        """Return the resources and resource templates of every connected server, or of `server` only.
+
+        Each row is the server's own entry (all pages) with `server` added: a resource has
+        `uri`, a template `uriTemplate`. A server without the resources capability has none;
+        `include_tools`/`exclude_tools` do not apply. With `server`, its failure is raised;
+        without, a server whose listing fails is left out (and logged).
+        """
+        if server is not None:
+            self._config_of(server)
+        return self._run_on_loop(self._listing, server, _Server.list_resources)
+
+    def read_resource(self, server: str, uri: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Read the resource `uri` of `server`: `{"contents": [{uri, mimeType?, text | blob}]}`, blobs in base64.
+
+        Raises `UsageError` when the server offers no resources or refuses the URI, and the
+        errors of `call` otherwise.
+        """
+        self._config_of(server)
+        if not isinstance(uri, str) or not uri:
+            raise UsageError(
+                f"Give the URI of a resource of server '{server}'. Run: toolscript resources --server {server}",
+                server=server,
+            )
+        return _as_json(self._run_on_loop(self._on_server, server, _Server.read_resource, uri, timeout))
+
+    def prompts(self, server: str | None = None) -> list[dict[str, Any]]:
+        """Return the prompts of every connected server (all pages), or of `server` only, as `SERVER__PROMPT`.
+
+        A server without the prompts capability has none; failures as for `resources`.
+        """
+        if server is not None:
+            self._config_of(server)
+        return self._run_on_loop(self._listing, server, _Server.list_prompts)
+
+    def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, *,
+                   timeout: float | None = None) -> dict[str, Any]:
+        """Get the prompt `server__prompt` filled in with `arguments`: `{description?, messages}`.
+
+        Prompt arguments are strings; other JSON values are sent as their JSON text
+        (`3` as "3", `true` as "true").
+        """
+        server, prompt = split_prompt_name(name)
+        self._config_of(server)
+        return _as_json(self._run_on_loop(self._on_server, server, _Server.get_prompt, prompt,
+                                   _prompt_arguments(name, arguments), timeout))
+
+    def complete(self, server: str, argument: str, value: str = "", *, prompt: str | None = None,
+                 uri_template: str | None = None, context: dict[str, str] | None = None,
+                 timeout: float | None = None) -> dict[str, Any]:
+        """Ask `server` to complete `value` of `argument` of its `prompt` or of a resource `uri_template`.
+
+        `prompt` is the server's own prompt name (a `prompts` row's `prompt`); `context` holds
+        arguments already chosen. Returns `{values, total?, hasMore?}`.
+        """
+        self._config_of(server)
+        if (prompt is None) == (uri_template is None):
+            raise UsageError("Complete an argument of either a prompt or a resource template: give exactly one.",
+                             server=server)
+        texts = [argument, value, prompt or "", uri_template or ""]
+        if context is not None:
+            texts += list(context.values()) if isinstance(context, dict) else [context]
+        if not all(isinstance(text, str) for text in texts):
+            raise UsageError("Completion arguments, values and context values must be strings.", server=server)
+        ref: types.PromptReference | types.ResourceTemplateReference = (
+            types.PromptReference(type="ref/prompt", name=prompt) if prompt is not None
+            else types.ResourceTemplateReference(type="ref/resource", uri=uri_template or "")
+        )
+        completion = self._run_on_loop(self._on_server, server, _Server.complete, ref, argument, value, context, timeout)
+        return _as_json(completion)
+
     # -- for fronts that serve MCP on the loop thread (front.py) ---------------------------
 
     @contextlib.asynccontextmanager
@@ -312,11 +397,16 @@ class Gateway:
         assert connection.session is not None
         return connection.session
 
-    async def forward(self, server: str, what: str, send: Callable[[ClientSession, Callable[[], None]], Awaitable[_T]],
+    async def forward(self, server: str, what: str, send: Callable[[ClientSession], Awaitable[_T]],
                       timeout: float | None = None) -> _T:
-        """Send one request to `server` as it is; see `_Server.forward`. `timeout` defaults to the server's."""
+        """Send one request to `server` as it is (`send(session)`) and return its answer.
+
+        The server's own error answers are raised as they came (`MCPError`); failures of the
+        connection (it ended, it needs authorization, it timed out) raise the gateway's errors,
+        as for `call`. `what` names the request in messages; `timeout` defaults to the server's.
+        """
         state = self._servers[server]
-        return await state.forward(what, send, timeout or state.call_timeout)
+        return await state.request(what, send, timeout or state.call_timeout, pass_through=True)
 
     # -- on the loop thread --------------------------------------------------------------
 
@@ -349,6 +439,28 @@ class Gateway:
     async def _call(self, name: str, tool: str, arguments: dict[str, Any], timeout: float | None) -> types.CallToolResult:
         server = self._servers[name]
         return await server.call_tool(tool, arguments, timeout or server.call_timeout)
+
+    async def _on_server(self, name: str, method: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        return await method(self._servers[name], *args)
+
+    async def _listing(self, name: str | None, list_one: Callable[[_Server], Awaitable[list[dict[str, Any]]]]
+                       ) -> list[dict[str, Any]]:
+        """The rows `list_one` gives for server `name`, or for every connected server (concurrently)."""
+        if name is not None:
+            return await list_one(self._servers[name])
+        servers = [server for server in self._servers.values() if server.status == CONNECTED]
+        found: dict[str, list[dict[str, Any]]] = {}
+
+        async def one(server: _Server) -> None:
+            try:
+                found[server.name] = await list_one(server)
+            except ToolscriptError as exc:  # one broken server does not hide the others' entries
+                log.warning("%s", exc.message)
+
+        async with anyio.create_task_group() as tg:
+            for server in servers:
+                tg.start_soon(one, server)
+        return [row for server in servers for row in found.get(server.name, [])]
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -503,8 +615,7 @@ class _Server:
                     break
             raise self.error
 
-    async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, *,
-                        resend_if_expired: bool = True) -> types.CallToolResult:
+    async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float) -> types.CallToolResult:
         connection = await self.live_connection()
         if tool not in self.tools:
             await self.refresh_tools()  # it may have added the tool without notifying us
@@ -513,71 +624,130 @@ class _Server:
                     f"Unknown tool '{tool}' on server '{self.name}'. Run: toolscript tools --server {self.name}",
                     server=self.name,
                 )
-        assert connection.session is not None
-        failures: list[AuthError | ConnectError] = []
-        CALL_FAILURES.set(failures)  # this task's own context: only this call's requests add to it
-        try:
-            with anyio.fail_after(timeout):
-                return await connection.session.call_tool(tool, arguments)  # type: ignore[return-value]
-        except TimeoutError:
-            if failures:
-                raise failures[-1] from None
-            raise CallTimeoutError(
-                f"Tool '{self.name}{SEPARATOR}{tool}' did not answer within {timeout:g} s.", server=self.name
-            ) from None
-        except MCPError as exc:
-            if exc.code == types.CONNECTION_CLOSED:
-                raise await self.lost_connection_error(connection, tool) from None
-            if failures:
-                raise failures[-1] from None  # e.g. a step-up (403 insufficient_scope) for this call
-            if resend_if_expired and _session_expired(exc):
-                # The server forgot the session, so it never ran this call: reconnect, send it again.
-                log.info("Server '%s': session expired; reconnecting", self.name)
-                await self.close_connection(connection)
-                return await self.call_tool(tool, arguments, timeout, resend_if_expired=False)
-            raise ConnectError(
-                f"Server '{self.name}' answered the call to '{tool}' with an error: {exc.message}", server=self.name
-            ) from None
-        except RuntimeError as exc:  # the SDK rejects a result that breaks the tool's outputSchema
-            raise ConnectError(
-                f"Server '{self.name}' sent an unusable result for '{tool}': {_first_line(exc)}", server=self.name
-            ) from None
+        return await self.request(
+            f"the call to '{tool}'", lambda session: session.call_tool(tool, arguments), timeout, connection=connection,
+            subject=f"Tool '{self.name}{SEPARATOR}{tool}'",
+        )
 
-    async def forward(self, what: str, send: Callable[[ClientSession, Callable[[], None]], Awaitable[_T]],
-                      timeout: float, *, resend_if_expired: bool = True) -> _T:
-        """Send one request as it is, for a front that passes requests through: `send(session, still_alive)`.
+    async def request(self, what: str, send: Callable[[ClientSession], Awaitable[_T]], timeout: float, *,
+                      connection: _Connection | None = None, subject: str | None = None, refused_hint: str | None = None,
+                      resend_if_expired: bool = True, pass_through: bool = False) -> _T:
+        """Send one request (`send`) on the live connection and translate its failures.
 
-        The server's own error answers propagate as `MCPError`. Failures of the connection (it
-        ended, it needs authorization, its HTTP session expired: sent again once) raise the
-        gateway's errors, as for `call_tool`. `timeout` is idle time: `still_alive()` (called
-        on progress) restarts it. `what` names the request in messages ("the call to 'echo'").
+        Every request kind (tool calls, resources, prompts, completions) goes through here, so
+        each meets reconnection, OAuth failures, timeouts and expired sessions the same way.
+        `what` names the request in messages ("the call to 'echo'"); `subject` starts the
+        timeout message instead of "Server 'NAME'". With `refused_hint`, an error answer that
+        says the request itself was wrong (unknown resource, bad arguments) is a `UsageError`
+        ending with that hint; else every error answer is a `ConnectError`. With `pass_through`
+        (a front passing requests on, front.py), error answers are raised as they came (`MCPError`).
         """
-        connection = await self.live_connection()
+        connection = connection or await self.live_connection()
         assert connection.session is not None
         failures: list[AuthError | ConnectError] = []
         CALL_FAILURES.set(failures)  # this task's own context: only this request's messages add to it
-        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-            def still_alive() -> None:
-                scope.deadline = anyio.current_time() + timeout
-
-            try:
-                return await send(connection.session, still_alive)
-            except MCPError as exc:
-                if exc.code == types.CONNECTION_CLOSED:
-                    raise await self.lost_connection_error(connection, what) from None
-                if failures:
-                    raise failures[-1] from None
-                if resend_if_expired and _session_expired(exc):
-                    log.info("Server '%s': session expired; reconnecting", self.name)
-                    await self.close_connection(connection)
-                    return await self.forward(what, send, timeout, resend_if_expired=False)
+        try:
+            with anyio.fail_after(timeout):
+                return await send(connection.session)
+        except TimeoutError:
+            if failures:
+                raise failures[-1] from None
+            late = f"{subject} did not answer" if subject else f"Server '{self.name}' did not answer {what}"
+            raise CallTimeoutError(f"{late} within {timeout:g} s.", server=self.name) from None
+        except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED:
+                raise await self.lost_connection_error(connection, what) from None
+            if failures:
+                raise failures[-1] from None  # e.g. a step-up (403 insufficient_scope) for this call
+            if resend_if_expired and _session_expired(exc):
+                # The server forgot the session, so it never ran this request: reconnect, send it again.
+                log.info("Server '%s': session expired; reconnecting", self.name)
+                await self.close_connection(connection)
+                return await self.request(what, send, timeout, subject=subject, refused_hint=refused_hint,
+                                          resend_if_expired=False, pass_through=pass_through)
+            if pass_through:
                 raise
-        if failures:
-            raise failures[-1]
-        raise CallTimeoutError(f"Server '{self.name}' did not answer {what} within {timeout:g} s.", server=self.name)
+            if refused_hint is not None and exc.code in _REFUSALS:
+                raise UsageError(
+                    f"Server '{self.name}' refused {what}: {exc.message.rstrip('.')}. {refused_hint}", server=self.name
+                ) from None
+            raise ConnectError(
+                f"Server '{self.name}' answered {what} with an error: {exc.message}", server=self.name
+            ) from None
+        except RuntimeError as exc:  # e.g. the SDK rejects a result that breaks the tool's outputSchema
+            raise ConnectError(
+                f"Server '{self.name}' sent an unusable result for {what}: {_first_line(exc)}", server=self.name
+            ) from None
 
-    async def lost_connection_error(self, connection: _Connection, tool: str) -> ToolscriptError:
-        """Return the error for a call to `tool` whose connection ended under it."""
+    async def list_resources(self) -> list[dict[str, Any]]:
+        if not self.offers(await self.live_connection(), "resources"):
+            return []
+        resources = await self._list_all("the resource list", _resource_page, "resources")
+        templates = await self._list_all("the resource template list", _template_page, "resource_templates")
+        return [{"server": self.name, **_as_json(item)} for item in [*resources, *templates]]
+
+    async def list_prompts(self) -> list[dict[str, Any]]:
+        if not self.offers(await self.live_connection(), "prompts"):
+            return []
+        prompts = await self._list_all("the prompt list", _prompt_page, "prompts")
+        return [_prompt_row(self.name, prompt) for prompt in prompts]
+
+    async def read_resource(self, uri: str, timeout: float | None) -> types.ReadResourceResult:
+        connection = await self.live_connection()
+        self._require(connection, "resources")
+        return await self.request(f"the read of '{uri}'", lambda session: session.read_resource(uri),
+                                  timeout or self.call_timeout, connection=connection,
+                                  refused_hint=f"Run: toolscript resources --server {self.name}")
+
+    async def get_prompt(self, prompt: str, arguments: dict[str, str], timeout: float | None) -> types.GetPromptResult:
+        connection = await self.live_connection()
+        self._require(connection, "prompts")
+        return await self.request(f"the request for prompt '{prompt}'",
+                                  lambda session: session.get_prompt(prompt, arguments),
+                                  timeout or self.call_timeout, connection=connection,
+                                  refused_hint=f"Run: toolscript prompts --server {self.name}")
+
+    async def complete(self, ref: types.PromptReference | types.ResourceTemplateReference, argument: str, value: str,
+                       context: dict[str, str] | None, timeout: float | None) -> types.Completion:
+        connection = await self.live_connection()
+        self._require(connection, "completions")
+        listing = "prompts" if isinstance(ref, types.PromptReference) else "resources"
+        result = await self.request(
+            f"the completion of '{argument}'",
+            lambda session: session.complete(ref, {"name": argument, "value": value}, context_arguments=context),
+            timeout or self.call_timeout, connection=connection, refused_hint=f"Run: toolscript {listing} --server {self.name}",
+        )
+        return result.completion
+
+    def offers(self, connection: _Connection, capability: str) -> bool:
+        """Whether the server declared `capability` (resources, prompts, completions) on connecting."""
+        capabilities = connection.session.server_capabilities if connection.session is not None else None
+        return capabilities is not None and getattr(capabilities, capability, None) is not None
+
+    def _require(self, connection: _Connection, capability: str) -> None:
+        if not self.offers(connection, capability):
+            raise UsageError(
+                f"Server '{self.name}' offers no {capability} (it does not declare the {capability} capability).",
+                server=self.name,
+            )
+
+    async def _list_all(self, what: str, list_page: Callable[[ClientSession, types.PaginatedRequestParams | None],
+                                                             Awaitable[Any]], attribute: str) -> list[Any]:
+        """Every item of a paginated listing, page after page."""
+        items: list[Any] = []
+        cursor: str | None = None
+        for _ in range(_MAX_PAGES):
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await self.request(what, lambda session, params=params: list_page(session, params),
+                                      self.call_timeout)
+            items.extend(getattr(page, attribute))
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return items
+
+    async def lost_connection_error(self, connection: _Connection, what: str) -> ToolscriptError:
+        """Return the error for a request (`what`) whose connection ended under it."""
         with anyio.move_on_after(STOP_TIMEOUT):
             await connection.closed.wait()  # the connection task records why
         if connection is self._connection and self.status == AUTH_REQUIRED:
@@ -585,9 +755,9 @@ class _Server:
         failure = self.auth_failure()
         if failure is not None:
             return failure
-        what = f"failed ({connection.end_reason})" if connection.end_reason else "closed the connection"
+        failed = f"failed ({connection.end_reason})" if connection.end_reason else "closed the connection"
         return ConnectError(
-            f"Server '{self.name}' {what} during the call to '{tool}'; it is reconnected on the next call.",
+            f"Server '{self.name}' {failed} during {what}; it is reconnected on the next call.",
             server=self.name,
         )
 
@@ -815,6 +985,50 @@ def _tool_row(server: str, tool: types.Tool) -> dict[str, Any]:
     if tool.output_schema is not None:
         row["outputSchema"] = tool.output_schema
     return row
+
+
+def _prompt_row(server: str, prompt: types.Prompt) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": f"{server}{SEPARATOR}{prompt.name}",
+        "server": server,
+        "prompt": prompt.name,
+        "description": prompt.description or "",
+        "arguments": [_as_json(argument) for argument in prompt.arguments or []],
+    }
+    if prompt.title:
+        row["title"] = prompt.title
+    return row
+
+
+def _prompt_arguments(name: str, arguments: Any) -> dict[str, str]:
+    """Prompt arguments as the strings MCP sends: a string as is, any other JSON value as its JSON text."""
+    if arguments is None:
+        return {}
+    if not isinstance(arguments, dict):
+        raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.")
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in arguments.items()}
+
+
+def _as_json(model: Any) -> dict[str, Any]:
+    """A result or entry as the JSON object the server sent."""
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+
+
+async def _resource_page(session: ClientSession, params: types.PaginatedRequestParams | None) -> Any:
+    return await session.list_resources(params=params)
+
+
+async def _template_page(session: ClientSession, params: types.PaginatedRequestParams | None) -> Any:
+    try:
+        return await session.list_resource_templates(params=params)
+    except MCPError as exc:
+        if exc.code == types.METHOD_NOT_FOUND:  # resources without templates: some servers omit the method
+            return types.ListResourceTemplatesResult(resource_templates=[])
+        raise
+
+
+async def _prompt_page(session: ClientSession, params: types.PaginatedRequestParams | None) -> Any:
+    return await session.list_prompts(params=params)
 
 
 def _register_secrets(server: ServerConfig) -> None:

@@ -1,11 +1,16 @@
 """The gateway's local HTTP API, and the client that reaches a running gateway through it.
 
 It stands apart from `gateway` because it needs only a gateway's synchronous methods
-(`servers`, `tools`, `call`) and the standard library, never the MCP SDK: the CLI's
-`tools` and `call` go through a running gateway without importing the SDK.
+(`servers`, `tools`, `call`, `resources`, `read_resource`, `prompts`, `get_prompt`,
+`complete`) and the standard library, never the MCP SDK: the CLI's commands go through a
+running gateway without importing the SDK.
 
-Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]` and
-`POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional). Errors are
+Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]`,
+`POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional),
+`GET /resources[?server=NAME]`, `GET /resources/read?server=NAME&uri=URI`,
+`GET /prompts[?server=NAME]`, `POST /prompts/SERVER__PROMPT` (the arguments as a JSON
+object) and `POST /complete` (`{server, prompt | uriTemplate, argument, value?,
+context?}`); the reads, prompts and completions take `?timeout=SECONDS` too. Errors are
 `{"error": message}` with 400 (malformed body), 401 (authentication required), 403
 (foreign Host or Origin), 404 (unknown server or tool), 413 (body too large), 415 (not
 JSON), 502 (the server failed) or 504 (timeout).
@@ -26,7 +31,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Protocol
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 if __package__:
     from .errors import AuthRequiredError, CallTimeoutError, ConfigError, ConnectError, ToolscriptError, UsageError
@@ -42,6 +47,8 @@ log = logging.getLogger("toolscript.gateway.http")
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle before its thread gives up
 _CALL_PREFIX = "/tools/"
+_PROMPT_PREFIX = "/prompts/"
+_COMPLETE_PATH = "/complete"
 
 
 class SyncGateway(Protocol):
@@ -53,9 +60,28 @@ class SyncGateway(Protocol):
 
     def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]: ...
 
+    def resources(self, server: str | None = None) -> list[dict[str, Any]]: ...
+
+    def read_resource(self, server: str, uri: str, *, timeout: float | None = None) -> dict[str, Any]: ...
+
+    def prompts(self, server: str | None = None) -> list[dict[str, Any]]: ...
+
+    def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, *,
+                   timeout: float | None = None) -> dict[str, Any]: ...
+
+    def complete(self, server: str, argument: str, value: str = "", *, prompt: str | None = None,
+                 uri_template: str | None = None, context: dict[str, str] | None = None,
+                 timeout: float | None = None) -> dict[str, Any]: ...
+
+
+class _MalformedRequest(UsageError):
+    """A request body or query the API cannot use (400, not 404)."""
+
 
 def status_for(exc: ToolscriptError) -> int:
     """Return the HTTP status that reports `exc`."""
+    if isinstance(exc, _MalformedRequest):
+        return 400
     if isinstance(exc, AuthRequiredError):
         return 401
     if isinstance(exc, (UsageError, ConfigError)):
@@ -126,16 +152,34 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(gateway.servers)
         elif path == "/tools":
             self._answer(lambda: gateway.tools(query.get("server")))
+        elif path == "/resources":
+            self._answer(lambda: gateway.resources(query.get("server")))
+        elif path == "/resources/read":
+            self._read_resource(query)
+        elif path == "/prompts":
+            self._answer(lambda: gateway.prompts(query.get("server")))
         else:
-            self._send(404, {"error": f"No endpoint GET {path}; try /health, /servers, /tools."})
+            self._send(404, {"error": f"No endpoint GET {path}; try /health, /servers, /tools, /resources, /prompts."})
+
+    def _read_resource(self, query: dict[str, str]) -> None:
+        server, uri = query.get("server"), query.get("uri")
+        if not server or not uri:
+            self._send(400, {"error": "Name the resource: GET /resources/read?server=NAME&uri=URI."})
+            return
+        timeout = _timeout_of(query)
+        if timeout is not None and not timeout > 0:
+            self._send(400, {"error": "timeout must be a positive number of seconds."})
+            return
+        self._answer(lambda: self.server.gateway.read_resource(server, uri, timeout=timeout))
 
     def do_POST(self) -> None:  # noqa: N802
         if not self._allowed():
             return
         path, query = self._target()
-        name = unquote(path[len(_CALL_PREFIX):]) if path.startswith(_CALL_PREFIX) else ""
-        if not name:
-            self._send(404, {"error": f"No endpoint POST {path}; call a tool with POST /tools/SERVER__TOOL."}, close=True)
+        route = self._post_route(path)
+        if route is None:
+            self._send(404, {"error": f"No endpoint POST {path}; call a tool with POST /tools/SERVER__TOOL, get a "
+                                      "prompt with POST /prompts/SERVER__PROMPT, or POST /complete."}, close=True)
             return
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
@@ -160,14 +204,22 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(arguments, dict):
             self._send(400, {"error": f"The body must be a JSON object of arguments, not {type(arguments).__name__}."})
             return
-        try:
-            timeout = float(query["timeout"]) if "timeout" in query else None
-        except ValueError:
-            timeout = -1.0
+        timeout = _timeout_of(query)
         if timeout is not None and not timeout > 0:
             self._send(400, {"error": "timeout must be a positive number of seconds."})
             return
-        self._answer(lambda: self.server.gateway.call(name, arguments, timeout=timeout))
+        self._answer(lambda: route(arguments, timeout))
+
+    def _post_route(self, path: str) -> Callable[[dict[str, Any], float | None], Any] | None:
+        """What a POST to `path` does with its JSON object body and timeout, or None for no such endpoint."""
+        gateway = self.server.gateway
+        for prefix, method in ((_CALL_PREFIX, gateway.call), (_PROMPT_PREFIX, gateway.get_prompt)):
+            name = unquote(path[len(prefix):]) if path.startswith(prefix) else ""
+            if name:
+                return lambda body, timeout, method=method, name=name: method(name, body, timeout=timeout)
+        if path == _COMPLETE_PATH:
+            return lambda body, timeout: gateway.complete(**_completion_request(body), timeout=timeout)
+        return None
 
     def _allowed(self) -> bool:
         """Refuse requests a web page or another host could make (see the module docstring)."""
@@ -219,6 +271,26 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("gateway API: %s %s", self.address_string(), format % args)
 
 
+def _timeout_of(query: dict[str, str]) -> float | None:
+    """The `?timeout=` of a request: None when absent, -1 when not a number (refused by the caller)."""
+    try:
+        return float(query["timeout"]) if "timeout" in query else None
+    except ValueError:
+        return -1.0
+
+
+def _completion_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `complete` from a `POST /complete` body; `UsageError` if malformed."""
+    known = {"server", "argument", "value", "prompt", "uriTemplate", "context"}
+    unknown = sorted(set(body) - known)
+    if unknown or not isinstance(body.get("server"), str) or not isinstance(body.get("argument"), str):
+        raise _MalformedRequest('POST /complete takes {"server": NAME, "prompt": PROMPT or "uriTemplate": TEMPLATE, '
+                                '"argument": NAME, "value": TEXT, "context": {NAME: TEXT}}'
+                                + (f"; unknown key {', '.join(map(repr, unknown))}." if unknown else "."))
+    return {"server": body["server"], "argument": body["argument"], "value": body.get("value", ""),
+            "prompt": body.get("prompt"), "uri_template": body.get("uriTemplate"), "context": body.get("context")}
+
+
 _ERRORS: dict[int, type[ToolscriptError]] = {
     400: UsageError, 401: AuthRequiredError, 404: UsageError, 504: CallTimeoutError,
 }
@@ -261,6 +333,31 @@ class RemoteGateway:
         path = _CALL_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
         # The gateway bounds every call; the socket timeout only guards against a hung gateway.
         return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)
+
+    # Listing resources and prompts asks every server, each bounded by its timeout: no socket timeout here.
+    def resources(self, server: str | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", "/resources" + (f"?server={quote(server)}" if server else ""), timeout=None)
+
+    def read_resource(self, server: str, uri: str, *, timeout: float | None = None) -> dict[str, Any]:
+        query = {"server": server, "uri": uri, **({"timeout": f"{timeout:g}"} if timeout else {})}
+        return self._request("GET", "/resources/read?" + urlencode(query), timeout=timeout + 30 if timeout else None)
+
+    def prompts(self, server: str | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", "/prompts" + (f"?server={quote(server)}" if server else ""), timeout=None)
+
+    def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, *,
+                   timeout: float | None = None) -> dict[str, Any]:
+        path = _PROMPT_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
+        return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)
+
+    def complete(self, server: str, argument: str, value: str = "", *, prompt: str | None = None,
+                 uri_template: str | None = None, context: dict[str, str] | None = None,
+                 timeout: float | None = None) -> dict[str, Any]:
+        body = {"server": server, "argument": argument, "value": value, "prompt": prompt, "uriTemplate": uri_template,
+                "context": context}
+        path = _COMPLETE_PATH + (f"?timeout={timeout:g}" if timeout else "")
+        return self._request("POST", path, {key: item for key, item in body.items() if item is not None},
+                             timeout=timeout + 30 if timeout else None)
 
     def close(self) -> None:
         """Close this thread's connection."""

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if __package__:
     from . import config as _config
-    from .errors import ToolscriptError, UsageError, auth_command, run_hint
+    from .errors import ConnectError, ToolscriptError, UsageError, auth_command, run_hint
     from .redact import RedactingFilter, redact
     from .storage import Store
     from .urls import is_loopback_host
 else:
     import config as _config
-    from errors import ToolscriptError, UsageError, auth_command, run_hint
+    from errors import ConnectError, ToolscriptError, UsageError, auth_command, run_hint
     from redact import RedactingFilter, redact
     from storage import Store
     from urls import is_loopback_host
@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_gateway, _add_serve, _add_demo, _add_add,
-                _add_remove, _add_import):
+    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_resources, _add_read, _add_prompts, _add_prompt,
+                _add_gateway, _add_serve, _add_demo, _add_add, _add_remove, _add_import):
         add(commands)
     return parser
 
@@ -393,16 +393,7 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
         for tool in tools:
             summary = (tool.get("description") or "").strip().split("\n")[0]
             _print(f"{tool['name']:<{width}}  {summary}".rstrip())
-    failed = [row for row in rows if row["status"] != "connected"]
-    for row in failed:
-        _error(row.get("error") or f"Server '{row['name']}' is {row['status']}.")
-    if not rows:
-        where = cfg.path or "no config file found"
-        _error(f"No servers configured ({where}). See config.toml.example.")
-    # One broken server among several is reported but does not fail the listing.
-    if failed and len(failed) == len(rows):
-        return EXIT_AUTH_REQUIRED if all(row["status"] == "auth_required" for row in failed) else EXIT_UNREACHABLE
-    return EXIT_OK
+    return _report_failed_servers(cfg, rows)
 
 
 def _add_call(commands: argparse._SubParsersAction) -> None:
@@ -429,6 +420,162 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
         elif text:
             _print(text)
     return EXIT_TOOL_ERROR if failed else EXIT_OK
+
+
+# -- resources, read, prompts, prompt -------------------------------------------------
+
+
+def _add_resources(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("resources", help="list the resources and resource templates of the servers")
+    p.add_argument("--server", metavar="NAME", help="only this server")
+    p.add_argument("--json", action="store_true", help="print the full list as JSON")
+    p.set_defaults(func=cmd_resources)
+
+
+def cmd_resources(args: argparse.Namespace, cfg: Config) -> int:
+    with _open_gateway(cfg, server=args.server) as gateway:
+        resources = gateway.resources(args.server)
+        rows = [row for row in gateway.servers() if args.server in (None, row["name"])]
+    if args.json:
+        _print(json.dumps(resources, indent=2))
+    else:
+        table = [(item["server"], item.get("uri") or item.get("uriTemplate", ""), item.get("name", ""),
+                  _resource_details(item)) for item in resources]
+        widths = [max((len(line[column]) for line in table), default=0) for column in range(3)]
+        for line in table:
+            _print(("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + f"  {line[3]}").rstrip())
+    return _report_failed_servers(cfg, rows)
+
+
+def _resource_details(item: dict[str, Any]) -> str:
+    details = ["template"] if "uriTemplate" in item else []
+    if item.get("mimeType"):
+        details.append(str(item["mimeType"]))
+    if item.get("size") is not None:
+        details.append(f"{item['size']} bytes")
+    return ", ".join(details)
+
+
+def _add_read(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("read", help="read a resource: toolscript read SERVER URI")
+    p.add_argument("server", metavar="SERVER", help="the server, as listed by `toolscript resources`")
+    p.add_argument("uri", metavar="URI", help="the resource's URI (or a URI made from a template)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the whole result as JSON (binary content in base64)")
+    output.add_argument("-o", "--output", metavar="FILE", help="write the content to FILE (needed for binary content "
+                        "when stdout is a terminal)")
+    p.set_defaults(func=cmd_read)
+
+
+def cmd_read(args: argparse.Namespace, cfg: Config) -> int:
+    with _open_gateway(cfg, server=args.server) as gateway:
+        result = gateway.read_resource(args.server, args.uri)
+    contents = result.get("contents") or []
+    if args.json:
+        _print(json.dumps(result, indent=2))
+        return EXIT_OK
+    if args.output is not None:
+        if len(contents) != 1:
+            raise UsageError(f"Resource '{args.uri}' of server '{args.server}' has {len(contents)} parts; -o FILE "
+                             "takes one. Use --json to see them all.")
+        data = _content_bytes(contents[0])
+        try:
+            with open(args.output, "wb") as file:
+                file.write(data)
+        except OSError as exc:
+            raise UsageError(f"Cannot write {args.output}: {exc.strerror or exc}.") from None
+        log.info("Wrote %d bytes to %s.", len(data), args.output)
+        return EXIT_OK
+    binary = [item for item in contents if "text" not in item]
+    if binary and sys.stdout.isatty():
+        item = binary[0]
+        raise UsageError(
+            f"Resource '{args.uri}' of server '{args.server}' is binary ({item.get('mimeType', 'unknown type')}, "
+            f"{len(_content_bytes(item))} bytes); not printing it to a terminal. "
+            f"Run: toolscript read {args.server} {args.uri} -o FILE"
+        )
+    for item in contents:
+        if "text" in item:
+            text = str(item["text"])
+            sys.stdout.write(text if text.endswith("\n") or not sys.stdout.isatty() else text + "\n")
+            sys.stdout.flush()
+        else:
+            sys.stdout.buffer.write(_content_bytes(item))
+            sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def _content_bytes(item: dict[str, Any]) -> bytes:
+    """The bytes of one resource content: its text in UTF-8, or its base64 blob decoded."""
+    if "text" in item:
+        return str(item["text"]).encode()
+    try:
+        return base64.b64decode(item.get("blob") or "", validate=True)
+    except (ValueError, TypeError):
+        raise ConnectError(f"The server sent resource '{item.get('uri')}' as invalid base64.") from None
+
+
+def _add_prompts(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("prompts", help="list the prompts of the servers")
+    p.add_argument("--server", metavar="NAME", help="only this server")
+    p.add_argument("--json", action="store_true", help="print the full list, with arguments, as JSON")
+    p.set_defaults(func=cmd_prompts)
+
+
+def cmd_prompts(args: argparse.Namespace, cfg: Config) -> int:
+    with _open_gateway(cfg, server=args.server) as gateway:
+        prompts = gateway.prompts(args.server)
+        rows = [row for row in gateway.servers() if args.server in (None, row["name"])]
+    if args.json:
+        _print(json.dumps(prompts, indent=2))
+    else:
+        width = max((len(prompt["name"]) for prompt in prompts), default=0)
+        for prompt in prompts:
+            summary = (prompt.get("description") or "").strip().split("\n")[0]
+            arguments = [f"{argument['name']}{'' if argument.get('required') else '?'}"
+                         for argument in prompt.get("arguments") or []]
+            if arguments:
+                summary = f"{summary} (arguments: {', '.join(arguments)})".strip()
+            _print(f"{prompt['name']:<{width}}  {summary}".rstrip())
+    return _report_failed_servers(cfg, rows)
+
+
+def _add_prompt(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("prompt", help="get a prompt: toolscript prompt SERVER__PROMPT '{\"name\": \"value\"}'")
+    p.add_argument("prompt", metavar="SERVER__PROMPT", help="the prompt, as listed by `toolscript prompts`")
+    p.add_argument("arguments", nargs="?", metavar="ARGS",
+                   help="a JSON object, @FILE to read it from a file, or - to read stdin (default: {})")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.set_defaults(func=cmd_prompt)
+
+
+def cmd_prompt(args: argparse.Namespace, cfg: Config) -> int:
+    arguments = _read_arguments(args.arguments, args.prompt)
+    with _open_gateway(cfg, for_prompt=args.prompt) as gateway:
+        result = gateway.get_prompt(args.prompt, arguments)
+    if args.json:
+        _print(json.dumps(result, indent=2))
+    else:
+        for message in result.get("messages") or []:
+            _print(f"[{message.get('role')}]")
+            _print(_render_content(message.get("content") or {}))
+    return EXIT_OK
+
+
+def _report_failed_servers(cfg: Config, rows: list[dict[str, Any]]) -> int:
+    """Report the servers of a listing that are not connected; return the listing's exit code.
+
+    One broken server among several is reported but does not fail the listing.
+    """
+    failed = [row for row in rows if row["status"] != "connected"]
+    for row in failed:
+        _error(row.get("error") or f"Server '{row['name']}' is {row['status']}.")
+    if not rows:
+        where = cfg.path or "no config file found"
+        _error(f"No servers configured ({where}). See config.toml.example.")
+    if failed and len(failed) == len(rows):
+        return EXIT_AUTH_REQUIRED if all(row["status"] == "auth_required" for row in failed) else EXIT_UNREACHABLE
+    return EXIT_OK
 
 
 def _add_gateway(commands: argparse._SubParsersAction) -> None:
@@ -496,10 +643,11 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 
 
 @contextlib.contextmanager
-def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | None = None) -> Iterator[SyncGateway]:
+def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | None = None,
+                  for_prompt: str | None = None) -> Iterator[SyncGateway]:
     """Yield the running gateway at $TOOLSCRIPT_GATEWAY_URL, else a gateway of our own.
 
-    Our own connects only `server`, or the server of the tool `for_tool`, or else all.
+    Our own connects only `server`, or the server of the tool `for_tool` or prompt `for_prompt`, or else all.
     """
     url = os.environ.get(GATEWAY_URL_VAR)
     if url:
@@ -514,6 +662,8 @@ def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | Non
     gateway_module = _gateway_module()
     if for_tool is not None:
         server = gateway_module.split_tool_name(for_tool)[0]
+    elif for_prompt is not None:
+        server = gateway_module.split_prompt_name(for_prompt)[0]
     with _sigterm_interrupts(), gateway_module.Gateway(cfg, only=[server] if server else None, announce=False) as gateway:
         yield gateway
 
