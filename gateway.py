@@ -6,7 +6,10 @@ methods: `start`, `stop`, `servers`, `tools` and `call`, and for resources, prom
 completions `resources`, `read_resource`, `prompts`, `get_prompt` and `complete`; every kind
 of request goes through one path (`_Server.request`). Every piece of connection state
 is touched only on the loop thread, so the public methods need no locks: they hand their
-work to the loop and wait for the answer.
+work to the loop and wait for the answer. A front that serves MCP itself (front.py,
+`toolscript serve`) runs the gateway in its own loop instead (`run_in_current_loop`),
+passes requests on as they are (`forward`) and hears from the sessions through
+`SessionHooks`.
 
 Each connection lives in its own task (`_Server._run`), so the transport's and the session's
 async context managers are entered and exited in the same task, as anyio requires. A
