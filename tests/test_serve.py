@@ -405,6 +405,25 @@ def test_a_late_server_appears_through_list_changed(tmp_path: Path) -> None:
     anyio.run(scenario)
 
 
+def test_a_server_that_exits_is_reconnected_and_its_list_announced_again(tmp_path: Path) -> None:
+    config = write_config({"tools": stdio_server()})
+
+    async def scenario() -> None:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(config, "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog) as client:
+                first = texts(await client.call_raw("pid"))
+                crashed = await client.call_raw("crash")
+                assert crashed["isError"] is True
+                assert texts(crashed)[0].startswith("Server 'tools' ")
+                assert texts(crashed)[0].endswith(" during the call to 'crash'; it is reconnected on the next call.")
+                since = client.mark()
+                second = texts(await client.call_raw("pid"))
+                assert second != first  # a new server process
+                await client.wait_for(lambda m: isinstance(m, types.ToolListChangedNotification), since)
+
+    anyio.run(scenario)
+
+
 def test_a_server_needing_authorization_answers_with_the_command_and_appears_after_auth(
         tmp_path: Path, oauth_server: Any) -> None:
     server = oauth_server()
