@@ -35,24 +35,28 @@ import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import CancelledError as _FutureCancelled
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import httpx2
 import mcp_types as types
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 
 if __package__:
+    from .elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
     from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .redact import register_secret
     from .storage import OAuthStatus, Store
 else:
+    from elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
     from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from redact import register_secret
@@ -98,6 +102,14 @@ _MAX_PAGES = 1000
 # -32002 is "resource not found" of the 2025 specifications (retired since, but servers send it).
 _REFUSALS = (types.INVALID_PARAMS, types.METHOD_NOT_FOUND, -32002)
 _T = TypeVar("_T")
+# A server answering a call with input-required results gets this many rounds of answers.
+INPUT_ROUNDS = 10
+_INPUT_POLL_DELAYS = (0.05, 0.1, 0.2, 0.25)  # before resending a call whose result asked for nothing
+# How the gateway agrees on a protocol revision with each server: "legacy" (the initialize
+# handshake, up to 2025-11-25) or "auto" (offer 2026-07-28 first). Legacy, because servers
+# built with the SDK's `ctx.elicit` can ask the user only over the legacy protocol; the tests
+# switch to "auto" to have SDK servers answer with input-required results.
+PROTOCOL_NEGOTIATION = "legacy"
 _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "credential")
 
 AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
@@ -264,24 +276,40 @@ class Gateway:
             self._config_of(server)
         return self._run_on_loop(self._tool_rows, server)
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+    def tool(self, name: str) -> dict[str, Any]:
+        """Return the tool `server__tool` as `tools` lists it, connecting its server if needed.
+
+        Raises what `call` raises for an unknown, hidden or unreachable tool.
+        """
+        server, tool = self._visible_tool_name(name)
+        return self._run_on_loop(self._tool_row_of, server, tool)
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+             input_handler: InputHandler | None = None) -> dict[str, Any]:
         """Call the tool `server__tool` and return its result (see `result_to_dict`).
+
+        When the server asks the user for input during the call (elicitation, or an
+        input-required result), `input_handler` is asked, in a thread of its own; time spent
+        there does not count against `timeout`. Without a handler every such request is
+        declined at once and listed in the result's `declinedInputRequests`. Each call has its
+        own handler, also among concurrent calls to one server (over stdio and SSE, whose
+        messages do not say which call a request belongs to, only while that call is the
+        server's only one in flight; otherwise the request is declined).
 
         Raises `UsageError` for an unknown or hidden tool, `AuthRequiredError`, `CallTimeoutError`
         when no answer came in `timeout` seconds, and `ConnectError` when the server failed.
         An `isError` result is returned, not raised.
         """
-        server, tool = split_tool_name(name)
-        config = self._config_of(server)
-        if not tool_allowed(config, tool):
-            raise UsageError(
-                f"Tool '{name}' is hidden by the include_tools/exclude_tools of server '{server}'.", server=server
-            )
+        server, tool = self._visible_tool_name(name)
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
             raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server)
-        return result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout))
+        call = _CallInput(f"{server}{SEPARATOR}{tool}", input_handler)
+        result = result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout, call))
+        if call.declined:
+            result[DECLINED_KEY] = [request.to_dict() for request in call.declined]
+        return result
 
     def resources(self, server: str | None = None) -> list[dict[str, Any]]:
         """Return the resources and resource templates of every connected server, or of `server` only.
@@ -439,9 +467,15 @@ class Gateway:
             rows.extend(_tool_row(server.name, tool) for tool in server.tools.values())
         return rows
 
-    async def _call(self, name: str, tool: str, arguments: dict[str, Any], timeout: float | None) -> types.CallToolResult:
+    async def _call(self, name: str, tool: str, arguments: dict[str, Any], timeout: float | None,
+                    call: _CallInput) -> types.CallToolResult:
         server = self._servers[name]
-        return await server.call_tool(tool, arguments, timeout or server.call_timeout)
+        return await server.call_tool(tool, arguments, timeout or server.call_timeout, call)
+
+    async def _tool_row_of(self, name: str, tool: str) -> dict[str, Any]:
+        server = self._servers[name]
+        await server.live_connection()
+        return _tool_row(server.name, await server.known_tool(tool))
 
     async def _on_server(self, name: str, method: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         return await method(self._servers[name], *args)
@@ -479,6 +513,16 @@ class Gateway:
                 raise
             raise ConnectError("The gateway stopped before the request finished.") from None
 
+    def _visible_tool_name(self, name: str) -> tuple[str, str]:
+        """Split `server__tool`; raise unless the server is ours and its filters let the tool through."""
+        server, tool = split_tool_name(name)
+        config = self._config_of(server)
+        if not tool_allowed(config, tool):
+            raise UsageError(
+                f"Tool '{name}' is hidden by the include_tools/exclude_tools of server '{server}'.", server=server
+            )
+        return server, tool
+
     def _config_of(self, server: str) -> ServerConfig:
         config = self.config.server(server)  # ConfigError naming the configured servers
         if server not in self._configs:
@@ -496,6 +540,39 @@ class Gateway:
             announce=self.announce,
             hooks=self._hooks,
         )
+
+
+# The call whose task is running: set by `_Server.call_tool`. The SDK's streamable HTTP
+# transport hands a server's request made on a call's response stream to the session in a
+# copy of that call's context, so the session's elicitation callback finds its call here.
+_CALL_INPUT: ContextVar[_CallInput | None] = ContextVar("toolscript_call_input", default=None)
+
+
+@dataclass(eq=False)
+class _CallInput:
+    """One call's way of answering a server's requests for input, and what it declined."""
+
+    tool: str  # SERVER__TOOL
+    handler: InputHandler | None
+    declined: list[InputRequest] = field(default_factory=list)
+    deadline: anyio.CancelScope | None = None  # the call's timeout, stopped while the user is asked
+    asking: int = 0
+    remaining: float = 0.0  # of the timeout, when the asking began
+
+    @contextlib.contextmanager
+    def timeout_paused(self) -> Iterator[None]:
+        """Stop the call's timeout while the user is asked: their time is not the server's."""
+        scope = self.deadline
+        if scope is not None and self.asking == 0:
+            self.remaining = scope.deadline - anyio.current_time()
+            scope.deadline = math.inf
+        self.asking += 1
+        try:
+            yield
+        finally:
+            self.asking -= 1
+            if scope is not None and self.asking == 0:
+                scope.deadline = anyio.current_time() + self.remaining
 
 
 @dataclass(eq=False)
@@ -541,6 +618,7 @@ class _Server:
         self._reconnect_lock = anyio.Lock()
         self._fail_fast_until = 0.0  # after a failed reconnect round, calls fail with its error until then
         self._tool_refresh_done: anyio.Event | None = None  # None unless a tool list refresh is in progress
+        self._calls: set[_CallInput] = set()  # in flight
         self.auth: httpx2.Auth | None = None  # the current connection's
 
     def row(self) -> dict[str, Any]:
@@ -618,8 +696,8 @@ class _Server:
                     break
             raise self.error
 
-    async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float) -> types.CallToolResult:
-        connection = await self.live_connection()
+    async def known_tool(self, tool: str) -> types.Tool:
+        """The listing of `tool`; raise `UsageError` if the server does not have it."""
         if tool not in self.tools:
             await self.refresh_tools()  # it may have added the tool without notifying us
             if tool not in self.tools:
@@ -627,14 +705,36 @@ class _Server:
                     f"Unknown tool '{tool}' on server '{self.name}'. Run: toolscript tools --server {self.name}",
                     server=self.name,
                 )
-        return await self.request(
-            f"the call to '{tool}'", lambda session: session.call_tool(tool, arguments), timeout, connection=connection,
-            subject=f"Tool '{self.name}{SEPARATOR}{tool}'",
-        )
+        return self.tools[tool]
+
+    async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, call: _CallInput, *,
+                        urls_opened: bool = False) -> types.CallToolResult:
+        connection = await self.live_connection()
+        unsupported = _unsupported_reason(await self.known_tool(tool))
+        if unsupported:
+            raise UsageError(f"Tool '{call.tool}' cannot be called: it {unsupported}.", server=self.name)
+        _CALL_INPUT.set(call)
+        self._calls.add(call)
+        try:
+            return await self.request(
+                f"the call to '{tool}'", lambda session: self._send_call(session, tool, arguments, call), timeout,
+                connection=connection, subject=f"Tool '{self.name}{SEPARATOR}{tool}'", call=call,
+            )
+        except _UrlsRequired as needed:
+            # URL-mode elicitation as an error: open the URLs first, then call again (once).
+            if needed.urls and not urls_opened and await self._opened(call, needed.urls):
+                return await self.call_tool(tool, arguments, timeout, call, urls_opened=True)
+            where = ", ".join(params.url for params in needed.urls) or "a URL it did not send"
+            raise ToolscriptError(f"Server '{self.name}' needs you to open {where} before '{tool}' can run; "
+                                  "call it from a terminal, or open that first and call again.",
+                                  server=self.name) from None
+        finally:
+            self._calls.discard(call)
 
     async def request(self, what: str, send: Callable[[ClientSession], Awaitable[_T]], timeout: float, *,
                       connection: _Connection | None = None, subject: str | None = None, refused_hint: str | None = None,
-                      resend_if_expired: bool = True, pass_through: bool = False) -> _T:
+                      call: _CallInput | None = None, resend_if_expired: bool = True,
+                      pass_through: bool = False) -> _T:
         """Send one request (`send`) on the live connection and translate its failures.
 
         Every request kind (tool calls, resources, prompts, completions) goes through here, so
@@ -642,7 +742,8 @@ class _Server:
         `what` names the request in messages ("the call to 'echo'"); `subject` starts the
         timeout message instead of "Server 'NAME'". With `refused_hint`, an error answer that
         says the request itself was wrong (unknown resource, bad arguments) is a `UsageError`
-        ending with that hint; else every error answer is a `ConnectError`. With `pass_through`
+        ending with that hint; else every error answer is a `ConnectError`. A tool call passes
+        its `call`, whose timeout pauses while the user answers the server. With `pass_through`
         (a front passing requests on, front.py), error answers are raised as they came (`MCPError`).
         """
         connection = connection or await self.live_connection()
@@ -650,7 +751,9 @@ class _Server:
         failures: list[AuthError | ConnectError] = []
         CALL_FAILURES.set(failures)  # this task's own context: only this request's messages add to it
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(timeout) as deadline:
+                if call is not None:
+                    call.deadline = deadline
                 return await send(connection.session)
         except TimeoutError:
             if failures:
@@ -667,7 +770,9 @@ class _Server:
                 log.info("Server '%s': session expired; reconnecting", self.name)
                 await self.close_connection(connection)
                 return await self.request(what, send, timeout, subject=subject, refused_hint=refused_hint,
-                                          resend_if_expired=False, pass_through=pass_through)
+                                          call=call, resend_if_expired=False, pass_through=pass_through)
+            if call is not None and exc.code == types.URL_ELICITATION_REQUIRED:
+                raise _UrlsRequired(_required_urls(exc)) from None
             if pass_through:
                 raise
             if refused_hint is not None and exc.code in _REFUSALS:
@@ -681,6 +786,67 @@ class _Server:
             raise ConnectError(
                 f"Server '{self.name}' sent an unusable result for {what}: {_first_line(exc)}", server=self.name
             ) from None
+
+    async def _send_call(self, session: ClientSession, tool: str, arguments: dict[str, Any],
+                         call: _CallInput) -> types.CallToolResult:
+        """Send the call, answering input-required results (protocol 2026-07-28) until the real result comes."""
+        result = await session.call_tool(tool, arguments, allow_input_required=True)
+        for round_number in range(INPUT_ROUNDS):
+            if not isinstance(result, types.InputRequiredResult):
+                return result
+            responses: dict[str, Any] = {}
+            for key, request in (result.input_requests or {}).items():
+                responses[key] = await self._answer_input_request(call, request)
+            if not responses:  # only state: the server is still working
+                await anyio.sleep(_INPUT_POLL_DELAYS[min(round_number, len(_INPUT_POLL_DELAYS) - 1)])
+            result = await session.call_tool(tool, arguments, input_responses=responses or None,
+                                             request_state=result.request_state, allow_input_required=True)
+        if isinstance(result, types.InputRequiredResult):
+            raise ConnectError(f"Server '{self.name}' still asked for input for '{tool}' after {INPUT_ROUNDS} rounds.",
+                               server=self.name)
+        return result
+
+    async def _answer_input_request(self, call: _CallInput, request: types.InputRequest) -> types.InputResponse:
+        if isinstance(request, types.ElicitRequest):
+            return await self._elicit(call, request.params)
+        # toolscript declares neither capability; a standalone request gets the SDK's refusal.
+        what = "sampling (an LLM completion)" if isinstance(request, types.CreateMessageRequest) else "its roots"
+        raise ConnectError(f"Server '{self.name}' asked for {what} during the call to '{call.tool}'; "
+                           "toolscript offers neither sampling nor roots.", server=self.name)
+
+    async def _opened(self, call: _CallInput, required: list[types.ElicitRequestURLParams]) -> bool:
+        """Ask for each URL a server requires; whether the user accepted them all."""
+        for params in required:
+            if (await self._elicit(call, params)).action != ACCEPT:
+                return False
+        return True
+
+    async def _on_elicitation(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        """The session's elicitation callback: answer through the handler of the call that asked."""
+        call = _CALL_INPUT.get()
+        if call not in self._calls:  # not delivered in the call's context (stdio, SSE)
+            call = next(iter(self._calls)) if len(self._calls) == 1 else None
+        return await self._elicit(call, params)
+
+    async def _elicit(self, call: _CallInput | None, params: types.ElicitRequestParams) -> types.ElicitResult:
+        if call is None:
+            log.warning("Server '%s' asked for input while %s; declined.", self.name,
+                        "no call was in flight" if not self._calls
+                        else "several calls were in flight and its transport does not say which one asked")
+            return types.ElicitResult(action=DECLINE)
+        request = _input_request(self.name, call.tool, params)
+        if call.handler is None:
+            call.declined.append(request)
+            return types.ElicitResult(action=DECLINE)
+        try:
+            with call.timeout_paused():
+                answer = await _in_own_thread(call.handler, request)
+        except Exception as exc:
+            log.warning("Server '%s': asking for its input failed (%s); cancelled.", self.name, _first_line(exc))
+            return types.ElicitResult(action=CANCEL)
+        if answer.action == ACCEPT and request.mode == "form":
+            return types.ElicitResult(action=ACCEPT, content=answer.content or {})
+        return types.ElicitResult(action=answer.action)
 
     async def list_resources(self) -> list[dict[str, Any]]:
         if not self.offers(await self.live_connection(), "resources"):
@@ -812,7 +978,7 @@ class _Server:
                         _ReadStreamWithEndEvent(read, connection.close_requested), write,
                         message_handler=self._on_message, **self._request_callbacks(),
                     ) as session:
-                        await session.initialize()
+                        await _negotiate(session)
                         await self._load_tools(session)
                         scope.deadline = math.inf
                         connection.session = session
@@ -893,8 +1059,9 @@ class _Server:
             self._hooks.status_changed(self.name)
 
     def _request_callbacks(self) -> dict[str, Any]:
-        """The session's callbacks for the server's elicitation and sampling requests, when a front answers them."""
-        callbacks: dict[str, Any] = {}
+        """The session's callbacks for the server's requests: a front's (front.py) where it answers them, else
+        elicitation through the handler of the call that asked (`_on_elicitation`), and no sampling."""
+        callbacks: dict[str, Any] = {"elicitation_callback": self._on_elicitation}
         for kind, hook in (("elicitation", self._hooks.elicitation), ("sampling", self._hooks.sampling)):
             if hook is not None:
                 callbacks[f"{kind}_callback"] = functools.partial(hook, self.name)
@@ -987,6 +1154,11 @@ def _tool_row(server: str, tool: types.Tool) -> dict[str, Any]:
     }
     if tool.output_schema is not None:
         row["outputSchema"] = tool.output_schema
+    if tool.execution is not None:
+        row["execution"] = tool.execution.model_dump(mode="json", by_alias=True, exclude_none=True)
+    unsupported = _unsupported_reason(tool)
+    if unsupported:
+        row["unsupported"] = unsupported
     return row
 
 
@@ -1032,6 +1204,70 @@ async def _template_page(session: ClientSession, params: types.PaginatedRequestP
 
 async def _prompt_page(session: ClientSession, params: types.PaginatedRequestParams | None) -> Any:
     return await session.list_prompts(params=params)
+
+
+class _UrlsRequired(Exception):
+    """A call refused with the URL-elicitation-required error (-32042), and the URLs it named."""
+
+    def __init__(self, urls: list[types.ElicitRequestURLParams]) -> None:
+        super().__init__("URL elicitation required")
+        self.urls = urls
+
+
+def _unsupported_reason(tool: types.Tool) -> str | None:
+    """Why toolscript cannot call `tool` (completing "it ..."), or None when it can."""
+    if tool.execution is not None and tool.execution.task_support == "required":
+        return "requires task-augmented execution (MCP tasks), which toolscript does not support"
+    return None
+
+
+def _required_urls(exc: MCPError) -> list[types.ElicitRequestURLParams]:
+    """The URL-mode elicitations of a -32042 error (none if it does not list them well)."""
+    try:
+        return UrlElicitationRequiredError.from_error(exc.error).elicitations
+    except ValueError:  # also pydantic's ValidationError
+        return []
+
+
+def _input_request(server: str, tool: str, params: types.ElicitRequestParams) -> InputRequest:
+    if isinstance(params, types.ElicitRequestURLParams):
+        return InputRequest(server, tool, "url", params.message, url=params.url, elicitation_id=params.elicitation_id)
+    return InputRequest(server, tool, "form", params.message, requested_schema=params.requested_schema)
+
+
+async def _in_own_thread(func: Callable[[InputRequest], Any], request: InputRequest) -> Any:
+    """Run `func(request)` in a daemon thread and wait for it.
+
+    Not a worker thread of anyio: a handler blocked reading a terminal cannot be stopped, and
+    a daemon thread does not keep the process alive after the call was cancelled.
+    """
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = func(request)
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+                anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=work, daemon=True, name="toolscript-input").start()
+    await done.wait()
+    if "value" not in outcome:
+        raise outcome.get("error") or RuntimeError("the input handler's thread ended without an answer")
+    return outcome["value"]
+
+
+async def _negotiate(session: ClientSession) -> None:
+    if PROTOCOL_NEGOTIATION == "auto":
+        from mcp.client._probe import negotiate_auto  # the SDK's own "auto" mode of `Client`
+
+        await negotiate_auto(session)
+    else:
+        await session.initialize()
 
 
 def _register_secrets(server: ServerConfig) -> None:

@@ -5,12 +5,14 @@ It stands apart from `gateway` because it needs only a gateway's synchronous met
 `complete`) and the standard library, never the MCP SDK: the CLI's commands go through a
 running gateway without importing the SDK.
 
-Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]`,
+Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]`, `GET /tools/SERVER__TOOL`,
 `POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional),
 `GET /resources[?server=NAME]`, `GET /resources/read?server=NAME&uri=URI`,
 `GET /prompts[?server=NAME]`, `POST /prompts/SERVER__PROMPT` (the arguments as a JSON
 object) and `POST /complete` (`{server, prompt | uriTemplate, argument, value?,
-context?}`); the reads, prompts and completions take `?timeout=SECONDS` too. Errors are
+context?}`); the reads, prompts and completions take `?timeout=SECONDS` too. Nobody can
+answer a server's request for input through the API: it is declined at once, and the answer
+lists it in `declinedInputRequests`. Errors are
 `{"error": message}` with 400 (malformed body), 401 (authentication required), 403
 (foreign Host or Origin), 404 (unknown server or tool), 413 (body too large), 415 (not
 JSON), 502 (the server failed) or 504 (timeout).
@@ -58,7 +60,10 @@ class SyncGateway(Protocol):
 
     def tools(self, server: str | None = None) -> list[dict[str, Any]]: ...
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]: ...
+    def tool(self, name: str) -> dict[str, Any]: ...
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+             input_handler: Any = None) -> dict[str, Any]: ...
 
     def resources(self, server: str | None = None) -> list[dict[str, Any]]: ...
 
@@ -158,6 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_resource(query)
         elif path == "/prompts":
             self._answer(lambda: gateway.prompts(query.get("server")))
+        elif path.startswith(_CALL_PREFIX) and len(path) > len(_CALL_PREFIX):
+            self._answer(lambda: gateway.tool(unquote(path[len(_CALL_PREFIX):])))
         else:
             self._send(404, {"error": f"No endpoint GET {path}; try /health, /servers, /tools, /resources, /prompts."})
 
@@ -329,7 +336,12 @@ class RemoteGateway:
     def tools(self, server: str | None = None) -> list[dict[str, Any]]:
         return self._request("GET", "/tools" + (f"?server={quote(server)}" if server else ""))
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+    def tool(self, name: str) -> dict[str, Any]:
+        return self._request("GET", _CALL_PREFIX + quote(name))
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+             input_handler: Any = None) -> dict[str, Any]:
+        """Call a tool through the gateway; `input_handler` is not used: the gateway declines requests for input."""
         path = _CALL_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
         # The gateway bounds every call; the socket timeout only guards against a hung gateway.
         return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)

@@ -376,13 +376,18 @@ GATEWAY_URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
 
 
 def _add_tools(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("tools", help="list the tools of the servers (connects to them)")
+    p = commands.add_parser("tools", help="list the tools of the servers, or describe one (connects to them)")
+    p.add_argument("tool", nargs="?", metavar="SERVER__TOOL", help="describe this tool: its arguments and their types")
     p.add_argument("--server", metavar="NAME", help="only this server")
-    p.add_argument("--json", action="store_true", help="print the full list, with input schemas, as JSON")
+    p.add_argument("--json", action="store_true", help="print the full list (or the tool), with input schemas, as JSON")
     p.set_defaults(func=cmd_tools)
 
 
 def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
+    if args.tool is not None:
+        if args.server is not None:
+            raise UsageError("Give either SERVER__TOOL or --server: toolscript tools SERVER__TOOL")
+        return _describe_tool(args, cfg)
     with _open_gateway(cfg, server=args.server) as gateway:
         tools = gateway.tools(args.server)
         rows = [row for row in gateway.servers() if args.server in (None, row["name"])]
@@ -392,29 +397,52 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
         width = max((len(tool["name"]) for tool in tools), default=0)
         for tool in tools:
             summary = (tool.get("description") or "").strip().split("\n")[0]
-            _print(f"{tool['name']:<{width}}  {summary}".rstrip())
+            unsupported = f"  [cannot be called: it {tool['unsupported']}]" if tool.get("unsupported") else ""
+            _print(f"{tool['name']:<{width}}  {summary}{unsupported}".rstrip())
     return _report_failed_servers(cfg, rows)
 
 
 def _add_call(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("call", help="call a tool: toolscript call SERVER__TOOL '{\"name\": \"value\"}'")
+    p = commands.add_parser("call", help="call a tool: toolscript call SERVER__TOOL '{\"name\": \"value\"}'",
+                            description="Call a tool. When the server asks for input during the call, toolscript "
+                                        "asks you if stdin and stderr are a terminal, and declines otherwise.")
     p.add_argument("tool", metavar="SERVER__TOOL", help="the tool, as listed by `toolscript tools`")
-    p.add_argument("arguments", nargs="?", metavar="ARGS",
-                   help="a JSON object, @FILE to read it from a file, or - to read stdin (default: {})")
+    p.add_argument("arguments", nargs="*", metavar="ARGS",
+                   help="a JSON object, @FILE to read it from a file, - to read stdin, or name=value arguments "
+                        "typed by the tool's schema (name:=JSON for raw JSON) (default: {})")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="save images, audio and binary resources of the result into DIR, as POSITION-TYPE.EXT")
     p.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="give up on the call after this long")
     p.set_defaults(func=cmd_call)
 
 
 def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
-    arguments = _read_arguments(args.arguments, args.tool)
+    if __package__:
+        from . import elicitation, tool_arguments
+    else:
+        import elicitation
+        import tool_arguments
+
+    words = list(args.arguments)
+    pairs = None
+    if len(words) > 1 or (words and tool_arguments.is_pair(words[0])):
+        pairs = tool_arguments.parse_pairs(words, args.tool)
+    arguments = {} if pairs is not None else _read_arguments(words[0] if words else None, args.tool)
+    input_handler = _terminal_input_handler(elicitation)
     with _open_gateway(cfg, for_tool=args.tool) as gateway:
-        result = gateway.call(args.tool, arguments, timeout=args.timeout)
+        if pairs is not None:
+            arguments = tool_arguments.typed_arguments(pairs, gateway.tool(args.tool).get("inputSchema"), args.tool)
+        result = gateway.call(args.tool, arguments, timeout=args.timeout, input_handler=input_handler)
+    why = "nobody could be asked through the gateway" if input_handler else "stdin or stderr is not a terminal"
+    for request in result.get(elicitation.DECLINED_KEY) or []:
+        log.warning("note: %s; declined, as %s.", elicitation.describe_request(request), why)
+    saved = save_content(result, args.output) if args.output else {}
     failed = bool(result.get("isError"))
     if args.json:
         _print(json.dumps(result, indent=2))
     else:
-        text = render_result(result)
+        text = render_result(result, saved)
         if failed:
             print(text, file=sys.stderr, flush=True)
         elif text:
@@ -578,6 +606,56 @@ def _report_failed_servers(cfg: Config, rows: list[dict[str, Any]]) -> int:
     return EXIT_OK
 
 
+def _describe_tool(args: argparse.Namespace, cfg: Config) -> int:
+    """`tools SERVER__TOOL`: the tool's description and arguments, for a person (or as JSON)."""
+    if __package__:
+        from . import tool_arguments
+    else:
+        import tool_arguments
+
+    with _open_gateway(cfg, for_tool=args.tool) as gateway:
+        tool = gateway.tool(args.tool)
+    if args.json:
+        _print(json.dumps(tool, indent=2))
+        return EXIT_OK
+    _print(tool["name"])
+    for line in (tool.get("description") or "").strip().splitlines():
+        _print(f"  {line}".rstrip())
+    if tool.get("unsupported"):
+        _print(f"  Cannot be called: it {tool['unsupported']}.")
+    arguments = tool_arguments.describe_arguments(tool.get("inputSchema"))
+    _print()
+    _print("Arguments:" if arguments else "Arguments: none")
+    for argument in arguments:
+        facts = [argument.type, "required" if argument.required else "optional"]
+        if argument.has_default:
+            facts.append(f"default: {json.dumps(argument.default)}")
+        _print(f"  {argument.name} ({', '.join(facts)})")
+        for line in (argument.description or "").strip().splitlines():
+            _print(f"      {line}".rstrip())
+    if tool.get("outputSchema"):
+        _print()
+        _print(f"Returns structured content; its schema: toolscript tools {tool['name']} --json")
+    return EXIT_OK
+
+
+def _terminal_input_handler(elicitation: ModuleType) -> Callable[[Any], Any] | None:
+    """Ask the person at the terminal when a server asks for input; None unless stdin and stderr are a terminal."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+    one_at_a_time = threading.Lock()
+
+    def write(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def ask(request: Any) -> Any:
+        with one_at_a_time:
+            return elicitation.ask_on_terminal(request, sys.stdin.readline, write)
+
+    return ask
+
+
 def _add_gateway(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("gateway", help="serve every configured server through a local HTTP API")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -724,12 +802,56 @@ def _read_arguments(source: str | None, tool: str) -> dict[str, Any]:
     return arguments
 
 
-def render_result(result: dict[str, Any]) -> str:
-    """Return a tool result for reading: text as text, other content as one-line summaries."""
-    parts = [_render_content(item) for item in result.get("content") or []]
+def render_result(result: dict[str, Any], saved: dict[int, str] | None = None) -> str:
+    """Return a tool result for reading: text as text, other content as one-line summaries.
+
+    `saved` maps the position of content saved to a file (see `save_content`) to its path.
+    """
+    saved = saved or {}
+    parts = []
+    for position, item in enumerate(result.get("content") or [], 1):
+        text = _render_content(item)
+        parts.append(f"{text} saved to {saved[position]}" if position in saved else text)
     if not parts and result.get("structuredContent") is not None:
         parts.append(json.dumps(result["structuredContent"], indent=2))
     return "\n".join(parts)
+
+
+def save_content(result: dict[str, Any], directory: str) -> dict[int, str]:
+    """Write each image, audio and binary resource of a result to DIRECTORY/POSITION-TYPE.EXT; return the paths.
+
+    POSITION counts the result's content from 1; EXT follows the MIME type (`.bin` when unknown).
+    """
+    import mimetypes
+
+    saved: dict[int, str] = {}
+    for position, item in enumerate(result.get("content") or [], 1):
+        kind = item.get("type")
+        source = (item.get("resource") or {}) if kind == "resource" else item
+        data = source.get("blob") if kind == "resource" else source.get("data")
+        if kind not in ("image", "audio", "resource") or data is None:
+            continue
+        try:
+            content = base64.b64decode(data, validate=True)
+        except (ValueError, TypeError):
+            log.warning("warning: the %s at position %d of the result is not valid base64; not saved.", kind, position)
+            continue
+        mime = str(source.get("mimeType") or "").split(";")[0].strip().lower()
+        extension = mimetypes.guess_extension(mime) or _EXTENSIONS.get(mime, ".bin")
+        path = os.path.join(directory, f"{position}-{kind}{extension}")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with open(path, "wb") as file:
+                file.write(content)
+        except OSError as exc:
+            raise UsageError(f"Cannot save the {kind} of the result to {path}: {exc.strerror or exc}.") from None
+        saved[position] = path
+    return saved
+
+
+# MIME types servers send that Python's table does not know (it has audio/x-wav, not audio/wav).
+_EXTENSIONS = {"audio/wav": ".wav", "audio/wave": ".wav", "audio/ogg": ".ogg", "audio/webm": ".weba",
+               "audio/flac": ".flac", "audio/aac": ".aac", "image/webp": ".webp", "image/avif": ".avif"}
 
 
 def _render_content(item: dict[str, Any]) -> str:

@@ -214,3 +214,20 @@ def start_gateway_process(*args: str) -> tuple[subprocess.Popen[str], str]:
         pytest.fail("toolscript gateway printed nothing within 60 s")
     assert proc.stdout is not None
     return proc, proc.stdout.readline()
+
+
+# ======================================================================================
+# The official MCP conformance suite (tests/test_conformance*.py)
+# ======================================================================================
+
+@pytest.fixture(scope="session")
+def conformance_cli() -> list[str]:
+    """The command that runs the pinned conformance suite's CLI, installed with `npm ci` if needed."""
+    import conformance_suite
+
+    try:
+        return conformance_suite.install()
+    except conformance_suite.MissingRunner as exc:
+        if conformance_suite.conformance_required():
+            pytest.fail(str(exc))
+        pytest.skip(f"{exc}; the conformance tests are skipped")
