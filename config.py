@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 if __package__:
-    from .errors import ConfigError
+    from .errors import ConfigError, did_you_mean
     from .urls import is_loopback_http
 else:
-    from errors import ConfigError
+    from errors import ConfigError, did_you_mean
     from urls import is_loopback_http
 
 __all__ = [
@@ -103,11 +103,10 @@ class Config:
         try:
             return self.servers[name]
         except KeyError:
-            known = ", ".join(self.servers) or "none"
             where = f" in {self.path}" if self.path else ""
-            raise ConfigError(
-                f"Unknown server '{name}'{where} (configured: {known}).", server=name
-            ) from None
+            # A near miss names the server meant; else the list shows what there is.
+            hint = did_you_mean(name, self.servers) or f" (configured: {', '.join(self.servers) or 'none'})"
+            raise ConfigError(f"Unknown server '{name}'{where}{hint}.", server=name) from None
 
 
 def toolscript_home(environ: dict[str, str] | None = None) -> Path:
@@ -166,7 +165,8 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None, environ: dic
 
     for key in data:
         if key != "servers":
-            raise fail(f"{key}: unknown key (expected only [servers.NAME] tables)")
+            hint = did_you_mean(key, ["servers"]) or " (expected only [servers.NAME] tables)"
+            raise fail(f"{key}: unknown key{hint}")
     servers_table = data.get("servers", {})
     if not isinstance(servers_table, dict):
         raise fail("servers: must be a table of [servers.NAME] tables")
@@ -220,7 +220,7 @@ def _parse_server(name: str, table: dict[str, Any], env: dict[str, str]) -> Serv
     prefix = f"servers.{name}"
     for key in table:
         if key not in _STDIO_KEYS | _REMOTE_KEYS:
-            raise _Invalid(f"{prefix}.{key}: unknown key")
+            raise _Invalid(f"{prefix}.{key}: unknown key{did_you_mean(key, sorted(_STDIO_KEYS | _REMOTE_KEYS))}")
     explicit_type = table.get("type")
     if explicit_type is not None and explicit_type not in SERVER_TYPES:
         raise _Invalid(f"{prefix}.type: must be one of 'stdio', 'http', 'sse', not {explicit_type!r}")
@@ -281,7 +281,7 @@ def _parse_oauth(table: Any, prefix: str, sub: Any) -> OAuthConfig:
         raise _Invalid(f"{prefix}: must be a table")
     for key in table:
         if key not in _OAUTH_KEYS:
-            raise _Invalid(f"{prefix}.{key}: unknown key")
+            raise _Invalid(f"{prefix}.{key}: unknown key{did_you_mean(key, sorted(_OAUTH_KEYS))}")
 
     def opt(key: str) -> str | None:
         return sub(_str(table, key, prefix), f"{prefix}.{key}") if key in table else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 if __package__:
@@ -33,6 +34,7 @@ __all__ = [
     "UsageError",
     "auth_command",
     "run_hint",
+    "did_you_mean",
 ]
 
 
@@ -183,3 +185,33 @@ class OAuthErrorResponse:
             except ValueError:
                 return str(self.status)
         return redact(f"{self.status} {self.error}" + (f": {self.description}" if self.description else ""))
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """Return " (did you mean 'X'?)" for the first candidate one edit away from `name`, else "".
+
+    One edit is one character changed, added or removed, two neighbours swapped, or a
+    difference in case only: the typos a person makes in a server, tool or key name.
+    Names shorter than three characters get no suggestion: one edit from them is a guess.
+    """
+    if len(name) < 3:
+        return ""
+    for candidate in candidates:
+        if candidate != name and _one_edit_apart(name.lower(), candidate.lower()):
+            return f" (did you mean '{candidate}'?)"
+    return ""
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    if len(a) > len(b):
+        a, b = b, a
+    if len(b) - len(a) > 1:
+        return False
+    start = 0
+    while start < len(a) and a[start] == b[start]:
+        start += 1
+    if len(a) < len(b):  # one character added
+        return a[start:] == b[start + 1:]
+    # same length: equal, one character changed, or two neighbours swapped
+    swapped = a[start:start + 2] == b[start:start + 2][::-1] and a[start + 2:] == b[start + 2:]
+    return a[start + 1:] == b[start + 1:] or swapped

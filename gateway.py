@@ -17,10 +17,13 @@ async context managers are entered and exited in the same task, as anyio require
 group its connection tasks run in, its auth factory, the record store and its timeouts.
 
 Failure model: a server that cannot connect is `failed` (or `auth_required`) with a one-line
-reason and never delays the others. A connection that ends later (the stdio process exits,
-the HTTP connection drops, the HTTP session expires) is re-established by the next call,
-with a bounded number of attempts and backoff; a call in flight when its connection ends
-fails at once instead of waiting for its timeout.
+reason and never delays the others. Until its first attempt ends a server is `connecting`;
+`start(wait=False)` returns at once, and a call to a server still connecting waits for it
+within the call's timeout, which is one deadline for connecting, reconnecting and the call.
+A connection that ends later (the stdio process exits, the HTTP connection drops, the HTTP
+session expires) is re-established by the next call, with a bounded number of attempts and
+backoff; a call in flight when its connection ends fails at once instead of waiting for its
+timeout.
 """
 
 from __future__ import annotations
@@ -52,12 +55,14 @@ from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 if __package__:
     from .elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
     from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from .errors import did_you_mean
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .redact import register_secret
     from .storage import OAuthStatus, Store
 else:
     from elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
     from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, ToolscriptError, UsageError
+    from errors import did_you_mean
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from redact import register_secret
     from storage import OAuthStatus, Store
@@ -71,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AUTH_REQUIRED",
     "CONNECTED",
+    "CONNECTING",
     "FAILED",
     "AuthFactory",
     "Gateway",
@@ -84,8 +90,7 @@ __all__ = [
 
 log = logging.getLogger("toolscript.gateway")
 
-CONNECTED, FAILED, AUTH_REQUIRED = "connected", "failed", "auth_required"
-CONNECTING = "connecting"  # only from `Gateway.status`: a connection attempt is in progress
+CONNECTED, FAILED, AUTH_REQUIRED, CONNECTING = "connected", "failed", "auth_required", "connecting"
 SEPARATOR = "__"
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_CALL_TIMEOUT = 300.0
@@ -198,9 +203,10 @@ class Gateway:
 
     `only` limits the gateway to some servers (the CLI's `call` connects just one); `auth`
     supplies the `httpx2.Auth` of each http/sse server (default: `stored_oauth` over `store`,
-    the OAuth records under `$TOOLSCRIPT_HOME`). `announce` logs a server needing
-    authorization as a warning (a one-shot command reports it as its error instead). A server's `timeout` from the config
-    overrides `connect_timeout` and `call_timeout` for that server.
+    the OAuth records under `$TOOLSCRIPT_HOME`). `announce` logs each connection (INFO) and a
+    server failing to connect or needing authorization (WARNING); a one-shot command reports
+    those as its error instead. A server's `timeout` from the config overrides
+    `connect_timeout` and `call_timeout` for that server.
     """
 
     def __init__(
@@ -238,15 +244,18 @@ class Gateway:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def start(self) -> Gateway:
-        """Connect every server concurrently; return once each is connected or has failed."""
+    def start(self, *, wait: bool = True) -> Gateway:
+        """Connect every server concurrently; return once each is connected or has failed.
+
+        With `wait=False`, return at once: servers are `connecting` until their first attempt ends.
+        """
         if self._portal is not None:
             raise RuntimeError("the gateway is already started")
         self._portal_cm = anyio.from_thread.start_blocking_portal(name="toolscript-gateway")
         self._portal = self._portal_cm.__enter__()
         try:
             self._supervisor, _ = self._portal.start_task(self._supervise)
-            self._portal.call(self._connect_all)
+            self._portal.call(self._connect_all, wait)
         except BaseException:
             self.stop()
             raise
@@ -395,8 +404,7 @@ class Gateway:
             await tg.start(self._supervise)
             assert self._stopping is not None
             try:
-                for server in self._servers.values():
-                    server.start_connection()
+                await self._connect_all(wait=False)
                 yield self
             finally:
                 self._stopping.set()
@@ -407,9 +415,8 @@ class Gateway:
         return list(self._configs)
 
     def status(self, server: str) -> str:
-        """`connecting` while an attempt to connect is in progress, else `connected`, `failed` or `auth_required`."""
-        state = self._servers[server]
-        return CONNECTING if state.connecting else state.status
+        """`connecting` until its first attempt to connect ends, then `connected`, `failed` or `auth_required`."""
+        return self._servers[server].status
 
     def error(self, server: str) -> ToolscriptError:
         """Why `server` is not connected (its last error)."""
@@ -452,10 +459,11 @@ class Gateway:
             for server in self._servers.values():
                 server.close()
 
-    async def _connect_all(self) -> None:
-        async with anyio.create_task_group() as tg:
-            for server in self._servers.values():
-                tg.start_soon(server.connect)
+    async def _connect_all(self, wait: bool) -> None:
+        connections = [server.begin_connect() for server in self._servers.values()]
+        if wait:
+            for connection in connections:
+                await connection.connected_or_failed.wait()
 
     async def _server_rows(self) -> list[dict[str, Any]]:
         return [server.row() for server in self._servers.values()]
@@ -463,6 +471,7 @@ class Gateway:
     async def _tool_rows(self, name: str | None) -> list[dict[str, Any]]:
         rows = []
         for server in [self._servers[name]] if name else self._servers.values():
+            await server.connecting_done()  # so that a listing right after start is complete
             await server.wait_for_tool_refresh()
             rows.extend(_tool_row(server.name, tool) for tool in server.tools.values())
         return rows
@@ -485,6 +494,8 @@ class Gateway:
         """The rows `list_one` gives for server `name`, or for every connected server (concurrently)."""
         if name is not None:
             return await list_one(self._servers[name])
+        for server in self._servers.values():
+            await server.connecting_done()  # so that a listing right after start is complete
         servers = [server for server in self._servers.values() if server.status == CONNECTED]
         found: dict[str, list[dict[str, Any]]] = {}
 
@@ -588,6 +599,8 @@ class _Connection:
     closed: anyio.Event = field(default_factory=anyio.Event)  # its task has finished
     session: ClientSession | None = None
     end_reason: str | None = None
+    attempt: anyio.CancelScope | None = None  # the connection's scope, cancelled to abandon an attempt
+    first: bool = False  # the server's first attempt, whose failure an announcing gateway logs
 
 
 class _Server:
@@ -605,7 +618,7 @@ class _Server:
         self.name = config.name
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
-        self.status = FAILED
+        self.status = CONNECTING
         self.error: ToolscriptError = ConnectError(f"Server '{self.name}' is not connected yet.", server=self.name)
         self.tools: dict[str, types.Tool] = {}
         self._connections = connections
@@ -623,7 +636,7 @@ class _Server:
 
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "type": self.config.type, "status": self.status}
-        if self.status != CONNECTED:
+        if self.status not in (CONNECTED, CONNECTING):
             row["error"] = self.error.message
         row["tools"] = len(self.tools)
         oauth = self.oauth_status()
@@ -650,34 +663,41 @@ class _Server:
         if self.config.type == "sse" or getattr(error, "error", None) != "insufficient_scope":
             connection.close_requested.set()
 
-    def start_connection(self) -> _Connection:
+    def begin_connect(self) -> _Connection:
         """Start a connection task; its `connected_or_failed` is set once it is connected or has failed."""
         if self._closing:
             raise ConnectError(f"Server '{self.name}' is closed: the gateway is stopping.", server=self.name)
-        connection = _Connection()
+        connection = _Connection(first=self._connection is None)
         self._connection = connection
         self._connections.start_soon(self._run, connection, name=f"toolscript-{self.name}")
         return connection
 
-    @property
-    def connecting(self) -> bool:
-        """Whether a connection attempt is in progress."""
-        return self._connection is not None and not self._connection.connected_or_failed.is_set()
-
     async def connect(self) -> _Connection:
         """Start a connection task and wait until it is connected or has failed."""
-        connection = self.start_connection()
+        connection = self.begin_connect()
         await connection.connected_or_failed.wait()
-        if connection.session is None:
-            self._fail_fast_until = anyio.current_time() + RETRY_COOLDOWN
         return connection
 
-    async def live_connection(self) -> _Connection:
-        """Return the live connection, reconnecting (bounded attempts, backoff) if it ended."""
+    async def connecting_done(self) -> None:
+        """Wait (bounded by the connect timeout) for a connection attempt in progress to end."""
         connection = self._connection
         if connection is not None and not connection.connected_or_failed.is_set():
-            await connection.connected_or_failed.wait()  # an attempt in progress: its outcome first
+            with anyio.move_on_after(self.connect_timeout + STOP_TIMEOUT):
+                await connection.connected_or_failed.wait()
+
+    async def live_connection(self) -> _Connection:
+        """Return the live connection, reconnecting (bounded attempts, backoff) if it ended.
+
+        An attempt already in progress (the first, or another request's) is waited for, and its
+        outcome is this request's. The caller bounds the whole wait with the request's deadline.
+        """
+        connection = self._connection
         if connection is not None and connection.session is not None:
+            return connection
+        if connection is not None and not connection.connected_or_failed.is_set():
+            await connection.connected_or_failed.wait()
+            if connection.session is None:
+                raise self.error
             return connection
         async with self._reconnect_lock:
             connection = self._connection
@@ -701,25 +721,28 @@ class _Server:
         if tool not in self.tools:
             await self.refresh_tools()  # it may have added the tool without notifying us
             if tool not in self.tools:
+                near = did_you_mean(f"{self.name}{SEPARATOR}{tool}", [f"{self.name}{SEPARATOR}{t}" for t in self.tools])
                 raise UsageError(
-                    f"Unknown tool '{tool}' on server '{self.name}'. Run: toolscript tools --server {self.name}",
+                    f"Unknown tool '{tool}' on server '{self.name}'{near}. Run: toolscript tools --server {self.name}",
                     server=self.name,
                 )
         return self.tools[tool]
 
     async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, call: _CallInput, *,
                         urls_opened: bool = False) -> types.CallToolResult:
-        connection = await self.live_connection()
-        unsupported = _unsupported_reason(await self.known_tool(tool))
-        if unsupported:
-            raise UsageError(f"Tool '{call.tool}' cannot be called: it {unsupported}.", server=self.name)
+        """Call `tool`; `timeout` bounds everything: waiting for a connection, reconnecting, the call."""
+
+        async def send(session: ClientSession) -> types.CallToolResult:
+            unsupported = _unsupported_reason(await self.known_tool(tool))
+            if unsupported:
+                raise UsageError(f"Tool '{call.tool}' cannot be called: it {unsupported}.", server=self.name)
+            return await self._send_call(session, tool, arguments, call)
+
         _CALL_INPUT.set(call)
         self._calls.add(call)
         try:
-            return await self.request(
-                f"the call to '{tool}'", lambda session: self._send_call(session, tool, arguments, call), timeout,
-                connection=connection, subject=f"Tool '{self.name}{SEPARATOR}{tool}'", call=call,
-            )
+            return await self.request(f"the call to '{tool}'", send, timeout,
+                                      subject=f"Tool '{self.name}{SEPARATOR}{tool}'", call=call)
         except _UrlsRequired as needed:
             # URL-mode elicitation as an error: open the URLs first, then call again (once).
             if needed.urls and not urls_opened and await self._opened(call, needed.urls):
@@ -732,35 +755,47 @@ class _Server:
             self._calls.discard(call)
 
     async def request(self, what: str, send: Callable[[ClientSession], Awaitable[_T]], timeout: float, *,
-                      connection: _Connection | None = None, subject: str | None = None, refused_hint: str | None = None,
-                      call: _CallInput | None = None, resend_if_expired: bool = True,
-                      pass_through: bool = False) -> _T:
+                      needs: str | None = None, subject: str | None = None, refused_hint: str | None = None,
+                      call: _CallInput | None = None, deadline: float | None = None,
+                      resend_if_expired: bool = True, pass_through: bool = False) -> _T:
         """Send one request (`send`) on the live connection and translate its failures.
 
         Every request kind (tool calls, resources, prompts, completions) goes through here, so
         each meets reconnection, OAuth failures, timeouts and expired sessions the same way.
-        `what` names the request in messages ("the call to 'echo'"); `subject` starts the
-        timeout message instead of "Server 'NAME'". With `refused_hint`, an error answer that
-        says the request itself was wrong (unknown resource, bad arguments) is a `UsageError`
-        ending with that hint; else every error answer is a `ConnectError`. A tool call passes
-        its `call`, whose timeout pauses while the user answers the server. With `pass_through`
-        (a front passing requests on, front.py), error answers are raised as they came (`MCPError`).
+        `timeout` bounds everything: waiting for a connection, reconnecting, the request.
+        `needs` is the capability the server must have declared. `what` names the request in
+        messages ("the call to 'echo'"); `subject` starts the timeout message instead of
+        "Server 'NAME'". With `refused_hint`, an error answer that says the request itself was
+        wrong (unknown resource, bad arguments) is a `UsageError` ending with that hint; else
+        every error answer is a `ConnectError`. A tool call passes its `call`, whose timeout
+        pauses while the user answers the server. With `pass_through` (a front passing requests
+        on, front.py), error answers are raised as they came (`MCPError`).
         """
-        connection = connection or await self.live_connection()
-        assert connection.session is not None
+        if deadline is None:
+            deadline = anyio.current_time() + timeout
+        connection: _Connection | None = None
         failures: list[AuthError | ConnectError] = []
-        CALL_FAILURES.set(failures)  # this task's own context: only this request's messages add to it
         try:
-            with anyio.fail_after(timeout) as deadline:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())) as scope:
                 if call is not None:
-                    call.deadline = deadline
+                    call.deadline = scope
+                connection = await self.live_connection()
+                if needs is not None:
+                    self._require(connection, needs)
+                assert connection.session is not None
+                # Set only now, in this request's own context: a connection task started for it has
+                # copied the context already, so only this request's messages add to the list.
+                CALL_FAILURES.set(failures)
                 return await send(connection.session)
         except TimeoutError:
             if failures:
                 raise failures[-1] from None
+            if connection is None:
+                raise _connect_timeout(self.name, timeout) from None
             late = f"{subject} did not answer" if subject else f"Server '{self.name}' did not answer {what}"
             raise CallTimeoutError(f"{late} within {timeout:g} s.", server=self.name) from None
         except MCPError as exc:
+            assert connection is not None
             if exc.code == types.CONNECTION_CLOSED:
                 raise await self.lost_connection_error(connection, what) from None
             if failures:
@@ -769,8 +804,9 @@ class _Server:
                 # The server forgot the session, so it never ran this request: reconnect, send it again.
                 log.info("Server '%s': session expired; reconnecting", self.name)
                 await self.close_connection(connection)
-                return await self.request(what, send, timeout, subject=subject, refused_hint=refused_hint,
-                                          call=call, resend_if_expired=False, pass_through=pass_through)
+                return await self.request(what, send, timeout, needs=needs, subject=subject,
+                                          refused_hint=refused_hint, call=call, deadline=deadline,
+                                          resend_if_expired=False, pass_through=pass_through)
             if call is not None and exc.code == types.URL_ELICITATION_REQUIRED:
                 raise _UrlsRequired(_required_urls(exc)) from None
             if pass_through:
@@ -862,29 +898,24 @@ class _Server:
         return [_prompt_row(self.name, prompt) for prompt in prompts]
 
     async def read_resource(self, uri: str, timeout: float | None) -> types.ReadResourceResult:
-        connection = await self.live_connection()
-        self._require(connection, "resources")
         return await self.request(f"the read of '{uri}'", lambda session: session.read_resource(uri),
-                                  timeout or self.call_timeout, connection=connection,
+                                  timeout or self.call_timeout, needs="resources",
                                   refused_hint=f"Run: toolscript resources --server {self.name}")
 
     async def get_prompt(self, prompt: str, arguments: dict[str, str], timeout: float | None) -> types.GetPromptResult:
-        connection = await self.live_connection()
-        self._require(connection, "prompts")
         return await self.request(f"the request for prompt '{prompt}'",
                                   lambda session: session.get_prompt(prompt, arguments),
-                                  timeout or self.call_timeout, connection=connection,
+                                  timeout or self.call_timeout, needs="prompts",
                                   refused_hint=f"Run: toolscript prompts --server {self.name}")
 
     async def complete(self, ref: types.PromptReference | types.ResourceTemplateReference, argument: str, value: str,
                        context: dict[str, str] | None, timeout: float | None) -> types.Completion:
-        connection = await self.live_connection()
-        self._require(connection, "completions")
         listing = "prompts" if isinstance(ref, types.PromptReference) else "resources"
         result = await self.request(
             f"the completion of '{argument}'",
             lambda session: session.complete(ref, {"name": argument, "value": value}, context_arguments=context),
-            timeout or self.call_timeout, connection=connection, refused_hint=f"Run: toolscript {listing} --server {self.name}",
+            timeout or self.call_timeout, needs="completions",
+            refused_hint=f"Run: toolscript {listing} --server {self.name}",
         )
         return result.completion
 
@@ -941,6 +972,8 @@ class _Server:
         self._closing = True
         if self._connection is not None:
             self._connection.close_requested.set()
+            if not self._connection.connected_or_failed.is_set() and self._connection.attempt is not None:
+                self._connection.attempt.cancel()  # still connecting: give up now, not at the connect timeout
 
     async def refresh_tools(self) -> None:
         connection = self._connection
@@ -974,6 +1007,11 @@ class _Server:
             with anyio.CancelScope() as scope:
                 scope.deadline = anyio.current_time() + self.connect_timeout
                 async with _open_transport(self.config, auth) as (read, write):
+                    # Abandoning the attempt is safe only from here: a cancellation while the stdio
+                    # transport spawns its process would lose the process (an asyncio limitation).
+                    connection.attempt = scope
+                    if self._closing:
+                        scope.cancel()
                     async with ClientSession(
                         _ReadStreamWithEndEvent(read, connection.close_requested), write,
                         message_handler=self._on_message, **self._request_callbacks(),
@@ -984,15 +1022,19 @@ class _Server:
                         connection.session = session
                         self.status = CONNECTED
                         connection.connected_or_failed.set()
-                        log.debug("Server '%s': connected, %d tools", self.name, len(self.tools))
+                        log.log(logging.INFO if self._announce else logging.DEBUG,
+                                "Server '%s': connected, %d tools", self.name, len(self.tools))
                         self._status_changed()
                         await connection.close_requested.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
             error = exc
         finally:
-            was_connected = connection.session is not None
+            was_connected = connection.connected_or_failed.is_set()
             connection.session = None
-            self._record_end(connection, error, timed_out=scope.cancelled_caught, was_connected=was_connected)
+            timed_out = scope.cancelled_caught and not self._closing
+            self._record_end(connection, error, timed_out=timed_out, was_connected=was_connected)
+            if not was_connected and connection is self._connection:
+                self._fail_fast_until = anyio.current_time() + RETRY_COOLDOWN
             connection.connected_or_failed.set()
             connection.closed.set()
             self._status_changed()
@@ -1015,7 +1057,7 @@ class _Server:
                 log.log(logging.WARNING if self._announce else logging.DEBUG, "%s", self.error.message)
         elif timed_out:
             self.status = FAILED
-            self.error = CallTimeoutError(f"Server '{name}' did not connect within {self.connect_timeout:g} s.", server=name)
+            self.error = _connect_timeout(name, self.connect_timeout)
             connection.end_reason = "timed out"
         elif isinstance(failure, ConnectError) and error is not None:
             connection.end_reason = failure.message  # a token refresh failed: it says so itself
@@ -1031,7 +1073,8 @@ class _Server:
             self.error = ConnectError(f"Server '{name}' {message}.", server=name)
         if not was_connected:
             self.tools = {}
-        log.debug("%s", self.error.message)
+        announce = connection.first and self.status == FAILED and self._announce and not self._closing
+        log.log(logging.WARNING if announce else logging.DEBUG, "%s", self.error.message)
 
     async def _load_tools(self, session: ClientSession) -> None:
         tools: list[types.Tool] = []
@@ -1285,6 +1328,10 @@ def _session_expired(exc: MCPError) -> bool:
     # for a bare 404, says "Session terminated". Either way the call was never run.
     message = exc.message.lower()
     return "session" in message and any(word in message for word in ("not found", "terminated", "expired", "unknown"))
+
+
+def _connect_timeout(server: str, seconds: float) -> CallTimeoutError:
+    return CallTimeoutError(f"Server '{server}' did not connect within {seconds:g} s.", server=server)
 
 
 def _auth_error(exc: AuthRequiredError, server: str) -> AuthRequiredError:

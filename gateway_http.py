@@ -15,7 +15,9 @@ answer a server's request for input through the API: it is declined at once, and
 lists it in `declinedInputRequests`. Errors are
 `{"error": message}` with 400 (malformed body), 401 (authentication required), 403
 (foreign Host or Origin), 404 (unknown server or tool), 413 (body too large), 415 (not
-JSON), 502 (the server failed) or 504 (timeout).
+JSON), 502 (the server failed), 503 (the gateway is stopping) or 504 (timeout). An error toolscript raised also carries
+its `kind` and attributes (`{"error": ..., "kind": "auth_required", "server": ...}`), from
+which `RemoteGateway` raises the same exception, so a command exits the same either way.
 
 The API spends the user's credentials, so it refuses what a web page or another host
 could send: a `Host` header other than the bound address or `localhost` with the bound
@@ -25,6 +27,7 @@ that are not `application/json` (which browsers cannot send cross-site without a
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
@@ -32,17 +35,19 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 if __package__:
-    from .errors import AuthRequiredError, CallTimeoutError, ConfigError, ConnectError, ToolscriptError, UsageError
+    from .errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, ConnectError
+    from .errors import StorageError, ToolscriptError, UsageError
     from .redact import redact
 else:
-    from errors import AuthRequiredError, CallTimeoutError, ConfigError, ConnectError, ToolscriptError, UsageError
+    from errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, ConnectError
+    from errors import StorageError, ToolscriptError, UsageError
     from redact import redact
 
-__all__ = ["MAX_BODY_BYTES", "ApiServer", "RemoteGateway", "SyncGateway", "status_for"]
+__all__ = ["MAX_BODY_BYTES", "ApiServer", "RemoteGateway", "SyncGateway", "error_body", "error_from_body", "status_for"]
 
 log = logging.getLogger("toolscript.gateway.http")
 
@@ -96,6 +101,45 @@ def status_for(exc: ToolscriptError) -> int:
     return 502
 
 
+# The `kind` of each error type in an error body. Every class in errors.py is listed, so an
+# error crosses the API as itself: same type, same exit code, same message.
+_KINDS: dict[str, type[ToolscriptError]] = {
+    "error": ToolscriptError, "usage": UsageError, "config": ConfigError, "storage": StorageError,
+    "auth": AuthError, "auth_required": AuthRequiredError, "unreachable": ConnectError,
+    "timeout": CallTimeoutError, "auth_unreachable": AuthConnectError,
+}
+_KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
+# Attributes an error body carries besides the message (none of them is ever a secret);
+# `oauth_error` is the attribute `error`, renamed so as not to clash with the message.
+_ERROR_ATTRIBUTES = {"server": "server", "path": "path", "scope": "scope", "oauth_error": "error",
+                     "next_command": "next_command"}
+
+
+def error_body(exc: ToolscriptError) -> dict[str, Any]:
+    """Return the API's JSON error body for `exc`: its message, `kind` and attributes."""
+    kind = next((_KIND_OF[cls] for cls in type(exc).__mro__ if cls in _KIND_OF), "error")
+    body: dict[str, Any] = {"error": redact(exc.message), "kind": kind}
+    for key, attribute in _ERROR_ATTRIBUTES.items():
+        value = getattr(exc, attribute, None)
+        if isinstance(value, str):
+            body[key] = value
+    return body
+
+
+def error_from_body(status: int, body: Any) -> ToolscriptError:
+    """Return the exception an API error answer reports (see `error_body`); by status if it has no `kind`."""
+    body = body if isinstance(body, dict) else {}
+    message = body.get("error") if isinstance(body.get("error"), str) else f"The gateway answered HTTP {status}."
+    kind = _KINDS.get(body.get("kind")) if isinstance(body.get("kind"), str) else None
+    server = body.get("server") if isinstance(body.get("server"), str) else None
+    exc = (kind or _ERRORS.get(status, ConnectError))(message, server=server)
+    exc.message, exc.args = message, (message,)  # as sent: its `Run:` hint is in it already
+    for key, attribute in _ERROR_ATTRIBUTES.items():
+        if key != "server" and isinstance(body.get(key), str) and hasattr(exc, attribute):
+            setattr(exc, attribute, body[key])
+    return exc
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -108,7 +152,9 @@ class ApiServer(ThreadingHTTPServer):
     """The HTTP API over `gateway`, bound to `host:port` (port 0: any free port).
 
     Run it with `serve_forever()`; each connection gets its own thread, so a slow tool
-    call never holds up other clients.
+    call never holds up other clients. To stop: `shutdown()` (or interrupt `serve_forever`),
+    `stopping.set()` so that what is still asked or answered gets 503 "the gateway is
+    stopping", stop the gateway, then `wait_idle()` so those answers go out.
     """
 
     daemon_threads = True
@@ -124,6 +170,9 @@ class ApiServer(ThreadingHTTPServer):
         # Bound to every address: any of them may be named, but only as an IP literal,
         # since DNS rebinding needs a host name.
         self.wildcard = ipaddress.ip_address(host).is_unspecified if _is_ip(host) else False
+        self.stopping = threading.Event()
+        self._answering = 0  # requests between reaching the gateway and their answer being sent
+        self._idle = threading.Condition()
 
     def host_allowed(self, host: str) -> bool:
         """Whether a `Host` header (lowercased) names this gateway."""
@@ -132,9 +181,37 @@ class ApiServer(ThreadingHTTPServer):
         name, _, port = host.rpartition(":")
         return self.wildcard and port == str(self.port) and _is_ip(name.strip("[]"))
 
+    def accepted_hosts(self) -> str:
+        """Describe the `Host` headers this gateway answers to, for a person."""
+        if self.wildcard:
+            return (f"localhost:{self.port} or an IP address of this machine with port {self.port} "
+                    f"(such as {self.url.removeprefix('http://')})")
+        return " and ".join(sorted(self.allowed_hosts))
+
     @property
     def url(self) -> str:
+        """The URL a client on this machine uses: loopback when bound to every address."""
+        if self.wildcard:
+            loopback = "[::1]" if self.address_family == socket.AF_INET6 else "127.0.0.1"
+            return f"http://{loopback}:{self.port}"
         return f"http://{self.authority}"
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Count a request as in flight until its answer is sent (see `wait_idle`)."""
+        with self._idle:
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._answering -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every request in flight has been answered; False if some still were after `timeout`."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._answering == 0, timeout)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -234,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.host_allowed(host):
             self._send(403, {
                 "error": f"Host {host or '(none)'!r} is not allowed; this gateway answers only to "
-                         f"{' and '.join(sorted(self.server.allowed_hosts))}."
+                         f"{self.server.accepted_hosts()}."
             }, close=True)
             return False
         origin = self.headers.get("Origin")
@@ -249,15 +326,22 @@ class _Handler(BaseHTTPRequestHandler):
         return parts.path, {key: values[-1] for key, values in parse_qs(parts.query).items()}
 
     def _answer(self, produce: Callable[[], Any]) -> None:
-        try:
-            payload = produce()
-        except ToolscriptError as exc:
-            self._send(status_for(exc), {"error": redact(exc.message)})
-        except Exception:
-            log.exception("gateway API: unexpected error for %s %s", self.command, self.path)
-            self._send(500, {"error": "Internal gateway error; see the gateway's log."})
-        else:
-            self._send(200, payload)
+        with self.server.answering():
+            if self.server.stopping.is_set():
+                self._send(503, error_body(_stopping()), close=True)
+                return
+            try:
+                payload = produce()
+            except ToolscriptError as exc:
+                # Whatever failed while the gateway stops (a closed session, a cancelled call) failed because of that.
+                stopping = self.server.stopping.is_set()
+                self._send(503 if stopping else status_for(exc), error_body(_stopping() if stopping else exc),
+                           close=stopping)
+            except Exception:
+                log.exception("gateway API: unexpected error for %s %s", self.command, self.path)
+                self._send(500, {"error": "Internal gateway error; see the gateway's log."})
+            else:
+                self._send(200, payload)
 
     def _send(self, status: int, payload: Any, *, close: bool = False) -> None:
         body = json.dumps(payload).encode()
@@ -296,6 +380,10 @@ def _completion_request(body: dict[str, Any]) -> dict[str, Any]:
                                 + (f"; unknown key {', '.join(map(repr, unknown))}." if unknown else "."))
     return {"server": body["server"], "argument": body["argument"], "value": body.get("value", ""),
             "prompt": body.get("prompt"), "uri_template": body.get("uriTemplate"), "context": body.get("context")}
+
+
+def _stopping() -> ConnectError:
+    return ConnectError("The gateway is stopping: the request did not finish.")
 
 
 _ERRORS: dict[int, type[ToolscriptError]] = {
@@ -408,8 +496,7 @@ class RemoteGateway:
             raise self._unreachable(f"it answered HTTP {response.status} without JSON") from None
         if response.status == 200:
             return payload
-        message = payload.get("error") if isinstance(payload, dict) else None
-        raise _ERRORS.get(response.status, ConnectError)(message or f"The gateway answered HTTP {response.status}.")
+        raise error_from_body(response.status, payload)
 
     def _unreachable(self, reason: str) -> ConnectError:
         return ConnectError(

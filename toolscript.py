@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with `argv` (default: `sys.argv[1:]`) and return the exit code."""
     parser = build_parser()
     args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
+    if args.verbose and args.quiet:  # one before the command, one after it
+        parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     configure_logging(args.verbose, args.quiet)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -89,21 +92,51 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="toolscript",
         description="Use MCP servers, including OAuth2-protected ones, from the command line.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", metavar="PATH", help="config file (default: $TOOLSCRIPT_CONFIG, "
-                        "./toolscript.toml, then $TOOLSCRIPT_HOME/config.toml)")
-    noise = parser.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
-    noise.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_resources, _add_read, _add_prompts, _add_prompt,
-                _add_gateway, _add_serve, _add_demo, _add_add, _add_remove, _add_import):
+                _add_gateway, _add_serve, _add_demo, _add_config, _add_add, _add_remove, _add_import):
         add(commands)
+    for command in commands.choices.values():
+        _add_global_options(command, after_command=True)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """Add --config, -v and -q, which go before or after the command (`toolscript servers --config x.toml`).
+
+    After the command they default to "not given", so they never undo the same option given before it.
+    """
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    parser.add_argument("--config", metavar="PATH", **unset, help="config file (default: $TOOLSCRIPT_CONFIG, "
+                        "./toolscript.toml, then $TOOLSCRIPT_HOME/config.toml)")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true", **unset, help="debug logging, tracebacks on errors")
+    noise.add_argument("-q", "--quiet", action="store_true", **unset, help="only errors")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Lets a command's options and positional arguments come in any order (`call X --json ARGS`).
+
+    Plain argparse assigns a command's positionals in one go, so `call X --json ARGS` leaves
+    ARGS unrecognized; the intermixed parse does not. A parser with subcommands parses as usual.
+    """
+
+    _intermixing = False  # parse_known_intermixed_args calls parse_known_args itself
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -165,8 +198,7 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         _print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
-        where = cfg.path or "no config file found"
-        _print(f"No servers configured ({where}). See config.toml.example.")
+        _print(_no_servers(cfg))
         return EXIT_OK
     width = max(len(str(r["name"])) for r in rows)
     for server, row in zip(cfg.servers.values(), rows):
@@ -174,6 +206,11 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         reason = f" ({row['oauth_error']})" if "oauth_error" in row else ""
         _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}")
     return EXIT_OK
+
+
+def _no_servers(cfg: Config) -> str:
+    return (f"No servers configured ({cfg.path or 'no config file found'}). "
+            "For an example with every key, run: toolscript config example")
 
 
 # -- auth ----------------------------------------------------------------------------
@@ -234,7 +271,7 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
 
 def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
     if not cfg.servers:
-        _print(f"No servers configured ({cfg.path or 'no config file found'}).")
+        _print(_no_servers(cfg))
         return EXIT_OK
     width = max(len(name) for name in cfg.servers)
     todo = []
@@ -288,12 +325,14 @@ def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browse
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "demo", help="try toolscript against a bundled local OAuth-protected MCP server",
-        description="Start a local OAuth-protected MCP server, authenticate against it with the same flow as "
-                    "'toolscript auth', list its tools and call one. Needs no network, browser or account, "
-                    "and leaves nothing behind.",
+        description="Start a local OAuth-protected MCP server (its consent step approves by itself), authenticate "
+                    "against it with the same flow as 'toolscript auth', list its tools and call two through the "
+                    "gateway, then stop it and remove its temporary files. toolscript follows the authorization "
+                    "URL itself, as a browser would, so no browser tab opens unless you ask for one with --browser. "
+                    "Needs no network, browser or account; your config and stored tokens are not touched.",
     )
-    p.add_argument("--no-browser", action="store_true",
-                   help="never open a browser; toolscript follows the authorization URL itself")
+    p.add_argument("--browser", action="store_true",
+                   help="open the authorization URL in your browser ($BROWSER or the system's) instead")
     p.set_defaults(func=cmd_demo, needs_config=False)
 
 
@@ -320,9 +359,8 @@ def cmd_demo(args: argparse.Namespace, cfg: Config | None) -> int:
             store = Store()
             _print(f"2. Using a temporary config {config_path} and TOOLSCRIPT_HOME {os.environ['TOOLSCRIPT_HOME']}.")
             _print("3. Authenticating, as 'toolscript auth demo' does:")
-            use_browser = not args.no_browser and _browser_available()
             code = _auth_run(demo_cfg.server("demo"), store, auth, no_browser=False, timeout=120,
-                             open_browser=None if use_browser else _follow_authorization)
+                             open_browser=None if args.browser else _follow_authorization)
             if code != EXIT_OK:
                 return code
             _demo_use_server(demo_cfg, store)
@@ -335,21 +373,11 @@ def cmd_demo(args: argparse.Namespace, cfg: Config | None) -> int:
     return EXIT_OK
 
 
-def _browser_available() -> bool:
-    import os
-
-    if os.environ.get("BROWSER"):
-        return True
-    if sys.platform in ("darwin", "win32"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
 def _follow_authorization(url: str) -> bool:
     """Play the browser for the demo: request the authorization URL, then its loopback redirect."""
     import requests
 
-    _status("   (no browser: toolscript follows the authorization URL itself)")
+    _status("   (toolscript follows the authorization URL itself, as a browser would; --browser opens yours)")
     response = requests.get(url, allow_redirects=False, timeout=30)
     location = response.headers.get("Location", "")
     if response.status_code not in (302, 303) or not location.startswith("http://127.0.0.1:"):
@@ -361,13 +389,48 @@ def _follow_authorization(url: str) -> bool:
 
 def _demo_use_server(cfg: Config, store: Store) -> None:
     """List the demo server's tools and call two through a `Gateway`, as `toolscript call` does."""
-    with _gateway_module().Gateway(cfg, store=store) as gateway:
+    with _gateway_module().Gateway(cfg, store=store, announce=False) as gateway:
         tools = gateway.tools("demo")
         _print(f"4. The server's tools: {', '.join(tool['tool'] for tool in tools)}")
         result = gateway.call("demo__add", {"a": 2, "b": 3})
         _print(f"5. Called demo__add(a=2, b=3): {render_result(result)}")
         result = gateway.call("demo__whoami")
         _print(f"6. Called demo__whoami(): {render_result(result)}")
+
+
+# -- config --------------------------------------------------------------------------
+
+# Shipped beside the modules: at the checkout's root, and as package data when installed.
+EXAMPLE_CONFIG = Path(__file__).with_name("config.toml.example")
+
+
+def _add_config(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("config", help="show an example configuration: toolscript config example",
+                            description="Help with the configuration file.")
+    actions = p.add_subparsers(title="actions", metavar="ACTION")
+    example = actions.add_parser(
+        "example", help="print an example config with every key (toolscript config example > toolscript.toml)",
+        description=f"Print {EXAMPLE_CONFIG.name}, an example config with every key, to start from: "
+                    "toolscript config example > toolscript.toml",
+    )
+    _add_global_options(example, after_command=True)
+    example.set_defaults(func=cmd_config_example, needs_config=False)
+    p.set_defaults(func=lambda args, cfg: _usage(p), needs_config=False)
+
+
+def cmd_config_example(args: argparse.Namespace, cfg: Config | None) -> int:
+    try:
+        text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ToolscriptError(f"Cannot read the example config {EXAMPLE_CONFIG}: {exc.strerror or exc}.") from None
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
 
 
 # -- tools, call, gateway --------------------------------------------------------------
@@ -591,17 +654,14 @@ def cmd_prompt(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _report_failed_servers(cfg: Config, rows: list[dict[str, Any]]) -> int:
-    """Report the servers of a listing that are not connected; return the listing's exit code.
-
-    One broken server among several is reported but does not fail the listing.
-    """
+    """Report the servers of a listing that are not connected; return the listing's exit code."""
     failed = [row for row in rows if row["status"] != "connected"]
     for row in failed:
         _error(row.get("error") or f"Server '{row['name']}' is {row['status']}.")
     if not rows:
-        where = cfg.path or "no config file found"
-        _error(f"No servers configured ({where}). See config.toml.example.")
-    if failed and len(failed) == len(rows):
+        _status(_no_servers(cfg))  # not an error: there is nothing to list (stdout stays clean for --json)
+    # The listing is printed as far as it goes; any server missing from it fails the command.
+    if failed:
         return EXIT_AUTH_REQUIRED if all(row["status"] == "auth_required" for row in failed) else EXIT_UNREACHABLE
     return EXIT_OK
 
@@ -659,7 +719,7 @@ def _terminal_input_handler(elicitation: ModuleType) -> Callable[[Any], Any] | N
 def _add_gateway(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("gateway", help="serve every configured server through a local HTTP API")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port to listen on (default: 0, any free port)")
+    p.add_argument("--port", type=_port, default=0, help="port to listen on (default: 0, any free port)")
     p.set_defaults(func=cmd_gateway)
 
 
@@ -672,7 +732,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     if not is_loopback_host(args.host):
         log.warning("warning: --host %s is not a loopback address: other machines can use your servers, "
                     "and the credentials they hold, through this gateway.", args.host)
-    gateway = gateway_module.Gateway(cfg)
+    gateway = gateway_module.Gateway(cfg)  # announces each server as it connects or fails
     try:
         api = ApiServer(gateway, args.host, args.port)
     except OSError as exc:
@@ -680,19 +740,31 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     try:
         with _sigterm_interrupts():
             try:
-                with gateway:
-                    for row in gateway.servers():
-                        if row["status"] == "connected":
-                            log.info("Server '%s': connected, %d tools", row["name"], row["tools"])
-                        elif row["status"] != "auth_required":  # the gateway has warned of those
-                            log.warning("%s", row.get("error"))
-                    _print(f"{GATEWAY_URL_VAR}={api.url}")
+                # The API listens already (requests wait in its queue): say where, then connect
+                # the servers in the background while it serves.
+                _print_gateway_url(api.url)
+                gateway.start(wait=False)
+                try:
                     api.serve_forever()
-            except KeyboardInterrupt:
+                finally:
+                    api.stopping.set()  # calls still in flight are answered 503
+                    gateway.stop()
+                    api.wait_idle(_ANSWER_GRACE)
+            except KeyboardInterrupt as stop:
                 log.info("Gateway stopped.")
+                # SIGTERM is how a service is told to stop; Ctrl-C exits 130, as for every command.
+                return EXIT_OK if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
     finally:
         api.server_close()
     return EXIT_OK
+
+
+_ANSWER_GRACE = 5.0  # seconds for the last answers to go out once the gateway has stopped
+
+
+def _print_gateway_url(url: str) -> None:
+    """Print the gateway's first stdout line, the one a script reads to find the gateway."""
+    _print(f"{GATEWAY_URL_VAR}={url}")
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -715,7 +787,7 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         import front
     names = list(dict.fromkeys(cfg.server(name).name for name in args.server)) or list(cfg.servers)
     if not names:
-        raise UsageError(f"No servers configured ({cfg.path or 'no config file found'}). See config.toml.example.")
+        raise UsageError(_no_servers(cfg))
     ended_by = front.serve_stdio(cfg, names, version=__version__, list_wait=max(0.0, args.wait))
     return EXIT_INTERRUPTED if ended_by == signal.SIGINT else EXIT_OK
 
@@ -742,8 +814,14 @@ def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | Non
         server = gateway_module.split_tool_name(for_tool)[0]
     elif for_prompt is not None:
         server = gateway_module.split_prompt_name(for_prompt)[0]
-    with _sigterm_interrupts(), gateway_module.Gateway(cfg, only=[server] if server else None, announce=False) as gateway:
-        yield gateway
+    gateway = gateway_module.Gateway(cfg, only=[server] if server else None, announce=False)
+    with _sigterm_interrupts():
+        # Not waiting here: a call waits for its server within its own timeout, a listing as long as it must.
+        gateway.start(wait=False)
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
 
 
 def _gateway_module() -> ModuleType:
@@ -755,6 +833,10 @@ def _gateway_module() -> ModuleType:
     return gateway
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C; the gateway tells them apart for its exit code."""
+
+
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Treat SIGTERM like Ctrl-C, so that stdio servers are shut down on either."""
@@ -764,7 +846,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
     def interrupt(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown at a time
-        raise KeyboardInterrupt
+        raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -1015,6 +1097,16 @@ def _config_edit() -> ModuleType:
     else:
         import config_edit
     return config_edit
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 (any free port) to 65535, not {text!r}")
+    return value
 
 
 # -- output helpers ------------------------------------------------------------------

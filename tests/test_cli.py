@@ -87,14 +87,24 @@ def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pyte
 
 def test_servers_without_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert toolscript.main(["servers"]) == 0
-    assert capsys.readouterr().out.strip() == "No servers configured (no config file found). See config.toml.example."
+    assert capsys.readouterr().out.strip() == (
+        "No servers configured (no config file found). For an example with every key, run: toolscript config example"
+    )
+
+
+def test_config_example_prints_the_shipped_example(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("toolscript.toml").write_text("not [valid toml")  # the example does not need a working config
+    assert toolscript.main(["config", "example"]) == 0
+    assert capsys.readouterr().out == (ROOT / "config.toml.example").read_text()
+    assert toolscript.main(["config"]) == 2
+    assert capsys.readouterr().err.startswith("usage: toolscript config ")
 
 
 def test_config_error_is_one_line_exit_2() -> None:
     Path("bad.toml").write_text('[servers.gh]\nurl = "https://x"\n[servers.gh.oauth]\nclient_ide = "x"\n')
     proc = run_cli("--config", "bad.toml", "servers")
     assert proc.returncode == 2, explain(proc)
-    assert proc.stderr == "error: bad.toml: servers.gh.oauth.client_ide: unknown key\n"
+    assert proc.stderr == "error: bad.toml: servers.gh.oauth.client_ide: unknown key (did you mean 'client_id'?)\n"
     assert proc.stdout == ""
 
 
@@ -107,6 +117,20 @@ def test_verbose_shows_traceback_quiet_does_not() -> None:
     proc = run_cli("-q", "--config", "missing.toml", "servers")
     assert proc.returncode == 2
     assert proc.stderr == "error: missing.toml: config file not found (given by --config).\n"
+
+
+def test_global_options_also_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("elsewhere.toml").write_text(CONFIG)
+    assert toolscript.main(["servers", "--config", "elsewhere.toml", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["files", "github", "events"]
+    proc = run_cli("servers", "-v", "--config", "missing.toml")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr, explain(proc)
+    proc = run_cli("servers", "--config", "missing.toml", "-q")
+    assert (proc.returncode, proc.stderr) == (2, "error: missing.toml: config file not found (given by --config).\n")
+    # The one after the command wins over the one before it.
+    assert toolscript.main(["--config", "missing.toml", "servers", "--config", "elsewhere.toml"]) == 0
+    proc = run_cli("-v", "servers", "-q")
+    assert proc.returncode == 2 and "not allowed with argument -v/--verbose" in proc.stderr, explain(proc)
 
 
 def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

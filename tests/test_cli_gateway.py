@@ -6,18 +6,21 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import DenyingAuth, explain, process_exists, run_cli, start_gateway_process, stdio_server, write_config
+from conftest import (
+    ROOT, DenyingAuth, explain, process_exists, run_cli, start_gateway_process, stdio_server, wait_until, write_config,
+)
 
 import toolscript
 from config import load_config
 from gateway import Gateway
-from gateway_http import ApiServer
+from gateway_http import ApiServer, RemoteGateway
 
 ECHO_LINE = "s__echo    Echo the text back."
 
@@ -42,11 +45,26 @@ BROKEN = "error: Server 'broken' failed to connect: cannot run '/nonexistent/mcp
 def test_tools_lists_one_per_line_and_reports_failures(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(capsys, "tools")
     lines = out.splitlines()
-    assert code == 0
+    assert code == 4  # what could be listed is, but a server is missing from the list
     assert lines[0] == ECHO_LINE
     assert lines[1] == "s__add     Add two integers; the result is structured."
     assert len(lines) == 10 and not any("crash" in line for line in lines)
     assert err == BROKEN
+
+
+def test_tools_exit_3_when_only_authorization_is_missing(oauth_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config({"s": stdio_server(), "demo": {"url": oauth_server().url}})
+    code, out, err = cli(capsys, "tools")
+    assert (code, out.splitlines()[0]) == (3, ECHO_LINE)
+    assert err.startswith("error: Server 'demo' ") and err.endswith(" Run: toolscript auth demo\n"), err
+    assert err.count("\n") == 1
+
+
+def test_tools_without_any_config_is_not_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    notice = ("No servers configured (no config file found). "
+              "For an example with every key, run: toolscript config example\n")
+    assert cli(capsys, "tools") == (0, "", notice)
+    assert cli(capsys, "tools", "--json") == (0, "[]\n", notice)
 
 
 def test_tools_json_has_schemas(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,6 +103,14 @@ def test_call_json_prints_the_whole_result(servers: Path, capsys: pytest.Capture
         "structuredContent": {"total": 9, "terms": [4, 5]},
         "isError": False,
     }
+
+
+def test_call_options_go_before_or_after_the_arguments(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "call", "s__add", "--json", '{"a": 4, "b": 5}')
+    assert code == 0 and json.loads(out)["structuredContent"] == {"total": 9, "terms": [4, 5]}
+    assert cli(capsys, "call", "--timeout", "60", "s__echo", '{"text": "a"}') == (0, "a\n", "")
+    assert cli(capsys, "call", "s__echo", "--timeout", "60", '{"text": "b"}') == (0, "b\n", "")
+    assert cli(capsys, "call", "s__echo", '{"text": "c"}', "--timeout", "60", "-q") == (0, "c\n", "")
 
 
 def test_call_is_error_exits_1(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,8 +154,16 @@ def test_call_connects_only_its_server_and_failures_exit_4(servers: Path, capsys
     assert cli(capsys, "call", "broken__echo") == (4, "", BROKEN)
     # `s` works although `broken` is configured: it is never started for this call.
     assert cli(capsys, "call", "s__echo", '{"text": "fine"}') == (0, "fine\n", "")
+    # --timeout is one deadline for starting the server and the call: 0.2 s is too short to start it.
     assert cli(capsys, "call", "s__slow", '{"seconds": 30}', "--timeout", "0.2") == (
-        4, "", "error: Tool 's__slow' did not answer within 0.2 s.\n"
+        4, "", "error: Server 's' did not connect within 0.2 s.\n"
+    )
+
+
+def test_call_timeout_bounds_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    write_config({"hang": stdio_server("--hang")})  # never answers; its own connect timeout is 30 s
+    assert cli(capsys, "call", "hang__echo", '{"text": "x"}', "--timeout", "1") == (
+        4, "", "error: Server 'hang' did not connect within 1 s.\n"
     )
 
 
@@ -162,13 +196,17 @@ def test_tools_and_call_through_the_gateway_match_direct_use(
         ["tools", "--server", "s"], ["tools", "--server", "s", "--json"], ["tools", "--server", "broken"],
         ["call", "s__echo", '{"text": "same"}'], ["call", "s__mixed", "--json"], ["call", "s__fail"],
         ["call", "s__nope"], ["call", "s__crash"], ["call", "s__echo", "[1]"], ["call", "broken__echo"],
-        ["call", "s__slow", '{"seconds": 30}', "--timeout", "0.2"],
+        ["call", "nope__echo"], ["call", "s__ehco"],
     ]
     direct = [cli(capsys, *command) for command in commands]
     monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", running_gateway)
     through = [cli(capsys, *command) for command in commands]
-    assert [result[0] for result in direct] == [0, 0, 4, 0, 0, 1, 2, 2, 2, 4, 4]
+    assert [result[0] for result in direct] == [0, 0, 4, 0, 0, 1, 2, 2, 2, 4, 2, 2]
     assert through == direct
+    # The running gateway is connected already, so the whole 0.2 s go to the call.
+    assert cli(capsys, "call", "s__slow", '{"seconds": 30}', "--timeout", "0.2") == (
+        4, "", "error: Tool 's__slow' did not answer within 0.2 s.\n"
+    )
 
 
 def test_auth_required_exits_3(running_gateway: str, capsys: pytest.CaptureFixture[str],
@@ -196,8 +234,8 @@ def test_call_end_to_end(servers: Path) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hi there\n", ""), explain(proc)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals) -> None:
+@pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals, exit_code: int) -> None:
     proc, first = start_gateway_process("--port", "0")
     try:
         assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
@@ -208,7 +246,7 @@ def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Si
         child = int(called.stdout)
         assert process_exists(child)
         listed = run_cli("tools", env=env)
-        assert (listed.returncode, listed.stdout.splitlines()[0]) == (0, ECHO_LINE), explain(listed)
+        assert (listed.returncode, listed.stdout.splitlines()[0]) == (4, ECHO_LINE), explain(listed)
         assert listed.stderr == BROKEN
         proc.send_signal(stop)
         out, err = proc.communicate(timeout=30)
@@ -216,18 +254,53 @@ def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Si
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, err
+    assert proc.returncode == exit_code, err
     assert out == ""  # nothing after the URL line
     assert "Server 's': connected, 10 tools" in err and "Gateway stopped." in err
     assert not process_exists(child)
 
 
-def test_gateway_command_warns_about_non_loopback_hosts(servers: Path) -> None:
+def test_gateway_serves_before_its_servers_connect(servers: Path, tmp_path: Path) -> None:
+    write_config({"s": stdio_server(), "hang": stdio_server("--hang")})  # `hang` would take 30 s to fail
+    proc, first = start_gateway_process()
+    try:
+        url = first.strip().split("=", 1)[1]
+        env = {"TOOLSCRIPT_GATEWAY_URL": url}
+        assert {row["name"]: row["status"] for row in RemoteGateway(url).servers()}["hang"] == "connecting"
+        called = run_cli("call", "s__echo", '{"text": "served"}', env=env)  # waits for `s` only
+        assert (called.returncode, called.stdout) == (0, "served\n"), explain(called)
+        timed_out = run_cli("call", "hang__echo", "{}", "--timeout", "1", env=env)
+        assert (timed_out.returncode, timed_out.stderr) == (4, "error: Server 'hang' did not connect within 1 s.\n")
+        assert {row["name"]: row["status"] for row in RemoteGateway(url).servers()}["hang"] == "connecting"
+        # A call in flight when the gateway stops is answered 503, not dropped.
+        started = tmp_path / "started"
+        caller = subprocess.Popen(
+            [sys.executable, str(ROOT / "toolscript.py"), "call", "s__slow",
+             json.dumps({"seconds": 120, "started_file": str(started)})],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+        )
+        wait_until(started.exists, timeout=60, what="the call to start")
+        proc.send_signal(signal.SIGINT)
+        out, err = caller.communicate(timeout=60)
+        assert (caller.returncode, out, err) == (4, "", "error: The gateway is stopping: the request did not finish.\n")
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+
+
+def test_gateway_command_on_every_address_prints_a_usable_url(servers: Path) -> None:
     write_config({"s": stdio_server()})
     proc, first = start_gateway_process("--host", "0.0.0.0")
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://0.0.0.0:")
+    try:
+        assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
+        listed = run_cli("tools", env={"TOOLSCRIPT_GATEWAY_URL": first.strip().split("=", 1)[1]})
+        assert (listed.returncode, listed.stdout.splitlines()[0]) == (0, ECHO_LINE), explain(listed)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
     assert "warning: --host 0.0.0.0 is not a loopback address" in err
     assert proc.returncode == 0
 
@@ -243,3 +316,13 @@ def test_gateway_command_port_in_use_exits_2(servers: Path) -> None:
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr.startswith(f"error: Cannot listen on 127.0.0.1:{port}: "), explain(proc)
     assert os.environ.get("TOOLSCRIPT_GATEWAY_URL") is None
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_gateway_command_port_out_of_range_is_a_usage_error(servers: Path, port: str) -> None:
+    proc = run_cli("gateway", "--port", port)
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr.splitlines()[-1] == (
+        f"toolscript gateway: error: argument --port: must be a port number from 0 (any free port) to 65535, "
+        f"not {port!r}"
+    ), explain(proc)

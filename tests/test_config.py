@@ -121,8 +121,10 @@ def test_malformed_reference_is_an_error() -> None:
     ("text", "message"),
     [
         ('[servers.github]\nurl = "https://x/mcp"\n[servers.github.oauth]\nclient_ide = "x"\n',
-         "servers.github.oauth.client_ide: unknown key"),
+         "servers.github.oauth.client_ide: unknown key (did you mean 'client_id'?)"),
         ('[servers.a]\ncommand = "x"\ncolour = 1\n', "servers.a.colour: unknown key"),
+        ('[servers.a]\ncommand = "x"\ntpye = "stdio"\n', "servers.a.tpye: unknown key (did you mean 'type'?)"),
+        ('[servers.a]\nurl = "https://x"\nheader = {}\n', "servers.a.header: unknown key (did you mean 'headers'?)"),
         ('[servers.a]\ncommand = "x"\nurl = "https://x"\n',
          "servers.a: give either 'command' (stdio server) or 'url' (http/sse server), not both"),
         ("[servers.a]\nargs = []\n", "servers.a: missing 'command' (stdio server) or 'url' (http/sse server)"),
@@ -157,6 +159,7 @@ def test_malformed_reference_is_an_error() -> None:
         ("[servers.a]\n[servers.a.x]\n", "servers.a.x: unknown key"),
         ("servers = 3\n", "servers: must be a table of [servers.NAME] tables"),
         ("[tools]\n", "tools: unknown key (expected only [servers.NAME] tables)"),
+        ("[server.a]\n", "server: unknown key (did you mean 'servers'?)"),
         ("[servers]\na = 1\n", "servers.a: must be a table"),
     ],
 )
@@ -219,6 +222,17 @@ def test_unknown_server_lists_known_ones() -> None:
     with pytest.raises(ConfigError) as info:
         cfg.server("c")
     assert str(info.value) == "Unknown server 'c' in t.toml (configured: a, b)."
+
+
+def test_unknown_server_one_edit_away_gets_a_suggestion() -> None:
+    cfg = parse('[servers.s]\ncommand = "x"\n[servers.ev-http]\nurl = "https://x"\n')
+    for typo in ("ev-htp", "ev-htpt", "ev-https", "EV-HTTP"):
+        with pytest.raises(ConfigError) as info:
+            cfg.server(typo)
+        assert str(info.value) == f"Unknown server '{typo}' in t.toml (did you mean 'ev-http'?)."
+    with pytest.raises(ConfigError) as info:
+        cfg.server("ev-htttpx")  # two edits: no guess, the list instead
+    assert str(info.value) == "Unknown server 'ev-htttpx' in t.toml (configured: s, ev-http)."
 
 
 def test_example_config_is_valid() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -74,6 +77,57 @@ def test_concurrent_start_with_broken_servers_among_good_ones(tmp_path: Path) ->
         assert gateway.call("one__echo", {"text": "still fine"})["content"][0]["text"] == "still fine"
 
 
+def test_start_without_waiting_serves_the_others_at_once() -> None:
+    cfg = config(one=stdio_server(), hang=stdio_server("--hang"))  # `hang` would take 30 s to fail
+    gateway = Gateway(cfg).start(wait=False)
+    try:
+        assert status(gateway, "hang") == {"name": "hang", "type": "stdio", "status": "connecting", "tools": 0}
+        # A call to a server still connecting waits for it; the slow one holds nobody up.
+        assert gateway.call("one__echo", {"text": "first"})["content"][0]["text"] == "first"
+        assert status(gateway, "one")["status"] == "connected"
+        assert status(gateway, "hang")["status"] == "connecting"
+        # ... but only within the call's timeout, which covers connecting.
+        with pytest.raises(CallTimeoutError) as caught:
+            gateway.call("hang__echo", {"text": "x"}, timeout=0.5)
+        assert str(caught.value) == "Server 'hang' did not connect within 0.5 s."
+        assert status(gateway, "hang")["status"] == "connecting"  # the attempt itself goes on
+    finally:
+        gateway.stop()
+
+
+def test_a_call_timeout_is_one_deadline_for_reconnecting(http_server: Any) -> None:
+    """A server gone silent costs a call its timeout, not several connection attempts with backoff."""
+    import socket
+
+    with Gateway(config(h={"url": http_server.url, "timeout": 2})) as gateway:
+        assert gateway.call("h__echo", {"text": "up"})["isError"] is False
+        http_server.stop()
+        with pytest.raises(ConnectError, match="cannot reach"):  # the connection ends
+            gateway.call("h__echo", {"text": "lost"})
+        silent = socket.socket()  # accepts connections on the same port, never answers
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        silent.bind(("127.0.0.1", http_server.port))
+        silent.listen(16)
+        accepted: list[socket.socket] = []
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    accepted.append(silent.accept()[0])
+
+        threading.Thread(target=accept, daemon=True).start()
+        try:
+            # Reconnecting: before, each of three attempts could take the 2 s connect timeout.
+            with pytest.raises(CallTimeoutError) as caught:
+                gateway.call("h__echo", {"text": "silent"}, timeout=2)
+            assert str(caught.value) == "Server 'h' did not connect within 2 s."
+            assert len(accepted) == 1  # one attempt, not three
+        finally:
+            silent.close()
+            for connection in accepted:
+                connection.close()
+
+
 def test_only_connects_the_named_servers() -> None:
     cfg = config(good=stdio_server(), missing={"command": "/nonexistent/mcp-server"})
     with Gateway(cfg, only=["good"]) as gateway:
@@ -126,6 +180,11 @@ def test_unknown_tools_and_bad_names(good: Gateway) -> None:
     with pytest.raises(UsageError) as caught:
         good.call("good__nope", {})
     assert str(caught.value) == "Unknown tool 'nope' on server 'good'. Run: toolscript tools --server good"
+    with pytest.raises(UsageError) as caught:
+        good.call("good__ehco", {})
+    assert str(caught.value) == (
+        "Unknown tool 'ehco' on server 'good' (did you mean 'good__echo'?). Run: toolscript tools --server good"
+    )
     with pytest.raises(ConfigError, match="Unknown server 'other'"):
         good.call("other__echo", {})
     with pytest.raises(UsageError, match="'echo' is not a SERVER__TOOL name"):

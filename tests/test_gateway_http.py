@@ -12,7 +12,8 @@ import pytest
 from conftest import DenyingAuth, run_threads, stdio_server, wait_until
 
 from config import parse_config
-from errors import AuthRequiredError, CallTimeoutError, ConnectError, UsageError
+from errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, ConnectError
+from errors import StorageError, ToolscriptError, UsageError
 from gateway import Gateway
 from gateway_http import MAX_BODY_BYTES, ApiServer, RemoteGateway
 
@@ -118,16 +119,21 @@ def test_malformed_bodies_are_400(api: ApiServer, body: str, message: str) -> No
 
 
 def test_error_statuses(api: ApiServer) -> None:
-    assert post(api, "s__nope") == (404, {"error": "Unknown tool 'nope' on server 's'. Run: toolscript tools --server s"})
+    assert post(api, "s__nope") == (404, {
+        "error": "Unknown tool 'nope' on server 's'. Run: toolscript tools --server s", "kind": "usage", "server": "s",
+    })
     assert post(api, "other__echo")[0] == 404
     assert post(api, "no_separator")[0] == 404
-    assert post(api, "locked__echo", {"text": "x"}) == (
-        401, {"error": "Server 'locked' is not authenticated. Run: toolscript auth locked"}
-    )
+    assert post(api, "locked__echo", {"text": "x"}) == (401, {
+        "error": "Server 'locked' is not authenticated. Run: toolscript auth locked", "kind": "auth_required",
+        "server": "locked", "next_command": "toolscript auth locked",
+    })
     code, payload = post(api, "missing__echo", {"text": "x"})
     assert code == 502 and "cannot run '/nonexistent/mcp-server'" in payload["error"]
+    assert (payload["kind"], payload["server"]) == ("unreachable", "missing")
     code, payload = request(api, "POST", "/tools/s__slow?timeout=0.2", json.dumps({"seconds": 30}))
-    assert (code, payload) == (504, {"error": "Tool 's__slow' did not answer within 0.2 s."})
+    assert (code, payload) == (504, {"error": "Tool 's__slow' did not answer within 0.2 s.", "kind": "timeout",
+                                     "server": "s"})
     assert request(api, "POST", "/tools/s__slow?timeout=-1", "{}")[0] == 400
     assert request(api, "POST", "/elsewhere", "{}")[0] == 404
 
@@ -235,8 +241,44 @@ def test_remote_gateway_raises_what_the_gateway_raised(api: ApiServer) -> None:
         remote.call("s__slow", {"seconds": 30}, timeout=0.2)
     with pytest.raises(ConnectError, match="cannot run"):
         remote.call("missing__echo", {"text": "x"})
-    with pytest.raises(UsageError, match="Unknown server 'nope'"):
+    with pytest.raises(ConfigError, match="Unknown server 'nope'"):  # what the gateway raised, not just its status
         remote.tools("nope")
+
+
+@pytest.mark.parametrize("error", [
+    ToolscriptError("plain"),
+    UsageError("usage", server="s"),
+    ConfigError("config", path="/etc/x.toml", server="s"),
+    StorageError("storage", path="/home/u/.toolscript/oauth/s.toml", server="s"),
+    AuthError("auth", server="s", error="insufficient_scope"),
+    AuthRequiredError("auth required", server="s", error="invalid_grant", scope="repo read"),
+    ConnectError("connect", server="s"),
+    CallTimeoutError("timeout", server="s"),
+    AuthConnectError("auth unreachable", server="s", error="temporarily_unavailable"),
+], ids=lambda error: type(error).__name__)
+def test_every_error_crosses_the_api_as_itself(error: ToolscriptError) -> None:
+    class Failing:
+        def __getattr__(self, name: str) -> Any:  # every method of the gateway fails with `error`
+            def fail(*args: Any, **kwargs: Any) -> Any:
+                raise error
+
+            return fail
+
+    server = ApiServer(Failing())  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    remote = RemoteGateway(server.url)
+    try:
+        for attempt in (remote.servers, remote.tools, lambda: remote.call("s__x")):
+            with pytest.raises(ToolscriptError) as caught:
+                attempt()
+            assert type(caught.value) is type(error)
+            assert vars(caught.value) == vars(error)  # message, server and every attribute
+            assert caught.value.exit_code == error.exit_code
+    finally:
+        remote.close()
+        server.shutdown()
+        server.server_close()
 
 
 def test_remote_gateway_not_reachable() -> None:
@@ -261,8 +303,12 @@ def test_a_wildcard_bind_accepts_its_addresses_but_not_host_names() -> None:
     try:
         assert request(server, "GET", "/servers") == (200, [])  # Host: 127.0.0.1:PORT
         assert request(server, "GET", "/servers", headers={"Host": f"localhost:{server.port}"})[0] == 200
+        assert server.url == f"http://127.0.0.1:{server.port}"  # where a client connects, not 0.0.0.0
         for host in (f"evil.example:{server.port}", "127.0.0.1:1"):
-            assert request(server, "GET", "/servers", headers={"Host": host})[0] == 403
+            assert request(server, "GET", "/servers", headers={"Host": host}) == (403, {
+                "error": f"Host {host!r} is not allowed; this gateway answers only to localhost:{server.port} "
+                         f"or an IP address of this machine with port {server.port} (such as 127.0.0.1:{server.port})."
+            })
         assert request(server, "GET", "/servers", headers={"Origin": f"http://evil.example:{server.port}"})[0] == 403
     finally:
         server.shutdown()

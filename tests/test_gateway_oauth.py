@@ -389,7 +389,8 @@ def test_toolscript_gateway_warns_once_and_answers_401(oauth_server: Any) -> Non
             urllib.request.urlopen(request, timeout=30)
         assert caught.value.code == 401
         assert json.loads(caught.value.read()) == {
-            "error": "Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo"}
+            "error": "Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo",
+            "kind": "auth_required", "server": "demo", "next_command": "toolscript auth demo"}
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

@@ -88,3 +88,8 @@ def test_installed_package_runs_and_leaves_no_generic_module(wheel: Path, tmp_pa
     proc = _run(sys.executable, "-I", "-c", code, str(target), cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     assert "No servers configured" in proc.stdout + proc.stderr, explain(proc)
+    # The example config ships as package data, and the installed CLI prints it.
+    proc = _run(sys.executable, "-I", "-c", code.replace("['servers']", "['config', 'example']"), str(target),
+                cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == (ROOT / "config.toml.example").read_text(), explain(proc)

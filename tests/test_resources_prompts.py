@@ -256,7 +256,8 @@ def test_http_errors_as_for_tools(api: ApiServer) -> None:
     assert request(api, "GET", "/resources/read?server=c&uri=catalog://readme&timeout=0")[0] == 400
     assert request(api, "GET", "/resources/read?server=c&uri=catalog://nope")[0] == 404
     assert request(api, "GET", "/resources/read?server=bare&uri=catalog://readme") == (
-        404, {"error": "Server 'bare' offers no resources (it does not declare the resources capability)."}
+        404, {"error": "Server 'bare' offers no resources (it does not declare the resources capability).",
+              "kind": "usage", "server": "bare"}
     )
     code, payload = request(api, "GET", "/resources/read?server=c&uri=catalog://broken")
     assert code == 502 and payload["error"].endswith("with an error: the disk is on fire")
@@ -335,8 +336,9 @@ PROMPT_LINES = (
 
 
 def test_cli_resources_and_prompts_list_one_per_line(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(capsys, "resources") == (0, RESOURCE_LINES, BROKEN)
-    assert cli(capsys, "prompts") == (0, PROMPT_LINES, BROKEN)
+    # A configured server that could not be listed fails the listing (after what could be listed).
+    assert cli(capsys, "resources") == (4, RESOURCE_LINES, BROKEN)
+    assert cli(capsys, "prompts") == (4, PROMPT_LINES, BROKEN)
     assert cli(capsys, "resources", "--server", "bare") == (0, "", "")
     assert cli(capsys, "prompts", "--server", "bare") == (0, "", "")
     code, out, err = cli(capsys, "resources", "--server", "c", "--json")
@@ -499,7 +501,7 @@ def test_cli_through_the_gateway_matches_direct_use(running_gateway: str, capsys
     direct = [cli(capsys, *command) for command in commands]
     monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", running_gateway)
     through = [cli(capsys, *command) for command in commands]
-    assert [result[0] for result in direct] == [0, 0, 0, 4, 0, 0, 2, 2, 4, 0, 0, 0, 0, 4, 2, 2]
+    assert [result[0] for result in direct] == [4, 0, 0, 4, 0, 0, 2, 2, 4, 4, 0, 0, 0, 4, 2, 2]
     assert through == direct
     target = tmp_path / "through.png"
     assert cli(capsys, "-q", "read", "c", "catalog://logo.png", "-o", str(target)) == (0, "", "")
