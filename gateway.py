@@ -6,7 +6,10 @@ methods: `start`, `stop`, `servers`, `tools` and `call`, and for resources, prom
 completions `resources`, `read_resource`, `prompts`, `get_prompt` and `complete`; every kind
 of request goes through one path (`_Server.request`). Every piece of connection state
 is touched only on the loop thread, so the public methods need no locks: they hand their
-work to the loop and wait for the answer.
+work to the loop and wait for the answer. A front that serves MCP itself (front.py,
+`toolscript serve`) runs the gateway in its own loop instead (`run_in_current_loop`),
+passes requests on as they are (`forward`) and hears from the sessions through
+`SessionHooks`.
 
 Each connection lives in its own task (`_Server._run`), so the transport's and the session's
 async context managers are entered and exited in the same task, as anyio requires. A
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import json
 import logging
 import math
@@ -43,7 +47,7 @@ import anyio
 import anyio.lowlevel
 import httpx2
 import mcp_types as types
-from mcp.client.session import ClientSession
+from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -80,6 +84,7 @@ __all__ = [
     "AuthFactory",
     "Gateway",
     "ProgressCallback",
+    "SessionHooks",
     "http_client",
     "result_to_dict",
     "split_prompt_name",
@@ -132,6 +137,23 @@ AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
 
 ProgressCallback = Callable[[float, "float | None", "str | None"], None]
 """Called with (progress, total, message) for each progress notification of a call, on the gateway's thread."""
+
+
+@dataclass
+class SessionHooks:
+    """What a front serving MCP to other clients (front.py) hears from the servers' sessions.
+
+    Each runs on the gateway's loop thread. `status_changed(server)` after a server connected
+    or its connection attempt or connection ended; `notification(server, message)` for each
+    notification it sends (after the gateway's own handling, so a tool list is fresh). Both
+    must not block. `elicitation` and `sampling`, when set, answer the server's requests of
+    that kind (the sessions then declare the capability), as `(server, context, params)`.
+    """
+
+    status_changed: Callable[[str], None] | None = None
+    notification: Callable[[str, Any], None] | None = None
+    elicitation: Callable[[str, ClientRequestContext, types.ElicitRequestParams], Awaitable[Any]] | None = None
+    sampling: Callable[[str, ClientRequestContext, types.CreateMessageRequestParams], Awaitable[Any]] | None = None
 
 
 def stored_oauth(store: Store) -> AuthFactory:
@@ -219,6 +241,7 @@ class Gateway:
         announce: bool = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        hooks: SessionHooks | None = None,
     ) -> None:
         names = list(config.servers) if only is None else [config.server(name).name for name in only]
         self.config = config
@@ -230,6 +253,7 @@ class Gateway:
         self.store = store or Store()
         self.announce = announce
         self._auth_factory = auth or stored_oauth(self.store)
+        self._hooks = hooks or SessionHooks()
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._supervisor: Any = None
@@ -392,6 +416,61 @@ class Gateway:
         completion = self._run_on_loop(self._on_server, server, _Server.complete, ref, argument, value, context, timeout)
         return _as_json(completion)
 
+    # -- for fronts that serve MCP on the loop thread (front.py) ---------------------------
+
+    @contextlib.asynccontextmanager
+    async def run_in_current_loop(self) -> AsyncIterator[Gateway]:
+        """Run the gateway in the calling event loop, not a thread of its own; close every server on exit.
+
+        Servers connect in the background (`session_for` waits for one still connecting). The
+        thread-facing methods (`servers`, `tools`, `call`) are not available in this mode.
+        """
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._supervise)
+            assert self._stopping is not None
+            try:
+                await self._connect_all(wait=False)
+                yield self
+            finally:
+                self._stopping.set()
+
+    @property
+    def server_names(self) -> list[str]:
+        """The servers this gateway connects, in config order."""
+        return list(self._configs)
+
+    def status(self, server: str) -> str:
+        """`connecting` until its first attempt to connect ends, then `connected`, `failed` or `auth_required`."""
+        return self._servers[server].status
+
+    def error(self, server: str) -> ToolscriptError:
+        """Why `server` is not connected (its last error)."""
+        return self._servers[server].error
+
+    def cached_tools(self, server: str) -> list[types.Tool]:
+        """The visible tools `server` listed when it last connected or notified a change."""
+        return list(self._servers[server].tools.values())
+
+    async def session_for(self, server: str) -> ClientSession:
+        """The live session of `server`, waiting for an attempt in progress and reconnecting one that ended.
+
+        Raises the server's error (`AuthRequiredError`, `ConnectError`) when it cannot connect.
+        """
+        connection = await self._servers[server].live_connection()
+        assert connection.session is not None
+        return connection.session
+
+    async def forward(self, server: str, what: str, send: Callable[[ClientSession], Awaitable[_T]],
+                      timeout: float | None = None) -> _T:
+        """Send one request to `server` as it is (`send(session)`) and return its answer.
+
+        The server's own error answers are raised as they came (`MCPError`); failures of the
+        connection (it ended, it needs authorization, it timed out) raise the gateway's errors,
+        as for `call`. `what` names the request in messages; `timeout` defaults to the server's.
+        """
+        state = self._servers[server]
+        return await state.request(what, send, timeout or state.call_timeout, pass_through=True)
+
     # -- on the loop thread --------------------------------------------------------------
 
     async def _supervise(self, *, task_status: TaskStatus[None]) -> None:
@@ -503,6 +582,7 @@ class Gateway:
             connect_timeout=config.timeout or self.connect_timeout,
             call_timeout=config.timeout or self.call_timeout,
             announce=self.announce,
+            hooks=self._hooks,
         )
 
 
@@ -580,7 +660,8 @@ class _Server:
     """
 
     def __init__(self, config: ServerConfig, *, connections: TaskGroup, auth: AuthFactory | None, store: Store,
-                 connect_timeout: float, call_timeout: float, announce: bool) -> None:
+                 connect_timeout: float, call_timeout: float, announce: bool,
+                 hooks: SessionHooks | None = None) -> None:
         self.config = config
         self.name = config.name
         self.connect_timeout = connect_timeout
@@ -592,6 +673,7 @@ class _Server:
         self._auth_factory = auth
         self._store = store
         self._announce = announce
+        self._hooks = hooks or SessionHooks()
         self._connection: _Connection | None = None
         self._closing = False
         self._reconnect_lock = anyio.Lock()
@@ -738,7 +820,7 @@ class _Server:
     async def request(self, what: str, send: Callable[[ClientSession], Awaitable[_T]], timeout: float, *,
                       needs: str | None = None, subject: str | None = None, refused_hint: str | None = None,
                       call: _CallInput | None = None, deadline: float | None = None,
-                      resend_if_expired: bool = True) -> _T:
+                      resend_if_expired: bool = True, pass_through: bool = False) -> _T:
         """Send one request (`send`) on the live connection and translate its failures.
 
         Every request kind (tool calls, resources, prompts, completions) goes through here, so
@@ -749,7 +831,8 @@ class _Server:
         "Server 'NAME'". With `refused_hint`, an error answer that says the request itself was
         wrong (unknown resource, bad arguments) is a `UsageError` ending with that hint; else
         every error answer is a `ConnectError`. A tool call passes its `call`, whose timeout
-        pauses while the user answers the server.
+        pauses while the user answers the server. With `pass_through` (a front passing requests
+        on, front.py), error answers are raised as they came (`MCPError`).
         """
         if deadline is None:
             deadline = anyio.current_time() + timeout
@@ -786,9 +869,11 @@ class _Server:
                 await self.close_connection(connection)
                 return await self.request(what, send, timeout, needs=needs, subject=subject,
                                           refused_hint=refused_hint, call=call, deadline=deadline,
-                                          resend_if_expired=False)
+                                          resend_if_expired=False, pass_through=pass_through)
             if call is not None and exc.code == types.URL_ELICITATION_REQUIRED:
                 raise _UrlsRequired(_required_urls(exc)) from None
+            if pass_through:
+                raise
             if refused_hint is not None and exc.code in _REFUSALS:
                 raise UsageError(
                     f"Server '{self.name}' refused {what}: {exc.message.rstrip('.')}. {refused_hint}", server=self.name
@@ -995,7 +1080,7 @@ class _Server:
                     async with ClientSession(
                         _ReadStreamWithEndEvent(read, connection.close_requested), write,
                         message_handler=self._on_message, logging_callback=self._on_log,
-                        elicitation_callback=self._on_elicitation,
+                        **self._request_callbacks(),
                     ) as session:
                         await _negotiate(session)
                         await self._load_tools(session)
@@ -1005,6 +1090,7 @@ class _Server:
                         connection.connected_or_failed.set()
                         log.log(logging.INFO if self._announce else logging.DEBUG,
                                 "Server '%s': connected, %d tools", self.name, len(self.tools))
+                        self._status_changed()
                         await connection.close_requested.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
             error = exc
@@ -1021,6 +1107,7 @@ class _Server:
                 self._fail_fast_until = anyio.current_time() + RETRY_COOLDOWN
             connection.connected_or_failed.set()
             connection.closed.set()
+            self._status_changed()
 
     def _record_end(self, connection: _Connection, error: BaseException | None, *, timed_out: bool,
                     was_connected: bool) -> None:
@@ -1085,6 +1172,22 @@ class _Server:
             await self.refresh_tools()
         elif isinstance(message, Exception):
             log.debug("Server '%s': transport error: %s", self.name, _first_line(message))
+            return
+        if self._hooks.notification is not None:
+            self._hooks.notification(self.name, message)
+
+    def _status_changed(self) -> None:
+        if self._hooks.status_changed is not None:
+            self._hooks.status_changed(self.name)
+
+    def _request_callbacks(self) -> dict[str, Any]:
+        """The session's callbacks for the server's requests: a front's (front.py) where it answers them, else
+        elicitation through the handler of the call that asked (`_on_elicitation`), and no sampling."""
+        callbacks: dict[str, Any] = {"elicitation_callback": self._on_elicitation}
+        for kind, hook in (("elicitation", self._hooks.elicitation), ("sampling", self._hooks.sampling)):
+            if hook is not None:
+                callbacks[f"{kind}_callback"] = functools.partial(hook, self.name)
+        return callbacks
 
 
 class _ReadStreamWithEndEvent:

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_resources, _add_read, _add_prompts, _add_prompt,
-                _add_gateway, _add_demo, _add_config, _add_add, _add_remove, _add_import):
+                _add_gateway, _add_serve, _add_demo, _add_config, _add_add, _add_remove, _add_import):
         add(commands)
     for command in commands.choices.values():
         _add_global_options(command, after_command=True)
@@ -843,6 +843,31 @@ _ANSWER_GRACE = 5.0  # seconds for the last answers to go out once the gateway h
 def _print_gateway_url(url: str) -> None:
     """Print the gateway's first stdout line, the one a script reads to find the gateway."""
     _print(f"{GATEWAY_URL_VAR}={url}")
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve", help="serve the configured servers as one MCP server on stdin/stdout, for MCP clients",
+        description="Speak MCP on stdin/stdout for an MCP client (Claude Code, Codex, Cursor...), passing every "
+                    "request on to the configured servers, with toolscript's stored OAuth tokens. With one server "
+                    "its names pass through unchanged; with several, tools and prompts are SERVER__NAME.",
+    )
+    p.add_argument("--server", action="append", default=[], metavar="NAME", help="serve only NAME (repeatable)")
+    p.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                   help="how long listings just after start wait for servers still connecting (default: 5)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
+    if __package__:
+        from . import front
+    else:
+        import front
+    names = list(dict.fromkeys(cfg.server(name).name for name in args.server)) or list(cfg.servers)
+    if not names:
+        raise UsageError(_no_servers(cfg))
+    ended_by = front.serve_stdio(cfg, names, version=__version__, list_wait=max(0.0, args.wait))
+    return EXIT_INTERRUPTED if ended_by == signal.SIGINT else EXIT_OK
 
 
 @contextlib.contextmanager

@@ -7,24 +7,29 @@ Against a stdio server and a streamable HTTP server (`echo_server.py`, one `echo
   (a) the SDK in async code: `ClientSession.call_tool`, timed inside its event loop
   (b) `Gateway.call` from a plain thread, through the blocking portal
   (c) the HTTP API: `RemoteGateway.call` over keep-alive HTTP to an `ApiServer`
+  (d) `toolscript serve`: the SDK's `ClientSession.call_tool` over stdio to a `serve`
+      process that passes the call on to the same server
 
-Latencies are measured in interleaved rounds (a, b, c, a, b, c, ...), so that changes in
-background load affect the three alike; (a)'s event loop runs in its own thread for that.
+Latencies are measured in interleaved rounds (a, b, c, d, a, b, c, d, ...), so that changes
+in background load affect them alike; (a)'s and (d)'s event loops run in threads of their own.
 
-It prints per-call latency (median and p95) with the ratios b/a and c/a; throughput with
-1, 8 and 32 concurrent callers (threads for b and c, tasks on one session for a); and the
-time to connect 1 versus 10 stdio servers. Every ratio is against a baseline measured in
-the same run. Targets: b/a <= 1.15, c/a <= 1.5, 10 servers in <= 1.5x the time of 1.
+It prints per-call latency (median and p95) with the ratios b/a, c/a and d/a; throughput
+with 1, 8 and 32 concurrent callers (threads for b and c, tasks on one session for a and
+d); and the time to connect 1 versus 10 stdio servers. Every ratio is against a baseline
+measured in the same run. Targets: b/a <= 1.15, c/a <= 1.5, d/a <= 1.3, 10 servers in
+<= 1.5x the time of 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -47,7 +52,8 @@ ECHO = str(Path(__file__).resolve().with_name("echo_server.py"))
 WARMUP = 50
 ROUNDS = 10
 CONCURRENCY = (1, 8, 32)
-TARGETS = {"b/a": 1.15, "c/a": 1.5, "start 10/1": 1.5}
+TARGETS = {"b/a": 1.15, "c/a": 1.5, "d/a": 1.3, "start 10/1": 1.5}
+TOOLSCRIPT = str(Path(__file__).resolve().parent.parent / "toolscript.py")
 ARGS = {"text": "hello"}
 
 
@@ -61,9 +67,10 @@ def main() -> None:
     with _http_echo_server() as url:
         for kind in ("stdio", "http"):
             cfg = parse_config({"servers": {"echo": _server_table(kind, url)}})
-            with _sdk(kind, url) as sdk, Gateway(cfg) as gateway, _api(gateway) as remote:
-                verdicts += _latency(kind, sdk, gateway, remote, options.calls)
-                _throughput(kind, sdk, gateway, remote, options.calls)
+            with _sdk(kind, url) as sdk, Gateway(cfg) as gateway, _api(gateway) as remote, \
+                    _sdk(kind, url, through_serve=True) as serve:
+                verdicts += _latency(kind, sdk, gateway, remote, serve, options.calls)
+                _throughput(kind, sdk, gateway, remote, serve, options.calls)
     verdicts.append(_startup(options.repeats))
     print("\nTargets")
     for name, value, target in verdicts:
@@ -108,22 +115,28 @@ class _Sdk:
         return per_worker * workers / (time.perf_counter() - started)
 
 
-def _latency(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, calls: int) -> list[tuple[str, float, float]]:
+def _latency(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serve: _Sdk,
+             calls: int) -> list[tuple[str, float, float]]:
     a: list[float] = []
     b: list[float] = []
     c: list[float] = []
+    d: list[float] = []
     sdk.latencies(WARMUP)
     _timed(lambda: gateway.call("echo__echo", ARGS), WARMUP)
     _timed(lambda: remote.call("echo__echo", ARGS), WARMUP)
-    # Interleaved rounds, so that a change in background load hits all three alike.
+    serve.latencies(WARMUP)
+    # Interleaved rounds, so that a change in background load hits all four alike.
     for _ in range(ROUNDS):
         a += sdk.latencies(calls // ROUNDS)
         b += _timed(lambda: gateway.call("echo__echo", ARGS), calls // ROUNDS)
         c += _timed(lambda: remote.call("echo__echo", ARGS), calls // ROUNDS)
+        d += serve.latencies(calls // ROUNDS)
     print(f"Latency per call, {kind} server (median / p95, microseconds)")
-    for label, times in (("(a) SDK, async", a), ("(b) Gateway, thread", b), ("(c) HTTP API", c)):
+    for label, times in (("(a) SDK, async", a), ("(b) Gateway, thread", b), ("(c) HTTP API", c),
+                         ("(d) toolscript serve", d)):
         print(f"  {label:<22} {_median(times):8.0f} / {_p95(times):8.0f}")
-    ratios = [(f"b/a {kind}", _median(b) / _median(a), TARGETS["b/a"]), (f"c/a {kind}", _median(c) / _median(a), TARGETS["c/a"])]
+    ratios = [(f"b/a {kind}", _median(b) / _median(a), TARGETS["b/a"]), (f"c/a {kind}", _median(c) / _median(a), TARGETS["c/a"]),
+              (f"d/a {kind}", _median(d) / _median(a), TARGETS["d/a"])]
     print("  " + "   ".join(f"{name} = {value:.3f}" for name, value, _ in ratios) + "\n")
     return ratios
 
@@ -140,14 +153,16 @@ def _timed(call: Callable[[], Any], calls: int) -> list[float]:
 # -- throughput ----------------------------------------------------------------------
 
 
-def _throughput(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, calls: int) -> None:
+def _throughput(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serve: _Sdk, calls: int) -> None:
     print(f"Throughput, {kind} server (calls per second; ratio to (a) at the same concurrency)")
-    print(f"  {'callers':>7}  {'(a) SDK tasks':>14}  {'(b) Gateway':>18}  {'(c) HTTP API':>18}")
+    print(f"  {'callers':>7}  {'(a) SDK tasks':>14}  {'(b) Gateway':>18}  {'(c) HTTP API':>18}  {'(d) serve':>18}")
     for workers in CONCURRENCY:
         a = sdk.throughput(workers, calls)
         b = _threaded(lambda: gateway.call("echo__echo", ARGS), workers, calls)
         c = _threaded(lambda: remote.call("echo__echo", ARGS), workers, calls)
-        print(f"  {workers:>7}  {a:>14.0f}  {b:>10.0f} ({b / a:4.2f})  {c:>10.0f} ({c / a:4.2f})")
+        d = serve.throughput(workers, calls)
+        print(f"  {workers:>7}  {a:>14.0f}  {b:>10.0f} ({b / a:4.2f})  {c:>10.0f} ({c / a:4.2f})"
+              f"  {d:>10.0f} ({d / a:4.2f})")
     print()
 
 
@@ -225,22 +240,24 @@ async def _sdk_start(count: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _sdk_session(kind: str, url: str) -> AsyncIterator[ClientSession]:
+async def _sdk_session(kind: str, url: str, through_serve: bool = False) -> AsyncIterator[ClientSession]:
     transport: Any
-    if kind == "stdio":
-        devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
-        transport = stdio_client(StdioServerParameters(command=sys.executable, args=[ECHO, "stdio"]), errlog=devnull)
-    else:
-        devnull = None
-        transport = streamable_http_client(url)
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as home, open(os.devnull, "w") as devnull:
+        if through_serve:  # `toolscript serve` over stdio, passing the calls on to the same server
+            config = Path(home, "config.toml")
+            table = _server_table(kind, url)
+            config.write_text("[servers.echo]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+            transport = stdio_client(StdioServerParameters(
+                command=sys.executable, args=[TOOLSCRIPT, "--config", str(config), "serve"],
+                env={**os.environ, "TOOLSCRIPT_HOME": home}), errlog=devnull)
+        elif kind == "stdio":
+            transport = stdio_client(StdioServerParameters(command=sys.executable, args=[ECHO, "stdio"]), errlog=devnull)
+        else:
+            transport = streamable_http_client(url)
         async with transport as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             await session.list_tools()
             yield session
-    finally:
-        if devnull is not None:
-            devnull.close()
 
 
 def _server_table(kind: str, url: str) -> dict[str, Any]:
@@ -252,9 +269,9 @@ def _stdio_config(count: int) -> Config:
 
 
 @contextlib.contextmanager
-def _sdk(kind: str, url: str) -> Iterator[_Sdk]:
+def _sdk(kind: str, url: str, through_serve: bool = False) -> Iterator[_Sdk]:
     with anyio.from_thread.start_blocking_portal() as portal:
-        with portal.wrap_async_context_manager(_sdk_session(kind, url)) as session:
+        with portal.wrap_async_context_manager(_sdk_session(kind, url, through_serve)) as session:
             yield _Sdk(portal, session)
 
 

@@ -1,0 +1,800 @@
+"""toolscript as an MCP server: the configured servers, served to other MCP clients.
+
+It stands alone because it is toolscript's only server side of MCP. Everything else is a
+client of MCP servers; here the SDK's low-level `Server` takes requests from a client
+(Claude Code, Codex, Cursor...) and passes them on through a `Gateway`'s sessions, so
+that all of them share one credential store and refresh each token once. `toolscript
+serve` runs it over stdio (`serve_stdio`); the gateway's streamable HTTP `/mcp` reuses
+`Front` and its views.
+
+A `Front` belongs to one gateway and runs on that gateway's event loop. `Front.view(names)`
+builds an SDK `Server` over some of its servers: with one server, names pass through
+unchanged (a transparent proxy); with several, tools and prompts are `SERVER__NAME` and a
+resource URI goes back to the server that listed it. Requests are forwarded raw, so what
+a server sends (annotations, output schemas, structured content, `_meta`) reaches the
+client as the SDK lets it through, without the SDK client's result checks in between.
+Server-to-client traffic (log messages, list changes, resource updates, elicitation and
+sampling requests) arrives through the gateway's `SessionHooks` and goes to the clients
+of the views that include the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import re
+import signal
+import stat
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import mcp_types as types
+from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from pydantic import TypeAdapter, ValidationError
+
+if __package__:
+    from .errors import ToolscriptError
+    from .gateway import AUTH_REQUIRED, CONNECTED, CONNECTING, SEPARATOR, Gateway, SessionHooks, tool_allowed
+else:
+    from errors import ToolscriptError
+    from gateway import AUTH_REQUIRED, CONNECTED, CONNECTING, SEPARATOR, Gateway, SessionHooks, tool_allowed
+
+if TYPE_CHECKING:
+    from mcp.client.session import ClientRequestContext, ClientSession
+    from mcp.server.session import ServerSession
+
+    from config import Config
+
+__all__ = ["DEFAULT_LIST_WAIT", "Front", "serve_stdio"]
+
+log = logging.getLogger("toolscript.front")
+
+# Listings made this soon after start wait for servers still connecting, so that a client
+# that ignores list_changed still sees them; later servers appear through list_changed.
+DEFAULT_LIST_WAIT = 5.0
+# How often a server that needs authorization is checked for a new `toolscript auth`.
+AUTH_POLL_INTERVAL = 2.0
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+_RAW: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])  # a result as sent; the server re-checks it
+_STATE_KEY = "toolscript.downstream"
+
+
+class Front:
+    """The servers of one `Gateway`, served as MCP to clients; used only on the gateway's loop.
+
+    `hooks` are the `SessionHooks` the gateway was built with; the front fills them in, so
+    build it before the gateway starts. Run it with `async with front.running():`.
+    """
+
+    def __init__(self, gateway: Gateway, hooks: SessionHooks, *, list_wait: float = DEFAULT_LIST_WAIT) -> None:
+        self.gateway = gateway
+        self.list_wait = list_wait
+        hooks.status_changed = self._on_status_changed
+        hooks.notification = self._on_notification
+        hooks.elicitation = self._on_elicitation
+        hooks.sampling = self._on_sampling
+        self._views: list[_View] = []
+        self._events_in, self._events = anyio.create_memory_object_stream[tuple[str, str, Any]](math.inf)
+        self._status_changed = anyio.Event()
+        self._statuses: dict[str, str] = {}
+        self._list_deadline = math.inf
+        self._tasks: anyio.abc.TaskGroup | None = None
+        # Where resource URIs and templates came from, across views: uri -> server, (server, template).
+        self._resource_owners: dict[str, str] = {}
+        self._templates: list[tuple[str, str]] = []
+        self._subscriptions: dict[tuple[str, str], int] = {}  # (server, uri) -> subscribed clients
+        self._log_level: str | None = None  # the level last asked for, applied to servers as they connect
+        self._in_flight: dict[str, list[ServerRequestContext[Any, Any]]] = {}  # server -> requests sent to it
+
+    def view(self, names: Iterable[str], *, version: str = "") -> _View:
+        """Return an SDK `Server` serving `names`: with one name, its names as they are, else `SERVER__NAME`."""
+        view = _View(self, list(names), version=version)
+        self._views.append(view)
+        return view
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Front]:
+        """Deliver server-to-client traffic and watch for new authorizations until exit."""
+        self._list_deadline = anyio.current_time() + self.list_wait
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            tasks.start_soon(self._deliver_events)
+            tasks.start_soon(self._watch_authorizations)
+            try:
+                yield self
+            finally:
+                self._tasks = None
+                tasks.cancel_scope.cancel()
+
+    # -- requests from clients, passed on -------------------------------------------------
+
+    async def forward(self, ctx: ServerRequestContext[Any, Any], server: str, what: str, request: Any) -> dict[str, Any]:
+        """Send `request` to `server` for the client request `ctx`; return the result as the server sent it.
+
+        Progress comes back under the client's token; the server's error answers are raised
+        as they are; the gateway's errors (`ToolscriptError`) are raised for the caller to shape.
+        """
+        token = (ctx.meta or {}).get("progress_token")
+        in_flight = self._in_flight.setdefault(server, [])
+        in_flight.append(ctx)
+
+        async def send(session: ClientSession) -> dict[str, Any]:
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                await ctx.session.report_progress(value, total, message)
+
+            try:
+                result = await session.send_request(request, _RAW,
+                                                    progress_callback=progress if token is not None else None)
+            except ValidationError:
+                raise MCPError(types.INTERNAL_ERROR, f"Server '{server}' sent an invalid result for {what}.") from None
+            if token is not None:
+                await anyio.lowlevel.checkpoint()  # let progress that came before the result go out first
+            return result
+
+        try:
+            return await self.gateway.forward(server, what, send)
+        finally:
+            in_flight.remove(ctx)
+
+    async def settle(self, names: list[str]) -> None:
+        """Wait (within `list_wait` of the start) until none of `names` is still connecting."""
+        while any(self.gateway.status(name) == CONNECTING for name in names):
+            remaining = self._list_deadline - anyio.current_time()
+            if remaining <= 0:
+                return
+            with anyio.move_on_after(remaining):
+                await self._status_changed.wait()
+
+    async def list_all(self, server: str, method: type[Any], key: str) -> list[dict[str, Any]]:
+        """Every entry of a paginated listing (`key` of each page) of a connected server; [] if it failed."""
+        if self.gateway.status(server) != CONNECTED:
+            return []
+        entries: list[dict[str, Any]] = []
+        cursor: str | None = None
+        try:
+            for _ in range(1000):
+                request = method(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+                page = await self.gateway.forward(server, f"the {key} list",
+                                                  lambda session, r=request: session.send_request(r, _RAW))
+                entries.extend(page.get(key) or [])
+                cursor = page.get("nextCursor")
+                if not cursor:
+                    break
+        except MCPError as exc:
+            if exc.code != types.METHOD_NOT_FOUND:
+                log.warning("Server '%s' answered the %s list with an error: %s", server, key, exc.message)
+        except (ToolscriptError, ValidationError) as exc:
+            log.warning("Server '%s': cannot list its %s: %s", server, key, exc)
+        return entries
+
+    async def offers(self, server: str, capability: str) -> bool:
+        """Whether connected `server` declared `capability` (resources, prompts, completions, logging)."""
+        if self.gateway.status(server) != CONNECTED:
+            return False
+        try:
+            session = await self.gateway.session_for(server)
+        except ToolscriptError:
+            return False
+        return getattr(session.server_capabilities, capability, None) is not None
+
+    def record_resources(self, server: str, entries: Iterable[dict[str, Any]]) -> None:
+        """Remember which server listed these resources (`uri`) or templates (`uriTemplate`)."""
+        for entry in entries:
+            if isinstance(entry.get("uri"), str):
+                self._resource_owners[entry["uri"]] = server
+            elif isinstance(entry.get("uriTemplate"), str):
+                template = (server, entry["uriTemplate"])
+                if template not in self._templates:
+                    self._templates.append(template)
+
+    def resource_owner(self, uri: str, names: list[str]) -> str | None:
+        """The server among `names` that listed `uri`, or whose template matches it."""
+        owner = self._resource_owners.get(uri)
+        if owner in names:
+            return owner
+        return next((server for server, template in self._templates
+                     if server in names and _template_matches(template, uri)), None)
+
+    def template_owner(self, template: str, names: list[str]) -> str | None:
+        return next((server for server, known in self._templates if server in names and known == template), None)
+
+    async def subscribe(self, server: str, uri: str) -> None:
+        """Subscribe to `uri` at `server` for one more client (the server hears of the first one only)."""
+        key = (server, uri)
+        if not self._subscriptions.get(key):
+            request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+            await self.gateway.forward(server, f"the subscription to '{uri}'",
+                                       lambda session: session.send_request(request, _RAW))
+        self._subscriptions[key] = self._subscriptions.get(key, 0) + 1
+
+    async def unsubscribe(self, server: str, uri: str) -> None:
+        """Drop one client's subscription to `uri`; the last one unsubscribes at `server`."""
+        key = (server, uri)
+        count = self._subscriptions.get(key, 0)
+        if count > 1:
+            self._subscriptions[key] = count - 1
+            return
+        self._subscriptions.pop(key, None)
+        if count == 1:
+            request = types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri))
+            await self.gateway.forward(server, f"the unsubscription from '{uri}'",
+                                       lambda session: session.send_request(request, _RAW))
+
+    def unsubscribe_soon(self, server: str, uri: str) -> None:
+        """`unsubscribe` in the background (a client went away)."""
+        if self._tasks is not None:
+            self._tasks.start_soon(_logged, self.unsubscribe(server, uri), f"unsubscribe from '{uri}'")
+
+    async def set_log_level(self, level: str, names: list[str]) -> None:
+        """Ask every connected server of `names` that offers logging for `level`; remember it for later ones."""
+        self._log_level = level
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(self._apply_log_level, name)
+
+    # -- server-to-client traffic ---------------------------------------------------------
+
+    def _on_status_changed(self, server: str) -> None:
+        self._status_changed.set()
+        self._status_changed = anyio.Event()
+        self._events_in.send_nowait(("status", server, None))
+
+    def _on_notification(self, server: str, message: Any) -> None:
+        self._events_in.send_nowait(("notification", server, message))
+
+    async def _deliver_events(self) -> None:
+        """Handle the gateway's events one at a time, in the order they came."""
+        async for kind, server, message in self._events:
+            try:
+                if kind == "status":
+                    self._status_event(server)
+                else:
+                    await self._notify(server, message)
+            except Exception:  # one bad event must not stop the others
+                log.exception("Server '%s': could not pass on %s", server, type(message).__name__)
+
+    def _status_event(self, server: str) -> None:
+        status, before = self.gateway.status(server), self._statuses.get(server)
+        self._statuses[server] = status
+        if status == before:
+            return
+        if status == CONNECTED and self._tasks is not None:
+            self._tasks.start_soon(_logged, self._on_connected(server), "pass on a connection")
+        elif status == AUTH_REQUIRED and self._tasks is not None:
+            self._tasks.start_soon(_logged, self._report_authorization(server, self._downstreams(server)),
+                                   "report a server needing authorization")
+
+    async def _on_connected(self, server: str) -> None:
+        """A server (re)connected: restore its log level and subscriptions, and say its lists changed."""
+        await self._apply_log_level(server)
+        for (owner, uri), count in list(self._subscriptions.items()):
+            if owner == server and count:
+                request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+                await _logged(self.gateway.forward(server, f"the subscription to '{uri}'",
+                                                   lambda session, r=request: session.send_request(r, _RAW)),
+                              f"subscribe again to '{uri}'")
+        for downstream in self._downstreams(server):
+            await downstream.session.send_tool_list_changed()
+            if await self.offers(server, "resources"):
+                await downstream.session.send_resource_list_changed()
+            if await self.offers(server, "prompts"):
+                await downstream.session.send_prompt_list_changed()
+
+    async def _apply_log_level(self, server: str) -> None:
+        level = self._log_level
+        if level is None or not await self.offers(server, "logging"):
+            return
+        request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))  # type: ignore[arg-type]
+        await _logged(self.gateway.forward(server, "the log level", lambda session: session.send_request(
+            request, _RAW)), f"set the log level of '{server}'")
+
+    async def _notify(self, server: str, message: Any) -> None:
+        """Pass a server's notification on to the clients of the views that include it."""
+        if isinstance(message, types.ToolListChangedNotification):
+            for downstream in self._downstreams(server):
+                await downstream.session.send_tool_list_changed()
+        elif isinstance(message, types.ResourceListChangedNotification):
+            for downstream in self._downstreams(server):
+                await downstream.session.send_resource_list_changed()
+        elif isinstance(message, types.PromptListChangedNotification):
+            for downstream in self._downstreams(server):
+                await downstream.session.send_prompt_list_changed()
+        elif isinstance(message, types.ResourceUpdatedNotification):
+            for downstream in self._downstreams(server):
+                if message.params.uri in downstream.subscriptions:
+                    await downstream.session.send_resource_updated(message.params.uri)
+        elif isinstance(message, types.LoggingMessageNotification):
+            params = message.params
+            await self._broadcast_log(server, params.level, params.data, params.logger)
+        elif isinstance(message, types.ElicitCompleteNotification):
+            for downstream in self._downstreams(server):
+                if _declares(downstream.session, lambda c: c.elicitation is not None):
+                    await downstream.session.send_elicit_complete(message.params.elicitation_id)
+
+    async def greet(self, downstream: _Downstream) -> None:
+        """Tell a client that has just connected which of its servers need authorization."""
+        for server in downstream.view.names:
+            if self._statuses.get(server) == AUTH_REQUIRED:
+                await self._report_authorization(server, [downstream])
+
+    async def _report_authorization(self, server: str, downstreams: list[_Downstream]) -> None:
+        """A log warning with the one-line "Run: toolscript auth NAME" message, where clients show logs."""
+        message = self.gateway.error(server).message
+        for downstream in downstreams:
+            if downstream.wants_log("warning"):
+                await downstream.session.send_log_message("warning", message, logger="toolscript")  # type: ignore[arg-type]
+
+    async def _broadcast_log(self, server: str, level: str, data: Any, logger: str | None) -> None:
+        for downstream in self._downstreams(server):
+            if downstream.wants_log(level):
+                await downstream.session.send_log_message(level, data, logger=downstream.view.logger_name(server, logger))  # type: ignore[arg-type]
+
+    async def _on_elicitation(self, server: str, context: ClientRequestContext,
+                              params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
+        url = isinstance(params, types.ElicitRequestURLParams)  # URL mode only for clients that say they take it
+        target = self._client_for(server, lambda c: c.elicitation is not None and (not url or c.elicitation.url is not None))
+        if target is None:
+            log.info("Server '%s' asked for input, which the MCP client cannot give; declined.", server)
+            return types.ElicitResult(action="decline")
+        return await self._ask_client(target, context, types.ElicitRequest(params=params), types.ElicitResult)
+
+    async def _on_sampling(self, server: str, context: ClientRequestContext,
+                           params: types.CreateMessageRequestParams) -> Any:
+        target = self._client_for(server, lambda c: c.sampling is not None)
+        if target is None:
+            log.info("Server '%s' asked for sampling, which the MCP client does not offer; refused.", server)
+            return types.ErrorData(code=types.INVALID_REQUEST, message="The MCP client does not support sampling.")
+        result_type = types.CreateMessageResultWithTools if params.tools or params.tool_choice else types.CreateMessageResult
+        return await self._ask_client(target, context, types.CreateMessageRequest(params=params), result_type)
+
+    def _client_for(self, server: str, accepts: Callable[[types.ClientCapabilities], bool]
+                    ) -> tuple[ServerSession, Any] | None:
+        """The client to ask on behalf of `server` (one whose capabilities it `accepts`): the one whose request
+        the server is serving, else any client of a view that includes it."""
+        for ctx in reversed(self._in_flight.get(server, [])):
+            if _declares(ctx.session, accepts):
+                return ctx.session, ctx.request_id
+        for downstream in self._downstreams(server):
+            if _declares(downstream.session, accepts):
+                return downstream.session, None
+        return None
+
+    async def _ask_client(self, target: tuple[ServerSession, Any], context: ClientRequestContext, request: Any,
+                          result_type: Any) -> Any:
+        """Send a server's request on to a client; its progress goes back to the server."""
+        session, related = target
+        token = (context.meta or {}).get("progress_token")
+
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            await context.session.send_progress_notification(token, value, total, message)  # type: ignore[arg-type]
+
+        try:
+            return await session.send_request(
+                request, result_type, progress_callback=progress if token is not None else None,
+                metadata=ServerMessageMetadata(related_request_id=related) if related is not None else None,
+            )
+        except MCPError as exc:
+            return exc.error
+
+    def _downstreams(self, server: str) -> list[_Downstream]:
+        return [downstream for view in self._views if server in view.names for downstream in view.downstreams]
+
+    async def _watch_authorizations(self) -> None:
+        """Reconnect a server that needs authorization once its record changes (a `toolscript auth`).
+
+        A record's state (its file's identity, time and size) counts as used once the server
+        connected with it or was reconnected because of it; a change seen while the server
+        is connecting waits for the outcome.
+        """
+        used = {name: _file_stamp(self.gateway.store.path(name)) for name in self.gateway.server_names}
+        while True:
+            for name in self.gateway.server_names:
+                status, stamp = self.gateway.status(name), _file_stamp(self.gateway.store.path(name))
+                if status == CONNECTED:
+                    used[name] = stamp
+                elif status == AUTH_REQUIRED and stamp != used[name] and self._tasks is not None:
+                    used[name] = stamp
+                    log.info("Server '%s': its authorization changed; reconnecting", name)
+                    self._tasks.start_soon(_logged, self.gateway.session_for(name), f"reconnect '{name}'")
+            await anyio.sleep(AUTH_POLL_INTERVAL)
+
+
+@dataclass(eq=False)
+class _Downstream:
+    """One client connection to a view: its session (for messages outside requests) and what it asked for."""
+
+    session: ServerSession
+    view: _View
+    log_level: str | None = None
+    subscriptions: set[str] = field(default_factory=set)
+
+    def wants_log(self, level: str) -> bool:
+        if self.log_level is None or level not in LOG_LEVELS:
+            return True
+        return LOG_LEVELS.index(level) >= LOG_LEVELS.index(self.log_level)
+
+
+class _View(Server):  # type: ignore[type-arg]
+    """An SDK `Server` over some of a front's servers, with every handler registered (see `Front.view`)."""
+
+    def __init__(self, front: Front, names: list[str], *, version: str) -> None:
+        self.front = front
+        self.names = names
+        self.prefixed = len(names) != 1
+        self.downstreams: set[_Downstream] = set()
+        super().__init__(
+            "toolscript", version=version, instructions=self._instructions(),
+            on_list_tools=self._list_tools, on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources, on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource, on_list_prompts=self._list_prompts, on_get_prompt=self._get_prompt,
+            on_completion=self._complete,
+        )
+        # Registered here, not as constructor arguments, which warn that these are deprecated.
+        self.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_level)
+        self.add_request_handler("resources/subscribe", types.SubscribeRequestParams, self._subscribe)
+        self.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, self._unsubscribe)
+        self.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized)
+
+    def create_initialization_options(self, notification_options: NotificationOptions | None = None,
+                                      *args: Any, **kwargs: Any) -> Any:
+        """Declare `listChanged` for tools, resources and prompts: servers come and go behind the view."""
+        every_change = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
+        return super().create_initialization_options(notification_options or every_change, *args, **kwargs)
+
+    def _instructions(self) -> str | None:
+        if not self.prefixed:
+            return None
+        return (f"Tools and prompts of the MCP servers {', '.join(self.names)}, named SERVER__NAME "
+                f"(for example {self.names[0] if self.names else 'files'}__search), served by toolscript.")
+
+    # -- names -----------------------------------------------------------------------------
+
+    def public_name(self, server: str, name: str) -> str:
+        return f"{server}{SEPARATOR}{name}" if self.prefixed else name
+
+    def route(self, public: str, kind: str) -> tuple[str, str]:
+        """The server and its own name of a tool or prompt named `public` in this view."""
+        if not self.prefixed:
+            return self.names[0], public
+        server, sep, name = public.partition(SEPARATOR)
+        if not sep or server not in self.names or not name:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown {kind}: {public} (names here are SERVER{SEPARATOR}NAME)")
+        return server, name
+
+    def logger_name(self, server: str, logger: str | None) -> str | None:
+        if not self.prefixed:
+            return logger
+        return f"{server}{SEPARATOR}{logger}" if logger else server
+
+    def downstream(self, ctx: ServerRequestContext[Any, Any]) -> _Downstream:
+        """The record of the client connection `ctx` came on, made on its first message."""
+        # The SDK's per-connection object; a ServerSession is made per request and has no public handle to it.
+        connection = ctx.session._connection
+        found = connection.state.get(_STATE_KEY)
+        if found is None:
+            found = connection.state[_STATE_KEY] = _Downstream(ctx.session, self)
+            self.downstreams.add(found)
+            connection.exit_stack.callback(self._forget, found)
+        return found  # type: ignore[no-any-return]
+
+    def _forget(self, downstream: _Downstream) -> None:
+        self.downstreams.discard(downstream)
+        for uri in downstream.subscriptions:
+            server = self.front.resource_owner(uri, self.names)
+            if server is not None:
+                self.front.unsubscribe_soon(server, uri)
+
+    async def _forward(self, ctx: ServerRequestContext[Any, Any], server: str, what: str, request: Any) -> Any:
+        """`Front.forward`, with the gateway's errors as JSON-RPC errors (tool calls shape their own)."""
+        try:
+            return await self.front.forward(ctx, server, what, request)
+        except ToolscriptError as exc:
+            raise MCPError(types.INTERNAL_ERROR, exc.message) from None
+
+    def _owner_of(self, uri: str) -> str | None:
+        return self.names[0] if not self.prefixed else self.front.resource_owner(uri, self.names)
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def _initialized(self, ctx: ServerRequestContext[Any, Any], params: Any) -> None:
+        await self.front.greet(self.downstream(ctx))
+
+    async def _list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
+        self.downstream(ctx)
+        await self.front.settle(self.names)
+        tools = [tool.model_copy(update={"name": self.public_name(server, tool.name)}) if self.prefixed else tool
+                 for server in self.names for tool in self.front.gateway.cached_tools(server)]
+        return types.ListToolsResult(tools=tools)
+
+    async def _call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
+        self.downstream(ctx)
+        server, tool = self.route(params.name, "tool")
+        if not tool_allowed(self.front.gateway.config.servers[server], tool):
+            raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name} (hidden by the toolscript config)")
+        request = types.CallToolRequest(params=_without_progress_token(params, name=tool))
+        try:
+            result = await self.front.forward(ctx, server, f"the call to '{tool}'", request)
+        except ToolscriptError as exc:  # the person using the client sees this text, e.g. "Run: toolscript auth X"
+            return types.CallToolResult(content=[types.TextContent(type="text", text=exc.message)], is_error=True)
+        self.front.record_resources(server, _linked_resources(result))
+        return result
+
+    async def _list_resources(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        return {"resources": await self._listing(ctx, types.ListResourcesRequest, "resources", "resources")}
+
+    async def _list_resource_templates(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        return {"resourceTemplates": await self._listing(ctx, types.ListResourceTemplatesRequest, "resources",
+                                                         "resourceTemplates")}
+
+    async def _list_prompts(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        prompts = await self._listing(ctx, types.ListPromptsRequest, "prompts", "prompts")
+        return {"prompts": prompts}
+
+    async def _listing(self, ctx: ServerRequestContext[Any, Any], method: type[Any], capability: str,
+                       key: str) -> list[dict[str, Any]]:
+        """One listing of every server of the view (concurrently, all pages), in the view's order."""
+        self.downstream(ctx)
+        await self.front.settle(self.names)
+        found: dict[str, list[dict[str, Any]]] = {}
+
+        async def one(server: str) -> None:
+            if await self.front.offers(server, capability):
+                found[server] = await self.front.list_all(server, method, key)
+
+        async with anyio.create_task_group() as tg:
+            for server in self.names:
+                tg.start_soon(one, server)
+        entries = []
+        for server in self.names:
+            self.front.record_resources(server, found.get(server, []) if capability == "resources" else [])
+            for entry in found.get(server, []):
+                if key == "prompts" and self.prefixed:
+                    entry = {**entry, "name": self.public_name(server, entry.get("name", ""))}
+                entries.append(entry)
+        return entries
+
+    async def _read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
+        self.downstream(ctx)
+        server = await self._resource_server(ctx, params.uri)
+        request = types.ReadResourceRequest(params=_without_progress_token(params))
+        return await self._forward(ctx, server, f"the read of '{params.uri}'", request)
+
+    async def _resource_server(self, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
+        server = self._owner_of(uri)
+        if server is None:  # not listed yet in this run: list, then look again
+            await self._listing(ctx, types.ListResourcesRequest, "resources", "resources")
+            await self._listing(ctx, types.ListResourceTemplatesRequest, "resources", "resourceTemplates")
+            server = self._owner_of(uri)
+        if server is None:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown resource: {uri} (no server here lists it)")
+        return server
+
+    async def _subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> Any:
+        downstream = self.downstream(ctx)
+        server = await self._resource_server(ctx, params.uri)
+        if params.uri not in downstream.subscriptions:
+            try:
+                await self.front.subscribe(server, params.uri)
+            except ToolscriptError as exc:
+                raise MCPError(types.INTERNAL_ERROR, exc.message) from None
+            downstream.subscriptions.add(params.uri)
+        return {}
+
+    async def _unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams) -> Any:
+        downstream = self.downstream(ctx)
+        if params.uri in downstream.subscriptions:
+            downstream.subscriptions.discard(params.uri)
+            server = await self._resource_server(ctx, params.uri)
+            try:
+                await self.front.unsubscribe(server, params.uri)
+            except ToolscriptError as exc:
+                raise MCPError(types.INTERNAL_ERROR, exc.message) from None
+        return {}
+
+    async def _get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
+        self.downstream(ctx)
+        server, prompt = self.route(params.name, "prompt")
+        request = types.GetPromptRequest(params=_without_progress_token(params, name=prompt))
+        return await self._forward(ctx, server, f"the request for prompt '{prompt}'", request)
+
+    async def _complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> Any:
+        self.downstream(ctx)
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            server, prompt = self.route(ref.name, "prompt")
+            ref = ref.model_copy(update={"name": prompt})
+        else:
+            found = self.names[0] if not self.prefixed else self.front.template_owner(ref.uri, self.names)
+            if found is None:
+                await self._listing(ctx, types.ListResourceTemplatesRequest, "resources", "resourceTemplates")
+                found = self.front.template_owner(ref.uri, self.names)
+            if found is None:
+                raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: {ref.uri}")
+            server = found
+        request = types.CompleteRequest(params=_without_progress_token(params, ref=ref))
+        return await self._forward(ctx, server, f"the completion of '{params.argument.name}'", request)
+
+    async def _set_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
+        self.downstream(ctx).log_level = params.level
+        await self.front.set_log_level(params.level, self.names)
+        return {}
+
+
+# -- stdio -------------------------------------------------------------------------------
+
+
+def serve_stdio(config: Config, only: list[str] | None = None, *, version: str = "",
+                list_wait: float = DEFAULT_LIST_WAIT) -> int | None:
+    """Serve the servers of `config` (or `only` those) over stdin and stdout until EOF or a signal.
+
+    Returns the number of the signal that ended it (SIGTERM, SIGHUP, SIGINT), or None at EOF.
+    Every stdio server started is ended before it returns.
+    """
+    warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging, sampling: still what clients use
+    return anyio.run(_serve_stdio, config, only, version, list_wait)
+
+
+async def _serve_stdio(config: Config, only: list[str] | None, version: str, list_wait: float) -> int | None:
+    hooks = SessionHooks()
+    gateway = Gateway(config, only=only, hooks=hooks)
+    front = Front(gateway, hooks, list_wait=list_wait)
+    view = front.view(gateway.server_names, version=version)
+    ended_by: list[int] = []
+    async with gateway.run_in_current_loop(), front.running(), anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signals, tg.cancel_scope, ended_by)
+        async with _stdio_streams() as (read, write):
+            await view.run(read, write, view.create_initialization_options())
+        log.debug("stdin closed; stopping")
+        tg.cancel_scope.cancel()
+    return ended_by[0] if ended_by else None
+
+
+async def _stop_on_signals(scope: anyio.CancelScope, ended_by: list[int]) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.debug("%s; stopping", signal.Signals(signum).name)
+            ended_by.append(signum)
+            scope.cancel()
+            return
+
+
+@contextlib.asynccontextmanager
+async def _stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
+    """MCP message streams over this process's stdin and stdout.
+
+    Like the SDK's `stdio_server`, it takes the two descriptors for itself and points fd 0
+    at the null device and fd 1 at stderr meanwhile, so nothing else (a stray print, a
+    child process) can write on the wire. Unlike it, it reads and writes pipes from the
+    event loop instead of a worker thread, which saves two thread hand-offs per message
+    and lets a signal stop it while the client keeps stdin open.
+    """
+    wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+    wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    out_was_blocking = os.get_blocking(wire_out)
+    if _pollable(wire_out) and not os.isatty(wire_out):
+        os.set_blocking(wire_out, False)
+    incoming_in, incoming = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    outgoing, outgoing_out = anyio.create_memory_object_stream[SessionMessage](0)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_read_messages, wire_in, incoming_in)
+            tg.start_soon(_write_messages, wire_out, outgoing_out)
+            try:
+                yield incoming, outgoing
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        os.set_blocking(wire_out, out_was_blocking)
+        os.dup2(wire_in, 0)
+        os.dup2(wire_out, 1)
+        os.close(wire_in)
+        os.close(wire_out)
+
+
+async def _read_messages(fd: int, messages: Any) -> None:
+    """Parse newline-delimited JSON-RPC messages from `fd` until EOF; a bad line is passed on as its error."""
+    pollable = _pollable(fd)
+    pending = b""
+    async with messages:
+        while True:
+            if pollable:
+                await anyio.wait_readable(fd)
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                except ValidationError as exc:
+                    await messages.send(exc)
+                    continue
+                await messages.send(SessionMessage(message))
+
+
+async def _write_messages(fd: int, messages: Any) -> None:
+    async with messages:
+        async for message in messages:
+            data = memoryview((message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
+            while data:
+                try:
+                    data = data[os.write(fd, data):]
+                except BlockingIOError:
+                    await anyio.wait_writable(fd)
+
+
+def _pollable(fd: int) -> bool:
+    """Whether the event loop can wait on `fd` (a pipe, socket or terminal; not a regular file)."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _without_progress_token(params: Any, **changes: Any) -> Any:
+    """`params` for the server: the client's progress token stays here (the session asks for its own)."""
+    meta = {key: value for key, value in (params.meta or {}).items() if key != "progress_token"} or None
+    return params.model_copy(update={"meta": meta, **changes})
+
+
+def _linked_resources(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resources a tool result links to or embeds, as `{"uri": ...}`, so reading them goes to its server."""
+    found = []
+    for item in result.get("content") or []:
+        if not isinstance(item, dict):
+            continue
+        resource = item.get("resource") if item.get("type") == "resource" else item
+        if (item.get("type") in ("resource", "resource_link") and isinstance(resource, dict)
+                and isinstance(resource.get("uri"), str)):
+            found.append({"uri": resource["uri"]})
+    return found
+
+
+def _declares(session: ServerSession, accepts: Callable[[types.ClientCapabilities], bool]) -> bool:
+    capabilities = session.client_capabilities
+    return capabilities is not None and accepts(capabilities)
+
+
+def _template_matches(template: str, uri: str) -> bool:
+    """Whether `uri` is an expansion of the RFC 6570 `template` (expressions match any text; simple ones no '/')."""
+    pattern = []
+    for literal, expression in re.findall(r"([^{]*)(\{[^}]*\})?", template):
+        pattern.append(re.escape(literal))
+        if expression:
+            pattern.append("[^/?#]*" if expression[1:2].isalnum() or expression[1:2] == "_" else ".*")
+    return re.fullmatch("".join(pattern), uri) is not None
+
+
+def _file_stamp(path: os.PathLike[str] | str) -> tuple[int, int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
+
+
+async def _logged(work: Awaitable[Any], what: str) -> None:
+    """Await `work` in the background; a failure is logged, not raised."""
+    try:
+        await work
+    except (ToolscriptError, MCPError) as exc:
+        log.warning("Could not %s: %s", what, exc)
+    except Exception:
+        log.exception("Could not %s", what)

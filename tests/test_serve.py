@@ -1,0 +1,600 @@
+"""`toolscript serve`: the SDK's own client against `toolscript serve` over its stdio.
+
+The upstream servers are real: `tests/servers/everything.py` over stdio and over streamable
+HTTP, the OAuth-protected demo server (tests/oauth_server.py) with tokens from the real
+`auth` flow, and the test toolbox. What the client sees is checked, and where it matters
+what the upstream saw (its pid, its log level, a cancelled handler, a refresh at the
+authorization server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import mcp_types as types
+import pytest
+from mcp.client.session import ClientRequestContext, ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
+from pydantic import TypeAdapter
+
+import auth
+from browser import visit
+from config import load_config
+from conftest import ROOT, SERVERS, process_exists, stdio_server, wait_until, write_config
+from everything import BLOB, serving_everything
+from oauth_server import OAuthTestServer
+from storage import Store
+
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+
+EVERYTHING = str(SERVERS / "everything.py")
+RAW = TypeAdapter(dict[str, Any])
+TIMEOUT = 60.0  # any single wait; only a hang comes near it
+
+
+def everything(name: str) -> dict[str, Any]:
+    return {"command": sys.executable, "args": [EVERYTHING, name]}
+
+
+class Client:
+    """The test's MCP client: a `ClientSession` to `toolscript serve`, recording what came outside answers."""
+
+    def __init__(self) -> None:
+        self.session: ClientSession
+        self.received: list[Any] = []  # notifications, in order
+        self.errors: list[Exception] = []  # what the SDK could not read as MCP
+        self._arrived = anyio.Event()
+        self.elicitations: list[types.ElicitRequestParams] = []
+        self.elicitation_cancelled = anyio.Event()
+        self.samplings: list[types.CreateMessageRequestParams] = []
+
+    async def on_message(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            self.errors.append(message)
+        else:
+            self.received.append(message)
+            self._arrived.set()
+            self._arrived = anyio.Event()
+
+    async def on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        pass  # also teed to on_message
+
+    async def on_elicitation(self, ctx: ClientRequestContext, params: types.ElicitRequestParams) -> Any:
+        self.elicitations.append(params)
+        if params.message == "Wait for me":  # everything's ask_then_give_up: it cancels this request
+            try:
+                Path(self.give_up_when).touch()
+                await anyio.sleep_forever()
+            finally:
+                self.elicitation_cancelled.set()
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async def on_sampling(self, ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
+        self.samplings.append(params)
+        token = (ctx.meta or {}).get("progress_token")
+        if token is not None:
+            await ctx.session.send_progress_notification(token, 0.5, 1.0, "thinking")
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="sampled"),
+                                         model="test-model")
+
+    def mark(self) -> int:
+        """A position in `received`: `wait_for(..., since=mark)` looks only at what came after it."""
+        return len(self.received)
+
+    async def wait_for(self, accepts: Callable[[Any], bool], since: int = 0, what: str = "a notification") -> Any:
+        with anyio.fail_after(TIMEOUT):
+            while True:
+                found = next((m for m in self.received[since:] if accepts(m)), None)
+                if found is not None:
+                    return found
+                await self._arrived.wait()
+
+    async def list_until(self, accepts: Callable[[set[str]], bool]) -> set[str]:
+        """The tool names, once they are what `accepts` wants (listing again after each list_changed)."""
+        with anyio.fail_after(TIMEOUT):
+            while True:
+                since = self.mark()
+                names = {tool.name for tool in (await self.session.list_tools()).tools}
+                if accepts(names):
+                    return names
+                await self.wait_for(lambda m: isinstance(m, types.ToolListChangedNotification), since)
+
+    async def call_raw(self, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        """tools/call without the SDK client's result checks (so a broken output schema gets through)."""
+        request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments or {}))
+        return await self.session.send_request(request, RAW)
+
+
+@contextlib.asynccontextmanager
+async def serve(config: Path, *options: str, home: Path, errlog: Any, client: Client | None = None
+                ) -> AsyncIterator[Client]:
+    """Start `toolscript serve` with `config` as an MCP server over stdio and connect the SDK client to it."""
+    client = client or Client()
+    params = StdioServerParameters(
+        command=sys.executable, args=[str(ROOT / "toolscript.py"), "-v", "--config", str(config), "serve", *options],
+        env={**os.environ, "TOOLSCRIPT_HOME": str(home)},
+    )
+    try:
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(
+            read, write, message_handler=client.on_message, logging_callback=client.on_log,
+            elicitation_callback=client.on_elicitation, sampling_callback=client.on_sampling,
+        ) as session:
+            client.session = session
+            with anyio.fail_after(TIMEOUT):
+                await session.initialize()
+            yield client
+    except BaseException:
+        print(f"--- stderr of toolscript serve\n{stderr_of(errlog)}")  # shown with the failure
+        raise
+
+
+def texts(result: Any) -> list[str]:
+    content = result["content"] if isinstance(result, dict) else result.content
+    return [item["text"] if isinstance(item, dict) else item.text for item in content]
+
+
+def stderr_of(errlog: Any) -> str:
+    errlog.flush()
+    return Path(errlog.name).read_text(errors="replace")
+
+
+# == several servers, one client: everything passes through ================================
+
+
+@dataclass
+class Tour:
+    """One `toolscript serve` over three servers (stdio, HTTP, OAuth), shared by the tests below."""
+
+    portal: Any
+    client: Client
+    oauth: OAuthTestServer
+    errlog: Any
+    tmp: Path
+    calls: list[Any] = field(default_factory=list)
+
+    def run(self, func: Callable[..., Any], *args: Any) -> Any:
+        return self.portal.call(func, *args)
+
+
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
+    tmp = tmp_path_factory.mktemp("tour")
+    home = tmp / "home"
+    with contextlib.ExitStack() as stack:
+        remote = stack.enter_context(serving_everything("remote"))
+        oauth = stack.enter_context(OAuthTestServer())
+        config = write_config({"local": everything("local"), "remote": {"url": remote},
+                               "demo": {"url": oauth.url}}, tmp / "toolscript.toml")
+        record = auth.authenticate(load_config(str(config)).server("demo"), Store(home), open_browser=visit,
+                                   show_url=lambda url: None, timeout=30)
+        assert record is not None
+        errlog = stack.enter_context(open(tmp / "serve.stderr", "w+"))
+        portal = stack.enter_context(anyio.from_thread.start_blocking_portal())
+        # --wait: the first listings wait for every server, however slowly the machine starts them.
+        client = stack.enter_context(portal.wrap_async_context_manager(
+            serve(config, "--wait", str(TIMEOUT), home=home, errlog=errlog)))
+        client.give_up_when = str(tmp / "client-waits")
+        yield Tour(portal, client, oauth, errlog, tmp)
+
+
+def test_tools_of_every_server_are_listed_as_server__tool_with_their_annotations(tour: Tour) -> None:
+    tools = {tool.name: tool for tool in tour.run(tour.client.session.list_tools).tools}
+    for server in ("local", "remote"):
+        assert {f"{server}__echo", f"{server}__add", f"{server}__wrong_shape"} <= set(tools), sorted(tools)
+    assert {"demo__echo", "demo__whoami"} <= set(tools)
+    add = tools["remote__add"]
+    assert add.title == "Add two numbers"
+    assert add.description == "add of remote"
+    assert add.annotations is not None and add.annotations.read_only_hint and add.annotations.idempotent_hint
+    assert add.output_schema == {"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}
+
+
+def test_tool_results_pass_through_as_sent(tour: Tour) -> None:
+    client = tour.client
+    added = tour.run(client.call_raw, "local__add", {"a": 2, "b": 3})
+    assert added == {"content": [{"type": "text", "text": "5"}], "structuredContent": {"total": 5},
+                     "_meta": {"origin": "local"}, "isError": False}
+    # serve does not check structured content against the output schema; the client decides.
+    assert tour.run(client.call_raw, "remote__wrong_shape")["structuredContent"] == {"n": "not a number"}
+    failed = tour.run(client.call_raw, "remote__fail")
+    assert failed["isError"] is True and texts(failed) == ["it broke"]
+    assert texts(tour.run(client.call_raw, "demo__echo", {"text": "through OAuth"})) == ["through OAuth"]
+    with pytest.raises(MCPError) as unknown:
+        tour.run(client.call_raw, "nowhere__echo", {"text": "x"})
+    assert unknown.value.code == types.INVALID_PARAMS
+    with pytest.raises(MCPError) as refused:  # the upstream's own error answer, as it sent it
+        tour.run(client.call_raw, "local__no_such_tool")
+    assert (refused.value.code, refused.value.message) == (types.INVALID_PARAMS, "Unknown tool: no_such_tool")
+
+
+def test_progress_and_log_messages_reach_the_client(tour: Tour) -> None:
+    client = tour.client
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def scenario() -> tuple[Any, list[Any]]:
+        since = client.mark()
+        await client.session.set_logging_level("info")
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append((value, total, message))
+
+        result = await client.session.call_tool("local__progress", {"steps": 3}, progress_callback=on_progress)
+        await client.wait_for(lambda m: isinstance(m, types.LoggingMessageNotification)
+                              and m.params.data == "step 3", since)
+        logs = [m.params for m in client.received[since:] if isinstance(m, types.LoggingMessageNotification)]
+        return result, logs
+
+    result, logs = tour.run(scenario)
+    assert texts(result) == ["3 steps done"]
+    assert progress == [(1, 3, "step 1 of 3"), (2, 3, "step 2 of 3"), (3, 3, "step 3 of 3")]
+    assert [(log.level, log.logger, log.data) for log in logs] == [
+        ("info", "local__local", f"step {n}") for n in (1, 2, 3)]
+    # The level was passed on to every server that offers logging.
+    for server in ("local", "remote"):
+        assert texts(tour.run(client.call_raw, f"{server}__log_level")) == ["info"]
+
+
+def test_cancelling_a_call_cancels_it_at_the_server(tour: Tour) -> None:
+    started, cancelled = tour.tmp / "slow-started", tour.tmp / "slow-cancelled"
+
+    async def scenario() -> None:
+        with anyio.CancelScope() as scope:
+            async def cancel_once_started() -> None:
+                with anyio.fail_after(TIMEOUT):
+                    while not started.exists():
+                        await anyio.sleep(0.01)
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_once_started)
+                await tour.client.call_raw("remote__slow", {"started": str(started), "cancelled": str(cancelled)})
+        assert scope.cancelled_caught
+
+    tour.run(scenario)
+    wait_until(cancelled.exists, TIMEOUT, "the upstream handler to be cancelled")
+
+
+def test_elicitation_from_a_server_is_answered_by_the_client(tour: Tour) -> None:
+    result = tour.run(tour.client.call_raw, "remote__ask", {"message": "What is your name?"})
+    assert texts(result) == ["accept {'name': 'Ada'}"]
+    asked = tour.client.elicitations[-1]
+    assert asked.message == "What is your name?"
+    assert asked.requested_schema["properties"]["name"] == {"type": "string", "default": "nobody"}
+
+
+def test_a_server_cancelling_its_elicitation_cancels_it_at_the_client(tour: Tour) -> None:
+    result = tour.run(tour.client.call_raw, "local__ask_then_give_up", {"when": tour.client.give_up_when})
+    assert texts(result) == ["gave up"]
+
+    async def cancelled() -> None:
+        with anyio.fail_after(TIMEOUT):
+            await tour.client.elicitation_cancelled.wait()
+
+    tour.run(cancelled)
+
+
+def test_sampling_from_a_server_is_answered_by_the_client_with_progress_back(tour: Tour) -> None:
+    result = tour.run(tour.client.call_raw, "remote__sample", {"prompt": "Say something"})
+    assert texts(result) == ["sampled (model test-model, progress [0.5])"]
+    asked = tour.client.samplings[-1]
+    assert asked.messages[0].content.text == "Say something"  # type: ignore[union-attr]
+
+
+def test_resources_and_templates_are_read_from_the_server_that_listed_them(tour: Tour) -> None:
+    session = tour.client.session
+    uris = {str(resource.uri) for resource in tour.run(session.list_resources).resources}
+    assert {"test://local/static", "test://local/blob", "test://remote/static", "test://remote/blob"} <= uris
+    templates = {t.uri_template for t in tour.run(session.list_resource_templates).resource_templates}
+    assert {"test://local/items/{id}", "test://remote/items/{id}"} <= templates
+    assert tour.run(session.read_resource, "test://remote/static").contents[0].text == "static text of remote"
+    blob = tour.run(session.read_resource, "test://local/blob").contents[0]
+    assert (blob.blob, blob.mime_type) == (BLOB, "image/png")
+    assert tour.run(session.read_resource, "test://remote/items/7").contents[0].text == "item 7 of remote"
+    with pytest.raises(MCPError) as unknown:
+        tour.run(session.read_resource, "test://elsewhere/static")
+    assert unknown.value.code == types.INVALID_PARAMS
+
+
+def test_prompts_and_completions_are_routed_by_name(tour: Tour) -> None:
+    session = tour.client.session
+    prompts = {prompt.name: prompt for prompt in tour.run(session.list_prompts).prompts}
+    assert {"local__greet", "remote__greet"} <= set(prompts)
+    assert prompts["remote__greet"].description == "A greeting from remote"
+    got = tour.run(lambda: session.get_prompt("remote__greet", {"who": "Bo"}))
+    assert got.messages[0].content.text == "Hello Bo from remote"  # type: ignore[union-attr]
+    names = tour.run(lambda: session.complete(types.PromptReference(type="ref/prompt", name="local__greet"),
+                                              {"name": "who", "value": "al"}))
+    assert names.completion.values == ["alice", "albert"]
+    ids = tour.run(lambda: session.complete(
+        types.ResourceTemplateReference(type="ref/resource", uri="test://remote/items/{id}"),
+        {"name": "id", "value": "1"}))
+    assert ids.completion.values == ["1", "10"]
+
+
+def test_resource_updates_reach_a_subscribed_client(tour: Tour) -> None:
+    client = tour.client
+    uri = "test://remote/static"
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        since = client.mark()
+        await client.session.subscribe_resource(uri)
+        touched = texts(await client.call_raw("remote__touch", {"uri": uri}))
+        await client.wait_for(lambda m: isinstance(m, types.ResourceUpdatedNotification) and m.params.uri == uri,
+                              since)
+        await client.session.unsubscribe_resource(uri)
+        return touched, texts(await client.call_raw("remote__touch", {"uri": uri}))
+
+    assert tour.run(scenario) == (["subscribed: True"], ["subscribed: False"])
+
+
+def test_a_changed_tool_list_reaches_the_client(tour: Tour) -> None:
+    client = tour.client
+
+    async def scenario() -> list[str]:
+        since = client.mark()
+        assert texts(await client.call_raw("local__grow", {"name": "sprout"})) == ["added sprout"]
+        await client.wait_for(lambda m: isinstance(m, types.ToolListChangedNotification), since)
+        names = [tool.name for tool in (await client.session.list_tools()).tools]
+        assert "local__sprout" in names
+        return texts(await client.call_raw("local__sprout"))
+
+    assert tour.run(scenario) == ["I am sprout"]
+
+
+def test_stdout_carries_only_mcp_and_logs_go_to_stderr(tour: Tour) -> None:
+    # Every line serve wrote was an MCP message (else the SDK client would have reported it) and
+    # the stdio upstream's stderr went to serve's log, which is on stderr (shown at -v only).
+    assert tour.client.errors == []
+    assert "Traceback" not in stderr_of(tour.errlog)
+
+
+# == one server: names pass through ========================================================
+
+
+def test_one_server_is_served_with_its_own_names(tmp_path: Path) -> None:
+    config = write_config({"solo": everything("solo"), "other": stdio_server()})
+
+    async def scenario() -> None:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(config, "--server", "solo", "--wait", str(TIMEOUT), home=tmp_path / "home",
+                             errlog=errlog) as client:
+                session = client.session
+                names = {tool.name for tool in (await session.list_tools()).tools}
+                assert {"echo", "add", "ask"} <= names and not any("__" in name for name in names)
+                assert (await client.call_raw("add", {"a": 1, "b": 2}))["structuredContent"] == {"total": 3}
+                assert [p.name for p in (await session.list_prompts()).prompts] == ["greet"]
+                read = await session.read_resource("test://solo/items/4")
+                assert read.contents[0].text == "item 4 of solo"  # type: ignore[union-attr]
+
+    anyio.run(scenario)
+
+
+# == servers that arrive late or need authorization =========================================
+
+
+def test_a_late_server_appears_through_list_changed(tmp_path: Path) -> None:
+    barrier = tmp_path / "barrier"
+    # `late` can only finish starting once two processes have arrived at the barrier: itself and this test.
+    config = write_config({"early": stdio_server(),
+                           "late": stdio_server("--arrive", str(barrier), "--wait-for", "2")})
+
+    async def scenario() -> None:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(config, "--wait", "0", home=tmp_path / "home", errlog=errlog) as client:
+                # initialize was answered, and `early` is served, while `late` cannot have connected
+                names = await client.list_until(lambda names: "early__echo" in names)
+                assert not any(name.startswith("late__") for name in names)
+                barrier.mkdir(exist_ok=True)
+                (barrier / "test").touch()
+                await client.list_until(lambda names: "late__echo" in names)
+                assert texts(await client.call_raw("late__echo", {"text": "made it"})) == ["made it"]
+
+    anyio.run(scenario)
+
+
+def test_a_server_that_exits_is_reconnected_and_its_list_announced_again(tmp_path: Path) -> None:
+    config = write_config({"tools": stdio_server()})
+
+    async def scenario() -> None:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(config, "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog) as client:
+                first = texts(await client.call_raw("pid"))
+                crashed = await client.call_raw("crash")
+                assert crashed["isError"] is True
+                assert texts(crashed)[0].startswith("Server 'tools' ")
+                assert texts(crashed)[0].endswith(" during the call to 'crash'; it is reconnected on the next call.")
+                since = client.mark()
+                second = texts(await client.call_raw("pid"))
+                assert second != first  # a new server process
+                await client.wait_for(lambda m: isinstance(m, types.ToolListChangedNotification), since)
+
+    anyio.run(scenario)
+
+
+def test_a_server_needing_authorization_answers_with_the_command_and_appears_after_auth(
+        tmp_path: Path, oauth_server: Any) -> None:
+    server = oauth_server()
+    config = write_config({"demo": {"url": server.url}, "tools": stdio_server()})
+    home = tmp_path / "home"
+
+    async def scenario() -> None:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(config, "--wait", str(TIMEOUT), home=home, errlog=errlog) as client:
+                names = {tool.name for tool in (await client.session.list_tools()).tools}
+                assert "tools__echo" in names and not any(name.startswith("demo__") for name in names)
+                result = await client.call_raw("demo__echo", {"text": "x"})
+                assert result["isError"] is True
+                assert texts(result) == ["Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo"]
+                assert texts(await client.call_raw("tools__echo", {"text": "still here"})) == ["still here"]
+                warning = await client.wait_for(lambda m: isinstance(m, types.LoggingMessageNotification))
+                assert warning.params.level == "warning" and "Run: toolscript auth demo" in warning.params.data
+
+                since = client.mark()
+                await anyio.to_thread.run_sync(lambda: auth.authenticate(
+                    load_config(str(config)).server("demo"), Store(home), open_browser=visit,
+                    show_url=lambda url: None, timeout=30))
+                await client.wait_for(lambda m: isinstance(m, types.ToolListChangedNotification), since)
+                names = {tool.name for tool in (await client.session.list_tools()).tools}
+                assert "demo__echo" in names
+                assert texts(await client.call_raw("demo__echo", {"text": "now"})) == ["now"]
+
+    anyio.run(scenario)
+
+
+# == shutdown ================================================================================
+
+
+def _start_raw(config: Path, home: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "toolscript.py"), "--config", str(config), "serve", "--wait", str(TIMEOUT)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TOOLSCRIPT_HOME": str(home)},
+    )
+
+
+def _exchange(proc: subprocess.Popen[str], message: dict[str, Any]) -> dict[str, Any]:
+    """Send one request as a JSON line and read lines until its answer (every line must be JSON-RPC)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(message) + "\n")
+    proc.stdin.flush()
+    while True:
+        line = proc.stdout.readline()
+        assert line, f"serve closed stdout; stderr:\n{proc.stderr.read() if proc.stderr else ''}"
+        answer = json.loads(line)
+        assert answer["jsonrpc"] == "2.0"
+        if answer.get("id") == message.get("id"):
+            return answer
+
+
+def _children_of_serve(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]]:
+    """Start serve over two stdio servers by hand (JSON lines) and return it with the servers' pids."""
+    config = write_config({"a": stdio_server(), "b": stdio_server()})
+    proc = _start_raw(config, tmp_path / "home")
+    _exchange(proc, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}})
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+    pids = []
+    for n, server in enumerate(("a", "b"), start=2):
+        answer = _exchange(proc, {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                                  "params": {"name": f"{server}__pid", "arguments": {}}})
+        pids.append(int(answer["result"]["content"][0]["text"]))
+    assert all(process_exists(pid) for pid in pids)
+    return proc, pids
+
+
+def test_end_of_input_stops_serve_and_its_stdio_servers(tmp_path: Path) -> None:
+    proc, pids = _children_of_serve(tmp_path)
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(TIMEOUT) == 0, proc.stderr.read() if proc.stderr else ""
+    wait_until(lambda: not any(process_exists(pid) for pid in pids), TIMEOUT, "the stdio servers to exit")
+    assert proc.stdout is not None
+    assert all(json.loads(line)["jsonrpc"] == "2.0" for line in proc.stdout.read().splitlines())  # notifications
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_stops_serve_and_its_stdio_servers(tmp_path: Path, signum: int) -> None:
+    proc, pids = _children_of_serve(tmp_path)  # stdin stays open: the signal alone must do it
+    proc.send_signal(signum)
+    code = proc.wait(TIMEOUT)
+    assert code == (130 if signum == signal.SIGINT else 0), proc.stderr.read() if proc.stderr else ""
+    wait_until(lambda: not any(process_exists(pid) for pid in pids), TIMEOUT, "the stdio servers to exit")
+    assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+
+
+# == one refresh for many serve processes ===================================================
+
+# `toolscript -v serve`, where taking the record lock first waits at a barrier (a folder both
+# racers leave a file in) until the other racer has come to take it too: both have found the
+# token expired and are about to refresh it, however slowly each process started.
+RACER = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import storage, toolscript
+barrier = Path(sys.argv[2])
+acquire_lock = storage.Store.acquire_lock
+
+def acquire_lock_together(self, *args, **kwargs):
+    (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(barrier.iterdir())) < 2:
+        if time.monotonic() > deadline:
+            print("racer: the other process never came to take the lock", file=sys.stderr, flush=True)
+            os._exit(5)
+        time.sleep(0.01)
+    return acquire_lock(self, *args, **kwargs)
+
+storage.Store.acquire_lock = acquire_lock_together
+sys.exit(toolscript.main(["-v", "--config", sys.argv[3], "serve", "--wait", "60"]))
+"""
+
+
+def test_two_serve_processes_with_an_expired_token_refresh_it_once(tmp_path: Path, oauth_server: Any) -> None:
+    server = oauth_server()
+    config = write_config({"demo": {"url": server.url}})
+    home = tmp_path / "home"
+    store = Store(home)
+    auth.authenticate(load_config(str(config)).server("demo"), store, open_browser=visit,
+                      show_url=lambda url: None, timeout=30)
+    record = store.load("demo")
+    assert record is not None and record.tokens is not None
+    record.tokens.expires_at = 0  # long expired
+    store.save("demo", record)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    errlogs = [open(tmp_path / f"racer{n}.stderr", "w+") for n in range(2)]  # noqa: SIM115
+
+    async def racer(errlog: Any, results: list[str]) -> None:
+        params = StdioServerParameters(command=sys.executable, args=["-c", RACER, str(ROOT), str(barrier), str(config)],
+                                       env={**os.environ, "TOOLSCRIPT_HOME": str(home)})
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+            with anyio.fail_after(TIMEOUT):
+                await session.initialize()
+                result = await session.call_tool("echo", {"text": "racer"})
+            results.append(result.content[0].text)  # type: ignore[union-attr]
+
+    async def race() -> list[str]:
+        results: list[str] = []
+        async with anyio.create_task_group() as tg:
+            for errlog in errlogs:
+                tg.start_soon(racer, errlog, results)
+        return results
+
+    try:
+        assert anyio.run(race) == ["racer", "racer"]
+        logs = [stderr_of(errlog) for errlog in errlogs]
+    finally:
+        for errlog in errlogs:
+            errlog.close()
+    assert len(list(barrier.iterdir())) == 2
+    refreshes = [seen for seen in server.requests_to("/token", "POST") if seen.form.get("grant_type") == "refresh_token"]
+    assert len(refreshes) == 1, "\n---\n".join(logs)
+    # They overlapped: the one that took the lock second had read the expired token too, and
+    # found under the lock the tokens the other had just refreshed.
+    assert sorted("refreshing the access token" in log for log in logs) == [False, True], "\n---\n".join(logs)
+    assert sorted("using tokens refreshed by another process" in log for log in logs) == [False, True]
+
+
+def test_serve_names_an_unknown_server(tmp_path: Path) -> None:
+    from conftest import explain, run_cli
+
+    write_config({"tools": stdio_server()})
+    proc = run_cli("serve", "--server", "nope")
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stdout == ""
+    assert "nope" in proc.stderr and "tools" in proc.stderr
