@@ -312,13 +312,7 @@ def _from_json(entry: dict[str, Any], placeholders: _Placeholders) -> tuple[dict
         raise _Unconvertible(f"transport type {declared!r} is not one toolscript speaks (stdio, http, sse)")
     table: dict[str, Any] = {}
     if "command" in entry:
-        table["command"] = placeholders.convert(entry["command"], "command")
-        if entry.get("args"):
-            table["args"] = placeholders.strings(entry["args"], "args")
-        if entry.get("env"):
-            table["env"] = placeholders.table(entry["env"], "env")
-        if entry.get("cwd"):
-            table["cwd"] = placeholders.convert(entry["cwd"], "cwd")
+        table = _stdio_table(entry, placeholders)
     elif "url" in entry:
         url = placeholders.convert(entry["url"], "url")
         kind = _JSON_TYPES.get(declared or "", "")
@@ -338,6 +332,18 @@ def _from_json(entry: dict[str, Any], placeholders: _Placeholders) -> tuple[dict
     return table, placeholders.notes
 
 
+def _stdio_table(entry: dict[str, Any], placeholders: _Placeholders) -> dict[str, Any]:
+    """`command`, `args`, `env` and `cwd` of a stdio server entry, which every client writes alike."""
+    table: dict[str, Any] = {"command": placeholders.convert(entry["command"], "command")}
+    if entry.get("args"):
+        table["args"] = placeholders.strings(entry["args"], "args")
+    if entry.get("env"):
+        table["env"] = placeholders.table(entry["env"], "env")
+    if entry.get("cwd"):
+        table["cwd"] = placeholders.convert(entry["cwd"], "cwd")
+    return table
+
+
 _CODEX_KNOWN = {"command", "args", "env", "cwd", "url", "bearer_token_env_var", "http_headers", "env_http_headers",
                 "startup_timeout_sec", "startup_timeout_ms", "tool_timeout_sec", "enabled", "enabled_tools",
                 "disabled_tools", "env_vars"}
@@ -348,13 +354,7 @@ def _from_codex(entry: dict[str, Any], placeholders: _Placeholders) -> tuple[dic
         raise _Unconvertible("disabled in that file (enabled = false)")
     table: dict[str, Any] = {}
     if "command" in entry:
-        table["command"] = placeholders.convert(entry["command"], "command")
-        if entry.get("args"):
-            table["args"] = placeholders.strings(entry["args"], "args")
-        if entry.get("env"):
-            table["env"] = placeholders.table(entry["env"], "env")
-        if entry.get("cwd"):
-            table["cwd"] = placeholders.convert(entry["cwd"], "cwd")
+        table = _stdio_table(entry, placeholders)
         if entry.get("env_vars"):
             placeholders.notes.append("env_vars ignored: a stdio server inherits toolscript's whole environment")
     elif "url" in entry:
