@@ -1,4 +1,4 @@
-"""Keep secrets out of log output.
+"""Keep secrets out of log output, and terminal controls out of text shown to a person.
 
 It stands alone because three modules feed it (`auth` and `gateway` register the
 secret values they handle, the CLI installs the filter on its log handlers) and it
@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 
-__all__ = ["MASK", "RedactingFilter", "redact", "register_secret"]
+__all__ = ["MASK", "RedactingFilter", "escape_controls", "redact", "register_secret"]
 
 MASK = "[REDACTED]"
 _MIN_SECRET_LEN = 4
@@ -83,3 +83,13 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+# C0 controls but newline and tab, DEL, and C1 controls: what lets text move the cursor,
+# clear the screen, retitle the window or write the clipboard (OSC 52) of a terminal.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """Return `text` with terminal control characters shown as `\\xNN`; newline and tab are kept."""
+    return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)

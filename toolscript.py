@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 if __package__:
     from . import config as _config
     from .errors import ToolscriptError, UsageError
-    from .redact import RedactingFilter, redact
+    from .redact import RedactingFilter, escape_controls, redact
     from .storage import Store
 else:
     import config as _config
     from errors import ToolscriptError, UsageError
-    from redact import RedactingFilter, redact
+    from redact import RedactingFilter, escape_controls, redact
     from storage import Store
 
 if TYPE_CHECKING:
@@ -113,7 +113,14 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever `sys.stderr` is now, so `main()` can run repeatedly in one process."""
+    """Writes to whatever `sys.stderr` is now, so `main()` can run repeatedly in one process.
+
+    Log lines carry text from servers (errors, a stdio server's stderr): terminal controls
+    in them are shown escaped.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
@@ -377,10 +384,11 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         _print(json.dumps(tools, indent=2))
     else:
-        width = max((len(tool["name"]) for tool in tools), default=0)
-        for tool in tools:
+        names = [escape_controls(tool["name"]) for tool in tools]  # aligned as shown
+        width = max(map(len, names), default=0)
+        for name, tool in zip(names, tools):
             summary = (tool.get("description") or "").strip().split("\n")[0]
-            _print(f"{tool['name']:<{width}}  {summary}".rstrip())
+            _print(f"{name:<{width}}  {summary}".rstrip())
     failed = [row for row in rows if row["status"] != "connected"]
     for row in failed:
         _error(row.get("error") or f"Server '{row['name']}' is {row['status']}.")
@@ -413,7 +421,7 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
     else:
         text = render_result(result)
         if failed:
-            print(text, file=sys.stderr, flush=True)
+            _status(text)
         elif text:
             _print(text)
     return EXIT_TOOL_ERROR if failed else EXIT_OK
@@ -582,17 +590,22 @@ def _positive_float(text: str) -> float:
 # -- output helpers ------------------------------------------------------------------
 
 
+# Everything printed may hold text from a server (tool names, descriptions, results, errors):
+# terminal controls in it are shown escaped, so a server cannot drive the terminal. JSON
+# output is unchanged by this, as json.dumps escapes them itself.
+
+
 def _print(text: str = "") -> None:
-    print(text, flush=True)
+    print(escape_controls(text), flush=True)
 
 
 def _status(text: str) -> None:
     """Progress meant for the person at the terminal (stderr), shown even with --quiet."""
-    print(text, file=sys.stderr, flush=True)
+    print(escape_controls(text), file=sys.stderr, flush=True)
 
 
 def _error(message: str) -> None:
-    print(f"error: {redact(message)}", file=sys.stderr, flush=True)
+    print(f"error: {escape_controls(redact(message))}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

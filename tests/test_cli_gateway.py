@@ -266,3 +266,67 @@ def test_gateway_command_port_in_use_exits_2(servers: Path) -> None:
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr.startswith(f"error: Cannot listen on 127.0.0.1:{port}: "), explain(proc)
     assert os.environ.get("TOOLSCRIPT_GATEWAY_URL") is None
+
+
+# -- text from servers cannot drive the terminal ---------------------------------------
+
+
+def _controls(text: str) -> list[str]:
+    """The C0/C1 control characters in `text` other than newline and tab."""
+    return [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+
+
+@pytest.fixture
+def hostile() -> Path:
+    return write_config({"hostile": stdio_server("--hostile")})
+
+
+def test_server_text_is_shown_with_controls_escaped(hostile: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from toolbox import CLEAR, CLIPBOARD, CSI_C1, TITLE
+
+    code, out, err = cli(capsys, "tools")
+    assert (code, err, _controls(out)) == (0, "", [])
+    assert out.splitlines() == [
+        r"hostile__echo\x1b]0;pwned\x07  Clears\x1b[2J the screen\x1b]52;c;aGk=\x07",
+        "hostile__fail                  Fail with controls in the message.",
+    ]
+    code, out, err = cli(capsys, "call", "hostile__fail")
+    assert (code, out, _controls(err)) == (1, "", [])
+    assert err == "Error executing tool fail: broke\\x1b[2J\\x9b31m\\x0dfake prompt$ \n"
+    code, out, err = cli(capsys, "call", f"hostile__echo{TITLE}", json.dumps({"text": f"a{CLIPBOARD}\tb\nc"}))
+    assert (code, out, err) == (0, "a\\x1b]52;c;aGk=\\x07\tb\nc\n", "")
+    code, out, err = cli(capsys, "call", "nothere__x")
+    assert (code, _controls(err)) == (2, [])
+    # --json stays exact: the controls are JSON escapes, and come back whole.
+    code, out, _ = cli(capsys, "tools", "--json")
+    assert code == 0 and not _controls(out)
+    assert json.loads(out)[0]["name"] == f"hostile__echo{TITLE}"
+    assert json.loads(out)[0]["description"] == f"Clears{CLEAR} the screen{CLIPBOARD}\nline two"
+    code, out, _ = cli(capsys, "call", "hostile__fail", "--json")
+    assert code == 1 and not _controls(out)
+    assert json.loads(out)["content"][0]["text"] == f"Error executing tool fail: broke{CLEAR}{CSI_C1}\rfake prompt$ "
+
+
+def test_log_lines_and_a_stdio_servers_stderr_are_escaped(hostile: Path) -> None:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "toolscript.py"), "-v", "gateway"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        stderr = proc.stderr
+        seen: list[str] = []
+
+        def read_until_the_servers_line() -> None:
+            for line in stderr:
+                seen.append(line)
+                if "hostile (stderr): toolbox" in line:
+                    return
+
+        reader = threading.Thread(target=read_until_the_servers_line, daemon=True)
+        reader.start()
+        reader.join(60)
+        assert seen and "hostile (stderr): toolbox" in seen[-1], "".join(seen)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    assert seen[-1].endswith("hostile (stderr): toolbox\\x1b]0;pwned\\x07: starting on stdio\n")
+    assert not _controls("".join(seen) + rest)

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from redact import MASK, RedactingFilter, redact, register_secret
+from redact import MASK, RedactingFilter, escape_controls, redact, register_secret
 
 
 @pytest.fixture()
@@ -70,3 +70,12 @@ def test_longest_secret_wins_and_short_values_are_ignored() -> None:
     register_secret("abcd1234efgh5678")
     register_secret("ab")  # too short to mask safely
     assert redact("x abcd1234efgh5678 y abcd1234 ab") == f"x {MASK} y {MASK} ab"
+
+
+def test_escape_controls_shows_every_c0_and_c1_control_but_newline_and_tab() -> None:
+    controls = [chr(n) for n in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(n) not in "\n\t"]
+    shown = escape_controls("".join(controls))
+    assert shown == "".join(f"\\x{ord(c):02x}" for c in controls)
+    assert shown.isascii() and shown.isprintable()
+    kept = "line\n\ttab ✓ é 中 \\x1b \u00a0"
+    assert escape_controls(kept) == kept

@@ -1,8 +1,9 @@
-"""Run the test toolbox over stdio: `python stdio_server.py [--paged] [--hang] [--exit CODE]`.
+"""Run the test toolbox over stdio: `python stdio_server.py [OPTIONS]`.
 
 --paged      tools/list answers in pages of two
 --hang       read stdin but never answer (a server that never finishes connecting)
 --exit CODE  exit at once with CODE (a server that dies before the handshake)
+--hostile    serve `toolbox.hostile()` instead, whose names, texts and stderr hold terminal controls
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ def main() -> None:
     parser.add_argument("--paged", action="store_true")
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--exit", type=int, default=None)
+    parser.add_argument("--hostile", action="store_true")
     parser.add_argument("--name", default="toolbox")
     args = parser.parse_args()
+    if args.hostile:
+        from toolbox import TITLE, hostile
+
+        print(f"{args.name}{TITLE}: starting on stdio", file=sys.stderr, flush=True)
+        hostile().run("stdio")
+        return
     print(f"{args.name}: starting on stdio (this line goes to stderr)", file=sys.stderr, flush=True)
     if args.exit is not None:
         sys.exit(args.exit)
