@@ -367,8 +367,6 @@ def _demo_use_server(cfg: Config, store: Store) -> None:
 
 # -- tools, call, gateway --------------------------------------------------------------
 
-GATEWAY_URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
-
 
 def _add_tools(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("tools", help="list the tools of the servers (connects to them)")
@@ -437,9 +435,9 @@ def _add_gateway(commands: argparse._SubParsersAction) -> None:
 def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     gateway_module = _gateway_module()
     if __package__:
-        from .gateway_http import ApiServer
+        from .gateway_http import TOKEN_VAR, URL_VAR, ApiServer, remove_token_file, write_token_file
     else:
-        from gateway_http import ApiServer
+        from gateway_http import TOKEN_VAR, URL_VAR, ApiServer, remove_token_file, write_token_file
     if not _config.is_loopback_host(args.host):
         log.warning("warning: --host %s is not a loopback address: other machines can use your servers, "
                     "and the credentials they hold, through this gateway.", args.host)
@@ -448,6 +446,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
         api = ApiServer(gateway, args.host, args.port)
     except OSError as exc:
         raise UsageError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
+    token_path = None
     try:
         with _sigterm_interrupts():
             try:
@@ -457,10 +456,18 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
                             log.info("Server '%s': connected, %d tools", row["name"], row["tools"])
                         elif row["status"] != "auth_required":  # the gateway has warned of those
                             log.warning("%s", row.get("error"))
-                    _print(f"{GATEWAY_URL_VAR}={api.url}")
+                    try:
+                        token_path = write_token_file(api.url, api.token)
+                    except UsageError as exc:  # the token still works; only the same-user shortcut is lost
+                        log.warning("warning: %s Clients need %s.", exc, TOKEN_VAR)
+                    _print(f"{URL_VAR}={api.url}")
+                    _print(f"{TOKEN_VAR}={api.token}")
                     api.serve_forever()
             except KeyboardInterrupt:
                 log.info("Gateway stopped.")
+            finally:
+                if token_path is not None:
+                    remove_token_file(token_path)
     finally:
         api.server_close()
     return EXIT_OK
@@ -472,12 +479,12 @@ def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | Non
 
     Our own connects only `server`, or the server of the tool `for_tool`, or else all.
     """
-    url = os.environ.get(GATEWAY_URL_VAR)
+    if __package__:
+        from .gateway_http import URL_VAR, RemoteGateway
+    else:
+        from gateway_http import URL_VAR, RemoteGateway
+    url = os.environ.get(URL_VAR)
     if url:
-        if __package__:
-            from .gateway_http import RemoteGateway
-        else:
-            from gateway_http import RemoteGateway
         remote = RemoteGateway(url)
         remote.check()
         yield remote
@@ -485,7 +492,8 @@ def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | Non
     gateway_module = _gateway_module()
     if for_tool is not None:
         server = gateway_module.split_tool_name(for_tool)[0]
-    with _sigterm_interrupts(), gateway_module.Gateway(cfg, only=[server] if server else None, announce=False) as gateway:
+    only = [server] if server else None
+    with _sigterm_interrupts(), gateway_module.Gateway(cfg, only=only, announce=False) as gateway:
         yield gateway
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import toolscript
 from config import load_config
 from errors import AuthRequiredError
 from gateway import Gateway
-from gateway_http import ApiServer
+from gateway_http import ApiServer, remove_token_file, token_file, write_token_file
 
 ECHO_LINE = "s__echo    Echo the text back."
 
@@ -157,9 +156,11 @@ def running_gateway(servers: Path, http_server: Any) -> Iterator[str]:
     api = ApiServer(gateway)
     thread = threading.Thread(target=api.serve_forever, daemon=True)
     thread.start()
+    token_path = write_token_file(api.url, api.token)  # as `toolscript gateway` does
     try:
         yield api.url
     finally:
+        remove_token_file(token_path)
         api.shutdown()
         api.server_close()
         gateway.stop()
@@ -206,26 +207,39 @@ def test_call_end_to_end(servers: Path) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hi there\n", ""), explain(proc)
 
 
-def _start_gateway(*args: str) -> tuple[subprocess.Popen[str], str]:
+def _start_gateway(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start `toolscript gateway ARGS`; return it and the first two lines of its stdout."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "toolscript.py"), "gateway", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    if not ready:
-        proc.kill()
-        pytest.fail("toolscript gateway printed nothing within 60 s")
     assert proc.stdout is not None
-    return proc, proc.stdout.readline()
+    stdout = proc.stdout
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(stdout.readline() for _ in range(2)), daemon=True)
+    reader.start()
+    reader.join(60)
+    if reader.is_alive():
+        proc.kill()
+        pytest.fail("toolscript gateway did not print its two lines within 60 s")
+    return proc, lines
+
+
+def _variables(lines: list[str]) -> dict[str, str]:
+    """The `NAME=value` lines a gateway printed, as a dict."""
+    return dict(line.rstrip("\n").split("=", 1) for line in lines)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals) -> None:
+def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals, isolated_env: Path) -> None:
     proc, first = _start_gateway("--port", "0")
     try:
-        assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
-        url = first.strip().split("=", 1)[1]
-        env = {"TOOLSCRIPT_GATEWAY_URL": url}
+        assert first[0].startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
+        assert first[1].startswith("TOOLSCRIPT_GATEWAY_TOKEN="), first
+        url, token = _variables(first).values()
+        path = token_file(url)
+        assert path.read_text() == f"{token}\n" and path.parent == isolated_env / "gateway"
+        env = {"TOOLSCRIPT_GATEWAY_URL": url}  # the same user needs nothing more: the token is in the file
         called = run_cli("call", "s__pid", env=env)
         assert called.returncode == 0, explain(called)
         child = int(called.stdout)
@@ -240,9 +254,11 @@ def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Si
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert out == ""  # nothing after the URL line
+    assert out == ""  # nothing after the URL and token lines
     assert "Server 's': connected, 10 tools" in err and "Gateway stopped." in err
+    assert token not in err
     assert not process_exists(child)
+    assert not path.exists() and list(path.parent.iterdir()) == []
 
 
 def test_gateway_command_warns_about_non_loopback_hosts(servers: Path) -> None:
@@ -250,7 +266,7 @@ def test_gateway_command_warns_about_non_loopback_hosts(servers: Path) -> None:
     proc, first = _start_gateway("--host", "0.0.0.0")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
-    assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://0.0.0.0:")
+    assert first[0].startswith("TOOLSCRIPT_GATEWAY_URL=http://0.0.0.0:")
     assert "warning: --host 0.0.0.0 is not a loopback address" in err
     assert proc.returncode == 0
 
@@ -266,6 +282,26 @@ def test_gateway_command_port_in_use_exits_2(servers: Path) -> None:
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr.startswith(f"error: Cannot listen on 127.0.0.1:{port}: "), explain(proc)
     assert os.environ.get("TOOLSCRIPT_GATEWAY_URL") is None
+
+
+def test_gateway_token_is_required_and_found_by_its_user_only(servers: Path, tmp_path: Path) -> None:
+    proc, first = _start_gateway()
+    try:
+        url, token = _variables(first).values()
+        other_home = {"TOOLSCRIPT_GATEWAY_URL": url, "TOOLSCRIPT_HOME": str(tmp_path / "another-user")}
+        refused = run_cli("call", "s__echo", '{"text": "x"}', env=other_home)
+        assert (refused.returncode, refused.stdout) == (2, ""), explain(refused)
+        assert refused.stderr.startswith("error: No gateway token: send 'Authorization: Bearer <token>' "
+                                         "with the TOOLSCRIPT_GATEWAY_TOKEN the gateway printed"), explain(refused)
+        wrong = run_cli("tools", env={**other_home, "TOOLSCRIPT_GATEWAY_TOKEN": "guessed"})
+        assert (wrong.returncode, wrong.stderr.split(":")[:2]) == (2, ["error", " Wrong gateway token"]), explain(wrong)
+        # Another program that was handed the token: the variable is enough.
+        given = run_cli("call", "s__echo", '{"text": "x"}', env={**other_home, "TOOLSCRIPT_GATEWAY_TOKEN": token})
+        assert (given.returncode, given.stdout) == (0, "x\n"), explain(given)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert token not in err
 
 
 # -- text from servers cannot drive the terminal ---------------------------------------
