@@ -448,7 +448,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
         raise UsageError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
     token_path = None
     try:
-        with _sigterm_interrupts():
+        with _signals_interrupt():
             try:
                 with gateway:
                     for row in gateway.servers():
@@ -493,7 +493,7 @@ def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | Non
     if for_tool is not None:
         server = gateway_module.split_tool_name(for_tool)[0]
     only = [server] if server else None
-    with _sigterm_interrupts(), gateway_module.Gateway(cfg, only=only, announce=False) as gateway:
+    with _signals_interrupt(), gateway_module.Gateway(cfg, only=only, announce=False) as gateway:
         yield gateway
 
 
@@ -506,22 +506,35 @@ def _gateway_module() -> ModuleType:
     return gateway
 
 
+_SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so that stdio servers are shut down on either."""
+def _signals_interrupt() -> Iterator[None]:
+    """Treat SIGTERM and SIGHUP (the terminal closed) like Ctrl-C, so that stdio servers are shut down on any.
+
+    After the first of them, all are ignored until the block ends: the shutdown it starts
+    (bounded by the gateway's stop timeout) must not be cut short and leave servers running.
+    A signal ignored when we started (`nohup`, a background job) stays ignored.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown at a time
+        for number in previous:
+            signal.signal(number, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.getsignal(number) for number in _SHUTDOWN_SIGNALS}
+    previous = {number: handler for number, handler in previous.items() if handler != signal.SIG_IGN}
+    for number in previous:
+        signal.signal(number, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _read_arguments(source: str | None, tool: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import httpx2
 import pytest
-from conftest import ROOT, explain, process_exists, run_cli, stdio_server, write_config
+from conftest import ROOT, explain, process_exists, run_cli, stdio_server, wait_until, write_config
 
 import toolscript
 from config import load_config
@@ -230,7 +230,7 @@ def _variables(lines: list[str]) -> dict[str, str]:
     return dict(line.rstrip("\n").split("=", 1) for line in lines)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals, isolated_env: Path) -> None:
     proc, first = _start_gateway("--port", "0")
     try:
@@ -302,6 +302,47 @@ def test_gateway_token_is_required_and_found_by_its_user_only(servers: Path, tmp
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert token not in err
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie waiting for a parent that never reaps it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return not process_exists(pid)
+
+
+@pytest.mark.parametrize("signals", [
+    [signal.SIGHUP], [signal.SIGTERM],
+    [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],  # impatience must not cut the shutdown short
+], ids=["SIGHUP", "SIGTERM", "several"])
+def test_a_stdio_server_that_ignores_sigterm_is_gone_when_the_gateway_exits(
+    signals: list[signal.Signals], isolated_env: Path
+) -> None:
+    write_config({"stubborn": stdio_server("--stubborn")})
+    proc, first = _start_gateway()
+    child = None
+    try:
+        url, _ = _variables(first).values()
+        called = run_cli("call", "stubborn__pid", env={"TOOLSCRIPT_GATEWAY_URL": url})
+        assert called.returncode == 0, explain(called)
+        child = int(called.stdout)
+        for number in signals:
+            proc.send_signal(number)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "Gateway stopped." in err
+        assert not token_file(url).exists()
+        wait_until(lambda: _gone(child), timeout=10, what=f"the stdio server {child} to be gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if child is not None and not _gone(child):
+            os.killpg(child, signal.SIGKILL)  # the old code leaves it running: do not leak it
 
 
 # -- text from servers cannot drive the terminal ---------------------------------------

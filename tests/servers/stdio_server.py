@@ -3,12 +3,14 @@
 --paged      tools/list answers in pages of two
 --hang       read stdin but never answer (a server that never finishes connecting)
 --exit CODE  exit at once with CODE (a server that dies before the handshake)
+--stubborn   ignore SIGTERM, and keep running after stdin closes (only SIGKILL ends it)
 --hostile    serve `toolbox.hostile()` instead, whose names, texts and stderr hold terminal controls
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -20,9 +22,12 @@ def main() -> None:
     parser.add_argument("--paged", action="store_true")
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--exit", type=int, default=None)
+    parser.add_argument("--stubborn", action="store_true")
     parser.add_argument("--hostile", action="store_true")
     parser.add_argument("--name", default="toolbox")
     args = parser.parse_args()
+    if args.stubborn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.hostile:
         from toolbox import TITLE, hostile
 
@@ -39,6 +44,8 @@ def main() -> None:
     from toolbox import build  # only now: --hang and --exit servers start fast
 
     build(args.name, page_size=2 if args.paged else None).run("stdio")
+    while args.stubborn:  # stdin is closed: stay, as a server that ignores it would
+        signal.pause()
 
 
 if __name__ == "__main__":
