@@ -355,15 +355,15 @@ def test_toolscript_gateway_warns_once_and_answers_401(oauth_server: Any) -> Non
     import urllib.error
     import urllib.request
 
-    from test_cli_gateway import _start_gateway
+    from test_cli_gateway import _start_gateway, _variables
 
     server = oauth_server()
     write_config({NAME: {"url": server.url}})
     proc, first = _start_gateway()
     try:
-        url = first.strip().removeprefix("TOOLSCRIPT_GATEWAY_URL=")
-        request = urllib.request.Request(f"{url}/tools/{NAME}__echo", data=b'{"text": "x"}',
-                                         headers={"Content-Type": "application/json"})
+        url, token = _variables(first).values()
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        request = urllib.request.Request(f"{url}/tools/{NAME}__echo", data=b'{"text": "x"}', headers=headers)
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(request, timeout=30)
         assert caught.value.code == 401
