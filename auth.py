@@ -43,12 +43,12 @@ if __package__:
     from .errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from .redact import redact, register_secret
     from .storage import ClientInfo, Metadata, Record, Store, Tokens
-    from .urls import is_https_or_loopback, url_origin
+    from .urls import is_https_or_loopback, is_loopback_host, url_origin
 else:
     from errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from redact import redact, register_secret
     from storage import ClientInfo, Metadata, Record, Store, Tokens
-    from urls import is_https_or_loopback, url_origin
+    from urls import is_https_or_loopback, is_loopback_host, url_origin
 
 if TYPE_CHECKING:
     import requests
@@ -60,6 +60,7 @@ __all__ = [
     "LogoutResult",
     "auth_state",
     "authenticate",
+    "describe_duration",
     "describe_tokens",
     "logout",
     "parse_www_authenticate",
@@ -102,6 +103,9 @@ class LogoutResult:
     failures: list[str] = field(default_factory=list)
     deleted_tokens: bool = False
     deleted_client: bool = False
+    # The server offers no revocation: the deleted tokens stay valid until they expire (this access token then).
+    not_revocable: bool = False
+    access_token_expires_at: float | None = None
 
 
 # -- the flow ------------------------------------------------------------------------
@@ -116,13 +120,16 @@ def authenticate(
     read_pasted: Callable[[], str] | None = None,
     timeout: float = 300.0,
     http_timeout: float = HTTP_TIMEOUT,
+    forget_client: bool = False,
 ) -> Record | None:
     """Authenticate `server` interactively and store the result; None if it needs no auth.
 
     `show_url` is given the authorization URL (always); `open_browser` then opens it
     (None: do not). `read_pasted`, when given, is called repeatedly in a thread for a
     line holding the redirected URL, as an alternative to the loopback callback.
-    `timeout` bounds the wait for the browser.
+    `timeout` bounds the wait for the browser. `forget_client` registers anew instead of
+    reusing the stored client registration. A server that answers without asking for
+    authorization is recorded as such (`Record.auth_not_needed`).
     """
     if not server.is_remote or server.url is None:
         raise AuthError(f"Server '{server.name}' is a {server.type} server; only http and sse servers use OAuth.",
@@ -131,13 +138,16 @@ def authenticate(
     try:
         discovery = _discover(http, server)
         if discovery is None:
+            store.update(server.name, lambda old: _note_auth_not_needed(old, server.url))
             return None
         record = store.load(server.name)
         scope = _choose_scope(server, discovery, record)
-        callback, client = _prepare_client(http, server, discovery, record, scope)
+        stored = record.client if record is not None and not forget_client else None
+        callback, client = _prepare_client(http, server, discovery, stored, scope)
         with callback:
             code, verifier = _authorize(server, discovery, client, scope, callback, open_browser=open_browser,
-                                        show_url=show_url, read_pasted=read_pasted, timeout=timeout)
+                                        show_url=show_url, read_pasted=read_pasted, timeout=timeout,
+                                        stored_client=stored is not None and client is stored)
         log.info("Exchanging the authorization code for tokens")
         tokens = _exchange_code(http, discovery, client, code, verifier, scope)
     finally:
@@ -160,6 +170,12 @@ def _keep_unknown(old: Record | None, new: Record) -> Record:
         if old.client is None or new.client is None or old.client.client_id != new.client.client_id:
             new.unknown.pop("client", None)  # they described another registration
     return new
+
+
+def _note_auth_not_needed(record: Record | None, server_url: str | None) -> Record:
+    record = record or Record()
+    record.metadata.auth_not_needed_for = server_url
+    return record
 
 
 def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
@@ -210,6 +226,8 @@ def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
 
     result.deleted_tokens = tokens is not None
     result.deleted_client = forget_client and client is not None
+    if tokens is not None and not endpoint:
+        result.not_revocable, result.access_token_expires_at = True, tokens.expires_at
     store.update(server.name, change)
     return result
 
@@ -225,6 +243,8 @@ def auth_state(server: ServerConfig, record: Record | None, now: float | None = 
         return AuthState("n/a", "Authorization header configured")
     tokens = record.tokens_for(server.url) if record else None
     if tokens is None:
+        if record is not None and record.auth_not_needed(server.url):
+            return AuthState("no auth needed", "it answered toolscript auth without asking for authorization")
         return AuthState("not authenticated", needs_auth=True)
     now = time.time() if now is None else now
     if tokens.is_expired(now):
@@ -232,6 +252,11 @@ def auth_state(server: ServerConfig, record: Record | None, now: float | None = 
             return AuthState("expired", "refreshable")
         return AuthState("expired", "not refreshable", needs_auth=True)
     return AuthState("authenticated", describe_tokens(tokens, now))
+
+
+def describe_duration(seconds: float) -> str:
+    """Return e.g. `59 min` or `3 days`."""
+    return _duration(seconds)
 
 
 def describe_tokens(tokens: Tokens, now: float | None = None) -> str:
@@ -269,6 +294,8 @@ def status_report(server: ServerConfig, store: Store, now: float | None = None) 
         lines += [("Client", f"{client.client_id} via {how}{secret}"),
                   ("Token auth method", client.token_endpoint_auth_method or "-"),
                   ("Redirect URI", client.redirect_uri or "-")]
+        if client.registration_client_uri:
+            lines.append(("Client configuration", f"{client.registration_client_uri} (RFC 7592)"))
     lines.append(("Scopes requested", meta.scope_requested or "(none)"))
     if meta.step_up_scope:
         lines.append(("Step-up scopes", f"{meta.step_up_scope} (asked for by the next toolscript auth)"))
@@ -403,8 +430,11 @@ def _discover(http: _Http, server: ServerConfig) -> _Discovery | None:
     if prm is not None:
         resource = prm.get("resource")
         if not isinstance(resource, str) or not _resource_covers(resource, url):
+            alias = _loopback_alias(resource, url) if isinstance(resource, str) else None
+            hint = (f" The server calls itself {urlsplit(alias).hostname}, not {urlsplit(url).hostname}: configure "
+                    f"url = \"{alias}\" in [servers.{name}].") if alias else ""
             raise AuthError(f"Protected resource metadata at {prm_url} names resource {resource!r}, which does not "
-                            f"match server '{name}' at {url} (RFC 8707); refusing to authenticate.", server=name)
+                            f"match server '{name}' at {url} (RFC 8707); refusing to authenticate.{hint}", server=name)
         servers = prm.get("authorization_servers")
         if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
             raise AuthError(f"Protected resource metadata at {prm_url} lists no authorization server.", server=name)
@@ -577,6 +607,21 @@ def _same_origin_issuer(issuer: str, origin: str) -> bool:
     return not parts.query and not parts.fragment and url_origin(issuer) == origin
 
 
+def _loopback_alias(resource: str, server_url: str) -> str | None:
+    """`server_url` on the resource's host, when the two name the loopback host differently (localhost, 127.0.0.1)."""
+    named, configured = urlsplit(resource), urlsplit(server_url)
+    try:
+        same_port = named.port == configured.port
+    except ValueError:
+        return None
+    if named.scheme != configured.scheme or not same_port or named.hostname == configured.hostname:
+        return None
+    if not (is_loopback_host(named.hostname) and is_loopback_host(configured.hostname)):
+        return None
+    alias = urlunsplit((configured.scheme, named.netloc, configured.path, configured.query, ""))
+    return alias if _resource_covers(resource, alias) else None
+
+
 def _resource_covers(resource: str, server_url: str) -> bool:
     """Whether the metadata's `resource` is the server URL or a parent of it (RFC 8707, RFC 9728)."""
     if url_origin(resource) != url_origin(server_url):
@@ -603,16 +648,19 @@ def _choose_scope(server: ServerConfig, discovery: _Discovery, record: Record | 
     return " ".join(dict.fromkeys(scopes)) or None
 
 
-def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, record: Record | None,
+def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, stored: ClientInfo | None,
                     scope: str | None) -> tuple[_CallbackServer, ClientInfo]:
     """Pick the client and start the loopback server on its redirect port (registering if needed)."""
     oauth = server.oauth
     configured_redirect = oauth.redirect_uri if oauth else None
-    stored = record.client if record else None
     client = _configured_client(server, discovery)
     if client is None and stored is not None and _reusable(stored, discovery, scope, configured_redirect):
-        log.info("Using the client registration stored for %s (client_id %s)", discovery.issuer, stored.client_id)
-        client = stored
+        if _registration_gone(http, stored):
+            log.info("%s no longer knows the stored client registration (client_id %s); registering anew",
+                     discovery.issuer, stored.client_id)
+        else:
+            log.info("Using the client registration stored for %s (client_id %s)", discovery.issuer, stored.client_id)
+            client = stored
     elif client is not None and stored is not None and stored.client_id == client.client_id:
         client.redirect_uri = client.redirect_uri or stored.redirect_uri  # keep the port across runs
     redirect = client.redirect_uri if client else configured_redirect
@@ -637,6 +685,37 @@ def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, re
     else:
         client.redirect_uri = callback.redirect_uri
     return callback, client
+
+
+def _registration_gone(http: _Http, client: ClientInfo) -> bool:
+    """Ask the client configuration endpoint (RFC 7592) whether the registration still exists.
+
+    Only a registration that came with `registration_client_uri` and `registration_access_token`
+    can be asked about; any answer but a refusal (401, 403, 404) counts as still there.
+    """
+    uri, token = client.registration_client_uri, client.registration_access_token
+    if not uri or not token:
+        return False
+    register_secret(token)
+    try:
+        _check_endpoint(uri, "client configuration endpoint")
+        response = http.request("GET", uri, step="Checking the stored client registration",
+                                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+    except AuthError as exc:
+        log.debug("Not checking the stored client registration: %s", exc.message)
+        return False
+    if response.status_code in (401, 403, 404):
+        return True
+    if response.status_code == 200:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        rotated = body.get("registration_access_token") if isinstance(body, dict) else None
+        if isinstance(rotated, str) and rotated:  # RFC 7592 §3: the server may issue a new one
+            register_secret(rotated)
+            client.registration_access_token = rotated
+    return False
 
 
 def _configured_client(server: ServerConfig, discovery: _Discovery) -> ClientInfo | None:
@@ -721,12 +800,18 @@ def _register(http: _Http, server: ServerConfig, discovery: _Discovery, redirect
         raise AuthError(f"Client registration failed: {endpoint} did not register the redirect URI {redirect_uri}.",
                         server=server.name)
     expires_at = info.get("client_secret_expires_at")
+    # RFC 7592: where the registration can be read later, to find out whether it still exists.
+    management_uri, management_token = info.get("registration_client_uri"), info.get("registration_access_token")
+    if not (isinstance(management_uri, str) and isinstance(management_token, str) and management_token):
+        management_uri = management_token = None
+    register_secret(management_token)
     log.info("Registered client_id %s (%s)", client_id, assigned)
     return ClientInfo(
         client_id=client_id, registration_source="dynamic", client_secret=secret if assigned != "none" else None,
         token_endpoint_auth_method=assigned, issuer=discovery.issuer, redirect_uri=redirect_uri,
         registered_at=time.time(), client_secret_expires_at=float(expires_at) if isinstance(expires_at, (int, float)) and expires_at else None,
         scope=info["scope"] if isinstance(info.get("scope"), str) else scope,
+        registration_client_uri=management_uri, registration_access_token=management_token,
     )
 
 
@@ -927,8 +1012,13 @@ class _ForeignState(AuthError):
 
 def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, scope: str | None,
                callback: _CallbackServer, *, open_browser: Callable[[str], object] | None,
-               show_url: Callable[[str], None], read_pasted: Callable[[], str] | None, timeout: float) -> tuple[str, str]:
-    """Send the user to the authorization endpoint; return the checked code and the PKCE verifier."""
+               show_url: Callable[[str], None], read_pasted: Callable[[], str] | None, timeout: float,
+               stored_client: bool = False) -> tuple[str, str]:
+    """Send the user to the authorization endpoint; return the checked code and the PKCE verifier.
+
+    `stored_client`: the client is a dynamic registration stored by an earlier run, which the
+    authorization server may have forgotten since.
+    """
     state = secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(64)
     register_secret(state)
@@ -955,9 +1045,15 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
     try:
         code = callback.wait(timeout)
     except _Timeout:
-        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{server.name}' "
+        name = server.name
+        if stored_client:  # the browser may have shown the server's invalid_client page: a dead end
+            raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}'. If the "
+                            "browser showed an error such as invalid_client, the authorization server has forgotten "
+                            "the client registration toolscript stored", server=name,
+                            next_command=auth_command(name, "--forget-client")) from None
+        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}' "
                         "(--timeout SECONDS waits longer; --no-browser lets you paste the redirected URL).",
-                        server=server.name, next_command=auth_command(server.name)) from None
+                        server=name, next_command=auth_command(name)) from None
     log.info("Authorization received")
     return code, verifier
 
@@ -975,8 +1071,9 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
             continue
         params = dict(parse_qsl(urlsplit(line).query, keep_blank_values=True))
         if not params.keys() & {"code", "error", "state"}:
-            log.warning("That is not the redirected URL (it should contain ?code=...&state=...); paste the whole "
-                        "address from the browser's address bar.")
+            # A placeholder form: real-looking `code=...` values would be masked in the log line.
+            log.warning("That is not the redirected URL (it looks like %s?code=<code>&state=<state>); paste the whole "
+                        "address from the browser's address bar.", callback.redirect_uri)
             continue
         callback.submit(params)
         if callback.done:

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import CancelledError as _FutureCancelled
 from contextvars import ContextVar
@@ -53,6 +54,7 @@ if __package__:
     from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError, UsageError
     from .errors import did_you_mean
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
+    from .logs import SERVER
     from .redact import redact, register_secret
     from .storage import OAuthStatus, Store
 else:
@@ -60,6 +62,7 @@ else:
     from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError, UsageError
     from errors import did_you_mean
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
+    from logs import SERVER
     from redact import redact, register_secret
     from storage import OAuthStatus, Store
 
@@ -76,6 +79,7 @@ __all__ = [
     "FAILED",
     "AuthFactory",
     "Gateway",
+    "ProgressCallback",
     "http_client",
     "result_to_dict",
     "split_prompt_name",
@@ -84,6 +88,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("toolscript.gateway")
+# Log notifications of the servers (notifications/message), at their own level.
+server_log = logging.getLogger("toolscript.server")
 
 CONNECTED, FAILED, AUTH_REQUIRED, CONNECTING = "connected", "failed", "auth_required", "connecting"
 SEPARATOR = "__"
@@ -110,12 +116,22 @@ _INPUT_POLL_DELAYS = (0.05, 0.1, 0.2, 0.25)  # before resending a call whose res
 # built with the SDK's `ctx.elicit` can ask the user only over the legacy protocol; the tests
 # switch to "auto" to have SDK servers answer with input-required results.
 PROTOCOL_NEGOTIATION = "legacy"
+_MAX_STDERR_LINE = 300
+STDERR_TAIL_LINES = 10  # of a stdio server that failed to start, shown in its error
+STDERR_DRAIN_TIMEOUT = 1.0  # seconds to wait for the rest of a dead stdio server's stderr
+# MCP logging levels (RFC 5424 names) as Python's.
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warning": logging.WARNING,
+               "error": logging.ERROR, "critical": logging.CRITICAL, "alert": logging.CRITICAL,
+               "emergency": logging.CRITICAL}
 _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "credential")
 
 _Found = TypeVar("_Found", bound=BaseException)
 
 AuthFactory = Callable[["ServerConfig"], "httpx2.Auth | None"]
 """Given an http/sse server, return the `httpx2.Auth` for its requests (or None)."""
+
+ProgressCallback = Callable[[float, "float | None", "str | None"], None]
+"""Called with (progress, total, message) for each progress notification of a call, on the gateway's thread."""
 
 
 def stored_oauth(store: Store) -> AuthFactory:
@@ -165,16 +181,20 @@ def result_to_dict(result: types.CallToolResult) -> dict[str, Any]:
     return data
 
 
-def http_client(server: ServerConfig, auth: httpx2.Auth | None = None) -> httpx2.AsyncClient:
+def http_client(server: ServerConfig, auth: httpx2.Auth | None = None, *,
+                on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None) -> httpx2.AsyncClient:
     """Build the HTTP client of an http/sse server: its static headers, its timeout and `auth`.
 
     This is the one place where an HTTP transport's client is made; OAuth plugs in as `auth`.
+    `on_response` sees every response (the SDK turns an HTTP error into a JSON-RPC error
+    without its status).
     """
     timeout = server.timeout or DEFAULT_CONNECT_TIMEOUT
     return httpx2.AsyncClient(
         headers=dict(server.headers),
         timeout=httpx2.Timeout(timeout, read=max(timeout, STREAM_READ_TIMEOUT)),
         auth=auth,
+        event_hooks={"response": [on_response]} if on_response is not None else None,
     )
 
 
@@ -272,7 +292,8 @@ class Gateway:
         return self._run_on_loop(self._tool_row_of, server, tool)
 
     def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
-             input_handler: InputHandler | None = None) -> dict[str, Any]:
+             input_handler: InputHandler | None = None,
+             on_progress: ProgressCallback | None = None) -> dict[str, Any]:
         """Call the tool `server__tool` and return its result (see `result_to_dict`).
 
         When the server asks the user for input during the call (elicitation, or an
@@ -284,8 +305,9 @@ class Gateway:
         server's only one in flight; otherwise the request is declined).
 
         Raises `UsageError` for an unknown or hidden tool, `AuthRequiredError`, `CallTimeoutError`
-        when no answer came in `timeout` seconds, and `ConnectError` when the server failed.
-        An `isError` result is returned, not raised.
+        when no answer (nor progress) came in `timeout` seconds, and `ConnectError` when the
+        server failed. An `isError` result is returned, not raised. Every call asks the server
+        for progress; each progress notification restarts the timeout and goes to `on_progress`.
         """
         server, tool = self._visible_tool_name(name)
         if arguments is None:
@@ -293,7 +315,8 @@ class Gateway:
         if not isinstance(arguments, dict):
             raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server)
         call = _CallInput(f"{server}{SEPARATOR}{tool}", input_handler)
-        result = result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout, call))
+        result = result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout, call,
+                                                         on_progress))
         if call.declined:
             result[DECLINED_KEY] = [request.to_dict() for request in call.declined]
         return result
@@ -400,9 +423,17 @@ class Gateway:
         return rows
 
     async def _call(self, name: str, tool: str, arguments: dict[str, Any], timeout: float | None,
-                    call: _CallInput) -> types.CallToolResult:
+                    call: _CallInput, on_progress: ProgressCallback | None) -> types.CallToolResult:
         server = self._servers[name]
-        return await server.call_tool(tool, arguments, timeout or server.call_timeout, call)
+        SERVER.set(name)  # this task's own context: what the SDK logs for the call names the server
+        try:
+            result = await server.call_tool(tool, arguments, timeout or server.call_timeout, call,
+                                            on_progress=on_progress)
+        except AuthError as exc:
+            server.call_auth_failure = exc
+            raise
+        server.call_auth_failure = None
+        return result
 
     async def _tool_row_of(self, name: str, tool: str) -> dict[str, Any]:
         server = self._servers[name]
@@ -523,6 +554,21 @@ class _Connection:
     end_reason: str | None = None
     attempt: anyio.CancelScope | None = None  # the connection's scope, cancelled to abandon an attempt
     first: bool = False  # the server's first attempt, whose failure an announcing gateway logs
+    clues: _Clues = field(default_factory=lambda: _Clues())
+
+
+@dataclass(eq=False)
+class _Clues:
+    """What a connection's transport saw that explains its failure better than the SDK's error."""
+
+    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))  # a stdio server's last lines
+    stderr_closed: threading.Event = field(default_factory=threading.Event)
+    http_error: tuple[int, str] | None = None  # status and URL of the last HTTP error answering a POST
+
+    async def note_response(self, response: httpx2.Response) -> None:
+        # Only POSTs carry MCP messages; a GET stream may be refused (405) without harm.
+        if response.status_code >= 400 and response.request.method == "POST":
+            self.http_error = response.status_code, str(response.request.url.copy_with(query=None))
 
 
 class _Server:
@@ -553,6 +599,7 @@ class _Server:
         self._tool_refresh_done: anyio.Event | None = None  # None unless a tool list refresh is in progress
         self._calls: set[_CallInput] = set()  # in flight
         self.auth: httpx2.Auth | None = None  # the current connection's
+        self.call_auth_failure: AuthError | None = None  # of the last call, which failed with it
 
     def row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "type": self.config.type, "status": self.status}
@@ -569,6 +616,8 @@ class _Server:
         status = self._store.oauth_status_of(self.config)
         if status is not None and self.status == AUTH_REQUIRED and status.status == "authenticated":
             return OAuthStatus("authentication_failed", self.error.message)
+        if status is not None and self.call_auth_failure is not None and status.status == "authenticated":
+            return OAuthStatus("authentication_failed", self.call_auth_failure.message)
         return status
 
     def auth_failure(self) -> AuthError | ConnectError | None:
@@ -649,14 +698,26 @@ class _Server:
         return self.tools[tool]
 
     async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, call: _CallInput, *,
-                        urls_opened: bool = False) -> types.CallToolResult:
-        """Call `tool`; `timeout` bounds everything: waiting for a connection, reconnecting, the call."""
+                        on_progress: ProgressCallback | None = None, urls_opened: bool = False) -> types.CallToolResult:
+        """Call `tool`; `timeout` bounds everything: waiting for a connection, reconnecting, the call.
+
+        Progress from the server starts the timeout again: the MCP specification lets a long
+        task that keeps reporting go on.
+        """
+
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            if call.deadline is not None and not call.asking:
+                call.deadline.deadline = anyio.current_time() + timeout
+            log.debug("Server '%s': progress of '%s': %g/%s %s", self.name, tool, value,
+                      "?" if total is None else f"{total:g}", message or "")
+            if on_progress is not None:
+                on_progress(value, total, message)
 
         async def send(session: ClientSession) -> types.CallToolResult:
             unsupported = _unsupported_reason(await self.known_tool(tool))
             if unsupported:
                 raise UsageError(f"Tool '{call.tool}' cannot be called: it {unsupported}.", server=self.name)
-            return await self._send_call(session, tool, arguments, call)
+            return await self._send_call(session, tool, arguments, call, progress)
 
         _CALL_INPUT.set(call)
         self._calls.add(call)
@@ -666,7 +727,7 @@ class _Server:
         except _UrlsRequired as needed:
             # URL-mode elicitation as an error: open the URLs first, then call again (once).
             if needed.urls and not urls_opened and await self._opened(call, needed.urls):
-                return await self.call_tool(tool, arguments, timeout, call, urls_opened=True)
+                return await self.call_tool(tool, arguments, timeout, call, on_progress=on_progress, urls_opened=True)
             where = ", ".join(params.url for params in needed.urls) or "a URL it did not send"
             raise ToolscriptError(f"Server '{self.name}' needs you to open {where} before '{tool}' can run; "
                                   "call it from a terminal, or open that first and call again.",
@@ -741,9 +802,9 @@ class _Server:
             ) from None
 
     async def _send_call(self, session: ClientSession, tool: str, arguments: dict[str, Any],
-                         call: _CallInput) -> types.CallToolResult:
+                         call: _CallInput, progress: Any) -> types.CallToolResult:
         """Send the call, answering input-required results (protocol 2026-07-28) until the real result comes."""
-        result = await session.call_tool(tool, arguments, allow_input_required=True)
+        result = await session.call_tool(tool, arguments, allow_input_required=True, progress_callback=progress)
         for round_number in range(INPUT_ROUNDS):
             if not isinstance(result, types.InputRequiredResult):
                 return result
@@ -753,7 +814,8 @@ class _Server:
             if not responses:  # only state: the server is still working
                 await anyio.sleep(_INPUT_POLL_DELAYS[min(round_number, len(_INPUT_POLL_DELAYS) - 1)])
             result = await session.call_tool(tool, arguments, input_responses=responses or None,
-                                             request_state=result.request_state, allow_input_required=True)
+                                             request_state=result.request_state, allow_input_required=True,
+                                             progress_callback=progress)
         if isinstance(result, types.InputRequiredResult):
             raise ConnectError(f"Server '{self.name}' still asked for input for '{tool}' after {INPUT_ROUNDS} rounds.",
                                server=self.name)
@@ -916,6 +978,7 @@ class _Server:
 
     async def _run(self, connection: _Connection) -> None:
         """Connect, then hold the connection open until it is closed or lost."""
+        SERVER.set(self.name)  # what the SDK logs for this connection names the server
         error: BaseException | None = None
         auth = self.auth = self._auth_factory(self.config) if self._auth_factory is not None else None
         if isinstance(auth, StoredTokenAuth):
@@ -923,7 +986,7 @@ class _Server:
         try:
             with anyio.CancelScope() as scope:
                 scope.deadline = anyio.current_time() + self.connect_timeout
-                async with _open_transport(self.config, auth) as (read, write):
+                async with _open_transport(self.config, auth, connection.clues) as (read, write):
                     # Abandoning the attempt is safe only from here: a cancellation while the stdio
                     # transport spawns its process would lose the process (an asyncio limitation).
                     connection.attempt = scope
@@ -931,7 +994,7 @@ class _Server:
                         scope.cancel()
                     async with ClientSession(
                         _ReadStreamWithEndEvent(read, connection.close_requested), write,
-                        message_handler=self._on_message,
+                        message_handler=self._on_message, logging_callback=self._on_log,
                         elicitation_callback=self._on_elicitation,
                     ) as session:
                         await _negotiate(session)
@@ -945,6 +1008,10 @@ class _Server:
                         await connection.close_requested.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
             error = exc
+            if self.config.type == "stdio" and not connection.connected_or_failed.is_set():
+                # The process is gone; its last stderr lines may still be in the pipe. They say why.
+                with anyio.move_on_after(STDERR_DRAIN_TIMEOUT, shield=True):
+                    await anyio.to_thread.run_sync(connection.clues.stderr_closed.wait, STDERR_DRAIN_TIMEOUT)
         finally:
             was_connected = connection.connected_or_failed.is_set()
             connection.session = None
@@ -982,7 +1049,7 @@ class _Server:
             connection.end_reason = fault.message  # the record or its lock is unusable; the message names the file
             self.status, self.error = FAILED, fault
         elif error is not None:
-            connection.end_reason = _reason(error, self.config)
+            connection.end_reason = _reason(error, self.config, None if was_connected else connection.clues)
             verb = "failed" if was_connected else "failed to connect"
             self.status = FAILED
             self.error = ConnectError(f"Server '{name}' {verb}: {connection.end_reason}", server=name)
@@ -1005,6 +1072,12 @@ class _Server:
             if not cursor:
                 break
         self.tools = {tool.name: tool for tool in tools if tool_allowed(self.config, tool.name)}
+
+    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        """Show a server's log notification at its level, naming the server (and its logger)."""
+        data = params.data if isinstance(params.data, str) else json.dumps(params.data)
+        source = f"{self.name} ({params.logger})" if params.logger else self.name
+        server_log.log(_LOG_LEVELS.get(params.level, logging.INFO), "%s: %s", source, data)
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):
@@ -1051,30 +1124,36 @@ class _ReadStreamWithEndEvent:
 
 
 @contextlib.asynccontextmanager
-async def _open_transport(server: ServerConfig, auth: httpx2.Auth | None) -> AsyncIterator[tuple[Any, Any]]:
+async def _open_transport(server: ServerConfig, auth: httpx2.Auth | None,
+                          clues: _Clues) -> AsyncIterator[tuple[Any, Any]]:
     if server.type == "stdio":
-        async with _stdio_transport(server) as streams:
+        async with _stdio_transport(server, clues) as streams:
             yield streams
     elif server.type == "sse":
         assert server.url is not None
-        factory = lambda **_: http_client(server, auth)  # noqa: E731 - sse_client's own arguments are ignored
+
+        def factory(**_: Any) -> httpx2.AsyncClient:  # sse_client's own arguments are ignored
+            return http_client(server, auth, on_response=clues.note_response)
+
         async with sse_client(server.url, httpx_client_factory=factory, sse_read_timeout=STREAM_READ_TIMEOUT) as streams:
             yield streams
     else:
         assert server.url is not None
-        async with http_client(server, auth) as client, streamable_http_client(server.url, http_client=client) as streams:
+        async with http_client(server, auth, on_response=clues.note_response) as client, \
+                streamable_http_client(server.url, http_client=client) as streams:
             yield streams
 
 
 @contextlib.asynccontextmanager
-async def _stdio_transport(server: ServerConfig) -> AsyncIterator[tuple[Any, Any]]:
-    """Run a stdio server with its stderr going to our log at DEBUG, never to our stdout."""
+async def _stdio_transport(server: ServerConfig, clues: _Clues) -> AsyncIterator[tuple[Any, Any]]:
+    """Run a stdio server with its stderr going to our log at DEBUG (and its last lines to `clues`)."""
     assert server.command is not None
     params = StdioServerParameters(
         command=server.command, args=list(server.args), env={**os.environ, **server.env}, cwd=server.cwd
     )
     read_fd, write_fd = os.pipe()
-    threading.Thread(target=_log_stderr, args=(server.name, read_fd), daemon=True, name=f"stderr-{server.name}").start()
+    threading.Thread(target=_log_stderr, args=(server.name, read_fd, clues), daemon=True,
+                     name=f"stderr-{server.name}").start()
     errlog = os.fdopen(write_fd, "w")
     async with contextlib.AsyncExitStack() as stack:
         try:
@@ -1084,10 +1163,15 @@ async def _stdio_transport(server: ServerConfig) -> AsyncIterator[tuple[Any, Any
         yield streams
 
 
-def _log_stderr(server: str, fd: int) -> None:
-    with open(fd, encoding="utf-8", errors="replace") as stream:
-        for line in stream:
-            log.debug("%s (stderr): %s", server, line.rstrip())
+def _log_stderr(server: str, fd: int, clues: _Clues) -> None:
+    try:
+        with open(fd, encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                log.debug("%s (stderr): %s", server, line.rstrip())
+                if line.strip():
+                    clues.stderr.append(line.rstrip()[:_MAX_STDERR_LINE])
+    finally:
+        clues.stderr_closed.set()
 
 
 def _tool_row(server: str, tool: types.Tool) -> dict[str, Any]:
@@ -1256,16 +1340,18 @@ def _find(exc: BaseException, kind: type[_Found]) -> _Found | None:
     return next((leaf for leaf in _leaves(exc) if isinstance(leaf, kind)), None)
 
 
-def _reason(exc: BaseException, server: ServerConfig) -> str:
-    """Describe why a connection failed, in one line."""
+def _reason(exc: BaseException, server: ServerConfig, clues: _Clues | None = None) -> str:
+    """Describe why a connection failed, in one line; with `clues` of a stdio server, its last stderr lines follow."""
     cancelled = anyio.get_cancelled_exc_class()
     leaf = next((e for e in _leaves(exc) if not isinstance(e, cancelled)), exc)
     if isinstance(leaf, MCPError) and leaf.code == types.CONNECTION_CLOSED and server.type == "stdio":
-        return "the server process closed the connection (run with -v to see its stderr)"
+        return "the server process closed the connection" + _stderr_tail(clues)
     if isinstance(leaf, OSError) and server.type == "stdio":
         return f"cannot run {server.command!r}: {leaf.strerror or leaf}"
     if isinstance(leaf, httpx2.HTTPStatusError):
-        return f"HTTP {leaf.response.status_code} from {server.url}"
+        return _http_failure(leaf.response.status_code, str(leaf.request.url.copy_with(query=None)))
+    if isinstance(leaf, MCPError) and clues is not None and clues.http_error is not None:
+        return _http_failure(*clues.http_error)  # the SDK's error lost the status ("Not Found")
     if isinstance(leaf, httpx2.TimeoutException):
         return f"no answer from {server.url} in time"
     if isinstance(leaf, (httpx2.TransportError, OSError)):
@@ -1274,6 +1360,19 @@ def _reason(exc: BaseException, server: ServerConfig) -> str:
         return leaf.message
     text = _first_line(leaf)
     return f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
+
+
+def _http_failure(status: int, url: str) -> str:
+    hint = ": is this the server's MCP endpoint?" if status in (404, 405) else ""
+    return f"HTTP {status} from {url}{hint}"
+
+
+def _stderr_tail(clues: _Clues | None) -> str:
+    if clues is None:
+        return " (run with -v to see its stderr)"
+    if not clues.stderr:
+        return " without writing to stderr"
+    return "; its stderr ended with:" + "".join(f"\n    {line}" for line in clues.stderr)
 
 
 def _first_line(exc: BaseException) -> str:

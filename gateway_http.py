@@ -114,7 +114,8 @@ class SyncGateway(Protocol):
     def tool(self, name: str) -> dict[str, Any]: ...
 
     def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
-             input_handler: Any = None) -> dict[str, Any]: ...
+             input_handler: Any = None,
+             on_progress: Callable[[float, float | None, str | None], None] | None = None) -> dict[str, Any]: ...
 
     def resources(self, server: str | None = None) -> list[dict[str, Any]]: ...
 
@@ -557,8 +558,10 @@ class RemoteGateway:
         return self._request("GET", _CALL_PREFIX + quote(name))
 
     def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
-             input_handler: Any = None) -> dict[str, Any]:
-        """Call a tool through the gateway; `input_handler` is not used: the gateway declines requests for input."""
+             input_handler: Any = None,
+             on_progress: Callable[[float, float | None, str | None], None] | None = None) -> dict[str, Any]:
+        """Call a tool through the gateway; `input_handler` is not used (the gateway declines requests for
+        input), and progress stays at the gateway (the API answers once)."""
         path = _CALL_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
         # The gateway bounds every call; the socket timeout only guards against a hung gateway.
         return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)

@@ -82,6 +82,9 @@ class ClientInfo:
     registered_at: float | None = None
     client_secret_expires_at: float | None = None
     scope: str | None = None
+    # RFC 7592 client configuration endpoint and its token, when the registration gave them.
+    registration_client_uri: str | None = None
+    registration_access_token: str | None = None
 
 
 @dataclass
@@ -150,6 +153,8 @@ class Metadata:
     # The discovery chain followed by the last `auth`, for `auth --status`.
     discovery: list[str] = field(default_factory=list)
     scope_requested: str | None = None
+    # The server URL that `toolscript auth` found answering without asking for authorization.
+    auth_not_needed_for: str | None = None
 
 
 @dataclass
@@ -162,6 +167,12 @@ class Record:
     # Keys this version does not know (written by a newer one), kept as they were:
     # `{"client": {...}, ...}` for unknown keys of a section, other tables by name.
     unknown: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def auth_not_needed(self, server_url: str | None) -> bool:
+        """Whether `server_url` last answered a probe without asking for authorization, and has no tokens."""
+        probed = self.metadata.auth_not_needed_for
+        return (server_url is not None and probed is not None and same_resource(probed, server_url)
+                and self.tokens_for(server_url) is None)
 
     def tokens_for(self, server_url: str | None) -> Tokens | None:
         """Return the tokens only if they were issued for `server_url`.
@@ -278,9 +289,12 @@ class Store:
         if not server.is_remote or (server.oauth is None and not self.exists(server.name)):
             return None
         try:
-            return oauth_status(self.load(server.name), server.url or "")
+            record = self.load(server.name)
         except StorageError as exc:
             return OAuthStatus("authentication_failed", exc.message)
+        if server.oauth is None and record is not None and record.auth_not_needed(server.url):
+            return None  # the record only says that the server does not use OAuth
+        return oauth_status(record, server.url or "")
 
     def load(self, server: str) -> Record | None:
         """Return the record for `server`, or None if there is none."""

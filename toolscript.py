@@ -19,19 +19,22 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Self, Sequence
 
 if __package__:
     from . import config as _config
     from .errors import ConnectError, ToolscriptError, UsageError, auth_command, run_hint
+    from .logs import OneLineFilter
     from .redact import RedactingFilter, escape_controls, redact
     from .storage import Store
     from .urls import is_loopback_host
 else:
     import config as _config
     from errors import ConnectError, ToolscriptError, UsageError, auth_command, run_hint
+    from logs import OneLineFilter
     from redact import RedactingFilter, escape_controls, redact
     from storage import Store
     from urls import is_loopback_host
@@ -140,9 +143,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Send logs to stderr: toolscript at INFO, libraries at WARNING; every line redacted."""
+    """Send logs to stderr: toolscript at INFO, libraries at WARNING; every line redacted.
+
+    Without `verbose` every record is one line, tracebacks included (see `logs.OneLineFilter`).
+    """
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(OneLineFilter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
@@ -162,6 +170,7 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is now, so `main()` can run repeatedly in one process.
 
+    A live progress line on the terminal is taken away for each record and drawn again after it.
     Log lines carry text from servers (errors, a stdio server's stderr): terminal controls
     in them are shown escaped.
     """
@@ -176,6 +185,64 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: object) -> None:
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with _ProgressLine.lock:
+            line = _ProgressLine.shown
+            if line is not None:
+                line.erase()
+            super().emit(record)
+            if line is not None:
+                line.draw()
+
+
+class _ProgressLine:
+    """The progress of one tool call: a live line on stderr if it is a terminal, else INFO log lines.
+
+    Called by the gateway (on its own thread) with each progress notification of the call.
+    """
+
+    lock = threading.RLock()
+    shown: _ProgressLine | None = None  # the line on the terminal now, if any
+
+    def __init__(self, tool: str) -> None:
+        self.tool = tool
+        self.live = sys.stderr.isatty() and log.isEnabledFor(logging.INFO)  # not with -q
+        self.text = ""
+        self.done = False  # a late notification must not draw the line again
+
+    def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        count = f"{progress:g}/{total:g}" if total is not None else f"{progress:g}"
+        if message:  # server text on one line: its newlines and tabs shown escaped too
+            message = escape_controls(message).replace("\n", "\\n").replace("\t", "\\t")
+        text = f"{self.tool}: {message} ({count})" if message else f"{self.tool}: {count}"
+        if not self.live:
+            log.info("%s", text)
+            return
+        with self.lock:
+            if self.done:
+                return
+            self.text = text
+            _ProgressLine.shown = self
+            self.draw()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self.lock:
+            self.done = True
+            if _ProgressLine.shown is self:
+                self.erase()
+                _ProgressLine.shown = None
+
+    def draw(self) -> None:
+        sys.stderr.write("\r\x1b[K" + redact(self.text))
+        sys.stderr.flush()
+
+    def erase(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
 
 
 # -- servers -------------------------------------------------------------------------
@@ -233,7 +300,9 @@ def _add_auth(commands: argparse._SubParsersAction) -> None:
     action = p.add_mutually_exclusive_group()
     action.add_argument("--status", action="store_true", help="show what is stored for SERVER (no network)")
     action.add_argument("--logout", action="store_true", help="revoke and delete SERVER's tokens")
-    p.add_argument("--forget-client", action="store_true", help="with --logout: also delete the client registration")
+    p.add_argument("--forget-client", action="store_true",
+                   help="with --logout: also delete the client registration; without: register toolscript anew "
+                        "(when the authorization server forgot the stored registration)")
     p.add_argument("--no-browser", action="store_true",
                    help="do not open a browser; print the URL and also accept the redirected URL pasted on stdin")
     p.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
@@ -252,8 +321,8 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
         if args.status or args.logout or args.forget_client:
             raise UsageError("--status, --logout and --forget-client need a SERVER: toolscript auth SERVER --status")
         return _auth_list(cfg, store, auth)
-    if args.forget_client and not args.logout:
-        raise UsageError("--forget-client goes with --logout: toolscript auth SERVER --logout --forget-client")
+    if args.forget_client and args.status:
+        raise UsageError("--forget-client goes with --logout, or alone: toolscript auth SERVER --forget-client")
     server = cfg.server(args.server)
     if args.status:
         lines = auth.status_report(server, store)
@@ -265,6 +334,12 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
         result = auth.logout(server, store, forget_client=args.forget_client)
         for failure in result.failures:
             log.warning("%s; deleting it locally anyway.", failure)
+        if result.not_revocable:
+            expiry = result.access_token_expires_at
+            left = None if expiry is None else auth.describe_duration(expiry - time.time())
+            when = "" if left is None else f"; the access token expires in {left}"
+            log.warning("Server '%s' offers no token revocation: the deleted tokens stay valid at the server until "
+                        "they expire%s.", server.name, when)
         if result.revoked:
             _print(f"Revoked the {' and the '.join(result.revoked)} at the server.")
         done = [what for what, did in (("tokens", result.deleted_tokens), ("client registration", result.deleted_client)) if did]
@@ -273,7 +348,8 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
         return EXIT_OK
     if not server.is_remote:
         raise UsageError(f"Server '{server.name}' is a stdio server; only http and sse servers use OAuth.")
-    return _auth_run(server, store, auth, no_browser=args.no_browser, timeout=args.timeout)
+    return _auth_run(server, store, auth, no_browser=args.no_browser, timeout=args.timeout,
+                     forget_client=args.forget_client)
 
 
 def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
@@ -299,7 +375,7 @@ def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
 
 
 def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browser: bool, timeout: float,
-              open_browser: Callable[[str], object] | None = None) -> int:
+              open_browser: Callable[[str], object] | None = None, forget_client: bool = False) -> int:
     import webbrowser
 
     def show_url(url: str) -> None:
@@ -311,7 +387,8 @@ def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browse
     opener = None if no_browser else (open_browser or webbrowser.open)
     try:
         record = auth.authenticate(server, store, open_browser=opener, show_url=show_url,
-                                   read_pasted=sys.stdin.readline if no_browser else None, timeout=timeout)
+                                   read_pasted=sys.stdin.readline if no_browser else None, timeout=timeout,
+                                   forget_client=forget_client)
     except KeyboardInterrupt:
         _error(f"Authorization of '{server.name}' cancelled; stored data unchanged.")
         return EXIT_INTERRUPTED
@@ -482,7 +559,7 @@ def _add_call(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.add_argument("-o", "--output", metavar="DIR",
                    help="save images, audio and binary resources of the result into DIR, as POSITION-TYPE.EXT")
-    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="give up on the call after this long")
+    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="give up on the call after this long without an answer or progress")
     p.set_defaults(func=cmd_call)
 
 
@@ -499,10 +576,11 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
         pairs = tool_arguments.parse_pairs(words, args.tool)
     arguments = {} if pairs is not None else _read_arguments(words[0] if words else None, args.tool)
     input_handler = _terminal_input_handler(elicitation)
-    with _open_gateway(cfg, for_tool=args.tool) as gateway:
+    with _open_gateway(cfg, for_tool=args.tool) as gateway, _ProgressLine(args.tool) as progress:
         if pairs is not None:
             arguments = tool_arguments.typed_arguments(pairs, gateway.tool(args.tool).get("inputSchema"), args.tool)
-        result = gateway.call(args.tool, arguments, timeout=args.timeout, input_handler=input_handler)
+        result = gateway.call(args.tool, arguments, timeout=args.timeout, input_handler=input_handler,
+                              on_progress=progress)
     why = "nobody could be asked through the gateway" if input_handler else "stdin or stderr is not a terminal"
     for request in result.get(elicitation.DECLINED_KEY) or []:
         log.warning("note: %s; declined, as %s.", elicitation.describe_request(request), why)

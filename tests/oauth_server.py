@@ -58,6 +58,11 @@ class _Wiretap:
     # (status, OAuth error): the token endpoint refuses every request, echoing its credentials.
     echo_credentials: tuple[int, str] | None = None
     rewrite_token_response: Callable[[bytes], bytes] | None = None
+    # RFC 7592: registrations get a registration_client_uri and registration_access_token, and
+    # GET on that URI answers 200 while the client exists, 401 once the server forgot it.
+    registration_management: bool = False
+    client_exists: Callable[[str], bool] = lambda client_id: False
+    management_tokens: dict[str, str] = field(default_factory=dict)  # client_id -> registration access token
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -74,11 +79,17 @@ class _Wiretap:
             send = _rewriting(send, self.rewrite_token_response)
         if scope["path"] in self.documents:
             status, document = self.documents[scope["path"]]
-            body = json.dumps(document).encode()
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, status, document)
             return
+        if self.registration_management and scope["path"].startswith("/register/") and scope["method"] == "GET":
+            client_id = scope["path"].rsplit("/", 1)[1]
+            token = seen.headers.get("authorization", "").removeprefix("Bearer ")
+            known = self.management_tokens.get(client_id) == token and self.client_exists(client_id)
+            await _send_json(send, 200 if known else 401,
+                             {"client_id": client_id} if known else {"error": "invalid_token"})
+            return
+        if self.registration_management and scope["path"] == "/register" and scope["method"] == "POST":
+            send = self._managed_registration(send, f"http://{seen.headers.get('host')}")
 
         if self.step_up and scope["method"] == "POST":
             seen.body = await _read_body(receive)
@@ -128,6 +139,29 @@ class _Wiretap:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
+    def _managed_registration(self, send: Any, origin: str) -> Any:
+        """Wrap `send` so a registration response also carries the RFC 7592 fields."""
+        start: dict[str, Any] = {}
+        body = b""
+
+        async def managed_send(message: dict[str, Any]) -> None:
+            nonlocal body
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            body += message.get("body", b"")
+            if message.get("more_body"):
+                return
+            document = json.loads(body)
+            if isinstance(document, dict) and "client_id" in document:
+                token = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).decode()
+                self.management_tokens[document["client_id"]] = token
+                document["registration_client_uri"] = f"{origin}/register/{document['client_id']}"
+                document["registration_access_token"] = token
+            await _send_json(send, start["status"], document)
+
+        return managed_send
+
     def _step_up_challenge(self, seen: Seen) -> str | None:
         try:
             message = json.loads(seen.body)
@@ -161,6 +195,12 @@ def _rewriting(send: Any, rewrite: Callable[[bytes], bytes]) -> Any:
 
     return rewriting_send
 
+async def _send_json(send: Any, status: int, document: Any) -> None:
+    body = json.dumps(document).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
 
 async def _read_body(receive: Any) -> bytes:
     body, more = b"", True
@@ -178,7 +218,8 @@ class OAuthTestServer(DemoServer):
         self.tap: _Wiretap
 
         def wrap(app: Any) -> Any:
-            self.tap = _Wiretap(app, scopes_of=self._scopes_of)
+            self.tap = _Wiretap(app, scopes_of=self._scopes_of,
+                                client_exists=lambda client_id: client_id in self.provider.clients)
             return self.tap
 
         super().__init__(wrap=wrap, **options)

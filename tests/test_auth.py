@@ -374,12 +374,12 @@ def test_status_of_one_server_shows_no_secret(oauth_server, capsys):
 def test_auth_usage_errors(capsys):
     write_config('[servers.local]\ncommand = "true"\n')
     assert toolscript.main(["auth", "--logout"]) == 2
-    assert toolscript.main(["auth", "local", "--forget-client"]) == 2
+    assert toolscript.main(["auth", "local", "--status", "--forget-client"]) == 2
     assert toolscript.main(["auth", "local"]) == 2
     assert toolscript.main(["auth", "nope"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "error: --status, --logout and --forget-client need a SERVER: toolscript auth SERVER --status",
-        "error: --forget-client goes with --logout: toolscript auth SERVER --logout --forget-client",
+        "error: --forget-client goes with --logout, or alone: toolscript auth SERVER --forget-client",
         "error: Server 'local' is a stdio server; only http and sse servers use OAuth.",
         f"error: Unknown server 'nope' in {Path('toolscript.toml')} (configured: local).",
     ]

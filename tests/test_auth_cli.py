@@ -4,7 +4,7 @@ the SDK, and `$BROWSER` set to a stand-in browser that follows the authorization
 from __future__ import annotations
 
 import contextlib
-import os
+import json
 import queue
 import re
 import signal
@@ -366,13 +366,18 @@ def test_no_refresh_token_is_explained(oauth_server, browser):
     ]
 
 
-def test_server_without_auth(oauth_server):
+def test_server_without_auth_is_remembered_as_needing_none(oauth_server):
     server = oauth_server(require_auth=False)
     _config(server)
+    assert run_cli("auth").stdout == "demo  not authenticated\n\nRun: toolscript auth demo\n"
     proc = run_cli("auth", "demo")
     assert proc.returncode == 0, explain(proc)
     assert proc.stdout == "Server 'demo' does not require authentication.\n"
-    assert not Path(os.environ["TOOLSCRIPT_HOME"], "oauth", "demo.toml").exists()
+    # The listing (no network) no longer asks to authenticate it, and it is no OAuth server.
+    assert run_cli("auth").stdout == (
+        "demo  no auth needed (it answered toolscript auth without asking for authorization)\n")
+    assert "oauth_status" not in json.loads(run_cli("servers", "--json").stdout)[0]
+    assert "[oauth" not in run_cli("servers").stdout
 
 
 def test_sse_server(oauth_server, browser, isolated_env):

@@ -62,7 +62,8 @@ def test_concurrent_start_with_broken_servers_among_good_ones(tmp_path: Path) ->
         )
         assert rows["hang1"]["error"] == "Server 'hang1' did not connect within 3 s."
         assert rows["exits"]["error"] == (
-            "Server 'exits' failed to connect: the server process closed the connection (run with -v to see its stderr)"
+            "Server 'exits' failed to connect: the server process closed the connection; its stderr ended with:\n"
+            "    toolbox: starting on stdio (this line goes to stderr)"
         )
         assert rows["refused"]["status"] == "failed"
         assert rows["refused"]["error"].startswith(
