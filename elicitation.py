@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+if __package__:
+    from .redact import escape_controls
+else:
+    from redact import escape_controls
 
 __all__ = [
     "ACCEPT",
@@ -33,7 +37,6 @@ __all__ = [
     "ask_on_terminal",
     "describe_request",
     "form_fields",
-    "printable",
     "prompt_for",
 ]
 
@@ -255,7 +258,7 @@ def ask_on_terminal(request: InputRequest, read_line: Callable[[], str], write: 
     End of input (Ctrl-D) cancels; `!decline` or `!cancel` at any prompt refuses.
     """
     write(f"\nServer '{request.server}' asks for input (during {request.tool}):\n")
-    for line in printable(request.message).splitlines() or [""]:
+    for line in escape_controls(str(request.message)).splitlines() or [""]:
         write(f"  {line}\n")
     if request.mode == "url":
         return _ask_url(request, read_line, write)
@@ -291,7 +294,7 @@ def ask_on_terminal(request: InputRequest, read_line: Callable[[], str], write: 
 
 
 def _ask_url(request: InputRequest, read_line: Callable[[], str], write: Callable[[str], object]) -> InputAnswer:
-    write(f"Open this URL in a browser to continue there:\n\n  {printable(request.url or '')}\n\n")
+    write(f"Open this URL in a browser to continue there:\n\n  {escape_controls(request.url or '')}\n\n")
     write("Press Enter when you are done there, or type n to decline: ")
     line = read_line()
     if not line:
@@ -305,29 +308,21 @@ def _ask_url(request: InputRequest, read_line: Callable[[], str], write: Callabl
 
 def prompt_for(form_field: FormField) -> str:
     """The prompt line of one field: its name, what it is and its default."""
-    label = printable(form_field.title or form_field.name)
-    about = f" - {printable(form_field.description)}" if form_field.description else ""
-    default = f" [{printable(form_field.show(form_field.default))}]" if form_field.has_default else ""
+    label = escape_controls(str(form_field.title or form_field.name))
+    about = f" - {escape_controls(str(form_field.description))}" if form_field.description else ""
+    default = f" [{escape_controls(str(form_field.show(form_field.default)))}]" if form_field.has_default else ""
     return f"  {label} ({form_field.describe()}){about}{default}: "
 
 
 def describe_request(request: InputRequest | dict[str, Any]) -> str:
     """One line saying what a server asked, for a note on stderr (accepts `InputRequest.to_dict()` too)."""
     data = request.to_dict() if isinstance(request, InputRequest) else request
-    message = printable(str(data.get("message", ""))).replace("\n", " ")
+    message = escape_controls(str(data.get("message", ""))).replace("\n", " ")
     what = f"Server '{data.get('server')}' asked for input during {data.get('tool')}"
     if data.get("mode") == "url":
-        return f"{what}: {message!r}, to be given at {printable(str(data.get('url')))}"
+        return f"{what}: {message!r}, to be given at {escape_controls(str(data.get('url')))}"
     names = [f.name for f in form_fields(data.get("requestedSchema"))]
     return f"{what}: {message!r} (fields: {', '.join(names) or 'none'})"
-
-
-def printable(text: str) -> str:
-    """`text` from a server with control characters escaped (newlines and tabs kept), safe to show on a terminal."""
-    return "".join(
-        char if char in "\n\t" or unicodedata.category(char) not in ("Cc", "Cf") else repr(char)[1:-1]
-        for char in str(text)
-    )
 
 
 def _check_format(string_format: str, value: str) -> None:

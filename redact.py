@@ -1,4 +1,4 @@
-"""Keep secrets out of log output.
+"""Keep secrets out of log output, and terminal controls out of text shown to a person.
 
 It stands alone because three modules feed it (`auth` and `gateway` register the
 secret values they handle, the CLI installs the filter on its log handlers) and it
@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import unicodedata
 
-__all__ = ["MASK", "RedactingFilter", "redact", "register_secret"]
+__all__ = ["MASK", "RedactingFilter", "escape_controls", "redact", "register_secret"]
 
 MASK = "[REDACTED]"
 _MIN_SECRET_LEN = 4
@@ -83,3 +84,29 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+# C0 controls but newline and tab, DEL, and C1 controls: what lets text move the cursor,
+# clear the screen, retitle the window or write the clipboard (OSC 52) of a terminal. Then
+# U+00AD and every character from U+0600 up (where the others are), of which only the
+# invisible format characters (Unicode category Cf: bidi overrides, zero-width characters)
+# are escaped: they can make text, a URL say, read other than it is.
+_SUSPECTS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|[\xad\u0600-\U0010ffff]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if code <= 0x9f:
+        return f"\\x{code:02x}"
+    if unicodedata.category(char) != "Cf":
+        return char
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def escape_controls(text: str) -> str:
+    """Return `text` with terminal controls shown as `\\xNN` and invisible format characters as `\\uNNNN`.
+
+    Newline and tab are kept, and so is every other character.
+    """
+    return _SUSPECTS.sub(_shown, text)

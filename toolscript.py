@@ -28,14 +28,14 @@ if __package__:
     from . import config as _config
     from .errors import ConnectError, ToolscriptError, UsageError, auth_command, run_hint
     from .logs import OneLineFilter
-    from .redact import RedactingFilter, redact
+    from .redact import RedactingFilter, escape_controls, redact
     from .storage import Store
     from .urls import is_loopback_host
 else:
     import config as _config
     from errors import ConnectError, ToolscriptError, UsageError, auth_command, run_hint
     from logs import OneLineFilter
-    from redact import RedactingFilter, redact
+    from redact import RedactingFilter, escape_controls, redact
     from storage import Store
     from urls import is_loopback_host
 
@@ -171,7 +171,12 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is now, so `main()` can run repeatedly in one process.
 
     A live progress line on the terminal is taken away for each record and drawn again after it.
+    Log lines carry text from servers (errors, a stdio server's stderr): terminal controls
+    in them are shown escaped.
     """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
@@ -208,7 +213,9 @@ class _ProgressLine:
 
     def __call__(self, progress: float, total: float | None, message: str | None) -> None:
         count = f"{progress:g}/{total:g}" if total is not None else f"{progress:g}"
-        text = f"{self.tool}: {_printable(message)} ({count})" if message else f"{self.tool}: {count}"
+        if message:  # server text on one line: its newlines and tabs shown escaped too
+            message = escape_controls(message).replace("\n", "\\n").replace("\t", "\\t")
+        text = f"{self.tool}: {message} ({count})" if message else f"{self.tool}: {count}"
         if not self.live:
             log.info("%s", text)
             return
@@ -512,8 +519,6 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 # -- tools, call, gateway --------------------------------------------------------------
 
-GATEWAY_URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
-
 
 def _add_tools(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("tools", help="list the tools of the servers, or describe one (connects to them)")
@@ -534,11 +539,12 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         _print(json.dumps(tools, indent=2))
     else:
-        width = max((len(tool["name"]) for tool in tools), default=0)
-        for tool in tools:
+        names = [escape_controls(tool["name"]) for tool in tools]  # aligned as shown
+        width = max(map(len, names), default=0)
+        for name, tool in zip(names, tools):
             summary = (tool.get("description") or "").strip().split("\n")[0]
             unsupported = f"  [cannot be called: it {tool['unsupported']}]" if tool.get("unsupported") else ""
-            _print(f"{tool['name']:<{width}}  {summary}{unsupported}".rstrip())
+            _print(f"{name:<{width}}  {summary}{unsupported}".rstrip())
     return _report_failed_servers(cfg, rows)
 
 
@@ -585,7 +591,7 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
     else:
         text = render_result(result, saved)
         if failed:
-            print(text, file=sys.stderr, flush=True)
+            _status(text)
         elif text:
             _print(text)
     return EXIT_TOOL_ERROR if failed else EXIT_OK
@@ -666,7 +672,9 @@ def cmd_read(args: argparse.Namespace, cfg: Config) -> int:
     for item in contents:
         if "text" in item:
             text = str(item["text"])
-            sys.stdout.write(text if text.endswith("\n") or not sys.stdout.isatty() else text + "\n")
+            if sys.stdout.isatty():  # for a person: terminal controls shown escaped; else the exact content
+                text = escape_controls(text if text.endswith("\n") else text + "\n")
+            sys.stdout.write(text)
             sys.stdout.flush()
         else:
             sys.stdout.buffer.write(_content_bytes(item))
@@ -804,9 +812,9 @@ def _add_gateway(commands: argparse._SubParsersAction) -> None:
 def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     gateway_module = _gateway_module()
     if __package__:
-        from .gateway_http import ApiServer
+        from .gateway_http import TOKEN_VAR, URL_VAR, ApiServer, remove_token_file, write_token_file
     else:
-        from gateway_http import ApiServer
+        from gateway_http import TOKEN_VAR, URL_VAR, ApiServer, remove_token_file, write_token_file
     if not is_loopback_host(args.host):
         log.warning("warning: --host %s is not a loopback address: other machines can use your servers, "
                     "and the credentials they hold, through this gateway.", args.host)
@@ -815,12 +823,17 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
         api = ApiServer(gateway, args.host, args.port)
     except OSError as exc:
         raise UsageError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
+    token_path = None
     try:
-        with _sigterm_interrupts():
+        with _signals_interrupt():
             try:
+                try:
+                    token_path = write_token_file(api.url, api.token)
+                except UsageError as exc:  # the token still works; only the same-user shortcut is lost
+                    log.warning("warning: %s Clients need %s.", exc, TOKEN_VAR)
                 # The API listens already (requests wait in its queue): say where, then connect
                 # the servers in the background while it serves.
-                _print_gateway_url(api.url)
+                _print_gateway_url(f"{URL_VAR}={api.url}", f"{TOKEN_VAR}={api.token}")
                 gateway.start(wait=False)
                 try:
                     api.serve_forever()
@@ -830,8 +843,11 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
                     api.wait_idle(_ANSWER_GRACE)
             except KeyboardInterrupt as stop:
                 log.info("Gateway stopped.")
-                # SIGTERM is how a service is told to stop; Ctrl-C exits 130, as for every command.
+                # SIGTERM and SIGHUP are how a service is told to stop; Ctrl-C exits 130, as for every command.
                 return EXIT_OK if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
+            finally:
+                if token_path is not None:
+                    remove_token_file(token_path)
     finally:
         api.server_close()
     return EXIT_OK
@@ -840,9 +856,10 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
 _ANSWER_GRACE = 5.0  # seconds for the last answers to go out once the gateway has stopped
 
 
-def _print_gateway_url(url: str) -> None:
-    """Print the gateway's first stdout line, the one a script reads to find the gateway."""
-    _print(f"{GATEWAY_URL_VAR}={url}")
+def _print_gateway_url(url_line: str, token_line: str) -> None:
+    """Print the gateway's first two stdout lines, which a script reads to find and use the gateway."""
+    _print(url_line)
+    _print(token_line)
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -877,12 +894,12 @@ def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | Non
 
     Our own connects only `server`, or the server of the tool `for_tool` or prompt `for_prompt`, or else all.
     """
-    url = os.environ.get(GATEWAY_URL_VAR)
+    if __package__:
+        from .gateway_http import URL_VAR, RemoteGateway
+    else:
+        from gateway_http import URL_VAR, RemoteGateway
+    url = os.environ.get(URL_VAR)
     if url:
-        if __package__:
-            from .gateway_http import RemoteGateway
-        else:
-            from gateway_http import RemoteGateway
         remote = RemoteGateway(url)
         remote.check()
         yield remote
@@ -893,7 +910,7 @@ def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | Non
     elif for_prompt is not None:
         server = gateway_module.split_prompt_name(for_prompt)[0]
     gateway = gateway_module.Gateway(cfg, only=[server] if server else None, announce=False)
-    with _sigterm_interrupts():
+    with _signals_interrupt():
         # Not waiting here: a call waits for its server within its own timeout, a listing as long as it must.
         gateway.start(wait=False)
         try:
@@ -912,25 +929,38 @@ def _gateway_module() -> ModuleType:
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C; the gateway tells them apart for its exit code."""
+    """SIGTERM or SIGHUP, raised like Ctrl-C; the gateway tells them apart for its exit code."""
+
+
+_SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so that stdio servers are shut down on either."""
+def _signals_interrupt() -> Iterator[None]:
+    """Treat SIGTERM and SIGHUP (the terminal closed) like Ctrl-C, so that stdio servers are shut down on any.
+
+    After the first of them, all are ignored until the block ends: the shutdown it starts
+    (bounded by the gateway's stop timeout) must not be cut short and leave servers running.
+    A signal ignored when we started (`nohup`, a background job) stays ignored.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown at a time
-        raise _Terminated
+        for number in previous:
+            signal.signal(number, signal.SIG_IGN)
+        raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {number: signal.getsignal(number) for number in _SHUTDOWN_SIGNALS}
+    previous = {number: handler for number, handler in previous.items() if handler != signal.SIG_IGN}
+    for number in previous:
+        signal.signal(number, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _read_arguments(source: str | None, tool: str) -> dict[str, Any]:
@@ -1190,22 +1220,22 @@ def _port(text: str) -> int:
 # -- output helpers ------------------------------------------------------------------
 
 
+# Everything printed may hold text from a server (tool names, descriptions, results, errors):
+# terminal controls in it are shown escaped, so a server cannot drive the terminal. JSON
+# output is unchanged by this, as json.dumps escapes them itself.
+
+
 def _print(text: str = "") -> None:
-    print(text, flush=True)
+    print(escape_controls(text), flush=True)
 
 
 def _status(text: str) -> None:
     """Progress meant for the person at the terminal (stderr), shown even with --quiet."""
-    print(text, file=sys.stderr, flush=True)
+    print(escape_controls(text), file=sys.stderr, flush=True)
 
 
 def _error(message: str) -> None:
-    print(f"error: {redact(message)}", file=sys.stderr, flush=True)
-
-
-def _printable(text: str) -> str:
-    """Server text for one status line: control characters (newlines, escapes) shown escaped."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    print(f"error: {escape_controls(redact(message))}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

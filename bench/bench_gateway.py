@@ -295,7 +295,7 @@ def _api(gateway: Gateway) -> Iterator[RemoteGateway]:
     thread = threading.Thread(target=api.serve_forever, daemon=True)
     thread.start()
     try:
-        yield RemoteGateway(api.url)
+        yield RemoteGateway(api.url, token=api.token)  # the API's token check is part of what is measured
     finally:
         api.shutdown()
         api.server_close()

@@ -22,6 +22,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TOOLSCRIPT_HOME", str(home))
     monkeypatch.delenv("TOOLSCRIPT_CONFIG", raising=False)
     monkeypatch.delenv("TOOLSCRIPT_GATEWAY_URL", raising=False)
+    monkeypatch.delenv("TOOLSCRIPT_GATEWAY_TOKEN", raising=False)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -97,7 +98,6 @@ def write_config(config: str | dict[str, dict[str, Any]], path: Path | None = No
 # Gateway fixtures (tests/test_gateway*.py, tests/test_cli_gateway.py)
 # ======================================================================================
 
-import select  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -202,18 +202,47 @@ class DenyingAuth(httpx2.Auth):
         yield request
 
 
-def start_gateway_process(*args: str) -> tuple[subprocess.Popen[str], str]:
-    """Start `toolscript gateway ARGS` in a subprocess; return it and the first line it printed."""
+def start_gateway_process(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start `toolscript gateway ARGS` in a subprocess; return it and the first two lines it printed (URL, token)."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "toolscript.py"), "gateway", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    if not ready:
-        proc.kill()
-        pytest.fail("toolscript gateway printed nothing within 60 s")
     assert proc.stdout is not None
-    return proc, proc.stdout.readline()
+    stdout = proc.stdout
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(stdout.readline() for _ in range(2)), daemon=True)
+    reader.start()
+    reader.join(60)
+    if reader.is_alive():
+        proc.kill()
+        pytest.fail("toolscript gateway did not print its two lines within 60 s")
+    return proc, lines
+
+
+@contextlib.contextmanager
+def serving_api(gateway: Any) -> Iterator[Any]:
+    """Serve `gateway` over the HTTP API (`ApiServer`) in a thread until the block ends.
+
+    Its token is published as `toolscript gateway` does, so `RemoteGateway(api.url)` and the
+    CLI with TOOLSCRIPT_GATEWAY_URL find it.
+    """
+    from gateway_http import ApiServer, remove_token_file, write_token_file
+
+    api = ApiServer(gateway)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    token_path = write_token_file(api.url, api.token)
+    try:
+        yield api
+    finally:
+        remove_token_file(token_path)
+        api.shutdown()
+        api.server_close()
+
+
+def gateway_variables(lines: list[str]) -> dict[str, str]:
+    """The `NAME=value` lines a gateway printed (TOOLSCRIPT_GATEWAY_URL, TOOLSCRIPT_GATEWAY_TOKEN), as a dict."""
+    return dict(line.rstrip("\n").split("=", 1) for line in lines)
 
 
 # ======================================================================================

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SERVERS, explain, run_cli, stdio_server, write_config
+from conftest import SERVERS, explain, run_cli, serving_api, stdio_server, write_config
 
 import toolscript
 from config import load_config
 from gateway import Gateway
-from gateway_http import ApiServer
 from interactive import AUDIO, BLOB, PNG, serving
 
 INTERACTIVE = str(SERVERS / "interactive.py")
@@ -215,17 +213,11 @@ def test_key_value_typing_of_each_json_type() -> None:
 
 
 def test_describe_and_key_value_through_a_running_gateway(toolbox: Path) -> None:
-    with Gateway(load_config()) as gateway:
-        api = ApiServer(gateway)
-        threading.Thread(target=api.serve_forever, daemon=True).start()
+    with Gateway(load_config()) as gateway, serving_api(gateway) as api:
         env = {"TOOLSCRIPT_GATEWAY_URL": api.url}
-        try:
-            described = run_cli("tools", "s__add", env=env)
-            called = run_cli("call", "s__add", "a=1", "b=2", env=env)
-            unknown = run_cli("tools", "s__nope", env=env)
-        finally:
-            api.shutdown()
-            api.server_close()
+        described = run_cli("tools", "s__add", env=env)
+        called = run_cli("call", "s__add", "a=1", "b=2", env=env)
+        unknown = run_cli("tools", "s__nope", env=env)
     assert described.returncode == 0 and described.stdout.startswith("s__add\n  Add two integers"), explain(described)
     assert called.returncode == 0 and '"total": 3' in called.stdout, explain(called)
     assert (unknown.returncode, unknown.stderr) == (

@@ -85,6 +85,24 @@ def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pyte
     assert rows[1]["oauth_status"] == "pending_authorization" and "oauth_status" not in rows[2]
 
 
+def test_status_lines_show_server_text_with_controls_escaped(isolated_env: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    Path("toolscript.toml").write_text(CONFIG)
+    from_server = "invalid_grant: \x1b]52;c;aGk=\x07\x1b[2J\x9b31m\rok"  # as an error_description could say
+    metadata = Metadata(server_url="https://events.example.com/sse", issuer="https://evil.example/\x1b]0;x\x07",
+                        last_error=from_server)
+    Store().save("events", Record(metadata=metadata))
+    assert toolscript.main(["servers"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == (
+        "events  sse    https://events.example.com/sse  [oauth: authentication_failed] "
+        "(invalid_grant: \\x1b]52;c;aGk=\\x07\\x1b[2J\\x9b31m\\x0dok)"
+    )
+    assert toolscript.main(["servers", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[2]["oauth_error"] == from_server  # JSON keeps it exact
+    assert toolscript.main(["auth", "events", "--status"]) == 0
+    assert "Issuer:              https://evil.example/\\x1b]0;x\\x07\n" in capsys.readouterr().out
+
+
 def test_servers_without_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert toolscript.main(["servers"]) == 0
     assert capsys.readouterr().out.strip() == (

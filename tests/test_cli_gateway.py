@@ -14,13 +14,14 @@ from typing import Any, Iterator
 
 import pytest
 from conftest import (
-    ROOT, DenyingAuth, explain, process_exists, run_cli, start_gateway_process, stdio_server, wait_until, write_config,
+    ROOT, DenyingAuth, explain, gateway_variables, process_exists, run_cli, start_gateway_process, stdio_server,
+    serving_api, wait_until, write_config,
 )
 
 import toolscript
 from config import load_config
 from gateway import Gateway
-from gateway_http import ApiServer, RemoteGateway
+from gateway_http import RemoteGateway, token_file
 
 ECHO_LINE = "s__echo    Echo the text back."
 
@@ -178,14 +179,10 @@ def running_gateway(servers: Path, http_server: Any) -> Iterator[str]:
         "locked": {"url": http_server.url},
     })
     gateway = Gateway(load_config(), auth=lambda server: DenyingAuth("locked")).start()
-    api = ApiServer(gateway)
-    thread = threading.Thread(target=api.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield api.url
+        with serving_api(gateway) as api:  # its token file written, as `toolscript gateway` does
+            yield api.url
     finally:
-        api.shutdown()
-        api.server_close()
         gateway.stop()
 
 
@@ -234,13 +231,17 @@ def test_call_end_to_end(servers: Path) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hi there\n", ""), explain(proc)
 
 
-@pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals, exit_code: int) -> None:
+@pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130), (signal.SIGHUP, 0)])
+def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals, exit_code: int,
+                                                  isolated_env: Path) -> None:
     proc, first = start_gateway_process("--port", "0")
     try:
-        assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
-        url = first.strip().split("=", 1)[1]
-        env = {"TOOLSCRIPT_GATEWAY_URL": url}
+        assert first[0].startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
+        assert first[1].startswith("TOOLSCRIPT_GATEWAY_TOKEN="), first
+        url, token = gateway_variables(first).values()
+        path = token_file(url)
+        assert path.read_text() == f"{token}\n" and path.parent == isolated_env / "gateway"
+        env = {"TOOLSCRIPT_GATEWAY_URL": url}  # the same user needs nothing more: the token is in the file
         called = run_cli("call", "s__pid", env=env)
         assert called.returncode == 0, explain(called)
         child = int(called.stdout)
@@ -255,16 +256,18 @@ def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Si
             proc.kill()
             proc.communicate()
     assert proc.returncode == exit_code, err
-    assert out == ""  # nothing after the URL line
+    assert out == ""  # nothing after the URL and token lines
     assert "Server 's': connected, 10 tools" in err and "Gateway stopped." in err
+    assert token not in err
     assert not process_exists(child)
+    assert not path.exists() and list(path.parent.iterdir()) == []
 
 
 def test_gateway_serves_before_its_servers_connect(servers: Path, tmp_path: Path) -> None:
     write_config({"s": stdio_server(), "hang": stdio_server("--hang")})  # `hang` would take 30 s to fail
     proc, first = start_gateway_process()
     try:
-        url = first.strip().split("=", 1)[1]
+        url = gateway_variables(first)["TOOLSCRIPT_GATEWAY_URL"]
         env = {"TOOLSCRIPT_GATEWAY_URL": url}
         assert {row["name"]: row["status"] for row in RemoteGateway(url).servers()}["hang"] == "connecting"
         called = run_cli("call", "s__echo", '{"text": "served"}', env=env)  # waits for `s` only
@@ -295,8 +298,8 @@ def test_gateway_command_on_every_address_prints_a_usable_url(servers: Path) -> 
     write_config({"s": stdio_server()})
     proc, first = start_gateway_process("--host", "0.0.0.0")
     try:
-        assert first.startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
-        listed = run_cli("tools", env={"TOOLSCRIPT_GATEWAY_URL": first.strip().split("=", 1)[1]})
+        assert first[0].startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
+        listed = run_cli("tools", env={"TOOLSCRIPT_GATEWAY_URL": gateway_variables(first)["TOOLSCRIPT_GATEWAY_URL"]})
         assert (listed.returncode, listed.stdout.splitlines()[0]) == (0, ECHO_LINE), explain(listed)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -326,3 +329,128 @@ def test_gateway_command_port_out_of_range_is_a_usage_error(servers: Path, port:
         f"toolscript gateway: error: argument --port: must be a port number from 0 (any free port) to 65535, "
         f"not {port!r}"
     ), explain(proc)
+
+
+def test_gateway_token_is_required_and_found_by_its_user_only(servers: Path, tmp_path: Path) -> None:
+    proc, first = start_gateway_process()
+    try:
+        url, token = gateway_variables(first).values()
+        other_home = {"TOOLSCRIPT_GATEWAY_URL": url, "TOOLSCRIPT_HOME": str(tmp_path / "another-user")}
+        refused = run_cli("call", "s__echo", '{"text": "x"}', env=other_home)
+        assert (refused.returncode, refused.stdout) == (2, ""), explain(refused)
+        assert refused.stderr.startswith("error: No gateway token: send 'Authorization: Bearer <token>' "
+                                         "with the TOOLSCRIPT_GATEWAY_TOKEN the gateway printed"), explain(refused)
+        wrong = run_cli("tools", env={**other_home, "TOOLSCRIPT_GATEWAY_TOKEN": "guessed"})
+        assert (wrong.returncode, wrong.stderr.split(":")[:2]) == (2, ["error", " Wrong gateway token"]), explain(wrong)
+        # Another program that was handed the token: the variable is enough.
+        given = run_cli("call", "s__echo", '{"text": "x"}', env={**other_home, "TOOLSCRIPT_GATEWAY_TOKEN": token})
+        assert (given.returncode, given.stdout) == (0, "x\n"), explain(given)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert token not in err
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie waiting for a parent that never reaps it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return not process_exists(pid)
+
+
+@pytest.mark.parametrize("signals", [
+    [signal.SIGHUP], [signal.SIGTERM],
+    [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],  # impatience must not cut the shutdown short
+], ids=["SIGHUP", "SIGTERM", "several"])
+def test_a_stdio_server_that_ignores_sigterm_is_gone_when_the_gateway_exits(
+    signals: list[signal.Signals], isolated_env: Path
+) -> None:
+    write_config({"stubborn": stdio_server("--stubborn")})
+    proc, first = start_gateway_process()
+    child = None
+    try:
+        url, _ = gateway_variables(first).values()
+        called = run_cli("call", "stubborn__pid", env={"TOOLSCRIPT_GATEWAY_URL": url})
+        assert called.returncode == 0, explain(called)
+        child = int(called.stdout)
+        for number in signals:
+            proc.send_signal(number)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "Gateway stopped." in err
+        assert not token_file(url).exists()
+        wait_until(lambda: _gone(child), timeout=10, what=f"the stdio server {child} to be gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if child is not None and not _gone(child):
+            os.killpg(child, signal.SIGKILL)  # the old code leaves it running: do not leak it
+
+
+# -- text from servers cannot drive the terminal ---------------------------------------
+
+
+def _controls(text: str) -> list[str]:
+    """The C0/C1 control characters in `text` other than newline and tab."""
+    return [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+
+
+@pytest.fixture
+def hostile() -> Path:
+    return write_config({"hostile": stdio_server("--hostile")})
+
+
+def test_server_text_is_shown_with_controls_escaped(hostile: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from toolbox import CLEAR, CLIPBOARD, CSI_C1, TITLE
+
+    code, out, err = cli(capsys, "tools")
+    assert (code, err, _controls(out)) == (0, "", [])
+    assert out.splitlines() == [
+        r"hostile__echo\x1b]0;pwned\x07  Clears\x1b[2J the screen\x1b]52;c;aGk=\x07",
+        "hostile__fail                  Fail with controls in the message.",
+    ]
+    code, out, err = cli(capsys, "call", "hostile__fail")
+    assert (code, out, _controls(err)) == (1, "", [])
+    assert err == "Error executing tool fail: broke\\x1b[2J\\x9b31m\\x0dfake prompt$ \n"
+    code, out, err = cli(capsys, "call", f"hostile__echo{TITLE}", json.dumps({"text": f"a{CLIPBOARD}\tb\nc"}))
+    assert (code, out, err) == (0, "a\\x1b]52;c;aGk=\\x07\tb\nc\n", "")
+    code, out, err = cli(capsys, "call", "nothere__x")
+    assert (code, _controls(err)) == (2, [])
+    # --json stays exact: the controls are JSON escapes, and come back whole.
+    code, out, _ = cli(capsys, "tools", "--json")
+    assert code == 0 and not _controls(out)
+    assert json.loads(out)[0]["name"] == f"hostile__echo{TITLE}"
+    assert json.loads(out)[0]["description"] == f"Clears{CLEAR} the screen{CLIPBOARD}\nline two"
+    code, out, _ = cli(capsys, "call", "hostile__fail", "--json")
+    assert code == 1 and not _controls(out)
+    assert json.loads(out)["content"][0]["text"] == f"Error executing tool fail: broke{CLEAR}{CSI_C1}\rfake prompt$ "
+
+
+def test_log_lines_and_a_stdio_servers_stderr_are_escaped(hostile: Path) -> None:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "toolscript.py"), "-v", "gateway"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        stderr = proc.stderr
+        seen: list[str] = []
+
+        def read_until_the_servers_line() -> None:
+            for line in stderr:
+                seen.append(line)
+                if "hostile (stderr): toolbox" in line:
+                    return
+
+        reader = threading.Thread(target=read_until_the_servers_line, daemon=True)
+        reader.start()
+        reader.join(60)
+        assert seen and "hostile (stderr): toolbox" in seen[-1], "".join(seen)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    assert seen[-1].endswith("hostile (stderr): toolbox\\x1b]0;pwned\\x07: starting on stdio\n")
+    assert not _controls("".join(seen) + rest)

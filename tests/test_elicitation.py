@@ -21,13 +21,12 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import ROOT, SERVERS, explain, run_cli, run_threads, write_config
+from conftest import ROOT, SERVERS, explain, run_cli, run_threads, serving_api, write_config
 
 import gateway as gateway_module
 from config import load_config
 from elicitation import ACCEPT, CANCEL, DECLINE, InputAnswer, InputRequest, ask_on_terminal, form_fields
 from gateway import Gateway
-from gateway_http import ApiServer
 from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, LINK_URL, PAGE_URL, serving
 
 INTERACTIVE = str(SERVERS / "interactive.py")
@@ -172,14 +171,8 @@ def test_terminal_over_streamable_http(http_config: Path) -> None:
 
 
 def test_through_a_running_gateway_the_request_is_declined_and_reported(stdio_config: Path) -> None:
-    with Gateway(load_config()) as gateway:
-        api = ApiServer(gateway)
-        threading.Thread(target=api.serve_forever, daemon=True).start()
-        try:
-            proc = run_cli("call", "i__book_table", input="", env={"TOOLSCRIPT_GATEWAY_URL": api.url})
-        finally:
-            api.shutdown()
-            api.server_close()
+    with Gateway(load_config()) as gateway, serving_api(gateway) as api:
+        proc = run_cli("call", "i__book_table", input="", env={"TOOLSCRIPT_GATEWAY_URL": api.url})
     assert proc.returncode == 1, explain(proc)
     assert (proc.stdout, proc.stderr) == ("", NOTE + DECLINED)
 
@@ -224,14 +217,9 @@ def test_time_spent_asking_does_not_count_against_the_timeout(stdio_config: Path
 
 
 def test_http_api_declines_and_says_what_was_asked(http_config: Path) -> None:
-    with Gateway(load_config()) as gateway:
-        api = ApiServer(gateway)
-        threading.Thread(target=api.serve_forever, daemon=True).start()
-        try:
-            answer = httpx2.post(api.url + "/tools/i__book_table", json={}, timeout=30).json()
-        finally:
-            api.shutdown()
-            api.server_close()
+    with Gateway(load_config()) as gateway, serving_api(gateway) as api:
+        answer = httpx2.post(api.url + "/tools/i__book_table", json={}, timeout=30,
+                             headers={"Authorization": f"Bearer {api.token}"}).json()
     assert answer["isError"] is True and answer["structuredContent"] == {"action": "decline", "content": None}
     assert answer["declinedInputRequests"] == [{
         "server": "i", "tool": "i__book_table", "mode": "form", "message": "Book a table for tonight?",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,7 +17,33 @@ from config import parse_config
 from errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, ConnectError
 from errors import StorageError, ToolscriptError, UsageError
 from gateway import Gateway
-from gateway_http import MAX_BODY_BYTES, ApiServer, RemoteGateway
+from gateway_http import (
+    MAX_BODY_BYTES,
+    TOKEN_VAR,
+    ApiServer,
+    RemoteGateway,
+    find_token,
+    remove_token_file,
+    token_file,
+    write_token_file,
+)
+from redact import MASK, redact
+
+
+class _Recording:
+    """A real gateway that also records the tools called through it (`calls`)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:  # servers, tools, resources, prompts ...: the gateway's own
+        return getattr(self.gateway, name)
+
+    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+             input_handler: Any = None) -> Any:
+        self.calls.append(name)
+        return self.gateway.call(name, arguments, timeout=timeout, input_handler=input_handler)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +54,7 @@ def api(http_server_module: Any) -> Iterator[ApiServer]:
         "locked": {"url": http_server_module.url},
     }})
     gateway = Gateway(cfg, auth=lambda server: DenyingAuth("locked")).start()
-    server = ApiServer(gateway)
+    server = ApiServer(_Recording(gateway))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -46,12 +74,16 @@ def http_server_module() -> Iterator[Any]:
 
 
 def request(api: ApiServer, method: str, path: str, body: bytes | str | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    """Send one raw request (so that tests control every header) and return (status, JSON)."""
+            headers: dict[str, str | None] | None = None) -> tuple[int, Any]:
+    """Send one raw request (so that tests control every header) and return (status, JSON).
+
+    It carries the API's token unless `headers` has an `Authorization` of its own (None: none).
+    """
     connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
     try:
         connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        headers = {"Host": f"127.0.0.1:{api.port}", **(headers or {})}
+        headers = {"Host": f"127.0.0.1:{api.port}", "Authorization": f"Bearer {api.token}", **(headers or {})}
+        headers = {name: value for name, value in headers.items() if value is not None}
         if body is not None:
             data = body.encode() if isinstance(body, str) else body
             headers.setdefault("Content-Type", "application/json")
@@ -138,6 +170,244 @@ def test_error_statuses(api: ApiServer) -> None:
     assert request(api, "POST", "/elsewhere", "{}")[0] == 404
 
 
+# -- the API token: what another local user could send --------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/servers", None), ("GET", "/tools", None), ("GET", "/tools?server=s", None),
+    ("POST", "/tools/s__echo", '{"text": "x"}'), ("GET", "/nowhere", None), ("PUT", "/tools/s__echo", "{}"),
+    ("GET", "/tools/s__echo", None), ("GET", "/resources", None), ("GET", "/resources/read?server=s&uri=x", None),
+    ("GET", "/prompts", None), ("POST", "/prompts/s__greet", "{}"), ("POST", "/complete", '{"server": "s"}'),
+])
+def test_every_request_but_health_needs_the_token(api: ApiServer, method: str, path: str, body: str | None) -> None:
+    calls = len(api.gateway.calls)
+    code, payload = request(api, method, path, body, headers={"Authorization": None})
+    assert code == 403
+    assert payload["error"] == (
+        "No gateway token: send 'Authorization: Bearer <token>' with the TOOLSCRIPT_GATEWAY_TOKEN the "
+        f"gateway printed when it started (also in $TOOLSCRIPT_HOME/gateway/127.0.0.1_{api.port}.token, which "
+        "only the user who started it can read, and where toolscript commands find it)."
+    )
+    for wrong in (f"Bearer {api.token}x", f"Bearer {api.token[:-1]}", "Bearer", f"Basic {api.token}", api.token):
+        code, payload = request(api, method, path, body, headers={"Authorization": wrong})
+        assert (code, payload["error"].split(":")[0]) == (403, "Wrong gateway token"), wrong
+    assert len(api.gateway.calls) == calls  # no tool ran
+    assert request(api, method, f"{path}{'&' if '?' in path else '?'}token={api.token}", body,
+                   headers={"Authorization": None})[0] == 403  # never taken from the URL
+    assert request(api, "GET", "/health", headers={"Authorization": None}) == (200, {"status": "ok"})
+
+
+def test_the_token_is_accepted_with_any_case_of_bearer(api: ApiServer) -> None:
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        assert request(api, "GET", "/servers", headers={"Authorization": f"{scheme} {api.token}"})[0] == 200
+
+
+def test_each_api_has_its_own_random_secret_token() -> None:
+    class Idle:
+        pass
+
+    first, second = ApiServer(Idle()), ApiServer(Idle())  # type: ignore[arg-type]
+    try:
+        assert first.token != second.token
+        assert len(first.token) >= 22  # at least 128 bits in URL-safe base64
+        assert redact(f"token {first.token} in a log line") == f"token {MASK} in a log line"
+    finally:
+        first.server_close()
+        second.server_close()
+
+
+def test_remote_gateway_sends_the_token_it_is_given_or_finds(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert RemoteGateway(api.url, api.token).servers()[0]["name"] == "s"
+    with pytest.raises(UsageError) as caught:
+        RemoteGateway(api.url).servers()  # no token anywhere
+    assert str(caught.value).startswith("No gateway token: send 'Authorization: Bearer <token>' with")
+    with pytest.raises(UsageError, match="^Wrong gateway token: "):
+        RemoteGateway(api.url, "not-the-token").tools()
+    path = write_token_file(api.url, api.token)  # what `toolscript gateway` does
+    assert RemoteGateway(api.url).servers()[0]["name"] == "s"
+    monkeypatch.setenv(TOKEN_VAR, "overridden")  # the variable wins over the file
+    with pytest.raises(UsageError, match="^Wrong gateway token: "):
+        RemoteGateway(api.url).servers()
+    remove_token_file(path)
+
+
+def test_the_token_file_is_private_to_its_user(isolated_env: Any) -> None:
+    url = "http://127.0.0.1:8123"
+    path = write_token_file(url, "the-token-value")
+    assert path == isolated_env / "gateway" / "127.0.0.1_8123.token" == token_file(url + "/")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert path.read_text() == "the-token-value\n"
+    assert find_token(url) == "the-token-value"
+    assert find_token("http://127.0.0.1:8124") is None  # another address: another gateway
+    assert token_file("http://[::1]:8123").name == "::1_8123.token"
+    write_token_file(url, "a-newer-one")  # over a file a crashed gateway left
+    assert find_token(url) == "a-newer-one"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    remove_token_file(path)
+    remove_token_file(path)
+    assert not path.exists() and find_token(url) is None
+
+
+def test_a_token_file_others_could_have_touched_is_refused(isolated_env: Any, tmp_path: Any) -> None:
+    url = "http://127.0.0.1:8123"
+    path = write_token_file(url, "the-token-value")
+    path.chmod(0o644)
+    with pytest.raises(UsageError, match=r"is not a private file of yours \(mode 0600\); refusing to use it"):
+        find_token(url)
+    path.unlink()
+    (tmp_path / "elsewhere").write_text("planted")
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UsageError, match=f"^Cannot read the gateway token file {path}: "):
+        find_token(url)
+    path.unlink()
+    path.parent.rmdir()
+    path.parent.symlink_to(tmp_path)
+    with pytest.raises(UsageError, match="is not a directory of yours"):
+        find_token(url)
+    with pytest.raises(UsageError, match=f"^Cannot write the gateway token file {path}: .* not a directory of yours"):
+        write_token_file(url, "x")
+    assert not (tmp_path / path.name).exists()
+
+
+# -- bodies are read exactly ---------------------------------------------------------
+
+
+def raw_exchange(api: ApiServer, data: bytes) -> bytes:
+    """Send `data` on a fresh connection, half-close it, and return everything the API answered."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=30) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def responses(raw: bytes) -> list[tuple[int, dict[str, str], Any]]:
+    """Split what `raw_exchange` got into (status, headers, JSON) per response; every one must be JSON."""
+    answers = []
+    while raw:
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+        length = int(headers["content-length"])
+        body, raw = raw[:length], raw[length:]
+        assert headers["content-type"] == "application/json", head
+        answers.append((int(status_line.split()[1]), headers, json.loads(body)))
+    return answers
+
+
+def call_head(api: ApiServer, tool: str, *headers: str) -> bytes:
+    return "\r\n".join((
+        f"POST /tools/{tool} HTTP/1.1", f"Host: 127.0.0.1:{api.port}", f"Authorization: Bearer {api.token}",
+        "Content-Type: application/json", *headers, "", "",
+    )).encode()
+
+
+def test_a_chunked_body_is_refused_with_411(api: ApiServer) -> None:
+    calls = len(api.gateway.calls)
+    chunked = b'd\r\n{"text": "x"}\r\n0\r\n\r\n'
+    for framing in (["Transfer-Encoding: chunked"], ["Transfer-Encoding: chunked", "Content-Length: 13"]):
+        [(code, headers, payload)] = responses(raw_exchange(api, call_head(api, "s__echo", *framing) + chunked))
+        assert (code, payload) == (411, {"error": "Send the body with a Content-Length, not with Transfer-Encoding."})
+        assert headers["connection"] == "close"
+    assert len(api.gateway.calls) == calls
+
+
+def test_a_body_without_content_length_is_refused_with_411(api: ApiServer) -> None:
+    calls = len(api.gateway.calls)
+    # Without the 411 the body would be taken for a second request on the connection.
+    [(code, headers, payload)] = responses(raw_exchange(api, call_head(api, "s__echo") + b'{"text": "x"}'))
+    assert (code, payload) == (411, {"error": "A POST needs a Content-Length header (0 for no arguments)."})
+    assert headers["connection"] == "close"
+    assert len(api.gateway.calls) == calls
+
+
+@pytest.mark.parametrize("lengths", [["+2"], [" 0x2"], ["2", "3"], ["-1"], ["2_0"], ["²"]])
+def test_an_inexact_content_length_is_400(api: ApiServer, lengths: list[str]) -> None:
+    calls = len(api.gateway.calls)
+    head = call_head(api, "s__pid", *(f"Content-Length: {length}" for length in lengths))
+    [(code, headers, payload)] = responses(raw_exchange(api, head + b"{}"))
+    assert (code, payload, headers["connection"]) == (400, {"error": "Invalid Content-Length."}, "close")
+    assert len(api.gateway.calls) == calls
+
+
+@pytest.mark.parametrize("path", ["/prompts/s__greet", "/complete"])
+def test_every_post_reads_its_body_exactly(api: ApiServer, path: str) -> None:
+    head = "\r\n".join((f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{api.port}", f"Authorization: Bearer {api.token}",
+                        "Content-Type: application/json", "{framing}", "", "")).encode()
+    chunked = head.replace(b"{framing}", b"Transfer-Encoding: chunked") + b'2\r\n{}\r\n0\r\n\r\n'
+    [(code, headers, payload)] = responses(raw_exchange(api, chunked))
+    assert (code, headers["connection"], payload["error"]) == (
+        411, "close", "Send the body with a Content-Length, not with Transfer-Encoding.")
+    unframed = head.replace(b"{framing}\r\n", b"") + b"{}"
+    [(code, headers, payload)] = responses(raw_exchange(api, unframed))
+    assert (code, headers["connection"], payload["error"]) == (
+        411, "close", "A POST needs a Content-Length header (0 for no arguments).")
+    assert request(api, "POST", path, "[" * 100_000) == (
+        400, {"error": "The body is not valid JSON: it is nested too deeply."}
+    )
+
+
+def test_content_length_0_means_no_arguments_and_keeps_the_connection(api: ApiServer) -> None:
+    head = call_head(api, "s__pid", "Content-Length: 0")
+    answers = responses(raw_exchange(api, head + head))
+    assert [code for code, _, _ in answers] == [200, 200]
+    assert isinstance(answers[0][2]["structuredContent"]["result"], int)
+
+
+def test_deeply_nested_json_is_400(api: ApiServer) -> None:
+    calls = len(api.gateway.calls)
+    assert request(api, "POST", "/tools/s__echo", "[" * 100_000) == (
+        400, {"error": "The body is not valid JSON: it is nested too deeply."}
+    )
+    assert request(api, "POST", "/tools/s__echo", '{"text": ' * 100_000)[0] == 400
+    assert len(api.gateway.calls) == calls
+    assert post(api, "s__echo", {"text": "still serving"})[0] == 200
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("OPTIONS", "/tools/s__echo", "GET, POST"), ("PUT", "/tools/s__echo", "GET, POST"),
+    ("DELETE", "/servers", "GET"), ("POST", "/health", "GET"), ("PATCH", "/tools", "GET"), ("BREW", "/tools", "GET"),
+    ("POST", "/resources", "GET"), ("POST", "/resources/read", "GET"), ("DELETE", "/prompts", "GET"),
+    ("GET", "/prompts/s__greet", "POST"), ("GET", "/complete", "POST"), ("PUT", "/complete", "POST"),
+])
+def test_unsupported_methods_are_405_with_allow(api: ApiServer, method: str, path: str, allow: str) -> None:
+    calls = len(api.gateway.calls)
+    [(code, headers, payload)] = responses(raw_exchange(api, "\r\n".join((
+        f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{api.port}", f"Authorization: Bearer {api.token}",
+        "Content-Type: application/json", "Content-Length: 2", "", "{}",
+    )).encode()))
+    assert (code, headers["allow"]) == (405, allow)
+    assert payload == {"error": f"{path} answers only {allow.replace(', ', ' and ')}, not {method}."}
+    assert len(api.gateway.calls) == calls
+
+
+def test_head_gets_405_without_a_body(api: ApiServer) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+    try:
+        connection.request("HEAD", "/health", headers={"Authorization": f"Bearer {api.token}"})
+        response = connection.getresponse()
+        assert (response.status, response.getheader("Allow"), response.read()) == (405, "GET", b"")
+        connection.request("GET", "/health")  # the connection is still in step
+        assert json.loads(connection.getresponse().read()) == {"status": "ok"}
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET /health HTTP/9.9\r\n\r\n", 505),
+    (b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"GET /health HTTP/1.1\r\nX-Long: " + b"x" * 70_000 + b"\r\n\r\n", 431),
+])
+def test_unreadable_requests_get_json_errors(api: ApiServer, data: bytes, status: int) -> None:
+    [(code, headers, payload)] = responses(raw_exchange(api, data))
+    assert code == status and headers["connection"] == "close"
+    assert isinstance(payload["error"], str) and payload["error"]
+
+
 # -- what a browser or another host could send ---------------------------------------
 
 
@@ -203,7 +473,7 @@ def test_a_slow_call_does_not_block_others(api: ApiServer, tmp_path: Path) -> No
 
 
 def test_many_clients_get_their_own_results(api: ApiServer) -> None:
-    remote = RemoteGateway(api.url)
+    remote = RemoteGateway(api.url, api.token)
     errors: list[str] = []
     together = threading.Barrier(32, timeout=30)  # all connect at once, as a burst of clients would
 
@@ -228,7 +498,7 @@ def test_many_clients_get_their_own_results(api: ApiServer) -> None:
 
 
 def test_remote_gateway_raises_what_the_gateway_raised(api: ApiServer) -> None:
-    remote = RemoteGateway(api.url + "/")
+    remote = RemoteGateway(api.url + "/", api.token)
     remote.check()
     assert remote.servers()[0]["name"] == "s"
     assert [tool["name"] for tool in remote.tools("s")][:2] == ["s__echo", "s__add"]
@@ -267,7 +537,7 @@ def test_every_error_crosses_the_api_as_itself(error: ToolscriptError) -> None:
     server = ApiServer(Failing())  # type: ignore[arg-type]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    remote = RemoteGateway(server.url)
+    remote = RemoteGateway(server.url, server.token)
     try:
         for attempt in (remote.servers, remote.tools, lambda: remote.call("s__x")):
             with pytest.raises(ToolscriptError) as caught:
@@ -289,6 +559,8 @@ def test_remote_gateway_not_reachable() -> None:
     assert str(caught.value).endswith("Start it with: toolscript gateway, or unset TOOLSCRIPT_GATEWAY_URL.")
     with pytest.raises(UsageError, match="must look like http://127.0.0.1:PORT"):
         RemoteGateway("localhost:8080")
+    with pytest.raises(UsageError, match="must look like http://127.0.0.1:PORT"):
+        RemoteGateway("http://127.0.0.1:port")
 
 
 

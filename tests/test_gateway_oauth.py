@@ -19,7 +19,9 @@ import pytest
 import auth
 from browser import visit
 from config import load_config
-from conftest import ROOT, explain, finish_within, run_cli, run_threads, start_gateway_process, write_config
+from conftest import (
+    ROOT, explain, finish_within, gateway_variables, run_cli, run_threads, start_gateway_process, write_config,
+)
 from errors import AuthError, AuthRequiredError
 from gateway import Gateway
 from redact import MASK
@@ -419,9 +421,9 @@ def test_toolscript_gateway_warns_once_and_answers_401(oauth_server: Any) -> Non
     write_config({NAME: {"url": server.url}})
     proc, first = start_gateway_process()
     try:
-        url = first.strip().removeprefix("TOOLSCRIPT_GATEWAY_URL=")
-        request = urllib.request.Request(f"{url}/tools/{NAME}__echo", data=b'{"text": "x"}',
-                                         headers={"Content-Type": "application/json"})
+        url, token = gateway_variables(first).values()
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        request = urllib.request.Request(f"{url}/tools/{NAME}__echo", data=b'{"text": "x"}', headers=headers)
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(request, timeout=30)
         assert caught.value.code == 401

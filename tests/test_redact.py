@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from redact import MASK, RedactingFilter, redact, register_secret
+from redact import MASK, RedactingFilter, escape_controls, redact, register_secret
 
 
 @pytest.fixture()
@@ -70,3 +70,20 @@ def test_longest_secret_wins_and_short_values_are_ignored() -> None:
     register_secret("abcd1234efgh5678")
     register_secret("ab")  # too short to mask safely
     assert redact("x abcd1234efgh5678 y abcd1234 ab") == f"x {MASK} y {MASK} ab"
+
+
+def test_escape_controls_shows_every_c0_and_c1_control_but_newline_and_tab() -> None:
+    controls = [chr(n) for n in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(n) not in "\n\t"]
+    shown = escape_controls("".join(controls))
+    assert shown == "".join(f"\\x{ord(c):02x}" for c in controls)
+    assert shown.isascii() and shown.isprintable()
+    kept = "line\n\ttab ✓ é 中 \\x1b \u00a0"
+    assert escape_controls(kept) == kept
+
+
+def test_escape_controls_shows_invisible_format_characters_that_could_disguise_text() -> None:
+    # A right-to-left override makes "https://evil.example/gpj.exe" read as ".../exe.jpg".
+    assert escape_controls("https://evil.example/\u202egpj.exe") == "https://evil.example/\\u202egpj.exe"
+    assert escape_controls("a\u200bb\u2066c\u00add\ufeff\U000e0041") == "a\\u200bb\\u2066c\\u00add\\ufeff\\U000e0041"
+    kept = "مرحبا שלום 😀 ﬁ \u0300"  # right-to-left scripts, emoji, ligatures and combining marks stay
+    assert escape_controls(kept) == kept

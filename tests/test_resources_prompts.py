@@ -22,7 +22,7 @@ from urllib.parse import quote
 import pytest
 from browser import visit
 from catalog import LOGO, README, add_catalog, serving
-from conftest import ROOT, SERVERS, explain, run_cli, write_config
+from conftest import ROOT, SERVERS, explain, run_cli, serving_api, write_config
 from test_gateway_http import post, request
 
 import auth
@@ -282,7 +282,7 @@ def post_prompt(api: ApiServer, name: str, arguments: dict[str, Any]) -> tuple[i
 
 
 def test_remote_gateway_answers_as_the_gateway(api: ApiServer, gateway: Gateway) -> None:
-    remote = RemoteGateway(api.url)
+    remote = RemoteGateway(api.url, api.token)
     assert remote.resources() == gateway.resources()
     assert remote.resources("h") == resource_rows("h")
     assert remote.read_resource("c", "catalog://logo.png") == gateway.read_resource("c", "catalog://logo.png")
@@ -476,14 +476,10 @@ def test_text_on_a_terminal_ends_with_a_newline(servers: Path) -> None:
 @pytest.fixture
 def running_gateway(servers: Path) -> Iterator[str]:
     gateway = Gateway(load_config()).start()
-    api = ApiServer(gateway)
-    thread = threading.Thread(target=api.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield api.url
+        with serving_api(gateway) as api:
+            yield api.url
     finally:
-        api.shutdown()
-        api.server_close()
         gateway.stop()
 
 

@@ -1,8 +1,10 @@
-"""Run the test toolbox over stdio: `python stdio_server.py [--paged] [--hang] [--exit CODE] [--arrive DIR ...]`.
+"""Run the test toolbox over stdio: `python stdio_server.py [OPTIONS]`.
 
 --paged         tools/list answers in pages of two
 --hang          read stdin but never answer (a server that never finishes connecting)
 --exit CODE     exit at once with CODE (a server that dies before the handshake)
+--stubborn      ignore SIGTERM, and keep running after stdin closes (only SIGKILL ends it)
+--hostile       serve `toolbox.hostile()` instead, whose names, texts and stderr hold terminal controls
 --arrive DIR    first leave a file named after this process in DIR (a barrier shared by several servers)
 --wait-for N    then, before anything else, wait until DIR holds N such files (at most 60 s, then exit 1):
                 the server can only connect if all N servers were started before it finished connecting
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,10 +39,20 @@ def main() -> None:
     parser.add_argument("--paged", action="store_true")
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--exit", type=int, default=None)
+    parser.add_argument("--stubborn", action="store_true")
+    parser.add_argument("--hostile", action="store_true")
     parser.add_argument("--name", default="toolbox")
     parser.add_argument("--arrive", type=Path, default=None)
     parser.add_argument("--wait-for", type=int, default=0)
     args = parser.parse_args()
+    if args.stubborn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.hostile:
+        from toolbox import TITLE, hostile
+
+        print(f"{args.name}{TITLE}: starting on stdio", file=sys.stderr, flush=True)
+        hostile().run("stdio")
+        return
     print(f"{args.name}: starting on stdio (this line goes to stderr)", file=sys.stderr, flush=True)
     if args.arrive is not None:
         arrive(args.arrive, args.wait_for)
@@ -52,6 +65,8 @@ def main() -> None:
     from toolbox import build  # only now: --hang and --exit servers start fast
 
     build(args.name, page_size=2 if args.paged else None).run("stdio")
+    while args.stubborn:  # stdin is closed: stay, as a server that ignores it would
+        signal.pause()
 
 
 if __name__ == "__main__":
