@@ -27,16 +27,16 @@ import logging
 import queue
 import re
 import secrets
-import ssl
 import signal
 import socket
 import socketserver
+import ssl
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 if __package__:
@@ -132,8 +132,10 @@ def authenticate(
     authorization is recorded as such (`Record.auth_not_needed`).
     """
     if not server.is_remote or server.url is None:
-        raise AuthError(f"Server '{server.name}' is a {server.type} server; only http and sse servers use OAuth.",
-                        server=server.name)
+        raise AuthError(
+            f"Server '{server.name}' is a {server.type} server; only http and sse servers use OAuth.",
+            server=server.name,
+        )
     http = _Http(http_timeout)
     try:
         discovery = _discover(http, server)
@@ -145,20 +147,37 @@ def authenticate(
         stored = record.client if record is not None and not forget_client else None
         callback, client = _prepare_client(http, server, discovery, stored, scope)
         with callback:
-            code, verifier = _authorize(server, discovery, client, scope, callback, open_browser=open_browser,
-                                        show_url=show_url, read_pasted=read_pasted, timeout=timeout,
-                                        stored_client=stored is not None and client is stored)
+            code, verifier = _authorize(
+                server,
+                discovery,
+                client,
+                scope,
+                callback,
+                open_browser=open_browser,
+                show_url=show_url,
+                read_pasted=read_pasted,
+                timeout=timeout,
+                stored_client=stored is not None and client is stored,
+            )
         log.info("Exchanging the authorization code for tokens")
         tokens = _exchange_code(http, discovery, client, code, verifier, scope)
     finally:
         http.close()
 
-    new = Record(client=client, tokens=tokens, metadata=Metadata(
-        server_url=server.url, issuer=discovery.issuer, token_endpoint=discovery.token_endpoint,
-        authorization_endpoint=discovery.authorization_endpoint,
-        revocation_endpoint=discovery.revocation_endpoint, resource=discovery.resource,
-        discovery=discovery.chain, scope_requested=scope,
-    ))
+    new = Record(
+        client=client,
+        tokens=tokens,
+        metadata=Metadata(
+            server_url=server.url,
+            issuer=discovery.issuer,
+            token_endpoint=discovery.token_endpoint,
+            authorization_endpoint=discovery.authorization_endpoint,
+            revocation_endpoint=discovery.revocation_endpoint,
+            resource=discovery.resource,
+            discovery=discovery.chain,
+            scope_requested=scope,
+        ),
+    )
     store.update(server.name, lambda old: _keep_unknown(old, new))
     return new
 
@@ -178,8 +197,9 @@ def _note_auth_not_needed(record: Record | None, server_url: str | None) -> Reco
     return record
 
 
-def logout(server: ServerConfig, store: Store, *, forget_client: bool = False,
-           http_timeout: float = HTTP_TIMEOUT) -> LogoutResult:
+def logout(
+    server: ServerConfig, store: Store, *, forget_client: bool = False, http_timeout: float = HTTP_TIMEOUT
+) -> LogoutResult:
     """Revoke the stored tokens at the server (RFC 7009) when it can, then delete them."""
     result = LogoutResult()
     try:
@@ -284,16 +304,25 @@ def status_report(server: ServerConfig, store: Store, now: float | None = None) 
     meta = record.metadata
     for number, step in enumerate(meta.discovery, 1):
         lines.append(("Discovery" if number == 1 else "", f"{number}. {step}"))
-    lines += [("Issuer", meta.issuer or "-"), ("Token endpoint", meta.token_endpoint or "-"),
-              ("Revocation endpoint", meta.revocation_endpoint or "none"), ("Resource", meta.resource or "-")]
+    lines += [
+        ("Issuer", meta.issuer or "-"),
+        ("Token endpoint", meta.token_endpoint or "-"),
+        ("Revocation endpoint", meta.revocation_endpoint or "none"),
+        ("Resource", meta.resource or "-"),
+    ]
     client = record.client
     if client is not None:
-        how = {"dynamic": "dynamic client registration (RFC 7591)", "config": "configured client_id",
-               "metadata_url": "client ID metadata document"}.get(client.registration_source, client.registration_source)
+        how = {
+            "dynamic": "dynamic client registration (RFC 7591)",
+            "config": "configured client_id",
+            "metadata_url": "client ID metadata document",
+        }.get(client.registration_source, client.registration_source)
         secret = "; client secret stored" if client.client_secret else ""
-        lines += [("Client", f"{client.client_id} via {how}{secret}"),
-                  ("Token auth method", client.token_endpoint_auth_method or "-"),
-                  ("Redirect URI", client.redirect_uri or "-")]
+        lines += [
+            ("Client", f"{client.client_id} via {how}{secret}"),
+            ("Token auth method", client.token_endpoint_auth_method or "-"),
+            ("Redirect URI", client.redirect_uri or "-"),
+        ]
         if client.registration_client_uri:
             lines.append(("Client configuration", f"{client.registration_client_uri} (RFC 7592)"))
     lines.append(("Scopes requested", meta.scope_requested or "(none)"))
@@ -301,11 +330,19 @@ def status_report(server: ServerConfig, store: Store, now: float | None = None) 
         lines.append(("Step-up scopes", f"{meta.step_up_scope} (asked for by the next toolscript auth)"))
     tokens = record.tokens
     if tokens is not None:
-        expires = "never" if tokens.expires_at is None else (
-            time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(tokens.expires_at))
-            + (" (expired)" if tokens.is_expired(now) else f" (in {_duration(tokens.expires_at - now)})"))
-        lines += [("Scopes granted", tokens.scope or "(none)"), ("Expires", expires),
-                  ("Refresh token", "yes" if tokens.refresh_token else "no")]
+        expires = (
+            "never"
+            if tokens.expires_at is None
+            else (
+                time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(tokens.expires_at))
+                + (" (expired)" if tokens.is_expired(now) else f" (in {_duration(tokens.expires_at - now)})")
+            )
+        )
+        lines += [
+            ("Scopes granted", tokens.scope or "(none)"),
+            ("Expires", expires),
+            ("Refresh token", "yes" if tokens.refresh_token else "no"),
+        ]
     return lines
 
 
@@ -337,7 +374,8 @@ class _Http:
                 response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
             except requests.Timeout:
                 raise AuthConnectError(
-                    f"{step} failed: {url_origin(url)} did not answer within {self.timeout:.0f}s.") from None
+                    f"{step} failed: {url_origin(url)} did not answer within {self.timeout:.0f}s."
+                ) from None
             except requests.RequestException as exc:
                 raise AuthConnectError(f"{step} failed: cannot reach {url_origin(url)} ({_reason(exc)}).") from None
             location = response.headers.get("Location")
@@ -377,8 +415,10 @@ def _check_endpoint(url: str, what: str) -> None:
     """Refuse a discovered endpoint that is not https, unless it is on a loopback host."""
     if is_https_or_loopback(url):
         return
-    raise AuthError(f"The {what} {_mask_query(url)} is not an https URL; refusing to use it "
-                    "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")
+    raise AuthError(
+        f"The {what} {_mask_query(url)} is not an https URL; refusing to use it "
+        "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1)."
+    )
 
 
 # -- step 1-3: probe and discovery ---------------------------------------------------
@@ -424,17 +464,31 @@ def _discover(http: _Http, server: ServerConfig) -> _Discovery | None:
     challenge = _probe(http, server)
     if challenge is None:
         return None
-    chain = [f"probe {url}: 401, WWW-Authenticate " + (", ".join(f"{k}={v}" for k, v in challenge.items()
-                                                               if k in ("resource_metadata", "scope")) or "without parameters")]
+    chain = [
+        f"probe {url}: 401, WWW-Authenticate "
+        + (
+            ", ".join(f"{k}={v}" for k, v in challenge.items() if k in ("resource_metadata", "scope"))
+            or "without parameters"
+        )
+    ]
     prm, prm_url = _fetch_resource_metadata(http, url, challenge.get("resource_metadata"), chain)
     if prm is not None:
         resource = prm.get("resource")
         if not isinstance(resource, str) or not _resource_covers(resource, url):
             alias = _loopback_alias(resource, url) if isinstance(resource, str) else None
-            hint = (f" The server calls itself {urlsplit(alias).hostname}, not {urlsplit(url).hostname}: configure "
-                    f"url = \"{alias}\" in [servers.{name}].") if alias else ""
-            raise AuthError(f"Protected resource metadata at {prm_url} names resource {resource!r}, which does not "
-                            f"match server '{name}' at {url} (RFC 8707); refusing to authenticate.{hint}", server=name)
+            hint = (
+                (
+                    f" The server calls itself {urlsplit(alias).hostname}, not {urlsplit(url).hostname}: configure "
+                    f'url = "{alias}" in [servers.{name}].'
+                )
+                if alias
+                else ""
+            )
+            raise AuthError(
+                f"Protected resource metadata at {prm_url} names resource {resource!r}, which does not "
+                f"match server '{name}' at {url} (RFC 8707); refusing to authenticate.{hint}",
+                server=name,
+            )
         servers = prm.get("authorization_servers")
         if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
             raise AuthError(f"Protected resource metadata at {prm_url} lists no authorization server.", server=name)
@@ -443,8 +497,11 @@ def _discover(http: _Http, server: ServerConfig) -> _Discovery | None:
         resource_scopes = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else None
         metadata, defaults = _fetch_server_metadata(http, issuer, chain), False
         if metadata is None:
-            raise AuthError(f"No authorization server metadata found for issuer {issuer} "
-                            f"(tried {', '.join(_metadata_urls(issuer))}).", server=name)
+            raise AuthError(
+                f"No authorization server metadata found for issuer {issuer} "
+                f"(tried {', '.join(_metadata_urls(issuer))}).",
+                server=name,
+            )
     else:
         # MCP 2025-03-26: no protected resource metadata; the server's origin is the
         # authorization server, with default endpoints when it publishes no metadata.
@@ -462,15 +519,26 @@ def _discover(http: _Http, server: ServerConfig) -> _Discovery | None:
             chain.append(f"legacy issuer {found} on the server's origin accepted")
             issuer = found.rstrip("/")
         if metadata is None:
-            metadata = {"issuer": issuer, "authorization_endpoint": issuer + "/authorize",
-                        "token_endpoint": issuer + "/token", "registration_endpoint": issuer + "/register"}
+            metadata = {
+                "issuer": issuer,
+                "authorization_endpoint": issuer + "/authorize",
+                "token_endpoint": issuer + "/token",
+                "registration_endpoint": issuer + "/register",
+            }
             chain.append(f"no authorization server metadata: default endpoints {issuer}/authorize, /token, /register")
             log.info("No authorization server metadata; using the default endpoints /authorize, /token, /register")
     _check_server_metadata(metadata, issuer, name, pkce=not defaults)
     log.info("Authorization server: %s", issuer)
-    return _Discovery(server_url=url, resource=resource, issuer=issuer, metadata=metadata,
-                      challenge_scope=challenge.get("scope"), resource_scopes=resource_scopes, chain=chain,
-                      defaults=defaults)
+    return _Discovery(
+        server_url=url,
+        resource=resource,
+        issuer=issuer,
+        metadata=metadata,
+        challenge_scope=challenge.get("scope"),
+        resource_scopes=resource_scopes,
+        chain=chain,
+        defaults=defaults,
+    )
 
 
 def _probe(http: _Http, server: ServerConfig) -> dict[str, str] | None:
@@ -479,13 +547,21 @@ def _probe(http: _Http, server: ServerConfig) -> dict[str, str] | None:
     headers = {k: v for k, v in server.headers.items()}
     step = f"Probing server '{server.name}'"
     if server.type == "sse":
-        with http.request("GET", server.url, step=step, headers={**headers, "Accept": "text/event-stream"},
-                          stream=True) as response:
+        with http.request(
+            "GET", server.url, step=step, headers={**headers, "Accept": "text/event-stream"}, stream=True
+        ) as response:
             return _challenge(response, server)
     headers.update({"Accept": "application/json, text/event-stream", "Content-Type": "application/json"})
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
-        "clientInfo": {"name": "toolscript", "version": "auth-probe"}}}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "toolscript", "version": "auth-probe"},
+        },
+    }
     with http.request("POST", server.url, step=step, json=initialize, headers=headers, stream=True) as response:
         challenge = _challenge(response, server)
         session = response.headers.get("Mcp-Session-Id")
@@ -496,10 +572,21 @@ def _probe(http: _Http, server: ServerConfig) -> dict[str, str] | None:
     if session:
         headers["Mcp-Session-Id"] = session
     try:
-        http.request("POST", server.url, step=step, headers=headers,
-                     json={"jsonrpc": "2.0", "method": "notifications/initialized"}).close()
-        with http.request("POST", server.url, step=step, headers=headers, stream=True,
-                          json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}) as response:
+        http.request(
+            "POST",
+            server.url,
+            step=step,
+            headers=headers,
+            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+        ).close()
+        with http.request(
+            "POST",
+            server.url,
+            step=step,
+            headers=headers,
+            stream=True,
+            json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        ) as response:
             challenge = _challenge(response, server, strict=False)
     finally:
         if session:
@@ -515,8 +602,11 @@ def _challenge(response: requests.Response, server: ServerConfig, strict: bool =
         return parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
     if 200 <= response.status_code < 300 or not strict:
         return None
-    raise AuthError(f"Probing server '{server.name}' failed: {response.status_code} {response.reason or ''}".strip()
-                    + f" from {server.url} (expected 401 asking for authentication).", server=server.name)
+    raise AuthError(
+        f"Probing server '{server.name}' failed: {response.status_code} {response.reason or ''}".strip()
+        + f" from {server.url} (expected 401 asking for authentication).",
+        server=server.name,
+    )
 
 
 _PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]+)')
@@ -525,7 +615,7 @@ _PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]+)')
 def parse_www_authenticate(header: str) -> dict[str, str]:
     """Return the auth-params of a `WWW-Authenticate: Bearer ...` header (unquoted)."""
     match = re.search(r"(?i)\bbearer\b", header)
-    text = header[match.end():] if match else header
+    text = header[match.end() :] if match else header
     params: dict[str, str] = {}
     for key, value in _PARAM_RE.findall(text):
         if value.startswith('"'):
@@ -534,8 +624,9 @@ def parse_www_authenticate(header: str) -> dict[str, str]:
     return params
 
 
-def _fetch_resource_metadata(http: _Http, server_url: str, hinted: str | None,
-                             chain: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+def _fetch_resource_metadata(
+    http: _Http, server_url: str, hinted: str | None, chain: list[str]
+) -> tuple[dict[str, Any] | None, str | None]:
     parts = urlsplit(server_url)
     origin = url_origin(server_url)
     candidates = [hinted] if hinted else []
@@ -556,9 +647,11 @@ def _metadata_urls(issuer: str) -> list[str]:
     """The RFC 8414 / OIDC discovery URLs for `issuer`, in the MCP specification's order."""
     origin, path = url_origin(issuer), urlsplit(issuer).path.rstrip("/")
     if path:
-        return [f"{origin}/.well-known/oauth-authorization-server{path}",
-                f"{origin}/.well-known/openid-configuration{path}",
-                f"{origin}{path}/.well-known/openid-configuration"]
+        return [
+            f"{origin}/.well-known/oauth-authorization-server{path}",
+            f"{origin}/.well-known/openid-configuration{path}",
+            f"{origin}{path}/.well-known/openid-configuration",
+        ]
     return [f"{origin}/.well-known/oauth-authorization-server", f"{origin}/.well-known/openid-configuration"]
 
 
@@ -573,8 +666,9 @@ def _fetch_server_metadata(http: _Http, issuer: str, chain: list[str]) -> dict[s
 
 
 def _fetch_document(http: _Http, url: str, step: str, chain: list[str]) -> dict[str, Any] | None:
-    response = http.request("GET", url, step=step, headers={"Accept": "application/json",
-                                                            "MCP-Protocol-Version": PROTOCOL_VERSION})
+    response = http.request(
+        "GET", url, step=step, headers={"Accept": "application/json", "MCP-Protocol-Version": PROTOCOL_VERSION}
+    )
     if response.status_code != 200:
         chain.append(f"{url}: {response.status_code}")
         return None
@@ -587,8 +681,11 @@ def _check_server_metadata(metadata: dict[str, Any], issuer: str, server: str, *
     # RFC 8414 §3.3 and the mix-up defence: the document must be the expected issuer's.
     # Only a trailing slash is forgiven (URL libraries add one to a bare origin).
     if not isinstance(found, str) or found.rstrip("/") != issuer.rstrip("/"):
-        raise AuthError(f"Authorization server metadata names issuer {found!r}, but {issuer!r} was expected; "
-                        "refusing to use it (possible mix-up attack).", server=server)
+        raise AuthError(
+            f"Authorization server metadata names issuer {found!r}, but {issuer!r} was expected; "
+            "refusing to use it (possible mix-up attack).",
+            server=server,
+        )
     for key in ("authorization_endpoint", "token_endpoint"):
         if not isinstance(metadata.get(key), str):
             raise AuthError(f"Authorization server metadata of {issuer} has no {key}.", server=server)
@@ -598,8 +695,11 @@ def _check_server_metadata(metadata: dict[str, Any], issuer: str, server: str, *
     methods = metadata.get("code_challenge_methods_supported")
     if pkce:  # the MCP spec: refuse an authorization server that does not advertise S256
         if not isinstance(methods, list) or "S256" not in methods:
-            raise AuthError(f"The authorization server {issuer} does not advertise PKCE with S256 "
-                            "(code_challenge_methods_supported); refusing to authenticate.", server=server)
+            raise AuthError(
+                f"The authorization server {issuer} does not advertise PKCE with S256 "
+                "(code_challenge_methods_supported); refusing to authenticate.",
+                server=server,
+            )
 
 
 def _same_origin_issuer(issuer: str, origin: str) -> bool:
@@ -648,16 +748,20 @@ def _choose_scope(server: ServerConfig, discovery: _Discovery, record: Record | 
     return " ".join(dict.fromkeys(scopes)) or None
 
 
-def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, stored: ClientInfo | None,
-                    scope: str | None) -> tuple[_CallbackServer, ClientInfo]:
+def _prepare_client(
+    http: _Http, server: ServerConfig, discovery: _Discovery, stored: ClientInfo | None, scope: str | None
+) -> tuple[_CallbackServer, ClientInfo]:
     """Pick the client and start the loopback server on its redirect port (registering if needed)."""
     oauth = server.oauth
     configured_redirect = oauth.redirect_uri if oauth else None
     client = _configured_client(server, discovery)
     if client is None and stored is not None and _reusable(stored, discovery, scope, configured_redirect):
         if _registration_gone(http, stored):
-            log.info("%s no longer knows the stored client registration (client_id %s); registering anew",
-                     discovery.issuer, stored.client_id)
+            log.info(
+                "%s no longer knows the stored client registration (client_id %s); registering anew",
+                discovery.issuer,
+                stored.client_id,
+            )
         else:
             log.info("Using the client registration stored for %s (client_id %s)", discovery.issuer, stored.client_id)
             client = stored
@@ -668,14 +772,20 @@ def _prepare_client(http: _Http, server: ServerConfig, discovery: _Discovery, st
         callback = _CallbackServer(redirect)
     except _PortInUse as exc:
         if client is None or client.registration_source != "dynamic" or configured_redirect:
-            raise AuthError(f"Port {exc.port} of the redirect URI {redirect} is in use by another program; "
-                            f"stop it or set another [servers.{server.name}.oauth] redirect_uri.", server=server.name) from None
+            raise AuthError(
+                f"Port {exc.port} of the redirect URI {redirect} is in use by another program; "
+                f"stop it or set another [servers.{server.name}.oauth] redirect_uri.",
+                server=server.name,
+            ) from None
         log.info("Port %s of the stored redirect URI is in use; registering a new client", exc.port)
         client = None
         callback = _CallbackServer(None)
     except _CannotListen as exc:
-        raise AuthError(f"Cannot listen on {exc.host} port {exc.port} for the redirect URI {redirect} ({exc.reason}); "
-                        f"set another [servers.{server.name}.oauth] redirect_uri.", server=server.name) from None
+        raise AuthError(
+            f"Cannot listen on {exc.host} port {exc.port} for the redirect URI {redirect} ({exc.reason}); "
+            f"set another [servers.{server.name}.oauth] redirect_uri.",
+            server=server.name,
+        ) from None
     if client is None:
         try:
             client = _register(http, server, discovery, callback.redirect_uri, scope)
@@ -699,8 +809,12 @@ def _registration_gone(http: _Http, client: ClientInfo) -> bool:
     register_secret(token)
     try:
         _check_endpoint(uri, "client configuration endpoint")
-        response = http.request("GET", uri, step="Checking the stored client registration",
-                                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+        response = http.request(
+            "GET",
+            uri,
+            step="Checking the stored client registration",
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        )
     except AuthError as exc:
         log.debug("Not checking the stored client registration: %s", exc.message)
         return False
@@ -726,13 +840,24 @@ def _configured_client(server: ServerConfig, discovery: _Discovery) -> ClientInf
         register_secret(oauth.client_secret)
         method = _pick_auth_method(discovery, secret=bool(oauth.client_secret))
         log.info("Using the configured client_id %s (%s)", oauth.client_id, method)
-        return ClientInfo(client_id=oauth.client_id, registration_source="config", client_secret=oauth.client_secret,
-                          token_endpoint_auth_method=method, issuer=discovery.issuer, redirect_uri=oauth.redirect_uri)
+        return ClientInfo(
+            client_id=oauth.client_id,
+            registration_source="config",
+            client_secret=oauth.client_secret,
+            token_endpoint_auth_method=method,
+            issuer=discovery.issuer,
+            redirect_uri=oauth.redirect_uri,
+        )
     if oauth.client_metadata_url and discovery.metadata.get("client_id_metadata_document_supported") is True:
         _check_endpoint(oauth.client_metadata_url, "client metadata URL")
         log.info("Using the client ID metadata document %s", oauth.client_metadata_url)
-        return ClientInfo(client_id=oauth.client_metadata_url, registration_source="metadata_url",
-                          token_endpoint_auth_method="none", issuer=discovery.issuer, redirect_uri=oauth.redirect_uri)
+        return ClientInfo(
+            client_id=oauth.client_metadata_url,
+            registration_source="metadata_url",
+            token_endpoint_auth_method="none",
+            issuer=discovery.issuer,
+            redirect_uri=oauth.redirect_uri,
+        )
     return None
 
 
@@ -764,16 +889,23 @@ def _pick_auth_method(discovery: _Discovery, *, secret: bool) -> str:
     return "none" if "none" in listed else "client_secret_basic"
 
 
-def _register(http: _Http, server: ServerConfig, discovery: _Discovery, redirect_uri: str,
-              scope: str | None) -> ClientInfo:
+def _register(
+    http: _Http, server: ServerConfig, discovery: _Discovery, redirect_uri: str, scope: str | None
+) -> ClientInfo:
     endpoint = discovery.registration_endpoint
     if not endpoint:
-        raise AuthError(f"Server '{server.name}' does not support dynamic client registration. "
-                        f"Add [servers.{server.name}.oauth] client_id = \"...\" to your config.", server=server.name)
+        raise AuthError(
+            f"Server '{server.name}' does not support dynamic client registration. "
+            f'Add [servers.{server.name}.oauth] client_id = "..." to your config.',
+            server=server.name,
+        )
     method = _pick_auth_method(discovery, secret=False)
     body: dict[str, Any] = {
-        "client_name": "toolscript", "redirect_uris": [redirect_uri], "application_type": "native",
-        "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+        "client_name": "toolscript",
+        "redirect_uris": [redirect_uri],
+        "application_type": "native",
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
         "token_endpoint_auth_method": method,
     }
     if scope:
@@ -790,15 +922,22 @@ def _register(http: _Http, server: ServerConfig, discovery: _Discovery, redirect
     assigned = info.get("token_endpoint_auth_method") or ("client_secret_basic" if secret else method)
     # RFC 7591 §3.2.1: use what the server assigned, if toolscript can.
     if assigned not in _AUTH_METHODS:
-        raise AuthError(f"Client registration failed: {endpoint} assigned token endpoint auth method "
-                        f"{assigned!r}, which toolscript does not support.", server=server.name)
+        raise AuthError(
+            f"Client registration failed: {endpoint} assigned token endpoint auth method "
+            f"{assigned!r}, which toolscript does not support.",
+            server=server.name,
+        )
     if assigned != "none" and not isinstance(secret, str):
-        raise AuthError(f"Client registration failed: {endpoint} assigned {assigned} but returned no client_secret.",
-                        server=server.name)
+        raise AuthError(
+            f"Client registration failed: {endpoint} assigned {assigned} but returned no client_secret.",
+            server=server.name,
+        )
     uris = info.get("redirect_uris")
     if isinstance(uris, list) and uris and redirect_uri not in uris:
-        raise AuthError(f"Client registration failed: {endpoint} did not register the redirect URI {redirect_uri}.",
-                        server=server.name)
+        raise AuthError(
+            f"Client registration failed: {endpoint} did not register the redirect URI {redirect_uri}.",
+            server=server.name,
+        )
     expires_at = info.get("client_secret_expires_at")
     # RFC 7592: where the registration can be read later, to find out whether it still exists.
     management_uri, management_token = info.get("registration_client_uri"), info.get("registration_access_token")
@@ -807,11 +946,17 @@ def _register(http: _Http, server: ServerConfig, discovery: _Discovery, redirect
     register_secret(management_token)
     log.info("Registered client_id %s (%s)", client_id, assigned)
     return ClientInfo(
-        client_id=client_id, registration_source="dynamic", client_secret=secret if assigned != "none" else None,
-        token_endpoint_auth_method=assigned, issuer=discovery.issuer, redirect_uri=redirect_uri,
-        registered_at=time.time(), client_secret_expires_at=float(expires_at) if isinstance(expires_at, (int, float)) and expires_at else None,
+        client_id=client_id,
+        registration_source="dynamic",
+        client_secret=secret if assigned != "none" else None,
+        token_endpoint_auth_method=assigned,
+        issuer=discovery.issuer,
+        redirect_uri=redirect_uri,
+        registered_at=time.time(),
+        client_secret_expires_at=float(expires_at) if isinstance(expires_at, (int, float)) and expires_at else None,
         scope=info["scope"] if isinstance(info.get("scope"), str) else scope,
-        registration_client_uri=management_uri, registration_access_token=management_token,
+        registration_client_uri=management_uri,
+        registration_access_token=management_token,
     )
 
 
@@ -888,8 +1033,12 @@ class _CallbackServer:
         self.port = port
         host = f"[{host}]" if ":" in host else host
         self.redirect_uri = f"http://{host}:{self.port}{self.path}"
-        self._threads = [threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.1},
-                                          name="oauth-callback", daemon=True) for listener in self._listeners]
+        self._threads = [
+            threading.Thread(
+                target=listener.serve_forever, kwargs={"poll_interval": 0.1}, name="oauth-callback", daemon=True
+            )
+            for listener in self._listeners
+        ]
         for thread in self._threads:
             _start_without_signals(thread)
 
@@ -957,7 +1106,7 @@ class _CallbackServer:
             sys_version = ""
             timeout = CALLBACK_IDLE_TIMEOUT  # per read: a silent connection is dropped
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 params = dict(parse_qsl(parts.query, keep_blank_values=True))
                 if parts.path != owner.path:
@@ -969,9 +1118,11 @@ class _CallbackServer:
                     self._page(200 if ok else 400, "Authorized" if ok else "Authorization failed", message)
 
             def _page(self, status: int, title: str, message: str) -> None:
-                body = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>toolscript: {html.escape(title)}"
-                        f"</title></head><body><h1>{html.escape(title)}</h1><p>{html.escape(redact(message))}</p>"
-                        "</body></html>").encode()
+                body = (
+                    f'<!doctype html><html><head><meta charset="utf-8"><title>toolscript: {html.escape(title)}'
+                    f"</title></head><body><h1>{html.escape(title)}</h1><p>{html.escape(redact(message))}</p>"
+                    "</body></html>"
+                ).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
@@ -980,7 +1131,7 @@ class _CallbackServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("callback server: %s", _mask_query(format % args))
 
         return Handler
@@ -1010,10 +1161,19 @@ class _ForeignState(AuthError):
     """An authorization response that does not answer this request (its `state` differs)."""
 
 
-def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, scope: str | None,
-               callback: _CallbackServer, *, open_browser: Callable[[str], object] | None,
-               show_url: Callable[[str], None], read_pasted: Callable[[], str] | None, timeout: float,
-               stored_client: bool = False) -> tuple[str, str]:
+def _authorize(
+    server: ServerConfig,
+    discovery: _Discovery,
+    client: ClientInfo,
+    scope: str | None,
+    callback: _CallbackServer,
+    *,
+    open_browser: Callable[[str], object] | None,
+    show_url: Callable[[str], None],
+    read_pasted: Callable[[], str] | None,
+    timeout: float,
+    stored_client: bool = False,
+) -> tuple[str, str]:
     """Send the user to the authorization endpoint; return the checked code and the PKCE verifier.
 
     `stored_client`: the client is a dynamic registration stored by an earlier run, which the
@@ -1024,9 +1184,15 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
     register_secret(state)
     register_secret(verifier)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
-    params = {"response_type": "code", "client_id": client.client_id, "redirect_uri": callback.redirect_uri,
-              "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
-              "resource": discovery.resource}
+    params = {
+        "response_type": "code",
+        "client_id": client.client_id,
+        "redirect_uri": callback.redirect_uri,
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "resource": discovery.resource,
+    }
     if scope:
         params["scope"] = scope
     url = _add_query(discovery.authorization_endpoint, params)
@@ -1034,26 +1200,35 @@ def _authorize(server: ServerConfig, discovery: _Discovery, client: ClientInfo, 
     callback.expect(server.name, state, discovery.issuer, iss_required)
     show_url(url)
     if read_pasted is not None:
-        _start_without_signals(threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste",
-                                                daemon=True))
+        _start_without_signals(
+            threading.Thread(target=_read_pasted, args=(read_pasted, callback), name="oauth-paste", daemon=True)
+        )
     if open_browser is not None:
         log.info("Opening the authorization URL in the browser")
         if not open_browser(url):
-            log.warning("Could not open a browser; open the URL above yourself "
-                        "(or run again with --no-browser to paste the redirected URL).")
+            log.warning(
+                "Could not open a browser; open the URL above yourself "
+                "(or run again with --no-browser to paste the redirected URL)."
+            )
     log.info("Waiting for the authorization (up to %s)", _duration(timeout))
     try:
         code = callback.wait(timeout)
     except _Timeout:
         name = server.name
         if stored_client:  # the browser may have shown the server's invalid_client page: a dead end
-            raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}'. If the "
-                            "browser showed an error such as invalid_client, the authorization server has forgotten "
-                            "the client registration toolscript stored", server=name,
-                            next_command=auth_command(name, "--forget-client")) from None
-        raise AuthError(f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}' "
-                        "(--timeout SECONDS waits longer; --no-browser lets you paste the redirected URL).",
-                        server=name, next_command=auth_command(name)) from None
+            raise AuthError(
+                f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}'. If the "
+                "browser showed an error such as invalid_client, the authorization server has forgotten "
+                "the client registration toolscript stored",
+                server=name,
+                next_command=auth_command(name, "--forget-client"),
+            ) from None
+        raise AuthError(
+            f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}' "
+            "(--timeout SECONDS waits longer; --no-browser lets you paste the redirected URL).",
+            server=name,
+            next_command=auth_command(name),
+        ) from None
     log.info("Authorization received")
     return code, verifier
 
@@ -1072,8 +1247,11 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
         params = dict(parse_qsl(urlsplit(line).query, keep_blank_values=True))
         if not params.keys() & {"code", "error", "state"}:
             # A placeholder form: real-looking `code=...` values would be masked in the log line.
-            log.warning("That is not the redirected URL (it looks like %s?code=<code>&state=<state>); paste the whole "
-                        "address from the browser's address bar.", callback.redirect_uri)
+            log.warning(
+                "That is not the redirected URL (it looks like %s?code=<code>&state=<state>); paste the whole "
+                "address from the browser's address bar.",
+                callback.redirect_uri,
+            )
             continue
         callback.submit(params)
         if callback.done:
@@ -1084,20 +1262,30 @@ def _check_callback(params: dict[str, str], server: str, state: str, issuer: str
     """Check an authorization response (state, error, RFC 9207 iss); return the code."""
     if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
         # Its values are not registered as secrets: anyone can send these, as often as they like.
-        raise _ForeignState("Ignored an authorization response whose state does not match the request (it may be "
-                            "forged or from an older attempt); still waiting for the genuine one.")
+        raise _ForeignState(
+            "Ignored an authorization response whose state does not match the request (it may be "
+            "forged or from an older attempt); still waiting for the genuine one."
+        )
     register_secret(params.get("code"))  # the state is ours, registered already
     if "error" in params:
         description = params.get("error_description")
-        raise AuthError(redact(f"Authorization was denied by the server: {params['error']}"
-                               + (f": {description}" if description else "")), error=params["error"])
+        raise AuthError(
+            redact(
+                f"Authorization was denied by the server: {params['error']}"
+                + (f": {description}" if description else "")
+            ),
+            error=params["error"],
+        )
     iss = params.get("iss")
     if iss is not None and iss.rstrip("/") != issuer.rstrip("/"):
-        raise AuthError(f"The authorization response came from issuer {iss!r}, not {issuer!r}; refusing it "
-                        "(RFC 9207 mix-up defence).")
+        raise AuthError(
+            f"The authorization response came from issuer {iss!r}, not {issuer!r}; refusing it "
+            "(RFC 9207 mix-up defence)."
+        )
     if iss is None and iss_required:
-        raise AuthError(f"The authorization response has no iss parameter although {issuer} promises one "
-                        "(RFC 9207); refusing it.")
+        raise AuthError(
+            f"The authorization response has no iss parameter although {issuer} promises one (RFC 9207); refusing it."
+        )
     code = params.get("code")
     if not code:
         raise AuthError("The authorization response has no code.")
@@ -1119,14 +1307,27 @@ def _client_auth(client: ClientInfo, data: dict[str, str]) -> tuple[dict[str, st
     return data, None
 
 
-def _exchange_code(http: _Http, discovery: _Discovery, client: ClientInfo, code: str, verifier: str,
-                   scope: str | None) -> Tokens:
-    data, auth = _client_auth(client, {
-        "grant_type": "authorization_code", "code": code, "redirect_uri": client.redirect_uri or "",
-        "code_verifier": verifier, "resource": discovery.resource,
-    })
-    response = http.request("POST", discovery.token_endpoint, step="Token exchange", data=data, auth=auth,
-                            headers={"Accept": "application/json"})
+def _exchange_code(
+    http: _Http, discovery: _Discovery, client: ClientInfo, code: str, verifier: str, scope: str | None
+) -> Tokens:
+    data, auth = _client_auth(
+        client,
+        {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": client.redirect_uri or "",
+            "code_verifier": verifier,
+            "resource": discovery.resource,
+        },
+    )
+    response = http.request(
+        "POST",
+        discovery.token_endpoint,
+        step="Token exchange",
+        data=data,
+        auth=auth,
+        headers={"Accept": "application/json"},
+    )
     if response.status_code != 200:
         raise _server_error("Token exchange", response)
     try:

@@ -260,8 +260,15 @@ def _parse_server(name: str, table: dict[str, Any], env: dict[str, str]) -> Serv
         cwd = table.get("cwd")
         cwd = sub(_str(table, "cwd", prefix), f"{prefix}.cwd") if cwd is not None else None
         return ServerConfig(
-            name=name, type=kind, command=command, args=args, env=env_table, cwd=cwd,
-            timeout=timeout, include_tools=include, exclude_tools=exclude,
+            name=name,
+            type=kind,
+            command=command,
+            args=args,
+            env=env_table,
+            cwd=cwd,
+            timeout=timeout,
+            include_tools=include,
+            exclude_tools=exclude,
         )
 
     url = sub(_str(table, "url", prefix, required=True), f"{prefix}.url")
@@ -271,8 +278,14 @@ def _parse_server(name: str, table: dict[str, Any], env: dict[str, str]) -> Serv
     if "oauth" in table:
         oauth = _parse_oauth(table["oauth"], f"{prefix}.oauth", sub)
     return ServerConfig(
-        name=name, type=kind, url=url, headers=headers, timeout=timeout, oauth=oauth,
-        include_tools=include, exclude_tools=exclude,
+        name=name,
+        type=kind,
+        url=url,
+        headers=headers,
+        timeout=timeout,
+        oauth=oauth,
+        include_tools=include,
+        exclude_tools=exclude,
     )
 
 
@@ -297,7 +310,7 @@ def _parse_oauth(table: Any, prefix: str, sub: Any) -> OAuthConfig:
                 f"http://127.0.0.1:8765/callback, not {redirect_uri!r}"
             )
         try:
-            urlsplit(redirect_uri).port
+            urlsplit(redirect_uri).port  # noqa: B018 (reading the port is what checks it)
         except ValueError:
             raise _Invalid(f"{prefix}.redirect_uri: invalid port in {redirect_uri!r}") from None
     metadata_url = opt("client_metadata_url")
@@ -308,8 +321,11 @@ def _parse_oauth(table: Any, prefix: str, sub: Any) -> OAuthConfig:
         if not scope or any(c.isspace() for c in scope):
             raise _Invalid(f"{prefix}.scopes: each scope must be one non-empty word, not {scope!r}")
     return OAuthConfig(
-        client_id=client_id, client_secret=client_secret, scopes=scopes,
-        redirect_uri=redirect_uri, client_metadata_url=metadata_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        scopes=scopes,
+        redirect_uri=redirect_uri,
+        client_metadata_url=metadata_url,
     )
 
 
@@ -318,7 +334,7 @@ def _check_http_url(url: str, path: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _Invalid(f"{path}: must be an http:// or https:// URL, not {url!r}")
     try:
-        parts.port
+        parts.port  # noqa: B018 (reading the port is what checks it)
     except ValueError:
         raise _Invalid(f"{path}: invalid port in {url!r}") from None
 
@@ -351,8 +367,12 @@ def _str_table(table: dict[str, Any], key: str, prefix: str) -> dict[str, str]:
 
 def _type_name(value: Any) -> str:
     return {
-        bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-        list: "an array", dict: "a table",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
     }.get(type(value), type(value).__name__)
 
 
@@ -369,13 +389,14 @@ def _substitute(value: str, path: str, server: str, env: dict[str, str]) -> str:
         if found is not None:  # set but empty, no default: empty is what the user set
             return found
         raise _Invalid(
-            f"{path}: environment variable {var} is not set (server '{server}'); "
-            f"set it or write ${{{var}:-default}}"
+            f"{path}: environment variable {var} is not set (server '{server}'); set it or write ${{{var}:-default}}"
         )
 
     result = _VAR_RE.sub(replace, value)
     # Anything left that looks like the start of a reference was malformed.
     leftover = _VAR_RE.sub("", value)
     if "${" in leftover:
-        raise _Invalid(f"{path}: malformed variable reference (write ${{NAME}}, ${{NAME:-default}} or $$ for a literal $)")
+        raise _Invalid(
+            f"{path}: malformed variable reference (write ${{NAME}}, ${{NAME:-default}} or $$ for a literal $)"
+        )
     return result

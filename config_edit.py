@@ -71,8 +71,11 @@ def add_servers(path: Path, servers: Mapping[str, Mapping[str, Any]]) -> None:
     existing = _servers_of(data, path)
     for name, table in servers.items():
         if name in existing:
-            raise ConfigError(f"Server '{name}' is already configured in {path}; to replace it, first run: "
-                              f"toolscript remove {name}", path=str(path), server=name)
+            raise ConfigError(
+                f"Server '{name}' is already configured in {path}; to replace it, first run: toolscript remove {name}",
+                path=str(path),
+                server=name,
+            )
         check_server_table(name, table, path)
     block = servers_toml(servers)
     new_text = (text.rstrip("\n") + "\n\n" + block) if text.strip() else block
@@ -106,8 +109,11 @@ def remove_server(path: Path, name: str) -> None:
                     keep.pop()
         (dropped if inside else keep).append(line)
     if not removed:
-        raise ConfigError(f"Server '{name}' in {path} is not written as a [servers.{name}] table; "
-                          "remove it by editing the file.", path=str(path), server=name)
+        raise ConfigError(
+            f"Server '{name}' in {path} is not written as a [servers.{name}] table; remove it by editing the file.",
+            path=str(path),
+            server=name,
+        )
     new_text = re.sub(r"\n{3,}", "\n\n", "".join(keep)).rstrip("\n")
     new_text = new_text + "\n" if new_text else ""
     expected = {key: value for key, value in existing.items() if key != name}
@@ -115,7 +121,7 @@ def remove_server(path: Path, name: str) -> None:
 
 
 def check_server_table(name: str, table: Mapping[str, Any], path: Path | None = None) -> None:
-    """Raise `ConfigError` unless `table` is a valid server; a value using an unset variable is checked when it is set."""
+    """Raise `ConfigError` unless `table` is a valid server (a value using an unset variable: once it is set)."""
     try:
         parse_config({"servers": {name: dict(table)}}, path=path, environ=_UnsetIsEmpty(os.environ))
     except ConfigError:
@@ -179,8 +185,9 @@ def plan_import(path: Path, configured: Mapping[str, Any] | None = None) -> Impo
         try:
             data = json.loads(_strip_json_comments(text))
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).",
-                              path=str(path)) from None
+            raise ConfigError(
+                f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).", path=str(path)
+            ) from None
         entries, source = _json_servers(data, path)
         plan, convert = ImportPlan(source), _from_json
     workspace = path.resolve().parent
@@ -247,8 +254,8 @@ class _Placeholders:
             if variable:
                 return f"${{{variable[1]}{variable[2] or ''}}}"
             if inner.startswith("input:"):
-                variable_name = re.sub(r"[^A-Za-z0-9_]", "_", inner[len("input:"):]).upper()
-                asked = self.inputs.get(inner[len("input:"):])
+                variable_name = re.sub(r"[^A-Za-z0-9_]", "_", inner[len("input:") :]).upper()
+                asked = self.inputs.get(inner[len("input:") :])
                 note = f"set {variable_name} in the environment (the client asked for input '{inner[6:]}'"
                 note += f": {asked})" if asked else ")"
                 if note not in self.notes:
@@ -258,7 +265,7 @@ class _Placeholders:
 
         out, done = [], 0
         for match in _REFERENCE_RE.finditer(value):
-            out += [value[done:match.start()].replace("$", "$$"), replace(match)]  # a literal `$` is `$$` here
+            out += [value[done : match.start()].replace("$", "$$"), replace(match)]  # a literal `$` is `$$` here
             done = match.end()
         return "".join([*out, value[done:].replace("$", "$$")])
 
@@ -273,8 +280,14 @@ class _Placeholders:
         return {str(key): self.convert(item, f"{where}.{key}") for key, item in value.items()}
 
 
-_JSON_TYPES = {"stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http",
-               "streamable_http": "http", "sse": "sse"}
+_JSON_TYPES = {
+    "stdio": "stdio",
+    "http": "http",
+    "streamable-http": "http",
+    "streamableHttp": "http",
+    "streamable_http": "http",
+    "sse": "sse",
+}
 _JSON_KNOWN = {"type", "command", "args", "env", "url", "headers", "cwd", "disabled", "transport"}
 
 
@@ -292,16 +305,20 @@ def _json_servers(data: Any, path: Path) -> tuple[dict[str, Any], str]:
         return data["servers"], "VS Code (mcp.json)"
     if isinstance(data, dict) and isinstance(data.get("mcp"), dict) and isinstance(data["mcp"].get("servers"), dict):
         return data["mcp"]["servers"], "VS Code (settings.json)"
-    raise ConfigError(f"{path}: no MCP servers found (expected \"mcpServers\" or \"servers\", or a Codex "
-                      "config.toml with [mcp_servers.NAME]).", path=str(path))
+    raise ConfigError(
+        f'{path}: no MCP servers found (expected "mcpServers" or "servers", or a Codex '
+        "config.toml with [mcp_servers.NAME]).",
+        path=str(path),
+    )
 
 
 def _vscode_inputs(data: Any) -> dict[str, str]:
     inputs = data.get("inputs") if isinstance(data, dict) else None
     if not isinstance(inputs, list):
         return {}
-    return {str(item["id"]): str(item.get("description", "")) for item in inputs
-            if isinstance(item, dict) and "id" in item}
+    return {
+        str(item["id"]): str(item.get("description", "")) for item in inputs if isinstance(item, dict) and "id" in item
+    }
 
 
 def _from_json(entry: dict[str, Any], placeholders: _Placeholders) -> tuple[dict[str, Any], list[str]]:
@@ -344,9 +361,23 @@ def _stdio_table(entry: dict[str, Any], placeholders: _Placeholders) -> dict[str
     return table
 
 
-_CODEX_KNOWN = {"command", "args", "env", "cwd", "url", "bearer_token_env_var", "http_headers", "env_http_headers",
-                "startup_timeout_sec", "startup_timeout_ms", "tool_timeout_sec", "enabled", "enabled_tools",
-                "disabled_tools", "env_vars"}
+_CODEX_KNOWN = {
+    "command",
+    "args",
+    "env",
+    "cwd",
+    "url",
+    "bearer_token_env_var",
+    "http_headers",
+    "env_http_headers",
+    "startup_timeout_sec",
+    "startup_timeout_ms",
+    "tool_timeout_sec",
+    "enabled",
+    "enabled_tools",
+    "disabled_tools",
+    "env_vars",
+}
 
 
 def _from_codex(entry: dict[str, Any], placeholders: _Placeholders) -> tuple[dict[str, Any], list[str]]:
@@ -397,7 +428,7 @@ def _strip_json_comments(text: str) -> str:
             end = i + 1
             while end < n and text[end] != '"':
                 end += 2 if text[end] == "\\" else 1
-            out.append(text[i:end + 1])
+            out.append(text[i : end + 1])
             i = end + 1
         elif text.startswith("//", i):
             i = text.find("\n", i)
@@ -445,7 +476,7 @@ def _table_header(line: str) -> list[str] | None:
         if not part:
             return None
         keys.append(part[1] if part[1] is not None else part[2] if part[2] is not None else part[3])
-        rest = rest[part.end():]
+        rest = rest[part.end() :]
         if not part[4]:
             break
     return keys
@@ -461,8 +492,10 @@ def _replace(path: Path, old_text: str, new_text: str, servers: dict[str, Any], 
     if not servers and new_data is not None and "servers" not in new_data:
         expected.pop("servers")  # the last server removed: no empty [servers] table is left behind
     if new_data != expected:
-        raise ConfigError(f"{path}: cannot edit this file safely by text (its layout is unusual); "
-                          "make the change by hand.", path=str(path))
+        raise ConfigError(
+            f"{path}: cannot edit this file safely by text (its layout is unusual); make the change by hand.",
+            path=str(path),
+        )
     try:
         if old_text or path.exists():
             mode = path.stat().st_mode & 0o777

@@ -17,7 +17,8 @@ import secrets
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import (
@@ -49,8 +50,14 @@ class DemoProvider:
     codes and tokens in plain dicts, so tests can look at both.
     """
 
-    def __init__(self, issuer: str, *, token_lifetime: int | None = 3600, refresh_tokens: bool = True,
-                 rotate_refresh_tokens: bool = True) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        token_lifetime: int | None = 3600,
+        refresh_tokens: bool = True,
+        rotate_refresh_tokens: bool = True,
+    ) -> None:
         self.issuer = issuer
         self.token_lifetime = token_lifetime
         self.refresh_tokens_enabled = refresh_tokens
@@ -71,12 +78,17 @@ class DemoProvider:
         self.clients[client_info.client_id] = client_info
         self.registrations.append(client_info)
 
-    def add_client(self, client_id: str, *, secret: str | None, auth_method: str, redirect_uri: str,
-                   scope: str | None = None) -> None:
+    def add_client(
+        self, client_id: str, *, secret: str | None, auth_method: str, redirect_uri: str, scope: str | None = None
+    ) -> None:
         """Pre-register a client, as an administrator would out of band."""
         self.clients[client_id] = OAuthClientInformationFull(
-            client_id=client_id, client_secret=secret, token_endpoint_auth_method=auth_method,  # type: ignore[arg-type]
-            redirect_uris=[redirect_uri], scope=scope, grant_types=["authorization_code", "refresh_token"],
+            client_id=client_id,
+            client_secret=secret,
+            token_endpoint_auth_method=auth_method,  # type: ignore[arg-type]
+            redirect_uris=[redirect_uri],
+            scope=scope,
+            grant_types=["authorization_code", "refresh_token"],
         )
 
     async def authorize(self, client: OAuthClientInformationFull, params: AuthorizationParams) -> str:
@@ -84,29 +96,42 @@ class DemoProvider:
         self.authorizations.append(params)
         code = secrets.token_urlsafe(32)
         self.codes[code] = AuthorizationCode(
-            code=code, scopes=params.scopes or [], expires_at=time.time() + _CODE_LIFETIME,
-            client_id=client.client_id or "", code_challenge=params.code_challenge,
-            redirect_uri=params.redirect_uri, redirect_uri_provided_explicitly=params.redirect_uri_provided_explicitly,
+            code=code,
+            scopes=params.scopes or [],
+            expires_at=time.time() + _CODE_LIFETIME,
+            client_id=client.client_id or "",
+            code_challenge=params.code_challenge,
+            redirect_uri=params.redirect_uri,
+            redirect_uri_provided_explicitly=params.redirect_uri_provided_explicitly,
             resource=params.resource,
         )
         return construct_redirect_uri(str(params.redirect_uri), code=code, state=params.state)
 
-    async def load_authorization_code(self, client: OAuthClientInformationFull, authorization_code: str) -> AuthorizationCode | None:
+    async def load_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: str
+    ) -> AuthorizationCode | None:
         return self.codes.get(authorization_code)
 
-    async def exchange_authorization_code(self, client: OAuthClientInformationFull, authorization_code: AuthorizationCode) -> OAuthToken:
+    async def exchange_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: AuthorizationCode
+    ) -> OAuthToken:
         del self.codes[authorization_code.code]  # single use
         return self._issue(authorization_code.client_id, authorization_code.scopes, authorization_code.resource)
 
     async def load_refresh_token(self, client: OAuthClientInformationFull, refresh_token: str) -> RefreshToken | None:
         return self.refresh_tokens.get(refresh_token)
 
-    async def exchange_refresh_token(self, client: OAuthClientInformationFull, refresh_token: RefreshToken,
-                                     scopes: list[str]) -> OAuthToken:
+    async def exchange_refresh_token(
+        self, client: OAuthClientInformationFull, refresh_token: RefreshToken, scopes: list[str]
+    ) -> OAuthToken:
         if self.rotate_refresh_tokens:
             del self.refresh_tokens[refresh_token.token]
-        token = self._issue(refresh_token.client_id, scopes, refresh_token.resource,
-                            keep_refresh=None if self.rotate_refresh_tokens else refresh_token.token)
+        token = self._issue(
+            refresh_token.client_id,
+            scopes,
+            refresh_token.resource,
+            keep_refresh=None if self.rotate_refresh_tokens else refresh_token.token,
+        )
         return token
 
     async def load_access_token(self, token: str) -> AccessToken | None:
@@ -117,19 +142,28 @@ class DemoProvider:
         self.access_tokens.pop(token.token, None)
         self.refresh_tokens.pop(token.token, None)
 
-    def _issue(self, client_id: str, scopes: list[str], resource: str | None, keep_refresh: str | None = None) -> OAuthToken:
+    def _issue(
+        self, client_id: str, scopes: list[str], resource: str | None, keep_refresh: str | None = None
+    ) -> OAuthToken:
         access = secrets.token_urlsafe(32)
         expires_at = int(time.time()) + self.token_lifetime if self.token_lifetime is not None else None
-        self.access_tokens[access] = AccessToken(token=access, client_id=client_id, scopes=scopes,
-                                                 expires_at=expires_at, resource=resource)
+        self.access_tokens[access] = AccessToken(
+            token=access, client_id=client_id, scopes=scopes, expires_at=expires_at, resource=resource
+        )
         refresh = keep_refresh
         if refresh is None and self.refresh_tokens_enabled:
             refresh = secrets.token_urlsafe(32)
-            self.refresh_tokens[refresh] = RefreshToken(token=refresh, client_id=client_id, scopes=scopes,
-                                                        resource=resource)
+            self.refresh_tokens[refresh] = RefreshToken(
+                token=refresh, client_id=client_id, scopes=scopes, resource=resource
+            )
         # A refresh token kept (not rotated) is not sent again, as many servers do (RFC 6749 §6).
-        return OAuthToken(access_token=access, token_type="Bearer", expires_in=self.token_lifetime,
-                          scope=" ".join(scopes) or None, refresh_token=None if keep_refresh else refresh)
+        return OAuthToken(
+            access_token=access,
+            token_type="Bearer",
+            expires_in=self.token_lifetime,
+            scope=" ".join(scopes) or None,
+            refresh_token=None if keep_refresh else refresh,
+        )
 
 
 class DemoServer:
@@ -145,12 +179,21 @@ class DemoServer:
     to the MCP server before it is served (the tests add resources and prompts).
     """
 
-    def __init__(self, *, transport: str = "http", require_auth: bool = True, registration: bool = True,
-                 revocation: bool = True,
-                 resource_metadata: bool = True, token_lifetime: int | None = 3600, refresh_tokens: bool = True,
-                 rotate_refresh_tokens: bool = True, extra_scopes: tuple[str, ...] = (),
-                 wrap: Callable[[ASGIApp], ASGIApp] | None = None,
-                 extend: Callable[[MCPServer], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        transport: str = "http",
+        require_auth: bool = True,
+        registration: bool = True,
+        revocation: bool = True,
+        resource_metadata: bool = True,
+        token_lifetime: int | None = 3600,
+        refresh_tokens: bool = True,
+        rotate_refresh_tokens: bool = True,
+        extra_scopes: tuple[str, ...] = (),
+        wrap: Callable[[ASGIApp], ASGIApp] | None = None,
+        extend: Callable[[MCPServer], None] | None = None,
+    ) -> None:
         if transport not in ("http", "sse"):
             raise ValueError(f"transport must be 'http' or 'sse', not {transport!r}")
         self.transport = transport
@@ -162,7 +205,8 @@ class DemoServer:
         self._extend = extend
         self._extra_scopes = list(extra_scopes)
         self._provider_options: dict[str, Any] = {
-            "token_lifetime": token_lifetime, "refresh_tokens": refresh_tokens,
+            "token_lifetime": token_lifetime,
+            "refresh_tokens": refresh_tokens,
             "rotate_refresh_tokens": rotate_refresh_tokens,
         }
         self._sock: socket.socket | None = None
@@ -188,11 +232,13 @@ class DemoServer:
         app = self._build_app()
         if self._wrap is not None:
             app = self._wrap(app)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", log_config=None,
-                                timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="on", log_config=None, timeout_graceful_shutdown=1
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="demo-mcp-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="demo-mcp-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -209,20 +255,29 @@ class DemoServer:
             self._sock.close()
 
     def _build_app(self) -> ASGIApp:
-        auth = None if not self._require_auth else AuthSettings(
-            issuer_url=self.origin,  # type: ignore[arg-type]
-            resource_server_url=self.url if self._resource_metadata else None,  # type: ignore[arg-type]
-            validate_token_resource=True if self._resource_metadata else None,
-            required_scopes=[DEMO_SCOPE],
-            client_registration_options=ClientRegistrationOptions(
-                enabled=self._registration, valid_scopes=[DEMO_SCOPE, OFFLINE_SCOPE, *self._extra_scopes],
-                default_scopes=[DEMO_SCOPE],
-            ),
-            revocation_options=RevocationOptions(enabled=self._revocation),
+        auth = (
+            None
+            if not self._require_auth
+            else AuthSettings(
+                issuer_url=self.origin,  # type: ignore[arg-type]
+                resource_server_url=self.url if self._resource_metadata else None,  # type: ignore[arg-type]
+                validate_token_resource=True if self._resource_metadata else None,
+                required_scopes=[DEMO_SCOPE],
+                client_registration_options=ClientRegistrationOptions(
+                    enabled=self._registration,
+                    valid_scopes=[DEMO_SCOPE, OFFLINE_SCOPE, *self._extra_scopes],
+                    default_scopes=[DEMO_SCOPE],
+                ),
+                revocation_options=RevocationOptions(enabled=self._revocation),
+            )
         )
-        mcp = MCPServer("toolscript-demo", auth_server_provider=self.provider if auth else None, auth=auth,
-                        log_level="WARNING",
-                        instructions="A local demo server: its OAuth consent step approves automatically.")
+        mcp = MCPServer(
+            "toolscript-demo",
+            auth_server_provider=self.provider if auth else None,
+            auth=auth,
+            log_level="WARNING",
+            instructions="A local demo server: its OAuth consent step approves automatically.",
+        )
 
         @mcp.tool()
         def echo(text: str) -> str:

@@ -120,8 +120,11 @@ class FormField:
         if self.kind == "choice":
             parts.append("one of: " + ", ".join(f"{n}) {label}" for n, (_, label) in enumerate(self.choices, 1)))
         elif self.kind == "choices":
-            parts.append("any of: " + ", ".join(f"{n}) {label}" for n, (_, label) in enumerate(self.choices, 1))
-                         + "; separate with commas")
+            parts.append(
+                "any of: "
+                + ", ".join(f"{n}) {label}" for n, (_, label) in enumerate(self.choices, 1))
+                + "; separate with commas"
+            )
         elif self.kind == "boolean":
             parts.append("yes/no")
         elif self.kind == "string":
@@ -219,8 +222,10 @@ def form_fields(schema: dict[str, Any] | None) -> list[FormField]:
 
 def _field(name: str, prop: dict[str, Any], required: bool) -> FormField:
     common: dict[str, Any] = {
-        "name": name, "required": required,
-        "title": _text(prop.get("title")), "description": _text(prop.get("description")),
+        "name": name,
+        "required": required,
+        "title": _text(prop.get("title")),
+        "description": _text(prop.get("description")),
     }
     if "default" in prop:
         common["default"] = prop["default"]
@@ -230,26 +235,40 @@ def _field(name: str, prop: dict[str, Any], required: bool) -> FormField:
     if kind == "array" and isinstance(prop.get("items"), dict):
         items = prop["items"]
         if items.get("enum") or items.get("anyOf") or items.get("oneOf"):
-            return FormField(kind="choices", choices=_choices(items), min_length=_int(prop.get("minItems")),
-                             max_length=_int(prop.get("maxItems")), **common)
+            return FormField(
+                kind="choices",
+                choices=_choices(items),
+                min_length=_int(prop.get("minItems")),
+                max_length=_int(prop.get("maxItems")),
+                **common,
+            )
     if kind in ("integer", "number"):
         return FormField(kind=kind, minimum=_float(prop.get("minimum")), maximum=_float(prop.get("maximum")), **common)
     if kind == "boolean":
         return FormField(kind="boolean", **common)
     if kind == "string":
-        return FormField(kind="string", min_length=_int(prop.get("minLength")), max_length=_int(prop.get("maxLength")),
-                         string_format=_text(prop.get("format")), **common)
+        return FormField(
+            kind="string",
+            min_length=_int(prop.get("minLength")),
+            max_length=_int(prop.get("maxLength")),
+            string_format=_text(prop.get("format")),
+            **common,
+        )
     return FormField(kind="json", **common)
 
 
 def _choices(prop: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     if prop.get("enum"):
         names = prop.get("enumNames") or []
-        return tuple((str(value), str(names[n]) if n < len(names) else str(value))
-                     for n, value in enumerate(prop["enum"]))
+        return tuple(
+            (str(value), str(names[n]) if n < len(names) else str(value)) for n, value in enumerate(prop["enum"])
+        )
     options = prop.get("oneOf") or prop.get("anyOf") or []
-    return tuple((str(option.get("const")), str(option.get("title") or option.get("const")))
-                 for option in options if isinstance(option, dict) and "const" in option)
+    return tuple(
+        (str(option.get("const")), str(option.get("title") or option.get("const")))
+        for option in options
+        if isinstance(option, dict) and "const" in option
+    )
 
 
 def ask_on_terminal(request: InputRequest, read_line: Callable[[], str], write: Callable[[str], object]) -> InputAnswer:
@@ -263,8 +282,10 @@ def ask_on_terminal(request: InputRequest, read_line: Callable[[], str], write: 
     if request.mode == "url":
         return _ask_url(request, read_line, write)
     fields = form_fields(request.requested_schema)
-    write(f"Enter takes the [default]; {_EMPTY_WORD} leaves an optional field empty; "
-          f"{_DECLINE_WORD} or {_CANCEL_WORD} refuses.\n")
+    write(
+        f"Enter takes the [default]; {_EMPTY_WORD} leaves an optional field empty; "
+        f"{_DECLINE_WORD} or {_CANCEL_WORD} refuses.\n"
+    )
     content: dict[str, Any] = {}
     for form_field in fields:
         while True:

@@ -33,8 +33,8 @@ __all__ = [
     "ToolscriptError",
     "UsageError",
     "auth_command",
-    "run_hint",
     "did_you_mean",
+    "run_hint",
 ]
 
 
@@ -91,8 +91,9 @@ class StorageError(ToolscriptError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, path: str | None = None, server: str | None = None,
-                 next_command: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: str | None = None, server: str | None = None, next_command: str | None = None
+    ) -> None:
         super().__init__(message, server=server, next_command=next_command)
         self.path = path
 
@@ -106,8 +107,9 @@ class AuthError(ToolscriptError):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, server: str | None = None, error: str | None = None,
-                 next_command: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, server: str | None = None, error: str | None = None, next_command: str | None = None
+    ) -> None:
         super().__init__(message, server=server, next_command=next_command)
         self.error = error
 
@@ -174,8 +176,11 @@ class OAuthErrorResponse:
         if not isinstance(data, dict):
             return cls(status)
         error, description = data.get("error"), data.get("error_description")
-        return cls(status, error if isinstance(error, str) else None,
-                   description if isinstance(description, str) and description else None)
+        return cls(
+            status,
+            error if isinstance(error, str) else None,
+            description if isinstance(description, str) and description else None,
+        )
 
     def __str__(self) -> str:
         """`400 invalid_grant: code expired`, or `503 Service Unavailable` without an error code; redacted."""
@@ -211,7 +216,7 @@ def _one_edit_apart(a: str, b: str) -> bool:
     while start < len(a) and a[start] == b[start]:
         start += 1
     if len(a) < len(b):  # one character added
-        return a[start:] == b[start + 1:]
+        return a[start:] == b[start + 1 :]
     # same length: equal, one character changed, or two neighbours swapped
-    swapped = a[start:start + 2] == b[start:start + 2][::-1] and a[start + 2:] == b[start + 2:]
-    return a[start + 1:] == b[start + 1:] or swapped
+    swapped = a[start : start + 2] == b[start : start + 2][::-1] and a[start + 2 :] == b[start + 2 :]
+    return a[start + 1 :] == b[start + 1 :] or swapped

@@ -118,7 +118,9 @@ class Front:
 
     # -- requests from clients, passed on -------------------------------------------------
 
-    async def forward(self, ctx: ServerRequestContext[Any, Any], server: str, what: str, request: Any) -> dict[str, Any]:
+    async def forward(
+        self, ctx: ServerRequestContext[Any, Any], server: str, what: str, request: Any
+    ) -> dict[str, Any]:
         """Send `request` to `server` for the client request `ctx`; return the result as the server sent it.
 
         Progress comes back under the client's token; the server's error answers are raised
@@ -133,8 +135,9 @@ class Front:
                 await ctx.session.report_progress(value, total, message)
 
             try:
-                result = await session.send_request(request, _RAW,
-                                                    progress_callback=progress if token is not None else None)
+                result = await session.send_request(
+                    request, _RAW, progress_callback=progress if token is not None else None
+                )
             except ValidationError:
                 raise MCPError(types.INTERNAL_ERROR, f"Server '{server}' sent an invalid result for {what}.") from None
             if token is not None:
@@ -164,8 +167,9 @@ class Front:
         try:
             for _ in range(1000):
                 request = method(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
-                page = await self.gateway.forward(server, f"the {key} list",
-                                                  lambda session, r=request: session.send_request(r, _RAW))
+                page = await self.gateway.forward(
+                    server, f"the {key} list", lambda session, r=request: session.send_request(r, _RAW)
+                )
                 entries.extend(page.get(key) or [])
                 cursor = page.get("nextCursor")
                 if not cursor:
@@ -202,8 +206,10 @@ class Front:
         owner = self._resource_owners.get(uri)
         if owner in names:
             return owner
-        return next((server for server, template in self._templates
-                     if server in names and _template_matches(template, uri)), None)
+        return next(
+            (server for server, template in self._templates if server in names and _template_matches(template, uri)),
+            None,
+        )
 
     def template_owner(self, template: str, names: list[str]) -> str | None:
         return next((server for server, known in self._templates if server in names and known == template), None)
@@ -213,8 +219,9 @@ class Front:
         key = (server, uri)
         if not self._subscriptions.get(key):
             request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
-            await self.gateway.forward(server, f"the subscription to '{uri}'",
-                                       lambda session: session.send_request(request, _RAW))
+            await self.gateway.forward(
+                server, f"the subscription to '{uri}'", lambda session: session.send_request(request, _RAW)
+            )
         self._subscriptions[key] = self._subscriptions.get(key, 0) + 1
 
     async def unsubscribe(self, server: str, uri: str) -> None:
@@ -227,8 +234,9 @@ class Front:
         self._subscriptions.pop(key, None)
         if count == 1:
             request = types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri))
-            await self.gateway.forward(server, f"the unsubscription from '{uri}'",
-                                       lambda session: session.send_request(request, _RAW))
+            await self.gateway.forward(
+                server, f"the unsubscription from '{uri}'", lambda session: session.send_request(request, _RAW)
+            )
 
     def unsubscribe_soon(self, server: str, uri: str) -> None:
         """`unsubscribe` in the background (a client went away)."""
@@ -271,8 +279,11 @@ class Front:
         if status == CONNECTED and self._tasks is not None:
             self._tasks.start_soon(_logged, self._on_connected(server), "pass on a connection")
         elif status == AUTH_REQUIRED and self._tasks is not None:
-            self._tasks.start_soon(_logged, self._report_authorization(server, self._downstreams(server)),
-                                   "report a server needing authorization")
+            self._tasks.start_soon(
+                _logged,
+                self._report_authorization(server, self._downstreams(server)),
+                "report a server needing authorization",
+            )
 
     async def _on_connected(self, server: str) -> None:
         """A server (re)connected: restore its log level and subscriptions, and say its lists changed."""
@@ -280,9 +291,12 @@ class Front:
         for (owner, uri), count in list(self._subscriptions.items()):
             if owner == server and count:
                 request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
-                await _logged(self.gateway.forward(server, f"the subscription to '{uri}'",
-                                                   lambda session, r=request: session.send_request(r, _RAW)),
-                              f"subscribe again to '{uri}'")
+                await _logged(
+                    self.gateway.forward(
+                        server, f"the subscription to '{uri}'", lambda session, r=request: session.send_request(r, _RAW)
+                    ),
+                    f"subscribe again to '{uri}'",
+                )
         for downstream in self._downstreams(server):
             await downstream.session.send_tool_list_changed()
             if await self.offers(server, "resources"):
@@ -295,8 +309,10 @@ class Front:
         if level is None or not await self.offers(server, "logging"):
             return
         request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))  # type: ignore[arg-type]
-        await _logged(self.gateway.forward(server, "the log level", lambda session: session.send_request(
-            request, _RAW)), f"set the log level of '{server}'")
+        await _logged(
+            self.gateway.forward(server, "the log level", lambda session: session.send_request(request, _RAW)),
+            f"set the log level of '{server}'",
+        )
 
     async def _notify(self, server: str, message: Any) -> None:
         """Pass a server's notification on to the clients of the views that include it."""
@@ -337,28 +353,37 @@ class Front:
     async def _broadcast_log(self, server: str, level: str, data: Any, logger: str | None) -> None:
         for downstream in self._downstreams(server):
             if downstream.wants_log(level):
-                await downstream.session.send_log_message(level, data, logger=downstream.view.logger_name(server, logger))  # type: ignore[arg-type]
+                await downstream.session.send_log_message(
+                    level, data, logger=downstream.view.logger_name(server, logger)
+                )  # type: ignore[arg-type]
 
-    async def _on_elicitation(self, server: str, context: ClientRequestContext,
-                              params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
+    async def _on_elicitation(
+        self, server: str, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
         url = isinstance(params, types.ElicitRequestURLParams)  # URL mode only for clients that say they take it
-        target = self._client_for(server, lambda c: c.elicitation is not None and (not url or c.elicitation.url is not None))
+        target = self._client_for(
+            server, lambda c: c.elicitation is not None and (not url or c.elicitation.url is not None)
+        )
         if target is None:
             log.info("Server '%s' asked for input, which the MCP client cannot give; declined.", server)
             return types.ElicitResult(action="decline")
         return await self._ask_client(target, context, types.ElicitRequest(params=params), types.ElicitResult)
 
-    async def _on_sampling(self, server: str, context: ClientRequestContext,
-                           params: types.CreateMessageRequestParams) -> Any:
+    async def _on_sampling(
+        self, server: str, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> Any:
         target = self._client_for(server, lambda c: c.sampling is not None)
         if target is None:
             log.info("Server '%s' asked for sampling, which the MCP client does not offer; refused.", server)
             return types.ErrorData(code=types.INVALID_REQUEST, message="The MCP client does not support sampling.")
-        result_type = types.CreateMessageResultWithTools if params.tools or params.tool_choice else types.CreateMessageResult
+        result_type = (
+            types.CreateMessageResultWithTools if params.tools or params.tool_choice else types.CreateMessageResult
+        )
         return await self._ask_client(target, context, types.CreateMessageRequest(params=params), result_type)
 
-    def _client_for(self, server: str, accepts: Callable[[types.ClientCapabilities], bool]
-                    ) -> tuple[ServerSession, Any] | None:
+    def _client_for(
+        self, server: str, accepts: Callable[[types.ClientCapabilities], bool]
+    ) -> tuple[ServerSession, Any] | None:
         """The client to ask on behalf of `server` (one whose capabilities it `accepts`): the one whose request
         the server is serving, else any client of a view that includes it."""
         for ctx in reversed(self._in_flight.get(server, [])):
@@ -369,8 +394,9 @@ class Front:
                 return downstream.session, None
         return None
 
-    async def _ask_client(self, target: tuple[ServerSession, Any], context: ClientRequestContext, request: Any,
-                          result_type: Any) -> Any:
+    async def _ask_client(
+        self, target: tuple[ServerSession, Any], context: ClientRequestContext, request: Any, result_type: Any
+    ) -> Any:
         """Send a server's request on to a client; its progress goes back to the server."""
         session, related = target
         token = (context.meta or {}).get("progress_token")
@@ -380,7 +406,9 @@ class Front:
 
         try:
             return await session.send_request(
-                request, result_type, progress_callback=progress if token is not None else None,
+                request,
+                result_type,
+                progress_callback=progress if token is not None else None,
                 metadata=ServerMessageMetadata(related_request_id=related) if related is not None else None,
             )
         except MCPError as exc:
@@ -433,10 +461,16 @@ class _View(Server):  # type: ignore[type-arg]
         self.prefixed = len(names) != 1
         self.downstreams: set[_Downstream] = set()
         super().__init__(
-            "toolscript", version=version, instructions=self._instructions(),
-            on_list_tools=self._list_tools, on_call_tool=self._call_tool,
-            on_list_resources=self._list_resources, on_list_resource_templates=self._list_resource_templates,
-            on_read_resource=self._read_resource, on_list_prompts=self._list_prompts, on_get_prompt=self._get_prompt,
+            "toolscript",
+            version=version,
+            instructions=self._instructions(),
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource,
+            on_list_prompts=self._list_prompts,
+            on_get_prompt=self._get_prompt,
             on_completion=self._complete,
         )
         # Registered here, not as constructor arguments, which warn that these are deprecated.
@@ -445,8 +479,9 @@ class _View(Server):  # type: ignore[type-arg]
         self.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, self._unsubscribe)
         self.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized)
 
-    def create_initialization_options(self, notification_options: NotificationOptions | None = None,
-                                      *args: Any, **kwargs: Any) -> Any:
+    def create_initialization_options(
+        self, notification_options: NotificationOptions | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
         """Declare `listChanged` for tools, resources and prompts: servers come and go behind the view."""
         every_change = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
         return super().create_initialization_options(notification_options or every_change, *args, **kwargs)
@@ -454,8 +489,10 @@ class _View(Server):  # type: ignore[type-arg]
     def _instructions(self) -> str | None:
         if not self.prefixed:
             return None
-        return (f"Tools and prompts of the MCP servers {', '.join(self.names)}, named SERVER__NAME "
-                f"(for example {self.names[0] if self.names else 'files'}__search), served by toolscript.")
+        return (
+            f"Tools and prompts of the MCP servers {', '.join(self.names)}, named SERVER__NAME "
+            f"(for example {self.names[0] if self.names else 'files'}__search), served by toolscript."
+        )
 
     # -- names -----------------------------------------------------------------------------
 
@@ -512,8 +549,11 @@ class _View(Server):  # type: ignore[type-arg]
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
         self.downstream(ctx)
         await self.front.settle(self.names)
-        tools = [tool.model_copy(update={"name": self.public_name(server, tool.name)}) if self.prefixed else tool
-                 for server in self.names for tool in self.front.gateway.cached_tools(server)]
+        tools = [
+            tool.model_copy(update={"name": self.public_name(server, tool.name)}) if self.prefixed else tool
+            for server in self.names
+            for tool in self.front.gateway.cached_tools(server)
+        ]
         return types.ListToolsResult(tools=tools)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
@@ -533,15 +573,19 @@ class _View(Server):  # type: ignore[type-arg]
         return {"resources": await self._listing(ctx, types.ListResourcesRequest, "resources", "resources")}
 
     async def _list_resource_templates(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
-        return {"resourceTemplates": await self._listing(ctx, types.ListResourceTemplatesRequest, "resources",
-                                                         "resourceTemplates")}
+        return {
+            "resourceTemplates": await self._listing(
+                ctx, types.ListResourceTemplatesRequest, "resources", "resourceTemplates"
+            )
+        }
 
     async def _list_prompts(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         prompts = await self._listing(ctx, types.ListPromptsRequest, "prompts", "prompts")
         return {"prompts": prompts}
 
-    async def _listing(self, ctx: ServerRequestContext[Any, Any], method: type[Any], capability: str,
-                       key: str) -> list[dict[str, Any]]:
+    async def _listing(
+        self, ctx: ServerRequestContext[Any, Any], method: type[Any], capability: str, key: str
+    ) -> list[dict[str, Any]]:
         """One listing of every server of the view (concurrently, all pages), in the view's order."""
         self.downstream(ctx)
         await self.front.settle(self.names)
@@ -633,8 +677,9 @@ class _View(Server):  # type: ignore[type-arg]
 # -- stdio -------------------------------------------------------------------------------
 
 
-def serve_stdio(config: Config, only: list[str] | None = None, *, version: str = "",
-                list_wait: float = DEFAULT_LIST_WAIT) -> int | None:
+def serve_stdio(
+    config: Config, only: list[str] | None = None, *, version: str = "", list_wait: float = DEFAULT_LIST_WAIT
+) -> int | None:
     """Serve the servers of `config` (or `only` those) over stdin and stdout until EOF or a signal.
 
     Returns the number of the signal that ended it (SIGTERM, SIGHUP, SIGINT), or None at EOF.
@@ -734,7 +779,7 @@ async def _write_messages(fd: int, messages: Any) -> None:
             data = memoryview((message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
             while data:
                 try:
-                    data = data[os.write(fd, data):]
+                    data = data[os.write(fd, data) :]
                 except BlockingIOError:
                     await anyio.wait_writable(fd)
 
@@ -761,8 +806,11 @@ def _linked_resources(result: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             continue
         resource = item.get("resource") if item.get("type") == "resource" else item
-        if (item.get("type") in ("resource", "resource_link") and isinstance(resource, dict)
-                and isinstance(resource.get("uri"), str)):
+        if (
+            item.get("type") in ("resource", "resource_link")
+            and isinstance(resource, dict)
+            and isinstance(resource.get("uri"), str)
+        ):
             found.append({"uri": resource["uri"]})
     return found
 

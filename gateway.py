@@ -55,16 +55,32 @@ from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 
 if __package__:
     from .elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
-    from .errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError, UsageError
-    from .errors import did_you_mean
+    from .errors import (
+        AuthError,
+        AuthRequiredError,
+        CallTimeoutError,
+        ConnectError,
+        StorageError,
+        ToolscriptError,
+        UsageError,
+        did_you_mean,
+    )
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .logs import SERVER
     from .redact import redact, register_secret
     from .storage import OAuthStatus, Store
 else:
     from elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
-    from errors import AuthError, AuthRequiredError, CallTimeoutError, ConnectError, StorageError, ToolscriptError, UsageError
-    from errors import did_you_mean
+    from errors import (
+        AuthError,
+        AuthRequiredError,
+        CallTimeoutError,
+        ConnectError,
+        StorageError,
+        ToolscriptError,
+        UsageError,
+        did_you_mean,
+    )
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from logs import SERVER
     from redact import redact, register_secret
@@ -125,9 +141,16 @@ _MAX_STDERR_LINE = 300
 STDERR_TAIL_LINES = 10  # of a stdio server that failed to start, shown in its error
 STDERR_DRAIN_TIMEOUT = 1.0  # seconds to wait for the rest of a dead stdio server's stderr
 # MCP logging levels (RFC 5424 names) as Python's.
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warning": logging.WARNING,
-               "error": logging.ERROR, "critical": logging.CRITICAL, "alert": logging.CRITICAL,
-               "emergency": logging.CRITICAL}
+_LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "notice": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "alert": logging.CRITICAL,
+    "emergency": logging.CRITICAL,
+}
 _SECRET_NAME_PARTS = ("auth", "key", "token", "secret", "password", "cookie", "credential")
 
 _Found = TypeVar("_Found", bound=BaseException)
@@ -203,8 +226,12 @@ def result_to_dict(result: types.CallToolResult) -> dict[str, Any]:
     return data
 
 
-def http_client(server: ServerConfig, auth: httpx2.Auth | None = None, *,
-                on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None) -> httpx2.AsyncClient:
+def http_client(
+    server: ServerConfig,
+    auth: httpx2.Auth | None = None,
+    *,
+    on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None,
+) -> httpx2.AsyncClient:
     """Build the HTTP client of an http/sse server: its static headers, its timeout and `auth`.
 
     This is the one place where an HTTP transport's client is made; OAuth plugs in as `auth`.
@@ -315,9 +342,15 @@ class Gateway:
         server, tool = self._visible_tool_name(name)
         return self._run_on_loop(self._tool_row_of, server, tool)
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
-             input_handler: InputHandler | None = None,
-             on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+    def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        input_handler: InputHandler | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
         """Call the tool `server__tool` and return its result (see `result_to_dict`).
 
         When the server asks the user for input during the call (elicitation, or an
@@ -337,10 +370,11 @@ class Gateway:
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
-            raise UsageError(f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server)
+            raise UsageError(
+                f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server
+            )
         call = _CallInput(f"{server}{SEPARATOR}{tool}", input_handler)
-        result = result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout, call,
-                                                         on_progress))
+        result = result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout, call, on_progress))
         if call.declined:
             result[DECLINED_KEY] = [request.to_dict() for request in call.declined]
         return result
@@ -380,8 +414,9 @@ class Gateway:
             self._config_of(server)
         return self._run_on_loop(self._listing, server, _Server.list_prompts)
 
-    def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, *,
-                   timeout: float | None = None) -> dict[str, Any]:
+    def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
         """Get the prompt `server__prompt` filled in with `arguments`: `{description?, messages}`.
 
         Prompt arguments are strings; other JSON values are sent as their JSON text
@@ -389,12 +424,23 @@ class Gateway:
         """
         server, prompt = split_prompt_name(name)
         self._config_of(server)
-        return _as_json(self._run_on_loop(self._on_server, server, _Server.get_prompt, prompt,
-                                   _prompt_arguments(name, arguments), timeout))
+        return _as_json(
+            self._run_on_loop(
+                self._on_server, server, _Server.get_prompt, prompt, _prompt_arguments(name, arguments), timeout
+            )
+        )
 
-    def complete(self, server: str, argument: str, value: str = "", *, prompt: str | None = None,
-                 uri_template: str | None = None, context: dict[str, str] | None = None,
-                 timeout: float | None = None) -> dict[str, Any]:
+    def complete(
+        self,
+        server: str,
+        argument: str,
+        value: str = "",
+        *,
+        prompt: str | None = None,
+        uri_template: str | None = None,
+        context: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Ask `server` to complete `value` of `argument` of its `prompt` or of a resource `uri_template`.
 
         `prompt` is the server's own prompt name (a `prompts` row's `prompt`); `context` holds
@@ -402,18 +448,22 @@ class Gateway:
         """
         self._config_of(server)
         if (prompt is None) == (uri_template is None):
-            raise UsageError("Complete an argument of either a prompt or a resource template: give exactly one.",
-                             server=server)
+            raise UsageError(
+                "Complete an argument of either a prompt or a resource template: give exactly one.", server=server
+            )
         texts = [argument, value, prompt or "", uri_template or ""]
         if context is not None:
             texts += list(context.values()) if isinstance(context, dict) else [context]
         if not all(isinstance(text, str) for text in texts):
             raise UsageError("Completion arguments, values and context values must be strings.", server=server)
         ref: types.PromptReference | types.ResourceTemplateReference = (
-            types.PromptReference(type="ref/prompt", name=prompt) if prompt is not None
+            types.PromptReference(type="ref/prompt", name=prompt)
+            if prompt is not None
             else types.ResourceTemplateReference(type="ref/resource", uri=uri_template or "")
         )
-        completion = self._run_on_loop(self._on_server, server, _Server.complete, ref, argument, value, context, timeout)
+        completion = self._run_on_loop(
+            self._on_server, server, _Server.complete, ref, argument, value, context, timeout
+        )
         return _as_json(completion)
 
     # -- for fronts that serve MCP on the loop thread (front.py) ---------------------------
@@ -460,8 +510,9 @@ class Gateway:
         assert connection.session is not None
         return connection.session
 
-    async def forward(self, server: str, what: str, send: Callable[[ClientSession], Awaitable[_T]],
-                      timeout: float | None = None) -> _T:
+    async def forward(
+        self, server: str, what: str, send: Callable[[ClientSession], Awaitable[_T]], timeout: float | None = None
+    ) -> _T:
         """Send one request to `server` as it is (`send(session)`) and return its answer.
 
         The server's own error answers are raised as they came (`MCPError`); failures of the
@@ -501,13 +552,21 @@ class Gateway:
             rows.extend(_tool_row(server.name, tool) for tool in server.tools.values())
         return rows
 
-    async def _call(self, name: str, tool: str, arguments: dict[str, Any], timeout: float | None,
-                    call: _CallInput, on_progress: ProgressCallback | None) -> types.CallToolResult:
+    async def _call(
+        self,
+        name: str,
+        tool: str,
+        arguments: dict[str, Any],
+        timeout: float | None,
+        call: _CallInput,
+        on_progress: ProgressCallback | None,
+    ) -> types.CallToolResult:
         server = self._servers[name]
         SERVER.set(name)  # this task's own context: what the SDK logs for the call names the server
         try:
-            result = await server.call_tool(tool, arguments, timeout or server.call_timeout, call,
-                                            on_progress=on_progress)
+            result = await server.call_tool(
+                tool, arguments, timeout or server.call_timeout, call, on_progress=on_progress
+            )
         except AuthError as exc:
             server.call_auth_failure = exc
             raise
@@ -522,8 +581,9 @@ class Gateway:
     async def _on_server(self, name: str, method: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         return await method(self._servers[name], *args)
 
-    async def _listing(self, name: str | None, list_one: Callable[[_Server], Awaitable[list[dict[str, Any]]]]
-                       ) -> list[dict[str, Any]]:
+    async def _listing(
+        self, name: str | None, list_one: Callable[[_Server], Awaitable[list[dict[str, Any]]]]
+    ) -> list[dict[str, Any]]:
         """The rows `list_one` gives for server `name`, or for every connected server (concurrently)."""
         if name is not None:
             return await list_one(self._servers[name])
@@ -659,9 +719,18 @@ class _Server:
     that it needs authorization as a warning rather than at debug level.
     """
 
-    def __init__(self, config: ServerConfig, *, connections: TaskGroup, auth: AuthFactory | None, store: Store,
-                 connect_timeout: float, call_timeout: float, announce: bool,
-                 hooks: SessionHooks | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        connections: TaskGroup,
+        auth: AuthFactory | None,
+        store: Store,
+        connect_timeout: float,
+        call_timeout: float,
+        announce: bool,
+        hooks: SessionHooks | None = None,
+    ) -> None:
         self.config = config
         self.name = config.name
         self.connect_timeout = connect_timeout
@@ -779,8 +848,16 @@ class _Server:
                 )
         return self.tools[tool]
 
-    async def call_tool(self, tool: str, arguments: dict[str, Any], timeout: float, call: _CallInput, *,
-                        on_progress: ProgressCallback | None = None, urls_opened: bool = False) -> types.CallToolResult:
+    async def call_tool(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        timeout: float,
+        call: _CallInput,
+        *,
+        on_progress: ProgressCallback | None = None,
+        urls_opened: bool = False,
+    ) -> types.CallToolResult:
         """Call `tool`; `timeout` bounds everything: waiting for a connection, reconnecting, the call.
 
         Progress from the server starts the timeout again: the MCP specification lets a long
@@ -790,8 +867,14 @@ class _Server:
         async def progress(value: float, total: float | None, message: str | None) -> None:
             if call.deadline is not None and not call.asking:
                 call.deadline.deadline = anyio.current_time() + timeout
-            log.debug("Server '%s': progress of '%s': %g/%s %s", self.name, tool, value,
-                      "?" if total is None else f"{total:g}", message or "")
+            log.debug(
+                "Server '%s': progress of '%s': %g/%s %s",
+                self.name,
+                tool,
+                value,
+                "?" if total is None else f"{total:g}",
+                message or "",
+            )
             if on_progress is not None:
                 on_progress(value, total, message)
 
@@ -804,23 +887,36 @@ class _Server:
         _CALL_INPUT.set(call)
         self._calls.add(call)
         try:
-            return await self.request(f"the call to '{tool}'", send, timeout,
-                                      subject=f"Tool '{self.name}{SEPARATOR}{tool}'", call=call)
+            return await self.request(
+                f"the call to '{tool}'", send, timeout, subject=f"Tool '{self.name}{SEPARATOR}{tool}'", call=call
+            )
         except _UrlsRequired as needed:
             # URL-mode elicitation as an error: open the URLs first, then call again (once).
             if needed.urls and not urls_opened and await self._opened(call, needed.urls):
                 return await self.call_tool(tool, arguments, timeout, call, on_progress=on_progress, urls_opened=True)
             where = ", ".join(params.url for params in needed.urls) or "a URL it did not send"
-            raise ToolscriptError(f"Server '{self.name}' needs you to open {where} before '{tool}' can run; "
-                                  "call it from a terminal, or open that first and call again.",
-                                  server=self.name) from None
+            raise ToolscriptError(
+                f"Server '{self.name}' needs you to open {where} before '{tool}' can run; "
+                "call it from a terminal, or open that first and call again.",
+                server=self.name,
+            ) from None
         finally:
             self._calls.discard(call)
 
-    async def request(self, what: str, send: Callable[[ClientSession], Awaitable[_T]], timeout: float, *,
-                      needs: str | None = None, subject: str | None = None, refused_hint: str | None = None,
-                      call: _CallInput | None = None, deadline: float | None = None,
-                      resend_if_expired: bool = True, pass_through: bool = False) -> _T:
+    async def request(
+        self,
+        what: str,
+        send: Callable[[ClientSession], Awaitable[_T]],
+        timeout: float,
+        *,
+        needs: str | None = None,
+        subject: str | None = None,
+        refused_hint: str | None = None,
+        call: _CallInput | None = None,
+        deadline: float | None = None,
+        resend_if_expired: bool = True,
+        pass_through: bool = False,
+    ) -> _T:
         """Send one request (`send`) on the live connection and translate its failures.
 
         Every request kind (tool calls, resources, prompts, completions) goes through here, so
@@ -867,9 +963,18 @@ class _Server:
                 # The server forgot the session, so it never ran this request: reconnect, send it again.
                 log.info("Server '%s': session expired; reconnecting", self.name)
                 await self.close_connection(connection)
-                return await self.request(what, send, timeout, needs=needs, subject=subject,
-                                          refused_hint=refused_hint, call=call, deadline=deadline,
-                                          resend_if_expired=False, pass_through=pass_through)
+                return await self.request(
+                    what,
+                    send,
+                    timeout,
+                    needs=needs,
+                    subject=subject,
+                    refused_hint=refused_hint,
+                    call=call,
+                    deadline=deadline,
+                    resend_if_expired=False,
+                    pass_through=pass_through,
+                )
             if call is not None and exc.code == types.URL_ELICITATION_REQUIRED:
                 raise _UrlsRequired(_required_urls(exc)) from None
             if pass_through:
@@ -886,8 +991,9 @@ class _Server:
                 f"Server '{self.name}' sent an unusable result for {what}: {_first_line(exc)}", server=self.name
             ) from None
 
-    async def _send_call(self, session: ClientSession, tool: str, arguments: dict[str, Any],
-                         call: _CallInput, progress: Any) -> types.CallToolResult:
+    async def _send_call(
+        self, session: ClientSession, tool: str, arguments: dict[str, Any], call: _CallInput, progress: Any
+    ) -> types.CallToolResult:
         """Send the call, answering input-required results (protocol 2026-07-28) until the real result comes."""
         result = await session.call_tool(tool, arguments, allow_input_required=True, progress_callback=progress)
         for round_number in range(INPUT_ROUNDS):
@@ -898,12 +1004,19 @@ class _Server:
                 responses[key] = await self._answer_input_request(call, request)
             if not responses:  # only state: the server is still working
                 await anyio.sleep(_INPUT_POLL_DELAYS[min(round_number, len(_INPUT_POLL_DELAYS) - 1)])
-            result = await session.call_tool(tool, arguments, input_responses=responses or None,
-                                             request_state=result.request_state, allow_input_required=True,
-                                             progress_callback=progress)
+            result = await session.call_tool(
+                tool,
+                arguments,
+                input_responses=responses or None,
+                request_state=result.request_state,
+                allow_input_required=True,
+                progress_callback=progress,
+            )
         if isinstance(result, types.InputRequiredResult):
-            raise ConnectError(f"Server '{self.name}' still asked for input for '{tool}' after {INPUT_ROUNDS} rounds.",
-                               server=self.name)
+            raise ConnectError(
+                f"Server '{self.name}' still asked for input for '{tool}' after {INPUT_ROUNDS} rounds.",
+                server=self.name,
+            )
         return result
 
     async def _answer_input_request(self, call: _CallInput, request: types.InputRequest) -> types.InputResponse:
@@ -911,8 +1024,11 @@ class _Server:
             return await self._elicit(call, request.params)
         # toolscript declares neither capability; a standalone request gets the SDK's refusal.
         what = "sampling (an LLM completion)" if isinstance(request, types.CreateMessageRequest) else "its roots"
-        raise ConnectError(f"Server '{self.name}' asked for {what} during the call to '{call.tool}'; "
-                           "toolscript offers neither sampling nor roots.", server=self.name)
+        raise ConnectError(
+            f"Server '{self.name}' asked for {what} during the call to '{call.tool}'; "
+            "toolscript offers neither sampling nor roots.",
+            server=self.name,
+        )
 
     async def _opened(self, call: _CallInput, required: list[types.ElicitRequestURLParams]) -> bool:
         """Ask for each URL a server requires; whether the user accepted them all."""
@@ -930,9 +1046,13 @@ class _Server:
 
     async def _elicit(self, call: _CallInput | None, params: types.ElicitRequestParams) -> types.ElicitResult:
         if call is None:
-            log.warning("Server '%s' asked for input while %s; declined.", self.name,
-                        "no call was in flight" if not self._calls
-                        else "several calls were in flight and its transport does not say which one asked")
+            log.warning(
+                "Server '%s' asked for input while %s; declined.",
+                self.name,
+                "no call was in flight"
+                if not self._calls
+                else "several calls were in flight and its transport does not say which one asked",
+            )
             return types.ElicitResult(action=DECLINE)
         request = _input_request(self.name, call.tool, params)
         if call.handler is None:
@@ -962,23 +1082,37 @@ class _Server:
         return [_prompt_row(self.name, prompt) for prompt in prompts]
 
     async def read_resource(self, uri: str, timeout: float | None) -> types.ReadResourceResult:
-        return await self.request(f"the read of '{uri}'", lambda session: session.read_resource(uri),
-                                  timeout or self.call_timeout, needs="resources",
-                                  refused_hint=f"Run: toolscript resources --server {self.name}")
+        return await self.request(
+            f"the read of '{uri}'",
+            lambda session: session.read_resource(uri),
+            timeout or self.call_timeout,
+            needs="resources",
+            refused_hint=f"Run: toolscript resources --server {self.name}",
+        )
 
     async def get_prompt(self, prompt: str, arguments: dict[str, str], timeout: float | None) -> types.GetPromptResult:
-        return await self.request(f"the request for prompt '{prompt}'",
-                                  lambda session: session.get_prompt(prompt, arguments),
-                                  timeout or self.call_timeout, needs="prompts",
-                                  refused_hint=f"Run: toolscript prompts --server {self.name}")
+        return await self.request(
+            f"the request for prompt '{prompt}'",
+            lambda session: session.get_prompt(prompt, arguments),
+            timeout or self.call_timeout,
+            needs="prompts",
+            refused_hint=f"Run: toolscript prompts --server {self.name}",
+        )
 
-    async def complete(self, ref: types.PromptReference | types.ResourceTemplateReference, argument: str, value: str,
-                       context: dict[str, str] | None, timeout: float | None) -> types.Completion:
+    async def complete(
+        self,
+        ref: types.PromptReference | types.ResourceTemplateReference,
+        argument: str,
+        value: str,
+        context: dict[str, str] | None,
+        timeout: float | None,
+    ) -> types.Completion:
         listing = "prompts" if isinstance(ref, types.PromptReference) else "resources"
         result = await self.request(
             f"the completion of '{argument}'",
             lambda session: session.complete(ref, {"name": argument, "value": value}, context_arguments=context),
-            timeout or self.call_timeout, needs="completions",
+            timeout or self.call_timeout,
+            needs="completions",
             refused_hint=f"Run: toolscript {listing} --server {self.name}",
         )
         return result.completion
@@ -995,15 +1129,20 @@ class _Server:
                 server=self.name,
             )
 
-    async def _list_all(self, what: str, list_page: Callable[[ClientSession, types.PaginatedRequestParams | None],
-                                                             Awaitable[Any]], attribute: str) -> list[Any]:
+    async def _list_all(
+        self,
+        what: str,
+        list_page: Callable[[ClientSession, types.PaginatedRequestParams | None], Awaitable[Any]],
+        attribute: str,
+    ) -> list[Any]:
         """Every item of a paginated listing, page after page."""
         items: list[Any] = []
         cursor: str | None = None
         for _ in range(_MAX_PAGES):
             params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-            page = await self.request(what, lambda session, params=params: list_page(session, params),
-                                      self.call_timeout)
+            page = await self.request(
+                what, lambda session, params=params: list_page(session, params), self.call_timeout
+            )
             items.extend(getattr(page, attribute))
             cursor = page.next_cursor
             if not cursor:
@@ -1078,8 +1217,10 @@ class _Server:
                     if self._closing:
                         scope.cancel()
                     async with ClientSession(
-                        _ReadStreamWithEndEvent(read, connection.close_requested), write,
-                        message_handler=self._on_message, logging_callback=self._on_log,
+                        _ReadStreamWithEndEvent(read, connection.close_requested),
+                        write,
+                        message_handler=self._on_message,
+                        logging_callback=self._on_log,
                         **self._request_callbacks(),
                     ) as session:
                         await _negotiate(session)
@@ -1088,8 +1229,12 @@ class _Server:
                         connection.session = session
                         self.status = CONNECTED
                         connection.connected_or_failed.set()
-                        log.log(logging.INFO if self._announce else logging.DEBUG,
-                                "Server '%s': connected, %d tools", self.name, len(self.tools))
+                        log.log(
+                            logging.INFO if self._announce else logging.DEBUG,
+                            "Server '%s': connected, %d tools",
+                            self.name,
+                            len(self.tools),
+                        )
                         self._status_changed()
                         await connection.close_requested.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
@@ -1109,8 +1254,9 @@ class _Server:
             connection.closed.set()
             self._status_changed()
 
-    def _record_end(self, connection: _Connection, error: BaseException | None, *, timed_out: bool,
-                    was_connected: bool) -> None:
+    def _record_end(
+        self, connection: _Connection, error: BaseException | None, *, timed_out: bool, was_connected: bool
+    ) -> None:
         """Set the status and error of a connection that failed or ended (unless it was replaced already)."""
         name = self.name
         if connection is not self._connection:
@@ -1227,8 +1373,9 @@ class _ReadStreamWithEndEvent:
 
 
 @contextlib.asynccontextmanager
-async def _open_transport(server: ServerConfig, auth: httpx2.Auth | None,
-                          clues: _Clues) -> AsyncIterator[tuple[Any, Any]]:
+async def _open_transport(
+    server: ServerConfig, auth: httpx2.Auth | None, clues: _Clues
+) -> AsyncIterator[tuple[Any, Any]]:
     if server.type == "stdio":
         async with _stdio_transport(server, clues) as streams:
             yield streams
@@ -1238,12 +1385,16 @@ async def _open_transport(server: ServerConfig, auth: httpx2.Auth | None,
         def factory(**_: Any) -> httpx2.AsyncClient:  # sse_client's own arguments are ignored
             return http_client(server, auth, on_response=clues.note_response)
 
-        async with sse_client(server.url, httpx_client_factory=factory, sse_read_timeout=STREAM_READ_TIMEOUT) as streams:
+        async with sse_client(
+            server.url, httpx_client_factory=factory, sse_read_timeout=STREAM_READ_TIMEOUT
+        ) as streams:
             yield streams
     else:
         assert server.url is not None
-        async with http_client(server, auth, on_response=clues.note_response) as client, \
-                streamable_http_client(server.url, http_client=client) as streams:
+        async with (
+            http_client(server, auth, on_response=clues.note_response) as client,
+            streamable_http_client(server.url, http_client=client) as streams,
+        ):
             yield streams
 
 
@@ -1255,8 +1406,9 @@ async def _stdio_transport(server: ServerConfig, clues: _Clues) -> AsyncIterator
         command=server.command, args=list(server.args), env={**os.environ, **server.env}, cwd=server.cwd
     )
     read_fd, write_fd = os.pipe()
-    threading.Thread(target=_log_stderr, args=(server.name, read_fd, clues), daemon=True,
-                     name=f"stderr-{server.name}").start()
+    threading.Thread(
+        target=_log_stderr, args=(server.name, read_fd, clues), daemon=True, name=f"stderr-{server.name}"
+    ).start()
     errlog = os.fdopen(write_fd, "w")
     async with contextlib.AsyncExitStack() as stack:
         try:

@@ -72,8 +72,7 @@ _REJECTED = ("invalid_grant", "invalid_client", "unauthorized_client")
 # The auth errors met while sending one call's requests. The SDK's transports send each
 # message in a copy of the caller's context, so a caller that sets a fresh list here
 # before a call finds in it the errors of that call only, however many run at once.
-CALL_FAILURES: ContextVar[list[AuthError | ConnectError] | None] = ContextVar("toolscript_call_failures",
-                                                                             default=None)
+CALL_FAILURES: ContextVar[list[AuthError | ConnectError] | None] = ContextVar("toolscript_call_failures", default=None)
 
 
 def _auth_required(server: str, reason: str | None = None, *, error: str | None = None) -> AuthRequiredError:
@@ -162,17 +161,25 @@ class StoredTokenAuth(OAuthClientProvider):
             granted = set((tokens.scope or "").split()) if tokens else set()
             if scope and tokens is not None and set(scope.split()) <= granted:
                 # Asking again for what was granted would loop; say so instead.
-                self._fail(AuthError(
-                    f"Server '{name}' refused the request for lack of scope '{scope}', which was already granted; "
-                    "authorizing again will not help.", server=name, error="insufficient_scope",
-                ))
+                self._fail(
+                    AuthError(
+                        f"Server '{name}' refused the request for lack of scope '{scope}', which was already granted; "
+                        "authorizing again will not help.",
+                        server=name,
+                        error="insufficient_scope",
+                    )
+                )
                 return
             await self._record_scope(scope)
             wanted = f"scope '{scope}'" if scope else "more scopes"
-            self._fail(AuthRequiredError(
-                f"Server '{name}' needs {wanted} for this request (insufficient_scope).",
-                server=name, error="insufficient_scope", scope=scope,
-            ))
+            self._fail(
+                AuthRequiredError(
+                    f"Server '{name}' needs {wanted} for this request (insufficient_scope).",
+                    server=name,
+                    error="insufficient_scope",
+                    scope=scope,
+                )
+            )
             return
         self.failure = None
         if self._record is not None and self._record.metadata.last_error:
@@ -269,13 +276,16 @@ class StoredTokenAuth(OAuthClientProvider):
             # With resource metadata set, the SDK sends `resource` on refresh (RFC 8707).
             ctx.protected_resource_metadata = (
                 ProtectedResourceMetadata(resource=meta.resource, authorization_servers=[meta.issuer])
-                if meta.resource else None
+                if meta.resource
+                else None
             )
         else:
             ctx.oauth_metadata = None
         if ctx.client_info is not None and ctx.client_info.token_endpoint_auth_method is None:
             # The SDK sends no secret when the method is unknown; RFC 7591's default is basic.
-            ctx.client_info.token_endpoint_auth_method = "client_secret_basic" if ctx.client_info.client_secret else "none"
+            ctx.client_info.token_endpoint_auth_method = (
+                "client_secret_basic" if ctx.client_info.client_secret else "none"
+            )
         self._use(tokens)
         self._initialized = True
         return tokens
@@ -301,7 +311,9 @@ class StoredTokenAuth(OAuthClientProvider):
         register_secret(tokens.access_token)
         register_secret(tokens.refresh_token)
         self.context.current_tokens = OAuthToken(
-            access_token=tokens.access_token, refresh_token=tokens.refresh_token, scope=tokens.scope,
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,
+            scope=tokens.scope,
         )
         margin = _refresh_margin(tokens)
         self.context.token_expiry_time = tokens.expires_at - margin if tokens.expires_at is not None else None
@@ -331,6 +343,7 @@ class StoredTokenAuth(OAuthClientProvider):
 
     async def _record_error(self, reason: str | None) -> None:
         """Record (or, with None, clear) why these credentials last failed; takes the lock."""
+
         def change() -> None:
             with self.store.lock(self.server.name):
                 self._set_last_error(self.store.load(self.server.name), reason)

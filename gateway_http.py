@@ -47,20 +47,39 @@ import socket
 import stat
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 if __package__:
     from .config import toolscript_home
-    from .errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, ConnectError
-    from .errors import StorageError, ToolscriptError, UsageError
+    from .errors import (
+        AuthConnectError,
+        AuthError,
+        AuthRequiredError,
+        CallTimeoutError,
+        ConfigError,
+        ConnectError,
+        StorageError,
+        ToolscriptError,
+        UsageError,
+    )
     from .redact import redact, register_secret
 else:
     from config import toolscript_home
-    from errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, ConnectError
-    from errors import StorageError, ToolscriptError, UsageError
+    from errors import (
+        AuthConnectError,
+        AuthError,
+        AuthRequiredError,
+        CallTimeoutError,
+        ConfigError,
+        ConnectError,
+        StorageError,
+        ToolscriptError,
+        UsageError,
+    )
     from redact import redact, register_secret
 
 __all__ = [
@@ -113,9 +132,15 @@ class SyncGateway(Protocol):
 
     def tool(self, name: str) -> dict[str, Any]: ...
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
-             input_handler: Any = None,
-             on_progress: Callable[[float, float | None, str | None], None] | None = None) -> dict[str, Any]: ...
+    def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        input_handler: Any = None,
+        on_progress: Callable[[float, float | None, str | None], None] | None = None,
+    ) -> dict[str, Any]: ...
 
     def resources(self, server: str | None = None) -> list[dict[str, Any]]: ...
 
@@ -123,12 +148,21 @@ class SyncGateway(Protocol):
 
     def prompts(self, server: str | None = None) -> list[dict[str, Any]]: ...
 
-    def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, *,
-                   timeout: float | None = None) -> dict[str, Any]: ...
+    def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]: ...
 
-    def complete(self, server: str, argument: str, value: str = "", *, prompt: str | None = None,
-                 uri_template: str | None = None, context: dict[str, str] | None = None,
-                 timeout: float | None = None) -> dict[str, Any]: ...
+    def complete(
+        self,
+        server: str,
+        argument: str,
+        value: str = "",
+        *,
+        prompt: str | None = None,
+        uri_template: str | None = None,
+        context: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]: ...
 
 
 class _MalformedRequest(UsageError):
@@ -151,15 +185,26 @@ def status_for(exc: ToolscriptError) -> int:
 # The `kind` of each error type in an error body. Every class in errors.py is listed, so an
 # error crosses the API as itself: same type, same exit code, same message.
 _KINDS: dict[str, type[ToolscriptError]] = {
-    "error": ToolscriptError, "usage": UsageError, "config": ConfigError, "storage": StorageError,
-    "auth": AuthError, "auth_required": AuthRequiredError, "unreachable": ConnectError,
-    "timeout": CallTimeoutError, "auth_unreachable": AuthConnectError,
+    "error": ToolscriptError,
+    "usage": UsageError,
+    "config": ConfigError,
+    "storage": StorageError,
+    "auth": AuthError,
+    "auth_required": AuthRequiredError,
+    "unreachable": ConnectError,
+    "timeout": CallTimeoutError,
+    "auth_unreachable": AuthConnectError,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 # Attributes an error body carries besides the message (none of them is ever a secret);
 # `oauth_error` is the attribute `error`, renamed so as not to clash with the message.
-_ERROR_ATTRIBUTES = {"server": "server", "path": "path", "scope": "scope", "oauth_error": "error",
-                     "next_command": "next_command"}
+_ERROR_ATTRIBUTES = {
+    "server": "server",
+    "path": "path",
+    "scope": "scope",
+    "oauth_error": "error",
+    "next_command": "next_command",
+}
 
 
 def error_body(exc: ToolscriptError) -> dict[str, Any]:
@@ -209,8 +254,9 @@ class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # socketserver's default of 5 resets connections from a burst of clients
 
-    def __init__(self, gateway: SyncGateway, host: str = "127.0.0.1", port: int = 0, *,
-                 token: str | None = None) -> None:
+    def __init__(
+        self, gateway: SyncGateway, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
         self.gateway = gateway
@@ -242,8 +288,10 @@ class ApiServer(ThreadingHTTPServer):
     def accepted_hosts(self) -> str:
         """Describe the `Host` headers this gateway answers to, for a person."""
         if self.wildcard:
-            return (f"localhost:{self.port} or an IP address of this machine with port {self.port} "
-                    f"(such as {self.url.removeprefix('http://')})")
+            return (
+                f"localhost:{self.port} or an IP address of this machine with port {self.port} "
+                f"(such as {self.url.removeprefix('http://')})"
+            )
         return " and ".join(sorted(self.allowed_hosts))
 
     def token_matches(self, authorization: str) -> bool:
@@ -315,12 +363,20 @@ class _Handler(BaseHTTPRequestHandler):
         methods = _methods_for(path)
         gateway = self.server.gateway
         if not methods:
-            self._send(404, {"error": f"No endpoint {self.command} {path}; try GET /health, /servers, /tools, "
-                                      "/tools/SERVER__TOOL, /resources, /resources/read, /prompts, or POST "
-                                      "/tools/SERVER__TOOL, /prompts/SERVER__PROMPT, /complete."})
+            self._send(
+                404,
+                {
+                    "error": f"No endpoint {self.command} {path}; try GET /health, /servers, /tools, "
+                    "/tools/SERVER__TOOL, /resources, /resources/read, /prompts, or POST "
+                    "/tools/SERVER__TOOL, /prompts/SERVER__PROMPT, /complete."
+                },
+            )
         elif self.command not in methods:
-            self._send(405, {"error": f"{path} answers only {' and '.join(methods)}, not {self.command}."},
-                       allow=", ".join(methods))
+            self._send(
+                405,
+                {"error": f"{path} answers only {' and '.join(methods)}, not {self.command}."},
+                allow=", ".join(methods),
+            )
         elif self.command == "POST":
             self._post(self._post_route(path), query)
         elif path == "/health":
@@ -336,7 +392,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/prompts":
             self._answer(lambda: gateway.prompts(query.get("server")))
         else:  # GET /tools/SERVER__TOOL
-            self._answer(lambda: gateway.tool(unquote(path[len(_CALL_PREFIX):])))
+            self._answer(lambda: gateway.tool(unquote(path[len(_CALL_PREFIX) :])))
 
     def _read_resource(self, query: dict[str, str]) -> None:
         server, uri = query.get("server"), query.get("uri")
@@ -388,9 +444,10 @@ class _Handler(BaseHTTPRequestHandler):
         gateway = self.server.gateway
         if path == _COMPLETE_PATH:
             return lambda body, timeout: gateway.complete(**_completion_request(body), timeout=timeout)
-        prefix, method = (_CALL_PREFIX, gateway.call) if path.startswith(_CALL_PREFIX) else (_PROMPT_PREFIX,
-                                                                                              gateway.get_prompt)
-        name = unquote(path[len(prefix):])
+        prefix, method = (
+            (_CALL_PREFIX, gateway.call) if path.startswith(_CALL_PREFIX) else (_PROMPT_PREFIX, gateway.get_prompt)
+        )
+        name = unquote(path[len(prefix) :])
         return lambda body, timeout: method(name, body, timeout=timeout)
 
     def _content_length(self) -> int | None:
@@ -414,14 +471,18 @@ class _Handler(BaseHTTPRequestHandler):
         """Refuse requests a web page, another host or another user could make (see the module docstring)."""
         host = (self.headers.get("Host") or "").lower()
         if not self.server.host_allowed(host):
-            self._send(403, {
-                "error": f"Host {host or '(none)'!r} is not allowed; this gateway answers only to "
-                         f"{self.server.accepted_hosts()}."
-            })
+            self._send(
+                403,
+                {
+                    "error": f"Host {host or '(none)'!r} is not allowed; this gateway answers only to "
+                    f"{self.server.accepted_hosts()}."
+                },
+            )
             return False
         origin = self.headers.get("Origin")
-        if origin is not None and not (origin.lower().startswith("http://")
-                                       and self.server.host_allowed(origin.lower()[len("http://"):])):
+        if origin is not None and not (
+            origin.lower().startswith("http://") and self.server.host_allowed(origin.lower()[len("http://") :])
+        ):
             self._send(403, {"error": f"Cross-origin requests (Origin {origin!r}) are not allowed."})
             return False
         authorization = self.headers.get("Authorization")
@@ -445,8 +506,9 @@ class _Handler(BaseHTTPRequestHandler):
             except ToolscriptError as exc:
                 # Whatever failed while the gateway stops (a closed session, a cancelled call) failed because of that.
                 stopping = self.server.stopping.is_set()
-                self._send(503 if stopping else status_for(exc), error_body(_stopping() if stopping else exc),
-                           close=stopping)
+                self._send(
+                    503 if stopping else status_for(exc), error_body(_stopping() if stopping else exc), close=stopping
+                )
             except Exception:
                 log.exception("gateway API: unexpected error for %s %s", self.command, self.path)
                 self._send(500, {"error": "Internal gateway error; see the gateway's log."})
@@ -480,7 +542,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n" + (body if self.command != "HEAD" else b""))  # type: ignore[attr-defined]
         self.flush_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server signature
+    def log_message(self, format: str, *args: Any) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("gateway API: %s %s", self.address_string(), format % args)
 
@@ -498,11 +560,19 @@ def _completion_request(body: dict[str, Any]) -> dict[str, Any]:
     known = {"server", "argument", "value", "prompt", "uriTemplate", "context"}
     unknown = sorted(set(body) - known)
     if unknown or not isinstance(body.get("server"), str) or not isinstance(body.get("argument"), str):
-        raise _MalformedRequest('POST /complete takes {"server": NAME, "prompt": PROMPT or "uriTemplate": TEMPLATE, '
-                                '"argument": NAME, "value": TEXT, "context": {NAME: TEXT}}'
-                                + (f"; unknown key {', '.join(map(repr, unknown))}." if unknown else "."))
-    return {"server": body["server"], "argument": body["argument"], "value": body.get("value", ""),
-            "prompt": body.get("prompt"), "uri_template": body.get("uriTemplate"), "context": body.get("context")}
+        raise _MalformedRequest(
+            'POST /complete takes {"server": NAME, "prompt": PROMPT or "uriTemplate": TEMPLATE, '
+            '"argument": NAME, "value": TEXT, "context": {NAME: TEXT}}'
+            + (f"; unknown key {', '.join(map(repr, unknown))}." if unknown else ".")
+        )
+    return {
+        "server": body["server"],
+        "argument": body["argument"],
+        "value": body.get("value", ""),
+        "prompt": body.get("prompt"),
+        "uri_template": body.get("uriTemplate"),
+        "context": body.get("context"),
+    }
 
 
 def _stopping() -> ConnectError:
@@ -510,7 +580,11 @@ def _stopping() -> ConnectError:
 
 
 _ERRORS: dict[int, type[ToolscriptError]] = {
-    400: UsageError, 401: AuthRequiredError, 403: UsageError, 404: UsageError, 504: CallTimeoutError,
+    400: UsageError,
+    401: AuthRequiredError,
+    403: UsageError,
+    404: UsageError,
+    504: CallTimeoutError,
 }
 
 
@@ -557,9 +631,15 @@ class RemoteGateway:
     def tool(self, name: str) -> dict[str, Any]:
         return self._request("GET", _CALL_PREFIX + quote(name))
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
-             input_handler: Any = None,
-             on_progress: Callable[[float, float | None, str | None], None] | None = None) -> dict[str, Any]:
+    def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        input_handler: Any = None,
+        on_progress: Callable[[float, float | None, str | None], None] | None = None,
+    ) -> dict[str, Any]:
         """Call a tool through the gateway; `input_handler` is not used (the gateway declines requests for
         input), and progress stays at the gateway (the API answers once)."""
         path = _CALL_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
@@ -577,19 +657,38 @@ class RemoteGateway:
     def prompts(self, server: str | None = None) -> list[dict[str, Any]]:
         return self._request("GET", "/prompts" + (f"?server={quote(server)}" if server else ""), timeout=None)
 
-    def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, *,
-                   timeout: float | None = None) -> dict[str, Any]:
+    def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
         path = _PROMPT_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
         return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)
 
-    def complete(self, server: str, argument: str, value: str = "", *, prompt: str | None = None,
-                 uri_template: str | None = None, context: dict[str, str] | None = None,
-                 timeout: float | None = None) -> dict[str, Any]:
-        body = {"server": server, "argument": argument, "value": value, "prompt": prompt, "uriTemplate": uri_template,
-                "context": context}
+    def complete(
+        self,
+        server: str,
+        argument: str,
+        value: str = "",
+        *,
+        prompt: str | None = None,
+        uri_template: str | None = None,
+        context: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "server": server,
+            "argument": argument,
+            "value": value,
+            "prompt": prompt,
+            "uriTemplate": uri_template,
+            "context": context,
+        }
         path = _COMPLETE_PATH + (f"?timeout={timeout:g}" if timeout else "")
-        return self._request("POST", path, {key: item for key, item in body.items() if item is not None},
-                             timeout=timeout + 30 if timeout else None)
+        return self._request(
+            "POST",
+            path,
+            {key: item for key, item in body.items() if item is not None},
+            timeout=timeout + 30 if timeout else None,
+        )
 
     def close(self) -> None:
         """Close this thread's connection."""
@@ -699,13 +798,16 @@ def find_token(url: str) -> str | None:
     except FileNotFoundError:
         return None  # no gateway of this user's at that address: it will say where the token comes from
     except OSError as exc:
-        raise UsageError(f"Cannot read the gateway token file {path}: {exc.strerror or exc}; "
-                         f"set {TOKEN_VAR} instead.") from None
+        raise UsageError(
+            f"Cannot read the gateway token file {path}: {exc.strerror or exc}; set {TOKEN_VAR} instead."
+        ) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-            raise UsageError(f"{path} is not a private file of yours (mode 0600); refusing to use it. "
-                             f"Delete it and restart the gateway, or set {TOKEN_VAR}.")
+            raise UsageError(
+                f"{path} is not a private file of yours (mode 0600); refusing to use it. "
+                f"Delete it and restart the gateway, or set {TOKEN_VAR}."
+            )
         return handle.read(1024).decode("ascii", "replace").strip() or None
 
 

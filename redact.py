@@ -23,8 +23,17 @@ MASK = "[REDACTED]"
 _MIN_SECRET_LEN = 4
 
 _SECRET_KEYS = (
-    "access_token", "refresh_token", "id_token", "code", "state", "client_secret",
-    "code_verifier", "password", "token", "assertion", "client_assertion",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "code",
+    "state",
+    "client_secret",
+    "code_verifier",
+    "password",
+    "token",
+    "assertion",
+    "client_assertion",
 )
 _KEYS = "|".join(_SECRET_KEYS)
 _PATTERNS = [
@@ -97,7 +106,7 @@ _SUSPECTS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|[\xad\u0600-\U0010ffff]")
 def _shown(match: re.Match[str]) -> str:
     char = match.group()
     code = ord(char)
-    if code <= 0x9f:
+    if code <= 0x9F:
         return f"\\x{code:02x}"
     if unicodedata.category(char) != "Cf":
         return char

@@ -26,10 +26,10 @@ import secrets
 import stat
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
@@ -99,8 +99,9 @@ class Tokens:
     issued_at: float | None = None
 
     @classmethod
-    def from_response(cls, body: Mapping[str, Any] | bytes, *, now: float, scope: str | None = None,
-                      refresh_token: str | None = None) -> Tokens:
+    def from_response(
+        cls, body: Mapping[str, Any] | bytes, *, now: float, scope: str | None = None, refresh_token: str | None = None
+    ) -> Tokens:
         """Build the tokens of a token endpoint's success answer (RFC 6749 §5.1), a JSON object or its bytes.
 
         `expires_in` counts from `now` (when the request was sent). `scope` and
@@ -114,7 +115,7 @@ class Tokens:
             except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
                 body = None
         if not isinstance(body, Mapping):
-            raise ValueError("the answer is not a JSON object")  # noqa: TRY004 (a bad answer, not a bad call)
+            raise ValueError("the answer is not a JSON object")
         access, refresh = body.get("access_token"), body.get("refresh_token")
         for value in (access, refresh, body.get("id_token")):
             register_secret(value if isinstance(value, str) else None)
@@ -124,10 +125,14 @@ class Tokens:
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise ValueError(f"token_type is {token_type!r}, not Bearer")
         granted = body.get("scope")
-        return cls(access_token=access, token_type="Bearer",
-                   refresh_token=refresh if isinstance(refresh, str) and refresh else refresh_token,
-                   scope=(granted if isinstance(granted, str) and granted else scope) or None,
-                   expires_at=expires_at_from(body.get("expires_in"), now), issued_at=now)
+        return cls(
+            access_token=access,
+            token_type="Bearer",
+            refresh_token=refresh if isinstance(refresh, str) and refresh else refresh_token,
+            scope=(granted if isinstance(granted, str) and granted else scope) or None,
+            expires_at=expires_at_from(body.get("expires_in"), now),
+            issued_at=now,
+        )
 
     def is_expired(self, now: float | None = None, leeway: float = 0.0) -> bool:
         """Return whether the access token is expired, `leeway` seconds early."""
@@ -171,8 +176,12 @@ class Record:
     def auth_not_needed(self, server_url: str | None) -> bool:
         """Whether `server_url` last answered a probe without asking for authorization, and has no tokens."""
         probed = self.metadata.auth_not_needed_for
-        return (server_url is not None and probed is not None and same_resource(probed, server_url)
-                and self.tokens_for(server_url) is None)
+        return (
+            server_url is not None
+            and probed is not None
+            and same_resource(probed, server_url)
+            and self.tokens_for(server_url) is None
+        )
 
     def tokens_for(self, server_url: str | None) -> Tokens | None:
         """Return the tokens only if they were issued for `server_url`.
@@ -197,8 +206,11 @@ class Record:
             section = getattr(self, name)
             if section is None:
                 continue
-            values = {k: v for k, v in dataclasses.asdict(section).items()
-                      if v is not None and v != [] and (not isinstance(v, float) or _usable_time(v))}
+            values = {
+                k: v
+                for k, v in dataclasses.asdict(section).items()
+                if v is not None and v != [] and (not isinstance(v, float) or _usable_time(v))
+            }
             values.update(self.unknown.get(name, {}))
             if values:
                 data[name] = values
@@ -216,7 +228,9 @@ class Record:
         tokens = _section(data, "tokens", Tokens, unknown, source)
         metadata = _section(data, "metadata", Metadata, unknown, source) or Metadata()
         if client is not None and client.registration_source not in REGISTRATION_SOURCES:
-            raise ValueError(f"client.registration_source {client.registration_source!r} is not one of {REGISTRATION_SOURCES}")
+            raise ValueError(
+                f"client.registration_source {client.registration_source!r} is not one of {REGISTRATION_SOURCES}"
+            )
         return cls(client=client, tokens=tokens, metadata=metadata, unknown=unknown)
 
 
@@ -247,11 +261,12 @@ def expires_at_from(expires_in: object, now: float) -> float | None:
         lifetime = math.nan
     if 0 < lifetime <= MAX_LIFETIME:  # also false for nan
         return now + lifetime
-    log.warning("The token endpoint sent expires_in %.40r, which is not a usable lifetime; "
-                "treating the token's expiry as unknown.", expires_in)
+    log.warning(
+        "The token endpoint sent expires_in %.40r, which is not a usable lifetime; "
+        "treating the token's expiry as unknown.",
+        expires_in,
+    )
     return None
-
-
 
 
 def oauth_status(record: Record | None, server_url: str, now: float | None = None) -> OAuthStatus:
@@ -309,8 +324,12 @@ class Store:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise StorageError(f"{path} is a symbolic link; refusing to read it (delete it first).", path=str(path),
-                                   server=server, next_command=auth_command(server)) from None
+                raise StorageError(
+                    f"{path} is a symbolic link; refusing to read it (delete it first).",
+                    path=str(path),
+                    server=server,
+                    next_command=auth_command(server),
+                ) from None
             raise StorageError(f"Cannot read {path}: {exc.strerror}.", path=str(path), server=server) from None
         try:
             try:
@@ -331,9 +350,12 @@ class Store:
                 return Record.from_dict(data, source=path)
             except ValueError as exc:
                 reason = str(exc)
-        raise StorageError(f"OAuth record {path} is corrupt ({reason}); delete it, or log out and forget the client.",
-                           path=str(path), server=server,
-                           next_command=auth_command(server, "--logout", "--forget-client"))
+        raise StorageError(
+            f"OAuth record {path} is corrupt ({reason}); delete it, or log out and forget the client.",
+            path=str(path),
+            server=server,
+            next_command=auth_command(server, "--logout", "--forget-client"),
+        )
 
     def save(self, server: str, record: Record) -> None:
         """Write the record atomically with mode 0600 (removing temporary files a crashed write left)."""
@@ -389,7 +411,8 @@ class Store:
                     raise StorageError(
                         f"Timed out after {timeout:.0f}s waiting for the lock on {lock_path}; "
                         "another toolscript process is holding it.",
-                        path=str(lock_path), server=server,
+                        path=str(lock_path),
+                        server=server,
                     ) from None
                 time.sleep(0.01)
             except BaseException:
@@ -422,7 +445,10 @@ class Store:
     def _check_directory(self) -> None:
         info = os.lstat(self.directory)
         if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-            raise StorageError(f"{self.directory} is not a directory; move it away so toolscript can recreate it.", path=str(self.directory))
+            raise StorageError(
+                f"{self.directory} is not a directory; move it away so toolscript can recreate it.",
+                path=str(self.directory),
+            )
         _check_owner(info, self.directory)
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
@@ -430,14 +456,20 @@ class Store:
             try:
                 os.chmod(self.directory, 0o700)
             except OSError as exc:
-                raise StorageError(f"Cannot tighten the permissions of {self.directory}: {exc.strerror or exc}.",
-                                   path=str(self.directory)) from None
+                raise StorageError(
+                    f"Cannot tighten the permissions of {self.directory}: {exc.strerror or exc}.",
+                    path=str(self.directory),
+                ) from None
 
     def _check_file(self, fd: int, path: Path, server: str) -> None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise StorageError(f"{path} is not a regular file (delete it first).", path=str(path), server=server,
-                               next_command=auth_command(server))
+            raise StorageError(
+                f"{path} is not a regular file (delete it first).",
+                path=str(path),
+                server=server,
+                next_command=auth_command(server),
+            )
         _check_owner(info, path)
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
@@ -455,8 +487,7 @@ def _check_name(server: str) -> None:
 def _check_owner(info: os.stat_result, path: Path) -> None:
     if info.st_uid != os.getuid():
         raise StorageError(
-            f"{path} is owned by another user (uid {info.st_uid}); refusing to use it. "
-            "Fix its ownership or remove it.",
+            f"{path} is owned by another user (uid {info.st_uid}); refusing to use it. Fix its ownership or remove it.",
             path=str(path),
         )
 
@@ -485,7 +516,11 @@ def _section(data: dict[str, Any], name: str, kind: type, unknown: dict[str, Any
     try:
         return kind(**kwargs)
     except TypeError:
-        missing = [f.name for f in dataclasses.fields(kind) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs]
+        missing = [
+            f.name
+            for f in dataclasses.fields(kind)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs
+        ]
         raise ValueError(f"{name}.{missing[0] if missing else '?'} is missing") from None
 
 
@@ -518,15 +553,18 @@ def _open_lock_file(path: Path, server: str) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise StorageError(f"{path} is a symbolic link; refusing to use it as a lock. Delete it.",
-                               path=str(path), server=server) from None
-        raise StorageError(f"Cannot open the lock file {path}: {exc.strerror or exc}.", path=str(path),
-                           server=server) from None
+            raise StorageError(
+                f"{path} is a symbolic link; refusing to use it as a lock. Delete it.", path=str(path), server=server
+            ) from None
+        raise StorageError(
+            f"Cannot open the lock file {path}: {exc.strerror or exc}.", path=str(path), server=server
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise StorageError(f"{path} is not a regular file; refusing to use it as a lock. Delete it.",
-                               path=str(path), server=server)
+            raise StorageError(
+                f"{path} is not a regular file; refusing to use it as a lock. Delete it.", path=str(path), server=server
+            )
         _check_owner(info, path)
     except BaseException:
         os.close(fd)

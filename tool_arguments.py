@@ -52,8 +52,11 @@ def describe_arguments(schema: dict[str, Any] | None) -> list[Argument]:
         prop = _resolve(prop if isinstance(prop, dict) else {}, defs)
         extra = {"default": prop["default"]} if "default" in prop else {}
         description = prop.get("description") or _own_title(str(name), prop.get("title"))
-        arguments.append(Argument(str(name), type_text(prop, defs), name in required,
-                                  str(description) if description else None, **extra))
+        arguments.append(
+            Argument(
+                str(name), type_text(prop, defs), name in required, str(description) if description else None, **extra
+            )
+        )
     return arguments
 
 
@@ -94,8 +97,10 @@ def parse_pairs(words: list[str], tool: str) -> list[tuple[str, bool, str]]:
     seen = set()
     for word in words:
         if not is_pair(word):
-            raise UsageError(f"'{word}' is not a key=value argument for '{tool}'; give either key=value arguments "
-                             "or one JSON object (or @FILE, or - for stdin).")
+            raise UsageError(
+                f"'{word}' is not a key=value argument for '{tool}'; give either key=value arguments "
+                "or one JSON object (or @FILE, or - for stdin)."
+            )
         key, _, value = word.partition("=")
         is_json = key.endswith(":")
         key = key[:-1] if is_json else key

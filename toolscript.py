@@ -20,9 +20,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Self, Sequence
+from typing import TYPE_CHECKING, Any, Self
 
 if __package__:
     from . import config as _config
@@ -89,7 +90,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         cut = argv.index("--")
         args = parser.parse_args(argv[:cut])
         if getattr(args, "func", None) is cmd_add and not args.command:
-            args.command = argv[cut + 1:]
+            args.command = argv[cut + 1 :]
             return args
     return parser.parse_args(argv)
 
@@ -102,8 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_servers, _add_auth, _add_tools, _add_call, _add_resources, _add_read, _add_prompts, _add_prompt,
-                _add_gateway, _add_serve, _add_demo, _add_config, _add_add, _add_remove, _add_import):
+    for add in (
+        _add_servers,
+        _add_auth,
+        _add_tools,
+        _add_call,
+        _add_resources,
+        _add_read,
+        _add_prompts,
+        _add_prompt,
+        _add_gateway,
+        _add_serve,
+        _add_demo,
+        _add_config,
+        _add_add,
+        _add_remove,
+        _add_import,
+    ):
         add(commands)
     for command in commands.choices.values():
         _add_global_options(command, after_command=True)
@@ -116,8 +132,12 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
     After the command they default to "not given", so they never undo the same option given before it.
     """
     unset: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
-    parser.add_argument("--config", metavar="PATH", **unset, help="config file (default: $TOOLSCRIPT_CONFIG, "
-                        "./toolscript.toml, then $TOOLSCRIPT_HOME/config.toml)")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        **unset,
+        help="config file (default: $TOOLSCRIPT_CONFIG, ./toolscript.toml, then $TOOLSCRIPT_HOME/config.toml)",
+    )
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true", **unset, help="debug logging, tracebacks on errors")
     noise.add_argument("-q", "--quiet", action="store_true", **unset, help="only errors")
@@ -179,7 +199,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return escape_controls(super().format(record))
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -275,7 +295,7 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         _print(_no_servers(cfg))
         return EXIT_OK
     width = max(len(str(r["name"])) for r in rows)
-    for server, row in zip(cfg.servers.values(), rows):
+    for server, row in zip(cfg.servers.values(), rows, strict=True):
         oauth = f"  [oauth: {row['oauth_status']}]" if "oauth_status" in row else ""
         reason = f" ({row['oauth_error']})" if "oauth_error" in row else ""
         _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}")
@@ -283,8 +303,10 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _no_servers(cfg: Config) -> str:
-    return (f"No servers configured ({cfg.path or 'no config file found'}). "
-            "For an example with every key, run: toolscript config example")
+    return (
+        f"No servers configured ({cfg.path or 'no config file found'}). "
+        "For an example with every key, run: toolscript config example"
+    )
 
 
 # -- auth ----------------------------------------------------------------------------
@@ -292,21 +314,33 @@ def _no_servers(cfg: Config) -> str:
 
 def _add_auth(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "auth", help="authenticate an OAuth-protected server, or list every server's state",
+        "auth",
+        help="authenticate an OAuth-protected server, or list every server's state",
         description="Without SERVER: list every configured server's authentication state (no network). "
-                    "With SERVER: run the OAuth authorization flow in the browser and store the tokens.",
+        "With SERVER: run the OAuth authorization flow in the browser and store the tokens.",
     )
     p.add_argument("server", nargs="?", metavar="SERVER", help="a configured http or sse server")
     action = p.add_mutually_exclusive_group()
     action.add_argument("--status", action="store_true", help="show what is stored for SERVER (no network)")
     action.add_argument("--logout", action="store_true", help="revoke and delete SERVER's tokens")
-    p.add_argument("--forget-client", action="store_true",
-                   help="with --logout: also delete the client registration; without: register toolscript anew "
-                        "(when the authorization server forgot the stored registration)")
-    p.add_argument("--no-browser", action="store_true",
-                   help="do not open a browser; print the URL and also accept the redirected URL pasted on stdin")
-    p.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
-                   help="how long to wait for the browser (default: 300)")
+    p.add_argument(
+        "--forget-client",
+        action="store_true",
+        help="with --logout: also delete the client registration; without: register toolscript anew "
+        "(when the authorization server forgot the stored registration)",
+    )
+    p.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="do not open a browser; print the URL and also accept the redirected URL pasted on stdin",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to wait for the browser (default: 300)",
+    )
     p.set_defaults(func=cmd_auth)
 
 
@@ -338,18 +372,30 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
             expiry = result.access_token_expires_at
             left = None if expiry is None else auth.describe_duration(expiry - time.time())
             when = "" if left is None else f"; the access token expires in {left}"
-            log.warning("Server '%s' offers no token revocation: the deleted tokens stay valid at the server until "
-                        "they expire%s.", server.name, when)
+            log.warning(
+                "Server '%s' offers no token revocation: the deleted tokens stay valid at the server until "
+                "they expire%s.",
+                server.name,
+                when,
+            )
         if result.revoked:
             _print(f"Revoked the {' and the '.join(result.revoked)} at the server.")
-        done = [what for what, did in (("tokens", result.deleted_tokens), ("client registration", result.deleted_client)) if did]
-        _print(f"Deleted the {' and the '.join(done)} of '{server.name}'." if done
-               else f"Server '{server.name}' had no stored tokens; nothing to log out.")
+        done = [
+            what
+            for what, did in (("tokens", result.deleted_tokens), ("client registration", result.deleted_client))
+            if did
+        ]
+        _print(
+            f"Deleted the {' and the '.join(done)} of '{server.name}'."
+            if done
+            else f"Server '{server.name}' had no stored tokens; nothing to log out."
+        )
         return EXIT_OK
     if not server.is_remote:
         raise UsageError(f"Server '{server.name}' is a stdio server; only http and sse servers use OAuth.")
-    return _auth_run(server, store, auth, no_browser=args.no_browser, timeout=args.timeout,
-                     forget_client=args.forget_client)
+    return _auth_run(
+        server, store, auth, no_browser=args.no_browser, timeout=args.timeout, forget_client=args.forget_client
+    )
 
 
 def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
@@ -374,21 +420,37 @@ def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
     return EXIT_OK
 
 
-def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browser: bool, timeout: float,
-              open_browser: Callable[[str], object] | None = None, forget_client: bool = False) -> int:
+def _auth_run(
+    server: ServerConfig,
+    store: Store,
+    auth: ModuleType,
+    *,
+    no_browser: bool,
+    timeout: float,
+    open_browser: Callable[[str], object] | None = None,
+    forget_client: bool = False,
+) -> int:
     import webbrowser
 
     def show_url(url: str) -> None:
         _status(f"\nOpen this URL in a browser to authorize toolscript for '{server.name}':\n\n  {url}\n")
         if no_browser:
-            _status("When the browser shows the toolscript page, you are done. If it cannot reach this machine "
-                    "(SSH, container), paste the full address it ended on here and press Enter.\n")
+            _status(
+                "When the browser shows the toolscript page, you are done. If it cannot reach this machine "
+                "(SSH, container), paste the full address it ended on here and press Enter.\n"
+            )
 
     opener = None if no_browser else (open_browser or webbrowser.open)
     try:
-        record = auth.authenticate(server, store, open_browser=opener, show_url=show_url,
-                                   read_pasted=sys.stdin.readline if no_browser else None, timeout=timeout,
-                                   forget_client=forget_client)
+        record = auth.authenticate(
+            server,
+            store,
+            open_browser=opener,
+            show_url=show_url,
+            read_pasted=sys.stdin.readline if no_browser else None,
+            timeout=timeout,
+            forget_client=forget_client,
+        )
     except KeyboardInterrupt:
         _error(f"Authorization of '{server.name}' cancelled; stored data unchanged.")
         return EXIT_INTERRUPTED
@@ -408,15 +470,19 @@ def _auth_run(server: ServerConfig, store: Store, auth: ModuleType, *, no_browse
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "demo", help="try toolscript against a bundled local OAuth-protected MCP server",
+        "demo",
+        help="try toolscript against a bundled local OAuth-protected MCP server",
         description="Start a local OAuth-protected MCP server (its consent step approves by itself), authenticate "
-                    "against it with the same flow as 'toolscript auth', list its tools and call two through the "
-                    "gateway, then stop it and remove its temporary files. toolscript follows the authorization "
-                    "URL itself, as a browser would, so no browser tab opens unless you ask for one with --browser. "
-                    "Needs no network, browser or account; your config and stored tokens are not touched.",
+        "against it with the same flow as 'toolscript auth', list its tools and call two through the "
+        "gateway, then stop it and remove its temporary files. toolscript follows the authorization "
+        "URL itself, as a browser would, so no browser tab opens unless you ask for one with --browser. "
+        "Needs no network, browser or account; your config and stored tokens are not touched.",
     )
-    p.add_argument("--browser", action="store_true",
-                   help="open the authorization URL in your browser ($BROWSER or the system's) instead")
+    p.add_argument(
+        "--browser",
+        action="store_true",
+        help="open the authorization URL in your browser ($BROWSER or the system's) instead",
+    )
     p.set_defaults(func=cmd_demo, needs_config=False)
 
 
@@ -443,8 +509,14 @@ def cmd_demo(args: argparse.Namespace, cfg: Config | None) -> int:
             store = Store()
             _print(f"2. Using a temporary config {config_path} and TOOLSCRIPT_HOME {os.environ['TOOLSCRIPT_HOME']}.")
             _print("3. Authenticating, as 'toolscript auth demo' does:")
-            code = _auth_run(demo_cfg.server("demo"), store, auth, no_browser=False, timeout=120,
-                             open_browser=None if args.browser else _follow_authorization)
+            code = _auth_run(
+                demo_cfg.server("demo"),
+                store,
+                auth,
+                no_browser=False,
+                timeout=120,
+                open_browser=None if args.browser else _follow_authorization,
+            )
             if code != EXIT_OK:
                 return code
             _demo_use_server(demo_cfg, store)
@@ -465,8 +537,10 @@ def _follow_authorization(url: str) -> bool:
     response = requests.get(url, allow_redirects=False, timeout=30)
     location = response.headers.get("Location", "")
     if response.status_code not in (302, 303) or not location.startswith("http://127.0.0.1:"):
-        raise ToolscriptError(f"The demo server answered the authorization request with {response.status_code}, "
-                              "not a redirect to the loopback callback.")
+        raise ToolscriptError(
+            f"The demo server answered the authorization request with {response.status_code}, "
+            "not a redirect to the loopback callback."
+        )
     requests.get(location, timeout=30).close()
     return True
 
@@ -489,13 +563,17 @@ EXAMPLE_CONFIG = Path(__file__).with_name("config.toml.example")
 
 
 def _add_config(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("config", help="show an example configuration: toolscript config example",
-                            description="Help with the configuration file.")
+    p = commands.add_parser(
+        "config",
+        help="show an example configuration: toolscript config example",
+        description="Help with the configuration file.",
+    )
     actions = p.add_subparsers(title="actions", metavar="ACTION")
     example = actions.add_parser(
-        "example", help="print an example config with every key (toolscript config example > toolscript.toml)",
+        "example",
+        help="print an example config with every key (toolscript config example > toolscript.toml)",
         description=f"Print {EXAMPLE_CONFIG.name}, an example config with every key, to start from: "
-                    "toolscript config example > toolscript.toml",
+        "toolscript config example > toolscript.toml",
     )
     _add_global_options(example, after_command=True)
     example.set_defaults(func=cmd_config_example, needs_config=False)
@@ -541,7 +619,7 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
     else:
         names = [escape_controls(tool["name"]) for tool in tools]  # aligned as shown
         width = max(map(len, names), default=0)
-        for name, tool in zip(names, tools):
+        for name, tool in zip(names, tools, strict=True):
             summary = (tool.get("description") or "").strip().split("\n")[0]
             unsupported = f"  [cannot be called: it {tool['unsupported']}]" if tool.get("unsupported") else ""
             _print(f"{name:<{width}}  {summary}{unsupported}".rstrip())
@@ -549,17 +627,33 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _add_call(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("call", help="call a tool: toolscript call SERVER__TOOL '{\"name\": \"value\"}'",
-                            description="Call a tool. When the server asks for input during the call, toolscript "
-                                        "asks you if stdin and stderr are a terminal, and declines otherwise.")
+    p = commands.add_parser(
+        "call",
+        help='call a tool: toolscript call SERVER__TOOL \'{"name": "value"}\'',
+        description="Call a tool. When the server asks for input during the call, toolscript "
+        "asks you if stdin and stderr are a terminal, and declines otherwise.",
+    )
     p.add_argument("tool", metavar="SERVER__TOOL", help="the tool, as listed by `toolscript tools`")
-    p.add_argument("arguments", nargs="*", metavar="ARGS",
-                   help="a JSON object, @FILE to read it from a file, - to read stdin, or name=value arguments "
-                        "typed by the tool's schema (name:=JSON for raw JSON) (default: {})")
+    p.add_argument(
+        "arguments",
+        nargs="*",
+        metavar="ARGS",
+        help="a JSON object, @FILE to read it from a file, - to read stdin, or name=value arguments "
+        "typed by the tool's schema (name:=JSON for raw JSON) (default: {})",
+    )
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    p.add_argument("-o", "--output", metavar="DIR",
-                   help="save images, audio and binary resources of the result into DIR, as POSITION-TYPE.EXT")
-    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="give up on the call after this long without an answer or progress")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="save images, audio and binary resources of the result into DIR, as POSITION-TYPE.EXT",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="give up on the call after this long without an answer or progress",
+    )
     p.set_defaults(func=cmd_call)
 
 
@@ -579,8 +673,9 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
     with _open_gateway(cfg, for_tool=args.tool) as gateway, _ProgressLine(args.tool) as progress:
         if pairs is not None:
             arguments = tool_arguments.typed_arguments(pairs, gateway.tool(args.tool).get("inputSchema"), args.tool)
-        result = gateway.call(args.tool, arguments, timeout=args.timeout, input_handler=input_handler,
-                              on_progress=progress)
+        result = gateway.call(
+            args.tool, arguments, timeout=args.timeout, input_handler=input_handler, on_progress=progress
+        )
     why = "nobody could be asked through the gateway" if input_handler else "stdin or stderr is not a terminal"
     for request in result.get(elicitation.DECLINED_KEY) or []:
         log.warning("note: %s; declined, as %s.", elicitation.describe_request(request), why)
@@ -614,11 +709,22 @@ def cmd_resources(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         _print(json.dumps(resources, indent=2))
     else:
-        table = [(item["server"], item.get("uri") or item.get("uriTemplate", ""), item.get("name", ""),
-                  _resource_details(item)) for item in resources]
+        table = [
+            (
+                item["server"],
+                item.get("uri") or item.get("uriTemplate", ""),
+                item.get("name", ""),
+                _resource_details(item),
+            )
+            for item in resources
+        ]
         widths = [max((len(line[column]) for line in table), default=0) for column in range(3)]
         for line in table:
-            _print(("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + f"  {line[3]}").rstrip())
+            _print(
+                (
+                    "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + f"  {line[3]}"
+                ).rstrip()
+            )
     return _report_failed_servers(cfg, rows)
 
 
@@ -637,8 +743,12 @@ def _add_read(commands: argparse._SubParsersAction) -> None:
     p.add_argument("uri", metavar="URI", help="the resource's URI (or a URI made from a template)")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the whole result as JSON (binary content in base64)")
-    output.add_argument("-o", "--output", metavar="FILE", help="write the content to FILE (needed for binary content "
-                        "when stdout is a terminal)")
+    output.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the content to FILE (needed for binary content when stdout is a terminal)",
+    )
     p.set_defaults(func=cmd_read)
 
 
@@ -651,8 +761,10 @@ def cmd_read(args: argparse.Namespace, cfg: Config) -> int:
         return EXIT_OK
     if args.output is not None:
         if len(contents) != 1:
-            raise UsageError(f"Resource '{args.uri}' of server '{args.server}' has {len(contents)} parts; -o FILE "
-                             "takes one. Use --json to see them all.")
+            raise UsageError(
+                f"Resource '{args.uri}' of server '{args.server}' has {len(contents)} parts; -o FILE "
+                "takes one. Use --json to see them all."
+            )
         data = _content_bytes(contents[0])
         try:
             with open(args.output, "wb") as file:
@@ -709,8 +821,10 @@ def cmd_prompts(args: argparse.Namespace, cfg: Config) -> int:
         width = max((len(prompt["name"]) for prompt in prompts), default=0)
         for prompt in prompts:
             summary = (prompt.get("description") or "").strip().split("\n")[0]
-            arguments = [f"{argument['name']}{'' if argument.get('required') else '?'}"
-                         for argument in prompt.get("arguments") or []]
+            arguments = [
+                f"{argument['name']}{'' if argument.get('required') else '?'}"
+                for argument in prompt.get("arguments") or []
+            ]
             if arguments:
                 summary = f"{summary} (arguments: {', '.join(arguments)})".strip()
             _print(f"{prompt['name']:<{width}}  {summary}".rstrip())
@@ -718,10 +832,14 @@ def cmd_prompts(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _add_prompt(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("prompt", help="get a prompt: toolscript prompt SERVER__PROMPT '{\"name\": \"value\"}'")
+    p = commands.add_parser("prompt", help='get a prompt: toolscript prompt SERVER__PROMPT \'{"name": "value"}\'')
     p.add_argument("prompt", metavar="SERVER__PROMPT", help="the prompt, as listed by `toolscript prompts`")
-    p.add_argument("arguments", nargs="?", metavar="ARGS",
-                   help="a JSON object, @FILE to read it from a file, or - to read stdin (default: {})")
+    p.add_argument(
+        "arguments",
+        nargs="?",
+        metavar="ARGS",
+        help="a JSON object, @FILE to read it from a file, or - to read stdin (default: {})",
+    )
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=cmd_prompt)
 
@@ -816,8 +934,11 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     else:
         from gateway_http import TOKEN_VAR, URL_VAR, ApiServer, remove_token_file, write_token_file
     if not is_loopback_host(args.host):
-        log.warning("warning: --host %s is not a loopback address: other machines can use your servers, "
-                    "and the credentials they hold, through this gateway.", args.host)
+        log.warning(
+            "warning: --host %s is not a loopback address: other machines can use your servers, "
+            "and the credentials they hold, through this gateway.",
+            args.host,
+        )
     gateway = gateway_module.Gateway(cfg)  # announces each server as it connects or fails
     try:
         api = ApiServer(gateway, args.host, args.port)
@@ -864,14 +985,20 @@ def _print_gateway_url(url_line: str, token_line: str) -> None:
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "serve", help="serve the configured servers as one MCP server on stdin/stdout, for MCP clients",
+        "serve",
+        help="serve the configured servers as one MCP server on stdin/stdout, for MCP clients",
         description="Speak MCP on stdin/stdout for an MCP client (Claude Code, Codex, Cursor...), passing every "
-                    "request on to the configured servers, with toolscript's stored OAuth tokens. With one server "
-                    "its names pass through unchanged; with several, tools and prompts are SERVER__NAME.",
+        "request on to the configured servers, with toolscript's stored OAuth tokens. With one server "
+        "its names pass through unchanged; with several, tools and prompts are SERVER__NAME.",
     )
     p.add_argument("--server", action="append", default=[], metavar="NAME", help="serve only NAME (repeatable)")
-    p.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
-                   help="how long listings just after start wait for servers still connecting (default: 5)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long listings just after start wait for servers still connecting (default: 5)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -888,8 +1015,9 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 
 
 @contextlib.contextmanager
-def _open_gateway(cfg: Config, *, server: str | None = None, for_tool: str | None = None,
-                  for_prompt: str | None = None) -> Iterator[SyncGateway]:
+def _open_gateway(
+    cfg: Config, *, server: str | None = None, for_tool: str | None = None, for_prompt: str | None = None
+) -> Iterator[SyncGateway]:
     """Yield the running gateway at $TOOLSCRIPT_GATEWAY_URL, else a gateway of our own.
 
     Our own connects only `server`, or the server of the tool `for_tool` or prompt `for_prompt`, or else all.
@@ -1040,8 +1168,16 @@ def save_content(result: dict[str, Any], directory: str) -> dict[int, str]:
 
 
 # MIME types servers send that Python's table does not know (it has audio/x-wav, not audio/wav).
-_EXTENSIONS = {"audio/wav": ".wav", "audio/wave": ".wav", "audio/ogg": ".ogg", "audio/webm": ".weba",
-               "audio/flac": ".flac", "audio/aac": ".aac", "image/webp": ".webp", "image/avif": ".avif"}
+_EXTENSIONS = {
+    "audio/wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/ogg": ".ogg",
+    "audio/webm": ".weba",
+    "audio/flac": ".flac",
+    "audio/aac": ".aac",
+    "image/webp": ".webp",
+    "image/avif": ".avif",
+}
 
 
 def _render_content(item: dict[str, Any]) -> str:
@@ -1083,10 +1219,11 @@ def _positive_float(text: str) -> float:
 
 def _add_add(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "add", help="add a server to the config file",
+        "add",
+        help="add a server to the config file",
         description="Add a stdio server (toolscript add NAME [--env K=V] -- COMMAND ARGS...) or an http/sse server "
-                    "(toolscript add NAME --url URL [--type sse] [--header K=V]) to the config file in use (else "
-                    "$TOOLSCRIPT_HOME/config.toml), keeping the rest of the file as it is. Values may use ${VAR}.",
+        "(toolscript add NAME --url URL [--type sse] [--header K=V]) to the config file in use (else "
+        "$TOOLSCRIPT_HOME/config.toml), keeping the rest of the file as it is. Values may use ${VAR}.",
     )
     p.add_argument("name", metavar="NAME", help="the new server's name (letters, digits, '_', '-')")
     p.add_argument("command", nargs="*", metavar="COMMAND", help="after --: the stdio server's command and arguments")
@@ -1121,8 +1258,9 @@ def cmd_add(args: argparse.Namespace, cfg: Config | None) -> int:
         if args.cwd:
             table["cwd"] = args.cwd
     else:
-        raise UsageError(f"Say what to run: toolscript add {args.name} -- COMMAND ARGS..., "
-                         f"or toolscript add {args.name} --url URL")
+        raise UsageError(
+            f"Say what to run: toolscript add {args.name} -- COMMAND ARGS..., or toolscript add {args.name} --url URL"
+        )
     if args.timeout:
         table["timeout"] = args.timeout
     path = config_edit.writable_config_path(args.config)
@@ -1144,10 +1282,13 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
 
 
 def _add_remove(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("remove", help="remove a server from the config file",
-                            description="Remove [servers.NAME] from the config file in use, keeping the rest as it "
-                                        "is. Stored OAuth tokens are kept (toolscript auth NAME --logout first to "
-                                        "revoke them).")
+    p = commands.add_parser(
+        "remove",
+        help="remove a server from the config file",
+        description="Remove [servers.NAME] from the config file in use, keeping the rest as it "
+        "is. Stored OAuth tokens are kept (toolscript auth NAME --logout first to "
+        "revoke them).",
+    )
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_remove, needs_config=False)
 
@@ -1166,10 +1307,11 @@ def cmd_remove(args: argparse.Namespace, cfg: Config | None) -> int:
 
 def _add_import(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "import", help="add the servers of another MCP client's config",
+        "import",
+        help="add the servers of another MCP client's config",
         description="Read a Claude Desktop or Claude Code (.mcp.json), VS Code or Cursor (mcp.json) JSON file, or a "
-                    "Codex config.toml, and add its servers to the config file in use (else "
-                    "$TOOLSCRIPT_HOME/config.toml). Says what it skipped and why.",
+        "Codex config.toml, and add its servers to the config file in use (else "
+        "$TOOLSCRIPT_HOME/config.toml). Says what it skipped and why.",
     )
     p.add_argument("file", metavar="FILE")
     p.add_argument("--dry-run", action="store_true", help="print the TOML it would add, change nothing")

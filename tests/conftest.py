@@ -6,8 +6,9 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -40,15 +41,25 @@ def restore_logging() -> Iterator[None]:
     ours.setLevel(levels[1])
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 60, cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 60,
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `python toolscript.py ARGS` in a subprocess, as a user would."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     return subprocess.run(
         [sys.executable, str(ROOT / "toolscript.py"), *args],
-        capture_output=True, text=True, env=full_env, input=input, timeout=timeout, cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -206,7 +217,9 @@ def start_gateway_process(*args: str) -> tuple[subprocess.Popen[str], list[str]]
     """Start `toolscript gateway ARGS` in a subprocess; return it and the first two lines it printed (URL, token)."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "toolscript.py"), "gateway", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     stdout = proc.stdout
@@ -248,6 +261,7 @@ def gateway_variables(lines: list[str]) -> dict[str, str]:
 # ======================================================================================
 # The official MCP conformance suite (tests/test_conformance*.py)
 # ======================================================================================
+
 
 @pytest.fixture(scope="session")
 def conformance_cli() -> list[str]:

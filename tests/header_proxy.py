@@ -32,10 +32,26 @@ import uvicorn
 __all__ = ["HeaderProxy"]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the forwarding client sets itself.
-_REQUEST_HEADERS_DROPPED = {b"connection", b"keep-alive", b"proxy-authorization", b"te", b"trailer",
-                            b"transfer-encoding", b"upgrade", b"content-length", b"host", b"authorization"}
-_RESPONSE_HEADERS_DROPPED = {"connection", "keep-alive", "proxy-authenticate", "trailer", "transfer-encoding",
-                             "upgrade"}
+_REQUEST_HEADERS_DROPPED = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"content-length",
+    b"host",
+    b"authorization",
+}
+_RESPONSE_HEADERS_DROPPED = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
 
 
 class HeaderProxy:
@@ -51,8 +67,9 @@ class HeaderProxy:
         self.port: int = self._sock.getsockname()[1]
         self._own_hosts = {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
         self._client: httpx2.AsyncClient | None = None
-        self._server = uvicorn.Server(uvicorn.Config(self._forward, log_level="warning", lifespan="off",
-                                                     interface="asgi3"))
+        self._server = uvicorn.Server(
+            uvicorn.Config(self._forward, log_level="warning", lifespan="off", interface="asgi3")
+        )
         self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="header-proxy", daemon=True)
 
     @property
@@ -65,7 +82,7 @@ class HeaderProxy:
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:
-            self._thread.join(0.02)   # returns at once if the server thread has ended
+            self._thread.join(0.02)  # returns at once if the server thread has ended
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.__exit__(None, None, None)
                 raise RuntimeError(f"the header proxy for {self._target_origin} did not start")
@@ -121,11 +138,19 @@ class HeaderProxy:
             await send({"type": "http.response.body", "body": b""})
             return
         try:
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": [(name.encode("latin-1"), value.encode("latin-1"))
-                                    for name, value in response.headers.multi_items()
-                                    if name.lower() not in _RESPONSE_HEADERS_DROPPED]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": [
+                        (name.encode("latin-1"), value.encode("latin-1"))
+                        for name, value in response.headers.multi_items()
+                        if name.lower() not in _RESPONSE_HEADERS_DROPPED
+                    ],
+                }
+            )
             async with anyio.create_task_group() as tg:
+
                 async def stop_when_client_leaves() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass

@@ -15,8 +15,9 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
@@ -68,8 +69,12 @@ class _Wiretap:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        seen = Seen(scope["method"], scope["path"], dict(parse_qsl(scope["query_string"].decode())),
-                    {k.decode().lower(): v.decode() for k, v in scope["headers"]})
+        seen = Seen(
+            scope["method"],
+            scope["path"],
+            dict(parse_qsl(scope["query_string"].decode())),
+            {k.decode().lower(): v.decode() for k, v in scope["headers"]},
+        )
         self.seen.append(seen)
         if scope["path"] == "/token" and self.echo_credentials is not None:
             seen.body = await _read_body(receive)
@@ -85,8 +90,9 @@ class _Wiretap:
             client_id = scope["path"].rsplit("/", 1)[1]
             token = seen.headers.get("authorization", "").removeprefix("Bearer ")
             known = self.management_tokens.get(client_id) == token and self.client_exists(client_id)
-            await _send_json(send, 200 if known else 401,
-                             {"client_id": client_id} if known else {"error": "invalid_token"})
+            await _send_json(
+                send, 200 if known else 401, {"client_id": client_id} if known else {"error": "invalid_token"}
+            )
             return
         if self.registration_management and scope["path"] == "/register" and scope["method"] == "POST":
             send = self._managed_registration(send, f"http://{seen.headers.get('host')}")
@@ -95,8 +101,13 @@ class _Wiretap:
             seen.body = await _read_body(receive)
             challenge = self._step_up_challenge(seen)
             if challenge is not None:
-                await send({"type": "http.response.start", "status": 403,
-                            "headers": [(b"www-authenticate", challenge.encode()), (b"content-length", b"0")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 403,
+                        "headers": [(b"www-authenticate", challenge.encode()), (b"content-length", b"0")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": b""})
                 return
             replayed, upstream = [{"type": "http.request", "body": seen.body, "more_body": False}], receive
@@ -117,8 +128,10 @@ class _Wiretap:
             if message["type"] == "http.response.start":
                 headers = message["headers"]
                 if scope["path"] == "/authorize" and self.rewrite_redirect:
-                    headers = [(k, self.rewrite_redirect(v.decode()).encode() if k.lower() == b"location" else v)
-                               for k, v in headers]
+                    headers = [
+                        (k, self.rewrite_redirect(v.decode()).encode() if k.lower() == b"location" else v)
+                        for k, v in headers
+                    ]
                 if message["status"] == 401 and self.www_authenticate is not None:
                     headers = [(k, v) for k, v in headers if k.lower() != b"www-authenticate"]
                     headers.append((b"www-authenticate", self.www_authenticate.encode()))
@@ -127,7 +140,6 @@ class _Wiretap:
 
         await self.app(scope, tapped_receive, tapped_send)
 
-
     async def _echo(self, seen: Seen, send: Any) -> None:
         status, error = self.echo_credentials or (400, "invalid_request")
         received = [f"{key} is {value}" for key, value in seen.form.items() if key not in ("grant_type", "resource")]
@@ -135,8 +147,13 @@ class _Wiretap:
         if authorization.startswith("Basic "):
             received.append("basic credentials are " + base64.b64decode(authorization[6:]).decode())
         body = json.dumps({"error": error, "error_description": "cannot use " + "; ".join(received)}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def _managed_registration(self, send: Any, origin: str) -> Any:
@@ -195,10 +212,16 @@ def _rewriting(send: Any, rewrite: Callable[[bytes], bytes]) -> Any:
 
     return rewriting_send
 
+
 async def _send_json(send: Any, status: int, document: Any) -> None:
     body = json.dumps(document).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -218,8 +241,9 @@ class OAuthTestServer(DemoServer):
         self.tap: _Wiretap
 
         def wrap(app: Any) -> Any:
-            self.tap = _Wiretap(app, scopes_of=self._scopes_of,
-                                client_exists=lambda client_id: client_id in self.provider.clients)
+            self.tap = _Wiretap(
+                app, scopes_of=self._scopes_of, client_exists=lambda client_id: client_id in self.provider.clients
+            )
             return self.tap
 
         super().__init__(wrap=wrap, **options)
@@ -266,8 +290,9 @@ class OAuthTestServer(DemoServer):
 
     def send_expires_in(self, raw: str) -> None:
         """Make the token endpoint's responses carry `"expires_in": RAW` (raw JSON text, e.g. `Infinity`)."""
-        self.tap.rewrite_token_response = lambda body: re.sub(rb'"expires_in":\s*[^,}]+', b'"expires_in": '
-                                                              + raw.encode(), body)
+        self.tap.rewrite_token_response = lambda body: re.sub(
+            rb'"expires_in":\s*[^,}]+', b'"expires_in": ' + raw.encode(), body
+        )
 
     def requests_to(self, path: str, method: str | None = None) -> list[Seen]:
         return [s for s in self.tap.seen if s.path == path and (method is None or s.method == method)]

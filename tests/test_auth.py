@@ -11,14 +11,14 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from browser import visit
+from conftest import ROOT, write_config
+from oauth_server import with_query
 
 import auth
 import toolscript
-from browser import visit
 from config import load_config
-from conftest import ROOT, write_config
 from errors import AuthError
-from oauth_server import with_query
 from storage import ClientInfo, Metadata, Record, Store, Tokens
 
 
@@ -56,10 +56,14 @@ def test_metadata_urls_follow_the_spec_order():
 
 
 def test_parse_www_authenticate():
-    header = ('Bearer error="insufficient_scope", scope="a b", '
-              'resource_metadata="https://x.example/.well-known/oauth-protected-resource/mcp", realm=plain')
+    header = (
+        'Bearer error="insufficient_scope", scope="a b", '
+        'resource_metadata="https://x.example/.well-known/oauth-protected-resource/mcp", realm=plain'
+    )
     assert auth.parse_www_authenticate(header) == {
-        "error": "insufficient_scope", "scope": "a b", "realm": "plain",
+        "error": "insufficient_scope",
+        "scope": "a b",
+        "realm": "plain",
         "resource_metadata": "https://x.example/.well-known/oauth-protected-resource/mcp",
     }
     assert auth.parse_www_authenticate('Basic realm="x", Bearer scope="s"')["scope"] == "s"
@@ -99,7 +103,8 @@ def test_resource_mismatch_is_refused_before_authorization(oauth_server):
     assert str(caught.value) == (
         f"Protected resource metadata at {test_server.origin}{test_server.resource_metadata_path} names resource "
         f"'https://evil.example.com/mcp', which does not match server 'demo' at {test_server.url} (RFC 8707); "
-        "refusing to authenticate.")
+        "refusing to authenticate."
+    )
     assert opened == [] and test_server.requests_to("/register") == []
 
 
@@ -131,7 +136,8 @@ def test_legacy_metadata_with_an_issuer_on_another_origin_is_refused(oauth_serve
         _authenticate(_server(test_server))
     assert str(caught.value) == (
         f"Authorization server metadata names issuer 'https://as.example.com', but '{test_server.origin}' was "
-        "expected; refusing to use it (possible mix-up attack).")
+        "expected; refusing to use it (possible mix-up attack)."
+    )
     assert test_server.requests_to("/register") == []
 
 
@@ -148,7 +154,7 @@ def test_legacy_metadata_with_an_issuer_path_on_the_same_origin_is_used(oauth_se
 def test_issuer_mismatch_after_resource_metadata_stays_strict(oauth_server):
     test_server = oauth_server()
     test_server.patch_document(test_server.metadata_path, issuer=test_server.origin + "/oauth")
-    with pytest.raises(AuthError, match="names issuer .*/oauth', but .* was expected; refusing to use it"):
+    with pytest.raises(AuthError, match=r"names issuer .*/oauth', but .* was expected; refusing to use it"):
         _authenticate(_server(test_server))
 
 
@@ -164,14 +170,19 @@ def test_probe_failure_names_the_step(oauth_server):
     write_config(f'[servers.demo]\nurl = "{test_server.origin}/nothing-here"\n')
     with pytest.raises(AuthError) as caught:
         _authenticate(load_config().server("demo"))
-    assert str(caught.value) == (f"Probing server 'demo' failed: 404 Not Found from {test_server.origin}/nothing-here "
-                                 "(expected 401 asking for authentication).")
+    assert str(caught.value) == (
+        f"Probing server 'demo' failed: 404 Not Found from {test_server.origin}/nothing-here "
+        "(expected 401 asking for authentication)."
+    )
 
 
 def test_unreachable_server():
     write_config(f'[servers.demo]\nurl = "http://127.0.0.1:{_free_port()}/mcp"\n')
-    with pytest.raises(AuthError, match=r"^Probing server 'demo' failed: cannot reach http://127.0.0.1:\d+ "
-                                        r"\(connection refused\)\.$") as caught:
+    with pytest.raises(
+        AuthError,
+        match=r"^Probing server 'demo' failed: cannot reach http://127.0.0.1:\d+ "
+        r"\(connection refused\)\.$",
+    ) as caught:
         _authenticate(load_config().server("demo"))
     assert caught.value.exit_code == 4  # like any unreachable server
 
@@ -180,14 +191,22 @@ def test_unreachable_server():
 
 
 def _discovery(**metadata) -> auth._Discovery:
-    return auth._Discovery(server_url="https://x/mcp", resource="https://x/mcp", issuer="https://x",
-                           metadata={"issuer": "https://x", **metadata}, challenge_scope=None,
-                           resource_scopes=None, chain=[])
+    return auth._Discovery(
+        server_url="https://x/mcp",
+        resource="https://x/mcp",
+        issuer="https://x",
+        metadata={"issuer": "https://x", **metadata},
+        challenge_scope=None,
+        resource_scopes=None,
+        chain=[],
+    )
 
 
 def test_scope_choice():
-    write_config('[servers.s]\nurl = "https://x/mcp"\n[servers.s.oauth]\nscopes = ["cfg"]\n'
-                 '[servers.plain]\nurl = "https://x/mcp"\n')
+    write_config(
+        '[servers.s]\nurl = "https://x/mcp"\n[servers.s.oauth]\nscopes = ["cfg"]\n'
+        '[servers.plain]\nurl = "https://x/mcp"\n'
+    )
     cfg = load_config()
     plain, configured = cfg.server("plain"), cfg.server("s")
     discovery = _discovery(scopes_supported=["a", "offline_access"])
@@ -219,8 +238,9 @@ def test_client_id_metadata_document(oauth_server):
     test_server = oauth_server()
     test_server.patch_document(test_server.metadata_path, client_id_metadata_document_supported=True)
     url, redirect = "https://client.example.com/toolscript.json", f"http://127.0.0.1:{_free_port()}/callback"
-    test_server.provider.add_client(url, secret=None, auth_method="none", redirect_uri=redirect,
-                                    scope="mcp:tools offline_access")
+    test_server.provider.add_client(
+        url, secret=None, auth_method="none", redirect_uri=redirect, scope="mcp:tools offline_access"
+    )
     server = _server(test_server, f'[servers.demo.oauth]\nclient_metadata_url = "{url}"\nredirect_uri = "{redirect}"\n')
     record, _ = _authenticate(server)
     [authorize] = test_server.requests_to("/authorize")
@@ -274,8 +294,10 @@ def test_taken_configured_port_is_a_clear_error(oauth_server):
         server = _server(test_server, f'[servers.demo.oauth]\nredirect_uri = "http://127.0.0.1:{port}/callback"\n')
         with pytest.raises(AuthError) as caught:
             _authenticate(server)
-    assert str(caught.value) == (f"Port {port} of the redirect URI http://127.0.0.1:{port}/callback is in use by "
-                                 "another program; stop it or set another [servers.demo.oauth] redirect_uri.")
+    assert str(caught.value) == (
+        f"Port {port} of the redirect URI http://127.0.0.1:{port}/callback is in use by "
+        "another program; stop it or set another [servers.demo.oauth] redirect_uri."
+    )
 
 
 def test_token_exchange_failure_carries_the_oauth_error(oauth_server):
@@ -322,19 +344,25 @@ def test_callback_server_answers_other_paths_with_404_and_keeps_waiting(oauth_se
 
 
 def _status_config() -> None:
-    write_config('[servers.local]\ncommand = "true"\n'
-                 '[servers.keyed]\nurl = "https://keyed.invalid/mcp"\nheaders = { Authorization = "Bearer x" }\n'
-                 '[servers.fresh]\nurl = "https://fresh.invalid/mcp"\n'
-                 '[servers.stale]\nurl = "https://stale.invalid/mcp"\n'
-                 '[servers.dead]\nurl = "https://dead.invalid/mcp"\n'
-                 '[servers.new]\nurl = "https://new.invalid/mcp"\n')
+    write_config(
+        '[servers.local]\ncommand = "true"\n'
+        '[servers.keyed]\nurl = "https://keyed.invalid/mcp"\nheaders = { Authorization = "Bearer x" }\n'
+        '[servers.fresh]\nurl = "https://fresh.invalid/mcp"\n'
+        '[servers.stale]\nurl = "https://stale.invalid/mcp"\n'
+        '[servers.dead]\nurl = "https://dead.invalid/mcp"\n'
+        '[servers.new]\nurl = "https://new.invalid/mcp"\n'
+    )
     store, now = Store(), time.time()
     # `fresh` shows as "expires in 30 min" for almost a minute, however slowly the test runs meanwhile.
-    for name, tokens in (("fresh", Tokens("a1", refresh_token="r1", scope="read", expires_at=now + 1859.9)),
-                         ("stale", Tokens("a2", refresh_token="r2", expires_at=now - 5)),
-                         ("dead", Tokens("a3", expires_at=now - 5))):
-        store.save(name, Record(client=ClientInfo("c"), tokens=tokens,
-                                metadata=Metadata(server_url=f"https://{name}.invalid/mcp")))
+    for name, tokens in (
+        ("fresh", Tokens("a1", refresh_token="r1", scope="read", expires_at=now + 1859.9)),
+        ("stale", Tokens("a2", refresh_token="r2", expires_at=now - 5)),
+        ("dead", Tokens("a3", expires_at=now - 5)),
+    ):
+        store.save(
+            name,
+            Record(client=ClientInfo("c"), tokens=tokens, metadata=Metadata(server_url=f"https://{name}.invalid/mcp")),
+        )
 
 
 def test_status_listing_without_network(capsys):
@@ -359,13 +387,28 @@ def test_status_of_one_server_shows_no_secret(oauth_server, capsys):
     assert toolscript.main(["auth", "demo", "--status"]) == 0
     out = capsys.readouterr().out
     labels = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
-    for label in ("Server", "State", "Record", "Discovery", "Issuer", "Token endpoint", "Revocation endpoint",
-                  "Client", "Token auth method", "Redirect URI", "Scopes requested", "Scopes granted", "Expires",
-                  "Refresh token"):
+    for label in (
+        "Server",
+        "State",
+        "Record",
+        "Discovery",
+        "Issuer",
+        "Token endpoint",
+        "Revocation endpoint",
+        "Client",
+        "Token auth method",
+        "Redirect URI",
+        "Scopes requested",
+        "Scopes granted",
+        "Expires",
+        "Refresh token",
+    ):
         assert label in labels, out
     assert "(mode 600; directory mode 700)" in out
-    assert f"Client:              {record.client.client_id} via dynamic client registration (RFC 7591); " \
-           "client secret stored" in out
+    assert (
+        f"Client:              {record.client.client_id} via dynamic client registration (RFC 7591); "
+        "client secret stored" in out
+    )
     assert f"1. probe {test_server.url}: 401, WWW-Authenticate resource_metadata=" in out
     for secret in (record.tokens.access_token, record.tokens.refresh_token, record.client.client_secret):
         assert secret not in out
@@ -397,8 +440,13 @@ def test_forget_client_removes_a_corrupt_record():
 def test_auth_module_never_imports_the_sdk():
     # The CLI's listings are checked in test_cli; this is about auth.py itself.
     code = "import sys, auth\nassert not {'mcp', 'pydantic'} & set(sys.modules), sorted(sys.modules)\n"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -408,7 +456,8 @@ def test_plain_http_server_url_off_loopback_is_refused(oauth_server):
         _authenticate(load_config().server("demo"))
     assert str(caught.value) == (
         "The URL of server 'demo' http://mcp.example.com/mcp is not an https URL; refusing to use it "
-        "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")
+        "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1)."
+    )
 
 
 # -- the callback server under stray and hostile requests ------------------------------
@@ -452,7 +501,8 @@ def test_a_forged_state_is_ignored_and_the_flow_keeps_waiting(oauth_server, capl
     assert "still waiting for the genuine one" in forged[0].text
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         "Ignored an authorization response whose state does not match the request (it may be forged or from an "
-        "older attempt); still waiting for the genuine one."] * 2
+        "older attempt); still waiting for the genuine one."
+    ] * 2
     [token] = test_server.requests_to("/token")
     assert token.form["code"] != "attacker-code"
 
@@ -482,8 +532,9 @@ def test_unusable_expires_in_means_expiry_unknown(oauth_server, caplog, expires_
         record, _ = _authenticate(_server(test_server))
     assert record.tokens.expires_at is None
     assert Store().load("demo").tokens.expires_at is None
-    assert any("not a usable lifetime; treating the token's expiry as unknown" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "not a usable lifetime; treating the token's expiry as unknown" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_a_plain_expires_in_is_kept(oauth_server):

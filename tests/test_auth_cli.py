@@ -19,7 +19,6 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
-
 from conftest import ROOT, explain, run_cli, write_config
 from oauth_server import pkce_challenge, with_query
 
@@ -39,10 +38,18 @@ def test_flow_stores_record_with_private_modes(oauth_server, browser, isolated_e
     proc = run_cli("auth", "demo", env=browser)
     after = time.time()
     assert proc.returncode == 0, explain(proc)
-    assert proc.stdout.startswith("✓ Authenticated 'demo' (scopes: mcp:tools offline_access; expires in 59 min; "
-                                  "refresh token: yes)"), explain(proc)
-    for step in ("Probing", "protected resource metadata", "authorization server metadata", "Registering a client",
-                 "Open this URL", "Waiting for the authorization", "Exchanging the authorization code"):
+    assert proc.stdout.startswith(
+        "✓ Authenticated 'demo' (scopes: mcp:tools offline_access; expires in 59 min; refresh token: yes)"
+    ), explain(proc)
+    for step in (
+        "Probing",
+        "protected resource metadata",
+        "authorization server metadata",
+        "Registering a client",
+        "Open this URL",
+        "Waiting for the authorization",
+        "Exchanging the authorization code",
+    ):
         assert step in proc.stderr, explain(proc)
 
     path = isolated_env / "oauth" / "demo.toml"
@@ -63,10 +70,14 @@ def test_flow_stores_record_with_private_modes(oauth_server, browser, isolated_e
     assert tokens["scope"] == "mcp:tools offline_access"
     assert before + 3600 <= tokens["expires_at"] <= after + 3600  # absolute: received at + expires_in
     assert meta == {
-        "server_url": server.url, "issuer": server.origin, "token_endpoint": server.origin + "/token",
+        "server_url": server.url,
+        "issuer": server.origin,
+        "token_endpoint": server.origin + "/token",
         "authorization_endpoint": server.origin + "/authorize",
-        "revocation_endpoint": server.origin + "/revoke", "resource": server.url,
-        "discovery": meta["discovery"], "scope_requested": "mcp:tools offline_access",
+        "revocation_endpoint": server.origin + "/revoke",
+        "resource": server.url,
+        "discovery": meta["discovery"],
+        "scope_requested": "mcp:tools offline_access",
     }
 
 
@@ -111,10 +122,18 @@ def _preregistered(oauth_server, method: str):
     with socket.socket() as probe:  # a port that is free now, for the configured redirect URI
         probe.bind(("127.0.0.1", 0))
         redirect = redirect.format(port=probe.getsockname()[1])
-    server.provider.add_client("pre-client", secret="pre-secret-value", auth_method=method, redirect_uri=redirect,
-                               scope="mcp:tools offline_access")
-    _config(server, oauth=f'[servers.demo.oauth]\nclient_id = "pre-client"\nclient_secret = "pre-secret-value"\n'
-                          f'redirect_uri = "{redirect}"\n')
+    server.provider.add_client(
+        "pre-client",
+        secret="pre-secret-value",
+        auth_method=method,
+        redirect_uri=redirect,
+        scope="mcp:tools offline_access",
+    )
+    _config(
+        server,
+        oauth=f'[servers.demo.oauth]\nclient_id = "pre-client"\nclient_secret = "pre-secret-value"\n'
+        f'redirect_uri = "{redirect}"\n',
+    )
     return server
 
 
@@ -130,8 +149,11 @@ def test_preregistered_client_secret_basic(oauth_server, browser, isolated_env):
     assert "client_secret" not in token.form
     assert server.requests_to("/register") == []
     client = _record(isolated_env)["client"]
-    assert (client["client_id"], client["registration_source"], client["token_endpoint_auth_method"]) == \
-        ("pre-client", "config", "client_secret_basic")
+    assert (client["client_id"], client["registration_source"], client["token_endpoint_auth_method"]) == (
+        "pre-client",
+        "config",
+        "client_secret_basic",
+    )
 
 
 def test_preregistered_client_secret_post(oauth_server, browser):
@@ -149,8 +171,10 @@ def test_server_without_registration_endpoint(oauth_server, browser, isolated_en
     _config(server)
     proc = run_cli("auth", "demo", env=browser)
     assert proc.returncode == 1, explain(proc)
-    assert proc.stderr.splitlines()[-1] == ("error: Server 'demo' does not support dynamic client registration. "
-                                            "Add [servers.demo.oauth] client_id = \"...\" to your config.")
+    assert proc.stderr.splitlines()[-1] == (
+        "error: Server 'demo' does not support dynamic client registration. "
+        'Add [servers.demo.oauth] client_id = "..." to your config.'
+    )
     assert server.requests_to("/authorize") == []
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
@@ -161,8 +185,10 @@ def test_state_mismatch_is_ignored_without_token_request(oauth_server, browser, 
     _config(server)
     proc = run_cli("auth", "demo", "--timeout", "1", env=browser)
     assert proc.returncode == 1, explain(proc)
-    assert ("Ignored an authorization response whose state does not match the request (it may be forged or from "
-            "an older attempt); still waiting for the genuine one.") in proc.stderr
+    assert (
+        "Ignored an authorization response whose state does not match the request (it may be forged or from "
+        "an older attempt); still waiting for the genuine one."
+    ) in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("error: Timed out after 1 s waiting for the authorization of 'demo'")
     assert server.requests_to("/token") == []
     assert not (isolated_env / "oauth" / "demo.toml").exists()
@@ -171,11 +197,14 @@ def test_state_mismatch_is_ignored_without_token_request(oauth_server, browser, 
 def test_error_callback_is_reported(oauth_server, browser):
     server = oauth_server()
     server.tap.rewrite_redirect = lambda location: with_query(
-        location, code=None, error="access_denied", error_description="The user said no")
+        location, code=None, error="access_denied", error_description="The user said no"
+    )
     _config(server)
     proc = run_cli("auth", "demo", env=browser)
     assert proc.returncode == 1, explain(proc)
-    assert proc.stderr.splitlines()[-1] == "error: Authorization was denied by the server: access_denied: The user said no"
+    assert (
+        proc.stderr.splitlines()[-1] == "error: Authorization was denied by the server: access_denied: The user said no"
+    )
     assert server.requests_to("/token") == []
 
 
@@ -185,8 +214,10 @@ def test_wrong_iss_is_refused(oauth_server, browser):
     _config(server)
     proc = run_cli("auth", "demo", env=browser)
     assert proc.returncode == 1, explain(proc)
-    assert (f"error: The authorization response came from issuer 'https://evil.example.com', not "
-            f"'{server.origin}'; refusing it (RFC 9207 mix-up defence).") in proc.stderr
+    assert (
+        f"error: The authorization response came from issuer 'https://evil.example.com', not "
+        f"'{server.origin}'; refusing it (RFC 9207 mix-up defence)."
+    ) in proc.stderr
     assert server.requests_to("/token") == []
 
 
@@ -212,7 +243,8 @@ def test_issuer_mismatch_in_metadata_is_refused(oauth_server, browser):
     assert proc.returncode == 1, explain(proc)
     assert proc.stderr.splitlines()[-1] == (
         f"error: Authorization server metadata names issuer 'https://evil.example.com', but '{server.origin}' "
-        "was expected; refusing to use it (possible mix-up attack).")
+        "was expected; refusing to use it (possible mix-up attack)."
+    )
     assert server.requests_to("/register") == [] and server.requests_to("/authorize") == []
 
 
@@ -224,7 +256,8 @@ def test_non_loopback_http_endpoint_is_refused(oauth_server, browser):
     assert proc.returncode == 1, explain(proc)
     assert proc.stderr.splitlines()[-1] == (
         "error: The token endpoint http://tokens.example.com/token is not an https URL; refusing to use it "
-        "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1).")
+        "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1)."
+    )
 
 
 def test_timeout_expiry(oauth_server, isolated_env):
@@ -234,7 +267,8 @@ def test_timeout_expiry(oauth_server, isolated_env):
     assert proc.returncode == 1, explain(proc)
     assert proc.stderr.splitlines()[-1] == (
         "error: Timed out after 0 s waiting for the authorization of 'demo' (--timeout SECONDS waits longer; "
-        "--no-browser lets you paste the redirected URL). Run: toolscript auth demo")
+        "--no-browser lets you paste the redirected URL). Run: toolscript auth demo"
+    )
     assert not (isolated_env / "oauth" / "demo.toml").exists()
 
 
@@ -242,8 +276,13 @@ class _Interactive:
     """The CLI in a subprocess with stdin open, and its stderr read line by line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "toolscript.py"), *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "toolscript.py"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -361,8 +400,7 @@ def test_no_refresh_token_is_explained(oauth_server, browser):
     assert proc.returncode == 0, explain(proc)
     assert proc.stdout.splitlines() == [
         "✓ Authenticated 'demo' (scopes: mcp:tools offline_access; expires in 59 min; refresh token: no)",
-        "The server issued no refresh token: authorize again when the access token expires. "
-        "Run: toolscript auth demo",
+        "The server issued no refresh token: authorize again when the access token expires. Run: toolscript auth demo",
     ]
 
 
@@ -375,7 +413,8 @@ def test_server_without_auth_is_remembered_as_needing_none(oauth_server):
     assert proc.stdout == "Server 'demo' does not require authentication.\n"
     # The listing (no network) no longer asks to authenticate it, and it is no OAuth server.
     assert run_cli("auth").stdout == (
-        "demo  no auth needed (it answered toolscript auth without asking for authorization)\n")
+        "demo  no auth needed (it answered toolscript auth without asking for authorization)\n"
+    )
     assert "oauth_status" not in json.loads(run_cli("servers", "--json").stdout)[0]
     assert "[oauth" not in run_cli("servers").stdout
 
@@ -396,8 +435,10 @@ def test_logout_revokes_at_the_server(oauth_server, browser, isolated_env):
     tokens = _record(isolated_env)["tokens"]
     proc = run_cli("auth", "demo", "--logout")
     assert proc.returncode == 0, explain(proc)
-    assert proc.stdout.splitlines() == ["Revoked the refresh token and the access token at the server.",
-                                        "Deleted the tokens of 'demo'."]
+    assert proc.stdout.splitlines() == [
+        "Revoked the refresh token and the access token at the server.",
+        "Deleted the tokens of 'demo'.",
+    ]
     assert server.provider.revoked == [tokens["refresh_token"], tokens["access_token"]]
     record = _record(isolated_env)
     assert "tokens" not in record and record["client"]["client_id"]
@@ -430,9 +471,12 @@ def test_debug_log_of_a_whole_flow_holds_no_secret(oauth_server, browser, isolat
     [token] = server.requests_to("/token")
     record = _record(isolated_env)
     secrets = {
-        "access token": record["tokens"]["access_token"], "refresh token": record["tokens"]["refresh_token"],
-        "client secret": record["client"]["client_secret"], "code": token.form["code"],
-        "state": authorize.query["state"], "verifier": token.form["code_verifier"],
+        "access token": record["tokens"]["access_token"],
+        "refresh token": record["tokens"]["refresh_token"],
+        "client secret": record["client"]["client_secret"],
+        "code": token.form["code"],
+        "state": authorize.query["state"],
+        "verifier": token.form["code_verifier"],
     }
     # The authorization URL is shown to the user (it must be); every other line is checked.
     lines = [line for line in proc.stderr.splitlines() if "/authorize?" not in line]
@@ -464,7 +508,7 @@ def test_keys_from_a_newer_version_survive_auth_and_logout(oauth_server, browser
     assert run_cli("auth", "demo", env=browser).returncode == 0
     path = isolated_env / "oauth" / "demo.toml"
     text = path.read_text().replace("[client]\n", '[client]\njwks_uri = "https://client.example/jwks"\n')
-    path.write_text(text + '\n[future]\nflag = true\n\n[future.nested]\nlevel = 2\n')
+    path.write_text(text + "\n[future]\nflag = true\n\n[future.nested]\nlevel = 2\n")
 
     proc = run_cli("auth", "demo", env=browser)  # reuses the stored registration
     assert proc.returncode == 0, explain(proc)

@@ -28,8 +28,9 @@ def test_a_forgotten_registration_is_found_by_rfc_7592_and_replaced(oauth_server
     server.provider.clients.clear()  # the authorization server forgets every client (a restart, say)
     proc = run_cli("auth", "demo", "--timeout", "60", env=browser)
     assert proc.returncode == 0, explain(proc)
-    assert f"no longer knows the stored client registration (client_id {first.client_id}); registering anew" \
-        in proc.stderr
+    assert (
+        f"no longer knows the stored client registration (client_id {first.client_id}); registering anew" in proc.stderr
+    )
     [check] = server.requests_to(f"/register/{first.client_id}", "GET")
     assert check.headers["authorization"] == f"Bearer {client.registration_access_token}"
     assert len(server.provider.registrations) == 2
@@ -49,7 +50,8 @@ def test_a_timeout_with_a_stored_registration_names_forget_client(oauth_server: 
     assert proc.stderr.splitlines()[-1] == (
         "error: Timed out after 2 s waiting for the authorization of 'demo'. If the browser showed an error such as "
         "invalid_client, the authorization server has forgotten the client registration toolscript stored. "
-        "Run: toolscript auth demo --forget-client")
+        "Run: toolscript auth demo --forget-client"
+    )
     proc = run_cli("auth", "demo", "--forget-client", env=browser)
     assert proc.returncode == 0, explain(proc)
     assert len(server.provider.registrations) == 2
@@ -65,7 +67,8 @@ def test_localhost_versus_127_0_0_1_says_which_url_to_configure(oauth_server: An
     assert proc.stderr.splitlines()[-1] == (
         f"error: Protected resource metadata at {server.origin}{server.resource_metadata_path} names resource "
         f"'{server.url}', which does not match server 'demo' at {localhost} (RFC 8707); refusing to authenticate. "
-        f"The server calls itself 127.0.0.1, not localhost: configure url = \"{server.url}\" in [servers.demo].")
+        f'The server calls itself 127.0.0.1, not localhost: configure url = "{server.url}" in [servers.demo].'
+    )
 
 
 def test_logout_says_when_the_server_cannot_revoke(oauth_server: Any, browser: dict[str, str]) -> None:
@@ -75,8 +78,10 @@ def test_logout_says_when_the_server_cannot_revoke(oauth_server: Any, browser: d
     proc = run_cli("auth", "demo", "--logout")
     assert proc.returncode == 0, explain(proc)
     assert proc.stdout == "Deleted the tokens of 'demo'.\n"
-    assert proc.stderr == ("Server 'demo' offers no token revocation: the deleted tokens stay valid at the server "
-                           "until they expire; the access token expires in 59 min.\n")
+    assert proc.stderr == (
+        "Server 'demo' offers no token revocation: the deleted tokens stay valid at the server "
+        "until they expire; the access token expires in 59 min.\n"
+    )
 
 
 def test_the_paste_hint_shows_a_placeholder_not_masked_values(oauth_server: Any) -> None:
@@ -96,5 +101,7 @@ def test_the_paste_hint_shows_a_placeholder_not_masked_values(oauth_server: Any)
     cli.proc.stdin.write(requests.get(url, allow_redirects=False, timeout=10).headers["Location"] + "\n")
     code, _, stderr = cli.finish()
     assert code == 0, stderr
-    assert hint == (f"That is not the redirected URL (it looks like {redirect_uri}?code=<code>&state=<state>); "
-                    "paste the whole address from the browser's address bar.\n")
+    assert hint == (
+        f"That is not the redirected URL (it looks like {redirect_uri}?code=<code>&state=<state>); "
+        "paste the whole address from the browser's address bar.\n"
+    )

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, explain, run_cli
 
 import toolscript
-from conftest import ROOT, explain, run_cli
 from storage import Metadata, Record, Store, Tokens
 
 CONFIG = """
@@ -36,7 +36,8 @@ def test_help_servers_and_auth_listing_do_not_import_the_sdk(isolated_env: Path)
         "import toolscript\n"
         "out = io.StringIO()\n"
         "with contextlib.redirect_stdout(out):\n"
-        "    for argv in (['--help'], ['call', '--help'], ['tools', '--help'], ['gateway', '--help'], ['auth', '--help']):\n"
+        "    helps = (['--help'], ['call', '--help'], ['tools', '--help'], ['gateway', '--help'], ['auth', '--help'])\n"
+        "    for argv in helps:\n"
         "        try:\n"
         "            toolscript.main(argv)\n"
         "        except SystemExit:\n"
@@ -59,10 +60,21 @@ def test_version() -> None:
 
 def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     Path("toolscript.toml").write_text(CONFIG)
-    Store().save("github", Record(tokens=Tokens(access_token="x", expires_at=time.time() + 600),
-                                  metadata=Metadata(server_url="https://api.example.com/mcp")))
-    Store().save("events", Record(metadata=Metadata(server_url="https://events.example.com/sse",
-                                                    last_error="the refresh token was rejected: invalid_grant")))
+    Store().save(
+        "github",
+        Record(
+            tokens=Tokens(access_token="x", expires_at=time.time() + 600),
+            metadata=Metadata(server_url="https://api.example.com/mcp"),
+        ),
+    )
+    Store().save(
+        "events",
+        Record(
+            metadata=Metadata(
+                server_url="https://events.example.com/sse", last_error="the refresh token was rejected: invalid_grant"
+            )
+        ),
+    )
     assert toolscript.main(["servers"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
@@ -74,8 +86,13 @@ def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pyte
     assert toolscript.main(["servers", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0] == {"name": "files", "type": "stdio", "command": ["python3", "server.py"], "oauth_record": False}
-    assert rows[1] == {"name": "github", "type": "http", "url": "https://api.example.com/mcp", "oauth_record": True,
-                       "oauth_status": "authenticated"}
+    assert rows[1] == {
+        "name": "github",
+        "type": "http",
+        "url": "https://api.example.com/mcp",
+        "oauth_record": True,
+        "oauth_status": "authenticated",
+    }
     assert rows[2]["oauth_status"] == "authentication_failed"
     Store().delete("github")
     Store().delete("events")
@@ -85,12 +102,14 @@ def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pyte
     assert rows[1]["oauth_status"] == "pending_authorization" and "oauth_status" not in rows[2]
 
 
-def test_status_lines_show_server_text_with_controls_escaped(isolated_env: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_lines_show_server_text_with_controls_escaped(
+    isolated_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     Path("toolscript.toml").write_text(CONFIG)
     from_server = "invalid_grant: \x1b]52;c;aGk=\x07\x1b[2J\x9b31m\rok"  # as an error_description could say
-    metadata = Metadata(server_url="https://events.example.com/sse", issuer="https://evil.example/\x1b]0;x\x07",
-                        last_error=from_server)
+    metadata = Metadata(
+        server_url="https://events.example.com/sse", issuer="https://evil.example/\x1b]0;x\x07", last_error=from_server
+    )
     Store().save("events", Record(metadata=metadata))
     assert toolscript.main(["servers"]) == 0
     assert capsys.readouterr().out.splitlines()[2] == (

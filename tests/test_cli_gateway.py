@@ -9,13 +9,23 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import (
-    ROOT, DenyingAuth, explain, gateway_variables, process_exists, run_cli, start_gateway_process, stdio_server,
-    serving_api, wait_until, write_config,
+    ROOT,
+    DenyingAuth,
+    explain,
+    gateway_variables,
+    process_exists,
+    run_cli,
+    serving_api,
+    start_gateway_process,
+    stdio_server,
+    wait_until,
+    write_config,
 )
 
 import toolscript
@@ -62,8 +72,9 @@ def test_tools_exit_3_when_only_authorization_is_missing(oauth_server: Any, caps
 
 
 def test_tools_without_any_config_is_not_an_error(capsys: pytest.CaptureFixture[str]) -> None:
-    notice = ("No servers configured (no config file found). "
-              "For an example with every key, run: toolscript config example\n")
+    notice = (
+        "No servers configured (no config file found). For an example with every key, run: toolscript config example\n"
+    )
     assert cli(capsys, "tools") == (0, "", notice)
     assert cli(capsys, "tools", "--json") == (0, "[]\n", notice)
 
@@ -115,13 +126,18 @@ def test_call_options_go_before_or_after_the_arguments(servers: Path, capsys: py
 
 
 def test_call_is_error_exits_1(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(capsys, "call", "s__fail", '{"message": "disk full"}') == (1, "", "Error executing tool fail: disk full\n")
+    assert cli(capsys, "call", "s__fail", '{"message": "disk full"}') == (
+        1,
+        "",
+        "Error executing tool fail: disk full\n",
+    )
     code, out, _ = cli(capsys, "call", "s__mixed", '{"is_error": true}', "--json")
     assert code == 1 and json.loads(out)["isError"] is True
 
 
-def test_call_arguments_from_file_stdin_or_nothing(servers: Path, capsys: pytest.CaptureFixture[str],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_call_arguments_from_file_stdin_or_nothing(
+    servers: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     Path("args.json").write_text('{"text": "from a file"}')
     assert cli(capsys, "call", "s__echo", "@args.json") == (0, "from a file\n", "")
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"text": "from stdin"}'))
@@ -130,18 +146,28 @@ def test_call_arguments_from_file_stdin_or_nothing(servers: Path, capsys: pytest
     assert code == 0 and out.strip().isdigit()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["s__echo", "{bad"], "error: The arguments for 's__echo' (ARGS) are not valid JSON: Expecting property name "
-                          "enclosed in double quotes: line 1 column 2 (char 1). "
-                          """Give a JSON object such as '{"path": "README.md"}'.\n"""),
-    (["s__echo", "[1]"], "error: The arguments for 's__echo' (ARGS) must be a JSON object, not list.\n"),
-    (["s__echo", "@missing.json"], "error: Cannot read the arguments for 's__echo' from missing.json: "
-                                   "No such file or directory.\n"),
-    (["s__nope"], "error: Unknown tool 'nope' on server 's'. Run: toolscript tools --server s\n"),
-    (["s__crash"], "error: Tool 's__crash' is hidden by the include_tools/exclude_tools of server 's'.\n"),
-    (["echo"], "error: 'echo' is not a SERVER__TOOL name (such as files__read_file). Run: toolscript tools\n"),
-])
-def test_call_usage_errors_exit_2(servers: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["s__echo", "{bad"],
+            "error: The arguments for 's__echo' (ARGS) are not valid JSON: Expecting property name "
+            "enclosed in double quotes: line 1 column 2 (char 1). "
+            """Give a JSON object such as '{"path": "README.md"}'.\n""",
+        ),
+        (["s__echo", "[1]"], "error: The arguments for 's__echo' (ARGS) must be a JSON object, not list.\n"),
+        (
+            ["s__echo", "@missing.json"],
+            "error: Cannot read the arguments for 's__echo' from missing.json: No such file or directory.\n",
+        ),
+        (["s__nope"], "error: Unknown tool 'nope' on server 's'. Run: toolscript tools --server s\n"),
+        (["s__crash"], "error: Tool 's__crash' is hidden by the include_tools/exclude_tools of server 's'.\n"),
+        (["echo"], "error: 'echo' is not a SERVER__TOOL name (such as files__read_file). Run: toolscript tools\n"),
+    ],
+)
+def test_call_usage_errors_exit_2(
+    servers: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     assert cli(capsys, "call", *args) == (2, "", message)
 
 
@@ -157,14 +183,18 @@ def test_call_connects_only_its_server_and_failures_exit_4(servers: Path, capsys
     assert cli(capsys, "call", "s__echo", '{"text": "fine"}') == (0, "fine\n", "")
     # --timeout is one deadline for starting the server and the call: 0.2 s is too short to start it.
     assert cli(capsys, "call", "s__slow", '{"seconds": 30}', "--timeout", "0.2") == (
-        4, "", "error: Server 's' did not connect within 0.2 s.\n"
+        4,
+        "",
+        "error: Server 's' did not connect within 0.2 s.\n",
     )
 
 
 def test_call_timeout_bounds_connecting(capsys: pytest.CaptureFixture[str]) -> None:
     write_config({"hang": stdio_server("--hang")})  # never answers; its own connect timeout is 30 s
     assert cli(capsys, "call", "hang__echo", '{"text": "x"}', "--timeout", "1") == (
-        4, "", "error: Server 'hang' did not connect within 1 s.\n"
+        4,
+        "",
+        "error: Server 'hang' did not connect within 1 s.\n",
     )
 
 
@@ -173,11 +203,13 @@ def test_call_timeout_bounds_connecting(capsys: pytest.CaptureFixture[str]) -> N
 
 @pytest.fixture
 def running_gateway(servers: Path, http_server: Any) -> Iterator[str]:
-    write_config({
-        "s": stdio_server(exclude_tools=["crash"]),
-        "broken": {"command": "/nonexistent/mcp-server"},
-        "locked": {"url": http_server.url},
-    })
+    write_config(
+        {
+            "s": stdio_server(exclude_tools=["crash"]),
+            "broken": {"command": "/nonexistent/mcp-server"},
+            "locked": {"url": http_server.url},
+        }
+    )
     gateway = Gateway(load_config(), auth=lambda server: DenyingAuth("locked")).start()
     try:
         with serving_api(gateway) as api:  # its token file written, as `toolscript gateway` does
@@ -190,10 +222,18 @@ def test_tools_and_call_through_the_gateway_match_direct_use(
     running_gateway: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commands = [
-        ["tools", "--server", "s"], ["tools", "--server", "s", "--json"], ["tools", "--server", "broken"],
-        ["call", "s__echo", '{"text": "same"}'], ["call", "s__mixed", "--json"], ["call", "s__fail"],
-        ["call", "s__nope"], ["call", "s__crash"], ["call", "s__echo", "[1]"], ["call", "broken__echo"],
-        ["call", "nope__echo"], ["call", "s__ehco"],
+        ["tools", "--server", "s"],
+        ["tools", "--server", "s", "--json"],
+        ["tools", "--server", "broken"],
+        ["call", "s__echo", '{"text": "same"}'],
+        ["call", "s__mixed", "--json"],
+        ["call", "s__fail"],
+        ["call", "s__nope"],
+        ["call", "s__crash"],
+        ["call", "s__echo", "[1]"],
+        ["call", "broken__echo"],
+        ["call", "nope__echo"],
+        ["call", "s__ehco"],
     ]
     direct = [cli(capsys, *command) for command in commands]
     monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", running_gateway)
@@ -202,20 +242,24 @@ def test_tools_and_call_through_the_gateway_match_direct_use(
     assert through == direct
     # The running gateway is connected already, so the whole 0.2 s go to the call.
     assert cli(capsys, "call", "s__slow", '{"seconds": 30}', "--timeout", "0.2") == (
-        4, "", "error: Tool 's__slow' did not answer within 0.2 s.\n"
+        4,
+        "",
+        "error: Tool 's__slow' did not answer within 0.2 s.\n",
     )
 
 
-def test_auth_required_exits_3(running_gateway: str, capsys: pytest.CaptureFixture[str],
-                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auth_required_exits_3(
+    running_gateway: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", running_gateway)
     message = "error: Server 'locked' is not authenticated. Run: toolscript auth locked\n"
     assert cli(capsys, "call", "locked__echo", '{"text": "x"}') == (3, "", message)
     assert cli(capsys, "tools", "--server", "locked") == (3, "", message)
 
 
-def test_unreachable_gateway_exits_4(servers: Path, capsys: pytest.CaptureFixture[str],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_gateway_exits_4(
+    servers: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", "http://127.0.0.1:9")
     for command in (["tools"], ["call", "s__echo", '{"text": "x"}']):
         code, out, err = cli(capsys, *command)
@@ -232,8 +276,9 @@ def test_call_end_to_end(servers: Path) -> None:
 
 
 @pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130), (signal.SIGHUP, 0)])
-def test_gateway_command_serves_and_stops_cleanly(servers: Path, stop: signal.Signals, exit_code: int,
-                                                  isolated_env: Path) -> None:
+def test_gateway_command_serves_and_stops_cleanly(
+    servers: Path, stop: signal.Signals, exit_code: int, isolated_env: Path
+) -> None:
     proc, first = start_gateway_process("--port", "0")
     try:
         assert first[0].startswith("TOOLSCRIPT_GATEWAY_URL=http://127.0.0.1:"), first
@@ -278,9 +323,17 @@ def test_gateway_serves_before_its_servers_connect(servers: Path, tmp_path: Path
         # A call in flight when the gateway stops is answered 503, not dropped.
         started = tmp_path / "started"
         caller = subprocess.Popen(
-            [sys.executable, str(ROOT / "toolscript.py"), "call", "s__slow",
-             json.dumps({"seconds": 120, "started_file": str(started)})],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+            [
+                sys.executable,
+                str(ROOT / "toolscript.py"),
+                "call",
+                "s__slow",
+                json.dumps({"seconds": 120, "started_file": str(started)}),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
         )
         wait_until(started.exists, timeout=60, what="the call to start")
         proc.send_signal(signal.SIGINT)
@@ -338,8 +391,10 @@ def test_gateway_token_is_required_and_found_by_its_user_only(servers: Path, tmp
         other_home = {"TOOLSCRIPT_GATEWAY_URL": url, "TOOLSCRIPT_HOME": str(tmp_path / "another-user")}
         refused = run_cli("call", "s__echo", '{"text": "x"}', env=other_home)
         assert (refused.returncode, refused.stdout) == (2, ""), explain(refused)
-        assert refused.stderr.startswith("error: No gateway token: send 'Authorization: Bearer <token>' "
-                                         "with the TOOLSCRIPT_GATEWAY_TOKEN the gateway printed"), explain(refused)
+        assert refused.stderr.startswith(
+            "error: No gateway token: send 'Authorization: Bearer <token>' "
+            "with the TOOLSCRIPT_GATEWAY_TOKEN the gateway printed"
+        ), explain(refused)
         wrong = run_cli("tools", env={**other_home, "TOOLSCRIPT_GATEWAY_TOKEN": "guessed"})
         assert (wrong.returncode, wrong.stderr.split(":")[:2]) == (2, ["error", " Wrong gateway token"]), explain(wrong)
         # Another program that was handed the token: the variable is enough.
@@ -362,10 +417,15 @@ def _gone(pid: int) -> bool:
         return not process_exists(pid)
 
 
-@pytest.mark.parametrize("signals", [
-    [signal.SIGHUP], [signal.SIGTERM],
-    [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],  # impatience must not cut the shutdown short
-], ids=["SIGHUP", "SIGTERM", "several"])
+@pytest.mark.parametrize(
+    "signals",
+    [
+        [signal.SIGHUP],
+        [signal.SIGTERM],
+        [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],  # impatience must not cut the shutdown short
+    ],
+    ids=["SIGHUP", "SIGTERM", "several"],
+)
 def test_a_stdio_server_that_ignores_sigterm_is_gone_when_the_gateway_exits(
     signals: list[signal.Signals], isolated_env: Path
 ) -> None:
@@ -432,8 +492,12 @@ def test_server_text_is_shown_with_controls_escaped(hostile: Path, capsys: pytes
 
 
 def test_log_lines_and_a_stdio_servers_stderr_are_escaped(hostile: Path) -> None:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "toolscript.py"), "-v", "gateway"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "toolscript.py"), "-v", "gateway"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         stderr = proc.stderr

@@ -120,18 +120,25 @@ def test_malformed_reference_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[servers.github]\nurl = "https://x/mcp"\n[servers.github.oauth]\nclient_ide = "x"\n',
-         "servers.github.oauth.client_ide: unknown key (did you mean 'client_id'?)"),
+        (
+            '[servers.github]\nurl = "https://x/mcp"\n[servers.github.oauth]\nclient_ide = "x"\n',
+            "servers.github.oauth.client_ide: unknown key (did you mean 'client_id'?)",
+        ),
         ('[servers.a]\ncommand = "x"\ncolour = 1\n', "servers.a.colour: unknown key"),
         ('[servers.a]\ncommand = "x"\ntpye = "stdio"\n', "servers.a.tpye: unknown key (did you mean 'type'?)"),
         ('[servers.a]\nurl = "https://x"\nheader = {}\n', "servers.a.header: unknown key (did you mean 'headers'?)"),
-        ('[servers.a]\ncommand = "x"\nurl = "https://x"\n',
-         "servers.a: give either 'command' (stdio server) or 'url' (http/sse server), not both"),
+        (
+            '[servers.a]\ncommand = "x"\nurl = "https://x"\n',
+            "servers.a: give either 'command' (stdio server) or 'url' (http/sse server), not both",
+        ),
         ("[servers.a]\nargs = []\n", "servers.a: missing 'command' (stdio server) or 'url' (http/sse server)"),
         ('[servers.a]\ntype = "sse"\n', "servers.a: missing 'url' (required for a sse server)"),
         ('[servers.a]\ntype = "stdio"\n', "servers.a: missing 'command' (required for a stdio server)"),
-        ('[servers.a]\ntype = "ws"\nurl = "https://x"\n', "servers.a.type: must be one of 'stdio', 'http', 'sse', not 'ws'"),
-        ('[servers.a]\ncommand = 5\n', "servers.a.command: must be a string, not an integer"),
+        (
+            '[servers.a]\ntype = "ws"\nurl = "https://x"\n',
+            "servers.a.type: must be one of 'stdio', 'http', 'sse', not 'ws'",
+        ),
+        ("[servers.a]\ncommand = 5\n", "servers.a.command: must be a string, not an integer"),
         ('[servers.a]\ncommand = ""\n', "servers.a.command: must not be empty"),
         ('[servers.a]\ncommand = "x"\nargs = "y"\n', "servers.a.args: must be a list of strings"),
         ('[servers.a]\ncommand = "x"\nenv = { A = 1 }\n', "servers.a.env.A: must be a string, not an integer"),
@@ -139,23 +146,36 @@ def test_malformed_reference_is_an_error() -> None:
         ('[servers.a]\ncommand = "x"\nheaders = {}\n', "servers.a.headers: not allowed for a stdio server"),
         ('[servers.a]\nurl = "https://x"\ncwd = "/"\n', "servers.a.cwd: not allowed for a http server"),
         ('[servers.a]\nurl = "ftp://x/mcp"\n', "servers.a.url: must be an http:// or https:// URL, not 'ftp://x/mcp'"),
-        ('[servers.a]\nurl = "https:///mcp"\n', "servers.a.url: must be an http:// or https:// URL, not 'https:///mcp'"),
+        (
+            '[servers.a]\nurl = "https:///mcp"\n',
+            "servers.a.url: must be an http:// or https:// URL, not 'https:///mcp'",
+        ),
         ('[servers.a]\nurl = "https://x"\ntimeout = 0\n', "servers.a.timeout: must be a positive number of seconds"),
         ('[servers.a]\nurl = "https://x"\ntimeout = true\n', "servers.a.timeout: must be a positive number of seconds"),
         ('[servers.a]\nurl = "https://x"\ninclude_tools = [1]\n', "servers.a.include_tools: must be a list of strings"),
         ('[servers.a]\nurl = "https://x"\noauth = "yes"\n', "servers.a.oauth: must be a table"),
-        ('[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nredirect_uri = "https://127.0.0.1:8765/callback"\n',
-         "servers.a.oauth.redirect_uri: must be a loopback http URL such as http://127.0.0.1:8765/callback, "
-         "not 'https://127.0.0.1:8765/callback'"),
-        ('[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nredirect_uri = "http://example.com:8765/cb"\n',
-         "servers.a.oauth.redirect_uri: must be a loopback http URL such as http://127.0.0.1:8765/callback, "
-         "not 'http://example.com:8765/cb'"),
-        ('[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nclient_secret = "s"\n',
-         "servers.a.oauth.client_secret: needs client_id as well"),
-        ('[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nscopes = ["a b"]\n',
-         "servers.a.oauth.scopes: each scope must be one non-empty word, not 'a b'"),
-        ('[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nclient_metadata_url = "file:///c.json"\n',
-         "servers.a.oauth.client_metadata_url: must be an http:// or https:// URL, not 'file:///c.json'"),
+        (
+            '[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nredirect_uri = "https://127.0.0.1:8765/callback"\n',
+            "servers.a.oauth.redirect_uri: must be a loopback http URL such as http://127.0.0.1:8765/callback, "
+            "not 'https://127.0.0.1:8765/callback'",
+        ),
+        (
+            '[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nredirect_uri = "http://example.com:8765/cb"\n',
+            "servers.a.oauth.redirect_uri: must be a loopback http URL such as http://127.0.0.1:8765/callback, "
+            "not 'http://example.com:8765/cb'",
+        ),
+        (
+            '[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nclient_secret = "s"\n',
+            "servers.a.oauth.client_secret: needs client_id as well",
+        ),
+        (
+            '[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nscopes = ["a b"]\n',
+            "servers.a.oauth.scopes: each scope must be one non-empty word, not 'a b'",
+        ),
+        (
+            '[servers.a]\nurl = "https://x"\n[servers.a.oauth]\nclient_metadata_url = "file:///c.json"\n',
+            "servers.a.oauth.client_metadata_url: must be an http:// or https:// URL, not 'file:///c.json'",
+        ),
         ("[servers.a]\n[servers.a.x]\n", "servers.a.x: unknown key"),
         ("servers = 3\n", "servers: must be a table of [servers.NAME] tables"),
         ("[tools]\n", "tools: unknown key (expected only [servers.NAME] tables)"),

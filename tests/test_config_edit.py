@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import STDIO_SERVER, explain, run_cli
 
 import toolscript
-from conftest import STDIO_SERVER, explain, run_cli
 
 EXISTING = """\
 # my servers
@@ -44,8 +44,23 @@ def _servers_json(capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, obj
 def test_add_appends_a_table_and_keeps_the_file_byte_for_byte(capsys: pytest.CaptureFixture[str]) -> None:
     Path("toolscript.toml").write_text(EXISTING)
     assert toolscript.main(["add", "ev", "--env", "A=1", "--", "npx", "-y", "@scope/server", "--flag"]) == 0
-    assert toolscript.main(["add", "remote", "--url", "https://x.example/sse", "--type", "sse",
-                            "--header", "X-Key=${KEY:-k}", "--timeout", "12"]) == 0
+    assert (
+        toolscript.main(
+            [
+                "add",
+                "remote",
+                "--url",
+                "https://x.example/sse",
+                "--type",
+                "sse",
+                "--header",
+                "X-Key=${KEY:-k}",
+                "--timeout",
+                "12",
+            ]
+        )
+        == 0
+    )
     text = Path("toolscript.toml").read_text()
     assert text.startswith(EXISTING)
     servers = _servers_json(capsys)
@@ -68,20 +83,36 @@ def test_add_creates_a_private_config_in_toolscript_home(isolated_env: Path) -> 
     assert proc.returncode == 0 and "s__echo" in proc.stdout, explain(proc)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["add", "time", "--", "x"], "error: Server 'time' is already configured in toolscript.toml; to replace it, "
-                                 "first run: toolscript remove time\n"),
-    (["add", "bad.name", "--", "x"], "error: toolscript.toml: servers.bad.name: server names may contain only "
-                                     "letters, digits, '_' and '-'\n"),
-    (["add", "x", "--url", "ftp://x"], "error: toolscript.toml: servers.x.url: must be an http:// or https:// URL, "
-                                       "not 'ftp://x'\n"),
-    (["add", "x"], "error: Say what to run: toolscript add x -- COMMAND ARGS..., or toolscript add x --url URL\n"),
-    (["add", "x", "--header", "A=b", "--", "cmd"], "error: --type and --header are for http/sse servers "
-                                                   "(toolscript add NAME --url URL).\n"),
-    (["add", "x", "--url", "https://x", "--header", "novalue"], "error: --header takes KEY=VALUE, not 'novalue'.\n"),
-])
-def test_add_refuses_bad_input_and_changes_nothing(argv: list[str], message: str,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["add", "time", "--", "x"],
+            "error: Server 'time' is already configured in toolscript.toml; to replace it, "
+            "first run: toolscript remove time\n",
+        ),
+        (
+            ["add", "bad.name", "--", "x"],
+            "error: toolscript.toml: servers.bad.name: server names may contain only letters, digits, '_' and '-'\n",
+        ),
+        (
+            ["add", "x", "--url", "ftp://x"],
+            "error: toolscript.toml: servers.x.url: must be an http:// or https:// URL, not 'ftp://x'\n",
+        ),
+        (["add", "x"], "error: Say what to run: toolscript add x -- COMMAND ARGS..., or toolscript add x --url URL\n"),
+        (
+            ["add", "x", "--header", "A=b", "--", "cmd"],
+            "error: --type and --header are for http/sse servers (toolscript add NAME --url URL).\n",
+        ),
+        (
+            ["add", "x", "--url", "https://x", "--header", "novalue"],
+            "error: --header takes KEY=VALUE, not 'novalue'.\n",
+        ),
+    ],
+)
+def test_add_refuses_bad_input_and_changes_nothing(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     Path("toolscript.toml").write_text(EXISTING)
     assert toolscript.main(argv) == 2
     assert capsys.readouterr().err == message
@@ -90,8 +121,12 @@ def test_add_refuses_bad_input_and_changes_nothing(argv: list[str], message: str
 
 def test_add_warns_of_unset_variables(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SOME_TOKEN", raising=False)
-    assert toolscript.main(["add", "r", "--url", "https://x.example/mcp",
-                            "--header", "Authorization=Bearer ${SOME_TOKEN}"]) == 0
+    assert (
+        toolscript.main(
+            ["add", "r", "--url", "https://x.example/mcp", "--header", "Authorization=Bearer ${SOME_TOKEN}"]
+        )
+        == 0
+    )
     assert "Set SOME_TOKEN in the environment before using 'r'." in capsys.readouterr().err
 
 
@@ -102,7 +137,9 @@ def test_remove_deletes_the_table_its_subtables_and_its_comment_only(capsys: pyt
     Path("toolscript.toml").write_text(EXISTING)
     assert toolscript.main(["remove", "gh"]) == 0
     assert capsys.readouterr().out == "Removed server 'gh' from toolscript.toml.\n"
-    assert Path("toolscript.toml").read_text() == """\
+    assert (
+        Path("toolscript.toml").read_text()
+        == """\
 # my servers
 [servers.time]  # the time server
 command = "uvx"
@@ -112,6 +149,7 @@ args = ["mcp-server-time"]
 [servers.z]
 command = "z"   # keep this comment
 """
+    )
     assert toolscript.main(["remove", "z"]) == 0
     assert toolscript.main(["remove", "time"]) == 0
     assert Path("toolscript.toml").read_text() == ""
@@ -122,8 +160,9 @@ def test_remove_refuses_what_it_cannot_edit_safely(capsys: pytest.CaptureFixture
     inline = '[servers]\na = { command = "a" }\n\n[servers.b]\ncommand = "b"\n'
     Path("toolscript.toml").write_text(inline)
     assert toolscript.main(["remove", "a"]) == 2
-    assert capsys.readouterr().err == ("error: Server 'a' in toolscript.toml is not written as a [servers.a] table; "
-                                       "remove it by editing the file.\n")
+    assert capsys.readouterr().err == (
+        "error: Server 'a' in toolscript.toml is not written as a [servers.a] table; remove it by editing the file.\n"
+    )
     assert toolscript.main(["remove", "c"]) == 2
     assert capsys.readouterr().err == "error: Unknown server 'c' in toolscript.toml (configured: a, b).\n"
     tricky = '[servers.a]\ncommand = "a"\nargs = ["""\n[servers.b]\n"""]\n\n[servers.b]\ncommand = "b"\n'
@@ -144,11 +183,21 @@ def _write(path: str, text: str) -> Path:
 
 
 def test_import_claude_desktop(capsys: pytest.CaptureFixture[str]) -> None:
-    _write("claude_desktop_config.json", json.dumps({"mcpServers": {
-        "filesystem": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/Users/me/$HOME"]},
-        "toolbox": {"command": sys.executable, "args": [STDIO_SERVER], "env": {"GREETING": "hi"}},
-        "my server.v2": {"command": "srv"},
-    }}))
+    _write(
+        "claude_desktop_config.json",
+        json.dumps(
+            {
+                "mcpServers": {
+                    "filesystem": {
+                        "command": "npx",
+                        "args": ["-y", "@modelcontextprotocol/server-filesystem", "/Users/me/$HOME"],
+                    },
+                    "toolbox": {"command": sys.executable, "args": [STDIO_SERVER], "env": {"GREETING": "hi"}},
+                    "my server.v2": {"command": "srv"},
+                }
+            }
+        ),
+    )
     assert toolscript.main(["import", "claude_desktop_config.json"]) == 0
     out, err = capsys.readouterr()
     assert "Added 3 server(s) from Claude Desktop to " in out and "filesystem, toolbox, my-server-v2" in out
@@ -162,16 +211,32 @@ def test_import_claude_desktop(capsys: pytest.CaptureFixture[str]) -> None:
     assert proc.returncode == 0 and "toolbox__echo" in proc.stdout, explain(proc)
 
 
-def test_import_claude_code_mcp_json_with_http_headers_and_variables(monkeypatch: pytest.MonkeyPatch,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_claude_code_mcp_json_with_http_headers_and_variables(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("API_KEY", "k1")
-    _write(".mcp.json", json.dumps({"mcpServers": {
-        "api": {"type": "http", "url": "${API_BASE_URL:-https://api.example.com}/mcp",
-                "headers": {"Authorization": "Bearer ${API_KEY}"}},
-        "events": {"type": "sse", "url": "https://events.example.com/sse"},
-        "local": {"type": "stdio", "command": "node", "args": ["server.js"], "env": {"DEBUG": "${DEBUG:-0}"}},
-        "ws": {"type": "websocket", "url": "wss://x"},
-    }}))
+    _write(
+        ".mcp.json",
+        json.dumps(
+            {
+                "mcpServers": {
+                    "api": {
+                        "type": "http",
+                        "url": "${API_BASE_URL:-https://api.example.com}/mcp",
+                        "headers": {"Authorization": "Bearer ${API_KEY}"},
+                    },
+                    "events": {"type": "sse", "url": "https://events.example.com/sse"},
+                    "local": {
+                        "type": "stdio",
+                        "command": "node",
+                        "args": ["server.js"],
+                        "env": {"DEBUG": "${DEBUG:-0}"},
+                    },
+                    "ws": {"type": "websocket", "url": "wss://x"},
+                }
+            }
+        ),
+    )
     assert toolscript.main(["import", ".mcp.json"]) == 0
     out, err = capsys.readouterr()
     assert "Added 3 server(s) from Claude Code (.mcp.json)" in out
@@ -185,9 +250,12 @@ def test_import_claude_code_mcp_json_with_http_headers_and_variables(monkeypatch
     assert cfg.servers["local"].env == {"DEBUG": "0"}
 
 
-def test_import_vscode_with_inputs_workspace_and_comments(monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    _write(".vscode/mcp.json", """\
+def test_import_vscode_with_inputs_workspace_and_comments(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write(
+        ".vscode/mcp.json",
+        """\
 {
   // VS Code's mcp.json allows comments
   "inputs": [
@@ -205,13 +273,16 @@ def test_import_vscode_with_inputs_workspace_and_comments(monkeypatch: pytest.Mo
     "odd": {"command": "x", "args": ["${command:pickFile}"]},
   }
 }
-""")
+""",
+    )
     workspace = Path.cwd().resolve()
     assert toolscript.main(["import", ".vscode/mcp.json"]) == 0
     out, err = capsys.readouterr()
     assert "Added 3 server(s) from VS Code (mcp.json)" in out and "Perplexity, fetch, github" in out
-    assert ("Perplexity: set PERPLEXITY_KEY in the environment (the client asked for input 'perplexity-key': "
-            "Perplexity API Key)") in err
+    assert (
+        "Perplexity: set PERPLEXITY_KEY in the environment (the client asked for input 'perplexity-key': "
+        "Perplexity API Key)"
+    ) in err
     assert "Skipped 'odd': args uses ${command:pickFile}, which toolscript cannot resolve." in err
     monkeypatch.setenv("PERPLEXITY_KEY", "pk")
     from config import load_config
@@ -223,11 +294,20 @@ def test_import_vscode_with_inputs_workspace_and_comments(monkeypatch: pytest.Mo
 
 
 def test_import_cursor_and_codex(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    _write(".cursor/mcp.json", json.dumps({"mcpServers": {
-        "remote": {"url": "https://mcp.example.com/sse", "headers": {"X-Token": "${env:CURSOR_TOKEN}"}},
-        "off": {"command": "x", "disabled": True},
-    }}))
-    _write("codex/config.toml", """\
+    _write(
+        ".cursor/mcp.json",
+        json.dumps(
+            {
+                "mcpServers": {
+                    "remote": {"url": "https://mcp.example.com/sse", "headers": {"X-Token": "${env:CURSOR_TOKEN}"}},
+                    "off": {"command": "x", "disabled": True},
+                }
+            }
+        ),
+    )
+    _write(
+        "codex/config.toml",
+        """\
 model = "o3"
 
 [mcp_servers.docs]
@@ -245,7 +325,8 @@ env_http_headers = { "X-Org" = "LINEAR_ORG" }
 [mcp_servers.old]
 command = "old"
 enabled = false
-""")
+""",
+    )
     monkeypatch.setenv("CURSOR_TOKEN", "ct")
     monkeypatch.setenv("LINEAR_TOKEN", "lt")
     monkeypatch.setenv("LINEAR_ORG", "acme")
@@ -276,15 +357,27 @@ def test_import_dry_run_prints_toml_and_changes_nothing(capsys: pytest.CaptureFi
     assert Path("toolscript.toml").read_text() == EXISTING
 
 
-@pytest.mark.parametrize(("name", "text", "message"), [
-    ("x.json", "{", "x.json: not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)."),
-    ("x.json", "{}", 'x.json: no MCP servers found (expected "mcpServers" or "servers", or a Codex config.toml '
-                     "with [mcp_servers.NAME])."),
-    ("x.toml", "a = 1", "x.toml: no [mcp_servers.NAME] tables (expected a Codex config.toml)."),
-    ("missing.json", None, "missing.json: file not found."),
-])
-def test_import_refuses_unreadable_files(name: str, text: str | None, message: str,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "x.json",
+            "{",
+            "x.json: not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes).",
+        ),
+        (
+            "x.json",
+            "{}",
+            'x.json: no MCP servers found (expected "mcpServers" or "servers", or a Codex config.toml '
+            "with [mcp_servers.NAME]).",
+        ),
+        ("x.toml", "a = 1", "x.toml: no [mcp_servers.NAME] tables (expected a Codex config.toml)."),
+        ("missing.json", None, "missing.json: file not found."),
+    ],
+)
+def test_import_refuses_unreadable_files(
+    name: str, text: str | None, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     if text is not None:
         _write(name, text)
     assert toolscript.main(["import", name]) == 2

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conformance_suite import SUITE_DIR, read_results
 
 CLIENT = f"{sys.executable} {SUITE_DIR / 'client.py'}"
@@ -31,8 +30,13 @@ pytestmark = pytest.mark.timeout(600)
 def run_conformance(runner: list[str], args: list[str], out: Path) -> list[str]:
     """Run the suite or scenario that `args` name; return the scenarios that ran, all of them passed."""
     # 5 min per scenario, not the default 30 s: the suite runs its scenarios in parallel on 2 cores.
-    proc = subprocess.run([*runner, "client", "--command", CLIENT, *args, "--timeout", "300000", "-o", str(out)],
-                          capture_output=True, text=True, timeout=540, cwd=SUITE_DIR)
+    proc = subprocess.run(
+        [*runner, "client", "--command", CLIENT, *args, "--timeout", "300000", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        cwd=SUITE_DIR,
+    )
     scenarios, summary, problems = read_results(out)
     print("\n".join(summary))
     detail = f"\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}"

@@ -19,27 +19,49 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import conformance_server
 import httpx2
 import mcp_types as types
 import pytest
+from conformance_suite import ScenarioResult, list_server_scenarios, regressions, results_table, run_server_scenarios
+from header_proxy import HeaderProxy
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-import conformance_server
-from conformance_suite import (ScenarioResult, list_server_scenarios, regressions, results_table,
-                               run_server_scenarios)
-from header_proxy import HeaderProxy
-
 # `conformance list --server` of the pinned package (test_scenario_list checks it).
 SCENARIOS = [
-    "server-initialize", "logging-set-level", "ping", "completion-complete", "tools-list", "tools-call-simple-text",
-    "tools-call-image", "tools-call-audio", "tools-call-embedded-resource", "tools-call-mixed-content",
-    "tools-call-with-logging", "tools-call-error", "tools-call-with-progress", "tools-call-sampling",
-    "tools-call-elicitation", "json-schema-2020-12", "elicitation-sep1034-defaults", "server-sse-polling",
-    "server-sse-multiple-streams", "elicitation-sep1330-enums", "resources-list", "resources-read-text",
-    "resources-read-binary", "resources-templates-read", "resources-subscribe", "resources-unsubscribe",
-    "prompts-list", "prompts-get-simple", "prompts-get-with-args", "prompts-get-embedded-resource",
-    "prompts-get-with-image", "dns-rebinding-protection",
+    "server-initialize",
+    "logging-set-level",
+    "ping",
+    "completion-complete",
+    "tools-list",
+    "tools-call-simple-text",
+    "tools-call-image",
+    "tools-call-audio",
+    "tools-call-embedded-resource",
+    "tools-call-mixed-content",
+    "tools-call-with-logging",
+    "tools-call-error",
+    "tools-call-with-progress",
+    "tools-call-sampling",
+    "tools-call-elicitation",
+    "json-schema-2020-12",
+    "elicitation-sep1034-defaults",
+    "server-sse-polling",
+    "server-sse-multiple-streams",
+    "elicitation-sep1330-enums",
+    "resources-list",
+    "resources-read-text",
+    "resources-read-binary",
+    "resources-templates-read",
+    "resources-subscribe",
+    "resources-unsubscribe",
+    "prompts-list",
+    "prompts-get-simple",
+    "prompts-get-with-args",
+    "prompts-get-embedded-resource",
+    "prompts-get-with-image",
+    "dns-rebinding-protection",
 ]
 EXPECTED_FAILURES = {
     # A pending scenario. Its tools/call POST sends `MCP-Protocol-Version: 2025-03-26` although the
@@ -68,14 +90,19 @@ def guarded_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def direct_results(conformance_cli: list[str], direct_url: str,
-                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, ScenarioResult]:
+def direct_results(
+    conformance_cli: list[str], direct_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, ScenarioResult]:
     return run_server_scenarios(conformance_cli, direct_url, tmp_path_factory.mktemp("direct"))
 
 
 @pytest.fixture(scope="module")
-def proxied_results(conformance_cli: list[str], guarded_url: str, direct_results: dict[str, ScenarioResult],
-                    tmp_path_factory: pytest.TempPathFactory) -> dict[str, ScenarioResult]:
+def proxied_results(
+    conformance_cli: list[str],
+    guarded_url: str,
+    direct_results: dict[str, ScenarioResult],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, ScenarioResult]:
     with HeaderProxy(guarded_url, TOKEN) as proxy:
         results = run_server_scenarios(conformance_cli, proxy.url, tmp_path_factory.mktemp("proxied"))
     # Checks passed/failed/warnings per scenario (shown with -s, or with a failure).
@@ -98,25 +125,32 @@ def test_scenario_directly(direct_results: dict[str, ScenarioResult], scenario: 
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_scenario_through_header_proxy(direct_results: dict[str, ScenarioResult],
-                                       proxied_results: dict[str, ScenarioResult], scenario: str) -> None:
+def test_scenario_through_header_proxy(
+    direct_results: dict[str, ScenarioResult], proxied_results: dict[str, ScenarioResult], scenario: str
+) -> None:
     assert scenario in direct_results and scenario in proxied_results, f"{scenario} did not finish"
     assert not regressions({scenario: direct_results[scenario]}, proxied_results)
     # The proxy is transparent: the same checks pass, fail and warn.
-    assert proxied_results[scenario].counts == direct_results[scenario].counts, \
-        "\n".join(proxied_results[scenario].problems)
+    assert proxied_results[scenario].counts == direct_results[scenario].counts, "\n".join(
+        proxied_results[scenario].problems
+    )
 
 
 def test_guarded_server_needs_the_token(guarded_url: str) -> None:
     """So a proxied run that passes proves the proxy sent the token."""
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+    }
     headers = {"Accept": "application/json, text/event-stream"}
     with httpx2.Client(timeout=30) as client:
         refused = client.post(guarded_url, json=initialize, headers=headers)
         wrong = client.post(guarded_url, json=initialize, headers={**headers, "Authorization": "Bearer nope"})
-        with client.stream("POST", guarded_url, json=initialize,
-                           headers={**headers, "Authorization": f"Bearer {TOKEN}"}) as accepted:
+        with client.stream(
+            "POST", guarded_url, json=initialize, headers={**headers, "Authorization": f"Bearer {TOKEN}"}
+        ) as accepted:
             accepted_status = accepted.status_code
     assert (refused.status_code, wrong.status_code, accepted_status) == (401, 401, 200)
 
@@ -126,26 +160,46 @@ def test_reconnection_resumes(direct_url: str) -> None:
     version = {"mcp-protocol-version": "2025-11-25"}
     headers = {"Accept": "application/json, text/event-stream"}
     with httpx2.Client(timeout=30) as client:
-        with client.stream("POST", direct_url, headers=headers, json={
-                "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                    "protocolVersion": "2025-11-25", "capabilities": {},
-                    "clientInfo": {"name": "test", "version": "1"}}}) as init:
+        with client.stream(
+            "POST",
+            direct_url,
+            headers=headers,
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "1"},
+                },
+            },
+        ) as init:
             session = {"mcp-session-id": init.headers["mcp-session-id"]}
-        client.post(direct_url, headers={**headers, **session, **version},
-                    json={"jsonrpc": "2.0", "method": "notifications/initialized"})
-        call = client.post(direct_url, headers={**headers, **session, **version}, json={
-            "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "test_reconnection"}})
+        client.post(
+            direct_url,
+            headers={**headers, **session, **version},
+            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+        )
+        call = client.post(
+            direct_url,
+            headers={**headers, **session, **version},
+            json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "test_reconnection"}},
+        )
         events = [line for line in call.text.splitlines() if line]
         assert events[0].startswith("id: ") and "data: " in events and "retry: 100" in events, call.text
         assert '"result"' not in call.text
         last_event_id = events[0].removeprefix("id: ")
-        with client.stream("GET", direct_url, headers={"Accept": "text/event-stream", **session, **version,
-                                                       "last-event-id": last_event_id}) as resumed:
+        with client.stream(
+            "GET",
+            direct_url,
+            headers={"Accept": "text/event-stream", **session, **version, "last-event-id": last_event_id},
+        ) as resumed:
             result = next(line for line in resumed.iter_lines() if line.startswith("data: {"))
     assert '"id":2' in result and "Reconnection test completed" in result
 
 
-@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")   # logging/setLevel
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # logging/setLevel
 def test_stdio() -> None:
     """The same server over stdio, as toolscript will run it: the calls with notifications and requests back."""
     logs: list[Any] = []
@@ -160,8 +214,12 @@ def test_stdio() -> None:
 
     async def on_sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         [message] = params.messages
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(
-            type="text", text=f"echo {message.content.text}"), model="test-model", stop_reason="endTurn")
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text=f"echo {message.content.text}"),
+            model="test-model",
+            stop_reason="endTurn",
+        )
 
     async def session() -> dict[str, Any]:
         seen: dict[str, Any] = {}
@@ -172,9 +230,12 @@ def test_stdio() -> None:
 
         params = StdioServerParameters(command=sys.executable, args=[SERVER, "--stdio"])
         with anyio.fail_after(60):
-            async with stdio_client(params) as (read, write), ClientSession(
-                    read, write, logging_callback=on_log, elicitation_callback=on_elicit,
-                    sampling_callback=on_sampling) as client:
+            async with (
+                stdio_client(params) as (read, write),
+                ClientSession(
+                    read, write, logging_callback=on_log, elicitation_callback=on_elicit, sampling_callback=on_sampling
+                ) as client,
+            ):
                 await client.initialize()
                 seen["tools"] = {tool.name for tool in (await client.list_tools()).tools}
                 await client.call_tool("test_tool_with_progress", {}, progress_callback=on_progress)
@@ -188,20 +249,27 @@ def test_stdio() -> None:
                 seen["template"] = resource.contents[0].text
                 prompt = await client.get_prompt("test_prompt_with_arguments", {"arg1": "a", "arg2": "b"})
                 seen["prompt"] = prompt.messages[0].content.text
-                seen["completion"] = (await client.complete(
-                    types.PromptReference(type="ref/prompt", name="test_prompt_with_arguments"),
-                    {"name": "arg1", "value": "testV"})).completion.values
+                seen["completion"] = (
+                    await client.complete(
+                        types.PromptReference(type="ref/prompt", name="test_prompt_with_arguments"),
+                        {"name": "arg1", "value": "testV"},
+                    )
+                ).completion.values
         return seen
 
     seen = anyio.run(session)
     assert seen["tools"] == set(conformance_server.TOOLS)
     assert seen["progress"] == [0, 50, 100]
     # Three info messages from the first call; none from the second, after setLevel(warning).
-    assert logs == [("info", "Tool execution started"), ("info", "Tool processing data"),
-                    ("info", "Tool execution completed")]
+    assert logs == [
+        ("info", "Tool execution started"),
+        ("info", "Tool processing data"),
+        ("info", "Tool execution completed"),
+    ]
     assert [params.message for params in elicited] == ["who?"]
-    assert seen["elicitation"] == ('User response: action=accept, '
-                                   'content={"username": "ann", "email": "ann@example.com"}')
+    assert seen["elicitation"] == (
+        'User response: action=accept, content={"username": "ann", "email": "ann@example.com"}'
+    )
     assert seen["sampling"] == "LLM response: echo hi"
     assert seen["template"] == '{"id":"7","templateTest":true,"data":"Data for ID: 7"}'
     assert seen["prompt"] == "Prompt with arguments: arg1='a', arg2='b'"

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, explain, write_config
 
 
@@ -24,8 +23,13 @@ def headless(tmp_path: Path) -> dict[str, str]:
 
 def _run_demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     # run_cli merges into os.environ; the demo needs variables *removed*, so call directly.
-    return subprocess.run([sys.executable, str(ROOT / "toolscript.py"), "demo", *args], capture_output=True, text=True,
-                          env=env, timeout=90)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "toolscript.py"), "demo", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
 
 
 @pytest.fixture
@@ -49,7 +53,9 @@ def test_demo_without_browser_or_network(headless, isolated_env, tmp_path):
     assert lines[4].startswith("✓ Authenticated 'demo' (scopes: mcp:tools offline_access; expires in 59 min; ")
     assert lines[5] == "4. The server's tools: echo, add, whoami"
     assert lines[6] == "5. Called demo__add(a=2, b=3): 5"
-    assert lines[7].startswith("6. Called demo__whoami(): client ") and lines[7].endswith("with scopes mcp:tools offline_access")
+    assert lines[7].startswith("6. Called demo__whoami(): client ") and lines[7].endswith(
+        "with scopes mcp:tools offline_access"
+    )
     assert lines[8] == "Done: the demo server is stopped and its temporary files are removed."
     assert FOLLOWS in proc.stderr
     assert "connected" not in proc.stderr  # the numbered steps say what happens; no gateway log lines
@@ -75,8 +81,9 @@ def test_demo_opens_no_browser_tab_unless_asked(headless, recording_browser):
 
 
 def test_demo_help_says_what_it_does() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "toolscript.py"), "demo", "--help"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "toolscript.py"), "demo", "--help"], capture_output=True, text=True, timeout=60
+    )
     text = " ".join(proc.stdout.split())
     assert proc.returncode == 0
     assert "no browser tab opens unless you ask for one with --browser" in text

@@ -22,17 +22,19 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import ROOT, SERVERS, explain, run_cli, run_threads, serving_api, write_config
+from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, LINK_URL, PAGE_URL, serving
 
 import gateway as gateway_module
 from config import load_config
 from elicitation import ACCEPT, CANCEL, DECLINE, InputAnswer, InputRequest, ask_on_terminal, form_fields
 from gateway import Gateway
-from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, LINK_URL, PAGE_URL, serving
 
 INTERACTIVE = str(SERVERS / "interactive.py")
-NOTE = ("note: Server 'i' asked for input during i__book_table: 'Book a table for tonight?' "
-        "(fields: name, guests, budget, vegetarian, seating, time, extras); "
-        "declined, as stdin or stderr is not a terminal.\n")
+NOTE = (
+    "note: Server 'i' asked for input during i__book_table: 'Book a table for tonight?' "
+    "(fields: name, guests, budget, vegetarian, seating, time, extras); "
+    "declined, as stdin or stderr is not a terminal.\n"
+)
 DECLINED = '{"action": "decline", "content": null}\n'  # the tool's isError result, printed on stderr
 
 
@@ -63,8 +65,9 @@ def on_terminal(args: list[str], answers: list[str], timeout: float = 60) -> tup
     ends the input).
     """
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "toolscript.py"), *args],
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "toolscript.py"), *args], stdin=slave, stdout=slave, stderr=slave, close_fds=True
+    )
     os.close(slave)
     output, answered_at, pending = b"", -1, list(answers)
     deadline = time.monotonic() + timeout
@@ -122,8 +125,15 @@ def test_typed_answers_are_checked_against_the_schema_and_converted(stdio_config
     answers = ["Grace", "0", "many", "7", "12.75", "maybe", "y", "3", "early", "cake, 3"]
     code, output = on_terminal(["call", "i__book_table"], answers)
     assert code == 0, output
-    assert reported(output)["content"] == {"name": "Grace", "guests": 7, "budget": 12.75, "vegetarian": True,
-                                           "seating": "bar", "time": "18:00", "extras": ["cake", "flowers"]}
+    assert reported(output)["content"] == {
+        "name": "Grace",
+        "guests": 7,
+        "budget": 12.75,
+        "vegetarian": True,
+        "seating": "bar",
+        "time": "18:00",
+        "extras": ["cake", "flowers"],
+    }
     assert "  Not accepted: give at least 1.\n" in output
     assert "  Not accepted: give a whole number.\n" in output
     assert "  Not accepted: answer yes or no.\n" in output
@@ -148,9 +158,11 @@ def test_url_mode_prints_the_url_and_waits_for_the_person(stdio_config: Path) ->
 def test_url_mode_without_a_terminal_names_the_url(stdio_config: Path) -> None:
     proc = run_cli("call", "i__open_page", input="")
     assert proc.returncode == 1, explain(proc)
-    assert proc.stderr == ("note: Server 'i' asked for input during i__open_page: 'Sign the form on our site.', "
-                           f"to be given at {PAGE_URL}; declined, as stdin or stderr is not a terminal.\n"
-                           '{"action": "decline"}\n')
+    assert proc.stderr == (
+        "note: Server 'i' asked for input during i__open_page: 'Sign the form on our site.', "
+        f"to be given at {PAGE_URL}; declined, as stdin or stderr is not a terminal.\n"
+        '{"action": "decline"}\n'
+    )
 
 
 def test_a_url_required_error_is_asked_like_url_mode_then_the_call_is_sent_again(stdio_config: Path) -> None:
@@ -160,8 +172,10 @@ def test_a_url_required_error_is_asked_like_url_mode_then_the_call_is_sent_again
     assert output.endswith("welcome back\n")
     proc = run_cli("call", "i__visit_first", input="")
     assert (proc.returncode, proc.stdout) == (1, ""), explain(proc)
-    assert proc.stderr == (f"error: Server 'i' needs you to open {LINK_URL} before 'visit_first' can run; "
-                           "call it from a terminal, or open that first and call again.\n")
+    assert proc.stderr == (
+        f"error: Server 'i' needs you to open {LINK_URL} before 'visit_first' can run; "
+        "call it from a terminal, or open that first and call again.\n"
+    )
 
 
 def test_terminal_over_streamable_http(http_config: Path) -> None:
@@ -189,10 +203,12 @@ def test_each_concurrent_call_is_answered_by_its_own_handler(http_config: Path) 
             asked[n].append(request)
             both_asked.wait()
             return InputAnswer(ACCEPT, {"size": "small", "slices": 10 + n})
+
         return handler
 
     results: dict[int, dict[str, Any]] = {}
     with Gateway(load_config()) as gateway:
+
         def call(n: int) -> None:
             results[n] = gateway.call("i__pick_pizza", input_handler=handler_of(n))
 
@@ -218,17 +234,24 @@ def test_time_spent_asking_does_not_count_against_the_timeout(stdio_config: Path
 
 def test_http_api_declines_and_says_what_was_asked(http_config: Path) -> None:
     with Gateway(load_config()) as gateway, serving_api(gateway) as api:
-        answer = httpx2.post(api.url + "/tools/i__book_table", json={}, timeout=30,
-                             headers={"Authorization": f"Bearer {api.token}"}).json()
+        answer = httpx2.post(
+            api.url + "/tools/i__book_table", json={}, timeout=30, headers={"Authorization": f"Bearer {api.token}"}
+        ).json()
     assert answer["isError"] is True and answer["structuredContent"] == {"action": "decline", "content": None}
-    assert answer["declinedInputRequests"] == [{
-        "server": "i", "tool": "i__book_table", "mode": "form", "message": "Book a table for tonight?",
-        "requestedSchema": BOOKING_SCHEMA,
-    }]
+    assert answer["declinedInputRequests"] == [
+        {
+            "server": "i",
+            "tool": "i__book_table",
+            "mode": "form",
+            "message": "Book a table for tonight?",
+            "requestedSchema": BOOKING_SCHEMA,
+        }
+    ]
 
 
-def test_input_required_results_are_answered_by_the_same_handler(stdio_config: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_input_required_results_are_answered_by_the_same_handler(
+    stdio_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # At protocol 2026-07-28 the SDK server asks through an input-required result, not a request.
     monkeypatch.setattr(gateway_module, "PROTOCOL_NEGOTIATION", "auto")
     asked: list[InputRequest] = []
@@ -258,8 +281,9 @@ def test_a_tool_requiring_tasks_is_marked_and_refused_in_one_line(stdio_config: 
     listed = run_cli("tools")
     assert listed.returncode == 0, explain(listed)
     reason = "requires task-augmented execution (MCP tasks), which toolscript does not support"
-    assert ("i__long_job             A long job that must run as an MCP task.  "
-            f"[cannot be called: it {reason}]\n") in listed.stdout
+    assert (
+        f"i__long_job             A long job that must run as an MCP task.  [cannot be called: it {reason}]\n"
+    ) in listed.stdout
     called = run_cli("call", "i__long_job")
     assert (called.returncode, called.stdout) == (2, ""), explain(called)
     assert called.stderr == f"error: Tool 'i__long_job' cannot be called: it {reason}.\n"
@@ -271,16 +295,21 @@ def test_a_tool_requiring_tasks_is_marked_and_refused_in_one_line(stdio_config: 
 
 
 def test_terminal_and_api_through_an_oauth_protected_server(oauth_server: Any) -> None:
-    import auth
     from browser import visit
     from interactive import add_tools
+
+    import auth
     from storage import Store
 
     NAME = "demo"
     server = oauth_server(extend=add_tools)
     write_config({NAME: {"url": server.url}})
-    assert auth.authenticate(load_config().server(NAME), Store(), open_browser=visit, show_url=lambda url: None,
-                             timeout=30) is not None
+    assert (
+        auth.authenticate(
+            load_config().server(NAME), Store(), open_browser=visit, show_url=lambda url: None, timeout=30
+        )
+        is not None
+    )
     authenticated = len(server.tap.seen)
     code, output = on_terminal(["call", f"{NAME}__book_table"], [""] * len(BOOKING_DEFAULTS))
     assert code == 0, output
@@ -297,13 +326,23 @@ def test_terminal_and_api_through_an_oauth_protected_server(oauth_server: Any) -
 
 def test_form_fields_read_the_spec_s_primitive_schemas() -> None:
     fields = {f.name: f for f in form_fields(BOOKING_SCHEMA)}
-    assert [f.kind for f in fields.values()] == ["string", "integer", "number", "boolean", "choice", "choice",
-                                                 "choices"]
+    assert [f.kind for f in fields.values()] == [
+        "string",
+        "integer",
+        "number",
+        "boolean",
+        "choice",
+        "choice",
+        "choices",
+    ]
     assert fields["guests"].convert("12") == 12
     assert fields["budget"].convert("3") == 3 and fields["budget"].convert("0.5") == 0.5
     assert fields["time"].convert("Late") == "20:00" and fields["time"].convert("1") == "18:00"
-    problems = [("guests", "13", "give at most 12"), ("name", "", "give at least 1 character"),
-                ("seating", "roof", "choose one of indoor, outdoor, bar (or its number)")]
+    problems = [
+        ("guests", "13", "give at most 12"),
+        ("name", "", "give at least 1 character"),
+        ("seating", "roof", "choose one of indoor, outdoor, bar (or its number)"),
+    ]
     for name, text, problem in problems:
         with pytest.raises(ValueError, match=re.escape(problem)):
             fields[name].convert(text)
@@ -312,8 +351,13 @@ def test_form_fields_read_the_spec_s_primitive_schemas() -> None:
 
 
 def test_a_required_field_without_default_is_asked_again_and_control_characters_are_escaped() -> None:
-    request = InputRequest("s", "s__t", "form", "Hello\x1b[2J there",
-                           {"properties": {"email": {"type": "string", "format": "email"}}, "required": ["email"]})
+    request = InputRequest(
+        "s",
+        "s__t",
+        "form",
+        "Hello\x1b[2J there",
+        {"properties": {"email": {"type": "string", "format": "email"}}, "required": ["email"]},
+    )
     lines = iter(["\n", "not-an-address\n", "ada@example.org\n"])
     shown: list[str] = []
     answer = ask_on_terminal(request, lambda: next(lines), shown.append)

@@ -47,19 +47,26 @@ def test_gateway_adds_the_command_by_attribute() -> None:
     assert fixed.message == "The token was refused. Run: toolscript auth h"
 
 
-@pytest.mark.parametrize(("status", "body", "error", "description", "text"), [
-    (400, b'{"error": "invalid_grant", "error_description": "code expired"}', "invalid_grant", "code expired",
-     "400 invalid_grant: code expired"),
-    (401, b'{"error": "invalid_client", "error_description": ""}', "invalid_client", None, "401 invalid_client"),
-    (400, b'{"error": 7, "error_description": "x"}', None, "x", "400 Bad Request"),
-    (503, b"<html>down</html>", None, None, "503 Service Unavailable"),
-    (502, b"", None, None, "502 Bad Gateway"),
-    (400, b'["invalid_grant"]', None, None, "400 Bad Request"),
-    (400, b"\xff\xfe{", None, None, "400 Bad Request"),
-    (599, b"", None, None, "599"),
-])
-def test_oauth_error_answers(status: int, body: bytes, error: str | None, description: str | None,
-                             text: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "body", "error", "description", "text"),
+    [
+        (
+            400,
+            b'{"error": "invalid_grant", "error_description": "code expired"}',
+            "invalid_grant",
+            "code expired",
+            "400 invalid_grant: code expired",
+        ),
+        (401, b'{"error": "invalid_client", "error_description": ""}', "invalid_client", None, "401 invalid_client"),
+        (400, b'{"error": 7, "error_description": "x"}', None, "x", "400 Bad Request"),
+        (503, b"<html>down</html>", None, None, "503 Service Unavailable"),
+        (502, b"", None, None, "502 Bad Gateway"),
+        (400, b'["invalid_grant"]', None, None, "400 Bad Request"),
+        (400, b"\xff\xfe{", None, None, "400 Bad Request"),
+        (599, b"", None, None, "599"),
+    ],
+)
+def test_oauth_error_answers(status: int, body: bytes, error: str | None, description: str | None, text: str) -> None:
     answer = OAuthErrorResponse.parse(status, body)
     assert (answer.status, answer.error, answer.description) == (status, error, description)
     assert str(answer) == text
@@ -67,6 +74,7 @@ def test_oauth_error_answers(status: int, body: bytes, error: str | None, descri
 
 def test_oauth_error_text_never_carries_a_secret() -> None:
     register_secret("rt-echoed-by-the-server")
-    answer = OAuthErrorResponse.parse(400, b'{"error": "invalid_grant", "error_description": '
-                                           b'"refresh token rt-echoed-by-the-server is revoked"}')
+    answer = OAuthErrorResponse.parse(
+        400, b'{"error": "invalid_grant", "error_description": "refresh token rt-echoed-by-the-server is revoked"}'
+    )
     assert str(answer) == "400 invalid_grant: refresh token [REDACTED] is revoked"

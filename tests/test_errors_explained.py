@@ -22,41 +22,50 @@ from gateway import Gateway
 
 
 @pytest.mark.parametrize("transport", ["http", "sse"])
-def test_an_http_error_names_status_and_url(transport: str, request: pytest.FixtureRequest,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_http_error_names_status_and_url(
+    transport: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
     running = request.getfixturevalue(f"{transport}_server")
     wrong = running.url.rsplit("/", 1)[0] + "/nope"
     write_config({"x": {"type": transport, "url": wrong}})
     assert toolscript.main(["tools", "--server", "x"]) == 4
     assert capsys.readouterr().err == (
-        f"error: Server 'x' failed to connect: HTTP 404 from {wrong}: is this the server's MCP endpoint?\n")
+        f"error: Server 'x' failed to connect: HTTP 404 from {wrong}: is this the server's MCP endpoint?\n"
+    )
 
 
 def test_a_stdio_server_exiting_at_start_shows_the_end_of_its_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    script = ("import sys\n"
-              "for n in range(15): print(f'loading {n}', file=sys.stderr)\n"
-              "print(file=sys.stderr)\n"
-              "print(\"Error: Cannot find module 'left-pad'\", file=sys.stderr)\n"
-              "sys.exit(1)\n")
+    script = (
+        "import sys\n"
+        "for n in range(15): print(f'loading {n}', file=sys.stderr)\n"
+        "print(file=sys.stderr)\n"
+        "print(\"Error: Cannot find module 'left-pad'\", file=sys.stderr)\n"
+        "sys.exit(1)\n"
+    )
     write_config({"dies": {"command": sys.executable, "args": ["-c", script]}})
     assert toolscript.main(["call", "dies__echo"]) == 4
     tail = "".join(f"\n    loading {n}" for n in range(6, 15))
     assert capsys.readouterr().err == (
         "error: Server 'dies' failed to connect: the server process closed the connection; its stderr ended with:"
-        f"{tail}\n    Error: Cannot find module 'left-pad'\n")
+        f"{tail}\n    Error: Cannot find module 'left-pad'\n"
+    )
 
 
 # -- no traceback from a library at default verbosity --------------------------------------
 
 
 def test_a_banner_on_stdout_is_one_line_and_a_traceback_only_with_v() -> None:
-    banner = ("import runpy, sys; print('Banner: toolbox v1 ready', flush=True); sys.argv = ['stdio_server.py']; "
-              f"runpy.run_path({str(SERVERS / 'stdio_server.py')!r}, run_name='__main__')")
+    banner = (
+        "import runpy, sys; print('Banner: toolbox v1 ready', flush=True); sys.argv = ['stdio_server.py']; "
+        f"runpy.run_path({str(SERVERS / 'stdio_server.py')!r}, run_name='__main__')"
+    )
     write_config({"b": {"command": sys.executable, "args": ["-c", banner]}})
     proc = run_cli("call", "b__echo", '{"text": "still works"}')
     assert (proc.returncode, proc.stdout) == (0, "still works\n"), explain(proc)
-    assert proc.stderr == ("Server 'b': Failed to parse JSONRPC message from server: Invalid JSON: expected value at "
-                           "line 1 column 1 (input: 'Banner: toolbox v1 ready')\n"), explain(proc)
+    assert proc.stderr == (
+        "Server 'b': Failed to parse JSONRPC message from server: Invalid JSON: expected value at "
+        "line 1 column 1 (input: 'Banner: toolbox v1 ready')\n"
+    ), explain(proc)
     proc = run_cli("-v", "call", "b__echo", '{"text": "still works"}')
     assert proc.returncode == 0 and "Traceback (most recent call last)" in proc.stderr, explain(proc)
 
@@ -64,13 +73,15 @@ def test_a_banner_on_stdout_is_one_line_and_a_traceback_only_with_v() -> None:
 @contextlib.contextmanager
 def server_process(transport: str, port: int = 0) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """The test toolbox over `transport` in a process of its own (so its logs are not ours); yields it and its URL."""
-    code = ("import asyncio, sys, uvicorn\n"
-            f"sys.path.insert(0, {str(SERVERS)!r})\n"
-            "from http_server import bind_loopback, make_app\n"
-            f"sock = bind_loopback({port})\n"
-            "print(sock.getsockname()[1], flush=True)\n"
-            f"config = uvicorn.Config(make_app({transport!r}), log_level='critical')\n"
-            "asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))\n")
+    code = (
+        "import asyncio, sys, uvicorn\n"
+        f"sys.path.insert(0, {str(SERVERS)!r})\n"
+        "from http_server import bind_loopback, make_app\n"
+        f"sock = bind_loopback({port})\n"
+        "print(sock.getsockname()[1], flush=True)\n"
+        f"config = uvicorn.Config(make_app({transport!r}), log_level='critical')\n"
+        "asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None

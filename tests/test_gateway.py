@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx2
 import pytest
@@ -221,13 +222,15 @@ def test_include_then_exclude_filters() -> None:
 # -- stdio process handling ----------------------------------------------------------
 
 
-def test_stdio_env_cwd_and_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+def test_stdio_env_cwd_and_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("FROM_PARENT", "parent-value")
     monkeypatch.setenv("OVERRIDDEN", "parent")
     cfg = config(s=stdio_server(env={"OVERRIDDEN": "config", "ONLY_CONFIG": "c"}, cwd=str(tmp_path)))
     caplog.set_level(logging.DEBUG, logger="toolscript.gateway")
     with Gateway(cfg) as gateway:
+
         def env(name: str) -> str:
             return gateway.call("s__env", {"name": name})["content"][0]["text"]
 
@@ -282,7 +285,9 @@ def test_list_changed_refreshes_the_tools(good: Gateway) -> None:
 
 def test_http_and_sse_with_static_headers(http_server: Any, sse_server: Any) -> None:
     headers = {"X-Api-Key": "key-4f9a1c", "Authorization": "Bearer tok-77e2b9", "X-Plain": "visible"}
-    cfg = config(h={"url": http_server.url, "headers": headers}, s={"type": "sse", "url": sse_server.url, "headers": headers})
+    cfg = config(
+        h={"url": http_server.url, "headers": headers}, s={"type": "sse", "url": sse_server.url, "headers": headers}
+    )
     with Gateway(cfg) as gateway:
         for server in ("h", "s"):
             assert status(gateway, server)["status"] == "connected"
@@ -352,10 +357,12 @@ def test_many_threads_get_their_own_results(http_server: Any) -> None:
                     result = gateway.call(f"{server}__echo", {"text": text})
                 except Exception as exc:
                     result = repr(exc)
-                if result != {"content": [{"type": "text", "text": text}], "structuredContent": {"result": text},
-                              "isError": False}:
+                if result != {
+                    "content": [{"type": "text", "text": text}],
+                    "structuredContent": {"result": text},
+                    "isError": False,
+                }:
                     errors.append(f"{text!r} got {result!r}")
 
         run_threads(worker, 32)
         assert errors == []
-

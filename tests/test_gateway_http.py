@@ -7,15 +7,25 @@ import json
 import socket
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest import DenyingAuth, run_threads, stdio_server, wait_until
 
 from config import parse_config
-from errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, ConnectError
-from errors import StorageError, ToolscriptError, UsageError
+from errors import (
+    AuthConnectError,
+    AuthError,
+    AuthRequiredError,
+    CallTimeoutError,
+    ConfigError,
+    ConnectError,
+    StorageError,
+    ToolscriptError,
+    UsageError,
+)
 from gateway import Gateway
 from gateway_http import (
     MAX_BODY_BYTES,
@@ -40,19 +50,29 @@ class _Recording:
     def __getattr__(self, name: str) -> Any:  # servers, tools, resources, prompts ...: the gateway's own
         return getattr(self.gateway, name)
 
-    def call(self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
-             input_handler: Any = None) -> Any:
+    def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        input_handler: Any = None,
+    ) -> Any:
         self.calls.append(name)
         return self.gateway.call(name, arguments, timeout=timeout, input_handler=input_handler)
 
 
 @pytest.fixture(scope="module")
 def api(http_server_module: Any) -> Iterator[ApiServer]:
-    cfg = parse_config({"servers": {
-        "s": stdio_server(timeout=5),
-        "missing": {"command": "/nonexistent/mcp-server"},
-        "locked": {"url": http_server_module.url},
-    }})
+    cfg = parse_config(
+        {
+            "servers": {
+                "s": stdio_server(timeout=5),
+                "missing": {"command": "/nonexistent/mcp-server"},
+                "locked": {"url": http_server_module.url},
+            }
+        }
+    )
     gateway = Gateway(cfg, auth=lambda server: DenyingAuth("locked")).start()
     server = ApiServer(_Recording(gateway))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -73,8 +93,13 @@ def http_server_module() -> Iterator[Any]:
         yield running
 
 
-def request(api: ApiServer, method: str, path: str, body: bytes | str | None = None,
-            headers: dict[str, str | None] | None = None) -> tuple[int, Any]:
+def request(
+    api: ApiServer,
+    method: str,
+    path: str,
+    body: bytes | str | None = None,
+    headers: dict[str, str | None] | None = None,
+) -> tuple[int, Any]:
     """Send one raw request (so that tests control every header) and return (status, JSON).
 
     It carries the API's token unless `headers` has an `Authorization` of its own (None: none).
@@ -112,7 +137,10 @@ def test_health_servers_and_tools(api: ApiServer) -> None:
     assert servers[0] == {"name": "s", "type": "stdio", "status": "connected", "tools": 11}
     assert servers[1]["status"] == "failed" and "cannot run '/nonexistent/mcp-server'" in servers[1]["error"]
     assert servers[2] == {
-        "name": "locked", "type": "http", "status": "auth_required", "tools": 0,
+        "name": "locked",
+        "type": "http",
+        "status": "auth_required",
+        "tools": 0,
         "error": "Server 'locked' is not authenticated. Run: toolscript auth locked",
     }
     code, tools = request(api, "GET", "/tools?server=s")
@@ -129,7 +157,8 @@ def test_health_servers_and_tools(api: ApiServer) -> None:
 
 def test_call_returns_the_result(api: ApiServer) -> None:
     assert post(api, "s__echo", {"text": "hi"}) == (
-        200, {"content": [{"type": "text", "text": "hi"}], "structuredContent": {"result": "hi"}, "isError": False}
+        200,
+        {"content": [{"type": "text", "text": "hi"}], "structuredContent": {"result": "hi"}, "isError": False},
     )
     code, result = post(api, "s__mixed", {"is_error": True})
     assert code == 200
@@ -139,11 +168,14 @@ def test_call_returns_the_result(api: ApiServer) -> None:
     assert code == 200 and isinstance(result["structuredContent"]["result"], int)
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("{not json", "The body is not valid JSON"),
-    ("[1, 2]", "The body must be a JSON object of arguments, not list"),
-    ('"text"', "The body must be a JSON object of arguments, not str"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "The body is not valid JSON"),
+        ("[1, 2]", "The body must be a JSON object of arguments, not list"),
+        ('"text"', "The body must be a JSON object of arguments, not str"),
+    ],
+)
 def test_malformed_bodies_are_400(api: ApiServer, body: str, message: str) -> None:
     code, payload = request(api, "POST", "/tools/s__echo", body)
     assert code == 400
@@ -151,21 +183,33 @@ def test_malformed_bodies_are_400(api: ApiServer, body: str, message: str) -> No
 
 
 def test_error_statuses(api: ApiServer) -> None:
-    assert post(api, "s__nope") == (404, {
-        "error": "Unknown tool 'nope' on server 's'. Run: toolscript tools --server s", "kind": "usage", "server": "s",
-    })
+    assert post(api, "s__nope") == (
+        404,
+        {
+            "error": "Unknown tool 'nope' on server 's'. Run: toolscript tools --server s",
+            "kind": "usage",
+            "server": "s",
+        },
+    )
     assert post(api, "other__echo")[0] == 404
     assert post(api, "no_separator")[0] == 404
-    assert post(api, "locked__echo", {"text": "x"}) == (401, {
-        "error": "Server 'locked' is not authenticated. Run: toolscript auth locked", "kind": "auth_required",
-        "server": "locked", "next_command": "toolscript auth locked",
-    })
+    assert post(api, "locked__echo", {"text": "x"}) == (
+        401,
+        {
+            "error": "Server 'locked' is not authenticated. Run: toolscript auth locked",
+            "kind": "auth_required",
+            "server": "locked",
+            "next_command": "toolscript auth locked",
+        },
+    )
     code, payload = post(api, "missing__echo", {"text": "x"})
     assert code == 502 and "cannot run '/nonexistent/mcp-server'" in payload["error"]
     assert (payload["kind"], payload["server"]) == ("unreachable", "missing")
     code, payload = request(api, "POST", "/tools/s__slow?timeout=0.2", json.dumps({"seconds": 30}))
-    assert (code, payload) == (504, {"error": "Tool 's__slow' did not answer within 0.2 s.", "kind": "timeout",
-                                     "server": "s"})
+    assert (code, payload) == (
+        504,
+        {"error": "Tool 's__slow' did not answer within 0.2 s.", "kind": "timeout", "server": "s"},
+    )
     assert request(api, "POST", "/tools/s__slow?timeout=-1", "{}")[0] == 400
     assert request(api, "POST", "/elsewhere", "{}")[0] == 404
 
@@ -173,12 +217,23 @@ def test_error_statuses(api: ApiServer) -> None:
 # -- the API token: what another local user could send --------------------------------
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("GET", "/servers", None), ("GET", "/tools", None), ("GET", "/tools?server=s", None),
-    ("POST", "/tools/s__echo", '{"text": "x"}'), ("GET", "/nowhere", None), ("PUT", "/tools/s__echo", "{}"),
-    ("GET", "/tools/s__echo", None), ("GET", "/resources", None), ("GET", "/resources/read?server=s&uri=x", None),
-    ("GET", "/prompts", None), ("POST", "/prompts/s__greet", "{}"), ("POST", "/complete", '{"server": "s"}'),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/servers", None),
+        ("GET", "/tools", None),
+        ("GET", "/tools?server=s", None),
+        ("POST", "/tools/s__echo", '{"text": "x"}'),
+        ("GET", "/nowhere", None),
+        ("PUT", "/tools/s__echo", "{}"),
+        ("GET", "/tools/s__echo", None),
+        ("GET", "/resources", None),
+        ("GET", "/resources/read?server=s&uri=x", None),
+        ("GET", "/prompts", None),
+        ("POST", "/prompts/s__greet", "{}"),
+        ("POST", "/complete", '{"server": "s"}'),
+    ],
+)
 def test_every_request_but_health_needs_the_token(api: ApiServer, method: str, path: str, body: str | None) -> None:
     calls = len(api.gateway.calls)
     code, payload = request(api, method, path, body, headers={"Authorization": None})
@@ -192,8 +247,12 @@ def test_every_request_but_health_needs_the_token(api: ApiServer, method: str, p
         code, payload = request(api, method, path, body, headers={"Authorization": wrong})
         assert (code, payload["error"].split(":")[0]) == (403, "Wrong gateway token"), wrong
     assert len(api.gateway.calls) == calls  # no tool ran
-    assert request(api, method, f"{path}{'&' if '?' in path else '?'}token={api.token}", body,
-                   headers={"Authorization": None})[0] == 403  # never taken from the URL
+    assert (
+        request(
+            api, method, f"{path}{'&' if '?' in path else '?'}token={api.token}", body, headers={"Authorization": None}
+        )[0]
+        == 403
+    )  # never taken from the URL
     assert request(api, "GET", "/health", headers={"Authorization": None}) == (200, {"status": "ok"})
 
 
@@ -221,12 +280,12 @@ def test_remote_gateway_sends_the_token_it_is_given_or_finds(api: ApiServer, mon
     with pytest.raises(UsageError) as caught:
         RemoteGateway(api.url).servers()  # no token anywhere
     assert str(caught.value).startswith("No gateway token: send 'Authorization: Bearer <token>' with")
-    with pytest.raises(UsageError, match="^Wrong gateway token: "):
+    with pytest.raises(UsageError, match=r"^Wrong gateway token: "):
         RemoteGateway(api.url, "not-the-token").tools()
     path = write_token_file(api.url, api.token)  # what `toolscript gateway` does
     assert RemoteGateway(api.url).servers()[0]["name"] == "s"
     monkeypatch.setenv(TOKEN_VAR, "overridden")  # the variable wins over the file
-    with pytest.raises(UsageError, match="^Wrong gateway token: "):
+    with pytest.raises(UsageError, match=r"^Wrong gateway token: "):
         RemoteGateway(api.url).servers()
     remove_token_file(path)
 
@@ -299,10 +358,17 @@ def responses(raw: bytes) -> list[tuple[int, dict[str, str], Any]]:
 
 
 def call_head(api: ApiServer, tool: str, *headers: str) -> bytes:
-    return "\r\n".join((
-        f"POST /tools/{tool} HTTP/1.1", f"Host: 127.0.0.1:{api.port}", f"Authorization: Bearer {api.token}",
-        "Content-Type: application/json", *headers, "", "",
-    )).encode()
+    return "\r\n".join(
+        (
+            f"POST /tools/{tool} HTTP/1.1",
+            f"Host: 127.0.0.1:{api.port}",
+            f"Authorization: Bearer {api.token}",
+            "Content-Type: application/json",
+            *headers,
+            "",
+            "",
+        )
+    ).encode()
 
 
 def test_a_chunked_body_is_refused_with_411(api: ApiServer) -> None:
@@ -335,18 +401,34 @@ def test_an_inexact_content_length_is_400(api: ApiServer, lengths: list[str]) ->
 
 @pytest.mark.parametrize("path", ["/prompts/s__greet", "/complete"])
 def test_every_post_reads_its_body_exactly(api: ApiServer, path: str) -> None:
-    head = "\r\n".join((f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{api.port}", f"Authorization: Bearer {api.token}",
-                        "Content-Type: application/json", "{framing}", "", "")).encode()
-    chunked = head.replace(b"{framing}", b"Transfer-Encoding: chunked") + b'2\r\n{}\r\n0\r\n\r\n'
+    head = "\r\n".join(
+        (
+            f"POST {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{api.port}",
+            f"Authorization: Bearer {api.token}",
+            "Content-Type: application/json",
+            "{framing}",
+            "",
+            "",
+        )
+    ).encode()
+    chunked = head.replace(b"{framing}", b"Transfer-Encoding: chunked") + b"2\r\n{}\r\n0\r\n\r\n"
     [(code, headers, payload)] = responses(raw_exchange(api, chunked))
     assert (code, headers["connection"], payload["error"]) == (
-        411, "close", "Send the body with a Content-Length, not with Transfer-Encoding.")
+        411,
+        "close",
+        "Send the body with a Content-Length, not with Transfer-Encoding.",
+    )
     unframed = head.replace(b"{framing}\r\n", b"") + b"{}"
     [(code, headers, payload)] = responses(raw_exchange(api, unframed))
     assert (code, headers["connection"], payload["error"]) == (
-        411, "close", "A POST needs a Content-Length header (0 for no arguments).")
+        411,
+        "close",
+        "A POST needs a Content-Length header (0 for no arguments).",
+    )
     assert request(api, "POST", path, "[" * 100_000) == (
-        400, {"error": "The body is not valid JSON: it is nested too deeply."}
+        400,
+        {"error": "The body is not valid JSON: it is nested too deeply."},
     )
 
 
@@ -360,25 +442,49 @@ def test_content_length_0_means_no_arguments_and_keeps_the_connection(api: ApiSe
 def test_deeply_nested_json_is_400(api: ApiServer) -> None:
     calls = len(api.gateway.calls)
     assert request(api, "POST", "/tools/s__echo", "[" * 100_000) == (
-        400, {"error": "The body is not valid JSON: it is nested too deeply."}
+        400,
+        {"error": "The body is not valid JSON: it is nested too deeply."},
     )
     assert request(api, "POST", "/tools/s__echo", '{"text": ' * 100_000)[0] == 400
     assert len(api.gateway.calls) == calls
     assert post(api, "s__echo", {"text": "still serving"})[0] == 200
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("OPTIONS", "/tools/s__echo", "GET, POST"), ("PUT", "/tools/s__echo", "GET, POST"),
-    ("DELETE", "/servers", "GET"), ("POST", "/health", "GET"), ("PATCH", "/tools", "GET"), ("BREW", "/tools", "GET"),
-    ("POST", "/resources", "GET"), ("POST", "/resources/read", "GET"), ("DELETE", "/prompts", "GET"),
-    ("GET", "/prompts/s__greet", "POST"), ("GET", "/complete", "POST"), ("PUT", "/complete", "POST"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/tools/s__echo", "GET, POST"),
+        ("PUT", "/tools/s__echo", "GET, POST"),
+        ("DELETE", "/servers", "GET"),
+        ("POST", "/health", "GET"),
+        ("PATCH", "/tools", "GET"),
+        ("BREW", "/tools", "GET"),
+        ("POST", "/resources", "GET"),
+        ("POST", "/resources/read", "GET"),
+        ("DELETE", "/prompts", "GET"),
+        ("GET", "/prompts/s__greet", "POST"),
+        ("GET", "/complete", "POST"),
+        ("PUT", "/complete", "POST"),
+    ],
+)
 def test_unsupported_methods_are_405_with_allow(api: ApiServer, method: str, path: str, allow: str) -> None:
     calls = len(api.gateway.calls)
-    [(code, headers, payload)] = responses(raw_exchange(api, "\r\n".join((
-        f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{api.port}", f"Authorization: Bearer {api.token}",
-        "Content-Type: application/json", "Content-Length: 2", "", "{}",
-    )).encode()))
+    [(code, headers, payload)] = responses(
+        raw_exchange(
+            api,
+            "\r\n".join(
+                (
+                    f"{method} {path} HTTP/1.1",
+                    f"Host: 127.0.0.1:{api.port}",
+                    f"Authorization: Bearer {api.token}",
+                    "Content-Type: application/json",
+                    "Content-Length: 2",
+                    "",
+                    "{}",
+                )
+            ).encode(),
+        )
+    )
     assert (code, headers["allow"]) == (405, allow)
     assert payload == {"error": f"{path} answers only {allow.replace(', ', ' and ')}, not {method}."}
     assert len(api.gateway.calls) == calls
@@ -396,12 +502,15 @@ def test_head_gets_405_without_a_body(api: ApiServer) -> None:
         connection.close()
 
 
-@pytest.mark.parametrize(("data", "status"), [
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET /health HTTP/9.9\r\n\r\n", 505),
-    (b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
-    (b"GET /health HTTP/1.1\r\nX-Long: " + b"x" * 70_000 + b"\r\n\r\n", 431),
-])
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /health HTTP/9.9\r\n\r\n", 505),
+        (b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /health HTTP/1.1\r\nX-Long: " + b"x" * 70_000 + b"\r\n\r\n", 431),
+    ],
+)
 def test_unreadable_requests_get_json_errors(api: ApiServer, data: bytes, status: int) -> None:
     [(code, headers, payload)] = responses(raw_exchange(api, data))
     assert code == status and headers["connection"] == "close"
@@ -432,7 +541,9 @@ def test_cross_origin_requests_are_refused(api: ApiServer) -> None:
         assert post(api, "s__echo", {"text": "x"}, headers={"Origin": origin})[0] == 200
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
 def test_posts_must_be_json(api: ApiServer, content_type: str | None) -> None:
     headers = {"Content-Type": content_type} if content_type else {"Content-Type": ""}
     code, payload = request(api, "POST", "/tools/s__echo", '{"text": "x"}', headers=headers)
@@ -485,8 +596,11 @@ def test_many_clients_get_their_own_results(api: ApiServer) -> None:
                 result = remote.call("s__echo", {"text": text})
             except Exception as exc:
                 result = repr(exc)
-            if result != {"content": [{"type": "text", "text": text}], "structuredContent": {"result": text},
-                          "isError": False}:
+            if result != {
+                "content": [{"type": "text", "text": text}],
+                "structuredContent": {"result": text},
+                "isError": False,
+            }:
                 errors.append(f"{text!r} got {result!r}")
         remote.close()
 
@@ -507,7 +621,7 @@ def test_remote_gateway_raises_what_the_gateway_raised(api: ApiServer) -> None:
         remote.call("s__nope")
     with pytest.raises(AuthRequiredError, match="Run: toolscript auth locked"):
         remote.call("locked__echo", {"text": "x"})
-    with pytest.raises(CallTimeoutError, match="did not answer within 0.2 s"):
+    with pytest.raises(CallTimeoutError, match=r"did not answer within 0\.2 s"):
         remote.call("s__slow", {"seconds": 30}, timeout=0.2)
     with pytest.raises(ConnectError, match="cannot run"):
         remote.call("missing__echo", {"text": "x"})
@@ -515,17 +629,21 @@ def test_remote_gateway_raises_what_the_gateway_raised(api: ApiServer) -> None:
         remote.tools("nope")
 
 
-@pytest.mark.parametrize("error", [
-    ToolscriptError("plain"),
-    UsageError("usage", server="s"),
-    ConfigError("config", path="/etc/x.toml", server="s"),
-    StorageError("storage", path="/home/u/.toolscript/oauth/s.toml", server="s"),
-    AuthError("auth", server="s", error="insufficient_scope"),
-    AuthRequiredError("auth required", server="s", error="invalid_grant", scope="repo read"),
-    ConnectError("connect", server="s"),
-    CallTimeoutError("timeout", server="s"),
-    AuthConnectError("auth unreachable", server="s", error="temporarily_unavailable"),
-], ids=lambda error: type(error).__name__)
+@pytest.mark.parametrize(
+    "error",
+    [
+        ToolscriptError("plain"),
+        UsageError("usage", server="s"),
+        ConfigError("config", path="/etc/x.toml", server="s"),
+        StorageError("storage", path="/home/u/.toolscript/oauth/s.toml", server="s"),
+        AuthError("auth", server="s", error="insufficient_scope"),
+        AuthRequiredError("auth required", server="s", error="invalid_grant", scope="repo read"),
+        ConnectError("connect", server="s"),
+        CallTimeoutError("timeout", server="s"),
+        AuthConnectError("auth unreachable", server="s", error="temporarily_unavailable"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
 def test_every_error_crosses_the_api_as_itself(error: ToolscriptError) -> None:
     class Failing:
         def __getattr__(self, name: str) -> Any:  # every method of the gateway fails with `error`
@@ -557,11 +675,10 @@ def test_remote_gateway_not_reachable() -> None:
         remote.check()
     assert str(caught.value).startswith("The gateway at http://127.0.0.1:9 (TOOLSCRIPT_GATEWAY_URL) is not reachable: ")
     assert str(caught.value).endswith("Start it with: toolscript gateway, or unset TOOLSCRIPT_GATEWAY_URL.")
-    with pytest.raises(UsageError, match="must look like http://127.0.0.1:PORT"):
+    with pytest.raises(UsageError, match=r"must look like http://127\.0\.0\.1:PORT"):
         RemoteGateway("localhost:8080")
-    with pytest.raises(UsageError, match="must look like http://127.0.0.1:PORT"):
+    with pytest.raises(UsageError, match=r"must look like http://127\.0\.0\.1:PORT"):
         RemoteGateway("http://127.0.0.1:port")
-
 
 
 def test_a_wildcard_bind_accepts_its_addresses_but_not_host_names() -> None:
@@ -577,10 +694,13 @@ def test_a_wildcard_bind_accepts_its_addresses_but_not_host_names() -> None:
         assert request(server, "GET", "/servers", headers={"Host": f"localhost:{server.port}"})[0] == 200
         assert server.url == f"http://127.0.0.1:{server.port}"  # where a client connects, not 0.0.0.0
         for host in (f"evil.example:{server.port}", "127.0.0.1:1"):
-            assert request(server, "GET", "/servers", headers={"Host": host}) == (403, {
-                "error": f"Host {host!r} is not allowed; this gateway answers only to localhost:{server.port} "
-                         f"or an IP address of this machine with port {server.port} (such as 127.0.0.1:{server.port})."
-            })
+            assert request(server, "GET", "/servers", headers={"Host": host}) == (
+                403,
+                {
+                    "error": f"Host {host!r} is not allowed; this gateway answers only to localhost:{server.port} "
+                    f"or an IP address of this machine with port {server.port} (such as 127.0.0.1:{server.port})."
+                },
+            )
         assert request(server, "GET", "/servers", headers={"Origin": f"http://evil.example:{server.port}"})[0] == 403
     finally:
         server.shutdown()

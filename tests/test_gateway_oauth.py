@@ -15,13 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import visit
+from conftest import (
+    ROOT,
+    explain,
+    finish_within,
+    gateway_variables,
+    run_cli,
+    run_threads,
+    start_gateway_process,
+    write_config,
+)
 
 import auth
-from browser import visit
 from config import load_config
-from conftest import (
-    ROOT, explain, finish_within, gateway_variables, run_cli, run_threads, start_gateway_process, write_config,
-)
 from errors import AuthError, AuthRequiredError
 from gateway import Gateway
 from redact import MASK
@@ -39,8 +46,9 @@ def setup_server(oauth_server: Any, **options: Any) -> Any:
 
 
 def authenticate() -> None:
-    record = auth.authenticate(load_config().server(NAME), Store(), open_browser=visit, show_url=lambda url: None,
-                               timeout=30)
+    record = auth.authenticate(
+        load_config().server(NAME), Store(), open_browser=visit, show_url=lambda url: None, timeout=30
+    )
     assert record is not None and record.tokens is not None
 
 
@@ -192,10 +200,17 @@ def test_two_processes_racing_to_refresh_cause_one_refresh(oauth_server: Any, tm
     age_tokens()
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ROOT), str(barrier)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(ROOT), str(barrier)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [proc.communicate(timeout=90) for proc in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, f"{out}\n{err}"
         assert out == "racer\n"
     assert len(list(barrier.iterdir())) == 2
@@ -218,7 +233,8 @@ def test_rejected_refresh_requires_auth_and_a_new_auth_recovers_the_running_gate
             gateway.call(f"{NAME}__echo", {"text": "x"})
         assert str(caught.value) == (
             "Server 'demo' requires OAuth2 authorization (the refresh token was rejected: invalid_grant). "
-            "Run: toolscript auth demo")
+            "Run: toolscript auth demo"
+        )
         status = row(gateway)
         assert status["status"] == "auth_required"
         assert status["oauth_status"] == "authentication_failed"
@@ -254,10 +270,15 @@ def test_rejected_refresh_keeps_a_newer_token_written_by_another_process(oauth_s
 
 
 def test_no_credentials_is_auth_required_with_the_command_and_others_unaffected(
-        oauth_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    oauth_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     server = oauth_server()
-    write_config({NAME: {"url": server.url}, "open": {"command": sys.executable, "args": [
-        str(ROOT / "tests" / "servers" / "stdio_server.py")]}})
+    write_config(
+        {
+            NAME: {"url": server.url},
+            "open": {"command": sys.executable, "args": [str(ROOT / "tests" / "servers" / "stdio_server.py")]},
+        }
+    )
     with caplog.at_level("WARNING"), Gateway(load_config()) as gateway:
         rows = {r["name"]: r for r in gateway.servers()}
         assert rows["open"]["status"] == "connected"
@@ -290,7 +311,8 @@ def test_step_up_names_the_scope_and_the_next_auth_asks_for_the_union(oauth_serv
     assert proc.returncode == 3, explain(proc)
     assert proc.stderr.endswith(
         "error: Server 'demo' needs scope 'mcp:tools offline_access mcp:admin' for this request "
-        "(insufficient_scope). Run: toolscript auth demo\n")
+        "(insufficient_scope). Run: toolscript auth demo\n"
+    )
     assert set(Store().load(NAME).metadata.step_up_scope.split()) == {"mcp:tools", "offline_access", "mcp:admin"}
 
     authenticate()
@@ -323,7 +345,8 @@ def test_tokens_stored_for_an_old_url_are_not_sent(oauth_server: Any) -> None:
     assert proc.returncode == 3, explain(proc)
     assert proc.stderr.endswith(
         "error: Server 'demo' requires OAuth2 authorization (the stored tokens were issued for another URL). "
-        "Run: toolscript auth demo\n")
+        "Run: toolscript auth demo\n"
+    )
     sent = [seen.headers.get("authorization", "") for seen in new_server.tap.seen]
     assert sent and not any(token in value for value in sent)
     assert old_server.requests_to("/token") and not refreshes(old_server)
@@ -335,8 +358,13 @@ def test_no_secret_in_gateway_logs(oauth_server: Any, caplog: pytest.LogCaptureF
     proc = run_cli("-v", "call", f"{NAME}__echo", '{"text": "x"}')
     assert proc.returncode == 0, explain(proc)
     new = Store().load(NAME)
-    secrets = [old.tokens.access_token, old.tokens.refresh_token, new.tokens.access_token,
-               new.tokens.refresh_token, new.client.client_secret]
+    secrets = [
+        old.tokens.access_token,
+        old.tokens.refresh_token,
+        new.tokens.access_token,
+        new.tokens.refresh_token,
+        new.client.client_secret,
+    ]
     assert "refreshing the access token" in proc.stderr
     for secret in filter(None, secrets):
         assert secret not in proc.stderr and secret not in proc.stdout
@@ -344,7 +372,9 @@ def test_no_secret_in_gateway_logs(oauth_server: Any, caplog: pytest.LogCaptureF
 
 
 @pytest.mark.parametrize("transport", ["http", "sse"])
-def test_token_endpoint_failure_fails_the_call_promptly_and_releases_the_lock(oauth_server: Any, transport: str) -> None:
+def test_token_endpoint_failure_fails_the_call_promptly_and_releases_the_lock(
+    oauth_server: Any, transport: str
+) -> None:
     from errors import ConnectError
 
     server = setup_server(oauth_server, transport=transport)
@@ -429,7 +459,10 @@ def test_toolscript_gateway_warns_once_and_answers_401(oauth_server: Any) -> Non
         assert caught.value.code == 401
         assert json.loads(caught.value.read()) == {
             "error": "Server 'demo' requires OAuth2 authorization. Run: toolscript auth demo",
-            "kind": "auth_required", "server": "demo", "next_command": "toolscript auth demo"}
+            "kind": "auth_required",
+            "server": "demo",
+            "next_command": "toolscript auth demo",
+        }
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -475,10 +508,15 @@ def test_credentials_echoed_by_the_token_endpoint_are_masked_everywhere(oauth_se
     assert sent.form["refresh_token"] == record.tokens.refresh_token  # ... and echoed back
     assert sent.form["client_secret"] == record.client.client_secret
     stored = Store().load(NAME).metadata.last_error
-    assert stored == (f"token refresh failed: 400 invalid_request: cannot use refresh_token is {MASK}; "
-                      f"client_id is {record.client.client_id}; client_secret is {MASK}")
-    shown = {"the record's last_error": stored, "the call's error": answer["call"],
-             "the servers answer (GET /servers)": json.dumps(answer["servers"])}
+    assert stored == (
+        f"token refresh failed: 400 invalid_request: cannot use refresh_token is {MASK}; "
+        f"client_id is {record.client.client_id}; client_secret is {MASK}"
+    )
+    shown = {
+        "the record's last_error": stored,
+        "the call's error": answer["call"],
+        "the servers answer (GET /servers)": json.dumps(answer["servers"]),
+    }
     for args in (("servers",), ("servers", "--json"), ("call", f"{NAME}__echo")):
         proc = run_cli(*args)
         shown[f"toolscript {' '.join(args)}"] = proc.stdout + proc.stderr
@@ -491,12 +529,17 @@ def test_credentials_echoed_by_the_token_endpoint_are_masked_everywhere(oauth_se
 def test_a_secret_stored_in_last_error_by_an_older_version_is_masked_when_shown() -> None:
     write_config(f'[servers.{NAME}]\nurl = "https://mcp.example.com/mcp"\n')
     refresh_token, client_secret = "rt-0123456789abcdef", "cs-0123456789abcdef"
-    Store().save(NAME, Record(
-        client=ClientInfo("cid", client_secret=client_secret),
-        tokens=Tokens("at-0123456789abcdef", refresh_token=refresh_token),
-        metadata=Metadata(server_url="https://mcp.example.com/mcp",
-                          last_error=f"token refresh failed: 400 invalid_request: {refresh_token}, {client_secret}"),
-    ))
+    Store().save(
+        NAME,
+        Record(
+            client=ClientInfo("cid", client_secret=client_secret),
+            tokens=Tokens("at-0123456789abcdef", refresh_token=refresh_token),
+            metadata=Metadata(
+                server_url="https://mcp.example.com/mcp",
+                last_error=f"token refresh failed: 400 invalid_request: {refresh_token}, {client_secret}",
+            ),
+        ),
+    )
     for args in (("servers",), ("servers", "--json")):
         proc = run_cli(*args)
         assert proc.returncode == 0, explain(proc)

@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, explain
 
 MODULES = sorted(path.name for path in ROOT.glob("*.py"))
@@ -55,8 +54,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("dist")
-    proc = _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(src), cwd=src,
-                timeout=300)
+    proc = _run(
+        sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(src), cwd=src, timeout=300
+    )
     assert proc.returncode == 0, explain(proc)
     (built,) = out.glob("toolscript-*.whl")
     return built
@@ -78,18 +78,31 @@ def test_wheel_holds_one_toolscript_package(wheel: Path) -> None:
 def test_installed_package_runs_and_leaves_no_generic_module(wheel: Path, tmp_path: Path) -> None:
     # Install without dependencies into a plain directory: the SDK is not needed for these commands.
     target = tmp_path / "site"
-    proc = _run(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel),
-                cwd=tmp_path)
+    proc = _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--target",
+        str(target),
+        str(wheel),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, explain(proc)
     installed = {path.name for path in target.iterdir() if not path.name.endswith(".dist-info")}
     assert installed - {"bin"} == {"toolscript"}, installed  # bin/ holds the console script
-    code = "import sys, runpy; sys.path.insert(0, sys.argv[1]); sys.argv[1:] = ['servers'];" \
+    code = (
+        "import sys, runpy; sys.path.insert(0, sys.argv[1]); sys.argv[1:] = ['servers'];"
         "runpy.run_module('toolscript', run_name='__main__')"
+    )
     proc = _run(sys.executable, "-I", "-c", code, str(target), cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     assert "No servers configured" in proc.stdout + proc.stderr, explain(proc)
     # The example config ships as package data, and the installed CLI prints it.
-    proc = _run(sys.executable, "-I", "-c", code.replace("['servers']", "['config', 'example']"), str(target),
-                cwd=tmp_path)
+    proc = _run(
+        sys.executable, "-I", "-c", code.replace("['servers']", "['config', 'example']"), str(target), cwd=tmp_path
+    )
     assert proc.returncode == 0, explain(proc)
     assert proc.stdout == (ROOT / "config.toml.example").read_text(), explain(proc)

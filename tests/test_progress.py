@@ -28,8 +28,12 @@ def progress_server() -> None:
 def run_on_a_terminal(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     """Run the CLI with its stderr on a pseudo-terminal; return its exit code, stdout and what the terminal got."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "toolscript.py"), *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=slave)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "toolscript.py"), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
     os.close(slave)
     terminal = b""
     deadline = time.monotonic() + timeout
@@ -80,10 +84,10 @@ def test_progress_without_a_terminal_is_logged_at_info() -> None:
 def test_server_log_messages_show_at_their_level_with_the_server_name() -> None:
     proc = run_cli("call", TOOL, '{"steps": 0}')
     assert proc.returncode == 0, explain(proc)
-    assert sorted(proc.stderr.splitlines()) == ["p (storage): {\"disk\": \"almost full\"}", "p: starting the work"]
+    assert sorted(proc.stderr.splitlines()) == ['p (storage): {"disk": "almost full"}', "p: starting the work"]
     proc = run_cli("-v", "call", TOOL, '{"steps": 0}')
     assert "DEBUG toolscript.server: p: debug detail" in proc.stderr, explain(proc)
-    assert "WARNING toolscript.server: p (storage): {\"disk\": \"almost full\"}" in proc.stderr, explain(proc)
+    assert 'WARNING toolscript.server: p (storage): {"disk": "almost full"}' in proc.stderr, explain(proc)
 
 
 def test_progress_restarts_the_timeout() -> None:

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -49,12 +50,16 @@ def catalog_http() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def gateway(catalog_http: Any) -> Iterator[Gateway]:
-    cfg = parse_config({"servers": {
-        "c": catalog_stdio(),
-        "h": {"url": catalog_http.url, "include_tools": ["no-such-tool"]},  # tool filters leave resources alone
-        "bare": catalog_stdio("--bare"),
-        "broken": {"command": "/nonexistent/mcp-server"},
-    }})
+    cfg = parse_config(
+        {
+            "servers": {
+                "c": catalog_stdio(),
+                "h": {"url": catalog_http.url, "include_tools": ["no-such-tool"]},  # tool filters leave resources alone
+                "bare": catalog_stdio("--bare"),
+                "broken": {"command": "/nonexistent/mcp-server"},
+            }
+        }
+    )
     with Gateway(cfg) as running:
         yield running
 
@@ -74,18 +79,50 @@ def api(gateway: Gateway) -> Iterator[ApiServer]:
 def resource_rows(server: str) -> list[dict[str, Any]]:
     """What `resources` answers for a catalog configured as `server` (all four pages' worth)."""
     return [
-        {"server": server, "name": "readme", "uri": "catalog://readme", "description": "What this server is.",
-         "mimeType": "text/plain", "size": len(README.encode())},
-        {"server": server, "name": "logo", "uri": "catalog://logo.png", "description": "A small binary image.",
-         "mimeType": "image/png", "size": len(LOGO)},
-        {"server": server, "name": "settings", "uri": "catalog://settings.json", "description": "",
-         "mimeType": "application/json"},
-        {"server": server, "name": "broken", "uri": "catalog://broken", "description": "Always fails to read.",
-         "mimeType": "text/plain"},
-        {"server": server, "name": "note", "uriTemplate": "catalog://notes/{topic}",
-         "description": "Notes about a topic.", "mimeType": "text/markdown"},
-        {"server": server, "name": "blob", "uriTemplate": "catalog://blobs/{name}", "description": "",
-         "mimeType": "application/octet-stream"},
+        {
+            "server": server,
+            "name": "readme",
+            "uri": "catalog://readme",
+            "description": "What this server is.",
+            "mimeType": "text/plain",
+            "size": len(README.encode()),
+        },
+        {
+            "server": server,
+            "name": "logo",
+            "uri": "catalog://logo.png",
+            "description": "A small binary image.",
+            "mimeType": "image/png",
+            "size": len(LOGO),
+        },
+        {
+            "server": server,
+            "name": "settings",
+            "uri": "catalog://settings.json",
+            "description": "",
+            "mimeType": "application/json",
+        },
+        {
+            "server": server,
+            "name": "broken",
+            "uri": "catalog://broken",
+            "description": "Always fails to read.",
+            "mimeType": "text/plain",
+        },
+        {
+            "server": server,
+            "name": "note",
+            "uriTemplate": "catalog://notes/{topic}",
+            "description": "Notes about a topic.",
+            "mimeType": "text/markdown",
+        },
+        {
+            "server": server,
+            "name": "blob",
+            "uriTemplate": "catalog://blobs/{name}",
+            "description": "",
+            "mimeType": "application/octet-stream",
+        },
     ]
 
 
@@ -97,10 +134,21 @@ REVIEW = {
     "description": "Review a topic with its notes and a picture.",
     "messages": [
         {"role": "user", "content": {"type": "text", "text": "Please review apples."}},
-        {"role": "user", "content": {"type": "resource", "resource": {
-            "uri": "catalog://notes/apples", "mimeType": "text/markdown", "text": "Notes about apples."}}},
-        {"role": "user", "content": {"type": "image", "data": base64.b64encode(LOGO).decode(),
-                                     "mimeType": "image/png"}},
+        {
+            "role": "user",
+            "content": {
+                "type": "resource",
+                "resource": {
+                    "uri": "catalog://notes/apples",
+                    "mimeType": "text/markdown",
+                    "text": "Notes about apples.",
+                },
+            },
+        },
+        {
+            "role": "user",
+            "content": {"type": "image", "data": base64.b64encode(LOGO).decode(), "mimeType": "image/png"},
+        },
         {"role": "assistant", "content": {"type": "text", "text": "I will review it."}},
     ],
 }
@@ -142,7 +190,10 @@ def test_prompts_all_pages_and_get_with_arguments(gateway: Gateway, server: str)
     prompts = gateway.prompts(server)
     assert [prompt["name"] for prompt in prompts] == prompt_names(server)
     assert prompts[0] == {
-        "name": f"{server}__greet", "server": server, "prompt": "greet", "description": "Greet someone.",
+        "name": f"{server}__greet",
+        "server": server,
+        "prompt": "greet",
+        "description": "Greet someone.",
         "arguments": [{"name": "name", "required": True}, {"name": "style", "required": False}],
     }
     assert gateway.get_prompt(f"{server}__greet", {"name": "Ada", "style": "formal"}) == {
@@ -161,13 +212,19 @@ def test_prompt_arguments_that_are_not_strings_are_sent_as_json_text(gateway: Ga
 @pytest.mark.parametrize("server", TRANSPORTS)
 def test_completion_of_prompt_and_template_arguments(gateway: Gateway, server: str) -> None:
     assert gateway.complete(server, "style", "f", prompt="greet") == {
-        "values": ["formal", "friendly"], "total": 2, "hasMore": False
+        "values": ["formal", "friendly"],
+        "total": 2,
+        "hasMore": False,
     }
     assert gateway.complete(server, "style", "", prompt="greet", context={"name": "Captain"})["values"] == [
-        "pirate", "plain", "formal", "friendly"
+        "pirate",
+        "plain",
+        "formal",
+        "friendly",
     ]
     assert gateway.complete(server, "topic", "ap", uri_template="catalog://notes/{topic}")["values"] == [
-        "apples", "apricots"
+        "apples",
+        "apricots",
     ]
 
 
@@ -184,8 +241,10 @@ def test_a_server_without_the_capability_refuses_in_one_line(gateway: Gateway) -
 def test_request_errors(gateway: Gateway) -> None:
     with pytest.raises(UsageError) as caught:
         gateway.read_resource("c", "catalog://nope")
-    assert str(caught.value) == ("Server 'c' refused the read of 'catalog://nope': Unknown resource: catalog://nope. "
-                                 "Run: toolscript resources --server c")
+    assert str(caught.value) == (
+        "Server 'c' refused the read of 'catalog://nope': Unknown resource: catalog://nope. "
+        "Run: toolscript resources --server c"
+    )
     with pytest.raises(ConnectError) as failed:
         gateway.read_resource("h", "catalog://broken")
     assert str(failed.value) == "Server 'h' answered the read of 'catalog://broken' with an error: the disk is on fire"
@@ -228,8 +287,10 @@ def test_http_listings_reads_and_prompts(api: ApiServer) -> None:
     assert request(api, "GET", "/resources?server=bare") == (200, [])
     uri = "catalog://notes/a%20b%26c"  # percent signs and all, it must arrive as it is
     code, result = request(api, "GET", "/resources/read?server=h&uri=" + quote(uri, safe=""))
-    assert (code, result["contents"]) == (200, [{"uri": uri, "mimeType": "text/markdown",
-                                                 "text": "# a b&c\nNotes about a b&c.\n"}])
+    assert (code, result["contents"]) == (
+        200,
+        [{"uri": uri, "mimeType": "text/markdown", "text": "# a b&c\nNotes about a b&c.\n"}],
+    )
     code, prompts = request(api, "GET", "/prompts?server=c")
     assert code == 200 and [prompt["name"] for prompt in prompts] == prompt_names("c")
     assert post_prompt(api, "c__review", {"topic": "apples"}) == (200, REVIEW)
@@ -240,7 +301,8 @@ def test_http_listings_reads_and_prompts(api: ApiServer) -> None:
 def test_http_completion(api: ApiServer) -> None:
     body = {"server": "c", "prompt": "greet", "argument": "style", "value": "f"}
     assert request(api, "POST", "/complete", json.dumps(body)) == (
-        200, {"values": ["formal", "friendly"], "total": 2, "hasMore": False}
+        200,
+        {"values": ["formal", "friendly"], "total": 2, "hasMore": False},
     )
     body = {"server": "h", "uriTemplate": "catalog://notes/{topic}", "argument": "topic", "value": "b"}
     assert request(api, "POST", "/complete?timeout=30", json.dumps(body))[1]["values"] == ["bananas"]
@@ -251,13 +313,18 @@ def test_http_completion(api: ApiServer) -> None:
 
 def test_http_errors_as_for_tools(api: ApiServer) -> None:
     assert request(api, "GET", "/resources/read?server=c") == (
-        400, {"error": "Name the resource: GET /resources/read?server=NAME&uri=URI."}
+        400,
+        {"error": "Name the resource: GET /resources/read?server=NAME&uri=URI."},
     )
     assert request(api, "GET", "/resources/read?server=c&uri=catalog://readme&timeout=0")[0] == 400
     assert request(api, "GET", "/resources/read?server=c&uri=catalog://nope")[0] == 404
     assert request(api, "GET", "/resources/read?server=bare&uri=catalog://readme") == (
-        404, {"error": "Server 'bare' offers no resources (it does not declare the resources capability).",
-              "kind": "usage", "server": "bare"}
+        404,
+        {
+            "error": "Server 'bare' offers no resources (it does not declare the resources capability).",
+            "kind": "usage",
+            "server": "bare",
+        },
     )
     code, payload = request(api, "GET", "/resources/read?server=c&uri=catalog://broken")
     assert code == 502 and payload["error"].endswith("with an error: the disk is on fire")
@@ -315,8 +382,9 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def servers() -> Path:
-    return write_config({"c": catalog_stdio(), "bare": catalog_stdio("--bare"),
-                         "broken": {"command": "/nonexistent/mcp-server"}})
+    return write_config(
+        {"c": catalog_stdio(), "bare": catalog_stdio("--bare"), "broken": {"command": "/nonexistent/mcp-server"}}
+    )
 
 
 BROKEN = "error: Server 'broken' failed to connect: cannot run '/nonexistent/mcp-server': No such file or directory\n"
@@ -358,20 +426,25 @@ def test_cli_listing_of_a_partial_server(capsys: pytest.CaptureFixture[str]) -> 
     write_config({"partial": catalog_stdio("--partial")})
     assert cli(capsys, "resources") == (0, "partial  partial://only  only\n", "")
     assert cli(capsys, "prompts", "--server", "partial") == (
-        4, "", "error: Server 'partial' answered the prompt list with an error: the prompt shelf collapsed\n"
+        4,
+        "",
+        "error: Server 'partial' answered the prompt list with an error: the prompt shelf collapsed\n",
     )
     code, out, err = cli(capsys, "prompts")  # all servers: the failure is reported, not fatal
     assert (code, out) == (0, "")
     assert err == "Server 'partial' answered the prompt list with an error: the prompt shelf collapsed\n"
 
 
-def test_cli_read_prints_text_and_writes_files(servers: Path, capsys: pytest.CaptureFixture[str],
-                                               tmp_path: Path) -> None:
+def test_cli_read_prints_text_and_writes_files(
+    servers: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     assert cli(capsys, "read", "c", "catalog://readme") == (0, README, "")
     assert cli(capsys, "read", "c", "catalog://notes/figs") == (0, "# figs\nNotes about figs.\n", "")
     target = tmp_path / "logo.png"
     assert cli(capsys, "read", "c", "catalog://logo.png", "-o", str(target)) == (
-        0, "", f"Wrote {len(LOGO)} bytes to {target}.\n"
+        0,
+        "",
+        f"Wrote {len(LOGO)} bytes to {target}.\n",
     )
     assert target.read_bytes() == LOGO
     assert cli(capsys, "-q", "read", "c", "catalog://readme", "--output", str(target)) == (0, "", "")
@@ -387,28 +460,42 @@ def test_cli_read_prints_text_and_writes_files(servers: Path, capsys: pytest.Cap
 
 def test_cli_read_errors(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(capsys, "read", "bare", "catalog://readme") == (
-        2, "", "error: Server 'bare' offers no resources (it does not declare the resources capability).\n"
+        2,
+        "",
+        "error: Server 'bare' offers no resources (it does not declare the resources capability).\n",
     )
     assert cli(capsys, "read", "c", "catalog://nope") == (
-        2, "", ("error: Server 'c' refused the read of 'catalog://nope': Unknown resource: catalog://nope. "
-                "Run: toolscript resources --server c\n")
+        2,
+        "",
+        (
+            "error: Server 'c' refused the read of 'catalog://nope': Unknown resource: catalog://nope. "
+            "Run: toolscript resources --server c\n"
+        ),
     )
     assert cli(capsys, "read", "c", "catalog://broken") == (
-        4, "", "error: Server 'c' answered the read of 'catalog://broken' with an error: the disk is on fire\n"
+        4,
+        "",
+        "error: Server 'c' answered the read of 'catalog://broken' with an error: the disk is on fire\n",
     )
     assert cli(capsys, "read", "broken", "catalog://readme")[0] == 4
 
 
 def test_cli_prompt_renders_messages(servers: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cli(capsys, "prompt", "c__greet", '{"name": "Ada"}') == (
-        0, "[user]\nSay hello to Ada in a plain style.\n", ""
+        0,
+        "[user]\nSay hello to Ada in a plain style.\n",
+        "",
     )
-    assert cli(capsys, "prompt", "c__review", '{"topic": "apples"}') == (0, (
-        "[user]\nPlease review apples.\n"
-        "[user]\n[resource: catalog://notes/apples]\nNotes about apples.\n"
-        f"[user]\n[image: image/png, {len(LOGO)} bytes]\n"
-        "[assistant]\nI will review it.\n"
-    ), "")
+    assert cli(capsys, "prompt", "c__review", '{"topic": "apples"}') == (
+        0,
+        (
+            "[user]\nPlease review apples.\n"
+            "[user]\n[resource: catalog://notes/apples]\nNotes about apples.\n"
+            f"[user]\n[image: image/png, {len(LOGO)} bytes]\n"
+            "[assistant]\nI will review it.\n"
+        ),
+        "",
+    )
     arguments = tmp_path / "args.json"
     arguments.write_text('{"topic": "apples"}')
     code, out, _ = cli(capsys, "prompt", "c__review", f"@{arguments}", "--json")
@@ -418,7 +505,9 @@ def test_cli_prompt_renders_messages(servers: Path, capsys: pytest.CaptureFixtur
 
 def test_cli_prompt_errors(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(capsys, "prompt", "greet") == (
-        2, "", "error: 'greet' is not a SERVER__PROMPT name (such as code__review). Run: toolscript prompts\n"
+        2,
+        "",
+        "error: 'greet' is not a SERVER__PROMPT name (such as code__review). Run: toolscript prompts\n",
     )
     code, _, err = cli(capsys, "prompt", "c__greet", "{not json")
     assert code == 2 and err.startswith("error: The arguments for 'c__greet' (ARGS) are not valid JSON")
@@ -428,9 +517,12 @@ def test_cli_prompt_errors(servers: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def read_binary(*args: str, stdout: int | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, str(ROOT / "toolscript.py"), "read", *args],
-                          stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "toolscript.py"), "read", *args],
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=60,
+    )
 
 
 def read_on_a_terminal(*args: str) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
@@ -483,16 +575,26 @@ def running_gateway(servers: Path) -> Iterator[str]:
         gateway.stop()
 
 
-def test_cli_through_the_gateway_matches_direct_use(running_gateway: str, capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cli_through_the_gateway_matches_direct_use(
+    running_gateway: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     commands = [
-        ["resources"], ["resources", "--server", "c", "--json"], ["resources", "--server", "bare"],
+        ["resources"],
+        ["resources", "--server", "c", "--json"],
+        ["resources", "--server", "bare"],
         ["resources", "--server", "broken"],
-        ["read", "c", "catalog://readme"], ["read", "c", "catalog://logo.png", "--json"],
-        ["read", "c", "catalog://nope"], ["read", "bare", "catalog://readme"], ["read", "c", "catalog://broken"],
-        ["prompts"], ["prompts", "--server", "c", "--json"],
-        ["prompt", "c__review", '{"topic": "apples"}'], ["prompt", "c__greet", '{"name": "Ada"}', "--json"],
-        ["prompt", "c__nope"], ["prompt", "bare__greet"], ["prompt", "nosep"],
+        ["read", "c", "catalog://readme"],
+        ["read", "c", "catalog://logo.png", "--json"],
+        ["read", "c", "catalog://nope"],
+        ["read", "bare", "catalog://readme"],
+        ["read", "c", "catalog://broken"],
+        ["prompts"],
+        ["prompts", "--server", "c", "--json"],
+        ["prompt", "c__review", '{"topic": "apples"}'],
+        ["prompt", "c__greet", '{"name": "Ada"}', "--json"],
+        ["prompt", "c__nope"],
+        ["prompt", "bare__greet"],
+        ["prompt", "nosep"],
     ]
     direct = [cli(capsys, *command) for command in commands]
     monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", running_gateway)
@@ -517,8 +619,9 @@ def protected(oauth_server: Any) -> Any:
 
 
 def authenticate() -> None:
-    record = auth.authenticate(load_config().server(NAME), Store(), open_browser=visit, show_url=lambda url: None,
-                               timeout=30)
+    record = auth.authenticate(
+        load_config().server(NAME), Store(), open_browser=visit, show_url=lambda url: None, timeout=30
+    )
     assert record is not None and record.tokens is not None
 
 
@@ -532,15 +635,20 @@ def test_oauth_protected_resources_prompts_and_completions(protected: Any) -> No
     with Gateway(load_config()) as gateway:
         rows = gateway.resources(NAME)  # unpaged, without sizes: the demo server's own listing
         assert {row.get("uri") or row["uriTemplate"] for row in rows} == {
-            "catalog://readme", "catalog://logo.png", "catalog://settings.json", "catalog://broken",
-            "catalog://notes/{topic}", "catalog://blobs/{name}",
+            "catalog://readme",
+            "catalog://logo.png",
+            "catalog://settings.json",
+            "catalog://broken",
+            "catalog://notes/{topic}",
+            "catalog://blobs/{name}",
         }
         assert gateway.read_resource(NAME, "catalog://readme")["contents"][0]["text"] == README
         assert [prompt["prompt"] for prompt in gateway.prompts(NAME)] == ["greet", "review", "hello"]
         assert gateway.get_prompt(f"{NAME}__review", {"topic": "apples"}) == REVIEW
         assert gateway.complete(NAME, "style", "pl", prompt="greet")["values"] == ["plain"]
-    refreshes = [seen for seen in protected.requests_to("/token", "POST") if seen.form.get("grant_type") ==
-                 "refresh_token"]
+    refreshes = [
+        seen for seen in protected.requests_to("/token", "POST") if seen.form.get("grant_type") == "refresh_token"
+    ]
     assert len(refreshes) == 1
     token = store.load(NAME).tokens.access_token
     methods = set()
@@ -548,14 +656,24 @@ def test_oauth_protected_resources_prompts_and_completions(protected: Any) -> No
         if seen.path == "/mcp" and seen.method == "POST":
             assert seen.headers.get("authorization") == f"Bearer {token}"
             methods.add(json.loads(seen.body).get("method"))
-    assert {"resources/list", "resources/templates/list", "resources/read", "prompts/list", "prompts/get",
-            "completion/complete"} <= methods
+    assert {
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+    } <= methods
 
 
 def test_oauth_not_authenticated_exits_3_with_the_command_to_run(protected: Any) -> None:
     expected = f"Run: toolscript auth {NAME}"
-    for command in (["resources"], ["read", NAME, "catalog://readme"], ["prompts", "--server", NAME],
-                    ["prompt", f"{NAME}__hello"]):
+    for command in (
+        ["resources"],
+        ["read", NAME, "catalog://readme"],
+        ["prompts", "--server", NAME],
+        ["prompt", f"{NAME}__hello"],
+    ):
         proc = run_cli(*command)
         assert proc.returncode == 3, explain(proc)
         assert proc.stdout == "" and expected in proc.stderr, explain(proc)

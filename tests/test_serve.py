@@ -25,17 +25,17 @@ import anyio
 import anyio.from_thread
 import mcp_types as types
 import pytest
+from browser import visit
+from conftest import ROOT, SERVERS, process_exists, stdio_server, wait_until, write_config
+from everything import BLOB, serving_everything
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
+from oauth_server import OAuthTestServer
 from pydantic import TypeAdapter
 
 import auth
-from browser import visit
 from config import load_config
-from conftest import ROOT, SERVERS, process_exists, stdio_server, wait_until, write_config
-from everything import BLOB, serving_everything
-from oauth_server import OAuthTestServer
 from storage import Store
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
@@ -87,8 +87,9 @@ class Client:
         token = (ctx.meta or {}).get("progress_token")
         if token is not None:
             await ctx.session.send_progress_notification(token, 0.5, 1.0, "thinking")
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="sampled"),
-                                         model="test-model")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="sampled"), model="test-model"
+        )
 
     def mark(self) -> int:
         """A position in `received`: `wait_for(..., since=mark)` looks only at what came after it."""
@@ -119,19 +120,28 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def serve(config: Path, *options: str, home: Path, errlog: Any, client: Client | None = None
-                ) -> AsyncIterator[Client]:
+async def serve(
+    config: Path, *options: str, home: Path, errlog: Any, client: Client | None = None
+) -> AsyncIterator[Client]:
     """Start `toolscript serve` with `config` as an MCP server over stdio and connect the SDK client to it."""
     client = client or Client()
     params = StdioServerParameters(
-        command=sys.executable, args=[str(ROOT / "toolscript.py"), "-v", "--config", str(config), "serve", *options],
+        command=sys.executable,
+        args=[str(ROOT / "toolscript.py"), "-v", "--config", str(config), "serve", *options],
         env={**os.environ, "TOOLSCRIPT_HOME": str(home)},
     )
     try:
-        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(
-            read, write, message_handler=client.on_message, logging_callback=client.on_log,
-            elicitation_callback=client.on_elicitation, sampling_callback=client.on_sampling,
-        ) as session:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(
+                read,
+                write,
+                message_handler=client.on_message,
+                logging_callback=client.on_log,
+                elicitation_callback=client.on_elicitation,
+                sampling_callback=client.on_sampling,
+            ) as session,
+        ):
             client.session = session
             with anyio.fail_after(TIMEOUT):
                 await session.initialize()
@@ -176,16 +186,24 @@ def tour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
     with contextlib.ExitStack() as stack:
         remote = stack.enter_context(serving_everything("remote"))
         oauth = stack.enter_context(OAuthTestServer())
-        config = write_config({"local": everything("local"), "remote": {"url": remote},
-                               "demo": {"url": oauth.url}}, tmp / "toolscript.toml")
-        record = auth.authenticate(load_config(str(config)).server("demo"), Store(home), open_browser=visit,
-                                   show_url=lambda url: None, timeout=30)
+        config = write_config(
+            {"local": everything("local"), "remote": {"url": remote}, "demo": {"url": oauth.url}},
+            tmp / "toolscript.toml",
+        )
+        record = auth.authenticate(
+            load_config(str(config)).server("demo"),
+            Store(home),
+            open_browser=visit,
+            show_url=lambda url: None,
+            timeout=30,
+        )
         assert record is not None
         errlog = stack.enter_context(open(tmp / "serve.stderr", "w+"))
         portal = stack.enter_context(anyio.from_thread.start_blocking_portal())
         # --wait: the first listings wait for every server, however slowly the machine starts them.
-        client = stack.enter_context(portal.wrap_async_context_manager(
-            serve(config, "--wait", str(TIMEOUT), home=home, errlog=errlog)))
+        client = stack.enter_context(
+            portal.wrap_async_context_manager(serve(config, "--wait", str(TIMEOUT), home=home, errlog=errlog))
+        )
         client.give_up_when = str(tmp / "client-waits")
         yield Tour(portal, client, oauth, errlog, tmp)
 
@@ -205,8 +223,12 @@ def test_tools_of_every_server_are_listed_as_server__tool_with_their_annotations
 def test_tool_results_pass_through_as_sent(tour: Tour) -> None:
     client = tour.client
     added = tour.run(client.call_raw, "local__add", {"a": 2, "b": 3})
-    assert added == {"content": [{"type": "text", "text": "5"}], "structuredContent": {"total": 5},
-                     "_meta": {"origin": "local"}, "isError": False}
+    assert added == {
+        "content": [{"type": "text", "text": "5"}],
+        "structuredContent": {"total": 5},
+        "_meta": {"origin": "local"},
+        "isError": False,
+    }
     # serve does not check structured content against the output schema; the client decides.
     assert tour.run(client.call_raw, "remote__wrong_shape")["structuredContent"] == {"n": "not a number"}
     failed = tour.run(client.call_raw, "remote__fail")
@@ -232,8 +254,9 @@ def test_progress_and_log_messages_reach_the_client(tour: Tour) -> None:
             progress.append((value, total, message))
 
         result = await client.session.call_tool("local__progress", {"steps": 3}, progress_callback=on_progress)
-        await client.wait_for(lambda m: isinstance(m, types.LoggingMessageNotification)
-                              and m.params.data == "step 3", since)
+        await client.wait_for(
+            lambda m: isinstance(m, types.LoggingMessageNotification) and m.params.data == "step 3", since
+        )
         logs = [m.params for m in client.received[since:] if isinstance(m, types.LoggingMessageNotification)]
         return result, logs
 
@@ -241,7 +264,8 @@ def test_progress_and_log_messages_reach_the_client(tour: Tour) -> None:
     assert texts(result) == ["3 steps done"]
     assert progress == [(1, 3, "step 1 of 3"), (2, 3, "step 2 of 3"), (3, 3, "step 3 of 3")]
     assert [(log.level, log.logger, log.data) for log in logs] == [
-        ("info", "local__local", f"step {n}") for n in (1, 2, 3)]
+        ("info", "local__local", f"step {n}") for n in (1, 2, 3)
+    ]
     # The level was passed on to every server that offers logging.
     for server in ("local", "remote"):
         assert texts(tour.run(client.call_raw, f"{server}__log_level")) == ["info"]
@@ -252,6 +276,7 @@ def test_cancelling_a_call_cancels_it_at_the_server(tour: Tour) -> None:
 
     async def scenario() -> None:
         with anyio.CancelScope() as scope:
+
             async def cancel_once_started() -> None:
                 with anyio.fail_after(TIMEOUT):
                     while not started.exists():
@@ -315,12 +340,18 @@ def test_prompts_and_completions_are_routed_by_name(tour: Tour) -> None:
     assert prompts["remote__greet"].description == "A greeting from remote"
     got = tour.run(lambda: session.get_prompt("remote__greet", {"who": "Bo"}))
     assert got.messages[0].content.text == "Hello Bo from remote"  # type: ignore[union-attr]
-    names = tour.run(lambda: session.complete(types.PromptReference(type="ref/prompt", name="local__greet"),
-                                              {"name": "who", "value": "al"}))
+    names = tour.run(
+        lambda: session.complete(
+            types.PromptReference(type="ref/prompt", name="local__greet"), {"name": "who", "value": "al"}
+        )
+    )
     assert names.completion.values == ["alice", "albert"]
-    ids = tour.run(lambda: session.complete(
-        types.ResourceTemplateReference(type="ref/resource", uri="test://remote/items/{id}"),
-        {"name": "id", "value": "1"}))
+    ids = tour.run(
+        lambda: session.complete(
+            types.ResourceTemplateReference(type="ref/resource", uri="test://remote/items/{id}"),
+            {"name": "id", "value": "1"},
+        )
+    )
     assert ids.completion.values == ["1", "10"]
 
 
@@ -332,8 +363,7 @@ def test_resource_updates_reach_a_subscribed_client(tour: Tour) -> None:
         since = client.mark()
         await client.session.subscribe_resource(uri)
         touched = texts(await client.call_raw("remote__touch", {"uri": uri}))
-        await client.wait_for(lambda m: isinstance(m, types.ResourceUpdatedNotification) and m.params.uri == uri,
-                              since)
+        await client.wait_for(lambda m: isinstance(m, types.ResourceUpdatedNotification) and m.params.uri == uri, since)
         await client.session.unsubscribe_resource(uri)
         return touched, texts(await client.call_raw("remote__touch", {"uri": uri}))
 
@@ -369,8 +399,9 @@ def test_one_server_is_served_with_its_own_names(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         with tempfile.NamedTemporaryFile("w+") as errlog:
-            async with serve(config, "--server", "solo", "--wait", str(TIMEOUT), home=tmp_path / "home",
-                             errlog=errlog) as client:
+            async with serve(
+                config, "--server", "solo", "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog
+            ) as client:
                 session = client.session
                 names = {tool.name for tool in (await session.list_tools()).tools}
                 assert {"echo", "add", "ask"} <= names and not any("__" in name for name in names)
@@ -388,8 +419,7 @@ def test_one_server_is_served_with_its_own_names(tmp_path: Path) -> None:
 def test_a_late_server_appears_through_list_changed(tmp_path: Path) -> None:
     barrier = tmp_path / "barrier"
     # `late` can only finish starting once two processes have arrived at the barrier: itself and this test.
-    config = write_config({"early": stdio_server(),
-                           "late": stdio_server("--arrive", str(barrier), "--wait-for", "2")})
+    config = write_config({"early": stdio_server(), "late": stdio_server("--arrive", str(barrier), "--wait-for", "2")})
 
     async def scenario() -> None:
         with tempfile.NamedTemporaryFile("w+") as errlog:
@@ -425,7 +455,8 @@ def test_a_server_that_exits_is_reconnected_and_its_list_announced_again(tmp_pat
 
 
 def test_a_server_needing_authorization_answers_with_the_command_and_appears_after_auth(
-        tmp_path: Path, oauth_server: Any) -> None:
+    tmp_path: Path, oauth_server: Any
+) -> None:
     server = oauth_server()
     config = write_config({"demo": {"url": server.url}, "tools": stdio_server()})
     home = tmp_path / "home"
@@ -443,9 +474,15 @@ def test_a_server_needing_authorization_answers_with_the_command_and_appears_aft
                 assert warning.params.level == "warning" and "Run: toolscript auth demo" in warning.params.data
 
                 since = client.mark()
-                await anyio.to_thread.run_sync(lambda: auth.authenticate(
-                    load_config(str(config)).server("demo"), Store(home), open_browser=visit,
-                    show_url=lambda url: None, timeout=30))
+                await anyio.to_thread.run_sync(
+                    lambda: auth.authenticate(
+                        load_config(str(config)).server("demo"),
+                        Store(home),
+                        open_browser=visit,
+                        show_url=lambda url: None,
+                        timeout=30,
+                    )
+                )
                 await client.wait_for(lambda m: isinstance(m, types.ToolListChangedNotification), since)
                 names = {tool.name for tool in (await client.session.list_tools()).tools}
                 assert "demo__echo" in names
@@ -460,7 +497,10 @@ def test_a_server_needing_authorization_answers_with_the_command_and_appears_aft
 def _start_raw(config: Path, home: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(ROOT / "toolscript.py"), "--config", str(config), "serve", "--wait", str(TIMEOUT)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "TOOLSCRIPT_HOME": str(home)},
     )
 
@@ -483,14 +523,27 @@ def _children_of_serve(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]
     """Start serve over two stdio servers by hand (JSON lines) and return it with the servers' pids."""
     config = write_config({"a": stdio_server(), "b": stdio_server()})
     proc = _start_raw(config, tmp_path / "home")
-    _exchange(proc, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}})
+    _exchange(
+        proc,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "test", "version": "0"},
+            },
+        },
+    )
     assert proc.stdin is not None
     proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
     pids = []
     for n, server in enumerate(("a", "b"), start=2):
-        answer = _exchange(proc, {"jsonrpc": "2.0", "id": n, "method": "tools/call",
-                                  "params": {"name": f"{server}__pid", "arguments": {}}})
+        answer = _exchange(
+            proc,
+            {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": f"{server}__pid", "arguments": {}}},
+        )
         pids.append(int(answer["result"]["content"][0]["text"]))
     assert all(process_exists(pid) for pid in pids)
     return proc, pids
@@ -549,8 +602,9 @@ def test_two_serve_processes_with_an_expired_token_refresh_it_once(tmp_path: Pat
     config = write_config({"demo": {"url": server.url}})
     home = tmp_path / "home"
     store = Store(home)
-    auth.authenticate(load_config(str(config)).server("demo"), store, open_browser=visit,
-                      show_url=lambda url: None, timeout=30)
+    auth.authenticate(
+        load_config(str(config)).server("demo"), store, open_browser=visit, show_url=lambda url: None, timeout=30
+    )
     record = store.load("demo")
     assert record is not None and record.tokens is not None
     record.tokens.expires_at = 0  # long expired
@@ -560,8 +614,11 @@ def test_two_serve_processes_with_an_expired_token_refresh_it_once(tmp_path: Pat
     errlogs = [open(tmp_path / f"racer{n}.stderr", "w+") for n in range(2)]  # noqa: SIM115
 
     async def racer(errlog: Any, results: list[str]) -> None:
-        params = StdioServerParameters(command=sys.executable, args=["-c", RACER, str(ROOT), str(barrier), str(config)],
-                                       env={**os.environ, "TOOLSCRIPT_HOME": str(home)})
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-c", RACER, str(ROOT), str(barrier), str(config)],
+            env={**os.environ, "TOOLSCRIPT_HOME": str(home)},
+        )
         async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
             with anyio.fail_after(TIMEOUT):
                 await session.initialize()
@@ -582,7 +639,9 @@ def test_two_serve_processes_with_an_expired_token_refresh_it_once(tmp_path: Pat
         for errlog in errlogs:
             errlog.close()
     assert len(list(barrier.iterdir())) == 2
-    refreshes = [seen for seen in server.requests_to("/token", "POST") if seen.form.get("grant_type") == "refresh_token"]
+    refreshes = [
+        seen for seen in server.requests_to("/token", "POST") if seen.form.get("grant_type") == "refresh_token"
+    ]
     assert len(refreshes) == 1, "\n---\n".join(logs)
     # They overlapped: the one that took the lock second had read the expired token too, and
     # found under the lock the tokens the other had just refreshed.

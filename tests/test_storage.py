@@ -23,12 +23,22 @@ URL = "https://mcp.example.com/mcp"
 
 def sample_record() -> Record:
     return Record(
-        client=ClientInfo(client_id="cid", client_secret="csecret", registration_source="dynamic",
-                          issuer="https://auth.example.com", redirect_uri="http://127.0.0.1:5555/callback",
-                          registered_at=1700000000.0, token_endpoint_auth_method="client_secret_post"),
+        client=ClientInfo(
+            client_id="cid",
+            client_secret="csecret",
+            registration_source="dynamic",
+            issuer="https://auth.example.com",
+            redirect_uri="http://127.0.0.1:5555/callback",
+            registered_at=1700000000.0,
+            token_endpoint_auth_method="client_secret_post",
+        ),
         tokens=Tokens(access_token="at-1", refresh_token="rt-1", scope="read write", expires_at=1800000000.0),
-        metadata=Metadata(server_url=URL, issuer="https://auth.example.com",
-                          token_endpoint="https://auth.example.com/token", resource=URL),
+        metadata=Metadata(
+            server_url=URL,
+            issuer="https://auth.example.com",
+            token_endpoint="https://auth.example.com/token",
+            resource=URL,
+        ),
     )
 
 
@@ -119,8 +129,12 @@ def test_concurrent_updates_from_two_processes_lose_nothing(isolated_env: Path) 
     rounds = 150
     root = str(Path(storage.__file__).parent)
     procs = [
-        subprocess.Popen([sys.executable, "-c", COUNTER_SCRIPT, root, str(rounds)],
-                         env={**os.environ, "TOOLSCRIPT_HOME": str(isolated_env)}, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", COUNTER_SCRIPT, root, str(rounds)],
+            env={**os.environ, "TOOLSCRIPT_HOME": str(isolated_env)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     for proc in procs:
@@ -146,11 +160,15 @@ def test_update_returning_none_deletes(isolated_env: Path) -> None:
         (b"[tokens]\ntoken_type = 'Bearer'\n", "tokens.access_token is missing"),
         (b"[tokens]\naccess_token = 5\n", "tokens.access_token has the wrong type"),
         (b"tokens = 'x'\n", "[tokens] is not a table"),
-        (b"[client]\nclient_id = 'x'\nregistration_source = 'stolen'\n",
-         "client.registration_source 'stolen' is not one of ('dynamic', 'config', 'metadata_url')"),
+        (
+            b"[client]\nclient_id = 'x'\nregistration_source = 'stolen'\n",
+            "client.registration_source 'stolen' is not one of ('dynamic', 'config', 'metadata_url')",
+        ),
     ],
 )
-def test_corrupt_record_is_one_clear_error_and_is_not_overwritten(isolated_env: Path, content: bytes, reason: str) -> None:
+def test_corrupt_record_is_one_clear_error_and_is_not_overwritten(
+    isolated_env: Path, content: bytes, reason: str
+) -> None:
     store = Store()
     store.save("github", sample_record())
     path = isolated_env / "oauth" / "github.toml"
@@ -189,35 +207,58 @@ def test_tokens_are_not_used_for_another_url(isolated_env: Path) -> None:
 
 
 def test_token_answer_becomes_tokens_with_an_absolute_expiry() -> None:
-    body = {"access_token": "at-answer-1", "token_type": "bearer", "expires_in": 3600, "scope": "a b",
-            "refresh_token": "rt-answer-1", "id_token": "idt-answer-1"}
+    body = {
+        "access_token": "at-answer-1",
+        "token_type": "bearer",
+        "expires_in": 3600,
+        "scope": "a b",
+        "refresh_token": "rt-answer-1",
+        "id_token": "idt-answer-1",
+    }
     tokens = Tokens.from_response(body, now=1000.0)
-    assert tokens == Tokens(access_token="at-answer-1", token_type="Bearer", refresh_token="rt-answer-1",
-                            scope="a b", expires_at=4600.0, issued_at=1000.0)
+    assert tokens == Tokens(
+        access_token="at-answer-1",
+        token_type="Bearer",
+        refresh_token="rt-answer-1",
+        scope="a b",
+        expires_at=4600.0,
+        issued_at=1000.0,
+    )
     assert Tokens.from_response(json.dumps(body).encode(), now=1000.0) == tokens  # the raw body reads the same
     # Every token of the answer is a secret from then on, the unused id_token too.
     assert redact("at-answer-1 rt-answer-1 idt-answer-1") == "[REDACTED] [REDACTED] [REDACTED]"
 
 
 def test_token_answer_falls_back_to_what_it_leaves_out() -> None:
-    tokens = Tokens.from_response({"access_token": "at-2", "token_type": "Bearer"}, now=1000.0,
-                                  scope="asked", refresh_token="rt-used")
+    tokens = Tokens.from_response(
+        {"access_token": "at-2", "token_type": "Bearer"}, now=1000.0, scope="asked", refresh_token="rt-used"
+    )
     assert (tokens.scope, tokens.refresh_token, tokens.expires_at) == ("asked", "rt-used", None)
-    tokens = Tokens.from_response({"access_token": "at-2", "token_type": "Bearer", "scope": "", "refresh_token": "",
-                                   "expires_in": "soon"}, now=1000.0, scope="asked")
+    tokens = Tokens.from_response(
+        {"access_token": "at-2", "token_type": "Bearer", "scope": "", "refresh_token": "", "expires_in": "soon"},
+        now=1000.0,
+        scope="asked",
+    )
     assert (tokens.scope, tokens.refresh_token, tokens.expires_at) == ("asked", None, None)
-    assert Tokens.from_response({"access_token": "at-2", "token_type": "Bearer", "expires_in": "60"},
-                                now=1000.0).expires_at == 1060.0
+    assert (
+        Tokens.from_response(
+            {"access_token": "at-2", "token_type": "Bearer", "expires_in": "60"}, now=1000.0
+        ).expires_at
+        == 1060.0
+    )
 
 
-@pytest.mark.parametrize(("body", "problem"), [
-    (b"<html>busy</html>", "the answer is not a JSON object"),
-    (b"[1, 2]", "the answer is not a JSON object"),
-    ({"token_type": "Bearer"}, "the answer has no access_token"),
-    ({"access_token": "", "token_type": "Bearer"}, "the answer has no access_token"),
-    ({"access_token": "at-3"}, "token_type is None, not Bearer"),
-    ({"access_token": "at-3", "token_type": "mac"}, "token_type is 'mac', not Bearer"),
-])
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"<html>busy</html>", "the answer is not a JSON object"),
+        (b"[1, 2]", "the answer is not a JSON object"),
+        ({"token_type": "Bearer"}, "the answer has no access_token"),
+        ({"access_token": "", "token_type": "Bearer"}, "the answer has no access_token"),
+        ({"access_token": "at-3"}, "token_type is None, not Bearer"),
+        ({"access_token": "at-3", "token_type": "mac"}, "token_type is 'mac', not Bearer"),
+    ],
+)
 def test_unusable_token_answer_says_why(body: object, problem: str) -> None:
     with pytest.raises(ValueError) as caught:
         Tokens.from_response(body, now=0.0)  # type: ignore[arg-type]
@@ -228,7 +269,7 @@ def test_keys_from_a_newer_version_survive_an_update(isolated_env: Path) -> None
     store = Store()
     store.save("github", sample_record())
     path = isolated_env / "oauth" / "github.toml"
-    text = path.read_text().replace("[tokens]\n", "[tokens]\nbound_to = \"dpop\"\n")
+    text = path.read_text().replace("[tokens]\n", '[tokens]\nbound_to = "dpop"\n')
     path.write_text(text + "\n[future]\nflag = true\n")
 
     def rotate(record: Record | None) -> Record:
@@ -287,8 +328,9 @@ def test_a_planted_record_or_lock_file_is_one_line_and_exit_2(isolated_env: Path
         assert store.load("demo") == sample_record()  # untouched
 
 
-def test_a_full_disk_is_a_storage_error_naming_the_file(isolated_env: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_full_disk_is_a_storage_error_naming_the_file(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_config(f'[servers.github]\nurl = "{URL}"\n')
     store = Store()
     store.save("github", sample_record())
@@ -307,8 +349,9 @@ def test_a_full_disk_is_a_storage_error_naming_the_file(isolated_env: Path, monk
     assert sorted(p.name for p in store.directory.iterdir()) == ["github.lock", "github.toml"]  # no temp file left
 
 
-def test_a_read_only_directory_is_a_storage_error_naming_the_file(isolated_env: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_read_only_directory_is_a_storage_error_naming_the_file(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Root ignores permission bits, so the read-only file system is played by os.open.
     write_config(f'[servers.github]\nurl = "{URL}"\n')
     store = Store()
@@ -354,8 +397,9 @@ def test_temporary_files_of_a_crashed_write_are_removed_by_the_next_write_and_by
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e300", "-1e300"])
-def test_a_stored_time_that_is_not_usable_is_read_as_unknown(isolated_env: Path, caplog: pytest.LogCaptureFixture,
-                                                             value: str) -> None:
+def test_a_stored_time_that_is_not_usable_is_read_as_unknown(
+    isolated_env: Path, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
     store = Store()
     store.save("github", sample_record())
     path = store.path("github")

@@ -47,8 +47,9 @@ def toolscript(*args: str, env: dict[str, str]) -> int:
     # Generous: scenarios run in parallel on a loaded 2-core machine (a step-up scenario runs
     # several of these in a row within the suite's per-scenario timeout).
     try:
-        proc = subprocess.run([sys.executable, str(ROOT / "toolscript.py"), *args], env=env, timeout=75,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "toolscript.py"), *args], env=env, timeout=75, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         print(f"client.py: toolscript {args[0]} did not finish within 75 s", file=sys.stderr)
         return 124

@@ -17,8 +17,9 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mcp_types as types
 from mcp.server.lowlevel import Server
@@ -57,8 +58,9 @@ def add_catalog(server: MCPServer) -> None:
     def broken() -> str:
         raise ResourceError("the disk is on fire")
 
-    @server.resource("catalog://notes/{topic}", name="note", description="Notes about a topic.",
-                     mime_type="text/markdown")
+    @server.resource(
+        "catalog://notes/{topic}", name="note", description="Notes about a topic.", mime_type="text/markdown"
+    )
     def note(topic: str) -> str:
         return f"# {topic}\nNotes about {topic}.\n"
 
@@ -74,11 +76,14 @@ def add_catalog(server: MCPServer) -> None:
     def review(topic: str) -> list[Any]:
         return [
             UserMessage(f"Please review {topic}."),
-            UserMessage(types.EmbeddedResource(
-                type="resource",
-                resource=types.TextResourceContents(uri=f"catalog://notes/{topic}", text=f"Notes about {topic}.",
-                                                    mime_type="text/markdown"),
-            )),
+            UserMessage(
+                types.EmbeddedResource(
+                    type="resource",
+                    resource=types.TextResourceContents(
+                        uri=f"catalog://notes/{topic}", text=f"Notes about {topic}.", mime_type="text/markdown"
+                    ),
+                )
+            ),
             UserMessage(Image(data=LOGO, format="png")),
             AssistantMessage("I will review it."),
         ]
@@ -111,19 +116,22 @@ class _PagedCatalog(MCPServer):
         end = start + self.page_size
         return items[start:end], str(end) if end < len(items) else None
 
-    async def _handle_list_resources(self, ctx: Any, params: types.PaginatedRequestParams | None
-                                     ) -> types.ListResourcesResult:
+    async def _handle_list_resources(
+        self, ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
         resources = [r.model_copy(update={"size": SIZES.get(str(r.uri))}) for r in await self.list_resources()]
         page, cursor = self._page(resources, params)
         return types.ListResourcesResult(resources=page, next_cursor=cursor)
 
-    async def _handle_list_resource_templates(self, ctx: Any, params: types.PaginatedRequestParams | None
-                                              ) -> types.ListResourceTemplatesResult:
+    async def _handle_list_resource_templates(
+        self, ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
         page, cursor = self._page(await self.list_resource_templates(), params)
         return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor)
 
-    async def _handle_list_prompts(self, ctx: Any, params: types.PaginatedRequestParams | None
-                                   ) -> types.ListPromptsResult:
+    async def _handle_list_prompts(
+        self, ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
         page, cursor = self._page(await self.list_prompts(), params)
         return types.ListPromptsResult(prompts=page, next_cursor=cursor)
 
@@ -143,8 +151,11 @@ def build_bare(name: str = "bare", *, partial: bool = False) -> Server[Any]:
     """
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[types.Tool(name="ping", description="Answer pong.",
-                                                       input_schema={"type": "object", "properties": {}})])
+        return types.ListToolsResult(
+            tools=[
+                types.Tool(name="ping", description="Answer pong.", input_schema={"type": "object", "properties": {}})
+            ]
+        )
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         return types.CallToolResult(content=[types.TextContent(type="text", text="pong")])
@@ -156,8 +167,13 @@ def build_bare(name: str = "bare", *, partial: bool = False) -> Server[Any]:
         raise MCPError(code=types.INTERNAL_ERROR, message="the prompt shelf collapsed")
 
     if partial:
-        return Server(name, on_list_tools=list_tools, on_call_tool=call_tool, on_list_resources=list_resources,
-                      on_list_prompts=list_prompts)
+        return Server(
+            name,
+            on_list_tools=list_tools,
+            on_call_tool=call_tool,
+            on_list_resources=list_resources,
+            on_list_prompts=list_prompts,
+        )
     return Server(name, on_list_tools=list_tools, on_call_tool=call_tool)
 
 

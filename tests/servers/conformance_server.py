@@ -50,7 +50,7 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX
 STEP_SECONDS = 0.05
 LOG_LEVELS: list[types.LoggingLevel] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 COMPLETIONS = ["test", "testValue1", "testValue2", "other"]
-RESOURCE_NOT_FOUND = -32002   # the spec's code; mcp_types has no constant for it
+RESOURCE_NOT_FOUND = -32002  # the spec's code; mcp_types has no constant for it
 
 
 def _wav() -> str:
@@ -89,8 +89,10 @@ def tool(description: str, input_schema: dict[str, Any] | None = None) -> Callab
 
     def register(handler: ToolHandler) -> ToolHandler:
         name = handler.__name__
-        TOOLS[name] = (types.Tool(name=name, description=description, input_schema=input_schema or _object_schema()),
-                       handler)
+        TOOLS[name] = (
+            types.Tool(name=name, description=description, input_schema=input_schema or _object_schema()),
+            handler,
+        )
         return handler
 
     return register
@@ -117,8 +119,14 @@ async def test_audio_content(ctx: ServerRequestContext, args: dict[str, Any]) ->
 
 @tool("Return one embedded text resource.")
 async def test_embedded_resource(ctx: ServerRequestContext, args: dict[str, Any]) -> types.CallToolResult:
-    return _result(types.EmbeddedResource(type="resource", resource=types.TextResourceContents(
-        uri="test://embedded-resource", mime_type="text/plain", text="This is an embedded resource content.")))
+    return _result(
+        types.EmbeddedResource(
+            type="resource",
+            resource=types.TextResourceContents(
+                uri="test://embedded-resource", mime_type="text/plain", text="This is an embedded resource content."
+            ),
+        )
+    )
 
 
 @tool("Return text, an image and an embedded JSON resource.")
@@ -126,8 +134,12 @@ async def test_multiple_content_types(ctx: ServerRequestContext, args: dict[str,
     return _result(
         _text("Multiple content types test:"),
         types.ImageContent(type="image", data=PNG, mime_type="image/png"),
-        types.EmbeddedResource(type="resource", resource=types.TextResourceContents(
-            uri="test://mixed-content-resource", mime_type="application/json", text='{"test":"data","value":123}')),
+        types.EmbeddedResource(
+            type="resource",
+            resource=types.TextResourceContents(
+                uri="test://mixed-content-resource", mime_type="application/json", text='{"test":"data","value":123}'
+            ),
+        ),
     )
 
 
@@ -156,15 +168,19 @@ async def test_tool_with_progress(ctx: ServerRequestContext, args: dict[str, Any
     return _result(_text(f"Progress reported for token {token!r}"))
 
 
-@tool("Ask the client's LLM to answer the prompt (sampling) and return its answer.",
-      _object_schema({"prompt": {"type": "string", "description": "The prompt to send to the LLM"}}, ["prompt"]))
+@tool(
+    "Ask the client's LLM to answer the prompt (sampling) and return its answer.",
+    _object_schema({"prompt": {"type": "string", "description": "The prompt to send to the LLM"}}, ["prompt"]),
+)
 async def test_sampling(ctx: ServerRequestContext, args: dict[str, Any]) -> types.CallToolResult:
     caps = ctx.session.client_capabilities
     if caps is None or caps.sampling is None:
         return _result(_text("The client does not support sampling."), is_error=True)
     answer = await ctx.session.create_message(
         [types.SamplingMessage(role="user", content=_text(str(args.get("prompt", ""))))],
-        max_tokens=100, related_request_id=ctx.request_id)
+        max_tokens=100,
+        related_request_id=ctx.request_id,
+    )
     text = answer.content.text if isinstance(answer.content, types.TextContent) else f"({answer.content.type})"
     return _result(_text(f"LLM response: {text}"))
 
@@ -183,26 +199,37 @@ def _elicited(prefix: str, answer: types.ElicitResult | None) -> types.CallToolR
     return _result(_text(f"{prefix}: action={answer.action}, content={json.dumps(answer.content or {})}"))
 
 
-@tool("Ask the user for a username and an email address (elicitation).",
-      _object_schema({"message": {"type": "string", "description": "The message to show the user"}}, ["message"]))
+@tool(
+    "Ask the user for a username and an email address (elicitation).",
+    _object_schema({"message": {"type": "string", "description": "The message to show the user"}}, ["message"]),
+)
 async def test_elicitation(ctx: ServerRequestContext, args: dict[str, Any]) -> types.CallToolResult:
-    schema = _object_schema({
-        "username": {"type": "string", "description": "User's response"},
-        "email": {"type": "string", "description": "User's email address"},
-    }, ["username", "email"])
+    schema = _object_schema(
+        {
+            "username": {"type": "string", "description": "User's response"},
+            "email": {"type": "string", "description": "User's email address"},
+        },
+        ["username", "email"],
+    )
     return _elicited("User response", await _elicit(ctx, str(args.get("message", "")), schema))
 
 
 @tool("Elicit fields of every primitive type, each with a default (SEP-1034).")
 async def test_elicitation_sep1034_defaults(ctx: ServerRequestContext, args: dict[str, Any]) -> types.CallToolResult:
-    schema = _object_schema({
-        "name": {"type": "string", "description": "User name", "default": "John Doe"},
-        "age": {"type": "integer", "description": "User age", "default": 30},
-        "score": {"type": "number", "description": "User score", "default": 95.5},
-        "status": {"type": "string", "description": "User status", "enum": ["active", "inactive", "pending"],
-                   "default": "active"},
-        "verified": {"type": "boolean", "description": "Verification status", "default": True},
-    })
+    schema = _object_schema(
+        {
+            "name": {"type": "string", "description": "User name", "default": "John Doe"},
+            "age": {"type": "integer", "description": "User age", "default": 30},
+            "score": {"type": "number", "description": "User score", "default": 95.5},
+            "status": {
+                "type": "string",
+                "description": "User status",
+                "enum": ["active", "inactive", "pending"],
+                "default": "active",
+            },
+            "verified": {"type": "boolean", "description": "Verification status", "default": True},
+        }
+    )
     answer = await _elicit(ctx, "Please provide user information", schema)
     return _elicited("Elicitation completed", answer)
 
@@ -210,28 +237,45 @@ async def test_elicitation_sep1034_defaults(ctx: ServerRequestContext, args: dic
 @tool("Elicit the five kinds of enum field (SEP-1330).")
 async def test_elicitation_sep1330_enums(ctx: ServerRequestContext, args: dict[str, Any]) -> types.CallToolResult:
     options = ["option1", "option2", "option3"]
-    titled = [{"const": "value1", "title": "First Option"}, {"const": "value2", "title": "Second Option"},
-              {"const": "value3", "title": "Third Option"}]
-    schema = _object_schema({
-        "untitledSingle": {"type": "string", "description": "Untitled single-select", "enum": options},
-        "titledSingle": {"type": "string", "description": "Titled single-select", "oneOf": titled},
-        "legacyEnum": {"type": "string", "description": "Legacy titled enum", "enum": ["opt1", "opt2", "opt3"],
-                       "enumNames": ["Option One", "Option Two", "Option Three"]},
-        "untitledMulti": {"type": "array", "description": "Untitled multi-select",
-                          "items": {"type": "string", "enum": options}},
-        "titledMulti": {"type": "array", "description": "Titled multi-select", "items": {"anyOf": titled}},
-    })
+    titled = [
+        {"const": "value1", "title": "First Option"},
+        {"const": "value2", "title": "Second Option"},
+        {"const": "value3", "title": "Third Option"},
+    ]
+    schema = _object_schema(
+        {
+            "untitledSingle": {"type": "string", "description": "Untitled single-select", "enum": options},
+            "titledSingle": {"type": "string", "description": "Titled single-select", "oneOf": titled},
+            "legacyEnum": {
+                "type": "string",
+                "description": "Legacy titled enum",
+                "enum": ["opt1", "opt2", "opt3"],
+                "enumNames": ["Option One", "Option Two", "Option Three"],
+            },
+            "untitledMulti": {
+                "type": "array",
+                "description": "Untitled multi-select",
+                "items": {"type": "string", "enum": options},
+            },
+            "titledMulti": {"type": "array", "description": "Titled multi-select", "items": {"anyOf": titled}},
+        }
+    )
     answer = await _elicit(ctx, "Please select values using different enum schema types", schema)
     return _elicited("Elicitation completed", answer)
 
 
-@tool("Tool with JSON Schema 2020-12 features; echoes its arguments.", {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
-    "additionalProperties": False,
-})
+@tool(
+    "Tool with JSON Schema 2020-12 features; echoes its arguments.",
+    {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "$defs": {
+            "address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}
+        },
+        "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+        "additionalProperties": False,
+    },
+)
 async def json_schema_2020_12_tool(ctx: ServerRequestContext, args: dict[str, Any]) -> types.CallToolResult:
     return _result(_text(json.dumps(args, sort_keys=True)))
 
@@ -268,22 +312,49 @@ async def set_logging_level(ctx: ServerRequestContext, params: types.SetLevelReq
 # == resources =========================================================================
 
 RESOURCES: dict[str, tuple[types.Resource, types.TextResourceContents | types.BlobResourceContents]] = {
-    resource.uri: (resource, contents) for resource, contents in [
-        (types.Resource(uri="test://static-text", name="static-text", description="A static text resource",
-                        mime_type="text/plain"),
-         types.TextResourceContents(uri="test://static-text", mime_type="text/plain",
-                                    text="This is the content of the static text resource.")),
-        (types.Resource(uri="test://static-binary", name="static-binary", description="A static PNG image",
-                        mime_type="image/png"),
-         types.BlobResourceContents(uri="test://static-binary", mime_type="image/png", blob=PNG)),
-        (types.Resource(uri="test://watched-resource", name="watched-resource",
-                        description="A resource clients can subscribe to", mime_type="text/plain"),
-         types.TextResourceContents(uri="test://watched-resource", mime_type="text/plain",
-                                    text="Watched resource content")),
+    resource.uri: (resource, contents)
+    for resource, contents in [
+        (
+            types.Resource(
+                uri="test://static-text",
+                name="static-text",
+                description="A static text resource",
+                mime_type="text/plain",
+            ),
+            types.TextResourceContents(
+                uri="test://static-text",
+                mime_type="text/plain",
+                text="This is the content of the static text resource.",
+            ),
+        ),
+        (
+            types.Resource(
+                uri="test://static-binary",
+                name="static-binary",
+                description="A static PNG image",
+                mime_type="image/png",
+            ),
+            types.BlobResourceContents(uri="test://static-binary", mime_type="image/png", blob=PNG),
+        ),
+        (
+            types.Resource(
+                uri="test://watched-resource",
+                name="watched-resource",
+                description="A resource clients can subscribe to",
+                mime_type="text/plain",
+            ),
+            types.TextResourceContents(
+                uri="test://watched-resource", mime_type="text/plain", text="Watched resource content"
+            ),
+        ),
     ]
 }
-TEMPLATE = types.ResourceTemplate(uri_template="test://template/{id}/data", name="template-data",
-                                  description="JSON data for any id", mime_type="application/json")
+TEMPLATE = types.ResourceTemplate(
+    uri_template="test://template/{id}/data",
+    name="template-data",
+    description="JSON data for any id",
+    mime_type="application/json",
+)
 TEMPLATE_PATTERN = re.compile(r"test://template/([^/]+)/data")
 subscriptions: set[str] = set()
 
@@ -302,8 +373,13 @@ async def read_resource(ctx: ServerRequestContext, params: types.ReadResourceReq
         return types.ReadResourceResult(contents=[RESOURCES[uri][1]])
     if match := TEMPLATE_PATTERN.fullmatch(uri):
         data = {"id": match[1], "templateTest": True, "data": f"Data for ID: {match[1]}"}
-        return types.ReadResourceResult(contents=[types.TextResourceContents(
-            uri=uri, mime_type="application/json", text=json.dumps(data, separators=(",", ":")))])
+        return types.ReadResourceResult(
+            contents=[
+                types.TextResourceContents(
+                    uri=uri, mime_type="application/json", text=json.dumps(data, separators=(",", ":"))
+                )
+            ]
+        )
     raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
 
 
@@ -331,24 +407,47 @@ def _argument(name: str, description: str) -> types.PromptArgument:
 
 
 PROMPTS: dict[str, tuple[types.Prompt, PromptHandler]] = {
-    prompt.name: (prompt, handler) for prompt, handler in [
-        (types.Prompt(name="test_simple_prompt", description="A simple prompt without arguments"),
-         lambda args: [_user(_text("This is a simple prompt for testing."))]),
-        (types.Prompt(name="test_prompt_with_arguments", description="A prompt with two required arguments",
-                      arguments=[_argument("arg1", "First test argument"), _argument("arg2", "Second test argument")]),
-         lambda args: [_user(_text(f"Prompt with arguments: arg1='{args['arg1']}', arg2='{args['arg2']}'"))]),
-        (types.Prompt(name="test_prompt_with_embedded_resource", description="A prompt embedding a resource",
-                      arguments=[_argument("resourceUri", "URI of the resource to embed")]),
-         lambda args: [
-             _user(types.EmbeddedResource(type="resource", resource=types.TextResourceContents(
-                 uri=args["resourceUri"], mime_type="text/plain", text="Embedded resource content for testing."))),
-             _user(_text("Please process the embedded resource above.")),
-         ]),
-        (types.Prompt(name="test_prompt_with_image", description="A prompt with an image"),
-         lambda args: [
-             _user(types.ImageContent(type="image", data=PNG, mime_type="image/png")),
-             _user(_text("Please analyze the image above.")),
-         ]),
+    prompt.name: (prompt, handler)
+    for prompt, handler in [
+        (
+            types.Prompt(name="test_simple_prompt", description="A simple prompt without arguments"),
+            lambda args: [_user(_text("This is a simple prompt for testing."))],
+        ),
+        (
+            types.Prompt(
+                name="test_prompt_with_arguments",
+                description="A prompt with two required arguments",
+                arguments=[_argument("arg1", "First test argument"), _argument("arg2", "Second test argument")],
+            ),
+            lambda args: [_user(_text(f"Prompt with arguments: arg1='{args['arg1']}', arg2='{args['arg2']}'"))],
+        ),
+        (
+            types.Prompt(
+                name="test_prompt_with_embedded_resource",
+                description="A prompt embedding a resource",
+                arguments=[_argument("resourceUri", "URI of the resource to embed")],
+            ),
+            lambda args: [
+                _user(
+                    types.EmbeddedResource(
+                        type="resource",
+                        resource=types.TextResourceContents(
+                            uri=args["resourceUri"],
+                            mime_type="text/plain",
+                            text="Embedded resource content for testing.",
+                        ),
+                    )
+                ),
+                _user(_text("Please process the embedded resource above.")),
+            ],
+        ),
+        (
+            types.Prompt(name="test_prompt_with_image", description="A prompt with an image"),
+            lambda args: [
+                _user(types.ImageContent(type="image", data=PNG, mime_type="image/png")),
+                _user(_text("Please analyze the image above.")),
+            ],
+        ),
     ]
 }
 
@@ -376,6 +475,7 @@ async def complete(ctx: ServerRequestContext, params: types.CompleteRequestParam
 
 # == server ============================================================================
 
+
 async def list_tools(ctx: ServerRequestContext, params: Any) -> types.ListToolsResult:
     return types.ListToolsResult(tools=[spec for spec, _ in TOOLS.values()])
 
@@ -389,11 +489,18 @@ async def call_tool(ctx: ServerRequestContext, params: types.CallToolRequestPara
 def build() -> Server:
     """Return the conformance server (handlers only; no transport)."""
     return Server(
-        "toolscript-conformance-server", version="1.0.0",
-        on_list_tools=list_tools, on_call_tool=call_tool,
-        on_list_resources=list_resources, on_list_resource_templates=list_resource_templates,
-        on_read_resource=read_resource, on_subscribe_resource=subscribe, on_unsubscribe_resource=unsubscribe,
-        on_list_prompts=list_prompts, on_get_prompt=get_prompt, on_completion=complete,
+        "toolscript-conformance-server",
+        version="1.0.0",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_resource_templates,
+        on_read_resource=read_resource,
+        on_subscribe_resource=subscribe,
+        on_unsubscribe_resource=unsubscribe,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_completion=complete,
         on_set_logging_level=set_logging_level,
     )
 
@@ -402,7 +509,7 @@ class MemoryEventStore(EventStore):
     """Every SSE event of the process, kept so a client can resume a stream with Last-Event-ID."""
 
     def __init__(self) -> None:
-        self._events: list[tuple[str, types.JSONRPCMessage | None]] = []   # event id = index + 1
+        self._events: list[tuple[str, types.JSONRPCMessage | None]] = []  # event id = index + 1
 
     async def store_event(self, stream_id: str, message: types.JSONRPCMessage | None) -> str:
         self._events.append((stream_id, message))
@@ -412,7 +519,7 @@ class MemoryEventStore(EventStore):
         if not last_event_id.isdigit() or not 0 < int(last_event_id) <= len(self._events):
             return None
         stream_id = self._events[int(last_event_id) - 1][0]
-        for n, (stream, message) in enumerate(self._events[int(last_event_id):], start=int(last_event_id) + 1):
+        for n, (stream, message) in enumerate(self._events[int(last_event_id) :], start=int(last_event_id) + 1):
             if stream == stream_id and message is not None:
                 await send_callback(EventMessage(message, str(n)))
         return stream_id
@@ -423,10 +530,16 @@ def require_bearer(app: Any, token: str) -> Any:
     expected = f"Bearer {token}".encode()
 
     async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not hmac.compare_digest(dict(scope["headers"]).get(b"authorization", b""),
-                                                               expected):
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"www-authenticate", b"Bearer"), (b"content-length", b"0")]})
+        if scope["type"] == "http" and not hmac.compare_digest(
+            dict(scope["headers"]).get(b"authorization", b""), expected
+        ):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [(b"www-authenticate", b"Bearer"), (b"content-length", b"0")],
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             return
         await app(scope, receive, send)
@@ -445,8 +558,9 @@ def serve_http(host: str, port: int) -> None:
     # toolscript's /mcp has it: a front must present the Host and Origin a direct client would.
     hosts = sorted({f"{name}:{bound}" for name in ("127.0.0.1", "localhost", "[::1]", url_host)})
     security = TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=[f"http://{name}" for name in hosts])
-    app: Any = build().streamable_http_app(event_store=MemoryEventStore(), retry_interval=100,
-                                           transport_security=security)
+    app: Any = build().streamable_http_app(
+        event_store=MemoryEventStore(), retry_interval=100, transport_security=security
+    )
     token = os.environ.get(TOKEN_VARIABLE)
     if token:
         app = require_bearer(app, token)
@@ -469,16 +583,18 @@ def running(token: str | None = None, timeout: float = 60.0) -> Iterator[str]:
 
     With `token`, it requires `Authorization: Bearer <token>`. Stopped (and reaped) on exit.
     """
-    env = {**os.environ, TOKEN_VARIABLE: token} if token else {k: v for k, v in os.environ.items()
-                                                              if k != TOKEN_VARIABLE}
+    env = (
+        {**os.environ, TOKEN_VARIABLE: token} if token else {k: v for k, v in os.environ.items() if k != TOKEN_VARIABLE}
+    )
     proc = subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE, env=env, text=True)
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], timeout)
         line = proc.stdout.readline() if ready else ""
         if not line.startswith("URL="):
-            raise RuntimeError(f"conformance server did not start within {timeout} s (printed {line!r}, "
-                               f"exit code {proc.poll()})")
+            raise RuntimeError(
+                f"conformance server did not start within {timeout} s (printed {line!r}, exit code {proc.poll()})"
+            )
         url = line.strip().removeprefix("URL=")
         # The socket listens before the URL is printed; this only proves it.
         with socket.create_connection((urlsplit(url).hostname, urlsplit(url).port), timeout=timeout):

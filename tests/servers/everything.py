@@ -50,9 +50,13 @@ def build(name: str) -> Server:  # type: ignore[type-arg]
 
     tools = [
         tool("echo", {"text": {"type": "string"}}),
-        tool("add", {"a": {"type": "integer"}, "b": {"type": "integer"}}, title="Add two numbers",
-             annotations=types.ToolAnnotations(read_only_hint=True, idempotent_hint=True),
-             output_schema={"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}),
+        tool(
+            "add",
+            {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            title="Add two numbers",
+            annotations=types.ToolAnnotations(read_only_hint=True, idempotent_hint=True),
+            output_schema={"type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]},
+        ),
         tool("wrong_shape", output_schema={"type": "object", "properties": {"n": {"type": "integer"}}}),
         tool("fail"),
         tool("progress", {"steps": {"type": "integer"}}),
@@ -78,8 +82,11 @@ def build(name: str) -> Server:  # type: ignore[type-arg]
                 return text(args.get("text", ""))
             case "add":
                 total = args["a"] + args["b"]
-                return types.CallToolResult(content=[types.TextContent(type="text", text=str(total))],
-                                            structured_content={"total": total}, _meta={"origin": name})
+                return types.CallToolResult(
+                    content=[types.TextContent(type="text", text=str(total))],
+                    structured_content={"total": total},
+                    _meta={"origin": name},
+                )
             case "wrong_shape":
                 return types.CallToolResult(content=[], structured_content={"n": "not a number"})
             case "fail":
@@ -87,8 +94,9 @@ def build(name: str) -> Server:  # type: ignore[type-arg]
             case "progress":
                 steps = int(args.get("steps", 3))
                 for step in range(1, steps + 1):
-                    await session.send_log_message("info", f"step {step}", logger=name,
-                                                   related_request_id=ctx.request_id)
+                    await session.send_log_message(
+                        "info", f"step {step}", logger=name, related_request_id=ctx.request_id
+                    )
                     await session.report_progress(step, steps, f"step {step} of {steps}")
                 return text(f"{steps} steps done")
             case "slow":
@@ -100,17 +108,22 @@ def build(name: str) -> Server:  # type: ignore[type-arg]
             case "ask":
                 answer = await session.elicit_form(
                     args.get("message", "Who are you?"),
-                    {"type": "object", "properties": {"name": {"type": "string", "default": "nobody"}},
-                     "required": ["name"]},
+                    {
+                        "type": "object",
+                        "properties": {"name": {"type": "string", "default": "nobody"}},
+                        "required": ["name"],
+                    },
                     related_request_id=ctx.request_id,
                 )
                 return text(f"{answer.action} {answer.content}")
             case "ask_then_give_up":
                 # Ask, and cancel the question once the file `when` exists (the client is waiting on it).
                 async with anyio.create_task_group() as tg:
+
                     async def ask() -> None:
-                        await session.elicit_form("Wait for me", {"type": "object", "properties": {}},
-                                                  related_request_id=ctx.request_id)
+                        await session.elicit_form(
+                            "Wait for me", {"type": "object", "properties": {}}, related_request_id=ctx.request_id
+                        )
                         tg.cancel_scope.cancel()
 
                     tg.start_soon(ask)
@@ -124,13 +137,19 @@ def build(name: str) -> Server:  # type: ignore[type-arg]
                 async def progress(value: float, total: float | None, message: str | None) -> None:
                     seen.append(value)
 
-                request = types.CreateMessageRequest(params=types.CreateMessageRequestParams(
-                    messages=[types.SamplingMessage(role="user",
-                                                    content=types.TextContent(type="text", text=args["prompt"]))],
-                    max_tokens=50,
-                ))
-                result = await session.send_request(request, types.CreateMessageResult, metadata=related,
-                                                    progress_callback=progress)
+                request = types.CreateMessageRequest(
+                    params=types.CreateMessageRequestParams(
+                        messages=[
+                            types.SamplingMessage(
+                                role="user", content=types.TextContent(type="text", text=args["prompt"])
+                            )
+                        ],
+                        max_tokens=50,
+                    )
+                )
+                result = await session.send_request(
+                    request, types.CreateMessageResult, metadata=related, progress_callback=progress
+                )
                 return text(f"{result.content.text} (model {result.model}, progress {seen})")  # type: ignore[union-attr]
             case "touch":
                 uri = args["uri"]
@@ -151,15 +170,19 @@ def build(name: str) -> Server:  # type: ignore[type-arg]
         raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
 
     async def list_resources(ctx: ServerRequestContext, params: Any) -> types.ListResourcesResult:
-        return types.ListResourcesResult(resources=[
-            types.Resource(uri=f"{root}/static", name="static", mime_type="text/plain"),
-            types.Resource(uri=f"{root}/blob", name="blob", mime_type="image/png"),
-        ])
+        return types.ListResourcesResult(
+            resources=[
+                types.Resource(uri=f"{root}/static", name="static", mime_type="text/plain"),
+                types.Resource(uri=f"{root}/blob", name="blob", mime_type="image/png"),
+            ]
+        )
 
     async def list_templates(ctx: ServerRequestContext, params: Any) -> types.ListResourceTemplatesResult:
-        return types.ListResourceTemplatesResult(resource_templates=[
-            types.ResourceTemplate(uri_template=f"{root}/items/{{id}}", name="item", mime_type="text/plain"),
-        ])
+        return types.ListResourceTemplatesResult(
+            resource_templates=[
+                types.ResourceTemplate(uri_template=f"{root}/items/{{id}}", name="item", mime_type="text/plain"),
+            ]
+        )
 
     async def read_resource(ctx: ServerRequestContext, params: types.ReadResourceRequestParams) -> Any:
         uri = params.uri
@@ -182,18 +205,28 @@ def build(name: str) -> Server:  # type: ignore[type-arg]
         return {}
 
     async def list_prompts(ctx: ServerRequestContext, params: Any) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=[types.Prompt(
-            name="greet", description=f"A greeting from {name}",
-            arguments=[types.PromptArgument(name="who", description="whom to greet", required=True)],
-        )])
+        return types.ListPromptsResult(
+            prompts=[
+                types.Prompt(
+                    name="greet",
+                    description=f"A greeting from {name}",
+                    arguments=[types.PromptArgument(name="who", description="whom to greet", required=True)],
+                )
+            ]
+        )
 
     async def get_prompt(ctx: ServerRequestContext, params: types.GetPromptRequestParams) -> Any:
         if params.name != "greet":
             raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {params.name}")
         who = (params.arguments or {}).get("who", "")
-        return types.GetPromptResult(description="greeting", messages=[
-            types.PromptMessage(role="user", content=types.TextContent(type="text", text=f"Hello {who} from {name}")),
-        ])
+        return types.GetPromptResult(
+            description="greeting",
+            messages=[
+                types.PromptMessage(
+                    role="user", content=types.TextContent(type="text", text=f"Hello {who} from {name}")
+                ),
+            ],
+        )
 
     async def complete(ctx: ServerRequestContext, params: types.CompleteRequestParams) -> Any:
         if isinstance(params.ref, types.PromptReference):
@@ -207,10 +240,18 @@ def build(name: str) -> Server:  # type: ignore[type-arg]
         state["level"] = params.level
         return {}
 
-    server = Server(name, version="1.0", on_list_tools=list_tools, on_call_tool=call_tool,
-                    on_list_resources=list_resources, on_list_resource_templates=list_templates,
-                    on_read_resource=read_resource, on_list_prompts=list_prompts, on_get_prompt=get_prompt,
-                    on_completion=complete)
+    server = Server(
+        name,
+        version="1.0",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_completion=complete,
+    )
     server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
     server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)

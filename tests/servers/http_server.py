@@ -14,15 +14,15 @@ import contextlib
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from toolbox import build  # noqa: E402
+from toolbox import build
 
 __all__ = ["Running", "serving"]
 
@@ -48,7 +48,7 @@ def bind_loopback(port: int = 0) -> socket.socket:
     return sock
 
 
-def make_app(transport: str, name: str = "toolbox"):  # noqa: ANN201 - a Starlette app
+def make_app(transport: str, name: str = "toolbox"):
     mcp = build(name)
     return mcp.sse_app() if transport == "sse" else mcp.streamable_http_app()
 

@@ -39,10 +39,20 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from http_server import Running, bind_loopback  # noqa: E402
+from http_server import Running, bind_loopback
 
-__all__ = ["AUDIO", "BLOB", "BOOKING_DEFAULTS", "BOOKING_SCHEMA", "LINK_URL", "PAGE_URL", "PNG", "add_tools", "build",
-           "serving"]
+__all__ = [
+    "AUDIO",
+    "BLOB",
+    "BOOKING_DEFAULTS",
+    "BOOKING_SCHEMA",
+    "LINK_URL",
+    "PAGE_URL",
+    "PNG",
+    "add_tools",
+    "build",
+    "serving",
+]
 
 PNG = b"\x89PNG\r\n\x1a\n interactive image"
 AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt fake audio"
@@ -51,16 +61,27 @@ BLOB = b"%PDF-1.4 fake document \x00\x01\x02"
 BOOKING_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "title": "Name", "description": "who the table is for", "default": "Ada",
-                 "minLength": 1},
+        "name": {
+            "type": "string",
+            "title": "Name",
+            "description": "who the table is for",
+            "default": "Ada",
+            "minLength": 1,
+        },
         "guests": {"type": "integer", "minimum": 1, "maximum": 12, "default": 2},
         "budget": {"type": "number", "minimum": 0, "default": 42.5},
         "vegetarian": {"type": "boolean", "default": False},
         "seating": {"type": "string", "enum": ["indoor", "outdoor", "bar"], "default": "outdoor"},
-        "time": {"type": "string", "oneOf": [{"const": "18:00", "title": "Early"}, {"const": "20:00", "title": "Late"}],
-                 "default": "20:00"},
-        "extras": {"type": "array", "items": {"type": "string", "enum": ["cake", "candles", "flowers"]},
-                   "default": ["candles"]},
+        "time": {
+            "type": "string",
+            "oneOf": [{"const": "18:00", "title": "Early"}, {"const": "20:00", "title": "Late"}],
+            "default": "20:00",
+        },
+        "extras": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["cake", "candles", "flowers"]},
+            "default": ["candles"],
+        },
     },
     "required": ["name", "guests"],
 }
@@ -83,14 +104,16 @@ def add_tools(server: MCPServer) -> None:
 
     @server.tool(description="Book a table: asks for the details in a form.")
     async def book_table(ctx: Context) -> types.CallToolResult:
-        answer = await ctx.session.elicit_form("Book a table for tonight?", BOOKING_SCHEMA,
-                                               related_request_id=ctx.request_id)
+        answer = await ctx.session.elicit_form(
+            "Book a table for tonight?", BOOKING_SCHEMA, related_request_id=ctx.request_id
+        )
         return _report({"action": answer.action, "content": answer.content})
 
     @server.tool(description="Sign a form on a web page (URL-mode elicitation).")
     async def open_page(ctx: Context) -> types.CallToolResult:
-        answer = await ctx.session.elicit_url("Sign the form on our site.", PAGE_URL, "sign-1",
-                                              related_request_id=ctx.request_id)
+        answer = await ctx.session.elicit_url(
+            "Sign the form on our site.", PAGE_URL, "sign-1", related_request_id=ctx.request_id
+        )
         return _report({"action": answer.action})
 
     visits = [0]
@@ -99,8 +122,13 @@ def add_tools(server: MCPServer) -> None:
     def visit_first() -> str:
         visits[0] += 1
         if visits[0] % 2:
-            raise UrlElicitationRequiredError([types.ElicitRequestURLParams(
-                message="Link your account first.", url=LINK_URL, elicitation_id=f"link-{visits[0]}")])
+            raise UrlElicitationRequiredError(
+                [
+                    types.ElicitRequestURLParams(
+                        message="Link your account first.", url=LINK_URL, elicitation_id=f"link-{visits[0]}"
+                    )
+                ]
+            )
         return "welcome back"
 
     @server.tool(description="Order a pizza (asks through Resolve).")
@@ -110,14 +138,20 @@ def add_tools(server: MCPServer) -> None:
 
     @server.tool(description="Text, an image, audio, an embedded blob and a resource link.")
     def media() -> types.CallToolResult:
-        return types.CallToolResult(content=[
-            types.TextContent(type="text", text="here you are"),
-            types.ImageContent(type="image", data=base64.b64encode(PNG).decode(), mime_type="image/png"),
-            types.AudioContent(type="audio", data=base64.b64encode(AUDIO).decode(), mime_type="audio/wav"),
-            types.EmbeddedResource(type="resource", resource=types.BlobResourceContents(
-                uri="file:///report.pdf", blob=base64.b64encode(BLOB).decode(), mime_type="application/pdf")),
-            types.ResourceLink(type="resource_link", uri="file:///big.bin", name="big.bin"),
-        ])
+        return types.CallToolResult(
+            content=[
+                types.TextContent(type="text", text="here you are"),
+                types.ImageContent(type="image", data=base64.b64encode(PNG).decode(), mime_type="image/png"),
+                types.AudioContent(type="audio", data=base64.b64encode(AUDIO).decode(), mime_type="audio/wav"),
+                types.EmbeddedResource(
+                    type="resource",
+                    resource=types.BlobResourceContents(
+                        uri="file:///report.pdf", blob=base64.b64encode(BLOB).decode(), mime_type="application/pdf"
+                    ),
+                ),
+                types.ResourceLink(type="resource_link", uri="file:///big.bin", name="big.bin"),
+            ]
+        )
 
     @server.tool(description="A long job that must run as an MCP task.")
     def long_job() -> str:
@@ -126,9 +160,11 @@ def add_tools(server: MCPServer) -> None:
     @server.tool(description="Ask the client to sample an LLM.")
     async def sample(ctx: Context) -> str:
         try:
-            await ctx.session.create_message([types.SamplingMessage(
-                role="user", content=types.TextContent(type="text", text="hi"))], max_tokens=5,
-                related_request_id=ctx.request_id)
+            await ctx.session.create_message(
+                [types.SamplingMessage(role="user", content=types.TextContent(type="text", text="hi"))],
+                max_tokens=5,
+                related_request_id=ctx.request_id,
+            )
         except Exception as exc:
             return f"refused: {exc}"
         return "sampled"
@@ -150,8 +186,12 @@ def add_tools(server: MCPServer) -> None:
 
     async def list_tools() -> list[types.Tool]:
         tools = await listed()
-        return [tool.model_copy(update={"execution": types.ToolExecution(task_support="required")})
-                if tool.name == "long_job" else tool for tool in tools]
+        return [
+            tool.model_copy(update={"execution": types.ToolExecution(task_support="required")})
+            if tool.name == "long_job"
+            else tool
+            for tool in tools
+        ]
 
     server.list_tools = list_tools  # type: ignore[method-assign]
 

@@ -53,7 +53,9 @@ def build(name: str = "toolbox", *, page_size: int | None = None) -> MCPServer:
                 types.ImageContent(type="image", data=PNG, mime_type="image/png"),
                 types.EmbeddedResource(
                     type="resource",
-                    resource=types.TextResourceContents(uri="file:///notes.txt", text="note text", mime_type="text/plain"),
+                    resource=types.TextResourceContents(
+                        uri="file:///notes.txt", text="note text", mime_type="text/plain"
+                    ),
                 ),
                 types.ResourceLink(type="resource_link", uri="file:///big.bin", name="big.bin"),
                 types.TextContent(type="text", text="last"),
@@ -62,8 +64,10 @@ def build(name: str = "toolbox", *, page_size: int | None = None) -> MCPServer:
             is_error=is_error,
         )
 
-    @server.tool(description="Create `started_file` (if given), sleep `seconds` or until a file `until_file` exists, "
-                             "then answer.")
+    @server.tool(
+        description="Create `started_file` (if given), sleep `seconds` or until a file `until_file` exists, "
+        "then answer."
+    )
     async def slow(seconds: float = 1.0, text: str = "done", started_file: str = "", until_file: str = "") -> str:
         if started_file:
             open(started_file, "x").close()
