@@ -611,9 +611,7 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
         if args.server is not None:
             raise UsageError("Give either SERVER__TOOL or --server: toolscript tools SERVER__TOOL")
         return _describe_tool(args, cfg)
-    with _open_gateway(cfg, server=args.server) as gateway:
-        tools = gateway.tools(args.server)
-        rows = [row for row in gateway.servers() if args.server in (None, row["name"])]
+    tools, rows = _listing(cfg, args.server, lambda gateway: gateway.tools(args.server))
     if args.json:
         _print(json.dumps(tools, indent=2))
     else:
@@ -696,16 +694,17 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _add_resources(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("resources", help="list the resources and resource templates of the servers")
-    p.add_argument("--server", metavar="NAME", help="only this server")
-    p.add_argument("--json", action="store_true", help="print the full list as JSON")
-    p.set_defaults(func=cmd_resources)
+    _add_listing_command(
+        commands,
+        "resources",
+        cmd_resources,
+        "list the resources and resource templates of the servers",
+        "print the full list as JSON",
+    )
 
 
 def cmd_resources(args: argparse.Namespace, cfg: Config) -> int:
-    with _open_gateway(cfg, server=args.server) as gateway:
-        resources = gateway.resources(args.server)
-        rows = [row for row in gateway.servers() if args.server in (None, row["name"])]
+    resources, rows = _listing(cfg, args.server, lambda gateway: gateway.resources(args.server))
     if args.json:
         _print(json.dumps(resources, indent=2))
     else:
@@ -805,16 +804,26 @@ def _content_bytes(item: dict[str, Any]) -> bytes:
 
 
 def _add_prompts(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("prompts", help="list the prompts of the servers")
+    _add_listing_command(
+        commands,
+        "prompts",
+        cmd_prompts,
+        "list the prompts of the servers",
+        "print the full list, with arguments, as JSON",
+    )
+
+
+def _add_listing_command(
+    commands: argparse._SubParsersAction, name: str, func: Command, help: str, json_help: str
+) -> None:
+    p = commands.add_parser(name, help=help)
     p.add_argument("--server", metavar="NAME", help="only this server")
-    p.add_argument("--json", action="store_true", help="print the full list, with arguments, as JSON")
-    p.set_defaults(func=cmd_prompts)
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.set_defaults(func=func)
 
 
 def cmd_prompts(args: argparse.Namespace, cfg: Config) -> int:
-    with _open_gateway(cfg, server=args.server) as gateway:
-        prompts = gateway.prompts(args.server)
-        rows = [row for row in gateway.servers() if args.server in (None, row["name"])]
+    prompts, rows = _listing(cfg, args.server, lambda gateway: gateway.prompts(args.server))
     if args.json:
         _print(json.dumps(prompts, indent=2))
     else:
@@ -855,6 +864,16 @@ def cmd_prompt(args: argparse.Namespace, cfg: Config) -> int:
             _print(f"[{message.get('role')}]")
             _print(_render_content(message.get("content") or {}))
     return EXIT_OK
+
+
+def _listing(
+    cfg: Config, server: str | None, list_items: Callable[[SyncGateway], list[dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What `list_items` lists, and the `/servers` rows of the servers it covers (for `_report_failed_servers`)."""
+    with _open_gateway(cfg, server=server) as gateway:
+        items = list_items(gateway)
+        rows = [row for row in gateway.servers() if server in (None, row["name"])]
+    return items, rows
 
 
 def _report_failed_servers(cfg: Config, rows: list[dict[str, Any]]) -> int:

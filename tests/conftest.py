@@ -274,3 +274,31 @@ def conformance_cli() -> list[str]:
         if conformance_suite.conformance_required():
             pytest.fail(str(exc))
         pytest.skip(f"{exc}; the conformance tests are skipped")
+
+
+def lock_racer(argv: str) -> str:
+    """A script running `toolscript.main(ARGV)` (a Python list expression), where taking a record's lock
+    first waits at a barrier: a folder (`sys.argv[2]`; `sys.argv[1]` is the checkout) both racers leave a
+    file in, until the other racer has come to take it too. Both have then found the token expired and
+    are about to refresh it, however slowly each process started."""
+    return f"""
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import storage, toolscript
+barrier = Path(sys.argv[2])
+acquire_lock = storage.Store.acquire_lock
+
+def acquire_lock_together(self, *args, **kwargs):
+    (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(barrier.iterdir())) < 2:
+        if time.monotonic() > deadline:
+            print("racer: the other process never came to take the lock", file=sys.stderr, flush=True)
+            os._exit(5)
+        time.sleep(0.01)
+    return acquire_lock(self, *args, **kwargs)
+
+storage.Store.acquire_lock = acquire_lock_together
+sys.exit(toolscript.main({argv}))
+"""

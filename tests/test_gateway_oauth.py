@@ -21,6 +21,7 @@ from conftest import (
     explain,
     finish_within,
     gateway_variables,
+    lock_racer,
     run_cli,
     run_threads,
     start_gateway_process,
@@ -169,30 +170,7 @@ def test_twenty_concurrent_calls_with_an_expired_token_cause_one_refresh(oauth_s
     assert len(refreshes(server)) == 1
 
 
-# `toolscript -v call`, where taking the record lock first waits at a barrier (a folder both
-# racers leave a file in) until the other racer has come to take it too: both have found the
-# token expired, and both are about to refresh it, however slowly each process started.
-RACER = """
-import os, sys, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-import storage, toolscript
-barrier = Path(sys.argv[2])
-acquire_lock = storage.Store.acquire_lock
-
-def acquire_lock_together(self, *args, **kwargs):
-    (barrier / str(os.getpid())).touch()
-    deadline = time.monotonic() + 60
-    while len(list(barrier.iterdir())) < 2:
-        if time.monotonic() > deadline:
-            print("racer: the other process never came to take the lock", file=sys.stderr, flush=True)
-            os._exit(5)
-        time.sleep(0.01)
-    return acquire_lock(self, *args, **kwargs)
-
-storage.Store.acquire_lock = acquire_lock_together
-sys.exit(toolscript.main(["-v", "call", "demo__echo", '{"text": "racer"}']))
-"""
+RACER = lock_racer('["-v", "call", "demo__echo", \'{"text": "racer"}\']')
 
 
 def test_two_processes_racing_to_refresh_cause_one_refresh(oauth_server: Any, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import anyio.from_thread
 import mcp_types as types
 import pytest
 from browser import visit
-from conftest import ROOT, SERVERS, process_exists, stdio_server, wait_until, write_config
+from conftest import ROOT, SERVERS, lock_racer, process_exists, stdio_server, wait_until, write_config
 from everything import BLOB, serving_everything
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -571,30 +571,7 @@ def test_a_signal_stops_serve_and_its_stdio_servers(tmp_path: Path, signum: int)
 
 # == one refresh for many serve processes ===================================================
 
-# `toolscript -v serve`, where taking the record lock first waits at a barrier (a folder both
-# racers leave a file in) until the other racer has come to take it too: both have found the
-# token expired and are about to refresh it, however slowly each process started.
-RACER = """
-import os, sys, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-import storage, toolscript
-barrier = Path(sys.argv[2])
-acquire_lock = storage.Store.acquire_lock
-
-def acquire_lock_together(self, *args, **kwargs):
-    (barrier / str(os.getpid())).touch()
-    deadline = time.monotonic() + 60
-    while len(list(barrier.iterdir())) < 2:
-        if time.monotonic() > deadline:
-            print("racer: the other process never came to take the lock", file=sys.stderr, flush=True)
-            os._exit(5)
-        time.sleep(0.01)
-    return acquire_lock(self, *args, **kwargs)
-
-storage.Store.acquire_lock = acquire_lock_together
-sys.exit(toolscript.main(["-v", "--config", sys.argv[3], "serve", "--wait", "60"]))
-"""
+RACER = lock_racer('["-v", "--config", sys.argv[3], "serve", "--wait", "60"]')
 
 
 def test_two_serve_processes_with_an_expired_token_refresh_it_once(tmp_path: Path, oauth_server: Any) -> None:
