@@ -662,11 +662,7 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
         import elicitation
         import tool_arguments
 
-    words = list(args.arguments)
-    pairs = None
-    if len(words) > 1 or (words and tool_arguments.is_pair(words[0])):
-        pairs = tool_arguments.parse_pairs(words, args.tool)
-    arguments = {} if pairs is not None else _read_arguments(words[0] if words else None, args.tool)
+    pairs, arguments = _arguments_or_pairs(args.arguments, args.tool)
     input_handler = _terminal_input_handler(elicitation)
     with _open_gateway(cfg, for_tool=args.tool) as gateway, _ProgressLine(args.tool) as progress:
         if pairs is not None:
@@ -688,6 +684,18 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
         elif text:
             _print(text)
     return EXIT_TOOL_ERROR if failed else EXIT_OK
+
+
+def _arguments_or_pairs(words: list[str], name: str) -> tuple[list[tuple[str, bool, str]] | None, dict[str, Any]]:
+    """ARGS of `call` or `prompt`: `name=value` pairs (to be typed by the caller), or one JSON object, @FILE or -."""
+    if __package__:
+        from . import tool_arguments
+    else:
+        import tool_arguments
+
+    if len(words) > 1 or (words and tool_arguments.is_pair(words[0])):
+        return tool_arguments.parse_pairs(words, name), {}
+    return None, _read_arguments(words[0] if words else None, name)
 
 
 # -- resources, read, prompts, prompt -------------------------------------------------
@@ -845,16 +853,23 @@ def _add_prompt(commands: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", metavar="SERVER__PROMPT", help="the prompt, as listed by `toolscript prompts`")
     p.add_argument(
         "arguments",
-        nargs="?",
+        nargs="*",
         metavar="ARGS",
-        help="a JSON object, @FILE to read it from a file, or - to read stdin (default: {})",
+        help="a JSON object, @FILE to read it from a file, - to read stdin, or name=value pairs (default: {})",
     )
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=cmd_prompt)
 
 
 def cmd_prompt(args: argparse.Namespace, cfg: Config) -> int:
-    arguments = _read_arguments(args.arguments, args.prompt)
+    if __package__:
+        from . import tool_arguments
+    else:
+        import tool_arguments
+
+    pairs, arguments = _arguments_or_pairs(args.arguments, args.prompt)
+    if pairs is not None:  # prompt arguments are strings: no schema to type them by
+        arguments = tool_arguments.typed_arguments(pairs, None, args.prompt)
     with _open_gateway(cfg, for_prompt=args.prompt) as gateway:
         result = gateway.get_prompt(args.prompt, arguments)
     if args.json:

@@ -503,6 +503,11 @@ def test_cli_prompt_renders_messages(servers: Path, capsys: pytest.CaptureFixtur
     assert cli(capsys, "prompt", "c__hello") == (0, "[user]\nHello!\n", "")
 
 
+def test_cli_prompt_takes_name_value_pairs_as_call_does(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "prompt", "c__greet", "name=Ada") == (0, "[user]\nSay hello to Ada in a plain style.\n", "")
+    assert cli(capsys, "prompt", "c__greet", "name=Ada", "name=Bob")[0] == 2  # given twice
+
+
 def test_cli_prompt_errors(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(capsys, "prompt", "greet") == (
         2,
