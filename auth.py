@@ -42,12 +42,12 @@ from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsp
 if __package__:
     from .errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from .redact import redact, register_secret
-    from .storage import ClientInfo, Metadata, Record, Store, Tokens
+    from .storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed
     from .urls import is_https_or_loopback, is_loopback_host, url_origin
 else:
     from errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from redact import redact, register_secret
-    from storage import ClientInfo, Metadata, Record, Store, Tokens
+    from storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed
     from urls import is_https_or_loopback, is_loopback_host, url_origin
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def authenticate(
     try:
         discovery = _discover(http, server)
         if discovery is None:
-            store.update(server.name, lambda old: _note_auth_not_needed(old, server.url))
+            store.update(server.name, lambda old: note_auth_not_needed(old, server.url))
             return None
         record = store.load(server.name)
         scope = _choose_scope(server, discovery, record)
@@ -189,12 +189,6 @@ def _keep_unknown(old: Record | None, new: Record) -> Record:
         if old.client is None or new.client is None or old.client.client_id != new.client.client_id:
             new.unknown.pop("client", None)  # they described another registration
     return new
-
-
-def _note_auth_not_needed(record: Record | None, server_url: str | None) -> Record:
-    record = record or Record()
-    record.metadata.auth_not_needed_for = server_url
-    return record
 
 
 def logout(

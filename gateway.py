@@ -68,7 +68,7 @@ if __package__:
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .logs import SERVER
     from .redact import redact, register_secret
-    from .storage import OAuthStatus, Store
+    from .storage import OAuthStatus, Store, note_auth_not_needed
 else:
     from elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
     from errors import (
@@ -84,7 +84,7 @@ else:
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from logs import SERVER
     from redact import redact, register_secret
-    from storage import OAuthStatus, Store
+    from storage import OAuthStatus, Store, note_auth_not_needed
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
@@ -1236,6 +1236,9 @@ class _Server:
                             len(self.tools),
                         )
                         self._status_changed()
+                        if isinstance(auth, StoredTokenAuth) and auth.context.current_tokens is None:
+                            # It answered without a token: the `auth` listing can say "no auth needed".
+                            await anyio.to_thread.run_sync(self._note_auth_not_needed)
                         await connection.close_requested.wait()
         except Exception as exc:  # an ExceptionGroup from a transport's task group, or a plain error
             error = exc
@@ -1321,6 +1324,15 @@ class _Server:
             return
         if self._hooks.notification is not None:
             self._hooks.notification(self.name, message)
+
+    def _note_auth_not_needed(self) -> None:
+        try:
+            record = self._store.load(self.name)
+            if record is not None and (record.auth_not_needed(self.config.url) or record.tokens is not None):
+                return  # noted already, or OAuth tokens are in use
+            self._store.update(self.name, lambda old: note_auth_not_needed(old, self.config.url))
+        except ToolscriptError as exc:  # a note only: the connection is fine
+            log.debug("Server '%s': could not note that it needs no authorization: %s", self.name, exc.message)
 
     def _status_changed(self) -> None:
         if self._hooks.status_changed is not None:

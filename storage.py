@@ -55,6 +55,7 @@ __all__ = [
     "Store",
     "Tokens",
     "expires_at_from",
+    "note_auth_not_needed",
     "oauth_status",
     "write_atomic",
 ]
@@ -244,6 +245,17 @@ class OAuthStatus:
     def row(self) -> dict[str, str]:
         """The `oauth_status` (and `oauth_error`) fields of a server's row."""
         return {"oauth_status": self.status, **({"oauth_error": self.reason} if self.reason else {})}
+
+
+def note_auth_not_needed(record: Record | None, server_url: str | None) -> Record:
+    """`record` (or a new one) noting that `server_url` answered without asking for authorization.
+
+    A record holding tokens for that URL is returned as it is: the server did ask, once.
+    """
+    record = record or Record()
+    if server_url is None or record.tokens_for(server_url) is None:
+        record.metadata.auth_not_needed_for = server_url
+    return record
 
 
 def expires_at_from(expires_in: object, now: float) -> float | None:

@@ -105,3 +105,14 @@ def test_the_paste_hint_shows_a_placeholder_not_masked_values(oauth_server: Any)
         f"That is not the redirected URL (it looks like {redirect_uri}?code=<code>&state=<state>); "
         "paste the whole address from the browser's address bar.\n"
     )
+
+
+def test_a_server_the_gateway_reached_without_a_token_is_listed_as_needing_no_auth(http_server: Any) -> None:
+    write_config({"open": {"url": http_server.url}})
+    before = run_cli("auth")
+    assert "open  not authenticated" in before.stdout and "Run: toolscript auth open" in before.stdout, explain(before)
+    called = run_cli("tools", "--server", "open")
+    assert called.returncode == 0, explain(called)
+    after = run_cli("auth")
+    assert after.stdout.startswith("open  no auth needed"), explain(after)
+    assert "Run:" not in after.stdout
