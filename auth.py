@@ -398,7 +398,7 @@ def _server_error(step: str, response: requests.Response) -> AuthError:
 def _json_object(response: requests.Response, step: str, url: str) -> dict[str, Any]:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         body = None
     if not isinstance(body, dict):
         raise AuthError(f"{step} failed: {url} did not return a JSON object.")
@@ -817,7 +817,7 @@ def _registration_gone(http: _Http, client: ClientInfo) -> bool:
     if response.status_code == 200:
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         rotated = body.get("registration_access_token") if isinstance(body, dict) else None
         if isinstance(rotated, str) and rotated:  # RFC 7592 §3: the server may issue a new one
@@ -1001,6 +1001,8 @@ class _CallbackServer:
         parts = urlsplit(redirect_uri) if redirect_uri else None
         port = parts.port or 80 if parts else 0
         host = parts.hostname if parts and parts.hostname else "127.0.0.1"
+        if not is_loopback_host(host):  # e.g. an edited record: never listen beyond this machine
+            raise _CannotListen(host, port, "not a loopback address")
         self.path = (parts.path or "/") if parts else CALLBACK_PATH
         self._results: queue.Queue[tuple[str | None, AuthError | None]] = queue.Queue()
         self._lock = threading.Lock()

@@ -45,6 +45,7 @@ __all__ = [
 # `${...}` is a placeholder toolscript cannot resolve.
 _REFERENCE_RE = re.compile(r"\$\{([^}]*)\}")
 _VARIABLE_RE = re.compile(r"(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?")
+_VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_RE = re.compile(r"^[ \t]*\[(?!\[)(.*)\][ \t]*(?:#.*)?$")
 _KEY_PART_RE = re.compile(r"""[ \t]*(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([A-Za-z0-9_-]+))[ \t]*(\.|$)""")
 
@@ -170,7 +171,7 @@ def plan_import(path: Path, configured: Mapping[str, Any] | None = None) -> Impo
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found.", path=str(path)) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it ({_os_reason(exc)}).", path=str(path)) from None
     if path.suffix == ".toml":
         try:
@@ -393,9 +394,10 @@ def _from_codex(entry: dict[str, Any], placeholders: _Placeholders) -> tuple[dic
         table["url"] = placeholders.convert(entry["url"], "url")
         headers = placeholders.table(entry.get("http_headers") or {}, "http_headers")
         for header, variable in (entry.get("env_http_headers") or {}).items():
-            headers[str(header)] = f"${{{variable}}}"
+            headers[str(header)] = f"${{{_variable_name(variable, 'env_http_headers')}}}"
         if entry.get("bearer_token_env_var"):
-            headers["Authorization"] = f"Bearer ${{{entry['bearer_token_env_var']}}}"
+            variable = _variable_name(entry["bearer_token_env_var"], "bearer_token_env_var")
+            headers["Authorization"] = f"Bearer ${{{variable}}}"
         if headers:
             table["headers"] = headers
     else:
@@ -405,11 +407,17 @@ def _from_codex(entry: dict[str, Any], placeholders: _Placeholders) -> tuple[dic
         table["timeout"] = timeout
     for key, ours in (("enabled_tools", "include_tools"), ("disabled_tools", "exclude_tools")):
         if entry.get(key):
-            table[ours] = [name.replace("$", "$$") for name in placeholders.strings(entry[key], key)]
+            table[ours] = placeholders.strings(entry[key], key)
     ignored = sorted(set(entry) - _CODEX_KNOWN)
     if ignored:
         placeholders.notes.append(f"ignored {', '.join(ignored)} (no toolscript equivalent)")
     return table, placeholders.notes
+
+
+def _variable_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _VARIABLE_NAME_RE.fullmatch(value):
+        raise _Unconvertible(f"{where} names {value!r}, which is not an environment variable name")
+    return value
 
 
 def _server_name(raw: str) -> str:
@@ -450,7 +458,7 @@ def _read(path: Path) -> tuple[str, dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return "", {}
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config ({_os_reason(exc)}).", path=str(path)) from None
     try:
         return text, tomllib.loads(text)

@@ -61,6 +61,7 @@ class ToolscriptError(Exception):
     def __init__(self, message: str, *, server: str | None = None, next_command: str | None = None) -> None:
         if next_command is not None:
             message = f"{message.rstrip('.')}. {run_hint(next_command)}"
+        message = redact(message)  # it may quote what a server sent, which may echo a credential
         super().__init__(message)
         self.message = message
         self.server = server
@@ -171,7 +172,7 @@ class OAuthErrorResponse:
         """Read the answer with HTTP status `status` and body `body`."""
         try:
             data = json.loads(body) if body else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             data = None
         if not isinstance(data, dict):
             return cls(status)

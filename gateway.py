@@ -1436,7 +1436,7 @@ def _log_stderr(server: str, fd: int, clues: _Clues) -> None:
             for line in stream:
                 log.debug("%s (stderr): %s", server, line.rstrip())
                 if line.strip():
-                    clues.stderr.append(line.rstrip()[:_MAX_STDERR_LINE])
+                    clues.stderr.append(redact(line.rstrip())[:_MAX_STDERR_LINE])  # masked before it is cut
     finally:
         clues.stderr_closed.set()
 

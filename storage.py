@@ -198,7 +198,8 @@ class Record:
     def secret_values(self) -> list[str]:
         """The tokens and client secret held by this record."""
         values = [self.tokens.access_token, self.tokens.refresh_token] if self.tokens else []
-        values.append(self.client.client_secret if self.client else None)
+        if self.client:
+            values += [self.client.client_secret, self.client.registration_access_token]
         return [value for value in values if value]
 
     def to_dict(self) -> dict[str, Any]:

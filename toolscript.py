@@ -1193,7 +1193,9 @@ def save_content(result: dict[str, Any], directory: str) -> dict[int, str]:
         path = os.path.join(directory, f"{position}-{kind}{extension}")
         try:
             os.makedirs(directory, exist_ok=True)
-            with open(path, "wb") as file:
+            # Never through a symbolic link planted in DIR (a shared directory, say).
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "wb") as file:
                 file.write(content)
         except OSError as exc:
             raise UsageError(f"Cannot save the {kind} of the result to {path}: {exc.strerror or exc}.") from None

@@ -97,6 +97,18 @@ def test_output_dir_that_cannot_be_written_is_a_one_line_error(
     assert err.startswith("error: Cannot save the image of the result to file/2-image.png: ") and err.count("\n") == 1
 
 
+def test_output_dir_never_writes_through_a_planted_symbolic_link(
+    media_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Path("out").mkdir()
+    Path("victim").write_text("keep me")
+    Path("out/2-image.png").symlink_to(Path("victim").resolve())
+    code, out, err = cli(capsys, "call", "i__media", "-o", "out")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: Cannot save the image of the result to out/2-image.png: ") and err.count("\n") == 1
+    assert Path("victim").read_text() == "keep me"
+
+
 def test_output_dir_through_an_oauth_protected_server(oauth_server: Any) -> None:
     from browser import visit
     from interactive import add_tools

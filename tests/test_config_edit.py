@@ -383,3 +383,26 @@ def test_import_refuses_unreadable_files(
     assert toolscript.main(["import", name]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
     assert not os.path.exists("toolscript.toml")
+
+
+def test_import_codex_keeps_a_dollar_literal_and_refuses_a_bad_variable_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _write(
+        "config.toml",
+        """\
+[mcp_servers.tools]
+command = "t"
+enabled_tools = ["a$b"]
+
+[mcp_servers.bad]
+url = "https://x.example/mcp"
+bearer_token_env_var = "TOK}x"
+""",
+    )
+    assert toolscript.main(["import", "config.toml", "--config", "toolscript.toml"]) == 0
+    err = capsys.readouterr().err
+    assert "Skipped 'bad': bearer_token_env_var names 'TOK}x', which is not an environment variable name." in err
+    from config import load_config
+
+    assert load_config("toolscript.toml").servers["tools"].include_tools == ("a$b",)
