@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
 import re
 import signal
 import stat
+import urllib.parse
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,10 +45,10 @@ from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from pydantic import TypeAdapter, ValidationError
 
 if __package__:
-    from .errors import ToolscriptError
+    from .errors import ToolscriptError, did_you_mean
     from .gateway import AUTH_REQUIRED, CONNECTED, CONNECTING, SEPARATOR, Gateway, SessionHooks, tool_allowed
 else:
-    from errors import ToolscriptError
+    from errors import ToolscriptError, did_you_mean
     from gateway import AUTH_REQUIRED, CONNECTED, CONNECTING, SEPARATOR, Gateway, SessionHooks, tool_allowed
 
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
     from config import Config
 
-__all__ = ["DEFAULT_LIST_WAIT", "Front", "serve_stdio"]
+__all__ = ["DEFAULT_LIST_WAIT", "Front", "HttpFront", "serve_stdio"]
 
 log = logging.getLogger("toolscript.front")
 
@@ -672,6 +674,66 @@ class _View(Server):  # type: ignore[type-arg]
         self.downstream(ctx).log_level = params.level
         await self.front.set_log_level(params.level, self.names)
         return {}
+
+
+# -- streamable HTTP (the gateway's /mcp) -------------------------------------------------
+
+
+class HttpFront:
+    """`/mcp` (every server, as `serve`) and `/mcp/SERVER` (one server, its names unchanged) over streamable HTTP.
+
+    An ASGI app for the gateway's API (gateway_http), which checks the API token, `Host`
+    and `Origin` before it hands a request over, so the SDK's own Host/Origin check is left
+    off here (it would not know a gateway bound to every address). Sessions are stateful
+    with SSE answers, so servers can send requests (elicitation, sampling) and progress in
+    the middle of a call. Build it before the gateway starts (it fills `hooks`) and start the
+    gateway with `alongside=http_front.running`.
+    """
+
+    PATH = "/mcp"
+
+    def __init__(
+        self, gateway: Gateway, hooks: SessionHooks, *, version: str = "", list_wait: float = DEFAULT_LIST_WAIT
+    ) -> None:
+        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+        warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # as in serve_stdio
+        self.gateway = gateway
+        self.front = Front(gateway, hooks, list_wait=list_wait)
+        views = {"": gateway.server_names} | {name: [name] for name in gateway.server_names}
+        self._managers = {
+            key: StreamableHTTPSessionManager(self.front.view(names, version=version))
+            for key, names in views.items()
+        }
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[HttpFront]:
+        """Serve sessions until exit; on exit every session ends (its open streams close)."""
+        async with self.front.running(), contextlib.AsyncExitStack() as stack:
+            for manager in self._managers.values():
+                await stack.enter_async_context(manager.run())
+            yield self
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Start `func(*args)` on the gateway's loop from another thread (a `concurrent.futures.Future`)."""
+        return self.gateway.start_soon_on_loop(func, *args)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The ASGI app for `/mcp` and `/mcp/SERVER`."""
+        rest = scope["path"][len(self.PATH) :]
+        name = urllib.parse.unquote(rest[1:]) if rest.startswith("/") else rest
+        manager = self._managers.get(name)
+        if manager is None:
+            hint = did_you_mean(name, self.gateway.server_names)
+            problem = f"No server '{name}' here{hint}; /mcp serves every server, /mcp/SERVER one of: " + (
+                ", ".join(self.gateway.server_names) or "(none configured)"
+            )
+            body = json.dumps({"error": f"{problem}."}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 404, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await manager.handle_request(scope, receive, send)
 
 
 # -- stdio -------------------------------------------------------------------------------

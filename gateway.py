@@ -39,6 +39,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import CancelledError as _FutureCancelled
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -293,17 +294,24 @@ class Gateway:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def start(self, *, wait: bool = True) -> Gateway:
+    def start(
+        self,
+        *,
+        wait: bool = True,
+        alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+    ) -> Gateway:
         """Connect every server concurrently; return once each is connected or has failed.
 
         With `wait=False`, return at once: servers are `connecting` until their first attempt ends.
+        `alongside()` is entered on the loop once the servers exist and exited on `stop`
+        before they close: a front serving MCP over HTTP (front.HttpFront.running).
         """
         if self._portal is not None:
             raise RuntimeError("the gateway is already started")
         self._portal_cm = anyio.from_thread.start_blocking_portal(name="toolscript-gateway")
         self._portal = self._portal_cm.__enter__()
         try:
-            self._supervisor, _ = self._portal.start_task(self._supervise)
+            self._supervisor, _ = self._portal.start_task(self._supervise, alongside)
             self._portal.call(self._connect_all, wait)
         except BaseException:
             self.stop()
@@ -524,13 +532,19 @@ class Gateway:
 
     # -- on the loop thread --------------------------------------------------------------
 
-    async def _supervise(self, *, task_status: TaskStatus[None]) -> None:
+    async def _supervise(
+        self,
+        alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+        *,
+        task_status: TaskStatus[None],
+    ) -> None:
         """Own the task group every connection runs in; on stop, close them, within a deadline."""
         self._stopping = anyio.Event()
         async with anyio.create_task_group() as connections:
             self._servers = {name: self._new_server(config, connections) for name, config in self._configs.items()}
-            task_status.started()
-            await self._stopping.wait()
+            async with alongside() if alongside is not None else contextlib.nullcontext():
+                task_status.started()
+                await self._stopping.wait()
             connections.cancel_scope.deadline = anyio.current_time() + STOP_TIMEOUT
             for server in self._servers.values():
                 server.close()
@@ -616,6 +630,13 @@ class Gateway:
             if self._portal is portal:  # still running: a genuine error
                 raise
             raise ConnectError("The gateway stopped before the request finished.") from None
+
+    def start_soon_on_loop(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Future[Any]:
+        """Start `func(*args)` on the gateway's loop from another thread; its future ends with it."""
+        portal = self._portal
+        if portal is None:
+            raise ConnectError("The gateway is not running.")
+        return portal.start_task_soon(func, *args)
 
     def _visible_tool_name(self, name: str) -> tuple[str, str]:
         """Split `server__tool`; raise unless the server is ours and its filters let the tool through."""

@@ -41,17 +41,23 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import re
 import secrets
+import select
 import socket
 import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError as FutureCancelledError
+from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+import anyio
 
 if __package__:
     from .config import toolscript_home
@@ -84,9 +90,11 @@ else:
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "MCP_PATH",
     "TOKEN_VAR",
     "URL_VAR",
     "ApiServer",
+    "LoopApp",
     "RemoteGateway",
     "SyncGateway",
     "error_body",
@@ -105,6 +113,7 @@ _IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle before its
 _CALL_PREFIX = "/tools/"
 _PROMPT_PREFIX = "/prompts/"
 _COMPLETE_PATH = "/complete"
+MCP_PATH = "/mcp"
 _GET_PATHS = ("/health", "/servers", "/tools", "/resources", "/resources/read", "/prompts")
 _DIGITS = re.compile(r"[0-9]+")
 URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
@@ -163,6 +172,16 @@ class SyncGateway(Protocol):
         context: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]: ...
+
+
+class LoopApp(Protocol):
+    """An ASGI app that runs on an event loop in another thread: the MCP front (front.HttpFront) for `/mcp`."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None: ...
+
+    def start_soon(self, func: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Start `func(*args)` (a coroutine function) on the app's loop."""
+        ...
 
 
 class _MalformedRequest(UsageError):
@@ -255,11 +274,18 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 128  # socketserver's default of 5 resets connections from a burst of clients
 
     def __init__(
-        self, gateway: SyncGateway, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None
+        self,
+        gateway: SyncGateway,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        mcp: LoopApp | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
         self.gateway = gateway
+        self.mcp = mcp
         self.port: int = self.server_address[1]
         self.authority = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.allowed_hosts = {self.authority.lower(), f"localhost:{self.port}"}
@@ -360,6 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._target()
         if not self._allowed(needs_token=(self.command, path) != ("GET", "/health")):
             return
+        if path == MCP_PATH or path.startswith(MCP_PATH + "/"):
+            self._mcp(path)
+            return
         methods = _methods_for(path)
         gateway = self.server.gateway
         if not methods:
@@ -368,7 +397,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {
                     "error": f"No endpoint {self.command} {path}; try GET /health, /servers, /tools, "
                     "/tools/SERVER__TOOL, /resources, /resources/read, /prompts, or POST "
-                    "/tools/SERVER__TOOL, /prompts/SERVER__PROMPT, /complete."
+                    "/tools/SERVER__TOOL, /prompts/SERVER__PROMPT, /complete, or MCP at /mcp and /mcp/SERVER."
                 },
             )
         elif self.command not in methods:
@@ -393,6 +422,59 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(lambda: gateway.prompts(query.get("server")))
         else:  # GET /tools/SERVER__TOOL
             self._answer(lambda: gateway.tool(unquote(path[len(_CALL_PREFIX) :])))
+
+    def _mcp(self, path: str) -> None:
+        """Hand an MCP request (streamable HTTP) to the front on the gateway's loop; stream its answer back."""
+        app = self.server.mcp
+        if app is None:
+            self._send(404, {"error": "This gateway does not serve MCP."})
+            return
+        if self.server.stopping.is_set():
+            self._send(503, error_body(_stopping()), close=True)
+            return
+        body = b""
+        if self.command == "POST":
+            length = self._content_length()
+            if length is None:
+                return
+            if length > MAX_BODY_BYTES:
+                self._send(413, {"error": f"The body is larger than {MAX_BODY_BYTES} bytes."})
+                return
+            body = self.rfile.read(length)
+            if len(body) < length:  # the client closed the connection mid-body
+                self.close_connection = True
+                return
+            self.body_pending = False
+        exchange = _Exchange(body)
+        try:
+            done = app.start_soon(exchange.run, app, self._asgi_scope(path))
+        except ToolscriptError:  # the gateway stopped just now
+            self._send(503, error_body(_stopping()), close=True)
+            return
+        done.add_done_callback(_log_app_failure)
+        exchange.answer(self, done)
+
+    def _asgi_scope(self, path: str) -> dict[str, Any]:
+        """The ASGI scope of this request, without its `Authorization` (the gateway's token stays here)."""
+        target = self.path.split("?", 1)
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": self.request_version.removeprefix("HTTP/"),
+            "method": self.command,
+            "scheme": "http",
+            "path": unquote(path),
+            "raw_path": target[0].encode("latin-1", "replace"),
+            "query_string": (target[1] if len(target) > 1 else "").encode("latin-1", "replace"),
+            "root_path": "",
+            "headers": [
+                (name.lower().encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+                for name, value in self.headers.items()
+                if name.lower() != "authorization"
+            ],
+            "client": self.client_address[:2],
+            "server": self.server.server_address[:2],
+        }
 
     def _read_resource(self, query: dict[str, str]) -> None:
         server, uri = query.get("server"), query.get("uri")
@@ -545,6 +627,132 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("gateway API: %s %s", self.address_string(), format % args)
+
+
+class _Exchange:
+    """One HTTP request handed to an ASGI app on another thread's event loop.
+
+    `run` (on the loop) calls the app; what the app sends is queued for `answer` (on the
+    handler's thread), which writes it out as it comes: a JSON answer at once, an SSE
+    stream event by event (chunked) until the app ends it. When the client hangs up, the
+    app's `receive` says `http.disconnect`, as an ASGI server's does.
+    """
+
+    _POLL = 0.5  # seconds between checks that a client waiting on a quiet stream is still there
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+        self._messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._gone = False
+        self._gone_event: anyio.Event | None = None  # made and set on the loop
+
+    async def run(self, app: LoopApp, scope: dict[str, Any]) -> None:
+        try:
+            await app(scope, self._receive, self._send)
+        finally:
+            self._messages.put(None)
+
+    async def _receive(self) -> dict[str, Any]:
+        if self._body is not None:
+            body, self._body = self._body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        if not self._gone:
+            if self._gone_event is None:
+                self._gone_event = anyio.Event()
+            await self._gone_event.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self._gone:
+            raise OSError("the client has gone")  # what an ASGI server raises: the app stops streaming
+        self._messages.put(message)
+
+    async def _hang_up(self) -> None:
+        self._gone = True
+        if self._gone_event is not None:
+            self._gone_event.set()
+
+    def answer(self, handler: _Handler, done: Future[Any]) -> None:
+        """Write the app's answer on `handler`'s connection as it comes, until the app has sent all of it."""
+        started = chunked = False
+        while True:
+            try:
+                message = self._messages.get(timeout=self._POLL)
+            except queue.Empty:
+                if _hung_up(handler.connection):
+                    handler.close_connection = True
+                    with contextlib.suppress(RuntimeError, ToolscriptError):  # the loop is gone already
+                        handler.server.mcp.start_soon(self._hang_up)  # type: ignore[union-attr]
+                    return
+                continue
+            if message is None:  # the app ended without finishing its answer
+                if chunked:
+                    handler.wfile.write(b"0\r\n\r\n")
+                elif not started and _failed(done):
+                    handler._send(500, {"error": "Internal gateway error; see the gateway's log."}, close=True)
+                handler.close_connection = True
+                return
+            if message["type"] == "http.response.start":
+                started, chunked = True, self._start(handler, message)
+            elif message["type"] == "http.response.body":
+                data = message.get("body", b"")
+                more = message.get("more_body", False)
+                if chunked:
+                    out = (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + (b"" if more else b"0\r\n\r\n")
+                else:
+                    out = data
+                if handler._headers_buffer:  # type: ignore[attr-defined]
+                    handler._headers_buffer.append(out)  # type: ignore[attr-defined]
+                    handler.flush_headers()  # headers and the first body part in one write
+                elif out:
+                    handler.wfile.write(out)
+                if not more:
+                    return
+
+    @staticmethod
+    def _start(handler: _Handler, message: dict[str, Any]) -> bool:
+        """Queue the status line and headers (sent with the first body part); True for a chunked body."""
+        handler.send_response_only(message["status"])
+        names = set()
+        for raw_name, raw_value in message.get("headers", []):
+            name = raw_name.decode("latin-1")
+            names.add(name.lower())
+            handler.send_header(name, raw_value.decode("latin-1"))
+        chunked = "content-length" not in names and handler.request_version == "HTTP/1.1"
+        if chunked:
+            handler.send_header("Transfer-Encoding", "chunked")
+        if handler.body_pending or ("content-length" not in names and not chunked):
+            handler.send_header("Connection", "close")
+            handler.close_connection = True
+        handler._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]
+        if "content-length" not in names:
+            handler.flush_headers()  # a stream: the client sees its headers before the first event, however late
+        return chunked
+
+
+def _hung_up(connection: socket.socket) -> bool:
+    """Whether the client closed `connection` (readable, with nothing left to read)."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and not connection.recv(1, socket.MSG_PEEK)
+    except (OSError, ValueError):
+        return True
+
+
+def _failed(done: Future[Any]) -> bool:
+    """Whether the app's run (ending now) raised, other than by being cancelled."""
+    try:
+        return done.exception(timeout=5) is not None
+    except (FutureCancelledError, TimeoutError):
+        return False
+
+
+def _log_app_failure(done: Future[Any]) -> None:
+    if done.cancelled():
+        return
+    error = done.exception()
+    if error is not None and not isinstance(error, OSError):
+        log.error("gateway API: the MCP front failed on a request", exc_info=error)
 
 
 def _timeout_of(query: dict[str, str]) -> float | None:

@@ -973,9 +973,15 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
             "and the credentials they hold, through this gateway.",
             args.host,
         )
-    gateway = gateway_module.Gateway(cfg)  # announces each server as it connects or fails
+    if __package__:
+        from .front import HttpFront
+    else:
+        from front import HttpFront
+    hooks = gateway_module.SessionHooks()
+    gateway = gateway_module.Gateway(cfg, hooks=hooks)  # announces each server as it connects or fails
+    mcp = HttpFront(gateway, hooks, version=__version__)  # /mcp and /mcp/SERVER
     try:
-        api = ApiServer(gateway, args.host, args.port)
+        api = ApiServer(gateway, args.host, args.port, mcp=mcp)
     except OSError as exc:
         raise UsageError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
     token_path = None
@@ -989,7 +995,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
                 # The API listens already (requests wait in its queue): say where, then connect
                 # the servers in the background while it serves.
                 _print_gateway_url(f"{URL_VAR}={api.url}", f"{TOKEN_VAR}={api.token}")
-                gateway.start(wait=False)
+                gateway.start(wait=False, alongside=mcp.running)
                 try:
                     api.serve_forever()
                 finally:

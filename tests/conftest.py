@@ -213,13 +213,14 @@ class DenyingAuth(httpx2.Auth):
         yield request
 
 
-def start_gateway_process(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+def start_gateway_process(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], list[str]]:
     """Start `toolscript gateway ARGS` in a subprocess; return it and the first two lines it printed (URL, token)."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "toolscript.py"), "gateway", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     assert proc.stdout is not None
     stdout = proc.stdout

@@ -4,15 +4,19 @@ Every scenario of the pinned suite (`--suite all`, pending ones included) runs a
 test server directly, and must pass unless EXPECTED_FAILURES says why it cannot; a scenario
 listed there must still fail, so the list stays true. The same run then goes through
 tests/header_proxy.py to a copy of the server that needs a bearer token, and must give the
-same counts: a front (toolscript's `/mcp/SERVER`) is compared to the direct run the same way.
+same counts (so the proxy is transparent). Last, it goes through the proxy to `toolscript
+gateway`'s `/mcp/conformance` (the gateway's API token added by the proxy), fronting the
+server over HTTP: every scenario that passes directly must pass there too.
 
 The suite runs its scenarios one after another in one process, about 4 s on an idle machine;
-the direct and proxied runs happen once per module (module-scoped fixtures).
+each of the three runs happens once per module (module-scoped fixtures).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +27,13 @@ import conformance_server
 import httpx2
 import mcp_types as types
 import pytest
+from conftest import gateway_variables, start_gateway_process
 from conformance_suite import ScenarioResult, list_server_scenarios, regressions, results_table, run_server_scenarios
 from header_proxy import HeaderProxy
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from gateway_http import TOKEN_VAR
 
 # `conformance list --server` of the pinned package (test_scenario_list checks it).
 SCENARIOS = [
@@ -110,6 +117,36 @@ def proxied_results(
     return results
 
 
+@pytest.fixture(scope="module")
+def gateway_results(
+    conformance_cli: list[str],
+    direct_url: str,
+    direct_results: dict[str, ScenarioResult],
+    proxied_results: dict[str, ScenarioResult],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, ScenarioResult]:
+    """The scenarios through `toolscript gateway`'s `/mcp/conformance`, fronting the server over HTTP."""
+    folder = tmp_path_factory.mktemp("gateway")
+    config = folder / "config.toml"
+    config.write_text(f'[servers.conformance]\nurl = "{direct_url}"\n')
+    env = {**os.environ, "TOOLSCRIPT_HOME": str(folder / "home")}
+    env.pop("TOOLSCRIPT_CONFIG", None)
+    gateway, lines = start_gateway_process("--config", str(config), env=env)
+    try:
+        variables = gateway_variables(lines)
+        with HeaderProxy(variables["TOOLSCRIPT_GATEWAY_URL"] + "/mcp/conformance", variables[TOKEN_VAR]) as proxy:
+            results = run_server_scenarios(conformance_cli, proxy.url, folder / "results")
+    finally:
+        gateway.terminate()
+        try:
+            gateway.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            gateway.communicate()
+    print(results_table({"direct": direct_results, "token proxy": proxied_results, "/mcp/SERVER": results}))
+    return results
+
+
 def test_scenario_list(conformance_cli: list[str]) -> None:
     assert list_server_scenarios(conformance_cli) == SCENARIOS
 
@@ -133,6 +170,17 @@ def test_scenario_through_header_proxy(
     # The proxy is transparent: the same checks pass, fail and warn.
     assert proxied_results[scenario].counts == direct_results[scenario].counts, "\n".join(
         proxied_results[scenario].problems
+    )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario_through_toolscript(
+    direct_results: dict[str, ScenarioResult], gateway_results: dict[str, ScenarioResult], scenario: str
+) -> None:
+    """Every scenario that passes directly passes through the gateway's `/mcp/SERVER` too."""
+    assert scenario in gateway_results, f"{scenario} did not finish through the gateway"
+    assert not regressions({scenario: direct_results[scenario]}, gateway_results), "\n".join(
+        gateway_results[scenario].problems
     )
 
 
