@@ -330,8 +330,8 @@ class ApiServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver would print the traceback to stderr, past the log's redaction.
         error = sys.exc_info()[1]
-        if isinstance(error, OSError):  # the client went away or stalled
-            log.debug("gateway API: connection from %s ended", client_address[0], exc_info=error)
+        if isinstance(error, OSError):  # the client went away or stalled: nothing to debug here
+            log.debug("gateway API: connection from %s ended: %s", client_address[0], error)
         else:
             log.error("gateway API: unexpected error on a connection from %s", client_address[0], exc_info=error)
 
@@ -712,6 +712,7 @@ class _Exchange:
     @staticmethod
     def _start(handler: _Handler, message: dict[str, Any]) -> bool:
         """Queue the status line and headers (sent with the first body part); True for a chunked body."""
+        handler.log_request(message["status"])
         handler.send_response_only(message["status"])
         names = set()
         for raw_name, raw_value in message.get("headers", []):

@@ -955,10 +955,27 @@ def _terminal_input_handler(elicitation: ModuleType) -> Callable[[Any], Any] | N
 
 
 def _add_gateway(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("gateway", help="serve every configured server through a local HTTP API")
+    p = commands.add_parser(
+        "gateway",
+        help="serve every configured server through a local HTTP API, and as MCP at /mcp",
+        description="Serve every configured server through a local HTTP API (/servers, /tools, ...) and as "
+        "MCP over streamable HTTP: /mcp is every server (tools and prompts named SERVER__NAME, as 'serve'), "
+        "/mcp/SERVER one server with its own names. Every request but GET /health needs the token it prints.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=0, help="port to listen on (default: 0, any free port)")
+    _add_list_wait(p, "MCP listings (/mcp)")
     p.set_defaults(func=cmd_gateway)
+
+
+def _add_list_wait(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help=f"how long {what} just after start wait for servers still connecting (default: 5)",
+    )
 
 
 def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
@@ -979,7 +996,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
         from front import HttpFront
     hooks = gateway_module.SessionHooks()
     gateway = gateway_module.Gateway(cfg, hooks=hooks)  # announces each server as it connects or fails
-    mcp = HttpFront(gateway, hooks, version=__version__)  # /mcp and /mcp/SERVER
+    mcp = HttpFront(gateway, hooks, version=__version__, list_wait=max(0.0, args.wait))  # /mcp and /mcp/SERVER
     try:
         api = ApiServer(gateway, args.host, args.port, mcp=mcp)
     except OSError as exc:
@@ -1032,13 +1049,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "its names pass through unchanged; with several, tools and prompts are SERVER__NAME.",
     )
     p.add_argument("--server", action="append", default=[], metavar="NAME", help="serve only NAME (repeatable)")
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="how long listings just after start wait for servers still connecting (default: 5)",
-    )
+    _add_list_wait(p, "listings")
     p.set_defaults(func=cmd_serve)
 
 

@@ -1,4 +1,6 @@
-"""`toolscript serve`: the SDK's own client against `toolscript serve` over its stdio.
+"""toolscript as an MCP server: the SDK's own client against `toolscript serve` over its stdio,
+and against `toolscript gateway`'s `/mcp` over streamable HTTP (the tests marked with FRONTS run
+against both; the rest are about serve's stdio and its process).
 
 The upstream servers are real: `tests/servers/everything.py` over stdio and over streamable
 HTTP, the OAuth-protected demo server (tests/oauth_server.py) with tokens from the real
@@ -23,13 +25,25 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.to_thread
+import httpx2
 import mcp_types as types
 import pytest
 from browser import visit
-from conftest import ROOT, SERVERS, lock_racer, process_exists, stdio_server, wait_until, write_config
+from conftest import (
+    ROOT,
+    SERVERS,
+    gateway_variables,
+    lock_racer,
+    process_exists,
+    stdio_server,
+    wait_until,
+    write_config,
+)
 from everything import BLOB, serving_everything
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from oauth_server import OAuthTestServer
 from pydantic import TypeAdapter
@@ -119,36 +133,79 @@ class Client:
         return await self.session.send_request(request, RAW)
 
 
+FRONTS = ["serve", "mcp"]  # `toolscript serve` over stdio, `toolscript gateway`'s /mcp over streamable HTTP
+
+
 @contextlib.asynccontextmanager
 async def serve(
-    config: Path, *options: str, home: Path, errlog: Any, client: Client | None = None
+    config: Path, *options: str, home: Path, errlog: Any, client: Client | None = None, front: str = "serve"
 ) -> AsyncIterator[Client]:
-    """Start `toolscript serve` with `config` as an MCP server over stdio and connect the SDK client to it."""
+    """Start a front over `config` and connect the SDK client to it: `toolscript serve OPTIONS` over stdio,
+    or for front "mcp" `toolscript gateway` and its `/mcp` (`/mcp/NAME` for `--server NAME`)."""
     client = client or Client()
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=[str(ROOT / "toolscript.py"), "-v", "--config", str(config), "serve", *options],
-        env={**os.environ, "TOOLSCRIPT_HOME": str(home)},
-    )
+    env = {**os.environ, "TOOLSCRIPT_HOME": str(home)}
     try:
-        async with (
-            stdio_client(params, errlog=errlog) as (read, write),
-            ClientSession(
-                read,
-                write,
-                message_handler=client.on_message,
-                logging_callback=client.on_log,
-                elicitation_callback=client.on_elicitation,
-                sampling_callback=client.on_sampling,
-            ) as session,
-        ):
-            client.session = session
+        async with contextlib.AsyncExitStack() as stack:
+            if front == "serve":
+                params = StdioServerParameters(
+                    command=sys.executable,
+                    args=[str(ROOT / "toolscript.py"), "-v", "--config", str(config), "serve", *options],
+                    env=env,
+                )
+                read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+            else:
+                read, write = await stack.enter_async_context(gateway_mcp(config, *options, env=env, errlog=errlog))
+            client.session = await stack.enter_async_context(
+                ClientSession(
+                    read,
+                    write,
+                    message_handler=client.on_message,
+                    logging_callback=client.on_log,
+                    elicitation_callback=client.on_elicitation,
+                    sampling_callback=client.on_sampling,
+                )
+            )
             with anyio.fail_after(TIMEOUT):
-                await session.initialize()
+                await client.session.initialize()
             yield client
     except BaseException:
-        print(f"--- stderr of toolscript serve\n{stderr_of(errlog)}")  # shown with the failure
+        print(f"--- stderr of toolscript {front}\n{stderr_of(errlog)}")  # shown with the failure
         raise
+
+
+@contextlib.asynccontextmanager
+async def gateway_mcp(config: Path, *options: str, env: dict[str, str], errlog: Any) -> AsyncIterator[Any]:
+    """`toolscript gateway` (serve's options: `--server NAME` picks /mcp/NAME) and streams to its MCP endpoint."""
+    path, passed = "/mcp", []
+    for option, value in zip(options[::2], options[1::2], strict=True):
+        if option == "--server":
+            path = f"/mcp/{value}"
+        else:
+            passed += [option, value]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "toolscript.py"), "-v", "--config", str(config), "gateway", *passed],
+        stdout=subprocess.PIPE,
+        stderr=errlog,
+        text=True,
+        env=env,
+    )
+    try:
+        with anyio.fail_after(TIMEOUT):
+            lines = [await anyio.to_thread.run_sync(proc.stdout.readline) for _ in range(2)]  # type: ignore[union-attr]
+        variables = gateway_variables(lines)
+        headers = {"Authorization": f"Bearer {variables['TOOLSCRIPT_GATEWAY_TOKEN']}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(TIMEOUT, read=None)) as http,
+            streamable_http_client(variables["TOOLSCRIPT_GATEWAY_URL"] + path, http_client=http) as (read, write),
+        ):
+            yield read, write
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def texts(result: Any) -> list[str]:
@@ -179,9 +236,9 @@ class Tour:
         return self.portal.call(func, *args)
 
 
-@pytest.fixture(scope="module")
-def tour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
-    tmp = tmp_path_factory.mktemp("tour")
+@pytest.fixture(scope="module", params=FRONTS)
+def tour(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
+    tmp = tmp_path_factory.mktemp(f"tour-{request.param}")
     home = tmp / "home"
     with contextlib.ExitStack() as stack:
         remote = stack.enter_context(serving_everything("remote"))
@@ -198,11 +255,13 @@ def tour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
             timeout=30,
         )
         assert record is not None
-        errlog = stack.enter_context(open(tmp / "serve.stderr", "w+"))
+        errlog = stack.enter_context(open(tmp / "front.stderr", "w+"))
         portal = stack.enter_context(anyio.from_thread.start_blocking_portal())
         # --wait: the first listings wait for every server, however slowly the machine starts them.
         client = stack.enter_context(
-            portal.wrap_async_context_manager(serve(config, "--wait", str(TIMEOUT), home=home, errlog=errlog))
+            portal.wrap_async_context_manager(
+                serve(config, "--wait", str(TIMEOUT), home=home, errlog=errlog, front=request.param)
+            )
         )
         client.give_up_when = str(tmp / "client-waits")
         yield Tour(portal, client, oauth, errlog, tmp)
@@ -394,13 +453,14 @@ def test_stdout_carries_only_mcp_and_logs_go_to_stderr(tour: Tour) -> None:
 # == one server: names pass through ========================================================
 
 
-def test_one_server_is_served_with_its_own_names(tmp_path: Path) -> None:
+@pytest.mark.parametrize("front", FRONTS)
+def test_one_server_is_served_with_its_own_names(tmp_path: Path, front: str) -> None:
     config = write_config({"solo": everything("solo"), "other": stdio_server()})
 
     async def scenario() -> None:
         with tempfile.NamedTemporaryFile("w+") as errlog:
             async with serve(
-                config, "--server", "solo", "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog
+                config, "--server", "solo", "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog, front=front
             ) as client:
                 session = client.session
                 names = {tool.name for tool in (await session.list_tools()).tools}
@@ -416,14 +476,15 @@ def test_one_server_is_served_with_its_own_names(tmp_path: Path) -> None:
 # == servers that arrive late or need authorization =========================================
 
 
-def test_a_late_server_appears_through_list_changed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("front", FRONTS)
+def test_a_late_server_appears_through_list_changed(tmp_path: Path, front: str) -> None:
     barrier = tmp_path / "barrier"
     # `late` can only finish starting once two processes have arrived at the barrier: itself and this test.
     config = write_config({"early": stdio_server(), "late": stdio_server("--arrive", str(barrier), "--wait-for", "2")})
 
     async def scenario() -> None:
         with tempfile.NamedTemporaryFile("w+") as errlog:
-            async with serve(config, "--wait", "0", home=tmp_path / "home", errlog=errlog) as client:
+            async with serve(config, "--wait", "0", home=tmp_path / "home", errlog=errlog, front=front) as client:
                 # initialize was answered, and `early` is served, while `late` cannot have connected
                 names = await client.list_until(lambda names: "early__echo" in names)
                 assert not any(name.startswith("late__") for name in names)
@@ -435,12 +496,15 @@ def test_a_late_server_appears_through_list_changed(tmp_path: Path) -> None:
     anyio.run(scenario)
 
 
-def test_a_server_that_exits_is_reconnected_and_its_list_announced_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("front", FRONTS)
+def test_a_server_that_exits_is_reconnected_and_its_list_announced_again(tmp_path: Path, front: str) -> None:
     config = write_config({"tools": stdio_server()})
 
     async def scenario() -> None:
         with tempfile.NamedTemporaryFile("w+") as errlog:
-            async with serve(config, "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog) as client:
+            async with serve(
+                config, "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog, front=front
+            ) as client:
                 first = texts(await client.call_raw("pid"))
                 crashed = await client.call_raw("crash")
                 assert crashed["isError"] is True
@@ -454,8 +518,9 @@ def test_a_server_that_exits_is_reconnected_and_its_list_announced_again(tmp_pat
     anyio.run(scenario)
 
 
+@pytest.mark.parametrize("front", FRONTS)
 def test_a_server_needing_authorization_answers_with_the_command_and_appears_after_auth(
-    tmp_path: Path, oauth_server: Any
+    tmp_path: Path, oauth_server: Any, front: str
 ) -> None:
     server = oauth_server()
     config = write_config({"demo": {"url": server.url}, "tools": stdio_server()})
@@ -463,7 +528,7 @@ def test_a_server_needing_authorization_answers_with_the_command_and_appears_aft
 
     async def scenario() -> None:
         with tempfile.NamedTemporaryFile("w+") as errlog:
-            async with serve(config, "--wait", str(TIMEOUT), home=home, errlog=errlog) as client:
+            async with serve(config, "--wait", str(TIMEOUT), home=home, errlog=errlog, front=front) as client:
                 names = {tool.name for tool in (await client.session.list_tools()).tools}
                 assert "tools__echo" in names and not any(name.startswith("demo__") for name in names)
                 result = await client.call_raw("demo__echo", {"text": "x"})

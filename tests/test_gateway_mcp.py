@@ -1,0 +1,188 @@
+"""`toolscript gateway`'s `/mcp`: what the HTTP side adds to the front that test_serve.py covers.
+
+test_serve.py runs its MCP scenarios against `/mcp` as well as `serve`, and
+test_conformance_server.py runs the official suite through `/mcp/SERVER`. Here: who may
+use the endpoint (the API token, Host and Origin), unknown servers, open streams when the
+gateway stops, and that the token stays out of the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from conftest import gateway_variables, process_exists, start_gateway_process, stdio_server, wait_until, write_config
+
+TIMEOUT = 60.0
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+class Gateway:
+    """A `toolscript -v gateway` process over two stdio servers, with its URL and token."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        config = write_config({"files": stdio_server(), "notes": stdio_server()}, tmp_path / "toolscript.toml")
+        env = {**os.environ, "TOOLSCRIPT_HOME": str(tmp_path / "home")}
+        self.proc, lines = start_gateway_process("-v", "--config", str(config), "--wait", str(TIMEOUT), env=env)
+        variables = gateway_variables(lines)
+        self.url, self.token = variables["TOOLSCRIPT_GATEWAY_URL"], variables["TOOLSCRIPT_GATEWAY_TOKEN"]
+        self.authority = self.url.removeprefix("http://")
+        self.stderr = ""
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {**MCP_HEADERS, "Authorization": f"Bearer {self.token}", **extra}
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(signum)
+        try:
+            _, self.stderr = self.proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, self.stderr = self.proc.communicate()
+            pytest.fail(f"the gateway did not stop within {TIMEOUT} s of {signal.Signals(signum).name}")
+        return self.proc.returncode
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    running = Gateway(tmp_path)
+    try:
+        yield running
+    finally:
+        if running.proc.poll() is None:
+            running.stop()
+
+
+def initialize(client: httpx2.Client, url: str, headers: dict[str, str]) -> httpx2.Response:
+    return client.post(url, json=INITIALIZE, headers=headers)
+
+
+def events(response: httpx2.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE answer."""
+    return [json.loads(line[len("data: ") :]) for line in response.text.splitlines() if line.startswith("data: {")]
+
+
+def test_mcp_needs_the_gateway_token(gateway: Gateway) -> None:
+    with httpx2.Client(timeout=TIMEOUT) as client:
+        missing = initialize(client, gateway.url + "/mcp", MCP_HEADERS)
+        wrong = initialize(client, gateway.url + "/mcp", {**MCP_HEADERS, "Authorization": "Bearer not-the-token"})
+        accepted = initialize(client, gateway.url + "/mcp", gateway.headers())
+    assert (missing.status_code, wrong.status_code) == (403, 403)
+    assert missing.json()["error"].startswith("No gateway token: send 'Authorization: Bearer <token>'")
+    assert wrong.json()["error"].startswith("Wrong gateway token: ")
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.headers["content-type"].startswith("text/event-stream")
+    assert accepted.headers.get("mcp-session-id")
+    [answer] = events(accepted)
+    assert answer["result"]["serverInfo"]["name"] == "toolscript"
+    assert answer["result"]["capabilities"]["tools"] == {"listChanged": True}
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("Host", "evil.example.com"), ("Host", "evil.example.com:{port}"), ("Origin", "http://evil.example.com")],
+)
+def test_mcp_refuses_a_foreign_host_or_origin_even_with_the_token(gateway: Gateway, header: str, value: str) -> None:
+    """DNS rebinding and cross-site pages: the MCP spec asks servers on localhost to check both."""
+    port = gateway.authority.rpartition(":")[2]
+    with httpx2.Client(timeout=TIMEOUT) as client:
+        refused = initialize(client, gateway.url + "/mcp/files", gateway.headers(**{header: value.format(port=port)}))
+        own_origin = initialize(client, gateway.url + "/mcp/files", gateway.headers(Origin=gateway.url))
+    assert refused.status_code == 403
+    assert refused.headers["content-type"] == "application/json"
+    assert "mcp-session-id" not in refused.headers  # no session was made
+    assert own_origin.status_code == 200, own_origin.text
+
+
+def test_an_unknown_server_is_named_with_the_ones_there_are(gateway: Gateway) -> None:
+    with httpx2.Client(timeout=TIMEOUT) as client:
+        typo = initialize(client, gateway.url + "/mcp/file", gateway.headers())
+        nested = initialize(client, gateway.url + "/mcp/files/extra", gateway.headers())
+    assert typo.status_code == 404
+    assert typo.json() == {
+        "error": "No server 'file' here (did you mean 'files'?); /mcp serves every server, "
+        "/mcp/SERVER one of: files, notes."
+    }
+    assert nested.status_code == 404
+
+
+def test_one_server_at_mcp_server_keeps_its_names(gateway: Gateway) -> None:
+    with httpx2.Client(timeout=TIMEOUT) as client:
+        opened = initialize(client, gateway.url + "/mcp/notes", gateway.headers())
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        client.post(
+            gateway.url + "/mcp/notes",
+            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+            headers=gateway.headers(**session),
+        )
+        listed = client.post(
+            gateway.url + "/mcp/notes",
+            json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+            headers=gateway.headers(**session),
+        )
+        # A session belongs to the endpoint that made it.
+        elsewhere = client.post(
+            gateway.url + "/mcp/files",
+            json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+            headers=gateway.headers(**session),
+        )
+    [answer] = events(listed)
+    names = {tool["name"] for tool in answer["result"]["tools"]}
+    assert {"echo", "pid"} <= names and not any("__" in name for name in names)
+    assert elsewhere.status_code == 404
+
+
+def test_stopping_ends_open_streams_and_the_stdio_servers(gateway: Gateway) -> None:
+    """A client holding its server-to-client (GET) stream open does not keep the gateway from stopping."""
+    with httpx2.Client(timeout=httpx2.Timeout(TIMEOUT, read=TIMEOUT)) as client:
+        opened = initialize(client, gateway.url + "/mcp", gateway.headers())
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        client.post(
+            gateway.url + "/mcp",
+            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+            headers=gateway.headers(**session),
+        )
+        pids = []
+        for n, server in enumerate(("files", "notes"), start=2):
+            called = client.post(
+                gateway.url + "/mcp",
+                json={"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": f"{server}__pid"}},
+                headers=gateway.headers(**session),
+            )
+            pids.append(int(events(called)[-1]["result"]["content"][0]["text"]))
+        with client.stream(
+            "GET", gateway.url + "/mcp", headers=gateway.headers(Accept="text/event-stream", **session)
+        ) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            assert gateway.stop() == 0
+            assert stream.read() is not None  # the stream ended (else read() would wait for TIMEOUT and raise)
+    wait_until(lambda: not any(process_exists(pid) for pid in pids), TIMEOUT, "the stdio servers to exit")
+    assert "Traceback" not in gateway.stderr
+
+
+def test_the_token_stays_out_of_the_log(gateway: Gateway) -> None:
+    with httpx2.Client(timeout=TIMEOUT) as client:
+        opened = initialize(client, gateway.url + "/mcp", gateway.headers())
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        client.post(
+            gateway.url + "/mcp",
+            json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "files__echo"}},
+            headers=gateway.headers(**session),
+        )
+    gateway.stop()
+    assert "POST /mcp" in gateway.stderr  # -v: the requests were logged
+    assert gateway.token not in gateway.stderr
