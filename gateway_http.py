@@ -40,6 +40,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -49,6 +50,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError as FutureCancelledError
 from concurrent.futures import Future
@@ -639,6 +641,7 @@ class _Exchange:
     """
 
     _POLL = 0.5  # seconds between checks that a client waiting on a quiet stream is still there
+    _HEAD_HOLD = 0.05  # seconds a POST's stream waits for its first event before sending its headers alone
 
     def __init__(self, body: bytes) -> None:
         self._body: bytes | None = body
@@ -673,62 +676,93 @@ class _Exchange:
             self._gone_event.set()
 
     def answer(self, handler: _Handler, done: Future[Any]) -> None:
-        """Write the app's answer on `handler`'s connection as it comes, until the app has sent all of it."""
+        """Write the app's answer on `handler`'s connection as it comes, until the app has sent all of it.
+
+        What the app has queued goes out in one write: on loopback every send wakes the
+        client, so headers, an event and the end of the stream cost one wake-up, not three.
+        A POST's stream holds its headers back briefly for its first event (its answer);
+        a GET's stream (server-to-client messages, maybe none for long) sends them at once.
+        """
+        head: bytes | None = None  # status line and headers not yet sent
+        head_due = math.inf  # when they go out even without a body part
         started = chunked = False
         while True:
+            wait = self._POLL if head is None else max(0.0, head_due - time.monotonic())
             try:
-                message = self._messages.get(timeout=self._POLL)
+                batch = [self._messages.get(timeout=wait)]
             except queue.Empty:
-                if _hung_up(handler.connection):
+                if head is not None:
+                    handler.wfile.write(head)
+                    head = None
+                elif _hung_up(handler.connection):
                     handler.close_connection = True
                     with contextlib.suppress(RuntimeError, ToolscriptError):  # the loop is gone already
                         handler.server.mcp.start_soon(self._hang_up)  # type: ignore[union-attr]
                     return
                 continue
-            if message is None:  # the app ended without finishing its answer
-                if chunked:
-                    handler.wfile.write(b"0\r\n\r\n")
-                elif not started and _failed(done):
-                    handler._send(500, {"error": "Internal gateway error; see the gateway's log."}, close=True)
-                handler.close_connection = True
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._messages.get_nowait())
+            out = bytearray()
+            finished = False
+            for message in batch:
+                if message is None:  # the app ended without finishing its answer
+                    if chunked:
+                        out += b"0\r\n\r\n"
+                    elif not started and _failed(done):
+                        body = json.dumps({"error": "Internal gateway error; see the gateway's log."}).encode()
+                        out += _head(handler, 500, [("Content-Type", "application/json")], len(body)) + body
+                    handler.close_connection = True
+                    finished = True
+                    break
+                if message["type"] == "http.response.start":
+                    started = True
+                    head, chunked = self._head(handler, message)
+                    head_due = time.monotonic() + (self._HEAD_HOLD if handler.command == "POST" else 0.0)
+                elif message["type"] == "http.response.body":
+                    if head is not None:
+                        out += head
+                        head = None
+                    data = message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if not chunked:
+                        out += data
+                    elif data:
+                        out += b"%x\r\n%s\r\n" % (len(data), data)
+                    if not more:
+                        out += b"0\r\n\r\n" if chunked else b""
+                        finished = True
+                        break
+            if head is not None and head_due <= time.monotonic():
+                out += head
+                head = None
+            if out:
+                handler.wfile.write(out)
+            if finished:
                 return
-            if message["type"] == "http.response.start":
-                started, chunked = True, self._start(handler, message)
-            elif message["type"] == "http.response.body":
-                data = message.get("body", b"")
-                more = message.get("more_body", False)
-                if chunked:
-                    out = (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + (b"" if more else b"0\r\n\r\n")
-                else:
-                    out = data
-                if handler._headers_buffer:  # type: ignore[attr-defined]
-                    handler._headers_buffer.append(out)  # type: ignore[attr-defined]
-                    handler.flush_headers()  # headers and the first body part in one write
-                elif out:
-                    handler.wfile.write(out)
-                if not more:
-                    return
 
     @staticmethod
-    def _start(handler: _Handler, message: dict[str, Any]) -> bool:
-        """Queue the status line and headers (sent with the first body part); True for a chunked body."""
-        handler.log_request(message["status"])
-        handler.send_response_only(message["status"])
-        names = set()
-        for raw_name, raw_value in message.get("headers", []):
-            name = raw_name.decode("latin-1")
-            names.add(name.lower())
-            handler.send_header(name, raw_value.decode("latin-1"))
-        chunked = "content-length" not in names and handler.request_version == "HTTP/1.1"
+    def _head(handler: _Handler, message: dict[str, Any]) -> tuple[bytes, bool]:
+        """The status line and headers of the app's answer, and whether its body goes chunked."""
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in message.get("headers", [])]
+        length = next((value for name, value in headers if name.lower() == "content-length"), None)
+        chunked = length is None and handler.request_version == "HTTP/1.1"
         if chunked:
-            handler.send_header("Transfer-Encoding", "chunked")
-        if handler.body_pending or ("content-length" not in names and not chunked):
-            handler.send_header("Connection", "close")
+            headers.append(("Transfer-Encoding", "chunked"))
+        if handler.body_pending or (length is None and not chunked):
+            headers.append(("Connection", "close"))
             handler.close_connection = True
-        handler._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]
-        if "content-length" not in names:
-            handler.flush_headers()  # a stream: the client sees its headers before the first event, however late
-        return chunked
+        return _head(handler, message["status"], headers, None), chunked
+
+
+def _head(handler: _Handler, status: int, headers: list[tuple[str, str]], length: int | None) -> bytes:
+    """An HTTP/1.1 status line and headers (with `Content-Length` if given), logged as http.server does."""
+    handler.log_request(status)
+    lines = [f"HTTP/1.1 {status} {handler.responses.get(status, ('',))[0]}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
 
 def _hung_up(connection: socket.socket) -> bool:

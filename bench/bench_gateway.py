@@ -9,15 +9,19 @@ Against a stdio server and a streamable HTTP server (`echo_server.py`, one `echo
   (c) the HTTP API: `RemoteGateway.call` over keep-alive HTTP to an `ApiServer`
   (d) `toolscript serve`: the SDK's `ClientSession.call_tool` over stdio to a `serve`
       process that passes the call on to the same server
+  (e) `/mcp`: the SDK's `ClientSession.call_tool` over streamable HTTP to a `toolscript
+      gateway` process's `/mcp`, which passes the call on to the same server
 
-Latencies are measured in interleaved rounds (a, b, c, d, a, b, c, d, ...), so that changes
-in background load affect them alike; (a)'s and (d)'s event loops run in threads of their own.
+Latencies are measured in interleaved rounds (a, b, c, d, e, a, b, ...), so that changes in
+background load affect them alike; (a)'s, (d)'s and (e)'s event loops run in threads of
+their own.
 
-It prints per-call latency (median and p95) with the ratios b/a, c/a and d/a; throughput
-with 1, 8 and 32 concurrent callers (threads for b and c, tasks on one session for a and
-d); and the time to connect 1 versus 10 stdio servers. Every ratio is against a baseline
-measured in the same run. Targets: b/a <= 1.15, c/a <= 1.5, d/a <= 1.3, 10 servers in
-<= 1.5x the time of 1.
+It prints per-call latency (median and p95) with the ratios b/a, c/a, d/a and e/a;
+throughput with 1, 8 and 32 concurrent callers (threads for b and c, tasks on one session
+for a, d and e); and the time to connect 1 versus 10 stdio servers. Every ratio is against
+a baseline measured in the same run. Targets: b/a <= 1.15, c/a <= 1.5, d/a <= 1.3,
+e/a <= 1.3, (e) with 32 callers at >= 0.8x (a)'s throughput, 10 servers in <= 1.5x the
+time of 1.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import httpx2
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -52,7 +57,8 @@ ECHO = str(Path(__file__).resolve().with_name("echo_server.py"))
 WARMUP = 50
 ROUNDS = 10
 CONCURRENCY = (1, 8, 32)
-TARGETS = {"b/a": 1.15, "c/a": 1.5, "d/a": 1.3, "start 10/1": 1.5}
+TARGETS = {"b/a": 1.15, "c/a": 1.5, "d/a": 1.3, "e/a": 1.3, "start 10/1": 1.5}
+THROUGHPUT_TARGET = 0.8  # (e)/(a) with 32 callers, at least
 TOOLSCRIPT = str(Path(__file__).resolve().parent.parent / "toolscript.py")
 ARGS = {"text": "hello"}
 
@@ -71,14 +77,19 @@ def main() -> None:
                 _sdk(kind, url) as sdk,
                 Gateway(cfg) as gateway,
                 _api(gateway) as remote,
-                _sdk(kind, url, through_serve=True) as serve,
+                _sdk(kind, url, through="serve") as serve,
+                _sdk(kind, url, through="gateway") as mcp,
             ):
-                verdicts += _latency(kind, sdk, gateway, remote, serve, options.calls)
-                _throughput(kind, sdk, gateway, remote, serve, options.calls)
+                verdicts += _latency(kind, sdk, gateway, remote, serve, mcp, options.calls)
+                verdicts.append(_throughput(kind, sdk, gateway, remote, serve, mcp, options.calls))
     verdicts.append(_startup(options.repeats))
     print("\nTargets")
     for name, value, target in verdicts:
-        print(f"  {name:<18} {value:6.3f}  (target <= {target})  {'ok' if value <= target else 'MISSED'}")
+        if name.startswith("throughput"):
+            verdict = "ok" if value >= target else "MISSED"
+            print(f"  {name:<18} {value:6.3f}  (target >= {target})  {verdict}")
+        else:
+            print(f"  {name:<18} {value:6.3f}  (target <= {target})  {'ok' if value <= target else 'MISSED'}")
 
 
 # -- latency -------------------------------------------------------------------------
@@ -120,34 +131,39 @@ class _Sdk:
 
 
 def _latency(
-    kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serve: _Sdk, calls: int
+    kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serve: _Sdk, mcp: _Sdk, calls: int
 ) -> list[tuple[str, float, float]]:
     a: list[float] = []
     b: list[float] = []
     c: list[float] = []
     d: list[float] = []
+    e: list[float] = []
     sdk.latencies(WARMUP)
     _timed(lambda: gateway.call("echo__echo", ARGS), WARMUP)
     _timed(lambda: remote.call("echo__echo", ARGS), WARMUP)
     serve.latencies(WARMUP)
-    # Interleaved rounds, so that a change in background load hits all four alike.
+    mcp.latencies(WARMUP)
+    # Interleaved rounds, so that a change in background load hits all five alike.
     for _ in range(ROUNDS):
         a += sdk.latencies(calls // ROUNDS)
         b += _timed(lambda: gateway.call("echo__echo", ARGS), calls // ROUNDS)
         c += _timed(lambda: remote.call("echo__echo", ARGS), calls // ROUNDS)
         d += serve.latencies(calls // ROUNDS)
+        e += mcp.latencies(calls // ROUNDS)
     print(f"Latency per call, {kind} server (median / p95, microseconds)")
     for label, times in (
         ("(a) SDK, async", a),
         ("(b) Gateway, thread", b),
         ("(c) HTTP API", c),
         ("(d) toolscript serve", d),
+        ("(e) gateway /mcp", e),
     ):
         print(f"  {label:<22} {_median(times):8.0f} / {_p95(times):8.0f}")
     ratios = [
         (f"b/a {kind}", _median(b) / _median(a), TARGETS["b/a"]),
         (f"c/a {kind}", _median(c) / _median(a), TARGETS["c/a"]),
         (f"d/a {kind}", _median(d) / _median(a), TARGETS["d/a"]),
+        (f"e/a {kind}", _median(e) / _median(a), TARGETS["e/a"]),
     ]
     print("  " + "   ".join(f"{name} = {value:.3f}" for name, value, _ in ratios) + "\n")
     return ratios
@@ -165,19 +181,28 @@ def _timed(call: Callable[[], Any], calls: int) -> list[float]:
 # -- throughput ----------------------------------------------------------------------
 
 
-def _throughput(kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serve: _Sdk, calls: int) -> None:
+def _throughput(
+    kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serve: _Sdk, mcp: _Sdk, calls: int
+) -> tuple[str, float, float]:
     print(f"Throughput, {kind} server (calls per second; ratio to (a) at the same concurrency)")
-    print(f"  {'callers':>7}  {'(a) SDK tasks':>14}  {'(b) Gateway':>18}  {'(c) HTTP API':>18}  {'(d) serve':>18}")
+    print(
+        f"  {'callers':>7}  {'(a) SDK tasks':>14}  {'(b) Gateway':>18}  {'(c) HTTP API':>18}  {'(d) serve':>18}"
+        f"  {'(e) /mcp':>18}"
+    )
+    ratio = 0.0
     for workers in CONCURRENCY:
         a = sdk.throughput(workers, calls)
         b = _threaded(lambda: gateway.call("echo__echo", ARGS), workers, calls)
         c = _threaded(lambda: remote.call("echo__echo", ARGS), workers, calls)
         d = serve.throughput(workers, calls)
+        e = mcp.throughput(workers, calls)
+        ratio = e / a
         print(
             f"  {workers:>7}  {a:>14.0f}  {b:>10.0f} ({b / a:4.2f})  {c:>10.0f} ({c / a:4.2f})"
-            f"  {d:>10.0f} ({d / a:4.2f})"
+            f"  {d:>10.0f} ({d / a:4.2f})  {e:>10.0f} ({e / a:4.2f})"
         )
     print()
+    return f"throughput e/a {kind}", ratio, THROUGHPUT_TARGET  # at the highest concurrency
 
 
 def _threaded(call: Callable[[], Any], workers: int, calls: int) -> float:
@@ -254,18 +279,27 @@ async def _sdk_start(count: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _sdk_session(kind: str, url: str, through_serve: bool = False) -> AsyncIterator[ClientSession]:
+async def _sdk_session(kind: str, url: str, through: str | None = None) -> AsyncIterator[ClientSession]:
     transport: Any
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as home, open(os.devnull, "w") as devnull:
-        if through_serve:  # `toolscript serve` over stdio, passing the calls on to the same server
-            config = Path(home, "config.toml")
-            table = _server_table(kind, url)
-            config.write_text("[servers.echo]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-front-") as home,
+        open(os.devnull, "w") as devnull,
+        contextlib.ExitStack() as stack,
+    ):
+        config = Path(home, "config.toml")
+        table = _server_table(kind, url)
+        config.write_text("[servers.echo]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+        env = {**os.environ, "TOOLSCRIPT_HOME": home}
+        if through == "gateway":  # `toolscript gateway`'s /mcp, passing the calls on to the same server
+            gateway_url, token = stack.enter_context(_gateway_process(config, env))
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            transport = streamable_http_client(gateway_url + "/mcp", http_client=http)
+        elif through == "serve":  # `toolscript serve` over stdio, passing the calls on to the same server
             transport = stdio_client(
                 StdioServerParameters(
                     command=sys.executable,
                     args=[TOOLSCRIPT, "--config", str(config), "serve"],
-                    env={**os.environ, "TOOLSCRIPT_HOME": home},
+                    env=env,
                 ),
                 errlog=devnull,
             )
@@ -290,10 +324,28 @@ def _stdio_config(count: int) -> Config:
 
 
 @contextlib.contextmanager
-def _sdk(kind: str, url: str, through_serve: bool = False) -> Iterator[_Sdk]:
+def _sdk(kind: str, url: str, through: str | None = None) -> Iterator[_Sdk]:
     with anyio.from_thread.start_blocking_portal() as portal:
-        with portal.wrap_async_context_manager(_sdk_session(kind, url, through_serve)) as session:
+        with portal.wrap_async_context_manager(_sdk_session(kind, url, through)) as session:
             yield _Sdk(portal, session)
+
+
+@contextlib.contextmanager
+def _gateway_process(config: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """`toolscript gateway` with `config`: its URL and API token."""
+    proc = subprocess.Popen(
+        [sys.executable, TOOLSCRIPT, "-q", "--config", str(config), "gateway"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(2))
+        yield lines["TOOLSCRIPT_GATEWAY_URL"], lines["TOOLSCRIPT_GATEWAY_TOKEN"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @contextlib.contextmanager
