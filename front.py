@@ -702,8 +702,7 @@ class HttpFront:
         self.front = Front(gateway, hooks, list_wait=list_wait)
         views = {"": gateway.server_names} | {name: [name] for name in gateway.server_names}
         self._managers = {
-            key: StreamableHTTPSessionManager(self.front.view(names, version=version))
-            for key, names in views.items()
+            key: StreamableHTTPSessionManager(self.front.view(names, version=version)) for key, names in views.items()
         }
 
     @contextlib.asynccontextmanager

@@ -27,8 +27,8 @@ import conformance_server
 import httpx2
 import mcp_types as types
 import pytest
-from conftest import gateway_variables, start_gateway_process
 from conformance_suite import ScenarioResult, list_server_scenarios, regressions, results_table, run_server_scenarios
+from conftest import gateway_variables, start_gateway_process
 from header_proxy import HeaderProxy
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
