@@ -97,9 +97,13 @@ class Config:
 
     path: Path | None
     servers: dict[str, ServerConfig]
+    # Servers left out because a variable they use is not set: what using one raises.
+    unusable: dict[str, ConfigError] = field(default_factory=dict)
 
     def server(self, name: str) -> ServerConfig:
-        """Return the server called `name` or raise a `ConfigError` listing the known ones."""
+        """Return the server called `name` or raise a `ConfigError` (listing the known ones, or why it is unusable)."""
+        if name in self.unusable:
+            raise self.unusable[name]
         try:
             return self.servers[name]
         except KeyError:
@@ -160,8 +164,8 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None, environ: dic
     env = os.environ if environ is None else environ
     where = f"{path}: " if path else ""
 
-    def fail(message: str, server: str | None = None) -> ConfigError:
-        return ConfigError(where + message, path=str(path) if path else None, server=server)
+    def fail(message: str, server: str | None = None, variable: str | None = None) -> ConfigError:
+        return ConfigError(where + message, path=str(path) if path else None, server=server, variable=variable)
 
     for key in data:
         if key != "servers":
@@ -171,6 +175,7 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None, environ: dic
     if not isinstance(servers_table, dict):
         raise fail("servers: must be a table of [servers.NAME] tables")
     servers: dict[str, ServerConfig] = {}
+    unusable: dict[str, ConfigError] = {}
     for name, table in servers_table.items():
         if not _is_valid_name(name):
             raise fail(f"servers.{name}: {_name_problem(name)}", name)
@@ -178,9 +183,11 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None, environ: dic
             raise fail(f"servers.{name}: must be a table", name)
         try:
             servers[name] = _parse_server(name, table, env)
+        except _UnsetVariable as exc:  # the table is fine; the others stay usable meanwhile
+            unusable[name] = fail(str(exc), name, exc.variable)
         except _Invalid as exc:
             raise fail(str(exc), name) from None
-    return Config(path=path, servers=servers)
+    return Config(path=path, servers=servers, unusable=unusable)
 
 
 def validate_server_name(name: str) -> str:
@@ -204,6 +211,14 @@ def _describe_toml_error(exc: tomllib.TOMLDecodeError, path: Path) -> str:
 
 class _Invalid(Exception):
     """A validation problem; the message starts with the key path."""
+
+
+class _UnsetVariable(_Invalid):
+    """A `${VAR}` without a default whose variable is not set: only that server is unusable."""
+
+    def __init__(self, message: str, variable: str) -> None:
+        super().__init__(message)
+        self.variable = variable
 
 
 def _is_valid_name(name: str) -> bool:
@@ -388,8 +403,9 @@ def _substitute(value: str, path: str, server: str, env: dict[str, str]) -> str:
             return default
         if found is not None:  # set but empty, no default: empty is what the user set
             return found
-        raise _Invalid(
-            f"{path}: environment variable {var} is not set (server '{server}'); set it or write ${{{var}:-default}}"
+        raise _UnsetVariable(
+            f"{path}: environment variable {var} is not set (server '{server}'); set it or write ${{{var}:-default}}",
+            var,
         )
 
     result = _VAR_RE.sub(replace, value)

@@ -82,9 +82,12 @@ class ConfigError(ToolscriptError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, path: str | None = None, server: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: str | None = None, server: str | None = None, variable: str | None = None
+    ) -> None:
         super().__init__(message, server=server)
         self.path = path
+        self.variable = variable  # an environment variable that is not set
 
 
 class StorageError(ToolscriptError):

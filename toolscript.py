@@ -72,6 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # The demo brings its own config; a broken user config must not stop it.
         cfg = _config.load_config(args.config) if getattr(args, "needs_config", True) else None
+        if cfg is not None and args.func not in (cmd_servers, cmd_auth):  # those two list them
+            for name, problem in cfg.unusable.items():
+                log.warning(
+                    "warning: server '%s' is left out: environment variable %s is not set (toolscript servers "
+                    "shows where %s uses it).",
+                    name,
+                    problem.variable,
+                    cfg.path,
+                )
         return args.func(args, cfg)
     except ToolscriptError as exc:
         log.debug("command failed", exc_info=True)
@@ -288,21 +297,26 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         if oauth is not None:
             row.update(oauth.row())
         rows.append(row)
+    unusable = [{"name": name, "error": problem.message} for name, problem in cfg.unusable.items()]
     if args.json:
-        _print(json.dumps(rows, indent=2))
+        _print(json.dumps(rows + unusable, indent=2))
         return EXIT_OK
-    if not rows:
+    if not rows and not unusable:
         _print(_no_servers(cfg))
         return EXIT_OK
-    width = max(len(str(r["name"])) for r in rows)
+    width = max(len(str(r["name"])) for r in rows + unusable)
     for server, row in zip(cfg.servers.values(), rows, strict=True):
         oauth = f"  [oauth: {row['oauth_status']}]" if "oauth_status" in row else ""
         reason = f" ({row['oauth_error']})" if "oauth_error" in row else ""
         _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}")
+    for row in unusable:
+        _print(f"{row['name']:<{width}}  {'-':<5}  unusable: {row['error']}")
     return EXIT_OK
 
 
 def _no_servers(cfg: Config) -> str:
+    if cfg.unusable:
+        return f"No usable servers in {cfg.path}: every one uses a variable that is not set; run: toolscript servers"
     return (
         f"No servers configured ({cfg.path or 'no config file found'}). "
         "For an example with every key, run: toolscript config example"
@@ -399,10 +413,10 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
-    if not cfg.servers:
+    if not cfg.servers and not cfg.unusable:
         _print(_no_servers(cfg))
         return EXIT_OK
-    width = max(len(name) for name in cfg.servers)
+    width = max(len(name) for name in [*cfg.servers, *cfg.unusable])
     todo = []
     for server in cfg.servers.values():
         try:
@@ -413,6 +427,8 @@ def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
         if state is None or state.needs_auth:
             todo.append(server.name)
         _print(f"{server.name:<{width}}  {text}")
+    for name, problem in cfg.unusable.items():
+        _print(f"{name:<{width}}  unusable: environment variable {problem.variable} is not set")
     if todo:
         _print()
         for name in todo:

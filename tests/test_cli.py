@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, explain, run_cli
+from conftest import ROOT, explain, run_cli, stdio_server, write_config
 
 import toolscript
 from storage import Metadata, Record, Store, Tokens
@@ -173,3 +173,28 @@ def test_global_options_also_after_the_command(capsys: pytest.CaptureFixture[str
 def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert toolscript.main([]) == 2
     assert "usage: toolscript" in capsys.readouterr().err
+
+
+def test_a_server_whose_variable_is_unset_is_left_out_and_named_when_used(isolated_env: Path) -> None:
+    """One server's unset `${VAR}` does not stop the others; using that server says what to set."""
+    write_config(
+        {"local": stdio_server(), "remote": {"url": "https://x.example/mcp", "headers": {"K": "${NO_SUCH_V}"}}}
+    )
+    listed = run_cli("servers")
+    called = run_cli("call", "local__echo", "text=still works")
+    refused = run_cli("call", "remote__echo", "text=x")
+    assert listed.returncode == 0, explain(listed)
+    assert listed.stdout.splitlines()[1] == (
+        "remote  -      unusable: toolscript.toml: servers.remote.headers.K: environment variable NO_SUCH_V is not "
+        "set (server 'remote'); set it or write ${NO_SUCH_V:-default}"
+    )
+    assert (called.returncode, called.stdout) == (0, "still works\n"), explain(called)
+    assert called.stderr == (
+        "warning: server 'remote' is left out: environment variable NO_SUCH_V is not set "
+        "(toolscript servers shows where toolscript.toml uses it).\n"
+    )
+    assert refused.returncode == 2, explain(refused)
+    assert refused.stderr.splitlines()[-1] == (
+        "error: toolscript.toml: servers.remote.headers.K: environment variable NO_SUCH_V is not set "
+        "(server 'remote'); set it or write ${NO_SUCH_V:-default}"
+    )

@@ -95,14 +95,29 @@ def test_substitution_everywhere_with_defaults_and_escapes() -> None:
     assert h.headers == {"X-Api-Key": "key-t0k"}
 
 
-def test_missing_variable_names_variable_and_server() -> None:
+def test_missing_variable_names_variable_and_server_when_that_server_is_used() -> None:
+    cfg = parse(
+        '[servers.github]\nurl = "https://x/mcp"\nheaders = { X-Api-Key = "${API_KEY}" }\n'
+        '[servers.local]\ncommand = "run"\n'
+    )
+    # Only the server that needs the variable is left out; the others stay usable.
+    assert list(cfg.servers) == ["local"]
+    assert list(cfg.unusable) == ["github"]
     with pytest.raises(ConfigError) as info:
-        parse('[servers.github]\nurl = "https://x/mcp"\nheaders = { X-Api-Key = "${API_KEY}" }\n')
+        cfg.server("github")
     assert str(info.value) == (
         "t.toml: servers.github.headers.X-Api-Key: environment variable API_KEY is not set "
         "(server 'github'); set it or write ${API_KEY:-default}"
     )
-    assert info.value.server == "github"
+    assert (info.value.server, info.value.variable) == ("github", "API_KEY")
+    assert cfg.server("local").command == "run"
+
+
+def test_other_problems_of_a_server_with_an_unset_variable_still_fail_the_config() -> None:
+    text = '[servers.a]\ncommand = "${CMD}"\ntimeout = "soon"\n'
+    with pytest.raises(ConfigError) as info:  # checked before the variables are substituted
+        parse(text)
+    assert str(info.value) == "t.toml: servers.a.timeout: must be a positive number of seconds"
 
 
 def test_malformed_reference_is_an_error() -> None:
