@@ -63,8 +63,6 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-import anyio
-
 if __package__:
     from .config import toolscript_home
     from .errors import (
@@ -79,6 +77,7 @@ if __package__:
         UsageError,
     )
     from .redact import redact, register_secret
+    from .storage import write_atomic
 else:
     from config import toolscript_home
     from errors import (
@@ -93,6 +92,7 @@ else:
         UsageError,
     )
     from redact import redact, register_secret
+    from storage import write_atomic
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -651,7 +651,7 @@ class _Exchange:
         self._body: bytes | None = body
         self._messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._gone = False
-        self._gone_event: anyio.Event | None = None  # made and set on the loop
+        self._gone_event: Any = None  # an anyio.Event, made and set on the loop
 
     async def run(self, app: LoopApp, scope: dict[str, Any]) -> None:
         try:
@@ -665,6 +665,8 @@ class _Exchange:
             return {"type": "http.request", "body": body, "more_body": False}
         if not self._gone:
             if self._gone_event is None:
+                import anyio  # here, not at the top: the CLI's client side never needs it
+
                 self._gone_event = anyio.Event()
             await self._gone_event.wait()
         return {"type": "http.disconnect"}
@@ -1004,21 +1006,12 @@ def write_token_file(url: str, token: str) -> Path:
     """
     path = token_file(url)
     directory = path.parent
-    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
         directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.mkdir(mode=0o700, exist_ok=True)
         _check_private_directory(directory)
         # Created with its final mode, then renamed over any file a crashed gateway left.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                handle.write(token + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, (token + "\n").encode("ascii"))
     except OSError as exc:
         raise UsageError(f"Cannot write the gateway token file {path}: {exc.strerror or exc}.") from None
     return path
