@@ -29,7 +29,6 @@ import os
 import re
 import signal
 import stat
-import urllib.parse
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -719,8 +718,8 @@ class HttpFront:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The ASGI app for `/mcp` and `/mcp/SERVER`."""
-        rest = scope["path"][len(self.PATH) :]
-        name = urllib.parse.unquote(rest[1:]) if rest.startswith("/") else rest
+        rest = scope["path"][len(self.PATH) :]  # decoded already, as ASGI has it
+        name = rest[1:] if rest.startswith("/") else rest
         manager = self._managers.get(name)
         if manager is None:
             hint = did_you_mean(name, self.gateway.server_names)

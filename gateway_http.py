@@ -452,13 +452,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.body_pending = False
         exchange = _Exchange(body)
-        try:
-            done = app.start_soon(exchange.run, app, self._asgi_scope(path))
-        except ToolscriptError:  # the gateway stopped just now
-            self._send(503, error_body(_stopping()), close=True)
-            return
-        done.add_done_callback(_log_app_failure)
-        exchange.answer(self, done)
+        with self.server.answering():  # a stop waits for the answer (or the end of a stream) to go out
+            try:
+                done = app.start_soon(exchange.run, app, self._asgi_scope(path))
+            except (ToolscriptError, RuntimeError):  # the gateway stopped just now
+                self._send(503, error_body(_stopping()), close=True)
+                return
+            done.add_done_callback(_log_app_failure)
+            exchange.answer(self, done)
 
     def _asgi_scope(self, path: str) -> dict[str, Any]:
         """The ASGI scope of this request, without its `Authorization` (the gateway's token stays here)."""
