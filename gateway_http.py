@@ -438,19 +438,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.stopping.is_set():
             self._send(503, error_body(_stopping()), close=True)
             return
-        body = b""
-        if self.command == "POST":
-            length = self._content_length()
-            if length is None:
-                return
-            if length > MAX_BODY_BYTES:
-                self._send(413, {"error": f"The body is larger than {MAX_BODY_BYTES} bytes."})
-                return
-            body = self.rfile.read(length)
-            if len(body) < length:  # the client closed the connection mid-body
-                self.close_connection = True
-                return
-            self.body_pending = False
+        body = self._json_body() if self.command == "POST" else b""
+        if body is None:
+            return
         exchange = _Exchange(body)
         with self.server.answering():  # a stop waits for the answer (or the end of a stream) to go out
             try:
@@ -496,21 +486,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post(self, route: Callable[[dict[str, Any], float | None], Any], query: dict[str, str]) -> None:
         """Read a POST's JSON object body exactly, then answer with what `route` makes of it."""
-        length = self._content_length()
-        if length is None:
+        body = self._json_body()
+        if body is None:
             return
-        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            self._send(415, {"error": "The body must be a JSON object sent as Content-Type: application/json."})
-            return
-        if length > MAX_BODY_BYTES:
-            self._send(413, {"error": f"The body is larger than {MAX_BODY_BYTES} bytes."})
-            return
-        body = self.rfile.read(length)
-        if len(body) < length:  # the client closed the connection mid-body
-            self.close_connection = True
-            return
-        self.body_pending = False
         try:
             arguments = json.loads(body) if body.strip() else {}
         except ValueError as exc:  # also UnicodeDecodeError
@@ -538,6 +516,25 @@ class _Handler(BaseHTTPRequestHandler):
         )
         name = unquote(path[len(prefix) :])
         return lambda body, timeout: method(name, body, timeout=timeout)
+
+    def _json_body(self) -> bytes | None:
+        """A POST's body, read exactly by its `Content-Length`; None, after answering, when it is refused."""
+        length = self._content_length()
+        if length is None:
+            return None
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            self._send(415, {"error": "The body must be a JSON object sent as Content-Type: application/json."})
+            return None
+        if length > MAX_BODY_BYTES:
+            self._send(413, {"error": f"The body is larger than {MAX_BODY_BYTES} bytes."})
+            return None
+        body = self.rfile.read(length)
+        if len(body) < length:  # the client closed the connection mid-body
+            self.close_connection = True
+            return None
+        self.body_pending = False
+        return body
 
     def _content_length(self) -> int | None:
         """The length of a POST body; None, after answering, when it is not given exactly."""

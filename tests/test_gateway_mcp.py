@@ -70,6 +70,27 @@ def initialize(client: httpx2.Client, url: str, headers: dict[str, str]) -> http
     return client.post(url, json=INITIALIZE, headers=headers)
 
 
+class Session:
+    """An MCP session opened by hand on a gateway endpoint (initialize, then initialized)."""
+
+    def __init__(self, client: httpx2.Client, gateway: Gateway, path: str) -> None:
+        self.client, self.gateway, self.url = client, gateway, gateway.url + path
+        opened = initialize(client, self.url, gateway.headers())
+        self.ids = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return self.gateway.headers(**self.ids, **extra)
+
+    def post(self, message: dict[str, Any], url: str | None = None) -> httpx2.Response:
+        return self.client.post(url or self.url, json=message, headers=self.headers())
+
+    def call(self, tool: str, request_id: int) -> dict[str, Any]:
+        """The result of calling `tool` without arguments."""
+        called = self.post({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": tool}})
+        return events(called)[-1]["result"]
+
+
 def events(response: httpx2.Response) -> list[dict[str, Any]]:
     """The JSON-RPC messages of an SSE answer."""
     return [json.loads(line[len("data: ") :]) for line in response.text.splitlines() if line.startswith("data: {")]
@@ -121,24 +142,10 @@ def test_an_unknown_server_is_named_with_the_ones_there_are(gateway: Gateway) ->
 
 def test_one_server_at_mcp_server_keeps_its_names(gateway: Gateway) -> None:
     with httpx2.Client(timeout=TIMEOUT) as client:
-        opened = initialize(client, gateway.url + "/mcp/notes", gateway.headers())
-        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
-        client.post(
-            gateway.url + "/mcp/notes",
-            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-            headers=gateway.headers(**session),
-        )
-        listed = client.post(
-            gateway.url + "/mcp/notes",
-            json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-            headers=gateway.headers(**session),
-        )
+        session = Session(client, gateway, "/mcp/notes")
+        listed = session.post({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
         # A session belongs to the endpoint that made it.
-        elsewhere = client.post(
-            gateway.url + "/mcp/files",
-            json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
-            headers=gateway.headers(**session),
-        )
+        elsewhere = session.post({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, gateway.url + "/mcp/files")
     [answer] = events(listed)
     names = {tool["name"] for tool in answer["result"]["tools"]}
     assert {"echo", "pid"} <= names and not any("__" in name for name in names)
@@ -148,24 +155,11 @@ def test_one_server_at_mcp_server_keeps_its_names(gateway: Gateway) -> None:
 def test_stopping_ends_open_streams_and_the_stdio_servers(gateway: Gateway) -> None:
     """A client holding its server-to-client (GET) stream open does not keep the gateway from stopping."""
     with httpx2.Client(timeout=httpx2.Timeout(TIMEOUT, read=TIMEOUT)) as client:
-        opened = initialize(client, gateway.url + "/mcp", gateway.headers())
-        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
-        client.post(
-            gateway.url + "/mcp",
-            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-            headers=gateway.headers(**session),
-        )
-        pids = []
-        for n, server in enumerate(("files", "notes"), start=2):
-            called = client.post(
-                gateway.url + "/mcp",
-                json={"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": f"{server}__pid"}},
-                headers=gateway.headers(**session),
-            )
-            pids.append(int(events(called)[-1]["result"]["content"][0]["text"]))
-        with client.stream(
-            "GET", gateway.url + "/mcp", headers=gateway.headers(Accept="text/event-stream", **session)
-        ) as stream:
+        session = Session(client, gateway, "/mcp")
+        pids = [
+            int(session.call(f"{server}__pid", n)["content"][0]["text"]) for n, server in enumerate(("files", "notes"))
+        ]
+        with client.stream("GET", session.url, headers=session.headers(Accept="text/event-stream")) as stream:
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
             assert gateway.stop() == 0
@@ -176,13 +170,7 @@ def test_stopping_ends_open_streams_and_the_stdio_servers(gateway: Gateway) -> N
 
 def test_the_token_stays_out_of_the_log(gateway: Gateway) -> None:
     with httpx2.Client(timeout=TIMEOUT) as client:
-        opened = initialize(client, gateway.url + "/mcp", gateway.headers())
-        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
-        client.post(
-            gateway.url + "/mcp",
-            json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "files__echo"}},
-            headers=gateway.headers(**session),
-        )
+        assert Session(client, gateway, "/mcp").call("files__pid", 2)["isError"] is False
     gateway.stop()
     assert "POST /mcp" in gateway.stderr  # -v: the requests were logged
     assert gateway.token not in gateway.stderr
