@@ -1028,6 +1028,13 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
                 # The API listens already (requests wait in its queue): say where, then connect
                 # the servers in the background while it serves.
                 _print_gateway_url(f"{URL_VAR}={api.url}", f"{TOKEN_VAR}={api.token}")
+                log.info(
+                    "MCP over streamable HTTP: %s/mcp (every server) and %s/mcp/SERVER (one), "
+                    "with the header 'Authorization: Bearer <%s>'.",
+                    api.url,
+                    api.url,
+                    TOKEN_VAR,
+                )
                 gateway.start(wait=False, alongside=mcp.running)
                 try:
                     api.serve_forever()
