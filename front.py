@@ -872,6 +872,8 @@ def _pollable(fd: int) -> bool:
 
 def _without_progress_token(params: Any, **changes: Any) -> Any:
     """`params` for the server: the client's progress token stays here (the session asks for its own)."""
+    if params.meta is None and all(getattr(params, key) == value for key, value in changes.items()):
+        return params  # nothing to change (the common case): no copy
     meta = {key: value for key, value in (params.meta or {}).items() if key != "progress_token"} or None
     return params.model_copy(update={"meta": meta, **changes})
 
