@@ -30,6 +30,7 @@ import re
 import signal
 import stat
 import warnings
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -774,14 +775,15 @@ async def _stop_on_signals(scope: anyio.CancelScope, ended_by: list[int]) -> Non
 
 
 @contextlib.asynccontextmanager
-async def _stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
+async def _stdio_streams() -> AsyncIterator[tuple[_WireIn, _WireOut]]:
     """MCP message streams over this process's stdin and stdout.
 
     Like the SDK's `stdio_server`, it takes the two descriptors for itself and points fd 0
     at the null device and fd 1 at stderr meanwhile, so nothing else (a stray print, a
     child process) can write on the wire. Unlike it, it reads and writes pipes from the
     event loop instead of a worker thread, which saves two thread hand-offs per message
-    and lets a signal stop it while the client keeps stdin open.
+    and lets a signal stop it while the client keeps stdin open; and the SDK's tasks read
+    and write the descriptors themselves, without a task and a memory stream in between.
     """
     wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
     wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
@@ -792,17 +794,16 @@ async def _stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
     out_was_blocking = os.get_blocking(wire_out)
     if _pollable(wire_out) and not os.isatty(wire_out):
         os.set_blocking(wire_out, False)
-    incoming_in, incoming = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    outgoing, outgoing_out = anyio.create_memory_object_stream[SessionMessage](0)
+    out = _WireOut(wire_out)
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_read_messages, wire_in, incoming_in)
-            tg.start_soon(_write_messages, wire_out, outgoing_out)
+            tg.start_soon(out.write_backlog)
             try:
-                yield incoming, outgoing
+                yield _WireIn(wire_in), out
             finally:
                 tg.cancel_scope.cancel()
     finally:
+        out.close()
         os.set_blocking(wire_out, out_was_blocking)
         os.dup2(wire_in, 0)
         os.dup2(wire_out, 1)
@@ -810,38 +811,114 @@ async def _stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
         os.close(wire_out)
 
 
-async def _read_messages(fd: int, messages: Any) -> None:
-    """Parse newline-delimited JSON-RPC messages from `fd` until EOF; a bad line is passed on as its error."""
-    pollable = _pollable(fd)
-    pending = b""
-    async with messages:
-        while True:
-            if pollable:
-                await anyio.wait_readable(fd)
-            chunk = os.read(fd, 1 << 16)
+class _WireIn:
+    """The SDK's read stream over `fd`: newline-delimited JSON-RPC messages; a bad line comes as its error."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pollable = _pollable(fd)
+        self._pending = b""  # the start of a line not yet ended
+        self._lines: deque[bytes] = deque()
+        self._ended = False
+
+    async def receive(self) -> SessionMessage | Exception:
+        while not self._lines:
+            if self._ended:
+                raise anyio.EndOfStream
+            if self._pollable:
+                await anyio.wait_readable(self._fd)
+            chunk = os.read(self._fd, 1 << 16)
             if not chunk:
+                self._ended = True
+                raise anyio.EndOfStream
+            *lines, self._pending = (self._pending + chunk).split(b"\n")
+            self._lines.extend(line for line in lines if line.strip())
+        try:
+            return SessionMessage(types.jsonrpc_message_adapter.validate_json(self._lines.popleft(), by_name=False))
+        except ValidationError as exc:
+            return exc
+
+    def __aiter__(self) -> _WireIn:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._ended = True
+        self._lines.clear()
+
+    async def __aenter__(self) -> _WireIn:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class _WireOut:
+    """The SDK's write stream over `fd`: each message is written at once, when nothing is waiting before it.
+
+    What the pipe does not take at once goes to the backlog (and so does every message after
+    it, until the backlog is written), which `write_backlog` writes in order; so a sender
+    cancelled while it waits never leaves half a message on the wire. A sender waits until
+    its message is out.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._backlog_in, self._backlog = anyio.create_memory_object_stream[tuple[memoryview, anyio.Event]](math.inf)
+        self._waiting = 0  # messages in the backlog, not yet all written
+        self._broken = False  # the client closed its end
+
+    async def send(self, message: SessionMessage) -> None:
+        data = memoryview((message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
+        if not self._waiting:
+            data = self._write(data)
+            if not data:
                 return
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-                except ValidationError as exc:
-                    await messages.send(exc)
-                    continue
-                await messages.send(SessionMessage(message))
+        written = anyio.Event()
+        self._waiting += 1
+        self._backlog_in.send_nowait((data, written))
+        await written.wait()
+        if self._broken:
+            raise anyio.BrokenResourceError
 
+    def _write(self, data: memoryview) -> memoryview:
+        """What of `data` the pipe did not take; a client that went away is the SDK's `BrokenResourceError`."""
+        if self._broken:
+            raise anyio.BrokenResourceError
+        try:
+            return data[os.write(self._fd, data) :]
+        except BlockingIOError:
+            return data
+        except (BrokenPipeError, ConnectionResetError):
+            self._broken = True
+            raise anyio.BrokenResourceError from None
 
-async def _write_messages(fd: int, messages: Any) -> None:
-    async with messages:
-        async for message in messages:
-            data = memoryview((message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
-            while data:
-                try:
-                    data = data[os.write(fd, data) :]
-                except BlockingIOError:
-                    await anyio.wait_writable(fd)
+    async def write_backlog(self) -> None:
+        """Write the backlog, message by message, as the pipe takes it."""
+        async for data, written in self._backlog:
+            with contextlib.suppress(anyio.BrokenResourceError):
+                while data := self._write(data):
+                    await anyio.wait_writable(self._fd)
+            self._waiting -= 1
+            written.set()
+
+    def close(self) -> None:
+        self._backlog_in.close()
+        self._backlog.close()
+
+    async def aclose(self) -> None:
+        pass  # the descriptor is `_stdio_streams`' to close
+
+    async def __aenter__(self) -> _WireOut:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
 
 
 def _pollable(fd: int) -> bool:
@@ -855,6 +932,8 @@ def _pollable(fd: int) -> bool:
 
 def _without_progress_token(params: Any, **changes: Any) -> Any:
     """`params` for the server: the client's progress token stays here (the session asks for its own)."""
+    if params.meta is None and all(getattr(params, key) == value for key, value in changes.items()):
+        return params  # nothing to change (the common case): no copy
     meta = {key: value for key, value in (params.meta or {}).items() if key != "progress_token"} or None
     return params.model_copy(update={"meta": meta, **changes})
 

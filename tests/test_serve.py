@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 from oauth_server import OAuthTestServer
 from pydantic import TypeAdapter
 
@@ -699,3 +701,43 @@ def test_serve_names_an_unknown_server(tmp_path: Path) -> None:
     assert proc.returncode == 2, explain(proc)
     assert proc.stdout == ""
     assert "nope" in proc.stderr and "tools" in proc.stderr
+
+
+# == the stdio wire =========================================================================
+
+
+def test_what_the_pipe_does_not_take_at_once_goes_out_whole_and_in_order_even_if_its_sender_is_cancelled() -> None:
+    import front
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    big = "x" * (1 << 20)  # far more than a pipe holds: most of it waits in the backlog
+    received: list[bytes] = []
+
+    def read_all() -> None:
+        with open(read_end, "rb") as pipe:
+            received.extend(pipe.read().splitlines())
+
+    async def main() -> None:
+        wire = front._WireOut(write_end)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wire.write_backlog)
+            with anyio.CancelScope() as sender:
+                sender.cancel()  # its sender gives up while it waits; the message still goes out whole
+                await wire.send(_notification("big", {"text": big}))
+            reader.start()
+            with anyio.fail_after(TIMEOUT):
+                await wire.send(_notification("small"))  # after the big one, never inside it
+            tg.cancel_scope.cancel()
+        wire.close()
+        os.close(write_end)
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    anyio.run(main)
+    reader.join(TIMEOUT)  # it reads until the write end is closed
+    assert [json.loads(line)["method"] for line in received] == ["big", "small"]
+    assert json.loads(received[0])["params"]["text"] == big
+
+
+def _notification(method: str, params: dict[str, Any] | None = None) -> SessionMessage:
+    return SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method=method, params=params))
