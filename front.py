@@ -46,10 +46,28 @@ from pydantic import TypeAdapter, ValidationError
 
 if __package__:
     from .errors import ToolscriptError, did_you_mean
-    from .gateway import AUTH_REQUIRED, CONNECTED, CONNECTING, SEPARATOR, Gateway, SessionHooks, tool_allowed
+    from .gateway import (
+        AUTH_REQUIRED,
+        CONNECTED,
+        CONNECTING,
+        SEPARATOR,
+        Gateway,
+        RequestClock,
+        SessionHooks,
+        tool_allowed,
+    )
 else:
     from errors import ToolscriptError, did_you_mean
-    from gateway import AUTH_REQUIRED, CONNECTED, CONNECTING, SEPARATOR, Gateway, SessionHooks, tool_allowed
+    from gateway import (
+        AUTH_REQUIRED,
+        CONNECTED,
+        CONNECTING,
+        SEPARATOR,
+        Gateway,
+        RequestClock,
+        SessionHooks,
+        tool_allowed,
+    )
 
 if TYPE_CHECKING:
     from mcp.client.session import ClientRequestContext, ClientSession
@@ -96,7 +114,8 @@ class Front:
         self._templates: list[tuple[str, str]] = []
         self._subscriptions: dict[tuple[str, str], int] = {}  # (server, uri) -> subscribed clients
         self._log_level: str | None = None  # the level last asked for, applied to servers as they connect
-        self._in_flight: dict[str, list[ServerRequestContext[Any, Any]]] = {}  # server -> requests sent to it
+        # server -> the client requests passed on to it, with their timeouts
+        self._in_flight: dict[str, list[tuple[ServerRequestContext[Any, Any], RequestClock]]] = {}
 
     def view(self, names: Iterable[str], *, version: str = "") -> _View:
         """Return an SDK `Server` serving `names`: with one name, its names as they are, else `SERVER__NAME`."""
@@ -125,21 +144,26 @@ class Front:
     ) -> dict[str, Any]:
         """Send `request` to `server` for the client request `ctx`; return the result as the server sent it.
 
-        Progress comes back under the client's token; the server's error answers are raised
-        as they are; the gateway's errors (`ToolscriptError`) are raised for the caller to shape.
+        Progress comes back under the client's token, and starts the server's timeout again
+        (asked for even when the client did not ask, for that); the timeout stops while the
+        client is asked for input or sampling on the request's behalf. The server's error
+        answers are raised as they are; the gateway's errors (`ToolscriptError`) are raised for
+        the caller to shape.
         """
         token = (ctx.meta or {}).get("progress_token")
+        clock = self.gateway.clock_for(server)
         in_flight = self._in_flight.setdefault(server, [])
-        in_flight.append(ctx)
+        entry = (ctx, clock)
+        in_flight.append(entry)
 
-        async def send(session: ClientSession) -> dict[str, Any]:
-            async def progress(value: float, total: float | None, message: str | None) -> None:
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            clock.restart()
+            if token is not None:
                 await ctx.session.report_progress(value, total, message)
 
+        async def send(session: ClientSession) -> dict[str, Any]:
             try:
-                result = await session.send_request(
-                    request, _RAW, progress_callback=progress if token is not None else None
-                )
+                result = await session.send_request(request, _RAW, progress_callback=progress)
             except ValidationError:
                 raise MCPError(types.INTERNAL_ERROR, f"Server '{server}' sent an invalid result for {what}.") from None
             if token is not None:
@@ -147,9 +171,9 @@ class Front:
             return result
 
         try:
-            return await self.gateway.forward(server, what, send)
+            return await self.gateway.forward(server, what, send, clock=clock)
         finally:
-            in_flight.remove(ctx)
+            in_flight.remove(entry)
 
     async def settle(self, names: list[str]) -> None:
         """Wait (within `list_wait` of the start) until none of `names` is still connecting."""
@@ -339,18 +363,27 @@ class Front:
                 if _declares(downstream.session, lambda c: c.elicitation is not None):
                     await downstream.session.send_elicit_complete(message.params.elicitation_id)
 
-    async def greet(self, downstream: _Downstream) -> None:
-        """Tell a client that has just connected which of its servers need authorization."""
+    async def greet(self, downstream: _Downstream, request_id: Any) -> None:
+        """Tell a client, along with its first request, which of its servers need authorization.
+
+        With the request, not right after `initialized`: over streamable HTTP a message sent
+        outside a request goes on the client's GET stream, which it may not have opened yet.
+        """
         for server in downstream.view.names:
             if self._statuses.get(server) == AUTH_REQUIRED:
-                await self._report_authorization(server, [downstream])
+                await self._report_authorization(server, [downstream], request_id)
 
-    async def _report_authorization(self, server: str, downstreams: list[_Downstream]) -> None:
+    async def _report_authorization(self, server: str, downstreams: list[_Downstream], request_id: Any = None) -> None:
         """A log warning with the one-line "Run: toolscript auth NAME" message, where clients show logs."""
         message = self.gateway.error(server).message
         for downstream in downstreams:
             if downstream.wants_log("warning"):
-                await downstream.session.send_log_message("warning", message, logger="toolscript")  # type: ignore[arg-type]
+                await downstream.session.send_log_message(
+                    "warning",  # type: ignore[arg-type]
+                    message,
+                    logger="toolscript",
+                    related_request_id=request_id,
+                )
 
     async def _broadcast_log(self, server: str, level: str, data: Any, logger: str | None) -> None:
         for downstream in self._downstreams(server):
@@ -369,7 +402,7 @@ class Front:
         if target is None:
             log.info("Server '%s' asked for input, which the MCP client cannot give; declined.", server)
             return types.ElicitResult(action="decline")
-        return await self._ask_client(target, context, types.ElicitRequest(params=params), types.ElicitResult)
+        return await target.ask(context, types.ElicitRequest(params=params), types.ElicitResult)
 
     async def _on_sampling(
         self, server: str, context: ClientRequestContext, params: types.CreateMessageRequestParams
@@ -381,40 +414,18 @@ class Front:
         result_type = (
             types.CreateMessageResultWithTools if params.tools or params.tool_choice else types.CreateMessageResult
         )
-        return await self._ask_client(target, context, types.CreateMessageRequest(params=params), result_type)
+        return await target.ask(context, types.CreateMessageRequest(params=params), result_type)
 
-    def _client_for(
-        self, server: str, accepts: Callable[[types.ClientCapabilities], bool]
-    ) -> tuple[ServerSession, Any] | None:
+    def _client_for(self, server: str, accepts: Callable[[types.ClientCapabilities], bool]) -> _ClientTarget | None:
         """The client to ask on behalf of `server` (one whose capabilities it `accepts`): the one whose request
         the server is serving, else any client of a view that includes it."""
-        for ctx in reversed(self._in_flight.get(server, [])):
+        for ctx, clock in reversed(self._in_flight.get(server, [])):
             if _declares(ctx.session, accepts):
-                return ctx.session, ctx.request_id
+                return _ClientTarget(ctx.session, ctx.request_id, clock)
         for downstream in self._downstreams(server):
             if _declares(downstream.session, accepts):
-                return downstream.session, None
+                return _ClientTarget(downstream.session, None, None)
         return None
-
-    async def _ask_client(
-        self, target: tuple[ServerSession, Any], context: ClientRequestContext, request: Any, result_type: Any
-    ) -> Any:
-        """Send a server's request on to a client; its progress goes back to the server."""
-        session, related = target
-        token = (context.meta or {}).get("progress_token")
-
-        async def progress(value: float, total: float | None, message: str | None) -> None:
-            await context.session.send_progress_notification(token, value, total, message)  # type: ignore[arg-type]
-
-        try:
-            return await session.send_request(
-                request,
-                result_type,
-                progress_callback=progress if token is not None else None,
-                metadata=ServerMessageMetadata(related_request_id=related) if related is not None else None,
-            )
-        except MCPError as exc:
-            return exc.error
 
     def _downstreams(self, server: str) -> list[_Downstream]:
         return [downstream for view in self._views if server in view.names for downstream in view.downstreams]
@@ -439,6 +450,32 @@ class Front:
             await anyio.sleep(AUTH_POLL_INTERVAL)
 
 
+@dataclass(frozen=True)
+class _ClientTarget:
+    """A client to pass a server's request (elicitation, sampling) on to, and which of its requests it serves."""
+
+    session: ServerSession
+    related_request: Any  # the client's request the server is serving, if any: the answer rides with it
+    clock: RequestClock | None  # that request's timeout, stopped while the client answers
+
+    async def ask(self, context: ClientRequestContext, request: Any, result_type: Any) -> Any:
+        """Send the server's request on to the client; its progress goes back to the server."""
+        token = (context.meta or {}).get("progress_token")
+
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            await context.session.send_progress_notification(token, value, total, message)  # type: ignore[arg-type]
+
+        related = self.related_request
+        metadata = ServerMessageMetadata(related_request_id=related) if related is not None else None
+        with self.clock.paused() if self.clock is not None else contextlib.nullcontext():
+            try:
+                return await self.session.send_request(
+                    request, result_type, progress_callback=progress if token is not None else None, metadata=metadata
+                )
+            except MCPError as exc:
+                return exc.error
+
+
 @dataclass(eq=False)
 class _Downstream:
     """One client connection to a view: its session (for messages outside requests) and what it asked for."""
@@ -447,6 +484,7 @@ class _Downstream:
     view: _View
     log_level: str | None = None
     subscriptions: set[str] = field(default_factory=set)
+    greeted: bool = False  # told which servers need authorization
 
     def wants_log(self, level: str) -> bool:
         if self.log_level is None or level not in LOG_LEVELS:
@@ -479,7 +517,6 @@ class _View(Server):  # type: ignore[type-arg]
         self.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_level)
         self.add_request_handler("resources/subscribe", types.SubscribeRequestParams, self._subscribe)
         self.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, self._unsubscribe)
-        self.add_notification_handler("notifications/initialized", types.NotificationParams, self._initialized)
 
     def create_initialization_options(
         self, notification_options: NotificationOptions | None = None, *args: Any, **kwargs: Any
@@ -526,6 +563,14 @@ class _View(Server):  # type: ignore[type-arg]
             connection.exit_stack.callback(self._forget, found)
         return found  # type: ignore[no-any-return]
 
+    async def client(self, ctx: ServerRequestContext[Any, Any]) -> _Downstream:
+        """`downstream(ctx)`, greeted (see `Front.greet`) on its first request."""
+        downstream = self.downstream(ctx)
+        if not downstream.greeted:
+            downstream.greeted = True
+            await self.front.greet(downstream, ctx.request_id)
+        return downstream
+
     def _forget(self, downstream: _Downstream) -> None:
         self.downstreams.discard(downstream)
         for uri in downstream.subscriptions:
@@ -545,11 +590,8 @@ class _View(Server):  # type: ignore[type-arg]
 
     # -- handlers --------------------------------------------------------------------------
 
-    async def _initialized(self, ctx: ServerRequestContext[Any, Any], params: Any) -> None:
-        await self.front.greet(self.downstream(ctx))
-
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
-        self.downstream(ctx)
+        await self.client(ctx)
         await self.front.settle(self.names)
         tools = [
             tool.model_copy(update={"name": self.public_name(server, tool.name)}) if self.prefixed else tool
@@ -559,7 +601,7 @@ class _View(Server):  # type: ignore[type-arg]
         return types.ListToolsResult(tools=tools)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
-        self.downstream(ctx)
+        await self.client(ctx)
         server, tool = self.route(params.name, "tool")
         if not tool_allowed(self.front.gateway.config.servers[server], tool):
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name} (hidden by the toolscript config)")
@@ -589,7 +631,7 @@ class _View(Server):  # type: ignore[type-arg]
         self, ctx: ServerRequestContext[Any, Any], method: type[Any], capability: str, key: str
     ) -> list[dict[str, Any]]:
         """One listing of every server of the view (concurrently, all pages), in the view's order."""
-        self.downstream(ctx)
+        await self.client(ctx)
         await self.front.settle(self.names)
         found: dict[str, list[dict[str, Any]]] = {}
 
@@ -610,7 +652,7 @@ class _View(Server):  # type: ignore[type-arg]
         return entries
 
     async def _read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
-        self.downstream(ctx)
+        await self.client(ctx)
         server = await self._resource_server(ctx, params.uri)
         request = types.ReadResourceRequest(params=_without_progress_token(params))
         return await self._forward(ctx, server, f"the read of '{params.uri}'", request)
@@ -626,7 +668,7 @@ class _View(Server):  # type: ignore[type-arg]
         return server
 
     async def _subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> Any:
-        downstream = self.downstream(ctx)
+        downstream = await self.client(ctx)
         server = await self._resource_server(ctx, params.uri)
         if params.uri not in downstream.subscriptions:
             try:
@@ -637,7 +679,7 @@ class _View(Server):  # type: ignore[type-arg]
         return {}
 
     async def _unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams) -> Any:
-        downstream = self.downstream(ctx)
+        downstream = await self.client(ctx)
         if params.uri in downstream.subscriptions:
             downstream.subscriptions.discard(params.uri)
             server = await self._resource_server(ctx, params.uri)
@@ -648,13 +690,13 @@ class _View(Server):  # type: ignore[type-arg]
         return {}
 
     async def _get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
-        self.downstream(ctx)
+        await self.client(ctx)
         server, prompt = self.route(params.name, "prompt")
         request = types.GetPromptRequest(params=_without_progress_token(params, name=prompt))
         return await self._forward(ctx, server, f"the request for prompt '{prompt}'", request)
 
     async def _complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> Any:
-        self.downstream(ctx)
+        await self.client(ctx)
         ref = params.ref
         if isinstance(ref, types.PromptReference):
             server, prompt = self.route(ref.name, "prompt")
@@ -671,7 +713,7 @@ class _View(Server):  # type: ignore[type-arg]
         return await self._forward(ctx, server, f"the completion of '{params.argument.name}'", request)
 
     async def _set_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
-        self.downstream(ctx).log_level = params.level
+        (await self.client(ctx)).log_level = params.level
         await self.front.set_log_level(params.level, self.names)
         return {}
 

@@ -101,6 +101,7 @@ __all__ = [
     "AuthFactory",
     "Gateway",
     "ProgressCallback",
+    "RequestClock",
     "SessionHooks",
     "http_client",
     "result_to_dict",
@@ -519,16 +520,28 @@ class Gateway:
         return connection.session
 
     async def forward(
-        self, server: str, what: str, send: Callable[[ClientSession], Awaitable[_T]], timeout: float | None = None
+        self,
+        server: str,
+        what: str,
+        send: Callable[[ClientSession], Awaitable[_T]],
+        timeout: float | None = None,
+        *,
+        clock: RequestClock | None = None,
     ) -> _T:
         """Send one request to `server` as it is (`send(session)`) and return its answer.
 
         The server's own error answers are raised as they came (`MCPError`); failures of the
         connection (it ended, it needs authorization, it timed out) raise the gateway's errors,
-        as for `call`. `what` names the request in messages; `timeout` defaults to the server's.
+        as for `call`. `what` names the request in messages; `timeout` defaults to the server's,
+        and is `clock`'s timeout when one is given (see `RequestClock`; `clock_for(server)`).
         """
         state = self._servers[server]
-        return await state.request(what, send, timeout or state.call_timeout, pass_through=True)
+        timeout = clock.timeout if clock is not None else timeout or state.call_timeout
+        return await state.request(what, send, timeout, clock=clock, pass_through=True)
+
+    def clock_for(self, server: str) -> RequestClock:
+        """A `RequestClock` with the call timeout of `server`, for `forward`."""
+        return RequestClock(self._servers[server].call_timeout)
 
     # -- on the loop thread --------------------------------------------------------------
 
@@ -680,24 +693,40 @@ class _CallInput:
     tool: str  # SERVER__TOOL
     handler: InputHandler | None
     declined: list[InputRequest] = field(default_factory=list)
-    deadline: anyio.CancelScope | None = None  # the call's timeout, stopped while the user is asked
-    asking: int = 0
-    remaining: float = 0.0  # of the timeout, when the asking began
+    clock: RequestClock | None = None  # the call's timeout, stopped while the user is asked
+
+
+class RequestClock:
+    """The timeout of one request in flight (`Gateway.forward`, a tool call), as a front controls it.
+
+    The MCP specification lets a long task that keeps reporting progress go on: `restart()`
+    on each progress starts the timeout again. While a person is asked for input on the
+    request's behalf (`paused()`), it stops: their time is not the server's.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.scope: anyio.CancelScope | None = None  # set by the request once it runs
+        self._asking = 0
+        self._remaining = 0.0  # of the timeout, when the asking began
+
+    def restart(self) -> None:
+        if self.scope is not None and not self._asking:
+            self.scope.deadline = anyio.current_time() + self.timeout
 
     @contextlib.contextmanager
-    def timeout_paused(self) -> Iterator[None]:
-        """Stop the call's timeout while the user is asked: their time is not the server's."""
-        scope = self.deadline
-        if scope is not None and self.asking == 0:
-            self.remaining = scope.deadline - anyio.current_time()
+    def paused(self) -> Iterator[None]:
+        scope = self.scope
+        if scope is not None and self._asking == 0:
+            self._remaining = scope.deadline - anyio.current_time()
             scope.deadline = math.inf
-        self.asking += 1
+        self._asking += 1
         try:
             yield
         finally:
-            self.asking -= 1
-            if scope is not None and self.asking == 0:
-                scope.deadline = anyio.current_time() + self.remaining
+            self._asking -= 1
+            if scope is not None and self._asking == 0:
+                scope.deadline = anyio.current_time() + self._remaining
 
 
 @dataclass(eq=False)
@@ -885,9 +914,10 @@ class _Server:
         task that keeps reporting go on.
         """
 
+        call.clock = RequestClock(timeout)
+
         async def progress(value: float, total: float | None, message: str | None) -> None:
-            if call.deadline is not None and not call.asking:
-                call.deadline.deadline = anyio.current_time() + timeout
+            call.clock.restart()  # type: ignore[union-attr]
             log.debug(
                 "Server '%s': progress of '%s': %g/%s %s",
                 self.name,
@@ -909,7 +939,12 @@ class _Server:
         self._calls.add(call)
         try:
             return await self.request(
-                f"the call to '{tool}'", send, timeout, subject=f"Tool '{self.name}{SEPARATOR}{tool}'", call=call
+                f"the call to '{tool}'",
+                send,
+                timeout,
+                subject=f"Tool '{self.name}{SEPARATOR}{tool}'",
+                call=call,
+                clock=call.clock,
             )
         except _UrlsRequired as needed:
             # URL-mode elicitation as an error: open the URLs first, then call again (once).
@@ -934,6 +969,7 @@ class _Server:
         subject: str | None = None,
         refused_hint: str | None = None,
         call: _CallInput | None = None,
+        clock: RequestClock | None = None,
         deadline: float | None = None,
         resend_if_expired: bool = True,
         pass_through: bool = False,
@@ -947,9 +983,10 @@ class _Server:
         messages ("the call to 'echo'"); `subject` starts the timeout message instead of
         "Server 'NAME'". With `refused_hint`, an error answer that says the request itself was
         wrong (unknown resource, bad arguments) is a `UsageError` ending with that hint; else
-        every error answer is a `ConnectError`. A tool call passes its `call`, whose timeout
-        pauses while the user answers the server. With `pass_through` (a front passing requests
-        on, front.py), error answers are raised as they came (`MCPError`).
+        every error answer is a `ConnectError`. A tool call passes its `call` (how the user
+        answers the server). With a `clock`, the caller can restart or pause the timeout. With
+        `pass_through` (a front passing requests on, front.py), error answers are raised as
+        they came (`MCPError`).
         """
         if deadline is None:
             deadline = anyio.current_time() + timeout
@@ -958,8 +995,8 @@ class _Server:
         try:
             # A plain scope rather than `anyio.fail_at`: the same deadline without two generator frames per request.
             with anyio.CancelScope(deadline=deadline) as scope:
-                if call is not None:
-                    call.deadline = scope
+                if clock is not None:
+                    clock.scope = scope
                 connection = await self.live_connection()
                 if needs is not None:
                     self._require(connection, needs)
@@ -994,14 +1031,15 @@ class _Server:
                     subject=subject,
                     refused_hint=refused_hint,
                     call=call,
+                    clock=clock,
                     deadline=deadline,
                     resend_if_expired=False,
                     pass_through=pass_through,
                 )
-            if call is not None and exc.code == types.URL_ELICITATION_REQUIRED:
-                raise _UrlsRequired(_required_urls(exc)) from None
             if pass_through:
                 raise
+            if call is not None and exc.code == types.URL_ELICITATION_REQUIRED:
+                raise _UrlsRequired(_required_urls(exc)) from None
             if refused_hint is not None and exc.code in _REFUSALS:
                 raise UsageError(
                     f"Server '{self.name}' refused {what}: {exc.message.rstrip('.')}. {refused_hint}", server=self.name
@@ -1082,7 +1120,7 @@ class _Server:
             call.declined.append(request)
             return types.ElicitResult(action=DECLINE)
         try:
-            with call.timeout_paused():
+            with call.clock.paused() if call.clock is not None else contextlib.nullcontext():
                 answer = await _in_own_thread(call.handler, request)
         except Exception as exc:
             log.warning("Server '%s': asking for its input failed (%s); cancelled.", self.name, _first_line(exc))

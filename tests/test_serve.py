@@ -499,6 +499,53 @@ def test_a_late_server_appears_through_list_changed(tmp_path: Path, front: str) 
 
 
 @pytest.mark.parametrize("front", FRONTS)
+def test_progress_restarts_a_calls_timeout_even_when_the_client_did_not_ask_for_progress(
+    tmp_path: Path, front: str
+) -> None:
+    # 12 steps of 0.25 s: longer than the 2 s timeout in all, but never 2 s without progress.
+    progress = {"command": sys.executable, "args": [str(SERVERS / "progress_server.py")], "timeout": 2}
+    config = write_config({"progress": progress})
+
+    async def scenario() -> dict[str, Any]:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(
+                config, "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog, front=front
+            ) as client:
+                return await client.call_raw("work", {"steps": 12, "interval": 0.25})
+
+    result = anyio.run(scenario)
+    assert texts(result) == ["worked 12 steps"], result
+
+
+class SlowToAnswer(Client):
+    """A client whose user takes longer to answer than the server's timeout allows a call."""
+
+    async def on_elicitation(self, ctx: ClientRequestContext, params: types.ElicitRequestParams) -> Any:
+        await anyio.sleep(3)  # a person thinking, not synchronisation: longer than the 2 s timeout
+        return types.ElicitResult(action="accept", content={"name": "Slow"})
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_a_calls_timeout_stops_while_the_client_answers_the_server(tmp_path: Path, front: str) -> None:
+    config = write_config({"solo": {**everything("solo"), "timeout": 2}})
+
+    async def scenario() -> dict[str, Any]:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(
+                config,
+                "--wait",
+                str(TIMEOUT),
+                home=tmp_path / "home",
+                errlog=errlog,
+                front=front,
+                client=SlowToAnswer(),
+            ) as client:
+                return await client.call_raw("ask", {"message": "Name?"})
+
+    assert texts(anyio.run(scenario)) == ["accept {'name': 'Slow'}"]
+
+
+@pytest.mark.parametrize("front", FRONTS)
 def test_a_server_that_exits_is_reconnected_and_its_list_announced_again(tmp_path: Path, front: str) -> None:
     config = write_config({"tools": stdio_server()})
 
