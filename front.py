@@ -743,6 +743,7 @@ class HttpFront:
         self.gateway = gateway
         self.front = Front(gateway, hooks, list_wait=list_wait)
         views = {"": gateway.server_names} | {name: [name] for name in gateway.server_names}
+        self._serving = False  # between entering and leaving `running`
         self._managers = {
             key: StreamableHTTPSessionManager(self.front.view(names, version=version)) for key, names in views.items()
         }
@@ -753,7 +754,11 @@ class HttpFront:
         async with self.front.running(), contextlib.AsyncExitStack() as stack:
             for manager in self._managers.values():
                 await stack.enter_async_context(manager.run())
-            yield self
+            self._serving = True
+            try:
+                yield self
+            finally:
+                self._serving = False
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Start `func(*args)` on the gateway's loop from another thread (a `concurrent.futures.Future`)."""
@@ -764,17 +769,23 @@ class HttpFront:
         rest = scope["path"][len(self.PATH) :]  # decoded already, as ASGI has it
         name = rest[1:] if rest.startswith("/") else rest
         manager = self._managers.get(name)
-        if manager is None:
+        if not self._serving:
+            await _json_answer(send, 503, {"error": "The gateway is stopping."})
+        elif manager is None:
             hint = did_you_mean(name, self.gateway.server_names)
             problem = f"No server '{name}' here{hint}; /mcp serves every server, /mcp/SERVER one of: " + (
                 ", ".join(self.gateway.server_names) or "(none configured)"
             )
-            body = json.dumps({"error": f"{problem}."}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 404, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await manager.handle_request(scope, receive, send)
+            await _json_answer(send, 404, {"error": f"{problem}."})
+        else:
+            await manager.handle_request(scope, receive, send)
+
+
+async def _json_answer(send: Any, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # -- stdio -------------------------------------------------------------------------------

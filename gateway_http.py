@@ -115,6 +115,7 @@ __all__ = [
 log = logging.getLogger("toolscript.gateway.http")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_UNSENT_BYTES = 16 * 1024 * 1024  # of an MCP answer or stream a client has not read yet
 _IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle before its thread gives up
 _CALL_PREFIX = "/tools/"
 _PROMPT_PREFIX = "/prompts/"
@@ -438,6 +439,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.stopping.is_set():
             self._send(503, error_body(_stopping()), close=True)
             return
+        if self.command not in ("GET", "POST", "DELETE"):  # what streamable HTTP uses (HEAD would get a body)
+            methods = "GET, POST, DELETE"
+            self._send(405, {"error": f"MCP at {path} answers only {methods}, not {self.command}."}, allow=methods)
+            return
         body = self._json_body() if self.command == "POST" else b""
         if body is None:
             return
@@ -650,6 +655,8 @@ class _Exchange:
         self._messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._gone = False
         self._gone_event: Any = None  # an anyio.Event, made and set on the loop
+        # Body bytes the app has sent (counted on the loop) and the handler has taken (on its thread).
+        self._given = self._taken = 0
 
     async def run(self, app: LoopApp, scope: dict[str, Any]) -> None:
         try:
@@ -672,6 +679,14 @@ class _Exchange:
     async def _send(self, message: dict[str, Any]) -> None:
         if self._gone:
             raise OSError("the client has gone")  # what an ASGI server raises: the app stops streaming
+        self._given += len(message.get("body", b""))
+        if self._given - self._taken > MAX_UNSENT_BYTES:
+            # The client reads too slowly (or not at all) for what the server sends: let it go
+            # rather than hold everything in memory; the handler closes the connection.
+            log.warning("gateway API: an MCP client fell %d bytes behind its stream; disconnected", MAX_UNSENT_BYTES)
+            await self._hang_up()
+            self._messages.put(None)
+            raise OSError("the client fell too far behind")
         self._messages.put(message)
 
     async def _hang_up(self) -> None:
@@ -686,7 +701,20 @@ class _Exchange:
         client, so headers, an event and the end of the stream cost one wake-up, not three.
         A POST's stream holds its headers back briefly for its first event (its answer);
         a GET's stream (server-to-client messages, maybe none for long) sends them at once.
+        If the answer cannot be finished (the client went away, stopped reading, or the
+        write failed), the connection is closed and the app hears `http.disconnect`.
         """
+        finished = False
+        try:
+            finished = self._write_answer(handler, done)
+        finally:
+            if not finished:
+                handler.close_connection = True
+                with contextlib.suppress(RuntimeError, ToolscriptError):  # the loop is gone already
+                    handler.server.mcp.start_soon(self._hang_up)  # type: ignore[union-attr]
+
+    def _write_answer(self, handler: _Handler, done: Future[Any]) -> bool:
+        """`answer`'s loop; False when the client is gone or fell too far behind."""
         head: bytes | None = None  # status line and headers not yet sent
         head_due = math.inf  # when they go out even without a body part
         started = chunked = False
@@ -699,10 +727,7 @@ class _Exchange:
                     handler.wfile.write(head)
                     head = None
                 elif _hung_up(handler.connection):
-                    handler.close_connection = True
-                    with contextlib.suppress(RuntimeError, ToolscriptError):  # the loop is gone already
-                        handler.server.mcp.start_soon(self._hang_up)  # type: ignore[union-attr]
-                    return
+                    return False
                 continue
             with contextlib.suppress(queue.Empty):
                 while True:
@@ -711,11 +736,20 @@ class _Exchange:
             finished = False
             for message in batch:
                 if message is None:  # the app ended without finishing its answer
+                    out += head or b""
+                    head = None
                     if chunked:
                         out += b"0\r\n\r\n"
-                    elif not started and _failed(done):
-                        body = json.dumps({"error": "Internal gateway error; see the gateway's log."}).encode()
-                        out += _head(handler, 500, [("Content-Type", "application/json")], len(body)) + body
+                    elif not started:
+                        stopping = handler.server.stopping.is_set()
+                        if stopping or _failed(done):
+                            status, payload = (
+                                (503, error_body(_stopping()))
+                                if stopping
+                                else (500, {"error": "Internal gateway error; see the gateway's log."})
+                            )
+                            body = json.dumps(payload).encode()
+                            out += _head(handler, status, [("Content-Type", "application/json")], len(body)) + body
                     handler.close_connection = True
                     finished = True
                     break
@@ -728,6 +762,7 @@ class _Exchange:
                         out += head
                         head = None
                     data = message.get("body", b"")
+                    self._taken += len(data)
                     more = message.get("more_body", False)
                     if not chunked:
                         out += data
@@ -743,7 +778,9 @@ class _Exchange:
             if out:
                 handler.wfile.write(out)
             if finished:
-                return
+                return True
+            if self._gone:  # fell too far behind (see `_send`)
+                return False
 
     @staticmethod
     def _head(handler: _Handler, message: dict[str, Any]) -> tuple[bytes, bool]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,7 +89,11 @@ class Session:
 
     def call(self, tool: str, request_id: int) -> dict[str, Any]:
         """The result of calling `tool` without arguments."""
-        called = self.post({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": tool}})
+        return self.call_with(tool, {}, request_id)
+
+    def call_with(self, tool: str, arguments: dict[str, Any], request_id: int) -> dict[str, Any]:
+        params = {"name": tool, "arguments": arguments}
+        called = self.post({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
         return events(called)[-1]["result"]
 
 
@@ -174,3 +180,56 @@ def test_the_token_stays_out_of_the_log(gateway: Gateway) -> None:
     gateway.stop()
     assert "POST /mcp" in gateway.stderr  # -v: the requests were logged
     assert gateway.token not in gateway.stderr
+
+
+def raw_request(gateway: Gateway, method: str, path: str, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {gateway.authority}", f"Authorization: Bearer {gateway.token}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def connect(gateway: Gateway) -> socket.socket:
+    host, port = gateway.authority.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=TIMEOUT)
+
+
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    """What `sock` sends until `marker` (or until it closes), within TIMEOUT."""
+    sock.settimeout(TIMEOUT)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_head_on_mcp_is_refused_without_a_body(gateway: Gateway) -> None:
+    """A HEAD answer with a body would be read as the start of the next answer on the connection."""
+    with connect(gateway) as sock:
+        sock.sendall(raw_request(gateway, "HEAD", "/mcp") + raw_request(gateway, "GET", "/health"))
+        answers = read_until(sock, b'{"status": "ok"}')
+    head, _, rest = answers.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and b"Allow: GET, POST, DELETE" in head
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b'{"status": "ok"}')
+
+
+def test_a_stream_whose_client_vanished_is_given_up_so_the_session_can_open_another(gateway: Gateway) -> None:
+    """Writing to a reset connection ends that stream at the server; the session's next GET stream is accepted."""
+    with httpx2.Client(timeout=TIMEOUT) as client:
+        session = Session(client, gateway, "/mcp")
+        stream_request = raw_request(gateway, "GET", "/mcp", session.headers(Accept="text/event-stream"))
+        with connect(gateway) as sock:
+            sock.sendall(stream_request)
+            assert read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        # A tool list change goes out on the session's GET stream: its write meets the reset.
+        assert session.call_with("files__grow", {"name": "sprout"}, 2)["isError"] is False
+
+        def another_stream() -> bool:
+            with connect(gateway) as again:
+                again.sendall(stream_request)
+                return read_until(again, b"\r\n\r\n").startswith(b"HTTP/1.1 200 ")  # 409 while the old one lives
+
+        wait_until(another_stream, TIMEOUT, "the session to accept a new GET stream")
