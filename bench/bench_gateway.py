@@ -70,6 +70,7 @@ def main() -> None:
     options = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {options.calls} calls per figure\n")
     verdicts: list[tuple[str, float, float]] = []
+    direct: dict[str, float] = {}  # (a)'s median latency per kind
     with _http_echo_server() as url:
         for kind in ("stdio", "http"):
             cfg = parse_config({"servers": {"echo": _server_table(kind, url)}})
@@ -80,8 +81,11 @@ def main() -> None:
                 _sdk(kind, url, through="serve") as serve,
                 _sdk(kind, url, through="gateway") as mcp,
             ):
-                verdicts += _latency(kind, sdk, gateway, remote, serve, mcp, options.calls)
+                verdicts += _latency(kind, sdk, gateway, remote, serve, mcp, options.calls, direct)
                 verdicts.append(_throughput(kind, sdk, gateway, remote, serve, mcp, options.calls))
+    # What any front over HTTP starts from: the SDK's own client and server over streamable HTTP,
+    # against the same call over stdio. (e) stdio pays it, (e) http pays it twice.
+    print(f"The SDK over streamable HTTP / over stdio, (a) http / (a) stdio: {direct['http'] / direct['stdio']:.2f}\n")
     verdicts.append(_startup(options.repeats))
     print("\nTargets")
     for name, value, target in verdicts:
@@ -131,7 +135,14 @@ class _Sdk:
 
 
 def _latency(
-    kind: str, sdk: _Sdk, gateway: Gateway, remote: RemoteGateway, serve: _Sdk, mcp: _Sdk, calls: int
+    kind: str,
+    sdk: _Sdk,
+    gateway: Gateway,
+    remote: RemoteGateway,
+    serve: _Sdk,
+    mcp: _Sdk,
+    calls: int,
+    direct: dict[str, float],
 ) -> list[tuple[str, float, float]]:
     a: list[float] = []
     b: list[float] = []
@@ -150,6 +161,7 @@ def _latency(
         c += _timed(lambda: remote.call("echo__echo", ARGS), calls // ROUNDS)
         d += serve.latencies(calls // ROUNDS)
         e += mcp.latencies(calls // ROUNDS)
+    direct[kind] = _median(a)
     print(f"Latency per call, {kind} server (median / p95, microseconds)")
     for label, times in (
         ("(a) SDK, async", a),
