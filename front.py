@@ -140,7 +140,7 @@ class Front:
     # -- requests from clients, passed on -------------------------------------------------
 
     async def forward(
-        self, ctx: ServerRequestContext[Any, Any], server: str, what: str, request: Any
+        self, ctx: ServerRequestContext[Any, Any], server: str, what: str, request: Any, *, tool_call: bool = False
     ) -> dict[str, Any]:
         """Send `request` to `server` for the client request `ctx`; return the result as the server sent it.
 
@@ -171,7 +171,7 @@ class Front:
             return result
 
         try:
-            return await self.gateway.forward(server, what, send, clock=clock)
+            return await self.gateway.forward(server, what, send, clock=clock, tool_call=tool_call)
         finally:
             in_flight.remove(entry)
 
@@ -607,7 +607,7 @@ class _View(Server):  # type: ignore[type-arg]
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name} (hidden by the toolscript config)")
         request = types.CallToolRequest(params=_without_progress_token(params, name=tool))
         try:
-            result = await self.front.forward(ctx, server, f"the call to '{tool}'", request)
+            result = await self.front.forward(ctx, server, f"the call to '{tool}'", request, tool_call=True)
         except ToolscriptError as exc:  # the person using the client sees this text, e.g. "Run: toolscript auth X"
             return types.CallToolResult(content=[types.TextContent(type="text", text=exc.message)], is_error=True)
         self.front.record_resources(server, _linked_resources(result))

@@ -527,6 +527,7 @@ class Gateway:
         timeout: float | None = None,
         *,
         clock: RequestClock | None = None,
+        tool_call: bool = False,
     ) -> _T:
         """Send one request to `server` as it is (`send(session)`) and return its answer.
 
@@ -537,7 +538,7 @@ class Gateway:
         """
         state = self._servers[server]
         timeout = clock.timeout if clock is not None else timeout or state.call_timeout
-        return await state.request(what, send, timeout, clock=clock, pass_through=True)
+        return await state.request(what, send, timeout, clock=clock, pass_through=True, tool_call=tool_call)
 
     def clock_for(self, server: str) -> RequestClock:
         """A `RequestClock` with the call timeout of `server`, for `forward`."""
@@ -590,15 +591,7 @@ class Gateway:
     ) -> types.CallToolResult:
         server = self._servers[name]
         SERVER.set(name)  # this task's own context: what the SDK logs for the call names the server
-        try:
-            result = await server.call_tool(
-                tool, arguments, timeout or server.call_timeout, call, on_progress=on_progress
-            )
-        except AuthError as exc:
-            server.call_auth_failure = exc
-            raise
-        server.call_auth_failure = None
-        return result
+        return await server.call_tool(tool, arguments, timeout or server.call_timeout, call, on_progress=on_progress)
 
     async def _tool_row_of(self, name: str, tool: str) -> dict[str, Any]:
         server = self._servers[name]
@@ -945,6 +938,7 @@ class _Server:
                 subject=f"Tool '{self.name}{SEPARATOR}{tool}'",
                 call=call,
                 clock=call.clock,
+                tool_call=True,
             )
         except _UrlsRequired as needed:
             # URL-mode elicitation as an error: open the URLs first, then call again (once).
@@ -973,6 +967,7 @@ class _Server:
         deadline: float | None = None,
         resend_if_expired: bool = True,
         pass_through: bool = False,
+        tool_call: bool = False,
     ) -> _T:
         """Send one request (`send`) on the live connection and translate its failures.
 
@@ -986,8 +981,46 @@ class _Server:
         every error answer is a `ConnectError`. A tool call passes its `call` (how the user
         answers the server). With a `clock`, the caller can restart or pause the timeout. With
         `pass_through` (a front passing requests on, front.py), error answers are raised as
-        they came (`MCPError`).
+        they came (`MCPError`). A `tool_call`'s authorization failure is noted for the
+        server's OAuth status (`call_auth_failure`) until a call succeeds.
         """
+        try:
+            result = await self._request(
+                what,
+                send,
+                timeout,
+                needs=needs,
+                subject=subject,
+                refused_hint=refused_hint,
+                call=call,
+                clock=clock,
+                deadline=deadline,
+                resend_if_expired=resend_if_expired,
+                pass_through=pass_through,
+            )
+        except AuthError as exc:
+            if tool_call:
+                self.call_auth_failure = exc
+            raise
+        if tool_call:
+            self.call_auth_failure = None
+        return result
+
+    async def _request(
+        self,
+        what: str,
+        send: Callable[[ClientSession], Awaitable[_T]],
+        timeout: float,
+        *,
+        needs: str | None,
+        subject: str | None,
+        refused_hint: str | None,
+        call: _CallInput | None,
+        clock: RequestClock | None,
+        deadline: float | None,
+        resend_if_expired: bool,
+        pass_through: bool,
+    ) -> _T:
         if deadline is None:
             deadline = anyio.current_time() + timeout
         connection: _Connection | None = None
@@ -1023,7 +1056,7 @@ class _Server:
                 # The server forgot the session, so it never ran this request: reconnect, send it again.
                 log.info("Server '%s': session expired; reconnecting", self.name)
                 await self.close_connection(connection)
-                return await self.request(
+                return await self._request(
                     what,
                     send,
                     timeout,

@@ -3,7 +3,8 @@
 test_serve.py runs its MCP scenarios against `/mcp` as well as `serve`, and
 test_conformance_server.py runs the official suite through `/mcp/SERVER`. Here: who may
 use the endpoint (the API token, Host and Origin), unknown servers, open streams when the
-gateway stops, and that the token stays out of the log.
+gateway stops, streams whose client vanished, that the token stays out of the log, and that
+a call refused for its authorization shows in the gateway's OAuth status.
 """
 
 from __future__ import annotations
@@ -14,13 +15,24 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpx2
 import pytest
 from conftest import gateway_variables, process_exists, start_gateway_process, stdio_server, wait_until, write_config
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from config import load_config
+from front import HttpFront
+from gateway import Gateway as InProcessGateway
+from gateway import SessionHooks
+from gateway_http import ApiServer
 
 TIMEOUT = 60.0
 INITIALIZE = {
@@ -233,3 +245,41 @@ def test_a_stream_whose_client_vanished_is_given_up_so_the_session_can_open_anot
                 return read_until(again, b"\r\n\r\n").startswith(b"HTTP/1.1 200 ")  # 409 while the old one lives
 
         wait_until(another_stream, TIMEOUT, "the session to accept a new GET stream")
+
+
+def test_a_call_refused_for_its_authorization_shows_in_the_servers_oauth_status(oauth_server: Any) -> None:
+    """As for calls through the API: /servers says `authentication_failed` until a call works again."""
+    from test_gateway_oauth import authenticate
+
+    server = oauth_server(extra_scopes=("extra",))
+    write_config(f'[servers.demo]\ntype = "{server.transport}"\nurl = "{server.url}"\n')
+    authenticate()
+    server.tap.step_up["echo"] = "extra"
+    hooks = SessionHooks()
+    gateway = InProcessGateway(load_config(), hooks=hooks)
+    front = HttpFront(gateway, hooks)
+    api = ApiServer(gateway, mcp=front)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    gateway.start(alongside=front.running)
+
+    async def calls() -> tuple[list[str], list[str]]:
+        headers = {"Authorization": f"Bearer {api.token}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=TIMEOUT) as http,
+            streamable_http_client(api.url + "/mcp/demo", http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            refused = await session.call_tool("echo", {"text": "x"})
+            assert refused.is_error
+            statuses = [row["oauth_status"] for row in await anyio.to_thread.run_sync(gateway.servers)]
+            worked = await session.call_tool("add", {"a": 1, "b": 2})
+            assert not worked.is_error
+            return statuses, [row["oauth_status"] for row in await anyio.to_thread.run_sync(gateway.servers)]
+
+    try:
+        assert anyio.run(calls) == (["authentication_failed"], ["authenticated"])
+    finally:
+        api.shutdown()
+        gateway.stop()
+        api.server_close()
