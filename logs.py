@@ -2,7 +2,7 @@
 
 It stands alone because both the CLI (which installs `OneLineFilter` on its handler) and
 the gateway (which sets `SERVER` in each connection's tasks) use it, and neither may
-import the other; it needs only the standard library.
+import the other; it needs only the standard library and `redact`.
 
 Libraries log what went wrong with a traceback (the MCP SDK when an SSE stream breaks, or
 when a stdio server writes a line to stdout that is not JSON-RPC). At default verbosity
@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
+
+if __package__:
+    from .redact import redact
+else:
+    from redact import redact
 
 __all__ = ["SERVER", "OneLineFilter", "describe_exception"]
 
@@ -60,7 +65,8 @@ def describe_exception(exc: BaseException) -> str:
     if callable(errors):  # pydantic's ValidationError: its first line only names the model
         try:
             first = errors()[0]
-            text = f"{first['msg']} (input: {str(first.get('input'))[:_MAX_INPUT]!r})"
+            # Masked before it is cut: a secret cut in two would no longer be recognised.
+            text = f"{first['msg']} (input: {redact(str(first.get('input')))[:_MAX_INPUT]!r})"
         except (LookupError, TypeError, ValueError):
             text = ""
         if text:

@@ -87,3 +87,21 @@ def test_escape_controls_shows_invisible_format_characters_that_could_disguise_t
     assert escape_controls("a\u200bb\u2066c\u00add\ufeff\U000e0041") == "a\\u200bb\\u2066c\\u00add\\ufeff\\U000e0041"
     kept = "مرحبا שלום 😀 ﬁ \u0300"  # right-to-left scripts, emoji, ligatures and combining marks stay
     assert escape_controls(kept) == kept
+
+
+def test_a_library_error_quoting_a_secret_is_masked_before_it_is_cut() -> None:
+    """`describe_exception` keeps 80 characters of a rejected input: a secret cut there must not show half."""
+    import pydantic
+
+    from logs import describe_exception
+
+    secret = "s3cr3t-" + "x" * 60
+    register_secret(secret)
+
+    class Message(pydantic.BaseModel):
+        n: int
+
+    with pytest.raises(pydantic.ValidationError) as invalid:
+        Message(n="a" * 50 + secret)  # type: ignore[arg-type]
+    described = describe_exception(invalid.value)
+    assert "s3cr3t" not in described and MASK in described, described
