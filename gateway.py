@@ -984,106 +984,83 @@ class _Server:
         they came (`MCPError`). A `tool_call`'s authorization failure is noted for the
         server's OAuth status (`call_auth_failure`) until a call succeeds.
         """
+        with self._noting_auth_failure(tool_call):
+            if deadline is None:
+                deadline = anyio.current_time() + timeout
+            connection: _Connection | None = None
+            failures: list[AuthError | ConnectError] = []
+            try:
+                # A plain scope rather than `anyio.fail_at`: the same deadline without two generator frames per request.
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    if clock is not None:
+                        clock.scope = scope
+                    connection = await self.live_connection()
+                    if needs is not None:
+                        self._require(connection, needs)
+                    assert connection.session is not None
+                    # Set only now, in this request's own context: a connection task started for it has
+                    # copied the context already, so only this request's messages add to the list.
+                    CALL_FAILURES.set(failures)
+                    return await send(connection.session)
+                raise TimeoutError  # only a scope cancelled by its deadline (never cancelled otherwise) gets here
+            except TimeoutError:
+                if failures:
+                    raise failures[-1] from None
+                if connection is None:
+                    raise _connect_timeout(self.name, timeout) from None
+                late = f"{subject} did not answer" if subject else f"Server '{self.name}' did not answer {what}"
+                raise CallTimeoutError(f"{late} within {timeout:g} s.", server=self.name) from None
+            except MCPError as exc:
+                assert connection is not None
+                if exc.code == types.CONNECTION_CLOSED:
+                    raise await self.lost_connection_error(connection, what) from None
+                if failures:
+                    raise failures[-1] from None  # e.g. a step-up (403 insufficient_scope) for this call
+                if resend_if_expired and _session_expired(exc):
+                    # The server forgot the session, so it never ran this request: reconnect, send it again.
+                    log.info("Server '%s': session expired; reconnecting", self.name)
+                    await self.close_connection(connection)
+                    return await self.request(
+                        what,
+                        send,
+                        timeout,
+                        needs=needs,
+                        subject=subject,
+                        refused_hint=refused_hint,
+                        call=call,
+                        clock=clock,
+                        deadline=deadline,
+                        resend_if_expired=False,
+                        pass_through=pass_through,
+                    )
+                if pass_through:
+                    raise
+                if call is not None and exc.code == types.URL_ELICITATION_REQUIRED:
+                    raise _UrlsRequired(_required_urls(exc)) from None
+                if refused_hint is not None and exc.code in _REFUSALS:
+                    raise UsageError(
+                        f"Server '{self.name}' refused {what}: {exc.message.rstrip('.')}. {refused_hint}",
+                        server=self.name,
+                    ) from None
+                raise ConnectError(
+                    f"Server '{self.name}' answered {what} with an error: {exc.message}", server=self.name
+                ) from None
+            except RuntimeError as exc:  # e.g. the SDK rejects a result that breaks the tool's outputSchema
+                raise ConnectError(
+                    f"Server '{self.name}' sent an unusable result for {what}: {_first_line(exc)}", server=self.name
+                ) from None
+
+    @contextlib.contextmanager
+    def _noting_auth_failure(self, tool_call: bool) -> Iterator[None]:
+        """For a tool call: note an authorization failure (the server's OAuth status shows it), or clear it."""
         try:
-            result = await self._request(
-                what,
-                send,
-                timeout,
-                needs=needs,
-                subject=subject,
-                refused_hint=refused_hint,
-                call=call,
-                clock=clock,
-                deadline=deadline,
-                resend_if_expired=resend_if_expired,
-                pass_through=pass_through,
-            )
+            yield
         except AuthError as exc:
             if tool_call:
                 self.call_auth_failure = exc
             raise
         if tool_call:
             self.call_auth_failure = None
-        return result
-
-    async def _request(
-        self,
-        what: str,
-        send: Callable[[ClientSession], Awaitable[_T]],
-        timeout: float,
-        *,
-        needs: str | None,
-        subject: str | None,
-        refused_hint: str | None,
-        call: _CallInput | None,
-        clock: RequestClock | None,
-        deadline: float | None,
-        resend_if_expired: bool,
-        pass_through: bool,
-    ) -> _T:
-        if deadline is None:
-            deadline = anyio.current_time() + timeout
-        connection: _Connection | None = None
-        failures: list[AuthError | ConnectError] = []
-        try:
-            # A plain scope rather than `anyio.fail_at`: the same deadline without two generator frames per request.
-            with anyio.CancelScope(deadline=deadline) as scope:
-                if clock is not None:
-                    clock.scope = scope
-                connection = await self.live_connection()
-                if needs is not None:
-                    self._require(connection, needs)
-                assert connection.session is not None
-                # Set only now, in this request's own context: a connection task started for it has
-                # copied the context already, so only this request's messages add to the list.
-                CALL_FAILURES.set(failures)
-                return await send(connection.session)
-            raise TimeoutError  # only a scope cancelled by its deadline (never cancelled otherwise) gets here
-        except TimeoutError:
-            if failures:
-                raise failures[-1] from None
-            if connection is None:
-                raise _connect_timeout(self.name, timeout) from None
-            late = f"{subject} did not answer" if subject else f"Server '{self.name}' did not answer {what}"
-            raise CallTimeoutError(f"{late} within {timeout:g} s.", server=self.name) from None
-        except MCPError as exc:
-            assert connection is not None
-            if exc.code == types.CONNECTION_CLOSED:
-                raise await self.lost_connection_error(connection, what) from None
-            if failures:
-                raise failures[-1] from None  # e.g. a step-up (403 insufficient_scope) for this call
-            if resend_if_expired and _session_expired(exc):
-                # The server forgot the session, so it never ran this request: reconnect, send it again.
-                log.info("Server '%s': session expired; reconnecting", self.name)
-                await self.close_connection(connection)
-                return await self._request(
-                    what,
-                    send,
-                    timeout,
-                    needs=needs,
-                    subject=subject,
-                    refused_hint=refused_hint,
-                    call=call,
-                    clock=clock,
-                    deadline=deadline,
-                    resend_if_expired=False,
-                    pass_through=pass_through,
-                )
-            if pass_through:
-                raise
-            if call is not None and exc.code == types.URL_ELICITATION_REQUIRED:
-                raise _UrlsRequired(_required_urls(exc)) from None
-            if refused_hint is not None and exc.code in _REFUSALS:
-                raise UsageError(
-                    f"Server '{self.name}' refused {what}: {exc.message.rstrip('.')}. {refused_hint}", server=self.name
-                ) from None
-            raise ConnectError(
-                f"Server '{self.name}' answered {what} with an error: {exc.message}", server=self.name
-            ) from None
-        except RuntimeError as exc:  # e.g. the SDK rejects a result that breaks the tool's outputSchema
-            raise ConnectError(
-                f"Server '{self.name}' sent an unusable result for {what}: {_first_line(exc)}", server=self.name
-            ) from None
 
     async def _send_call(
         self, session: ClientSession, tool: str, arguments: dict[str, Any], call: _CallInput, progress: Any
