@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import unicodedata
 
 __all__ = ["MASK", "RedactingFilter", "escape_controls", "redact", "register_secret"]
 
@@ -97,19 +96,23 @@ class RedactingFilter(logging.Filter):
 
 # C0 controls but newline and tab, DEL, and C1 controls: what lets text move the cursor,
 # clear the screen, retitle the window or write the clipboard (OSC 52) of a terminal. Then
-# U+00AD and every character from U+0600 up (where the others are), of which only the
-# invisible format characters (Unicode category Cf: bidi overrides, zero-width characters)
-# are escaped: they can make text, a URL say, read other than it is.
-_SUSPECTS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|[\xad\u0600-\U0010ffff]")
+# the invisible format characters (Unicode category Cf: bidi overrides, zero-width
+# characters): they can make text, a URL say, read other than it is.
+_CONTROLS = "\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f"
+# Every Cf character of Unicode 14 (Python 3.11), as ranges; test_redact checks the list
+# against the running Python's Unicode database.
+FORMAT_CHARACTERS = (
+    "\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u202a-\\u202e"
+    "\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438"
+    "\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f"
+)
+_SUSPECTS = re.compile(f"[{_CONTROLS}{FORMAT_CHARACTERS}]")
 
 
 def _shown(match: re.Match[str]) -> str:
-    char = match.group()
-    code = ord(char)
+    code = ord(match.group())
     if code <= 0x9F:
         return f"\\x{code:02x}"
-    if unicodedata.category(char) != "Cf":
-        return char
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 

@@ -105,3 +105,16 @@ def test_a_library_error_quoting_a_secret_is_masked_before_it_is_cut() -> None:
         Message(n="a" * 50 + secret)  # type: ignore[arg-type]
     described = describe_exception(invalid.value)
     assert "s3cr3t" not in described and MASK in described, described
+
+
+def test_the_format_characters_escaped_are_every_cf_character_of_this_python() -> None:
+    """FORMAT_CHARACTERS is written out (a scan of the Unicode database costs 0.1 s at each start)."""
+    import re
+    import unicodedata
+
+    from redact import FORMAT_CHARACTERS
+
+    everything = "".join(chr(code) for code in range(0xA0, 0x110000))
+    listed = set(re.findall(f"[{FORMAT_CHARACTERS}]", everything))
+    assert listed == {char for char in everything if unicodedata.category(char) == "Cf"}
+    assert escape_controls("a\u202eb\u200bc\U000e0001 é\xad 日本") == "a\\u202eb\\u200bc\\U000e0001 é\\u00ad 日本"
