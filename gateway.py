@@ -134,11 +134,6 @@ _T = TypeVar("_T")
 # A server answering a call with input-required results gets this many rounds of answers.
 INPUT_ROUNDS = 10
 _INPUT_POLL_DELAYS = (0.05, 0.1, 0.2, 0.25)  # before resending a call whose result asked for nothing
-# How the gateway agrees on a protocol revision with each server: "legacy" (the initialize
-# handshake, up to 2025-11-25) or "auto" (offer 2026-07-28 first). Legacy, because servers
-# built with the SDK's `ctx.elicit` can ask the user only over the legacy protocol; the tests
-# switch to "auto" to have SDK servers answer with input-required results.
-PROTOCOL_NEGOTIATION = "legacy"
 _MAX_STDERR_LINE = 300
 STDERR_TAIL_LINES = 10  # of a stdio server that failed to start, shown in its error
 STDERR_DRAIN_TIMEOUT = 1.0  # seconds to wait for the rest of a dead stdio server's stderr
@@ -257,7 +252,10 @@ class Gateway:
     the OAuth records under `$TOOLSCRIPT_HOME`). `announce` logs each connection (INFO) and a
     server failing to connect or needing authorization (WARNING); a one-shot command reports
     those as its error instead. A server's `timeout` from the config overrides
-    `connect_timeout` and `call_timeout` for that server.
+    `connect_timeout` and `call_timeout` for that server. `negotiation` is how a protocol
+    revision is agreed with each server: "legacy" (the initialize handshake, up to
+    2025-11-25) or "auto" (2026-07-28 offered first); legacy, because servers built with
+    the SDK's `ctx.elicit` can ask the user only over the legacy protocol.
     """
 
     def __init__(
@@ -271,6 +269,7 @@ class Gateway:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         hooks: SessionHooks | None = None,
+        negotiation: str = "legacy",
     ) -> None:
         names = list(config.servers) if only is None else [config.server(name).name for name in only]
         self.config = config
@@ -283,6 +282,7 @@ class Gateway:
         self.announce = announce
         self._auth_factory = auth or stored_oauth(self.store)
         self._hooks = hooks or SessionHooks()
+        self._negotiation = negotiation
         self._portal_cm: contextlib.AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
         self._supervisor: Any = None
@@ -670,6 +670,7 @@ class Gateway:
             call_timeout=config.timeout or self.call_timeout,
             announce=self.announce,
             hooks=self._hooks,
+            negotiation=self._negotiation,
         )
 
 
@@ -773,8 +774,10 @@ class _Server:
         call_timeout: float,
         announce: bool,
         hooks: SessionHooks | None = None,
+        negotiation: str = "legacy",
     ) -> None:
         self.config = config
+        self._negotiation = negotiation
         self.name = config.name
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
@@ -1294,7 +1297,7 @@ class _Server:
                         logging_callback=self._on_log,
                         **self._request_callbacks(),
                     ) as session:
-                        await _negotiate(session)
+                        await _negotiate(session, self._negotiation)
                         await self._load_tools(session)
                         scope.deadline = math.inf
                         connection.session = session
@@ -1629,8 +1632,8 @@ async def _in_own_thread(func: Callable[[InputRequest], Any], request: InputRequ
     return outcome["value"]
 
 
-async def _negotiate(session: ClientSession) -> None:
-    if PROTOCOL_NEGOTIATION == "auto":
+async def _negotiate(session: ClientSession, negotiation: str) -> None:
+    if negotiation == "auto":
         from mcp.client._probe import negotiate_auto  # the SDK's own "auto" mode of `Client`
 
         await negotiate_auto(session)

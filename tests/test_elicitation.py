@@ -24,7 +24,6 @@ import pytest
 from conftest import ROOT, SERVERS, explain, run_cli, run_threads, serving_api, write_config
 from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, LINK_URL, PAGE_URL, serving
 
-import gateway as gateway_module
 from config import load_config
 from elicitation import ACCEPT, CANCEL, DECLINE, InputAnswer, InputRequest, ask_on_terminal, form_fields
 from gateway import Gateway
@@ -249,18 +248,15 @@ def test_http_api_declines_and_says_what_was_asked(http_config: Path) -> None:
     ]
 
 
-def test_input_required_results_are_answered_by_the_same_handler(
-    stdio_config: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_input_required_results_are_answered_by_the_same_handler(stdio_config: Path) -> None:
     # At protocol 2026-07-28 the SDK server asks through an input-required result, not a request.
-    monkeypatch.setattr(gateway_module, "PROTOCOL_NEGOTIATION", "auto")
     asked: list[InputRequest] = []
 
     def handler(request: InputRequest) -> InputAnswer:
         asked.append(request)
         return InputAnswer(ACCEPT, {"size": "small", "slices": 6})
 
-    with Gateway(load_config()) as gateway:
+    with Gateway(load_config(), negotiation="auto") as gateway:
         accepted = gateway.call("i__pick_pizza", input_handler=handler)
         declined = gateway.call("i__pick_pizza")
     assert accepted["resultType"] == "complete"  # proof that 2026-07-28 was spoken
