@@ -13,9 +13,10 @@ unchanged (a transparent proxy); with several, tools and prompts are `SERVER__NA
 resource URI goes back to the server that listed it. Requests are forwarded raw, so what
 a server sends (annotations, output schemas, structured content, `_meta`) reaches the
 client as the SDK lets it through, without the SDK client's result checks in between.
-Server-to-client traffic (log messages, list changes, resource updates, elicitation and
-sampling requests) arrives through the gateway's `SessionHooks` and goes to the clients
-of the views that include the server.
+Server-to-client notifications (log messages, list changes, resource updates) arrive
+through the gateway's `SessionHooks` and go to the clients of the views that include the
+server; a server's requests (elicitation, sampling) go to the client whose request it is
+serving, and to no other (`_ForwardedRequest`, the request's `gateway.Asker`).
 """
 
 from __future__ import annotations
@@ -101,8 +102,7 @@ class Front:
         self.list_wait = list_wait
         hooks.status_changed = self._on_status_changed
         hooks.notification = self._on_notification
-        hooks.elicitation = self._on_elicitation
-        hooks.sampling = self._on_sampling
+        hooks.offers_sampling = True  # passed on to the client whose request a server is serving
         self._views: list[_View] = []
         self._events_in, self._events = anyio.create_memory_object_stream[tuple[str, str, Any]](math.inf)
         self._status_changed = anyio.Event()
@@ -114,8 +114,6 @@ class Front:
         self._templates: list[tuple[str, str]] = []
         self._subscriptions: dict[tuple[str, str], int] = {}  # (server, uri) -> subscribed clients
         self._log_level: str | None = None  # the level last asked for, applied to servers as they connect
-        # server -> the client requests passed on to it, with their timeouts
-        self._in_flight: dict[str, list[tuple[ServerRequestContext[Any, Any], RequestClock]]] = {}
 
     def view(self, names: Iterable[str], *, version: str = "") -> _View:
         """Return an SDK `Server` serving `names`: with one name, its names as they are, else `SERVER__NAME`."""
@@ -152,9 +150,6 @@ class Front:
         """
         token = (ctx.meta or {}).get("progress_token")
         clock = self.gateway.clock_for(server)
-        in_flight = self._in_flight.setdefault(server, [])
-        entry = (ctx, clock)
-        in_flight.append(entry)
 
         async def progress(value: float, total: float | None, message: str | None) -> None:
             clock.restart()
@@ -170,10 +165,8 @@ class Front:
                 await anyio.lowlevel.checkpoint()  # let progress that came before the result go out first
             return result
 
-        try:
-            return await self.gateway.forward(server, what, send, clock=clock, tool_call=tool_call)
-        finally:
-            in_flight.remove(entry)
+        asker = _ForwardedRequest(ctx, clock)
+        return await self.gateway.forward(server, what, send, clock=clock, tool_call=tool_call, asker=asker)
 
     async def settle(self, names: list[str]) -> None:
         """Wait (within `list_wait` of the start) until none of `names` is still connecting."""
@@ -302,6 +295,9 @@ class Front:
         self._statuses[server] = status
         if status == before:
             return
+        if status == CONNECTED:
+            for downstream in self._downstreams(server):
+                downstream.told.discard(server)  # should it need authorization again, say so again
         if status == CONNECTED and self._tasks is not None:
             self._tasks.start_soon(_logged, self._on_connected(server), "pass on a connection")
         elif status == AUTH_REQUIRED and self._tasks is not None:
@@ -364,19 +360,22 @@ class Front:
                     await downstream.session.send_elicit_complete(message.params.elicitation_id)
 
     async def greet(self, downstream: _Downstream, request_id: Any) -> None:
-        """Tell a client, along with its first request, which of its servers need authorization.
+        """Tell a client, along with its request, which of its servers need authorization (once each).
 
-        With the request, not right after `initialized`: over streamable HTTP a message sent
+        With a request, not right after `initialized`: over streamable HTTP a message sent
         outside a request goes on the client's GET stream, which it may not have opened yet.
         """
         for server in downstream.view.names:
-            if self._statuses.get(server) == AUTH_REQUIRED:
+            if server not in downstream.told and self.gateway.status(server) == AUTH_REQUIRED:
                 await self._report_authorization(server, [downstream], request_id)
 
     async def _report_authorization(self, server: str, downstreams: list[_Downstream], request_id: Any = None) -> None:
         """A log warning with the one-line "Run: toolscript auth NAME" message, where clients show logs."""
         message = self.gateway.error(server).message
         for downstream in downstreams:
+            if server in downstream.told:
+                continue
+            downstream.told.add(server)
             if downstream.wants_log("warning"):
                 await downstream.session.send_log_message(
                     "warning",  # type: ignore[arg-type]
@@ -391,41 +390,6 @@ class Front:
                 await downstream.session.send_log_message(
                     level, data, logger=downstream.view.logger_name(server, logger)
                 )  # type: ignore[arg-type]
-
-    async def _on_elicitation(
-        self, server: str, context: ClientRequestContext, params: types.ElicitRequestParams
-    ) -> types.ElicitResult | types.ErrorData:
-        url = isinstance(params, types.ElicitRequestURLParams)  # URL mode only for clients that say they take it
-        target = self._client_for(
-            server, lambda c: c.elicitation is not None and (not url or c.elicitation.url is not None)
-        )
-        if target is None:
-            log.info("Server '%s' asked for input, which the MCP client cannot give; declined.", server)
-            return types.ElicitResult(action="decline")
-        return await target.ask(context, types.ElicitRequest(params=params), types.ElicitResult)
-
-    async def _on_sampling(
-        self, server: str, context: ClientRequestContext, params: types.CreateMessageRequestParams
-    ) -> Any:
-        target = self._client_for(server, lambda c: c.sampling is not None)
-        if target is None:
-            log.info("Server '%s' asked for sampling, which the MCP client does not offer; refused.", server)
-            return types.ErrorData(code=types.INVALID_REQUEST, message="The MCP client does not support sampling.")
-        result_type = (
-            types.CreateMessageResultWithTools if params.tools or params.tool_choice else types.CreateMessageResult
-        )
-        return await target.ask(context, types.CreateMessageRequest(params=params), result_type)
-
-    def _client_for(self, server: str, accepts: Callable[[types.ClientCapabilities], bool]) -> _ClientTarget | None:
-        """The client to ask on behalf of `server` (one whose capabilities it `accepts`): the one whose request
-        the server is serving, else any client of a view that includes it."""
-        for ctx, clock in reversed(self._in_flight.get(server, [])):
-            if _declares(ctx.session, accepts):
-                return _ClientTarget(ctx.session, ctx.request_id, clock)
-        for downstream in self._downstreams(server):
-            if _declares(downstream.session, accepts):
-                return _ClientTarget(downstream.session, None, None)
-        return None
 
     def _downstreams(self, server: str) -> list[_Downstream]:
         return [downstream for view in self._views if server in view.names for downstream in view.downstreams]
@@ -450,26 +414,43 @@ class Front:
             await anyio.sleep(AUTH_POLL_INTERVAL)
 
 
-@dataclass(frozen=True)
-class _ClientTarget:
-    """A client to pass a server's request (elicitation, sampling) on to, and which of its requests it serves."""
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, one per request
+class _ForwardedRequest:
+    """A client's request passed on to a server (a `gateway.Asker`): what the server asks while it serves
+    the request (elicitation, sampling) goes to that client, if it declared it takes such requests."""
 
-    session: ServerSession
-    related_request: Any  # the client's request the server is serving, if any: the answer rides with it
-    clock: RequestClock | None  # that request's timeout, stopped while the client answers
+    ctx: ServerRequestContext[Any, Any]
+    clock: RequestClock  # the request's timeout, stopped while the client answers
 
-    async def ask(self, context: ClientRequestContext, request: Any, result_type: Any) -> Any:
-        """Send the server's request on to the client; its progress goes back to the server."""
-        token = (context.meta or {}).get("progress_token")
+    async def elicit(
+        self, server: str, context: ClientRequestContext | None, params: types.ElicitRequestParams
+    ) -> types.ElicitResult:
+        url = isinstance(params, types.ElicitRequestURLParams)  # URL mode only for clients that say they take it
+        if not _declares(self.ctx.session, lambda c: c.elicitation is not None and (not url or c.elicitation.url)):
+            log.info("Server '%s' asked for input, which the MCP client cannot give; declined.", server)
+            return types.ElicitResult(action="decline")
+        return await self._ask(context, types.ElicitRequest(params=params), types.ElicitResult)
+
+    async def sample(self, server: str, context: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
+        if not _declares(self.ctx.session, lambda c: c.sampling is not None):
+            log.info("Server '%s' asked for sampling, which the MCP client does not offer; refused.", server)
+            return types.ErrorData(code=types.INVALID_REQUEST, message="The MCP client does not support sampling.")
+        result_type = (
+            types.CreateMessageResultWithTools if params.tools or params.tool_choice else types.CreateMessageResult
+        )
+        return await self._ask(context, types.CreateMessageRequest(params=params), result_type)
+
+    async def _ask(self, context: ClientRequestContext | None, request: Any, result_type: Any) -> Any:
+        """Send the server's request on to the client, with its request; progress goes back to the server."""
+        token = (context.meta or {}).get("progress_token") if context is not None else None
 
         async def progress(value: float, total: float | None, message: str | None) -> None:
-            await context.session.send_progress_notification(token, value, total, message)  # type: ignore[arg-type]
+            await context.session.send_progress_notification(token, value, total, message)  # type: ignore[union-attr,arg-type]
 
-        related = self.related_request
-        metadata = ServerMessageMetadata(related_request_id=related) if related is not None else None
-        with self.clock.paused() if self.clock is not None else contextlib.nullcontext():
+        metadata = ServerMessageMetadata(related_request_id=self.ctx.request_id)
+        with self.clock.paused():
             try:
-                return await self.session.send_request(
+                return await self.ctx.session.send_request(
                     request, result_type, progress_callback=progress if token is not None else None, metadata=metadata
                 )
             except MCPError as exc:
@@ -484,7 +465,7 @@ class _Downstream:
     view: _View
     log_level: str | None = None
     subscriptions: set[str] = field(default_factory=set)
-    greeted: bool = False  # told which servers need authorization
+    told: set[str] = field(default_factory=set)  # servers it was told need authorization
 
     def wants_log(self, level: str) -> bool:
         if self.log_level is None or level not in LOG_LEVELS:
@@ -564,11 +545,9 @@ class _View(Server):  # type: ignore[type-arg]
         return found  # type: ignore[no-any-return]
 
     async def client(self, ctx: ServerRequestContext[Any, Any]) -> _Downstream:
-        """`downstream(ctx)`, greeted (see `Front.greet`) on its first request."""
+        """`downstream(ctx)`, told with this request which of its servers need authorization (`Front.greet`)."""
         downstream = self.downstream(ctx)
-        if not downstream.greeted:
-            downstream.greeted = True
-            await self.front.greet(downstream, ctx.request_id)
+        await self.front.greet(downstream, ctx.request_id)
         return downstream
 
     def _forget(self, downstream: _Downstream) -> None:
@@ -591,8 +570,8 @@ class _View(Server):  # type: ignore[type-arg]
     # -- handlers --------------------------------------------------------------------------
 
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
+        await self.front.settle(self.names)  # first: a server still connecting may turn out to need authorization
         await self.client(ctx)
-        await self.front.settle(self.names)
         tools = [
             tool.model_copy(update={"name": self.public_name(server, tool.name)}) if self.prefixed else tool
             for server in self.names
@@ -631,8 +610,8 @@ class _View(Server):  # type: ignore[type-arg]
         self, ctx: ServerRequestContext[Any, Any], method: type[Any], capability: str, key: str
     ) -> list[dict[str, Any]]:
         """One listing of every server of the view (concurrently, all pages), in the view's order."""
-        await self.client(ctx)
         await self.front.settle(self.names)
+        await self.client(ctx)
         found: dict[str, list[dict[str, Any]]] = {}
 
         async def one(server: str) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import functools
 import json
 import logging
 import math
@@ -42,7 +41,7 @@ from concurrent.futures import CancelledError as _FutureCancelled
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -98,6 +97,7 @@ __all__ = [
     "CONNECTED",
     "CONNECTING",
     "FAILED",
+    "Asker",
     "AuthFactory",
     "Gateway",
     "ProgressCallback",
@@ -166,14 +166,30 @@ class SessionHooks:
     Each runs on the gateway's loop thread. `status_changed(server)` after a server connected
     or its connection attempt or connection ended; `notification(server, message)` for each
     notification it sends (after the gateway's own handling, so a tool list is fresh). Both
-    must not block. `elicitation` and `sampling`, when set, answer the server's requests of
-    that kind (the sessions then declare the capability), as `(server, context, params)`.
+    must not block. With `offers_sampling`, the sessions declare sampling: a front passes
+    a server's sampling requests on to its clients (see `Asker`).
     """
 
     status_changed: Callable[[str], None] | None = None
     notification: Callable[[str, Any], None] | None = None
-    elicitation: Callable[[str, ClientRequestContext, types.ElicitRequestParams], Awaitable[Any]] | None = None
-    sampling: Callable[[str, ClientRequestContext, types.CreateMessageRequestParams], Awaitable[Any]] | None = None
+    offers_sampling: bool = False
+
+
+class Asker(Protocol):
+    """Who answers what a server asks (elicitation, sampling) while a request to it is in flight.
+
+    A tool call's is its input handler (`Gateway.call`); a front's is the client whose
+    request it passed on (`Gateway.forward`). Only the asker of the request the server is
+    serving is asked, never another caller's.
+    """
+
+    async def elicit(
+        self, server: str, context: ClientRequestContext | None, params: types.ElicitRequestParams
+    ) -> types.ElicitResult: ...
+
+    async def sample(
+        self, server: str, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> Any: ...
 
 
 def stored_oauth(store: Store) -> AuthFactory:
@@ -528,6 +544,7 @@ class Gateway:
         *,
         clock: RequestClock | None = None,
         tool_call: bool = False,
+        asker: Asker | None = None,
     ) -> _T:
         """Send one request to `server` as it is (`send(session)`) and return its answer.
 
@@ -538,7 +555,9 @@ class Gateway:
         """
         state = self._servers[server]
         timeout = clock.timeout if clock is not None else timeout or state.call_timeout
-        return await state.request(what, send, timeout, clock=clock, pass_through=True, tool_call=tool_call)
+        return await state.request(
+            what, send, timeout, clock=clock, pass_through=True, tool_call=tool_call, asker=asker
+        )
 
     def clock_for(self, server: str) -> RequestClock:
         """A `RequestClock` with the call timeout of `server`, for `forward`."""
@@ -677,7 +696,7 @@ class Gateway:
 # The call whose task is running: set by `_Server.call_tool`. The SDK's streamable HTTP
 # transport hands a server's request made on a call's response stream to the session in a
 # copy of that call's context, so the session's elicitation callback finds its call here.
-_CALL_INPUT: ContextVar[_CallInput | None] = ContextVar("toolscript_call_input", default=None)
+_ASKER: ContextVar[Asker | None] = ContextVar("toolscript_asker", default=None)
 
 
 @dataclass(eq=False)
@@ -688,6 +707,27 @@ class _CallInput:
     handler: InputHandler | None
     declined: list[InputRequest] = field(default_factory=list)
     clock: RequestClock | None = None  # the call's timeout, stopped while the user is asked
+
+    async def elicit(
+        self, server: str, context: ClientRequestContext | None, params: types.ElicitRequestParams
+    ) -> types.ElicitResult:
+        """Ask the call's input handler (in a thread of its own); without one, decline and note it."""
+        request = _input_request(server, self.tool, params)
+        if self.handler is None:
+            self.declined.append(request)
+            return types.ElicitResult(action=DECLINE)
+        try:
+            with self.clock.paused() if self.clock is not None else contextlib.nullcontext():
+                answer = await _in_own_thread(self.handler, request)
+        except Exception as exc:
+            log.warning("Server '%s': asking for its input failed (%s); cancelled.", server, _first_line(exc))
+            return types.ElicitResult(action=CANCEL)
+        if answer.action == ACCEPT and request.mode == "form":
+            return types.ElicitResult(action=ACCEPT, content=answer.content or {})
+        return types.ElicitResult(action=answer.action)
+
+    async def sample(self, server: str, context: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
+        return types.ErrorData(code=types.INVALID_REQUEST, message="Sampling not supported")
 
 
 class RequestClock:
@@ -794,7 +834,7 @@ class _Server:
         self._reconnect_lock = anyio.Lock()
         self._fail_fast_until = 0.0  # after a failed reconnect round, calls fail with its error until then
         self._tool_refresh_done: anyio.Event | None = None  # None unless a tool list refresh is in progress
-        self._calls: set[_CallInput] = set()  # in flight
+        self._askers: set[Asker] = set()  # of the requests in flight
         self.auth: httpx2.Auth | None = None  # the current connection's
         self.call_auth_failure: AuthError | None = None  # of the last call, which failed with it
 
@@ -931,8 +971,6 @@ class _Server:
                 raise UsageError(f"Tool '{call.tool}' cannot be called: it {unsupported}.", server=self.name)
             return await self._send_call(session, tool, arguments, call, progress)
 
-        _CALL_INPUT.set(call)
-        self._calls.add(call)
         try:
             return await self.request(
                 f"the call to '{tool}'",
@@ -941,6 +979,7 @@ class _Server:
                 subject=f"Tool '{self.name}{SEPARATOR}{tool}'",
                 call=call,
                 clock=call.clock,
+                asker=call,
                 tool_call=True,
             )
         except _UrlsRequired as needed:
@@ -953,8 +992,6 @@ class _Server:
                 "call it from a terminal, or open that first and call again.",
                 server=self.name,
             ) from None
-        finally:
-            self._calls.discard(call)
 
     async def request(
         self,
@@ -971,6 +1008,7 @@ class _Server:
         resend_if_expired: bool = True,
         pass_through: bool = False,
         tool_call: bool = False,
+        asker: Asker | None = None,
     ) -> _T:
         """Send one request (`send`) on the live connection and translate its failures.
 
@@ -985,9 +1023,13 @@ class _Server:
         answers the server). With a `clock`, the caller can restart or pause the timeout. With
         `pass_through` (a front passing requests on, front.py), error answers are raised as
         they came (`MCPError`). A `tool_call`'s authorization failure is noted for the
-        server's OAuth status (`call_auth_failure`) until a call succeeds.
+        server's OAuth status (`call_auth_failure`) until a call succeeds. What the server
+        asks while the request is in flight goes to its `asker` (else it is declined).
         """
-        with self._noting_auth_failure(tool_call):
+        if asker is not None:
+            _ASKER.set(asker)  # this task's context, which the streamable HTTP transport hands to the callbacks
+            self._askers.add(asker)
+        with self._noting_auth_failure(tool_call), self._asking(asker):
             if deadline is None:
                 deadline = anyio.current_time() + timeout
             connection: _Connection | None = None
@@ -1054,6 +1096,13 @@ class _Server:
                 ) from None
 
     @contextlib.contextmanager
+    def _asking(self, asker: Asker | None) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self._askers.discard(asker)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
     def _noting_auth_failure(self, tool_call: bool) -> Iterator[None]:
         """For a tool call: note an authorization failure (the server's OAuth status shows it), or clear it."""
         try:
@@ -1111,36 +1160,39 @@ class _Server:
                 return False
         return True
 
-    async def _on_elicitation(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-        """The session's elicitation callback: answer through the handler of the call that asked."""
-        call = _CALL_INPUT.get()
-        if call not in self._calls:  # not delivered in the call's context (stdio, SSE)
-            call = next(iter(self._calls)) if len(self._calls) == 1 else None
-        return await self._elicit(call, params)
+    def _asker(self, kind: str) -> Asker | None:
+        """The asker of the request a server's request (`kind`) is about; None, after saying why, if unknown."""
+        asker = _ASKER.get()
+        if asker in self._askers:  # delivered in the context of the request that caused it (streamable HTTP)
+            return asker
+        if len(self._askers) == 1:  # stdio and SSE do not say which request asked
+            return next(iter(self._askers))
+        log.warning(
+            "Server '%s' asked for %s while %s; declined.",
+            self.name,
+            kind,
+            "no request was in flight"
+            if not self._askers
+            else "several requests were in flight and its transport does not say which one asked",
+        )
+        return None
 
-    async def _elicit(self, call: _CallInput | None, params: types.ElicitRequestParams) -> types.ElicitResult:
-        if call is None:
-            log.warning(
-                "Server '%s' asked for input while %s; declined.",
-                self.name,
-                "no call was in flight"
-                if not self._calls
-                else "several calls were in flight and its transport does not say which one asked",
-            )
+    async def _on_elicitation(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        """The session's elicitation callback: answered by the asker of the request that caused it."""
+        asker = self._asker("input")
+        if asker is None:
             return types.ElicitResult(action=DECLINE)
-        request = _input_request(self.name, call.tool, params)
-        if call.handler is None:
-            call.declined.append(request)
-            return types.ElicitResult(action=DECLINE)
-        try:
-            with call.clock.paused() if call.clock is not None else contextlib.nullcontext():
-                answer = await _in_own_thread(call.handler, request)
-        except Exception as exc:
-            log.warning("Server '%s': asking for its input failed (%s); cancelled.", self.name, _first_line(exc))
-            return types.ElicitResult(action=CANCEL)
-        if answer.action == ACCEPT and request.mode == "form":
-            return types.ElicitResult(action=ACCEPT, content=answer.content or {})
-        return types.ElicitResult(action=answer.action)
+        return await asker.elicit(self.name, context, params)
+
+    async def _on_sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
+        """The session's sampling callback (declared only with a front): answered by the request's asker."""
+        asker = self._asker("sampling")
+        if asker is None:
+            return types.ErrorData(code=types.INVALID_REQUEST, message="Sampling not supported")
+        return await asker.sample(self.name, context, params)
+
+    async def _elicit(self, call: _CallInput, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return await call.elicit(self.name, None, params)
 
     async def list_resources(self) -> list[dict[str, Any]]:
         if not self.offers(await self.live_connection(), "resources"):
@@ -1413,12 +1465,11 @@ class _Server:
             self._hooks.status_changed(self.name)
 
     def _request_callbacks(self) -> dict[str, Any]:
-        """The session's callbacks for the server's requests: a front's (front.py) where it answers them, else
-        elicitation through the handler of the call that asked (`_on_elicitation`), and no sampling."""
+        """The session's callbacks for the server's requests, answered by the asker of the request in flight;
+        sampling only where a front offers it."""
         callbacks: dict[str, Any] = {"elicitation_callback": self._on_elicitation}
-        for kind, hook in (("elicitation", self._hooks.elicitation), ("sampling", self._hooks.sampling)):
-            if hook is not None:
-                callbacks[f"{kind}_callback"] = functools.partial(hook, self.name)
+        if self._hooks.offers_sampling:
+            callbacks["sampling_callback"] = self._on_sampling
         return callbacks
 
 

@@ -9,22 +9,33 @@ a call refused for its authorization shows in the gateway's OAuth status.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import httpx2
+import mcp_types as types
 import pytest
-from conftest import gateway_variables, process_exists, start_gateway_process, stdio_server, wait_until, write_config
+from conftest import (
+    SERVERS,
+    gateway_variables,
+    process_exists,
+    start_gateway_process,
+    stdio_server,
+    wait_until,
+    write_config,
+)
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -32,9 +43,10 @@ from config import load_config
 from front import HttpFront
 from gateway import Gateway as InProcessGateway
 from gateway import SessionHooks
-from gateway_http import ApiServer
+from gateway_http import ApiServer, RemoteGateway
 
 TIMEOUT = 60.0
+EVERYTHING = str(SERVERS / "everything.py")
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -247,6 +259,34 @@ def test_a_stream_whose_client_vanished_is_given_up_so_the_session_can_open_anot
         wait_until(another_stream, TIMEOUT, "the session to accept a new GET stream")
 
 
+@contextlib.contextmanager
+def gateway_in_process() -> Iterator[tuple[InProcessGateway, ApiServer]]:
+    """The gateway of ./toolscript.toml with its API and /mcp, in this process (as `toolscript gateway` runs it)."""
+    hooks = SessionHooks()
+    gateway = InProcessGateway(load_config(), hooks=hooks)
+    front = HttpFront(gateway, hooks)
+    api = ApiServer(gateway, mcp=front)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    gateway.start(alongside=front.running)
+    try:
+        yield gateway, api
+    finally:
+        api.shutdown()
+        gateway.stop()
+        api.server_close()
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(api: ApiServer, path: str, **callbacks: Any) -> AsyncIterator[ClientSession]:
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {api.token}"}, timeout=TIMEOUT) as http,
+        streamable_http_client(api.url + path, http_client=http) as (read, write),
+        ClientSession(read, write, **callbacks) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
 def test_a_call_refused_for_its_authorization_shows_in_the_servers_oauth_status(oauth_server: Any) -> None:
     """As for calls through the API: /servers says `authentication_failed` until a call works again."""
     from test_gateway_oauth import authenticate
@@ -255,21 +295,9 @@ def test_a_call_refused_for_its_authorization_shows_in_the_servers_oauth_status(
     write_config(f'[servers.demo]\ntype = "{server.transport}"\nurl = "{server.url}"\n')
     authenticate()
     server.tap.step_up["echo"] = "extra"
-    hooks = SessionHooks()
-    gateway = InProcessGateway(load_config(), hooks=hooks)
-    front = HttpFront(gateway, hooks)
-    api = ApiServer(gateway, mcp=front)
-    threading.Thread(target=api.serve_forever, daemon=True).start()
-    gateway.start(alongside=front.running)
 
-    async def calls() -> tuple[list[str], list[str]]:
-        headers = {"Authorization": f"Bearer {api.token}"}
-        async with (
-            httpx2.AsyncClient(headers=headers, timeout=TIMEOUT) as http,
-            streamable_http_client(api.url + "/mcp/demo", http_client=http) as (read, write),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
+    async def calls(gateway: InProcessGateway, api: ApiServer) -> tuple[list[str], list[str]]:
+        async with mcp_client(api, "/mcp/demo") as session:
             refused = await session.call_tool("echo", {"text": "x"})
             assert refused.is_error
             statuses = [row["oauth_status"] for row in await anyio.to_thread.run_sync(gateway.servers)]
@@ -277,9 +305,29 @@ def test_a_call_refused_for_its_authorization_shows_in_the_servers_oauth_status(
             assert not worked.is_error
             return statuses, [row["oauth_status"] for row in await anyio.to_thread.run_sync(gateway.servers)]
 
-    try:
-        assert anyio.run(calls) == (["authentication_failed"], ["authenticated"])
-    finally:
-        api.shutdown()
-        gateway.stop()
-        api.server_close()
+    with gateway_in_process() as (gateway, api):
+        assert anyio.run(calls, gateway, api) == (["authentication_failed"], ["authenticated"])
+
+
+def test_a_server_asking_during_an_api_call_is_never_put_to_an_mcp_client() -> None:
+    """Only the caller whose request a server serves is asked: an API call's question is declined as documented,
+    even while an MCP client that takes questions is connected to the same server."""
+    write_config({"ev": {"command": sys.executable, "args": [EVERYTHING, "ev"]}})
+    asked: list[str] = []
+
+    async def on_elicitation(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "not the API caller"})
+
+    async def scenario(api: ApiServer) -> tuple[dict[str, Any], str]:
+        async with mcp_client(api, "/mcp/ev", elicitation_callback=on_elicitation) as session:
+            remote = RemoteGateway(api.url, token=api.token)
+            through_api = await anyio.to_thread.run_sync(lambda: remote.call("ev__ask", {"message": "API?"}))
+            through_mcp = await session.call_tool("ask", {"message": "MCP?"})
+            return through_api, through_mcp.content[0].text  # type: ignore[union-attr]
+
+    with gateway_in_process() as (_, api):
+        through_api, through_mcp = anyio.run(scenario, api)
+    assert through_api["content"][0]["text"] == "decline None"
+    assert [request["message"] for request in through_api["declinedInputRequests"]] == ["API?"]
+    assert asked == ["MCP?"] and through_mcp == "accept {'name': 'not the API caller'}"
