@@ -109,7 +109,8 @@ class Config:
         except KeyError:
             where = f" in {self.path}" if self.path else ""
             # A near miss names the server meant; else the list shows what there is.
-            hint = did_you_mean(name, self.servers) or f" (configured: {', '.join(self.servers) or 'none'})"
+            known = [*self.servers, *self.unusable]
+            hint = did_you_mean(name, known) or f" (configured: {', '.join(known) or 'none'})"
             raise ConfigError(f"Unknown server '{name}'{where}{hint}.", server=name) from None
 
 

@@ -230,6 +230,7 @@ _ERROR_ATTRIBUTES = {
     "scope": "scope",
     "oauth_error": "error",
     "next_command": "next_command",
+    "variable": "variable",
 }
 
 

@@ -65,8 +65,9 @@ def describe_exception(exc: BaseException) -> str:
     if callable(errors):  # pydantic's ValidationError: its first line only names the model
         try:
             first = errors()[0]
-            # Masked before it is cut: a secret cut in two would no longer be recognised.
-            text = f"{first['msg']} (input: {redact(str(first.get('input')))[:_MAX_INPUT]!r})"
+            # Masked before it is cut: a secret cut in two would no longer be recognised. (Cut to
+            # 4096 first only to bound the work: what is cut there lies past the 80 kept.)
+            text = f"{first['msg']} (input: {redact(str(first.get('input'))[:4096])[:_MAX_INPUT]!r})"
         except (LookupError, TypeError, ValueError):
             text = ""
         if text:

@@ -297,7 +297,9 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         if oauth is not None:
             row.update(oauth.row())
         rows.append(row)
-    unusable = [{"name": name, "error": problem.message} for name, problem in cfg.unusable.items()]
+    unusable = [
+        {"name": name, "status": "unusable", "error": problem.message} for name, problem in cfg.unusable.items()
+    ]
     if args.json:
         _print(json.dumps(rows + unusable, indent=2))
         return EXIT_OK
