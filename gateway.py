@@ -1165,7 +1165,7 @@ class _Server:
         asker = _ASKER.get()
         if asker in self._askers:  # delivered in the context of the request that caused it (streamable HTTP)
             return asker
-        if len(self._askers) == 1:  # stdio and SSE do not say which request asked
+        if self.config.type != "http" and len(self._askers) == 1:  # stdio and SSE do not say which request asked
             return next(iter(self._askers))
         log.warning(
             "Server '%s' asked for %s while %s; declined.",
@@ -1173,6 +1173,8 @@ class _Server:
             kind,
             "no request was in flight"
             if not self._askers
+            else "outside the requests in flight"
+            if self.config.type == "http"
             else "several requests were in flight and its transport does not say which one asked",
         )
         return None
