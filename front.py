@@ -750,6 +750,8 @@ class HttpFront:
         manager = self._managers.get(name)
         if not self._serving:
             await _json_answer(send, 503, {"error": "The gateway is stopping."})
+        elif manager is None and name in self.gateway.config.unusable:
+            await _json_answer(send, 404, {"error": f"{self.gateway.config.unusable[name].message}."})
         elif manager is None:
             hint = did_you_mean(name, self.gateway.server_names)
             problem = f"No server '{name}' here{hint}; /mcp serves every server, /mcp/SERVER one of: " + (

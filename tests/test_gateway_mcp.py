@@ -158,6 +158,29 @@ def test_mcp_refuses_a_foreign_host_or_origin_even_with_the_token(gateway: Gatew
     assert own_origin.status_code == 200, own_origin.text
 
 
+def test_a_server_left_out_for_an_unset_variable_says_which(tmp_path: Path) -> None:
+    config = write_config(
+        {"files": stdio_server(), "remote": {"url": "https://x.example/mcp", "headers": {"K": "${NO_SUCH_V}"}}},
+        tmp_path / "toolscript.toml",
+    )
+    env = {**os.environ, "TOOLSCRIPT_HOME": str(tmp_path / "home")}
+    proc, lines = start_gateway_process("--config", str(config), env=env)
+    try:
+        variables = gateway_variables(lines)
+        url, token = variables["TOOLSCRIPT_GATEWAY_URL"], variables["TOOLSCRIPT_GATEWAY_TOKEN"]
+        with httpx2.Client(timeout=TIMEOUT) as client:
+            answer = initialize(client, url + "/mcp/remote", {**MCP_HEADERS, "Authorization": f"Bearer {token}"})
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    assert answer.status_code == 404
+    assert answer.json()["error"].endswith(
+        "servers.remote.headers.K: environment variable NO_SUCH_V is not set (server 'remote'); "
+        "set it or write ${NO_SUCH_V:-default}."
+    )
+    assert "warning: server 'remote' is left out: environment variable NO_SUCH_V is not set" in stderr
+
+
 def test_an_unknown_server_is_named_with_the_ones_there_are(gateway: Gateway) -> None:
     with httpx2.Client(timeout=TIMEOUT) as client:
         typo = initialize(client, gateway.url + "/mcp/file", gateway.headers())
