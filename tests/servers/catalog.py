@@ -186,22 +186,11 @@ def serving(transport: str = "http", *, bare: bool = False) -> Iterator[Any]:
     """Serve the catalog (or the bare server) over streamable HTTP in a background thread."""
     if transport != "http":
         raise ValueError("the catalog is served over streamable HTTP only (and stdio as a subprocess)")
-    import threading
 
-    import uvicorn
-    from http_server import Running, bind_loopback
+    from http_server import serving_app
 
-    sock = bind_loopback()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_http_app(bare), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    running = Running(url=f"http://127.0.0.1:{port}/mcp", port=port, server=server, thread=thread)
-    try:
+    with serving_app(_http_app(bare)) as running:
         yield running
-    finally:
-        running.stop()
-        sock.close()
 
 
 async def _run_bare_stdio(partial: bool) -> None:
@@ -224,13 +213,9 @@ def main() -> None:
         else:
             build().run("stdio")
         return
-    import uvicorn
-    from http_server import bind_loopback
+    from http_server import serve_app
 
-    sock = bind_loopback()
-    print(f"URL=http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
-    server = uvicorn.Server(uvicorn.Config(_http_app(args.bare), log_level="warning", lifespan="on"))
-    asyncio.run(server.serve(sockets=[sock]))
+    serve_app(_http_app(args.bare))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import base64
 import contextlib
 import os
 import sys
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,20 +264,10 @@ def text(value: str) -> types.CallToolResult:
 @contextlib.contextmanager
 def serving_everything(name: str) -> Iterator[str]:
     """Serve `build(name)` over streamable HTTP in a thread; yield its URL."""
-    import uvicorn
-    from http_server import bind_loopback
+    from http_server import serving_app
 
-    sock = bind_loopback()
-    app = build(name).streamable_http_app()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=lambda: anyio.run(server.serve, [sock]), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-    finally:
-        server.should_exit = server.force_exit = True
-        thread.join(10)
-        sock.close()
+    with serving_app(build(name).streamable_http_app()) as running:
+        yield running.url
 
 
 async def _serve_stdio(name: str) -> None:

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from toolbox import build
 
-__all__ = ["Running", "serving"]
+__all__ = ["Running", "bind_loopback", "serve_app", "serving", "serving_app"]
 
 
 @dataclass
@@ -54,14 +55,13 @@ def make_app(transport: str, name: str = "toolbox"):
 
 
 @contextlib.contextmanager
-def serving(transport: str = "http", *, port: int = 0, name: str = "toolbox") -> Iterator[Running]:
-    """Serve the toolbox in a background thread; stop it on exit."""
+def serving_app(app: Any, path: str = "/mcp", *, port: int = 0) -> Iterator[Running]:
+    """Serve the ASGI `app` (an MCP server's) on a loopback port in a background thread; stop it on exit."""
     sock = bind_loopback(port)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(transport, name), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
-    path = "/sse" if transport == "sse" else "/mcp"
     running = Running(url=f"http://127.0.0.1:{port}{path}", port=port, server=server, thread=thread)
     try:
         yield running
@@ -70,14 +70,27 @@ def serving(transport: str = "http", *, port: int = 0, name: str = "toolbox") ->
         sock.close()
 
 
+def serve_app(app: Any, path: str = "/mcp") -> None:
+    """Serve the ASGI `app` on a loopback port until killed, after printing `URL=...` (for a subprocess)."""
+    sock = bind_loopback()
+    print(f"URL=http://127.0.0.1:{sock.getsockname()[1]}{path}", flush=True)
+    asyncio.run(uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on")).serve(sockets=[sock]))
+
+
+@contextlib.contextmanager
+def serving(transport: str = "http", *, port: int = 0, name: str = "toolbox") -> Iterator[Running]:
+    """Serve the toolbox in a background thread; stop it on exit."""
+    with serving_app(make_app(transport, name), _path(transport), port=port) as running:
+        yield running
+
+
+def _path(transport: str) -> str:
+    return "/sse" if transport == "sse" else "/mcp"
+
+
 def main() -> None:
     transport = sys.argv[1] if len(sys.argv) > 1 else "http"
-    sock = bind_loopback()
-    port = sock.getsockname()[1]
-    path = "/sse" if transport == "sse" else "/mcp"
-    print(f"URL=http://127.0.0.1:{port}{path}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(make_app(transport), log_level="warning", lifespan="on"))
-    asyncio.run(server.serve(sockets=[sock]))
+    serve_app(make_app(transport), _path(transport))
 
 
 if __name__ == "__main__":

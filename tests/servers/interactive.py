@@ -21,12 +21,10 @@ result is an error unless the answer was `accept`:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,7 +37,7 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from http_server import Running, bind_loopback
+from http_server import Running, serve_app, serving_app
 
 __all__ = [
     "AUDIO",
@@ -213,19 +211,8 @@ def build(name: str = "interactive") -> MCPServer:
 @contextlib.contextmanager
 def serving(name: str = "interactive") -> Iterator[Running]:
     """Serve over streamable HTTP in a background thread; stop on exit."""
-    import uvicorn
-
-    sock = bind_loopback()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build(name).streamable_http_app(), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
-    thread.start()
-    running = Running(url=f"http://127.0.0.1:{port}/mcp", port=port, server=server, thread=thread)
-    try:
+    with serving_app(build(name).streamable_http_app()) as running:
         yield running
-    finally:
-        running.stop()
-        sock.close()
 
 
 def main() -> None:
@@ -233,12 +220,7 @@ def main() -> None:
     if transport == "stdio":
         build().run("stdio")
         return
-    import uvicorn
-
-    sock = bind_loopback()
-    print(f"URL=http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
-    server = uvicorn.Server(uvicorn.Config(build().streamable_http_app(), log_level="warning", lifespan="on"))
-    asyncio.run(server.serve(sockets=[sock]))
+    serve_app(build().streamable_http_app())
 
 
 if __name__ == "__main__":
