@@ -235,15 +235,15 @@ def start_gateway_process(*args: str, env: dict[str, str] | None = None) -> tupl
 
 
 @contextlib.contextmanager
-def serving_api(gateway: Any) -> Iterator[Any]:
-    """Serve `gateway` over the HTTP API (`ApiServer`) in a thread until the block ends.
+def serving_api(gateway: Any, **options: Any) -> Iterator[Any]:
+    """Serve `gateway` over the HTTP API (`ApiServer(gateway, **options)`) in a thread until the block ends.
 
     Its token is published as `toolscript gateway` does, so `RemoteGateway(api.url)` and the
     CLI with TOOLSCRIPT_GATEWAY_URL find it.
     """
     from gateway_http import ApiServer, remove_token_file, write_token_file
 
-    api = ApiServer(gateway)
+    api = ApiServer(gateway, **options)
     threading.Thread(target=api.serve_forever, daemon=True).start()
     token_path = write_token_file(api.url, api.token)
     try:
@@ -252,6 +252,27 @@ def serving_api(gateway: Any) -> Iterator[Any]:
         remove_token_file(token_path)
         api.shutdown()
         api.server_close()
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `toolscript.main(ARGS)` in this process; return its exit code, stdout and stderr."""
+    import toolscript
+
+    code = toolscript.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# The error line of a configured server whose command does not exist ({"command": "/nonexistent/mcp-server"}).
+BROKEN = "error: Server 'broken' failed to connect: cannot run '/nonexistent/mcp-server': No such file or directory\n"
+
+# An MCP `initialize` request, for tests that speak the protocol by hand.
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+}
 
 
 def gateway_variables(lines: list[str]) -> dict[str, str]:

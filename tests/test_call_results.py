@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SERVERS, explain, run_cli, serving_api, stdio_server, write_config
+from conftest import SERVERS, cli, explain, run_cli, serving_api, stdio_server, write_config
 from interactive import AUDIO, BLOB, PNG, serving
 
-import toolscript
 from config import load_config
 from gateway import Gateway
 
@@ -24,12 +23,6 @@ SUMMARIES = (
     "[resource: file:///report.pdf, application/pdf, {blob} bytes]{blob_path}\n"
     "[resource link: big.bin <file:///big.bin>]\n"
 )
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = toolscript.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def summaries(saved_to: str | None = None) -> str:

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 from conftest import (
+    BROKEN,
     ROOT,
     DenyingAuth,
+    cli,
     explain,
     gateway_variables,
     process_exists,
@@ -28,7 +30,6 @@ from conftest import (
     write_config,
 )
 
-import toolscript
 from config import load_config
 from gateway import Gateway
 from gateway_http import RemoteGateway, token_file
@@ -36,18 +37,9 @@ from gateway_http import RemoteGateway, token_file
 ECHO_LINE = "s__echo    Echo the text back."
 
 
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = toolscript.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def servers() -> Path:
     return write_config({"s": stdio_server(exclude_tools=["crash"]), "broken": {"command": "/nonexistent/mcp-server"}})
-
-
-BROKEN = "error: Server 'broken' failed to connect: cannot run '/nonexistent/mcp-server': No such file or directory\n"
 
 
 # -- tools ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from conformance_suite import ScenarioResult, list_server_scenarios, regressions, results_table, run_server_scenarios
-from conftest import gateway_variables, start_gateway_process
+from conftest import INITIALIZE, gateway_variables, start_gateway_process
 from header_proxy import HeaderProxy
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -186,18 +186,12 @@ def test_scenario_through_toolscript(
 
 def test_guarded_server_needs_the_token(guarded_url: str) -> None:
     """So a proxied run that passes proves the proxy sent the token."""
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
-    }
     headers = {"Accept": "application/json, text/event-stream"}
     with httpx2.Client(timeout=30) as client:
-        refused = client.post(guarded_url, json=initialize, headers=headers)
-        wrong = client.post(guarded_url, json=initialize, headers={**headers, "Authorization": "Bearer nope"})
+        refused = client.post(guarded_url, json=INITIALIZE, headers=headers)
+        wrong = client.post(guarded_url, json=INITIALIZE, headers={**headers, "Authorization": "Bearer nope"})
         with client.stream(
-            "POST", guarded_url, json=initialize, headers={**headers, "Authorization": f"Bearer {TOKEN}"}
+            "POST", guarded_url, json=INITIALIZE, headers={**headers, "Authorization": f"Bearer {TOKEN}"}
         ) as accepted:
             accepted_status = accepted.status_code
     assert (refused.status_code, wrong.status_code, accepted_status) == (401, 401, 200)
@@ -212,16 +206,7 @@ def test_reconnection_resumes(direct_url: str) -> None:
             "POST",
             direct_url,
             headers=headers,
-            json={
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "test", "version": "1"},
-                },
-            },
+            json=INITIALIZE,
         ) as init:
             session = {"mcp-session-id": init.headers["mcp-session-id"]}
         client.post(

@@ -17,7 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,11 @@ import httpx2
 import mcp_types as types
 import pytest
 from conftest import (
+    INITIALIZE,
     SERVERS,
     gateway_variables,
     process_exists,
+    serving_api,
     start_gateway_process,
     stdio_server,
     wait_until,
@@ -47,12 +48,6 @@ from gateway_http import ApiServer, RemoteGateway
 
 TIMEOUT = 60.0
 EVERYTHING = str(SERVERS / "everything.py")
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
-}
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
@@ -288,15 +283,12 @@ def gateway_in_process() -> Iterator[tuple[InProcessGateway, ApiServer]]:
     hooks = SessionHooks()
     gateway = InProcessGateway(load_config(), hooks=hooks)
     front = HttpFront(gateway, hooks)
-    api = ApiServer(gateway, mcp=front)
-    threading.Thread(target=api.serve_forever, daemon=True).start()
-    gateway.start(alongside=front.running)
-    try:
-        yield gateway, api
-    finally:
-        api.shutdown()
-        gateway.stop()
-        api.server_close()
+    with serving_api(gateway, mcp=front) as api:
+        gateway.start(alongside=front.running)
+        try:
+            yield gateway, api
+        finally:
+            gateway.stop()
 
 
 @contextlib.asynccontextmanager

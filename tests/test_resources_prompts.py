@@ -23,11 +23,10 @@ from urllib.parse import quote
 import pytest
 from browser import visit
 from catalog import LOGO, README, add_catalog, serving
-from conftest import ROOT, SERVERS, explain, run_cli, serving_api, write_config
+from conftest import BROKEN, ROOT, SERVERS, cli, explain, run_cli, serving_api, write_config
 from test_gateway_http import post, request
 
 import auth
-import toolscript
 from config import load_config, parse_config
 from errors import AuthRequiredError, ConfigError, ConnectError, UsageError
 from gateway import Gateway
@@ -66,7 +65,7 @@ def gateway(catalog_http: Any) -> Iterator[Gateway]:
 
 @pytest.fixture(scope="module")
 def api(gateway: Gateway) -> Iterator[ApiServer]:
-    server = ApiServer(gateway)
+    server = ApiServer(gateway)  # module-wide: no token file (TOOLSCRIPT_HOME is each test's own)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -374,12 +373,6 @@ def test_remote_gateway_answers_as_the_gateway(api: ApiServer, gateway: Gateway)
 # == the CLI ============================================================================
 
 
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = toolscript.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def servers() -> Path:
     return write_config(
@@ -387,7 +380,6 @@ def servers() -> Path:
     )
 
 
-BROKEN = "error: Server 'broken' failed to connect: cannot run '/nonexistent/mcp-server': No such file or directory\n"
 RESOURCE_LINES = (
     "c  catalog://readme         readme    text/plain, 50 bytes\n"
     "c  catalog://logo.png       logo      image/png, 30 bytes\n"

@@ -32,6 +32,7 @@ import mcp_types as types
 import pytest
 from browser import visit
 from conftest import (
+    INITIALIZE,
     ROOT,
     SERVERS,
     gateway_variables,
@@ -637,19 +638,7 @@ def _children_of_serve(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]
     """Start serve over two stdio servers by hand (JSON lines) and return it with the servers' pids."""
     config = write_config({"a": stdio_server(), "b": stdio_server()})
     proc = _start_raw(config, tmp_path / "home")
-    _exchange(
-        proc,
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "test", "version": "0"},
-            },
-        },
-    )
+    _exchange(proc, INITIALIZE)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
     pids = []
