@@ -57,6 +57,7 @@ if __package__:
         SessionHooks,
         tool_allowed,
     )
+    from .gateway_http import MCP_PATH
 else:
     from errors import ToolscriptError, did_you_mean
     from gateway import (
@@ -69,6 +70,7 @@ else:
         SessionHooks,
         tool_allowed,
     )
+    from gateway_http import MCP_PATH
 
 if TYPE_CHECKING:
     from mcp.client.session import ClientRequestContext, ClientSession
@@ -711,8 +713,6 @@ class HttpFront:
     gateway with `alongside=http_front.running`.
     """
 
-    PATH = "/mcp"
-
     def __init__(
         self, gateway: Gateway, hooks: SessionHooks, *, version: str = "", list_wait: float = DEFAULT_LIST_WAIT
     ) -> None:
@@ -745,7 +745,7 @@ class HttpFront:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The ASGI app for `/mcp` and `/mcp/SERVER`."""
-        rest = scope["path"][len(self.PATH) :]  # decoded already, as ASGI has it
+        rest = scope["path"][len(MCP_PATH) :]  # decoded already, as ASGI has it
         name = rest[1:] if rest.startswith("/") else rest
         manager = self._managers.get(name)
         if not self._serving:

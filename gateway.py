@@ -1144,7 +1144,7 @@ class _Server:
 
     async def _answer_input_request(self, call: _CallInput, request: types.InputRequest) -> types.InputResponse:
         if isinstance(request, types.ElicitRequest):
-            return await self._elicit(call, request.params)
+            return await call.elicit(self.name, None, request.params)
         # toolscript declares neither capability; a standalone request gets the SDK's refusal.
         what = "sampling (an LLM completion)" if isinstance(request, types.CreateMessageRequest) else "its roots"
         raise ConnectError(
@@ -1156,7 +1156,7 @@ class _Server:
     async def _opened(self, call: _CallInput, required: list[types.ElicitRequestURLParams]) -> bool:
         """Ask for each URL a server requires; whether the user accepted them all."""
         for params in required:
-            if (await self._elicit(call, params)).action != ACCEPT:
+            if (await call.elicit(self.name, None, params)).action != ACCEPT:
                 return False
         return True
 
@@ -1192,9 +1192,6 @@ class _Server:
         if asker is None:
             return types.ErrorData(code=types.INVALID_REQUEST, message="Sampling not supported")
         return await asker.sample(self.name, context, params)
-
-    async def _elicit(self, call: _CallInput, params: types.ElicitRequestParams) -> types.ElicitResult:
-        return await call.elicit(self.name, None, params)
 
     async def list_resources(self) -> list[dict[str, Any]]:
         if not self.offers(await self.live_connection(), "resources"):
