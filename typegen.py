@@ -147,7 +147,7 @@ def _subscript(base: ast.expr, *items: ast.expr) -> ast.expr:
 def _union(members: list[ast.expr]) -> ast.expr:
     """`A | B`; `_t.Union[A, B]` when a member is a forward reference (a string), which `|` cannot take."""
     unique: dict[str, ast.expr] = {}
-    for member in members:
+    for member in _flat(members):
         if isinstance(member, ast.Attribute) and member.attr == "Any":
             return _ANY
         unique.setdefault(ast.dump(member), member)
@@ -160,6 +160,19 @@ def _union(members: list[ast.expr]) -> ast.expr:
     for member in members[1:]:
         union = ast.BinOp(union, ast.BitOr(), member)
     return union
+
+
+def _flat(members: list[ast.expr]) -> list[ast.expr]:
+    """The members of unions among `members`, in order."""
+    flat: list[ast.expr] = []
+    for member in members:
+        if isinstance(member, ast.BinOp) and isinstance(member.op, ast.BitOr):
+            flat += _flat([member.left, member.right])
+        elif isinstance(member, ast.Subscript) and ast.unparse(member.value) == "_t.Union":
+            flat += _flat(list(member.slice.elts) if isinstance(member.slice, ast.Tuple) else [member.slice])
+        else:
+            flat.append(member)
+    return flat
 
 
 def _optional(annotation: ast.expr) -> ast.expr:
@@ -380,7 +393,7 @@ def module_source(tools: list[dict[str, Any]]) -> str:
             returns = schemas.annotation(output, "Output", output) if structured else ast.Name("Result")
             functions.append((row, function, attribute, parameters, returns, structured))
     body: list[ast.stmt] = [
-        ast.Expr(ast.Constant(_module_docstring(list(by_server)))),
+        _docstring_statement(_module_docstring(list(by_server))),
         *ast.parse(_PRELUDE).body,
         ast.Assign(
             targets=[ast.Name("__all__", ast.Store())],
@@ -402,6 +415,11 @@ def select_tools(gateway: SyncGateway, servers: Sequence[str] = (), tools: Seque
     for server in servers or ([] if tools else [None]):
         rows += gateway.tools(server)
     return list({row["name"]: row for row in rows}.values())
+
+
+def _docstring_statement(text: str) -> ast.stmt:
+    """A docstring of `text`, lone surrogates (which JSON can carry) replaced: a class cannot have them in its own."""
+    return ast.Expr(ast.Constant(re.sub("[\ud800-\udfff]", "\ufffd", text)))
 
 
 def _module_docstring(servers: list[str]) -> str:
@@ -467,7 +485,7 @@ def _function(
     return ast.FunctionDef(
         name=function,
         args=arguments,
-        body=[ast.Expr(ast.Constant(_docstring(row, parameters, names))), ast.Return(call)],
+        body=[_docstring_statement(_docstring(row, parameters, names)), ast.Return(call)],
         decorator_list=[],
         returns=returns,
         type_params=[],
@@ -491,7 +509,7 @@ def _docstring(row: dict[str, Any], parameters: list[_Parameter], names: list[st
 
 def _namespace(server: str, name: str, members: list[tuple[str, str]]) -> ast.ClassDef:
     """`class NAME:` holding each tool function of `server` as a static method."""
-    body: list[ast.stmt] = [ast.Expr(ast.Constant(f"The tools of server {server}."))]
+    body: list[ast.stmt] = [_docstring_statement(f"The tools of server {server}.")]
     for attribute, function in members:
         body.append(
             ast.Assign(
