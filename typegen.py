@@ -119,6 +119,7 @@ class _Names:
 
     def add(self, name: str) -> str:
         """Return `name`, else `name_`, `name_2`, `name_3`...: the first not taken (then taken)."""
+        name = name + "_" if keyword.iskeyword(name) else name
         candidates = [name, name + "_"]
         number = 2
         while all(candidate in self.taken for candidate in candidates):
@@ -428,11 +429,11 @@ def _module_docstring(servers: list[str]) -> str:
 
 
 def _parameters(schema: Any, schemas: _Schemas) -> list[_Parameter]:
+    root = schema  # what `$ref`s point into
     if isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
-        schema = _resolve(schema["$ref"], schema)
+        schema = _resolve(schema["$ref"], root)
     if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
         return []
-    root = schema
     required = schema.get("required") if isinstance(schema.get("required"), list) else []
     parameters = []
     for key, value in schema["properties"].items():
@@ -496,11 +497,11 @@ def _function(
 def _docstring(row: dict[str, Any], parameters: list[_Parameter], names: list[str]) -> str:
     description = row.get("description") if isinstance(row.get("description"), str) else ""
     lines = [description.strip() or f"Call the tool {row['name']}."]
-    described = [(name, parameter) for name, parameter in zip(names, parameters, strict=True)]
+    described = [(name, parameter) for name, parameter in zip(names, parameters, strict=True) if parameter.description]
     if described:
         lines += ["", "Args:"]
         for name, parameter in described:
-            text = " ".join(parameter.description.split()) or "(no description)"
+            text = " ".join(parameter.description.split())  # one line: the argument's name begins each
             lines.append(f"    {name}: {text}")
     # Indented as the function's body, as a docstring written by hand would be (`inspect.cleandoc` removes it).
     text = "\n".join(lines)

@@ -205,9 +205,18 @@ def test_schemas_become_annotations() -> None:
         "SrvFindDeep": "{'x': _t.NotRequired[_t.Literal[3]]}",
         "SrvFindNode": "{'children': _t.NotRequired[list['SrvFindNode']]}",
     }
+    # A root that is itself a `$ref`: its arguments, and their `$ref`s resolved in the same document.
+    schema = {
+        "$ref": "#/$defs/Arguments",
+        "$defs": {
+            "Arguments": {"type": "object", "properties": {"x": {"$ref": "#/$defs/X"}}, "required": ["x"]},
+            "X": {"enum": ["a", "b"]},
+        },
+    }
+    referring = typegen.module_source(_rows("srv", [{"tool": "ref", "inputSchema": schema}]))
+    assert _function(referring, "_srv__ref") == "(*, x: _t.Literal['a', 'b']) -> Result"
     doc = ast.get_docstring(next(n for n in ast.parse(source).body if getattr(n, "name", "") == "_srv__find"))
-    assert doc is not None and doc.startswith("Find.\n\nArgs:\n    query: (no description)\n")
-    assert "    page: Which page.\n" in doc
+    assert doc == "Find.\n\nArgs:\n    page: Which page."  # only the arguments that have a description
 
 
 def test_a_forward_reference_in_a_union_stays_valid_at_run_time(tmp_path: Path) -> None:
