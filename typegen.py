@@ -92,6 +92,7 @@ _RESERVED = frozenset(
     | {"str", "int", "float", "bool", "list", "dict", "object", "staticmethod"}
 )
 _MAX_DEPTH = 32  # schemas nested deeper are typed Any
+_MAX_STEPS = 20_000  # schemas looked at per module (the 235 tools of Azure's server take under 3 000)
 _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]+")
 
 
@@ -193,11 +194,14 @@ class _Schemas:
     def __init__(self, module: _Module, prefix: str) -> None:
         self.module = module
         self.prefix = prefix
-        self.refs: dict[tuple[int, str], str | None] = {}  # None: being typed, and not an object
+        # A `$ref` typed already: its TypedDict's name, or its annotation; None while it is being typed.
+        self.refs: dict[tuple[int, str], ast.expr | None] = {}
+        self.merged: dict[tuple[int, int], ast.expr] = {}  # each `allOf` typed so far, by its document and itself
 
     def annotation(self, schema: Any, hint: str, root: Any, depth: int = 0) -> ast.expr:
         """The annotation of values of `schema` (part of `root`); `hint` names the TypedDicts it needs."""
-        if not isinstance(schema, dict) or depth > _MAX_DEPTH:
+        self.module.budget -= 1
+        if not isinstance(schema, dict) or depth > _MAX_DEPTH or self.module.budget < 0:
             return _ANY
         if isinstance(schema.get("$ref"), str):
             return self._ref(schema["$ref"], root, depth)
@@ -222,8 +226,13 @@ class _Schemas:
                     ]
                 )
         all_of = schema.get("allOf")
-        if isinstance(all_of, list) and all_of:
-            return self.annotation(_merge(all_of, root), hint, root, depth + 1)
+        if isinstance(all_of, list) and len(all_of) == 1:
+            return self.annotation(all_of[0], hint, root, depth + 1)
+        if isinstance(all_of, list) and all_of:  # typed once: merging reads the `$ref`s' targets afresh
+            key = (id(root), id(all_of))
+            if key not in self.merged:
+                self.merged[key] = self.annotation(_merge(all_of, root), hint, root, depth + 1)
+            return self.merged[key]
         kinds = schema.get("type")
         if isinstance(kinds, str):
             kinds = [kinds]
@@ -267,8 +276,8 @@ class _Schemas:
     def _ref(self, ref: str, root: Any, depth: int) -> ast.expr:
         key = (id(root), ref)
         if key in self.refs:
-            name = self.refs[key]
-            return _ANY if name is None else ast.Constant(name)  # a recursion through something other than objects
+            known = self.refs[key]
+            return _ANY if known is None else known  # None: a recursion through something other than an object
         target = _resolve(ref, root)
         if not isinstance(target, dict):
             return _ANY
@@ -276,11 +285,10 @@ class _Schemas:
         properties = target.get("properties")
         if isinstance(properties, dict) and properties and target.get("type", "object") == "object":
             name = self.module.names.add(self.prefix + hint)
-            self.refs[key] = name
+            self.refs[key] = ast.Constant(name)  # before its fields: a recursion refers to it by name
             return ast.Constant(self.typed_dict(target, hint, root, depth + 1, name=name))
         self.refs[key] = None
-        annotation = self.annotation(target, hint, root, depth + 1)
-        del self.refs[key]  # typed afresh where it is used again: no recursion can go through it
+        self.refs[key] = annotation = self.annotation(target, hint, root, depth + 1)
         return annotation
 
 
@@ -355,6 +363,8 @@ class _Module:
 
     def __init__(self) -> None:
         self.names = _Names(_RESERVED)
+        # Schemas a server made to blow up (an `allOf` of `allOf`s...) end in Any after this many steps.
+        self.budget = _MAX_STEPS
         self.typed_dicts: list[tuple[str, list[tuple[str, ast.expr]]]] = []  # name, then (key, annotation)s
 
 

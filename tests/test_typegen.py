@@ -233,6 +233,22 @@ def test_a_forward_reference_in_a_union_stays_valid_at_run_time(tmp_path: Path) 
     assert hints == {"a": referenced | None}
 
 
+def test_a_schema_made_to_blow_up_stays_small() -> None:
+    # Each level refers to the next four times through `allOf`s: typed naively, 4**60 TypedDicts.
+    def both(level: int) -> dict[str, Any]:
+        return {"allOf": [{"$ref": f"#/$defs/D{level + 1}"}, {"$ref": f"#/$defs/D{level + 1}"}]}
+
+    definitions = {
+        f"D{level}": {"type": "object", "properties": {"a": both(level), "b": both(level)}} for level in range(60)
+    }
+    chain = {f"C{level}": {"anyOf": [{"$ref": f"#/$defs/C{level + 1}"}] * 2} for level in range(60)}
+    schema = {"type": "object", "properties": {"d": {"$ref": "#/$defs/D0"}, "c": {"$ref": "#/$defs/C0"}}}
+    schema["$defs"] = definitions | chain
+    source = typegen.module_source(_rows("s", [{"tool": "t", "inputSchema": schema}]))
+    assert len(source) < 50_000
+    ast.parse(source)
+
+
 MYPY_GOOD = """
 from gen_everything import everything
 from gen_memory import memory
