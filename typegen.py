@@ -229,10 +229,10 @@ class _Schemas:
         if isinstance(all_of, list) and len(all_of) == 1:
             return self.annotation(all_of[0], hint, root, depth + 1)
         if isinstance(all_of, list) and all_of:  # typed once: merging reads the `$ref`s' targets afresh
-            key = (id(root), id(all_of))
-            if key not in self.merged:
-                self.merged[key] = self.annotation(_merge(all_of, root), hint, root, depth + 1)
-            return self.merged[key]
+            merged = (id(root), id(all_of))
+            if merged not in self.merged:
+                self.merged[merged] = self.annotation(_merge(all_of, root), hint, root, depth + 1)
+            return self.merged[merged]
         kinds = schema.get("type")
         if isinstance(kinds, str):
             kinds = [kinds]
@@ -265,7 +265,7 @@ class _Schemas:
         name = name or self.module.names.add(self.prefix + hint)
         fields: list[tuple[str, ast.expr]] = []
         self.module.typed_dicts.append((name, fields))  # before its fields, in the order they were named
-        required = schema.get("required") if isinstance(schema.get("required"), list) else []
+        required = _list(schema, "required")
         for key, value in schema["properties"].items():
             annotation = self.annotation(value, hint + _camel(identifier(str(key), "Field")), root, depth + 1)
             if key not in required:
@@ -302,6 +302,11 @@ def _typed_dict_statement(name: str, fields: list[tuple[str, ast.expr]]) -> ast.
     )
 
 
+def _list(schema: dict[str, Any], key: str) -> list[Any]:
+    value = schema.get(key)
+    return value if isinstance(value, list) else []
+
+
 def _resolve(ref: str, root: Any) -> Any:
     """The part of `root` that a local `$ref` (`#/$defs/Name`) points to, else None."""
     if not ref.startswith("#"):
@@ -329,7 +334,7 @@ def _merge(schemas: list[Any], root: Any) -> dict[str, Any]:
         if not isinstance(schema, dict) or not isinstance(schema.get("properties", {}), dict):
             return {}
         properties.update(schema.get("properties", {}))
-        required += schema.get("required") if isinstance(schema.get("required"), list) else []
+        required += _list(schema, "required")
     return {"type": "object", "properties": properties, "required": required} if properties else {}
 
 
@@ -392,9 +397,9 @@ def module_source(tools: list[dict[str, Any]]) -> str:
     functions: list[tuple[dict[str, Any], str, str, list[_Parameter], ast.expr, bool]] = []
     attributes: dict[str, list[tuple[str, str]]] = {}
     for server, rows in by_server.items():
-        members = _Names({"staticmethod"})
+        member_names = _Names({"staticmethod"})
         for row in rows:
-            attribute = members.add(identifier(str(row.get("tool", "")), "tool"))
+            attribute = member_names.add(identifier(str(row.get("tool", "")), "tool"))
             function = module.names.add(f"_{namespaces[server]}__{attribute}")
             attributes.setdefault(server, []).append((attribute, function))
             schemas = _Schemas(module, _camel(namespaces[server]) + _camel(attribute))
@@ -423,7 +428,8 @@ def module_source(tools: list[dict[str, Any]]) -> str:
 def select_tools(gateway: SyncGateway, servers: Sequence[str] = (), tools: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Return the rows of the tools of `servers` and of the `tools` (SERVER__TOOL) named; all without either."""
     rows = [gateway.tool(name) for name in tools]
-    for server in servers or ([] if tools else [None]):
+    every: list[str | None] = [] if tools else [None]
+    for server in servers or every:
         rows += gateway.tools(server)
     return list({row["name"]: row for row in rows}.values())
 
@@ -444,7 +450,7 @@ def _parameters(schema: Any, schemas: _Schemas) -> list[_Parameter]:
         schema = _resolve(schema["$ref"], root)
     if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
         return []
-    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    required = _list(schema, "required")
     parameters = []
     for key, value in schema["properties"].items():
         annotation = schemas.annotation(value, _camel(identifier(str(key), "Argument")), root)
@@ -499,14 +505,13 @@ def _function(
         body=[_docstring_statement(_docstring(row, parameters, names)), ast.Return(call)],
         decorator_list=[],
         returns=returns,
-        type_params=[],
         lineno=0,
     )
 
 
 def _docstring(row: dict[str, Any], parameters: list[_Parameter], names: list[str]) -> str:
-    description = row.get("description") if isinstance(row.get("description"), str) else ""
-    lines = [description.strip() or f"Call the tool {row['name']}."]
+    description = row.get("description")
+    lines = [(description.strip() if isinstance(description, str) else "") or f"Call the tool {row['name']}."]
     described = [(name, parameter) for name, parameter in zip(names, parameters, strict=True) if parameter.description]
     if described:
         lines += ["", "Args:"]
@@ -529,4 +534,4 @@ def _namespace(server: str, name: str, members: list[tuple[str, str]]) -> ast.Cl
                 lineno=0,
             )
         )
-    return ast.ClassDef(name=name, bases=[], keywords=[], body=body, decorator_list=[], type_params=[])
+    return ast.ClassDef(name=name, bases=[], keywords=[], body=body, decorator_list=[])

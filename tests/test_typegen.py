@@ -141,6 +141,8 @@ def test_names_become_distinct_identifiers_and_calls_send_the_servers_names() ->
     functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
     sent = [ast.unparse(functions[f"_s__{member}"].body[-1]) for member in members]
     assert [re.search(r"_call\('([^']*)'", line).group(1) for line in sent] == [f"s__{n}" for n in CLASHING]
+    unsupported = _rows("s", [{"tool": "task", "inputSchema": {}, "unsupported": "needs tasks"}])
+    assert "task" not in typegen.module_source(unsupported)  # a tool toolscript cannot call gets no function
     assert typegen.identifier("naïve café", "tool") == "naive_cafe"
     assert typegen.identifier("r\u0435ad", "tool") == "r_ad"
     assert typegen.identifier("\uff49\uff4d\uff50\uff4f\uff52\uff54", "tool") == "import_"
