@@ -10,14 +10,15 @@ Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]`, `GET /tool
 `GET /resources[?server=NAME]`, `GET /resources/read?server=NAME&uri=URI`,
 `GET /prompts[?server=NAME]`, `POST /prompts/SERVER__PROMPT` (the arguments as a JSON
 object), `GET /types[?server=NAME...][&tool=SERVER__TOOL...]` (the typed module of
-`toolscript types`, as Python source) and `POST /complete` (`{server, prompt | uriTemplate, argument, value?,
-context?}`); the reads, prompts and completions take `?timeout=SECONDS` too. `/mcp` and
+`toolscript types`, as Python source) and `POST /complete` (`{server, prompt |
+uriTemplate, argument, value?, context?}`); the reads, prompts and completions take `?timeout=SECONDS` too. `/mcp` and
 `/mcp/SERVER` are MCP over streamable HTTP: after the same checks as every endpoint, such
 a request is handed to an ASGI app on the gateway's event loop (`LoopApp`, the MCP front
 of front.py) and its answer, JSON or an SSE stream, is written back as it comes. Nobody can
 answer a server's request for input through the API: it is declined at once, and the answer
-lists it in `declinedInputRequests`. Every answer is JSON; errors are `{"error": message}`
-with 400 (malformed request or body), 401 (an MCP server needs `toolscript auth`), 403 (no
+lists it in `declinedInputRequests`. Every answer is JSON (but the Python source of
+`/types`); errors are `{"error": message}` with 400 (malformed request or body), 401 (an
+MCP server needs `toolscript auth`), 403 (no
 or wrong API token, foreign Host or Origin), 404 (unknown endpoint, server, tool, resource
 or prompt), 405 (method not allowed; `Allow` names the ones that are), 411 (a POST without
 `Content-Length`, or with `Transfer-Encoding`), 413 (body too large), 415 (not JSON), 502
