@@ -18,13 +18,12 @@ of front.py) and its answer, JSON or an SSE stream, is written back as it comes.
 answer a server's request for input through the API: it is declined at once, and the answer
 lists it in `declinedInputRequests`. Every answer is JSON (but the Python source of
 `/types`); errors are `{"error": message}` with 400 (malformed request or body), 401 (an
-MCP server needs `toolscript auth`), 403 (no
-or wrong API token, foreign Host or Origin), 404 (unknown endpoint, server, tool, resource
-or prompt), 405 (method not allowed; `Allow` names the ones that are), 411 (a POST without
-`Content-Length`, or with `Transfer-Encoding`), 413 (body too large), 415 (not JSON), 502
-(the server failed), 503 (the gateway is stopping) or 504 (timeout); MCP's own answers
-are the MCP front's. An error toolscript
-raised also carries its `kind` and attributes (`{"error": ..., "kind": "auth_required",
+MCP server needs `toolscript auth`), 403 (no or wrong API token, foreign Host or Origin),
+404 (unknown endpoint, server, tool, resource or prompt), 405 (method not allowed; `Allow`
+names the ones that are), 411 (a POST without `Content-Length`, or with
+`Transfer-Encoding`), 413 (body too large), 415 (not JSON), 502 (the server failed), 503
+(the gateway is stopping) or 504 (timeout); MCP's own answers are the MCP front's. An
+error toolscript raised also carries its `kind` and attributes (`{"error": ..., "kind": "auth_required",
 "server": ...}`), from which `RemoteGateway` raises the same exception, so a command exits
 the same either way.
 
