@@ -44,6 +44,8 @@ __all__ = [
 
 # The Landlock ABI this module needs: 4 brought the TCP port rules.
 MIN_ABI = 4
+# Without the sandbox, the processes the user may have (RLIMIT_NPROC counts all of theirs).
+_UNCONFINED_PROCESSES = 4096
 
 
 class SandboxUnavailable(Exception):
@@ -60,6 +62,8 @@ class Policy:
     memory_bytes: int | None = None
     cpu_seconds: int | None = None
     open_files: int = 256
+    # False: the limits only, without Landlock and seccomp (`toolscript exec --no-sandbox`).
+    confined: bool = True
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -334,7 +338,7 @@ def _install_seccomp() -> None:
 
 def confine(policy: Policy) -> None:
     """Confine this process (and whatever it `execve`s) as `policy` says; raise if it cannot."""
-    reason = unavailable_reason()
+    reason = unavailable_reason() if policy.confined else None
     if reason:
         raise SandboxUnavailable(reason)
     if policy.memory_bytes is not None:
@@ -346,6 +350,10 @@ def confine(policy: Policy) -> None:
     if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
+    if not policy.confined:
+        if os.getuid() != 0:  # root is exempt from RLIMIT_NPROC; for others it stops a fork bomb
+            resource.setrlimit(resource.RLIMIT_NPROC, (_UNCONFINED_PROCESSES, _UNCONFINED_PROCESSES))
+        return
     _enter_landlock(policy, landlock_abi())
     _install_seccomp()
 

@@ -94,12 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse `argv`; for `add`, everything after `--` is the server's command line, options included."""
+    """Parse `argv`; for `add`, everything after `--` is the server's command line, options included,
+    and for `exec` the script's arguments."""
     if "--" in argv:
         cut = argv.index("--")
         args = parser.parse_args(argv[:cut])
         if getattr(args, "func", None) is cmd_add and not args.command:
             args.command = argv[cut + 1 :]
+            return args
+        if getattr(args, "func", None) is cmd_exec:
+            args.args += argv[cut + 1 :]
             return args
     return parser.parse_args(argv)
 
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prompt,
         _add_gateway,
         _add_serve,
+        _add_exec,
         _add_demo,
         _add_config,
         _add_add,
@@ -1065,6 +1070,92 @@ def _print_gateway_url(url_line: str, token_line: str) -> None:
     _print(token_line)
 
 
+def _add_exec(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "exec",
+        help="run a Python script that calls the tools (import tools), in a sandbox that reaches only them",
+        description="Run a Python script where `import tools` (`from tools import SERVER`) gives typed functions "
+        "for the allowed tools. The script runs in a sandbox (Linux Landlock and seccomp): it reads only the "
+        "Python installation, writes only a fresh working directory, connects only to the gateway, with a "
+        "token for this run that reaches only the allowed tools. Its exit code is the command's.",
+    )
+    p.add_argument("-c", dest="code", metavar="CODE", help="run CODE instead of a script file")
+    p.add_argument("script", nargs="?", metavar="SCRIPT", help="the script to run; - reads it from stdin")
+    p.add_argument(
+        "args", nargs="*", metavar="ARGS", help="arguments for the script (sys.argv); after -- they may start with -"
+    )
+    p.add_argument(
+        "--tools",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="allow only tools matching PATTERN (SERVER__TOOL, shell-style: 'github__*'; repeatable, or "
+        "comma-separated; default: every tool)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="stop the script after this long (default: 300)",
+    )
+    p.add_argument(
+        "--memory", type=_size, default=2 << 30, metavar="SIZE", help="memory limit, e.g. 512M or 4G (default: 2G)"
+    )
+    p.add_argument("--allow-read", action="append", default=[], metavar="PATH", help="let the script read PATH too")
+    p.add_argument("--allow-write", action="append", default=[], metavar="PATH", help="let the script write PATH too")
+    p.add_argument("--keep", action="store_true", help="keep the working directory, and say where it is")
+    p.add_argument(
+        "--no-sandbox",
+        dest="sandbox",
+        action="store_false",
+        help="run without file and network confinement (same environment, token and limits), where Landlock is missing",
+    )
+    p.set_defaults(func=cmd_exec)
+
+
+def cmd_exec(args: argparse.Namespace, cfg: Config) -> int:
+    import subprocess
+
+    if __package__:
+        from . import script_runner, typegen
+    else:
+        import script_runner
+        import typegen
+    if args.code is not None:
+        program = ["-c", args.code, *([args.script] if args.script else []), *args.args]
+    elif args.script == "-":
+        program = ["-c", sys.stdin.read(), *args.args]
+    elif args.script:
+        if not os.path.isfile(args.script):
+            raise UsageError(f"No script {args.script!r}: give a Python file, -c CODE, or - to read stdin.")
+        program = [args.script, *args.args]
+    else:
+        raise UsageError("Give the script to run: toolscript exec SCRIPT.py, exec -c CODE, or exec - (stdin).")
+    patterns = [item.strip() for value in args.tools for item in value.split(",") if item.strip()] or ["*"]
+    options = script_runner.RunOptions(
+        tools=patterns,
+        timeout=args.timeout,
+        memory_bytes=args.memory,
+        allow_read=args.allow_read,
+        allow_write=args.allow_write,
+        keep=args.keep,
+        confined=args.sandbox,
+    )
+    if not args.sandbox:
+        log.warning("warning: running the script without the sandbox: it can read and reach what you can.")
+    with _signals_interrupt(), script_runner.gateway_for_run(cfg, patterns) as (access, gateway):
+        tools = script_runner.allowed_tools(gateway.tools(), patterns)
+        return script_runner.run_script(
+            access,
+            typegen.module_source(tools),
+            program,
+            options,
+            stdin=subprocess.DEVNULL if args.script == "-" else None,
+            on_kept=lambda path: log.warning("The working directory is kept: %s", escape_controls(str(path))),
+        )
+
+
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "serve",
@@ -1290,6 +1381,23 @@ def _positive_float(text: str) -> float:
     if not 0 < value < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
     return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A size in bytes from `512M`, `2G`, `1048576`."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].upper()
+    if unit not in _SIZE_UNITS or unit == "":
+        number, unit = text.strip(), ""
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        value = 0.0
+    if not 1 << 20 <= value < 1 << 50:
+        raise argparse.ArgumentTypeError(f"must be a size from 1M up, such as 512M or 4G, not {text!r}")
+    return int(value)
 
 
 # -- add, remove, import: edit the config file ---------------------------------------------
