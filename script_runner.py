@@ -71,16 +71,15 @@ class GatewayAccess:
 
 
 @contextlib.contextmanager
-def gateway_for_run(cfg: Config, patterns: list[str]) -> Iterator[tuple[GatewayAccess, SyncGateway]]:
-    """The running gateway at $TOOLSCRIPT_GATEWAY_URL, else one started for the run on a loopback port.
+def gateway_for_run(cfg: Config, patterns: list[str], url: str | None) -> Iterator[tuple[GatewayAccess, SyncGateway]]:
+    """The running gateway at `url`, else one started for the run on a loopback port.
 
     One started here connects only the servers `patterns` can name, and stops when the run ends.
     """
     if __package__:
-        from .gateway_http import URL_VAR, ApiServer, RemoteGateway
+        from .gateway_http import ApiServer, RemoteGateway
     else:
-        from gateway_http import URL_VAR, ApiServer, RemoteGateway
-    url = os.environ.get(URL_VAR)
+        from gateway_http import ApiServer, RemoteGateway
     if url:
         remote = RemoteGateway(url)
         remote.check()

@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose and args.quiet:  # one before the command, one after it
         parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     configure_logging(args.verbose, args.quiet)
+    if getattr(args, "no_gateway", False):
+        _no_gateway.set()
+    else:
+        _no_gateway.clear()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -151,6 +155,12 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
         metavar="PATH",
         **unset,
         help="config file (default: $TOOLSCRIPT_CONFIG, ./toolscript.toml, then $TOOLSCRIPT_HOME/config.toml)",
+    )
+    parser.add_argument(
+        "--no-gateway",
+        action="store_true",
+        **unset,
+        help="do not use a running gateway of this config (toolscript gateway start); connect the servers here",
     )
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true", **unset, help="debug logging, tracebacks on errors")
@@ -985,6 +995,14 @@ def _add_gateway(commands: argparse._SubParsersAction) -> None:
         "MCP over streamable HTTP: /mcp is every server (tools and prompts named SERVER__NAME, as 'serve'), "
         "/mcp/SERVER one server with its own names. Every request but GET /health needs the token it prints.",
     )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("start", "status", "stop"),
+        help="start: run it in the background (logging to a file) and print its URL once it serves; "
+        "status: say whether one runs for this config, and its servers; stop: end it cleanly. "
+        "Without one, the gateway runs in the foreground.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=0, help="port to listen on (default: 0, any free port)")
     _add_list_wait(p, "MCP listings (/mcp)")
@@ -1002,6 +1020,12 @@ def _add_list_wait(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
+    if args.action is not None:
+        if __package__:
+            from . import background
+        else:
+            import background
+        return background.ACTIONS[args.action](args, cfg)
     gateway_module = _gateway_module()
     if __package__:
         from .gateway_http import TOKEN_VAR, URL_VAR, ApiServer, remove_token_file, write_token_file
@@ -1025,11 +1049,13 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     except OSError as exc:
         raise UsageError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
     token_path = None
+    record = _running_record(cfg)
     try:
         with _signals_interrupt():
             try:
                 try:
                     token_path = write_token_file(api.url, api.token)
+                    _record_running(record, api.url, cfg)
                 except UsageError as exc:  # the token still works; only the same-user shortcut is lost
                     log.warning("warning: %s Clients need %s.", exc, TOKEN_VAR)
                 # The API listens already (requests wait in its queue): say where, then connect
@@ -1055,10 +1081,33 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
                 return EXIT_OK if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
             finally:
                 if token_path is not None:
+                    _gateway_state().remove_record(record, os.getpid())
                     remove_token_file(token_path)
     finally:
         api.server_close()
     return EXIT_OK
+
+
+def _gateway_state() -> ModuleType:
+    if __package__:
+        from . import gateway_state
+    else:
+        import gateway_state
+    return gateway_state
+
+
+def _running_record(cfg: Config) -> Path:
+    """Where a gateway serving `cfg` records itself, for every command of this user to find it."""
+    return _gateway_state().record_path(_config.toolscript_home(), cfg.path)
+
+
+def _record_running(record: Path, url: str, cfg: Config) -> None:
+    state = _gateway_state()
+    running = state.Running(url, os.getpid(), state.process_started(os.getpid()), str(cfg.path or ""), time.time())
+    try:
+        state.write_record(record, running)
+    except OSError as exc:
+        raise UsageError(f"Cannot write {record}: {exc.strerror or exc}.") from None
 
 
 _ANSWER_GRACE = 5.0  # seconds for the last answers to go out once the gateway has stopped
@@ -1144,7 +1193,12 @@ def cmd_exec(args: argparse.Namespace, cfg: Config) -> int:
     )
     if not args.sandbox:
         log.warning("warning: running the script without the sandbox: it can read and reach what you can.")
-    with _signals_interrupt(), script_runner.gateway_for_run(cfg, patterns) as (access, gateway):
+    if __package__:
+        from .gateway_http import URL_VAR
+    else:
+        from gateway_http import URL_VAR
+    url = os.environ.get(URL_VAR) or _running_gateway_url(cfg)
+    with _signals_interrupt(), script_runner.gateway_for_run(cfg, patterns, url) as (access, gateway):
         tools = script_runner.allowed_tools(gateway.tools(), patterns)
         return script_runner.run_script(
             access,
@@ -1193,7 +1247,7 @@ def _open_gateway(
         from .gateway_http import URL_VAR, RemoteGateway
     else:
         from gateway_http import URL_VAR, RemoteGateway
-    url = os.environ.get(URL_VAR)
+    url = os.environ.get(URL_VAR) or _running_gateway_url(cfg)
     if url:
         remote = RemoteGateway(url)
         remote.check()
@@ -1212,6 +1266,17 @@ def _open_gateway(
             yield gateway
         finally:
             gateway.stop()
+
+
+def _running_gateway_url(cfg: Config) -> str | None:
+    """The URL of a gateway of this user's serving `cfg`, unless --no-gateway says not to."""
+    if _no_gateway.is_set():
+        return None
+    running = _gateway_state().find_running(_running_record(cfg))
+    return running.url if running is not None else None
+
+
+_no_gateway = threading.Event()  # --no-gateway, for this run of main()
 
 
 def _gateway_module() -> ModuleType:
