@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_gateway,
         _add_serve,
         _add_exec,
+        _add_skill,
+        _add_suggest,
         _add_demo,
         _add_config,
         _add_add,
@@ -1208,6 +1210,98 @@ def cmd_exec(args: argparse.Namespace, cfg: Config) -> int:
             stdin=subprocess.DEVNULL if args.script == "-" else None,
             on_kept=lambda path: log.warning("The working directory is kept: %s", escape_controls(str(path))),
         )
+
+
+def _add_skill(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "skill",
+        help="print the agent skill that teaches search, types and exec (or install it for an agent)",
+        description="Print a skill file (Agent Skills format) that teaches a coding agent to find tools with "
+        "'toolscript search', see how to call them with 'search --types' and run a script with "
+        "'toolscript exec'. --install writes it where Claude Code (~/.claude/skills/toolscript/SKILL.md), "
+        "Codex (~/.agents/skills/toolscript/SKILL.md) or a directory you name looks for skills.",
+    )
+    p.add_argument("--install", metavar="claude|codex|DIR", help="write the skill for this agent, or into DIR")
+    p.add_argument("--force", action="store_true", help="replace a skill file that differs (edited, or older)")
+    p.set_defaults(func=cmd_skill, needs_config=False)
+
+
+def cmd_skill(args: argparse.Namespace, cfg: Config | None) -> int:
+    if __package__:
+        from . import skill
+    else:
+        import skill
+    if args.install is None:
+        _print(skill.SKILL.rstrip("\n"))
+        return EXIT_OK
+    try:
+        path, written = skill.install(args.install, force=args.force)
+    except FileExistsError as exc:
+        raise UsageError(
+            f"{exc} differs from this toolscript's skill; replace it with: toolscript skill "
+            f"--install {args.install} --force"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"Cannot write the skill: {exc.strerror or exc}.") from None
+    _status(f"{'Installed' if written else 'Already up to date:'} {escape_controls(str(path))}")
+    return EXIT_OK
+
+
+def _add_suggest(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "suggest",
+        help="a Claude Code UserPromptSubmit hook: name the tools that fit the prompt (stdin: the hook payload)",
+        description="Read a Claude Code UserPromptSubmit hook payload on stdin and print the hook answer whose "
+        "additionalContext names the few tools (of the running gateway) that fit the prompt, or nothing "
+        "when none fits well. It never fails the prompt: on any error it prints nothing and exits 0.",
+    )
+    p.add_argument("--limit", type=int, default=3, help="name at most this many tools (default: 3)")
+    p.set_defaults(func=cmd_suggest, needs_config=False)
+
+
+SUGGEST_DEADLINE = 0.45  # seconds: the hook runs before every prompt
+SUGGEST_MIN_SCORE = 0.0  # a hit scoring at most this fits too poorly to mention
+
+
+def cmd_suggest(args: argparse.Namespace, cfg: Config | None) -> int:
+    if __package__:
+        from . import skill
+    else:
+        import skill
+
+    def give_up(signum: int, frame: Any) -> None:
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.setitimer(signal.ITIMER_REAL, SUGGEST_DEADLINE)
+    try:
+        payload = json.loads(sys.stdin.read(1 << 20))
+        prompt = payload.get("prompt") if isinstance(payload, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            return EXIT_OK
+        hits = _suggested_tools(prompt, args.limit)
+        answer = skill.hook_answer([hit for hit in hits if hit.get("score", 0) > SUGGEST_MIN_SCORE])
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if answer:
+            _print(answer)
+    except BaseException as exc:  # whatever happens, the user's prompt goes on
+        log.debug("suggest: %s", type(exc).__name__)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return EXIT_OK
+
+
+def _suggested_tools(prompt: str, limit: int) -> list[dict[str, Any]]:
+    """Search the running gateway (never one started here: too slow for a hook) for `prompt`."""
+    if __package__:
+        from .gateway_http import URL_VAR, RemoteGateway
+    else:
+        from gateway_http import URL_VAR, RemoteGateway
+    url = os.environ.get(URL_VAR) or _running_gateway_url(_config.load_config(None))
+    if not url:
+        return []
+    return RemoteGateway(url).search(prompt, limit=limit)
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
