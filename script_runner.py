@@ -39,7 +39,7 @@ else:
 
 if TYPE_CHECKING:
     from config import Config
-    from gateway_http import SyncGateway
+    from gateway_http import RemoteGateway, SyncGateway
 
 __all__ = ["GatewayAccess", "RunOptions", "gateway_for_run", "run_script"]
 
@@ -71,18 +71,18 @@ class GatewayAccess:
 
 
 @contextlib.contextmanager
-def gateway_for_run(cfg: Config, patterns: list[str], url: str | None) -> Iterator[tuple[GatewayAccess, SyncGateway]]:
-    """The running gateway at `url`, else one started for the run on a loopback port.
+def gateway_for_run(
+    cfg: Config, patterns: list[str], remote: RemoteGateway | None
+) -> Iterator[tuple[GatewayAccess, SyncGateway]]:
+    """The running gateway `remote`, else one started for the run on a loopback port.
 
     One started here connects only the servers `patterns` can name, and stops when the run ends.
     """
     if __package__:
-        from .gateway_http import ApiServer, RemoteGateway
+        from .gateway_http import ApiServer
     else:
-        from gateway_http import ApiServer, RemoteGateway
-    if url:
-        remote = RemoteGateway(url)
-        remote.check()
+        from gateway_http import ApiServer
+    if remote is not None:
         yield GatewayAccess(remote.url, remote.mint_run_token, remote.revoke_run_token), remote
         return
     if __package__:
