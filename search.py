@@ -53,7 +53,7 @@ _STOPWORDS = frozenset(
 _GROUPS: tuple[tuple[str, ...], ...] = (
     ("create", "new", "add", "make", "open", "start", "generate", "provision", "spin", "launch", "post", "insert"),
     ("delete", "remove", "drop", "destroy", "erase", "forget", "purge", "unregister", "rm", "trash"),
-    ("list", "show", "enumerate", "ls", "browse", "display", "all"),
+    ("list", "show", "enumerate", "ls", "browse"),
     ("get", "read", "fetch", "retrieve", "open", "load", "view", "show", "see", "look", "cat", "detail", "describe"),
     ("search", "find", "query", "lookup", "look up", "locate", "grep", "seek", "discover", "filter"),
     ("update", "edit", "modify", "change", "patch", "set", "alter", "reconfigure", "configure", "upsert"),
@@ -62,13 +62,13 @@ _GROUPS: tuple[tuple[str, ...], ...] = (
     ("pull request", "pr", "merge request", "mr"),
     ("file", "document", "doc"),
     ("directory", "folder", "dir"),
-    ("memory", "remember", "recall", "memorize", "knowledge", "graph", "entity", "observation", "fact", "note"),
+    ("memory", "remember", "recall", "memorize", "knowledge", "graph", "entity", "observation", "fact"),
     ("time", "clock", "hour", "o'clock"),
     ("timezone", "time zone", "zone", "tz"),
     ("commit", "history", "log", "revision", "changeset"),
     ("repository", "repo"),
     ("user", "person", "people", "member", "account", "login", "identity"),
-    ("comment", "reply", "remark", "feedback", "note"),
+    ("comment", "reply", "remark", "feedback"),
     ("review", "approve", "approval"),
     ("merge", "land", "integrate"),
     ("navigate", "go", "visit", "url", "website", "site", "goto"),
@@ -90,7 +90,7 @@ _GROUPS: tuple[tuple[str, ...], ...] = (
     ("access", "permission", "role", "rbac", "allowed", "allow"),
     ("compress", "gzip", "zip", "archive"),
     ("environment", "env", "variable", "var"),
-    ("sum", "total", "add", "plus", "calculate", "arithmetic"),
+    ("sum", "total", "plus", "calculate", "arithmetic"),
     ("echo", "repeat", "parrot"),
     ("size", "big", "large", "bytes", "bigger"),
     ("info", "information", "metadata", "stat", "detail", "properties"),
@@ -113,7 +113,9 @@ _GROUPS: tuple[tuple[str, ...], ...] = (
     ("wait", "until", "appear", "sleep", "pause"),
     ("emulate", "dark mode", "dark", "theme", "color scheme"),
     ("console", "devtools"),
-    ("network", "traffic", "http request", "requests"),
+    ("network", "traffic"),
+    ("ask", "elicit", "elicitation", "question", "prompt"),
+    ("relation", "relationship", "link", "connect", "associate", "edge"),
     ("back", "previous"),
     ("close", "quit", "exit", "shut"),
     ("fork", "copy", "clone"),
@@ -255,11 +257,13 @@ _SHORTHAND_STEMS = {word: tuple(_stem(part) for part in parts) for word, parts i
 Expansion = tuple[tuple[str, ...], float]
 
 
-def _terms(text: str) -> list[str]:
+def _terms(text: str, *, concepts: bool = True) -> list[str]:
     """The index terms of a field: its stemmed words (stop words left out) and the concepts they name."""
     words = _words(text)
     stems = [_stem(word) for word in words]
     terms = [stem for word, stem in zip(words, stems, strict=True) if word not in _STOPWORDS]
+    if not concepts:
+        return terms
     for stem in stems:
         terms.extend(_WORD_CONCEPTS.get(stem, ()))
     for pair in itertools.pairwise(stems):
@@ -272,7 +276,8 @@ class ToolIndex:
 
     def __init__(self, tools: Iterable[dict[str, Any]]) -> None:
         self._rows: list[dict[str, Any]] = []
-        self._names: list[frozenset[str]] = []  # each tool's name terms, for how much of it a query covers
+        # Each tool's name words, each with the concepts it names: how much of its name a query covers.
+        self._names: list[list[frozenset[str]]] = []
         field_lengths: dict[str, list[int]] = {field: [] for field in _FIELDS}
         field_counts: list[dict[str, Counter[str]]] = []
         surface: set[str] = set()
@@ -286,12 +291,13 @@ class ToolIndex:
             }
             counts: dict[str, Counter[str]] = {}
             for field, text in texts.items():
-                terms = _terms(text)
+                # Parameters are mostly the same few options on every tool of a server: words, not concepts.
+                terms = _terms(text, concepts=field != "parameters")
                 surface.update(_words(text))
                 field_lengths[field].append(sum(not term.startswith("#") for term in terms))
                 counts[field] = Counter(terms)
             field_counts.append(counts)
-            self._names.append(frozenset(term for term in counts["name"] if not term.startswith("#")))
+            self._names.append([frozenset([stem, *_WORD_CONCEPTS.get(stem, ())]) for stem in tokenize(texts["name"])])
             self._rows.append(
                 {
                     "name": str(tool.get("name") or ""),
@@ -353,7 +359,7 @@ class ToolIndex:
                 continue
             name = self._names[doc]
             # How much of the tool's name the query names, and how much of the query the tool matches.
-            covered = len(name & wanted) / len(name) if name else 0.0
+            covered = sum(not word.isdisjoint(wanted) for word in name) / len(name) if name else 0.0
             ranked.append((score * (matched[doc] / len(slots)) * (1 + _NAME_COVERAGE * covered), doc))
         ranked.sort(key=lambda item: (-item[0], item[1]))
         return [{**self._rows[doc], "score": round(score, 3)} for score, doc in ranked[:limit]]
@@ -372,7 +378,7 @@ class ToolIndex:
         stems = [_stem(word) for word in words]
         slots: list[list[Expansion]] = []
         for i, (word, stem) in enumerate(zip(words, stems, strict=True)):
-            if word in _STOPWORDS:
+            if word in _STOPWORDS or word.isdigit():  # a number is a value for the tool, not what it does
                 continue
             expansions: list[Expansion] = [((stem,), 1.0)]
             if word in _SHORTHAND_STEMS:
