@@ -37,7 +37,9 @@ _FIELDS: dict[str, tuple[float, float]] = {
 _K1 = 1.2
 _SYNONYM_WEIGHT = 0.7
 _TYPO_WEIGHT = 0.75
-_NAME_COVERAGE = 0.5
+_COMPOUND_WEIGHT = 0.6  # in each of the compound's two words' slots
+_NAME_COVERAGE = 1.0
+_COVERAGE_EXPONENT = 0.5
 _DESCRIPTION_CHARS = 160
 
 _STOPWORDS = frozenset(
@@ -64,6 +66,7 @@ _GROUPS: tuple[tuple[str, ...], ...] = (
     ("directory", "folder", "dir"),
     ("memory", "remember", "recall", "memorize", "knowledge", "graph", "entity", "observation", "fact"),
     ("time", "clock", "hour", "o'clock"),
+    ("current", "now", "present", "today"),
     ("timezone", "time zone", "zone", "tz"),
     ("commit", "history", "log", "revision", "changeset"),
     ("repository", "repo"),
@@ -228,9 +231,9 @@ def _osa_distance(a: str, b: str, limit: int) -> int:
     return previous[-1]
 
 
-def _bigrams(word: str) -> set[str]:
-    padded = f"^{word}$"
-    return {padded[i : i + 2] for i in range(len(padded) - 1)}
+def _deletions(word: str) -> set[str]:
+    """`word` with one letter left out, every way."""
+    return {word[:i] + word[i + 1 :] for i in range(len(word))}
 
 
 def _concept(group: int) -> str:
@@ -322,12 +325,13 @@ class ToolIndex:
         for term, postings in weighted.items():
             idf = math.log(1 + (total - len(postings) + 0.5) / (len(postings) + 0.5))
             self._postings[term] = {doc: idf * tf * (_K1 + 1) / (tf + _K1) for doc, tf in postings.items()}
-        # Typo tolerance works on the words as written (a stem can hide a typo: "isue" -> "isu").
-        self._by_bigram: dict[str, list[str]] = defaultdict(list)
+        # Typo tolerance works on the words as written (a stem can hide a typo: "isue" -> "isu"): each
+        # word, and each word with one letter left out, leads to the word.
+        self._by_deletion: dict[str, list[str]] = defaultdict(list)
         for word in surface:
-            if len(word) >= 3 and not word.isdigit():
-                for bigram in _bigrams(word):
-                    self._by_bigram[bigram].append(word)
+            if len(word) >= 3 and word.isalpha():
+                for key in {word, *_deletions(word)}:
+                    self._by_deletion[key].append(word)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -353,16 +357,22 @@ class ToolIndex:
                 scores[doc] += score
                 matched[doc] += 1
         wanted = {term for expansions in slots for terms, _ in expansions for term in terms}
-        ranked = []
-        for doc, score in scores.items():
+        ranked: list[tuple[float, int]] = []
+        # Best sum first; the factors below at most double it, so once a sum doubled cannot reach
+        # the `limit`-th final score, no later one can.
+        for doc, score in sorted(scores.items(), key=lambda item: (-item[1], item[0])):
+            if len(ranked) >= limit and score * (1 + _NAME_COVERAGE) < ranked[limit - 1][0]:
+                break
             if server is not None and self._rows[doc]["server"] != server:
                 continue
             name = self._names[doc]
-            # How much of the tool's name the query names, and how much of the query the tool matches.
+            # How much of the query the tool matches, and how much of the tool's name the query names.
+            coverage = (matched[doc] / len(slots)) ** _COVERAGE_EXPONENT
             covered = sum(not word.isdisjoint(wanted) for word in name) / len(name) if name else 0.0
-            ranked.append((score * (matched[doc] / len(slots)) * (1 + _NAME_COVERAGE * covered), doc))
-        ranked.sort(key=lambda item: (-item[0], item[1]))
-        return [{**self._rows[doc], "score": round(score, 3)} for score, doc in ranked[:limit]]
+            ranked.append((score * coverage * (1 + _NAME_COVERAGE * covered), doc))
+            ranked.sort(key=lambda item: (-item[0], item[1]))
+            del ranked[limit:]
+        return [{**self._rows[doc], "score": round(score, 3)} for score, doc in ranked]
 
     def _phrase_scores(self, terms: tuple[str, ...]) -> dict[int, float]:
         """Per doc, the mean score of `terms` (all of them must occur in it for a phrase)."""
@@ -390,30 +400,32 @@ class ToolIndex:
             pairs = (words[i - 1] + word if i else "", word + words[i + 1] if i + 1 < len(words) else "")
             for compound in (_stem(pair) for pair in pairs if pair):
                 if compound in self._postings:
-                    expansions.append(((compound,), 1.0))  # "key vault" finds "keyvault"
+                    expansions.append(((compound,), _COMPOUND_WEIGHT))  # "key vault" finds "keyvault"
             if stem not in self._postings and not concepts and word not in _SHORTHAND_STEMS:
                 expansions.extend(((near,), _TYPO_WEIGHT) for near in self._near_words(word))
             slots.append(expansions)
         return slots
 
     def _near_words(self, word: str) -> list[str]:
-        """The stems of the indexed words within one typo (two for long words) of `word`."""
-        if len(word) < 4 or word.isdigit():
+        """The stems of the indexed words within one typo (two for long words) of `word`.
+
+        Candidates share a key with `word` (each with at most one letter left out, `word` with two
+        when it is long): every word one edit away, and most two edits away, then checked exactly.
+        """
+        if len(word) < 4 or not word.isalpha():
             return []
         limit = 1 if len(word) <= 5 else 2
-        bigrams = _bigrams(word)
-        shared: dict[str, int] = defaultdict(int)
-        for bigram in bigrams:
-            for candidate in self._by_bigram.get(bigram, ()):
-                shared[candidate] += 1
-        needed = max(1, len(bigrams) - 3 * limit)
+        keys = {word, *_deletions(word)}
+        if limit == 2:
+            keys.update(shorter for key in list(keys) for shorter in _deletions(key))
+        candidates = {candidate for key in keys for candidate in self._by_deletion.get(key, ())}
         found: list[tuple[float, str]] = []
-        for candidate, count in shared.items():
-            if count >= needed:
-                distance = _osa_distance(word, candidate, limit)
-                if distance <= limit:
-                    # A typo rarely hits the first letter.
-                    found.append((distance + 0.5 * (candidate[0] != word[0]), candidate))
+        for candidate in candidates:
+            distance = _osa_distance(word, candidate, limit)
+            if distance <= limit:
+                found.append(
+                    (distance + 0.5 * (candidate[0] != word[0]), candidate)
+                )  # typos rarely hit the first letter
         if not found:
             return []
         closest = min(distance for distance, _ in found)
