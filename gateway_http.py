@@ -1,11 +1,12 @@
 """The gateway's local HTTP API, and the client that reaches a running gateway through it.
 
 It stands apart from `gateway` because it needs only a gateway's synchronous methods
-(`servers`, `tools`, `call`, `resources`, `read_resource`, `prompts`, `get_prompt`,
+(`servers`, `tools`, `search`, `call`, `resources`, `read_resource`, `prompts`, `get_prompt`,
 `complete`) and the standard library, never the MCP SDK: the CLI's commands go through a
 running gateway without importing the SDK.
 
 Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]`, `GET /tools/SERVER__TOOL`,
+`GET /search?q=QUERY[&limit=N][&server=NAME]` (the tools that fit QUERY best, best first),
 `POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional),
 `GET /resources[?server=NAME]`, `GET /resources/read?server=NAME&uri=URI`,
 `GET /prompts[?server=NAME]`, `POST /prompts/SERVER__PROMPT` (the arguments as a JSON
@@ -127,7 +128,8 @@ _COMPLETE_PATH = "/complete"
 _TOKENS_PATH = "/tokens"
 _MAX_RUN_SECONDS = 86400.0
 MCP_PATH = "/mcp"
-_GET_PATHS = ("/health", "/servers", "/tools", "/resources", "/resources/read", "/prompts", "/types")
+_SEARCH_PATH = "/search"
+_GET_PATHS = ("/health", "/servers", "/tools", _SEARCH_PATH, "/resources", "/resources/read", "/prompts", "/types")
 _DIGITS = re.compile(r"[0-9]+")
 URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
 TOKEN_VAR = "TOOLSCRIPT_GATEWAY_TOKEN"
@@ -153,6 +155,8 @@ class SyncGateway(Protocol):
     def servers(self) -> list[dict[str, Any]]: ...
 
     def tools(self, server: str | None = None) -> list[dict[str, Any]]: ...
+
+    def search(self, query: str, *, limit: int = 5, server: str | None = None) -> list[dict[str, Any]]: ...
 
     def tool(self, name: str) -> dict[str, Any]: ...
 
@@ -445,7 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
                 404,
                 {
                     "error": f"No endpoint {self.command} {path}; try GET /health, /servers, /tools, "
-                    "/tools/SERVER__TOOL, /resources, /resources/read, /prompts, /types, or POST "
+                    "/tools/SERVER__TOOL, /search?q=QUERY, /resources, /resources/read, /prompts, /types, or POST "
                     "/tools/SERVER__TOOL, /prompts/SERVER__PROMPT, /complete, or MCP at /mcp and /mcp/SERVER."
                 },
             )
@@ -471,6 +475,8 @@ class _Handler(BaseHTTPRequestHandler):
                     tool for tool in gateway.tools(query.get("server")) if grant is None or grant.allows(tool["name"])
                 ]
             )
+        elif path == _SEARCH_PATH:
+            self._search(query)
         elif path == "/resources":
             self._answer(lambda: gateway.resources(query.get("server")))
         elif path == "/resources/read":
@@ -538,6 +544,16 @@ class _Handler(BaseHTTPRequestHandler):
             "client": self.client_address[:2],
             "server": self.server.server_address[:2],
         }
+
+    def _search(self, query: dict[str, str]) -> None:
+        words, limit, server = query.get("q", ""), query.get("limit", "5"), query.get("server")
+        if not words.strip():
+            self._send(400, {"error": "Say what to search for: GET /search?q=QUERY."})
+            return
+        if not _DIGITS.fullmatch(limit) or len(limit) > 6 or int(limit) < 1:
+            self._send(400, {"error": "limit must be a whole number of tools above 0: GET /search?q=QUERY&limit=5."})
+            return
+        self._answer(lambda: self.server.gateway.search(words, limit=int(limit), server=server))
 
     def _read_resource(self, query: dict[str, str]) -> None:
         server, uri = query.get("server"), query.get("uri")
@@ -1019,6 +1035,10 @@ class RemoteGateway:
 
     def tools(self, server: str | None = None) -> list[dict[str, Any]]:
         return self._request("GET", "/tools" + (f"?server={quote(server)}" if server else ""))
+
+    def search(self, query: str, *, limit: int = 5, server: str | None = None) -> list[dict[str, Any]]:
+        arguments = {"q": query, "limit": str(limit), **({"server": server} if server else {})}
+        return self._request("GET", _SEARCH_PATH + "?" + urlencode(arguments))
 
     def tool(self, name: str) -> dict[str, Any]:
         return self._request("GET", _CALL_PREFIX + quote(name))

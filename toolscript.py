@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_servers,
         _add_auth,
         _add_tools,
+        _add_search,
         _add_call,
         _add_resources,
         _add_read,
@@ -682,6 +683,61 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
             unsupported = f"  [cannot be called: it {tool['unsupported']}]" if tool.get("unsupported") else ""
             _print(f"{name:<{width}}  {summary}{unsupported}".rstrip())
     return _report_failed_servers(cfg, rows)
+
+
+def _add_search(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "search",
+        help="find the tools that fit a task, best first: toolscript search open a bug",
+        description="Rank the tools of every server (or of --server) by how well they fit the query: "
+        "their names, titles, descriptions and parameters, words people use instead of the tools' own, "
+        "and typos.",
+    )
+    p.add_argument("query", nargs="+", metavar="WORDS", help="what you want to do, in your own words")
+    p.add_argument("--limit", type=_positive_int, default=5, metavar="N", help="show the N best tools (default: 5)")
+    p.add_argument("--server", metavar="NAME", help="only this server's tools")
+    p.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    p.add_argument(
+        "--types", action="store_true", help="after the ranking, print the tools found as typed Python functions"
+    )
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace, cfg: Config) -> int:
+    query = " ".join(args.query)
+    found: list[dict[str, Any]] = []  # the hits' full tool rows, for --types
+
+    def search(gateway: SyncGateway) -> list[dict[str, Any]]:
+        hits = gateway.search(query, limit=args.limit, server=args.server)
+        if args.types and hits:
+            tools = {tool["name"]: tool for tool in gateway.tools(args.server)}
+            found.extend(tools[hit["name"]] for hit in hits if hit["name"] in tools)
+        return hits
+
+    hits, rows = _listing(cfg, args.server, search)
+    source = _typed_functions(found) if args.types and found else ""
+    if args.json:
+        _print(json.dumps({"results": hits, "types": source} if args.types else hits, indent=2))
+    else:
+        names = [escape_controls(hit["name"]) for hit in hits]  # aligned as shown
+        width = max(map(len, names), default=0)
+        for name, hit in zip(names, hits, strict=True):
+            _print(f"{name:<{width}}  {hit['score']:>6.2f}  {hit['description']}".rstrip())
+        if source:
+            _print()
+            _print(source.rstrip("\n"))
+    if not hits:
+        _status(f"No tool fits {query!r}; try other words, or list them all: toolscript tools")
+    return _report_failed_servers(cfg, rows)
+
+
+def _typed_functions(tools: list[dict[str, Any]]) -> str:
+    """The typed Python functions of `tools` (`toolscript types`' module for them)."""
+    if __package__:
+        from . import typegen
+    else:
+        import typegen
+    return typegen.module_source(tools)
 
 
 def _add_call(commands: argparse._SubParsersAction) -> None:
@@ -1579,6 +1635,12 @@ def _decoded_size(data: Any) -> int:
         return len(base64.b64decode(data or "", validate=False))
     except (ValueError, TypeError):
         return len(data or "")
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 0 < len(text) <= 6) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, not {text!r}")
+    return int(text)
 
 
 def _positive_float(text: str) -> float:
