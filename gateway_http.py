@@ -192,8 +192,6 @@ class SyncGateway(Protocol):
         timeout: float | None = None,
     ) -> dict[str, Any]: ...
 
-    def search(self, query: str, *, limit: int = 5, server: str | None = None) -> list[dict[str, Any]]: ...
-
 
 class LoopApp(Protocol):
     """An ASGI app that runs on an event loop in another thread: the MCP front (front.HttpFront) for `/mcp`."""

@@ -59,9 +59,9 @@ with `summarize.py`:
 ```python
 from tools import filesystem
 
-listing = filesystem.list_directory(path="/srv/notes")
-names = [line.split(" ", 1)[1] for line in listing.text.splitlines() if line.startswith("[FILE]")]
-sizes = {name: len(filesystem.read_text_file(path=f"/srv/notes/{name}").text) for name in names}
+listing = filesystem.list_directory(path="/srv/notes")["content"]
+names = [line.split(" ", 1)[1] for line in listing.splitlines() if line.startswith("[FILE]")]
+sizes = {name: len(filesystem.read_text_file(path=f"/srv/notes/{name}")["content"]) for name in names}
 with open("summary.txt", "w") as out:
     for name, size in sorted(sizes.items()):
         out.write(f"{name}: {size} characters\\n")

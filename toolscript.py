@@ -1379,7 +1379,10 @@ def _add_suggest(commands: argparse._SubParsersAction) -> None:
 
 
 SUGGEST_DEADLINE = 0.45  # seconds: the hook runs before every prompt
-SUGGEST_MIN_SCORE = 0.0  # a hit scoring at most this fits too poorly to mention
+# A hit fits well enough to mention when it scores at least this (on search.py's scale, a
+# query sharing a verb and an object with a tool scores 7 and up, one sharing a stray word
+# about 2 to 5) and at least half the best hit's score.
+SUGGEST_MIN_SCORE = 6.0
 
 
 def cmd_suggest(args: argparse.Namespace, cfg: Config | None) -> int:
@@ -1399,7 +1402,8 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config | None) -> int:
         if not isinstance(prompt, str) or not prompt.strip():
             return EXIT_OK
         hits = _suggested_tools(prompt, args.limit)
-        answer = skill.hook_answer([hit for hit in hits if hit.get("score", 0) > SUGGEST_MIN_SCORE])
+        best = max((hit["score"] for hit in hits), default=0.0)
+        answer = skill.hook_answer([hit for hit in hits if hit["score"] >= max(SUGGEST_MIN_SCORE, best / 2)])
         signal.setitimer(signal.ITIMER_REAL, 0)
         if answer:
             _print(answer)

@@ -80,26 +80,6 @@ SANDBOXED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def api_env() -> Iterator[dict[str, str]]:
-    """A gateway in this process serving the test toolbox as `box`: the environment that sends commands to it."""
-    import threading
-
-    from config import parse_config
-    from gateway import Gateway
-    from gateway_http import ApiServer
-
-    gateway = Gateway(parse_config({"servers": {"box": stdio_server(timeout=30)}})).start()
-    api = ApiServer(gateway)
-    threading.Thread(target=api.serve_forever, daemon=True).start()
-    try:
-        yield {"TOOLSCRIPT_GATEWAY_URL": api.url, "TOOLSCRIPT_GATEWAY_TOKEN": api.token}
-    finally:
-        api.shutdown()
-        gateway.stop()
-        api.server_close()
-
-
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[Path, gateway_state.Running]]:
     """A background gateway serving the test toolbox as `box`; its config and record."""
@@ -213,10 +193,16 @@ def test_the_skill_runs_as_written_against_server_filesystem(tmp_path: Path) -> 
     (tmp_path / "summarize.py").write_text(script)
     commands = [body.strip() for kind, body in blocks if kind == "sh"]
     assert [command.split()[1] for command in commands] == ["search", "search", "exec"]
-    for command in commands:
-        argv = [arg.strip("'\"") for arg in re.findall(r"'[^']*'|\"[^\"]*\"|\S+", command)][1:]
-        proc = run_cli("--config", str(config), *argv, cwd=tmp_path)
-        assert proc.returncode == 0, f"{command}\n{explain(proc)}"
+    started = run_cli("--config", str(config), "gateway", "start")  # one server start for the three commands
+    assert started.returncode == 0, explain(started)
+    try:
+        for command in commands:
+            argv = [arg.strip("'\"") for arg in re.findall(r"'[^']*'|\"[^\"]*\"|\S+", command)][1:]
+            proc = run_cli("--config", str(config), *argv, cwd=tmp_path)
+            assert proc.returncode == 0, f"{command}\n{explain(proc)}"
+            assert proc.stdout.strip()
+    finally:
+        run_cli("--config", str(config), "gateway", "stop")
     assert proc.stdout == "2 files; the longest is long.txt\n"
 
 
