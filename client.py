@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 if __package__:
-    from .config import find_config, load_config
+    from .config import find_config, load_config, toolscript_home
     from .errors import ToolscriptError
 else:
-    from config import find_config, load_config
+    from config import find_config, load_config, toolscript_home
     from errors import ToolscriptError
 
 if TYPE_CHECKING:
@@ -75,18 +76,25 @@ def connect(config: str | os.PathLike[str] | None = None, *, servers: Iterable[s
     return Client(own, owns_gateway=True)
 
 
-def running_gateway(config_path: str | os.PathLike[str] | None) -> RemoteGateway | None:
+def running_gateway(config_path: str | os.PathLike[str] | None, *, discover: bool = True) -> RemoteGateway | None:
     """Return the gateway a command or program should use instead of starting its own, or None.
 
-    That is the one at $TOOLSCRIPT_GATEWAY_URL. (A gateway of this user serving the config
-    file `config_path` will be found here too, once gateways publish what they serve.)
-    Raises `ConnectError` when $TOOLSCRIPT_GATEWAY_URL is set but nothing answers there.
+    That is the one at $TOOLSCRIPT_GATEWAY_URL, else (with `discover`) a gateway of this
+    user's serving the config file `config_path`, as recorded under $TOOLSCRIPT_HOME
+    (gateway_state; a stale record is ignored). Raises `ConnectError` when
+    $TOOLSCRIPT_GATEWAY_URL is set but nothing answers there.
     """
     if __package__:
+        from . import gateway_state
         from .gateway_http import URL_VAR, RemoteGateway
     else:
+        import gateway_state
         from gateway_http import URL_VAR, RemoteGateway
     url = os.environ.get(URL_VAR)
+    if not url and discover:
+        path = None if config_path is None else Path(config_path)
+        running = gateway_state.find_running(gateway_state.record_path(toolscript_home(), path))
+        url = running.url if running is not None else None
     if not url:
         return None
     remote = RemoteGateway(url)

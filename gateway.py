@@ -68,6 +68,7 @@ if __package__:
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .logs import SERVER
     from .redact import redact, register_secret
+    from .search import IndexCache
     from .storage import OAuthStatus, Store, note_auth_not_needed
 else:
     from elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
@@ -84,6 +85,7 @@ else:
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from logs import SERVER
     from redact import redact, register_secret
+    from search import IndexCache
     from storage import OAuthStatus, Store, note_auth_not_needed
 
 if TYPE_CHECKING:
@@ -304,6 +306,7 @@ class Gateway:
         self._supervisor: Any = None
         self._servers: dict[str, _Server] = {}
         self._stopping: anyio.Event | None = None
+        self._search_indexes = IndexCache()  # used on the event loop only
 
     def __enter__(self) -> Gateway:
         return self.start()
@@ -358,6 +361,21 @@ class Gateway:
         if server is not None:
             self._config_of(server)
         return self._run_on_loop(self._tool_rows, server)
+
+    def search(self, query: str, *, limit: int = 5, server: str | None = None) -> list[dict[str, Any]]:
+        """Return the `limit` tools (of every connected server, or of `server`) that fit `query` best.
+
+        Each row is `{name, server, description (one line), score}`, best first. The index is built
+        once per tool list, and again when a server's tool list changes. Raises `UsageError` for an
+        empty query or a `limit` below 1.
+        """
+        if not query.strip():
+            raise UsageError('Give the search some words: toolscript search "create an issue"')
+        if limit < 1:
+            raise UsageError(f"The limit of a search must be at least 1, not {limit}.")
+        if server is not None:
+            self._config_of(server)
+        return self._run_on_loop(self._search, query, limit, server)
 
     def tool(self, name: str) -> dict[str, Any]:
         """Return the tool `server__tool` as `tools` lists it, connecting its server if needed.
@@ -598,6 +616,18 @@ class Gateway:
             await server.wait_for_tool_refresh()
             rows.extend(_tool_row(server.name, tool) for tool in server.tools.values())
         return rows
+
+    async def _search(self, query: str, limit: int, name: str | None) -> list[dict[str, Any]]:
+        servers = [self._servers[name]] if name else list(self._servers.values())
+        # Each server's tool dict is replaced, never changed in place, when its list changes: the rows
+        # are those of `versions` if no dict was replaced while the listing waited for servers. If some
+        # still were after three tries, `versions` are older than the rows: the next search builds again.
+        for _ in range(3):
+            versions = [server.tools for server in servers]
+            rows = await self._tool_rows(name)
+            if all(server.tools is version for server, version in zip(servers, versions, strict=True)):
+                break
+        return self._search_indexes.get(name, versions, rows).search(query, limit)
 
     async def _call(
         self,
@@ -1573,6 +1603,9 @@ def _tool_row(server: str, tool: types.Tool) -> dict[str, Any]:
         "description": tool.description or "",
         "inputSchema": tool.input_schema,
     }
+    title = tool.title or (tool.annotations.title if tool.annotations else None)
+    if title:
+        row["title"] = title
     if tool.output_schema is not None:
         row["outputSchema"] = tool.output_schema
     if tool.execution is not None:

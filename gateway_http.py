@@ -1,11 +1,12 @@
 """The gateway's local HTTP API, and the client that reaches a running gateway through it.
 
 It stands apart from `gateway` because it needs only a gateway's synchronous methods
-(`servers`, `tools`, `call`, `resources`, `read_resource`, `prompts`, `get_prompt`,
+(`servers`, `tools`, `search`, `call`, `resources`, `read_resource`, `prompts`, `get_prompt`,
 `complete`) and the standard library, never the MCP SDK: the CLI's commands go through a
 running gateway without importing the SDK.
 
 Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]`, `GET /tools/SERVER__TOOL`,
+`GET /search?q=QUERY[&limit=N][&server=NAME]` (the tools that fit QUERY best, best first),
 `POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional),
 `GET /resources[?server=NAME]`, `GET /resources/read?server=NAME&uri=URI`,
 `GET /prompts[?server=NAME]`, `POST /prompts/SERVER__PROMPT` (the arguments as a JSON
@@ -77,6 +78,7 @@ if __package__:
         ToolscriptError,
         UsageError,
     )
+    from .grants import Grant, Grants
     from .redact import redact, register_secret
     from .storage import write_atomic
 else:
@@ -92,6 +94,7 @@ else:
         ToolscriptError,
         UsageError,
     )
+    from grants import Grant, Grants
     from redact import redact, register_secret
     from storage import write_atomic
 
@@ -122,8 +125,11 @@ _IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle before its
 _CALL_PREFIX = "/tools/"
 _PROMPT_PREFIX = "/prompts/"
 _COMPLETE_PATH = "/complete"
+_TOKENS_PATH = "/tokens"
+_MAX_RUN_SECONDS = 86400.0
 MCP_PATH = "/mcp"
-_GET_PATHS = ("/health", "/servers", "/tools", "/resources", "/resources/read", "/prompts", "/types")
+_SEARCH_PATH = "/search"
+_GET_PATHS = ("/health", "/servers", "/tools", _SEARCH_PATH, "/resources", "/resources/read", "/prompts", "/types")
 _DIGITS = re.compile(r"[0-9]+")
 URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
 TOKEN_VAR = "TOOLSCRIPT_GATEWAY_TOKEN"
@@ -136,8 +142,10 @@ def _methods_for(path: str) -> tuple[str, ...]:
         return ("GET",)
     if path.startswith(_CALL_PREFIX) and path != _CALL_PREFIX:
         return ("GET", "POST")  # a tool's description, and a call of it
-    if (path.startswith(_PROMPT_PREFIX) and path != _PROMPT_PREFIX) or path == _COMPLETE_PATH:
+    if (path.startswith(_PROMPT_PREFIX) and path != _PROMPT_PREFIX) or path in (_COMPLETE_PATH, _TOKENS_PATH):
         return ("POST",)
+    if path.startswith(_TOKENS_PATH + "/") and len(path) > len(_TOKENS_PATH) + 1:
+        return ("DELETE",)
     return ()
 
 
@@ -147,6 +155,8 @@ class SyncGateway(Protocol):
     def servers(self) -> list[dict[str, Any]]: ...
 
     def tools(self, server: str | None = None) -> list[dict[str, Any]]: ...
+
+    def search(self, query: str, *, limit: int = 5, server: str | None = None) -> list[dict[str, Any]]: ...
 
     def tool(self, name: str) -> dict[str, Any]: ...
 
@@ -181,8 +191,6 @@ class SyncGateway(Protocol):
         context: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]: ...
-
-    def search(self, query: str, *, limit: int = 5, server: str | None = None) -> list[dict[str, Any]]: ...
 
 
 class LoopApp(Protocol):
@@ -319,6 +327,7 @@ class ApiServer(ThreadingHTTPServer):
         self._idle = threading.Condition()
         self.token = token or secrets.token_urlsafe(_TOKEN_BYTES)
         register_secret(self.token)
+        self.grants = Grants()  # run tokens minted for `toolscript exec`
         self._token_bytes = self.token.encode()
         self.token_help = (
             f"send 'Authorization: Bearer <token>' with the {TOKEN_VAR} the gateway printed "
@@ -348,6 +357,18 @@ class ApiServer(ThreadingHTTPServer):
         # Compared even for a wrong scheme, so that the time taken says nothing about the header.
         same = hmac.compare_digest(credential.strip().encode("utf-8", "replace"), self._token_bytes)
         return same and scheme.lower() == "bearer"
+
+    def grant_for(self, authorization: str) -> Grant | None:
+        """The live run token an `Authorization` header carries, if any (see grants.py)."""
+        scheme, _, credential = authorization.strip().partition(" ")
+        grant = self.grants.match(credential.strip())
+        return grant if grant is not None and scheme.lower() == "bearer" else None
+
+    def mint_run_token(self, tools: list[str], seconds: float) -> tuple[str, str]:
+        """Mint a run token for the tools matching `tools`, valid for `seconds`; return its id and the token."""
+        grant, token = self.grants.mint(tools, seconds)
+        register_secret(token)
+        return grant.id, token
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver would print the traceback to stderr, past the log's redaction.
@@ -394,6 +415,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Whether the request may have a body this handler has not read: then the connection
     # cannot be reused, as its next bytes would be taken for a new request.
     body_pending = False
+    # The run token the request carries instead of the gateway's own (see grants.py).
+    grant: Grant | None = None
 
     def __getattr__(self, name: str) -> Any:
         # http.server calls do_GET, do_POST, do_PUT ... and answers 501 (HTML) when there is
@@ -408,6 +431,12 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = self._target()
         if not self._allowed(needs_token=(self.command, path) != ("GET", "/health")):
             return
+        if self.grant is not None and not self._granted(path):
+            self._send(
+                403,
+                {"error": f"A run token may list and call only its run's tools, not {self.command} {path}."},
+            )
+            return
         if path == MCP_PATH or path.startswith(MCP_PATH + "/"):
             self._mcp(path)
             return
@@ -418,7 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
                 404,
                 {
                     "error": f"No endpoint {self.command} {path}; try GET /health, /servers, /tools, "
-                    "/tools/SERVER__TOOL, /resources, /resources/read, /prompts, /types, or POST "
+                    "/tools/SERVER__TOOL, /search?q=QUERY, /resources, /resources/read, /prompts, /types, or POST "
                     "/tools/SERVER__TOOL, /prompts/SERVER__PROMPT, /complete, or MCP at /mcp and /mcp/SERVER."
                 },
             )
@@ -428,6 +457,9 @@ class _Handler(BaseHTTPRequestHandler):
                 {"error": f"{path} answers only {' and '.join(methods)}, not {self.command}."},
                 allow=", ".join(methods),
             )
+        elif self.command == "DELETE":
+            revoked = self.server.grants.revoke(path[len(_TOKENS_PATH) + 1 :])
+            self._send(200 if revoked else 404, {"revoked": True} if revoked else {"error": "No such run token."})
         elif self.command == "POST":
             self._post(self._post_route(path), query)
         elif path == "/health":
@@ -435,7 +467,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/servers":
             self._answer(gateway.servers)
         elif path == "/tools":
-            self._answer(lambda: gateway.tools(query.get("server")))
+            grant = self.grant
+            self._answer(
+                lambda: [
+                    tool for tool in gateway.tools(query.get("server")) if grant is None or grant.allows(tool["name"])
+                ]
+            )
+        elif path == _SEARCH_PATH:
+            self._search(query)
         elif path == "/resources":
             self._answer(lambda: gateway.resources(query.get("server")))
         elif path == "/resources/read":
@@ -446,6 +485,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._types()
         else:  # GET /tools/SERVER__TOOL
             self._answer(lambda: gateway.tool(unquote(path[len(_CALL_PREFIX) :])))
+
+    def _granted(self, path: str) -> bool:
+        """Whether the request's run token reaches `path`: the tool listing, and the tools it was given."""
+        assert self.grant is not None
+        if path == "/tools":
+            return self.command == "GET"
+        if path.startswith(_CALL_PREFIX) and path != _CALL_PREFIX:
+            return self.grant.allows(unquote(path[len(_CALL_PREFIX) :]))
+        return False
 
     def _mcp(self, path: str) -> None:
         """Hand an MCP request (streamable HTTP) to the front on the gateway's loop; stream its answer back."""
@@ -494,6 +542,16 @@ class _Handler(BaseHTTPRequestHandler):
             "client": self.client_address[:2],
             "server": self.server.server_address[:2],
         }
+
+    def _search(self, query: dict[str, str]) -> None:
+        words, limit, server = query.get("q", ""), query.get("limit", "5"), query.get("server")
+        if not words.strip():
+            self._send(400, {"error": "Say what to search for: GET /search?q=QUERY."})
+            return
+        if not _DIGITS.fullmatch(limit) or len(limit) > 6 or int(limit) < 1:
+            self._send(400, {"error": "limit must be a whole number of tools above 0: GET /search?q=QUERY&limit=5."})
+            return
+        self._answer(lambda: self.server.gateway.search(words, limit=int(limit), server=server))
 
     def _read_resource(self, query: dict[str, str]) -> None:
         server, uri = query.get("server"), query.get("uri")
@@ -553,11 +611,26 @@ class _Handler(BaseHTTPRequestHandler):
         gateway = self.server.gateway
         if path == _COMPLETE_PATH:
             return lambda body, timeout: gateway.complete(**_completion_request(body), timeout=timeout)
+        if path == _TOKENS_PATH:
+            return lambda body, timeout: self._mint(body)
         prefix, method = (
             (_CALL_PREFIX, gateway.call) if path.startswith(_CALL_PREFIX) else (_PROMPT_PREFIX, gateway.get_prompt)
         )
         name = unquote(path[len(prefix) :])
         return lambda body, timeout: method(name, body, timeout=timeout)
+
+    def _mint(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST /tokens {"tools": [PATTERN, ...], "seconds": N}`: a run token (only with the gateway's own token)."""
+        tools, seconds = body.get("tools", ["*"]), body.get("seconds")
+        if not isinstance(tools, list) or not all(isinstance(item, str) and 0 < len(item) <= 300 for item in tools):
+            raise _MalformedRequest("tools must be a list of SERVER__TOOL patterns.")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= _MAX_RUN_SECONDS:
+            raise _MalformedRequest(f"seconds must be a number of seconds above 0, at most {_MAX_RUN_SECONDS:g}.")
+        try:
+            grant_id, token = self.server.mint_run_token(tools, float(seconds))
+        except OverflowError as exc:
+            raise _MalformedRequest(f"Too many run tokens: {exc}; revoke some with DELETE /tokens/ID.") from None
+        return {"id": grant_id, "token": token}
 
     def _json_body(self) -> bytes | None:
         """A POST's body, read exactly by its `Content-Length`; None, after answering, when it is refused."""
@@ -613,11 +686,14 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             self._send(403, {"error": f"Cross-origin requests (Origin {origin!r}) are not allowed."})
             return False
-        authorization = self.headers.get("Authorization")
-        if needs_token and not self.server.token_matches(authorization or ""):
-            problem = "Wrong gateway token" if authorization else "No gateway token"
-            self._send(403, {"error": f"{problem}: {self.server.token_help}."})
-            return False
+        authorization = self.headers.get("Authorization") or ""
+        self.grant = None
+        if needs_token and not self.server.token_matches(authorization):
+            self.grant = self.server.grant_for(authorization)
+            if self.grant is None:
+                problem = "Wrong gateway token" if authorization else "No gateway token"
+                self._send(403, {"error": f"{problem}: {self.server.token_help}."})
+                return False
         return True
 
     def _target(self) -> tuple[str, dict[str, str]]:
@@ -958,6 +1034,10 @@ class RemoteGateway:
     def tools(self, server: str | None = None) -> list[dict[str, Any]]:
         return self._request("GET", "/tools" + (f"?server={quote(server)}" if server else ""))
 
+    def search(self, query: str, *, limit: int = 5, server: str | None = None) -> list[dict[str, Any]]:
+        arguments = {"q": query, "limit": str(limit), **({"server": server} if server else {})}
+        return self._request("GET", _SEARCH_PATH + "?" + urlencode(arguments))
+
     def tool(self, name: str) -> dict[str, Any]:
         return self._request("GET", _CALL_PREFIX + quote(name))
 
@@ -1019,6 +1099,16 @@ class RemoteGateway:
             {key: item for key, item in body.items() if item is not None},
             timeout=timeout + 30 if timeout else None,
         )
+
+    def mint_run_token(self, tools: list[str], seconds: float) -> tuple[str, str]:
+        """Ask the gateway for a run token for `tools` (patterns), valid for `seconds`: its id and the token."""
+        answer = self._request("POST", _TOKENS_PATH, {"tools": tools, "seconds": seconds})
+        register_secret(answer["token"])
+        return answer["id"], answer["token"]
+
+    def revoke_run_token(self, grant_id: str) -> None:
+        """End a run token minted by `mint_run_token`."""
+        self._request("DELETE", f"{_TOKENS_PATH}/{quote(grant_id)}")
 
     def close(self) -> None:
         """Close this thread's connection."""

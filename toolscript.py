@@ -90,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose and args.quiet:  # one before the command, one after it
         parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     configure_logging(args.verbose, args.quiet)
+    if getattr(args, "no_gateway", False):
+        _no_gateway.set()
+    else:
+        _no_gateway.clear()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -118,12 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse `argv`; for `add`, everything after `--` is the server's command line, options included."""
+    """Parse `argv`; for `add`, everything after `--` is the server's command line, options included,
+    and for `exec` the script's arguments."""
     if "--" in argv:
         cut = argv.index("--")
         args = parser.parse_args(argv[:cut])
         if getattr(args, "func", None) is cmd_add and not args.command:
             args.command = argv[cut + 1 :]
+            return args
+        if getattr(args, "func", None) is cmd_exec:
+            args.args += argv[cut + 1 :]
             return args
     return parser.parse_args(argv)
 
@@ -140,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_servers,
         _add_auth,
         _add_tools,
+        _add_search,
         _add_call,
         _add_resources,
         _add_read,
@@ -147,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prompt,
         _add_gateway,
         _add_serve,
+        _add_exec,
+        _add_skill,
+        _add_suggest,
         _add_demo,
         _add_config,
         _add_add,
@@ -171,6 +183,12 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
         metavar="PATH",
         **unset,
         help="config file (default: $TOOLSCRIPT_CONFIG, ./toolscript.toml, then $TOOLSCRIPT_HOME/config.toml)",
+    )
+    parser.add_argument(
+        "--no-gateway",
+        action="store_true",
+        **unset,
+        help="do not use a running gateway of this config (toolscript gateway start); connect the servers here",
     )
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true", **unset, help="debug logging, tracebacks on errors")
@@ -667,6 +685,61 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
     return _report_failed_servers(cfg, rows)
 
 
+def _add_search(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "search",
+        help="find the tools that fit a task, best first: toolscript search open a bug",
+        description="Rank the tools of every server (or of --server) by how well they fit the query: "
+        "their names, titles, descriptions and parameters, words people use instead of the tools' own, "
+        "and typos.",
+    )
+    p.add_argument("query", nargs="+", metavar="WORDS", help="what you want to do, in your own words")
+    p.add_argument("--limit", type=_positive_int, default=5, metavar="N", help="show the N best tools (default: 5)")
+    p.add_argument("--server", metavar="NAME", help="only this server's tools")
+    p.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    p.add_argument(
+        "--types", action="store_true", help="after the ranking, print the tools found as typed Python functions"
+    )
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace, cfg: Config) -> int:
+    query = " ".join(args.query)
+    found: list[dict[str, Any]] = []  # the hits' full tool rows, for --types
+
+    def search(gateway: SyncGateway) -> list[dict[str, Any]]:
+        hits = gateway.search(query, limit=args.limit, server=args.server)
+        if args.types and hits:
+            tools = {tool["name"]: tool for tool in gateway.tools(args.server)}
+            found.extend(tools[hit["name"]] for hit in hits if hit["name"] in tools)
+        return hits
+
+    hits, rows = _listing(cfg, args.server, search)
+    source = _typed_functions(found) if args.types and found else ""
+    if args.json:
+        _print(json.dumps({"results": hits, "types": source} if args.types else hits, indent=2))
+    else:
+        names = [escape_controls(hit["name"]) for hit in hits]  # aligned as shown
+        width = max(map(len, names), default=0)
+        for name, hit in zip(names, hits, strict=True):
+            _print(f"{name:<{width}}  {hit['score']:>6.2f}  {hit['description']}".rstrip())
+        if source:
+            _print()
+            _print(source.rstrip("\n"))
+    if not hits:
+        _status(f"No tool fits {query!r}; try other words, or list them all: toolscript tools")
+    return _report_failed_servers(cfg, rows)
+
+
+def _typed_functions(tools: list[dict[str, Any]]) -> str:
+    """The typed Python functions of `tools` (`toolscript types`' module for them)."""
+    if __package__:
+        from . import typegen
+    else:
+        import typegen
+    return typegen.module_source(tools)
+
+
 def _add_call(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "call",
@@ -1047,6 +1120,14 @@ def _add_gateway(commands: argparse._SubParsersAction) -> None:
         "MCP over streamable HTTP: /mcp is every server (tools and prompts named SERVER__NAME, as 'serve'), "
         "/mcp/SERVER one server with its own names. Every request but GET /health needs the token it prints.",
     )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("start", "status", "stop"),
+        help="start: run it in the background (logging to a file) and print its URL once it serves; "
+        "status: say whether one runs for this config, and its servers; stop: end it cleanly. "
+        "Without one, the gateway runs in the foreground.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=0, help="port to listen on (default: 0, any free port)")
     _add_list_wait(p, "MCP listings (/mcp)")
@@ -1064,6 +1145,12 @@ def _add_list_wait(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
+    if args.action is not None:
+        if __package__:
+            from . import background
+        else:
+            import background
+        return background.ACTIONS[args.action](args, cfg)
     gateway_module = _gateway_module()
     if __package__:
         from .gateway_http import TOKEN_VAR, URL_VAR, ApiServer, remove_token_file, write_token_file
@@ -1087,11 +1174,13 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     except OSError as exc:
         raise UsageError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from None
     token_path = None
+    record = _running_record(cfg)
     try:
         with _signals_interrupt():
             try:
                 try:
                     token_path = write_token_file(api.url, api.token)
+                    _record_running(record, api.url, cfg)
                 except UsageError as exc:  # the token still works; only the same-user shortcut is lost
                     log.warning("warning: %s Clients need %s.", exc, TOKEN_VAR)
                 # The API listens already (requests wait in its queue): say where, then connect
@@ -1117,10 +1206,33 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
                 return EXIT_OK if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
             finally:
                 if token_path is not None:
+                    _gateway_state().remove_record(record, os.getpid())
                     remove_token_file(token_path)
     finally:
         api.server_close()
     return EXIT_OK
+
+
+def _gateway_state() -> ModuleType:
+    if __package__:
+        from . import gateway_state
+    else:
+        import gateway_state
+    return gateway_state
+
+
+def _running_record(cfg: Config) -> Path:
+    """Where a gateway serving `cfg` records itself, for every command of this user to find it."""
+    return _gateway_state().record_path(_config.toolscript_home(), cfg.path)
+
+
+def _record_running(record: Path, url: str, cfg: Config) -> None:
+    state = _gateway_state()
+    running = state.Running(url, os.getpid(), state.process_started(os.getpid()), str(cfg.path or ""), time.time())
+    try:
+        state.write_record(record, running)
+    except OSError as exc:
+        raise UsageError(f"Cannot write {record}: {exc.strerror or exc}.") from None
 
 
 _ANSWER_GRACE = 5.0  # seconds for the last answers to go out once the gateway has stopped
@@ -1130,6 +1242,183 @@ def _print_gateway_url(url_line: str, token_line: str) -> None:
     """Print the gateway's first two stdout lines, which a script reads to find and use the gateway."""
     _print(url_line)
     _print(token_line)
+
+
+def _add_exec(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "exec",
+        help="run a Python script that calls the tools (import tools), in a sandbox that reaches only them",
+        description="Run a Python script where `import tools` (`from tools import SERVER`) gives typed functions "
+        "for the allowed tools. The script runs in a sandbox (Linux Landlock and seccomp): it reads only the "
+        "Python installation, writes only a fresh working directory, connects only to the gateway, with a "
+        "token for this run that reaches only the allowed tools. Its exit code is the command's.",
+    )
+    p.add_argument("-c", dest="code", metavar="CODE", help="run CODE instead of a script file")
+    p.add_argument("script", nargs="?", metavar="SCRIPT", help="the script to run; - reads it from stdin")
+    p.add_argument(
+        "args", nargs="*", metavar="ARGS", help="arguments for the script (sys.argv); after -- they may start with -"
+    )
+    p.add_argument(
+        "--tools",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="allow only tools matching PATTERN (SERVER__TOOL, shell-style: 'github__*'; repeatable, or "
+        "comma-separated; default: every tool)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="stop the script after this long (default: 300)",
+    )
+    p.add_argument(
+        "--memory", type=_size, default=2 << 30, metavar="SIZE", help="memory limit, e.g. 512M or 4G (default: 2G)"
+    )
+    p.add_argument("--allow-read", action="append", default=[], metavar="PATH", help="let the script read PATH too")
+    p.add_argument("--allow-write", action="append", default=[], metavar="PATH", help="let the script write PATH too")
+    p.add_argument("--keep", action="store_true", help="keep the working directory, and say where it is")
+    p.add_argument(
+        "--no-sandbox",
+        dest="sandbox",
+        action="store_false",
+        help="run without file and network confinement (same environment, token and limits), where Landlock is missing",
+    )
+    p.set_defaults(func=cmd_exec)
+
+
+def cmd_exec(args: argparse.Namespace, cfg: Config) -> int:
+    import subprocess
+
+    if __package__:
+        from . import script_runner, typegen
+    else:
+        import script_runner
+        import typegen
+    if args.code is not None:
+        program = ["-c", args.code, *([args.script] if args.script else []), *args.args]
+    elif args.script == "-":
+        program = ["-c", sys.stdin.read(), *args.args]
+    elif args.script:
+        if not os.path.isfile(args.script):
+            raise UsageError(f"No script {args.script!r}: give a Python file, -c CODE, or - to read stdin.")
+        program = [args.script, *args.args]
+    else:
+        raise UsageError("Give the script to run: toolscript exec SCRIPT.py, exec -c CODE, or exec - (stdin).")
+    patterns = [item.strip() for value in args.tools for item in value.split(",") if item.strip()] or ["*"]
+    options = script_runner.RunOptions(
+        tools=patterns,
+        timeout=args.timeout,
+        memory_bytes=args.memory,
+        allow_read=args.allow_read,
+        allow_write=args.allow_write,
+        keep=args.keep,
+        confined=args.sandbox,
+    )
+    if not args.sandbox:
+        log.warning("warning: running the script without the sandbox: it can read and reach what you can.")
+    remote = running_gateway(cfg.path, discover=not _no_gateway.is_set())
+    with _signals_interrupt(), script_runner.gateway_for_run(cfg, patterns, remote) as (access, gateway):
+        tools = script_runner.allowed_tools(gateway.tools(), patterns)
+        return script_runner.run_script(
+            access,
+            typegen.module_source(tools),
+            program,
+            options,
+            stdin=subprocess.DEVNULL if args.script == "-" else None,
+            on_kept=lambda path: log.warning("The working directory is kept: %s", escape_controls(str(path))),
+        )
+
+
+def _add_skill(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "skill",
+        help="print the agent skill that teaches search, types and exec (or install it for an agent)",
+        description="Print a skill file (Agent Skills format) that teaches a coding agent to find tools with "
+        "'toolscript search', see how to call them with 'search --types' and run a script with "
+        "'toolscript exec'. --install writes it where Claude Code (~/.claude/skills/toolscript/SKILL.md), "
+        "Codex (~/.agents/skills/toolscript/SKILL.md) or a directory you name looks for skills.",
+    )
+    p.add_argument("--install", metavar="claude|codex|DIR", help="write the skill for this agent, or into DIR")
+    p.add_argument("--force", action="store_true", help="replace a skill file that differs (edited, or older)")
+    p.set_defaults(func=cmd_skill, needs_config=False)
+
+
+def cmd_skill(args: argparse.Namespace, cfg: Config | None) -> int:
+    if __package__:
+        from . import skill
+    else:
+        import skill
+    if args.install is None:
+        _print(skill.SKILL.rstrip("\n"))
+        return EXIT_OK
+    try:
+        path, written = skill.install(args.install, force=args.force)
+    except FileExistsError as exc:
+        raise UsageError(
+            f"{exc} differs from this toolscript's skill; replace it with: toolscript skill "
+            f"--install {args.install} --force"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"Cannot write the skill: {exc.strerror or exc}.") from None
+    _status(f"{'Installed' if written else 'Already up to date:'} {escape_controls(str(path))}")
+    return EXIT_OK
+
+
+def _add_suggest(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "suggest",
+        help="a Claude Code UserPromptSubmit hook: name the tools that fit the prompt (stdin: the hook payload)",
+        description="Read a Claude Code UserPromptSubmit hook payload on stdin and print the hook answer whose "
+        "additionalContext names the few tools (of the running gateway) that fit the prompt, or nothing "
+        "when none fits well. It never fails the prompt: on any error it prints nothing and exits 0.",
+    )
+    p.add_argument("--limit", type=int, default=3, help="name at most this many tools (default: 3)")
+    p.set_defaults(func=cmd_suggest, needs_config=False)
+
+
+SUGGEST_DEADLINE = 0.45  # seconds: the hook runs before every prompt
+# A hit fits well enough to mention when it scores at least this (on search.py's scale, a
+# query sharing a verb and an object with a tool scores 7 and up, one sharing a stray word
+# about 2 to 5) and at least half the best hit's score.
+SUGGEST_MIN_SCORE = 6.0
+
+
+def cmd_suggest(args: argparse.Namespace, cfg: Config | None) -> int:
+    if __package__:
+        from . import skill
+    else:
+        import skill
+
+    def give_up(signum: int, frame: Any) -> None:
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.setitimer(signal.ITIMER_REAL, SUGGEST_DEADLINE)
+    try:
+        payload = json.loads(sys.stdin.read(1 << 20))
+        prompt = payload.get("prompt") if isinstance(payload, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            return EXIT_OK
+        hits = _suggested_tools(prompt, args.limit)
+        best = max((hit["score"] for hit in hits), default=0.0)
+        answer = skill.hook_answer([hit for hit in hits if hit["score"] >= max(SUGGEST_MIN_SCORE, best / 2)])
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if answer:
+            _print(answer)
+    except BaseException as exc:  # whatever happens, the user's prompt goes on
+        log.debug("suggest: %s", type(exc).__name__)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return EXIT_OK
+
+
+def _suggested_tools(prompt: str, limit: int) -> list[dict[str, Any]]:
+    """Search the running gateway (never one started here: too slow for a hook) for `prompt`."""
+    remote = running_gateway(_config.find_config(None))
+    return [] if remote is None else remote.search(prompt, limit=limit)
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -1171,7 +1460,7 @@ def _open_gateway(
     Our own connects only `server` (or `servers`), or the server of the tool `for_tool` or prompt `for_prompt`,
     or else all.
     """
-    remote = running_gateway(cfg.path)
+    remote = running_gateway(cfg.path, discover=not _no_gateway.is_set())
     if remote is not None:
         yield remote
         return
@@ -1188,6 +1477,9 @@ def _open_gateway(
             yield gateway
         finally:
             gateway.stop()
+
+
+_no_gateway = threading.Event()  # --no-gateway, for this run of main()
 
 
 def _gateway_module() -> ModuleType:
@@ -1349,6 +1641,12 @@ def _decoded_size(data: Any) -> int:
         return len(data or "")
 
 
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 0 < len(text) <= 6) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, not {text!r}")
+    return int(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -1357,6 +1655,23 @@ def _positive_float(text: str) -> float:
     if not 0 < value < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
     return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A size in bytes from `512M`, `2G`, `1048576`."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].upper()
+    if unit not in _SIZE_UNITS or unit == "":
+        number, unit = text.strip(), ""
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        value = 0.0
+    if not 1 << 20 <= value < 1 << 50:
+        raise argparse.ArgumentTypeError(f"must be a size from 1M up, such as 512M or 4G, not {text!r}")
+    return int(value)
 
 
 # -- add, remove, import: edit the config file ---------------------------------------------

@@ -324,3 +324,22 @@ def acquire_lock_together(self, *args, **kwargs):
 storage.Store.acquire_lock = acquire_lock_together
 sys.exit(toolscript.main({argv}))
 """
+
+
+from config import parse_config  # noqa: E402
+from gateway import Gateway  # noqa: E402
+from gateway_http import ApiServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def api_env() -> Iterator[dict[str, str]]:
+    """A gateway in this process serving the test toolbox as `box`: the environment that sends commands to it."""
+    gateway = Gateway(parse_config({"servers": {"box": stdio_server(timeout=30)}})).start()
+    api = ApiServer(gateway)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    try:
+        yield {"TOOLSCRIPT_GATEWAY_URL": api.url, "TOOLSCRIPT_GATEWAY_TOKEN": api.token}
+    finally:
+        api.shutdown()
+        gateway.stop()
+        api.server_close()
