@@ -33,7 +33,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 if __package__:
-    from .askers import Askers
+    from .askers import Askers, outside_requests
     from .errors import (
         AuthError,
         AuthRequiredError,
@@ -47,7 +47,7 @@ if __package__:
     from .redact import redact
     from .storage import OAuthStatus, Store, note_auth_not_needed
 else:
-    from askers import Askers
+    from askers import Askers, outside_requests
     from errors import (
         AuthError,
         AuthRequiredError,
@@ -236,7 +236,7 @@ class Upstream:
         self._reconnect_lock = anyio.Lock()
         self._fail_fast_until = 0.0  # after a failed reconnect round, calls fail with its error until then
         self._tool_refresh_done: anyio.Event | None = None  # None unless a tool list refresh is in progress
-        self.askers = Askers(self.name, config.type)
+        self.askers = Askers(self.name)
         self.auth: httpx2.Auth | None = None  # the current connection's
         self.call_auth_failure: AuthError | None = None  # of the last call, which failed with it
 
@@ -378,6 +378,7 @@ class Upstream:
     async def _run(self, connection: Connection) -> None:
         """Connect, then hold the connection open until it is closed or lost."""
         SERVER.set(self.name)  # what the SDK logs for this connection names the server
+        outside_requests()  # even when a request opened it, the connection is not that request's
         error: BaseException | None = None
         auth = self.auth = self._auth_factory(self.config) if self._auth_factory is not None else None
         if isinstance(auth, StoredTokenAuth):
