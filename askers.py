@@ -43,7 +43,7 @@ class Asker(Protocol):
     A tool call's is its input handler (`Gateway.call`); a front's is the client whose
     request it passed on (`Gateway.forward`). Only the asker of the request the server is
     serving is asked, never another caller's. `caller` is who is asked: the same object
-    for every request of one caller (a front's client session); a tool call is its own.
+    for every request of one caller (a front's client connection); a tool call is its own.
     """
 
     @property

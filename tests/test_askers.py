@@ -220,3 +220,37 @@ def test_a_connection_reopened_for_an_mcp_client_does_not_hand_it_an_api_caller_
     assert asked == []
     assert through_api["content"][0]["text"] == DECLINED and held == ["held"]
     assert declined_because_of_different_callers("ts") in caplog.messages
+
+
+def test_with_calls_of_two_mcp_clients_in_flight_sampling_outside_them_is_declined(
+    node: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sampled: list[str] = []
+
+    async def on_sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        sampled.append(params.messages[0].content.text)  # type: ignore[union-attr]
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="no"), model="m")
+
+    async def scenario(api: Any) -> tuple[list[str], list[str]]:
+        async with (
+            mcp_client(api, "/mcp/ts", sampling_callback=on_sampling) as first,
+            mcp_client(api, "/mcp/ts", sampling_callback=on_sampling) as second,
+        ):
+            held: list[str] = []
+
+            async def hold() -> None:
+                held.extend(texts(await first.call_tool("hold")))
+
+            with anyio.fail_after(TIMEOUT):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(hold)
+                    answer = texts(await second.call_tool("sample", {"prompt": "Whose?", "after_hold": True}))
+        return held, answer
+
+    with typescript_server(node, "http") as table, caplog.at_level(logging.WARNING, "toolscript.gateway"):
+        write_config({"ts": table})
+        with gateway_in_process() as (_, api):
+            held, answer = anyio.run(scenario, api)
+    assert sampled == [] and held == ["held"]
+    assert answer == ["refused: MCP error -32600: Sampling not supported"]
+    assert declined_because_of_different_callers("ts", "sampling") in caplog.messages
