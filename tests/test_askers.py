@@ -3,10 +3,12 @@ TypeScript SDK (`tests/servers/typescript_asker.mjs`) that asks the way such ser
 related request id, so that over streamable HTTP the question comes on the standalone GET stream.
 
 Through `call` on a terminal, through `toolscript serve` and `toolscript gateway`'s `/mcp`, over stdio and
-streamable HTTP: the question goes to the only request in flight, or to the one client whose requests are
-all in flight; with requests of different callers in flight it is declined and the log says why, and never
-is an MCP client asked on an API caller's behalf. Node 22 and the SDK are the conformance suite's install
-(the `conformance_cli` fixture): without npm these tests are skipped, unless TOOLSCRIPT_REQUIRE_CONFORMANCE=1.
+streamable HTTP: the question goes to the only request in flight or, with several, to the one client they
+all come from; with requests of different callers in flight it is declined and the log says why, and never
+is one caller (an MCP client) asked on another's (an API call's, another client's) behalf.
+
+Node 22 and the SDK are the conformance suite's install (the `conformance_cli` fixture): without npm these
+tests are skipped, unless TOOLSCRIPT_REQUIRE_CONFORMANCE=1.
 """
 
 from __future__ import annotations
