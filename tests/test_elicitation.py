@@ -6,13 +6,16 @@ its tools report what toolscript answered, so every assertion is about what the 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import re
 import select
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,13 +60,15 @@ def reported(text: str) -> dict[str, Any]:
 # -- the pseudo-terminal --------------------------------------------------------------
 
 
-def on_terminal(args: list[str], answers: list[str], timeout: float = 60) -> tuple[int, str]:
-    """Run `toolscript ARGS` on a pseudo-terminal, typing the next answer at each prompt; return (exit, output).
+def on_terminal(args: list[str], answers: list[str], timeout: float = 60, columns: int = 200) -> tuple[int, str]:
+    """Run `toolscript ARGS` on a pseudo-terminal `columns` wide, typing the next answer at each prompt; return
+    (exit, output).
 
     A prompt is output that ends with ': ' and waits; every answer is one line (`\\x04`, Ctrl-D,
     ends the input).
     """
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "toolscript.py"), *args], stdin=slave, stdout=slave, stderr=slave, close_fds=True
     )
@@ -106,12 +111,13 @@ def test_enter_for_every_field_sends_every_default(stdio_config: Path) -> None:
     assert reported(output) == {"action": "accept", "content": BOOKING_DEFAULTS}
     assert "Server 'i' asks for input (during i__book_table):\n  Book a table for tonight?\n" in output
     # Each field shows its type, limits, choices and default.
-    assert "  Name (text, at least 1 character, required) - who the table is for [Ada]: " in output
-    assert "  guests (integer, 1 to 12, required) [2]: " in output
-    assert "  vegetarian (yes/no) [no]: " in output
-    assert "  seating (one of: 1) indoor, 2) outdoor, 3) bar) [outdoor]: " in output
-    assert "  time (one of: 1) Early, 2) Late) [20:00]: " in output
-    assert "  extras (any of: 1) cake, 2) candles, 3) flowers; separate with commas) [candles]: " in output
+    # Each prompt starts its line with the server's name.
+    assert "\ni> Name (text, at least 1 character, required) - who the table is for [Ada]: " in output
+    assert "\ni> guests (integer, 1 to 12, required) [2]: " in output
+    assert "\ni> vegetarian (yes/no) [no]: " in output
+    assert "\ni> seating (one of: 1) indoor, 2) outdoor, 3) bar) [outdoor]: " in output
+    assert "\ni> time (one of: 1) Early, 2) Late) [20:00]: " in output
+    assert "\ni> extras (any of: 1) cake, 2) candles, 3) flowers; separate with commas) [candles]: " in output
 
 
 def test_without_a_terminal_the_server_gets_decline_and_stderr_a_note(stdio_config: Path) -> None:
@@ -149,7 +155,7 @@ def test_url_mode_prints_the_url_and_waits_for_the_person(stdio_config: Path) ->
     code, output = on_terminal(["call", "i__open_page"], [""])
     assert code == 0, output
     assert reported(output) == {"action": ACCEPT}
-    assert f"Open this URL in a browser to continue there:\n\n  {PAGE_URL}\n" in output
+    assert f"Open this URL in a browser to continue there:\n\n  {PAGE_URL}\n\ni> Press Enter when" in output
     code, output = on_terminal(["call", "i__open_page"], ["n"])
     assert (code, reported(output)) == (1, {"action": DECLINE}), output
 
