@@ -70,7 +70,7 @@ class InputRequest:
     """
 
     server: str
-    tool: str  # the request the server was answering: SERVER__TOOL, SERVER__PROMPT or "SERVER URI" (a read)
+    tool: str  # the request the server was answering: SERVER__TOOL, SERVER__PROMPT or "the read of URI"
     mode: str
     message: str
     requested_schema: dict[str, Any] | None = None
@@ -370,9 +370,9 @@ def describe_request(request: InputRequest | dict[str, Any]) -> str:
     message = one_line(str(data.get("message", "")))
     what = f"Server '{one_line(str(data.get('server')))}' asked for input during {one_line(str(data.get('tool')))}"
     if data.get("mode") == "url":
-        return f"{what}: {message!r}, to be given at {one_line(str(data.get('url')))}"
+        return f"{what}: '{message}', to be given at {one_line(str(data.get('url')))}"
     names = [one_line(f.name) for f in form_fields(data.get("requestedSchema"))]
-    return f"{what}: {message!r} (fields: {', '.join(names) or 'none'})"
+    return f"{what}: '{message}' (fields: {', '.join(names) or 'none'})"
 
 
 def describe_answer(record: dict[str, Any]) -> str:

@@ -429,7 +429,7 @@ class Gateway:
                 f"Give the URI of a resource of server '{server}'. Run: toolscript resources --server {server}",
                 server=server,
             )
-        call = _CallInput(f"{server} {uri}", input_handler)
+        call = _CallInput(f"the read of {uri}", input_handler)
         return call.report(
             _as_json(self._run_on_loop(self._on_server, server, _Server.read_resource, uri, timeout, call))
         )
@@ -714,7 +714,7 @@ _ASKER: ContextVar[Asker | None] = ContextVar("toolscript_asker", default=None)
 class _CallInput:
     """One call's way of answering a server's requests for input, and what it declined."""
 
-    tool: str  # the request: SERVER__TOOL, SERVER__PROMPT, or "SERVER URI" for a read
+    tool: str  # the request: SERVER__TOOL, SERVER__PROMPT, or "the read of URI"
     handler: InputHandler | None
     declined: list[InputRequest] = field(default_factory=list)
     clock: RequestClock | None = None  # the call's timeout, stopped while the user is asked

@@ -172,13 +172,15 @@ def wrap(text: str, prefix: str, width: int | None, next_prefix: str | None = No
     next_prefix = prefix if next_prefix is None else next_prefix
     if width is None:
         return [prefix + text]
+    # Spaces at the end stay on the last line (the space after a prompt's colon): nothing follows them.
+    stripped = text.rstrip(" ")
     lines, line, used = [], prefix, width_of(prefix)
-    for character in text:
+    for character in stripped:
         columns = _columns(character)
         if used + columns > width and line not in (prefix, next_prefix):
             lines.append(line)
             line, used = next_prefix, width_of(next_prefix)
         line += character
         used += columns
-    lines.append(line)
+    lines.append(line + text[len(stripped) :])
     return lines

@@ -25,10 +25,20 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import ROOT, SERVERS, explain, run_cli, run_threads, serving_api, write_config
-from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, LINK_URL, PAGE_URL, serving
+from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, BOOKING_URI, LINK_URL, PAGE_URL, serving
 
 from config import load_config
-from elicitation import ACCEPT, CANCEL, DECLINE, InputAnswer, InputRequest, ask_on_terminal, form_fields
+from elicitation import (
+    ACCEPT,
+    CANCEL,
+    DECLINE,
+    InputAnswer,
+    InputRequest,
+    PresetAnswers,
+    ask_on_terminal,
+    describe_answer,
+    form_fields,
+)
 from gateway import Gateway
 
 INTERACTIVE = str(SERVERS / "interactive.py")
@@ -194,6 +204,126 @@ def test_through_a_running_gateway_the_request_is_declined_and_reported(stdio_co
         proc = run_cli("call", "i__book_table", input="", env={"TOOLSCRIPT_GATEWAY_URL": api.url})
     assert proc.returncode == 1, explain(proc)
     assert (proc.stdout, proc.stderr) == ("", NOTE + DECLINED)
+
+
+# -- answers without a terminal: --accept-defaults, --answer -------------------------------
+
+ASKED = (
+    "note: Server 'i' asked for input during {during}: 'Book a table for tonight?' "
+    "(fields: name, guests, budget, vegetarian, seating, time, extras); "
+)
+
+
+def test_accept_defaults_accepts_a_form_whose_every_required_field_has_a_default(stdio_config: Path) -> None:
+    proc = run_cli("call", "i__book_table", "--accept-defaults", input="")
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads(proc.stdout) == {"action": "accept", "content": BOOKING_DEFAULTS}
+    sent = json.dumps(BOOKING_DEFAULTS)
+    assert proc.stderr == ASKED.format(during="i__book_table") + f"accepted with {sent}.\n"
+
+
+def test_answers_fill_their_fields_and_are_checked_like_typed_ones(stdio_config: Path) -> None:
+    proc = run_cli("call", "i__book_table", "--answer", "guests=3", "--answer", "name=Grace", input="")
+    assert proc.returncode == 0, explain(proc)
+    # Every required field answered: accepted with the answers only (no --accept-defaults, no defaults sent).
+    assert json.loads(proc.stdout) == {"action": "accept", "content": {"guests": 3, "name": "Grace"}}
+    proc = run_cli("call", "i__book_table", "--answer", "guests=13", "--accept-defaults", "--answer", "extras=cake,3")
+    assert proc.returncode == 1, explain(proc)
+    assert proc.stderr == (
+        ASKED.format(during="i__book_table") + "declined, as the answer guests=13 does not fit: give at most 12.\n"
+        '{"action": "decline", "content": null}\n'
+    )
+    proc = run_cli("call", "i__book_table", "--answer", "guests=4", input="")  # name has a default, not taken
+    assert proc.returncode == 1, explain(proc)
+    assert (
+        "declined, as field 'name' is required: answer it with --answer name=VALUE, or give --accept-defaults.\n"
+        in proc.stderr
+    )
+    proc = run_cli("call", "i__book_table", "--answer", "guests=4", "--accept-defaults", "--answer", "extras=cake,3")
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads(proc.stdout)["content"] == {**BOOKING_DEFAULTS, "guests": 4, "extras": ["cake", "flowers"]}
+
+
+def test_a_required_field_without_default_declines_and_urls_are_declined() -> None:
+    schema = {"properties": {"email": {"type": "string", "format": "email"}}, "required": ["email"]}
+    form = InputRequest("s", "s__t", "form", "Who?", schema)
+    preset = PresetAnswers(accept_defaults=True)
+    assert preset(form) == InputAnswer(DECLINE)
+    assert preset(InputRequest("s", "s__t", "url", "Go", url="https://example.com")) == InputAnswer(DECLINE)
+    assert [describe_answer(record) for record in preset.records] == [
+        "declined, as field 'email' is required and has no default: answer it with --answer email=VALUE",
+        "declined, as a URL cannot be opened without a terminal",
+    ]
+    assert PresetAnswers({"email": "ada@example.org"})(form) == InputAnswer(ACCEPT, {"email": "ada@example.org"})
+
+
+def test_a_malformed_answer_is_a_usage_error(stdio_config: Path) -> None:
+    proc = run_cli("call", "i__book_table", "--answer", "guests")
+    assert (proc.returncode, proc.stdout) == (2, ""), explain(proc)
+    assert proc.stderr == "error: --answer: an answer is NAME=VALUE, not 'guests'.\n"
+
+
+def test_prompt_and_read_answer_as_call_does(stdio_config: Path) -> None:
+    proc = run_cli("prompt", "i__booking", "--accept-defaults", "--answer", "guests=5", input="")
+    assert proc.returncode == 0, explain(proc)
+    assert reported(proc.stdout) == {"action": "accept", "content": {**BOOKING_DEFAULTS, "guests": 5}}
+    assert proc.stderr.startswith(ASKED.format(during="i__booking") + "accepted with {")
+    proc = run_cli("read", "i", BOOKING_URI, "--accept-defaults", input="")
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads(proc.stdout) == {"action": "accept", "content": BOOKING_DEFAULTS}
+    assert proc.stderr.startswith(ASKED.format(during=f"the read of {BOOKING_URI}") + "accepted with {")
+    # Without answers nor a terminal, declined and said so, as for a call.
+    proc = run_cli("read", "i", BOOKING_URI, input="")
+    assert json.loads(proc.stdout) == {"action": "decline", "content": None}, explain(proc)
+    assert proc.stderr == ASKED.format(during=f"the read of {BOOKING_URI}") + (
+        "declined, as stdin or stderr is not a terminal.\n"
+    )
+
+
+def test_answers_go_through_a_running_gateway_and_its_http_api(stdio_config: Path) -> None:
+    with Gateway(load_config()) as gateway, serving_api(gateway) as api:
+        proc = run_cli(
+            "call",
+            "i__book_table",
+            "--accept-defaults",
+            "--answer",
+            "guests=6",
+            env={"TOOLSCRIPT_GATEWAY_URL": api.url},
+        )
+        headers = {"Authorization": f"Bearer {api.token}"}
+        answer = httpx2.post(
+            api.url + "/tools/i__book_table?accept_defaults=1&answer=name%3DGrace",
+            json={},
+            timeout=30,
+            headers=headers,
+        ).json()
+        read = httpx2.get(
+            api.url + "/resources/read",
+            params={"server": "i", "uri": BOOKING_URI, "answer": ["name=Lin", "guests=2"]},
+            timeout=30,
+            headers=headers,
+        ).json()
+        malformed = httpx2.post(api.url + "/prompts/i__booking?answer=name", json={}, timeout=30, headers=headers)
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads(proc.stdout)["content"] == {**BOOKING_DEFAULTS, "guests": 6}
+    assert proc.stderr.startswith(ASKED.format(during="i__book_table") + "accepted with {")
+    assert answer["structuredContent"] == {"action": "accept", "content": {**BOOKING_DEFAULTS, "name": "Grace"}}
+    assert answer["answeredInputRequests"] == [
+        {
+            "server": "i",
+            "tool": "i__book_table",
+            "mode": "form",
+            "message": "Book a table for tonight?",
+            "requestedSchema": BOOKING_SCHEMA,
+            "action": "accept",
+            "content": {**BOOKING_DEFAULTS, "name": "Grace"},
+        }
+    ]
+    assert json.loads(read["contents"][0]["text"]) == {"action": "accept", "content": {"name": "Lin", "guests": 2}}
+    assert (malformed.status_code, malformed.json()) == (
+        400,
+        {"error": "Malformed answer: an answer is NAME=VALUE, not 'name'.", "kind": "usage"},
+    )
 
 
 # -- the Python and HTTP APIs -----------------------------------------------------------
