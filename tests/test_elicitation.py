@@ -28,17 +28,7 @@ from conftest import ROOT, SERVERS, explain, run_cli, run_threads, serving_api, 
 from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, BOOKING_URI, LINK_URL, PAGE_URL, serving
 
 from config import load_config
-from elicitation import (
-    ACCEPT,
-    CANCEL,
-    DECLINE,
-    InputAnswer,
-    InputRequest,
-    PresetAnswers,
-    ask_on_terminal,
-    describe_answer,
-    form_fields,
-)
+from elicitation import ACCEPT, CANCEL, DECLINE, InputAnswer, InputRequest, ask_on_terminal, form_fields
 from gateway import Gateway
 
 INTERACTIVE = str(SERVERS / "interactive.py")
@@ -245,6 +235,8 @@ def test_answers_fill_their_fields_and_are_checked_like_typed_ones(stdio_config:
 
 
 def test_a_required_field_without_default_declines_and_urls_are_declined() -> None:
+    from elicitation import PresetAnswers, describe_answer
+
     schema = {"properties": {"email": {"type": "string", "format": "email"}}, "required": ["email"]}
     form = InputRequest("s", "s__t", "form", "Who?", schema)
     preset = PresetAnswers(accept_defaults=True)
