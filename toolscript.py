@@ -311,7 +311,7 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
     width = max(len(str(r["name"])) for r in rows + unusable)
     for server, row in zip(cfg.servers.values(), rows, strict=True):
         oauth = f"  [oauth: {row['oauth_status']}]" if "oauth_status" in row else ""
-        reason = f" ({row['oauth_error']})" if "oauth_error" in row else ""
+        reason = f" ({one_line(str(row['oauth_error']))})" if "oauth_error" in row else ""  # an AS's words
         _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}")
     for row in unusable:
         _print(f"{row['name']:<{width}}  {'-':<5}  unusable: {row['error']}")
@@ -379,8 +379,8 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
     if args.status:
         lines = auth.status_report(server, store)
         width = max(len(label) for label, _ in lines) + 1
-        for label, value in lines:
-            _print(f"{label + ':' if label else '':<{width}} {value}")
+        for label, value in lines:  # a value may quote an authorization server: on its one line
+            _print(f"{label + ':' if label else '':<{width}} {one_line(value)}")
         return EXIT_OK
     if args.logout:
         result = auth.logout(server, store, forget_client=args.forget_client)
@@ -430,7 +430,7 @@ def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
             state, text = None, f"unreadable record: {exc}"
         if state is None or state.needs_auth:
             todo.append(server.name)
-        _print(f"{server.name:<{width}}  {text}")
+        _print(f"{server.name:<{width}}  {one_line(text)}")
     for name, problem in cfg.unusable.items():
         _print(f"{name:<{width}}  unusable: environment variable {problem.variable} is not set")
     if todo:

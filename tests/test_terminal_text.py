@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SERVERS, cli, write_config
-from hostile import FORGED_ERROR
+from hostile import CONTROLS, FORGED_ERROR
 from test_elicitation import on_terminal
 
 HOSTILE = str(SERVERS / "hostile.py")
@@ -87,3 +87,19 @@ def test_listings_show_each_server_text_on_its_one_line(capsys: pytest.CaptureFi
     code, described, _ = cli(capsys, "tools", "h__form")
     assert code == 0 and described.startswith(f"h__form\n  Fill a form{ESCAPED}\n  {FORGED_ERROR}\n"), described
     assert_no_controls(tools + resources + described)
+
+
+def test_an_authorization_server_s_error_stays_on_its_status_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from storage import Metadata, Record, Store
+
+    write_config({"events": {"type": "sse", "url": "https://events.example.com/sse"}})
+    forged = f"invalid_grant{CONTROLS}\n{FORGED_ERROR}"  # as an error_description could say
+    Store().save("events", Record(metadata=Metadata(server_url="https://events.example.com/sse", last_error=forged)))
+    shown = f"invalid_grant{ESCAPED}\\n{FORGED_ERROR}"
+    code, out, _ = cli(capsys, "servers")
+    assert (code, out) == (
+        0,
+        f"events  sse    https://events.example.com/sse  [oauth: authentication_failed] ({shown})\n",
+    )
+    code, out, _ = cli(capsys, "auth")
+    assert code == 0 and out.splitlines()[0].startswith("events  ") and len(out.splitlines()) == 3, out
