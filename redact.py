@@ -8,6 +8,12 @@ Two layers: exact values registered with `register_secret` (tokens, codes, state
 PKCE verifiers, client secrets) are masked wherever they appear, and common secret
 shapes (`Bearer ...`, `access_token=...`, `"refresh_token": "..."`) are masked even when
 nobody registered the value.
+
+Every text from a server shown on a terminal goes through `escape_controls`, by one of
+three ways: `one_line` (a listing's cell, a form's field: newlines shown as `\\n`),
+`escape_lines` (an error or log line: the lines after the first indented) or `wrap` of
+an escaped line (cut to the terminal's width, each piece after a prefix). A line that
+starts in the first column is then toolscript's own.
 """
 
 from __future__ import annotations
