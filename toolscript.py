@@ -704,8 +704,11 @@ def _input_handler(args: argparse.Namespace, elicitation: ModuleType) -> Any:
     return preset or _terminal_input_handler(elicitation)
 
 
-def _note_input_requests(result: dict[str, Any], handler: Any, elicitation: ModuleType) -> dict[str, Any]:
-    """Say on stderr what the server asked and what it got, for each request nobody was asked about; return `result`."""
+def _note_input_requests(result: dict[str, Any], handler: Any, elicitation: ModuleType) -> None:
+    """Say on stderr what the server asked and what it got, for each request nobody was asked about.
+
+    Answers given in advance (`PresetAnswers`) are listed in `result` too, as the HTTP API lists them.
+    """
     if isinstance(handler, elicitation.PresetAnswers):
         handler.add_to(result)
     why = "nobody could be asked through the gateway" if handler else "stdin or stderr is not a terminal"
@@ -713,7 +716,6 @@ def _note_input_requests(result: dict[str, Any], handler: Any, elicitation: Modu
         log.warning("note: %s; declined, as %s.", elicitation.describe_request(request), why)
     for record in result.get(elicitation.ANSWERED_KEY) or []:
         log.warning("note: %s; %s.", elicitation.describe_request(record), elicitation.describe_answer(record))
-    return result
 
 
 def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
