@@ -296,8 +296,8 @@ def ask_on_terminal(
     """
     prefix = f"{one_line(request.server)}> "
 
-    def show(text: str, first: str, end: str = "\n") -> None:
-        write("\n".join(wrap(text, first, width)) + end)
+    def show(text: str, first: str, end: str = "\n", cut: bool = True) -> None:
+        write("\n".join(wrap(text, first, width if cut else None)) + end)
 
     write(f"\nServer '{one_line(request.server)}' asks for input (during {one_line(request.tool)}):\n")
     for line in str(request.message).splitlines() or [""]:
@@ -343,8 +343,10 @@ _QUOTED = "  "  # the indent of the server's message, and of what toolscript say
 def _ask_url(
     request: InputRequest, read_line: Callable[[], str], show: Callable[..., None], prefix: str
 ) -> InputAnswer:
-    show("Open this URL in a browser to continue there:\n", "")
-    show(one_line(request.url or ""), _QUOTED, end="\n\n")
+    show("Open this URL in a browser to continue there:\n", "", cut=False)
+    url = one_line(request.url or "")
+    # Whole, to be copied, unless it has spaces: only then could a piece the terminal wraps read as a line.
+    show(url, _QUOTED, end="\n\n", cut=any(character.isspace() for character in url))
     show("Press Enter when you are done there, or type n to decline: ", prefix, end="")
     line = read_line()
     if not line:
