@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 if __package__:
-    from .redact import escape_controls
+    from .redact import one_line, wrap
 else:
-    from redact import escape_controls
+    from redact import one_line, wrap
 
 __all__ = [
     "ACCEPT",
+    "ANSWERED_KEY",
     "CANCEL",
     "DECLINE",
     "DECLINED_KEY",
@@ -34,9 +35,12 @@ __all__ = [
     "InputAnswer",
     "InputHandler",
     "InputRequest",
+    "PresetAnswers",
     "ask_on_terminal",
+    "describe_answer",
     "describe_request",
     "form_fields",
+    "preset_answers",
     "prompt_for",
 ]
 
@@ -44,6 +48,8 @@ ACCEPT, DECLINE, CANCEL = "accept", "decline", "cancel"
 # The key of a call's result (and of the HTTP API's answer) that lists the requests declined
 # because the call had no way to ask anyone.
 DECLINED_KEY = "declinedInputRequests"
+# The key that lists the requests answered by `PresetAnswers`, each with what was sent (or why not).
+ANSWERED_KEY = "answeredInputRequests"
 
 _MISSING: Any = object()
 _DECLINE_WORD, _CANCEL_WORD, _EMPTY_WORD = "!decline", "!cancel", "-"
@@ -64,7 +70,7 @@ class InputRequest:
     """
 
     server: str
-    tool: str  # SERVER__TOOL of the call the server was answering
+    tool: str  # the request the server was answering: SERVER__TOOL, SERVER__PROMPT or "the read of URI"
     mode: str
     message: str
     requested_schema: dict[str, Any] | None = None
@@ -118,17 +124,17 @@ class FormField:
         """The field's type and limits, for a prompt: `integer, 1 to 20`, `one of: 1) a, 2) b`."""
         parts = []
         if self.kind == "choice":
-            parts.append("one of: " + ", ".join(f"{n}) {label}" for n, (_, label) in enumerate(self.choices, 1)))
+            parts.append("one of: " + ", ".join(f"{n}) {one_line(label)}" for n, (_, label) in self._numbered()))
         elif self.kind == "choices":
             parts.append(
                 "any of: "
-                + ", ".join(f"{n}) {label}" for n, (_, label) in enumerate(self.choices, 1))
+                + ", ".join(f"{n}) {one_line(label)}" for n, (_, label) in self._numbered())
                 + "; separate with commas"
             )
         elif self.kind == "boolean":
             parts.append("yes/no")
         elif self.kind == "string":
-            parts.append(self.string_format or "text")
+            parts.append(one_line(self.string_format) if self.string_format else "text")
         else:
             parts.append(self.kind)
         numeric = self.kind in ("integer", "number")
@@ -143,6 +149,9 @@ class FormField:
         if self.required:
             parts.append("required")
         return ", ".join(parts)
+
+    def _numbered(self) -> Iterator[tuple[int, tuple[str, str]]]:
+        return enumerate(self.choices, 1)
 
     def show(self, value: Any) -> str:
         """A value of this field as the user would type it."""
@@ -271,16 +280,30 @@ def _choices(prop: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     )
 
 
-def ask_on_terminal(request: InputRequest, read_line: Callable[[], str], write: Callable[[str], object]) -> InputAnswer:
+def ask_on_terminal(
+    request: InputRequest,
+    read_line: Callable[[], str],
+    write: Callable[[str], object],
+    width: int | None = None,
+) -> InputAnswer:
     """Ask the person at a terminal: `read_line` reads one line (empty at end of input), `write` shows text.
 
-    End of input (Ctrl-D) cancels; `!decline` or `!cancel` at any prompt refuses.
+    End of input (Ctrl-D) cancels; `!decline` or `!cancel` at any prompt refuses. Every
+    line toolscript draws starts in the first column; the server's text is escaped, shown
+    on lines of its own under an indent (the message) or after a prefix naming the server
+    (each field), and cut to the terminal's `width`, so no line it makes starts in the first
+    column: a prompt that does (`SERVER> `) is toolscript's, and names the server that asks.
     """
-    write(f"\nServer '{request.server}' asks for input (during {request.tool}):\n")
-    for line in escape_controls(str(request.message)).splitlines() or [""]:
-        write(f"  {line}\n")
+    prefix = f"{one_line(request.server)}> "
+
+    def show(text: str, first: str, end: str = "\n", cut: bool = True) -> None:
+        write("\n".join(wrap(text, first, width if cut else None)) + end)
+
+    write(f"\nServer '{one_line(request.server)}' asks for input (during {one_line(request.tool)}):\n")
+    for line in str(request.message).splitlines() or [""]:
+        show(one_line(line), _QUOTED)
     if request.mode == "url":
-        return _ask_url(request, read_line, write)
+        return _ask_url(request, read_line, show, prefix)
     fields = form_fields(request.requested_schema)
     write(
         f"Enter takes the [default]; {_EMPTY_WORD} leaves an optional field empty; "
@@ -289,7 +312,7 @@ def ask_on_terminal(request: InputRequest, read_line: Callable[[], str], write: 
     content: dict[str, Any] = {}
     for form_field in fields:
         while True:
-            write(prompt_for(form_field))
+            show(prompt_for(form_field), prefix, end="")
             line = read_line()
             if not line:  # end of input
                 write("\n")
@@ -303,23 +326,31 @@ def ask_on_terminal(request: InputRequest, read_line: Callable[[], str], write: 
             if (not text or text == _EMPTY_WORD) and not form_field.required:
                 break
             if not text:
-                write("  A value is required.\n")
+                write(f"{_QUOTED}A value is required.\n")
                 continue
             try:
                 content[form_field.name] = form_field.convert(text)
             except ValueError as exc:
-                write(f"  Not accepted: {exc}.\n")
+                show(f"Not accepted: {one_line(str(exc))}.", _QUOTED)
                 continue
             break
     return InputAnswer(ACCEPT, content)
 
 
-def _ask_url(request: InputRequest, read_line: Callable[[], str], write: Callable[[str], object]) -> InputAnswer:
-    write(f"Open this URL in a browser to continue there:\n\n  {escape_controls(request.url or '')}\n\n")
-    write("Press Enter when you are done there, or type n to decline: ")
+_QUOTED = "  "  # the indent of the server's message, and of what toolscript says about an answer
+
+
+def _ask_url(
+    request: InputRequest, read_line: Callable[[], str], show: Callable[..., None], prefix: str
+) -> InputAnswer:
+    show("Open this URL in a browser to continue there:\n", "", cut=False)
+    url = one_line(request.url or "")
+    # Whole, to be copied, unless it has spaces: only then could a piece the terminal wraps read as a line.
+    show(url, _QUOTED, end="\n\n", cut=any(character.isspace() for character in url))
+    show("Press Enter when you are done there, or type n to decline: ", prefix, end="")
     line = read_line()
     if not line:
-        write("\n")
+        show("", "")
         return InputAnswer(CANCEL)
     word = line.strip().lower()
     if word in ("", "y", "yes", "done"):
@@ -328,22 +359,102 @@ def _ask_url(request: InputRequest, read_line: Callable[[], str], write: Callabl
 
 
 def prompt_for(form_field: FormField) -> str:
-    """The prompt line of one field: its name, what it is and its default."""
-    label = escape_controls(str(form_field.title or form_field.name))
-    about = f" - {escape_controls(str(form_field.description))}" if form_field.description else ""
-    default = f" [{escape_controls(str(form_field.show(form_field.default)))}]" if form_field.has_default else ""
-    return f"  {label} ({form_field.describe()}){about}{default}: "
+    """The prompt of one field, on one line: its name, what it is and its default (the server's text escaped)."""
+    label = one_line(str(form_field.title or form_field.name))
+    about = f" - {one_line(str(form_field.description))}" if form_field.description else ""
+    default = f" [{one_line(form_field.show(form_field.default))}]" if form_field.has_default else ""
+    return f"{label} ({form_field.describe()}){about}{default}: "
 
 
 def describe_request(request: InputRequest | dict[str, Any]) -> str:
     """One line saying what a server asked, for a note on stderr (accepts `InputRequest.to_dict()` too)."""
     data = request.to_dict() if isinstance(request, InputRequest) else request
-    message = escape_controls(str(data.get("message", ""))).replace("\n", " ")
-    what = f"Server '{data.get('server')}' asked for input during {data.get('tool')}"
+    message = one_line(str(data.get("message", "")))
+    what = f"Server '{one_line(str(data.get('server')))}' asked for input during {one_line(str(data.get('tool')))}"
     if data.get("mode") == "url":
-        return f"{what}: {message!r}, to be given at {escape_controls(str(data.get('url')))}"
-    names = [f.name for f in form_fields(data.get("requestedSchema"))]
-    return f"{what}: {message!r} (fields: {', '.join(names) or 'none'})"
+        return f"{what}: '{message}', to be given at {one_line(str(data.get('url')))}"
+    names = [one_line(f.name) for f in form_fields(data.get("requestedSchema"))]
+    return f"{what}: '{message}' (fields: {', '.join(names) or 'none'})"
+
+
+def describe_answer(record: dict[str, Any]) -> str:
+    """What was sent for one request answered by `PresetAnswers` (one of its `records`), on one line."""
+    if record.get("action") == ACCEPT:
+        content = record.get("content")
+        sent = f" with {one_line(json.dumps(content, ensure_ascii=False))}" if content is not None else ""
+        return f"accepted{sent}"
+    return f"declined, as {one_line(str(record.get('reason')))}"
+
+
+class PresetAnswers:
+    """An `InputHandler` for scripts: answers given before the call (`--accept-defaults`, `--answer NAME=VALUE`).
+
+    A form is accepted when each of its required fields is answered, or has a default and
+    `accept_defaults` is set; then its answered fields are sent, and with `accept_defaults`
+    the defaults of the others. An answer is checked against the field's schema as a typed
+    one is; an answer that does not fit, or a required field left unanswered, declines the
+    form. URL mode is declined: nobody is there to open the URL. Each request and what was
+    sent is kept in `records`, the form `add_to(result)` reports under `ANSWERED_KEY`.
+    """
+
+    def __init__(self, answers: dict[str, str] | None = None, *, accept_defaults: bool = False) -> None:
+        self.answers = dict(answers or {})
+        self.accept_defaults = accept_defaults
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, request: InputRequest) -> InputAnswer:
+        answer, reason = self._decide(request)
+        record = {**request.to_dict(), "action": answer.action}
+        if answer.action == ACCEPT and request.mode == "form":
+            record["content"] = answer.content
+        if reason:
+            record["reason"] = reason
+        self.records.append(record)  # list.append is atomic: concurrent requests may each add theirs
+        return answer
+
+    def add_to(self, result: dict[str, Any]) -> dict[str, Any]:
+        """`result` with the requests answered so far listed under `ANSWERED_KEY` (if there were any)."""
+        if self.records:
+            result[ANSWERED_KEY] = list(self.records)
+        return result
+
+    def _decide(self, request: InputRequest) -> tuple[InputAnswer, str]:
+        if request.mode == "url":
+            return InputAnswer(DECLINE), "a URL cannot be opened without a terminal"
+        content: dict[str, Any] = {}
+        for form_field in form_fields(request.requested_schema):
+            if form_field.name in self.answers:
+                text = self.answers[form_field.name]
+                try:
+                    content[form_field.name] = form_field.convert(text.strip())
+                except ValueError as exc:
+                    return InputAnswer(DECLINE), f"the answer {form_field.name}={text} does not fit: {exc}"
+            elif self.accept_defaults and form_field.has_default:
+                content[form_field.name] = form_field.default
+            elif form_field.required:
+                answer_it = f"answer it with --answer {form_field.name}=VALUE"
+                if form_field.has_default:  # and no --accept-defaults
+                    return InputAnswer(
+                        DECLINE
+                    ), f"field '{form_field.name}' is required: {answer_it}, or give --accept-defaults"
+                return InputAnswer(DECLINE), f"field '{form_field.name}' is required and has no default: {answer_it}"
+        return InputAnswer(ACCEPT, content), ""
+
+
+def preset_answers(pairs: list[str], *, accept_defaults: bool) -> PresetAnswers | None:
+    """The `PresetAnswers` of `--answer NAME=VALUE` (repeatable) and `--accept-defaults`; None with neither.
+
+    Raises ValueError, saying which, for a pair without `=` or without a NAME.
+    """
+    answers: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"an answer is NAME=VALUE, not {pair!r}")
+        answers[name] = value
+    if not answers and not accept_defaults:
+        return None
+    return PresetAnswers(answers, accept_defaults=accept_defaults)
 
 
 def _check_format(string_format: str, value: str) -> None:

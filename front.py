@@ -441,6 +441,8 @@ class _ForwardedRequest:
         if not _declares(self.ctx.session, lambda c: c.elicitation is not None and (not url or c.elicitation.url)):
             log.info("Server '%s' asked for input, which the MCP client cannot give; declined.", server)
             return types.ElicitResult(action="decline")
+        # The client shows the message as its own server's (toolscript's): it must say which server asks.
+        params = params.model_copy(update={"message": f"{_asking(server)}: {params.message}"})
         return await self._ask(context, types.ElicitRequest(params=params), types.ElicitResult)
 
     async def sample(self, server: str, context: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
@@ -450,6 +452,8 @@ class _ForwardedRequest:
         result_type = (
             types.CreateMessageResultWithTools if params.tools or params.tool_choice else types.CreateMessageResult
         )
+        system = f"{_asking(server)} (through toolscript) for this completion."
+        params = params.model_copy(update={"system_prompt": "\n\n".join(filter(None, [system, params.system_prompt]))})
         return await self._ask(context, types.CreateMessageRequest(params=params), result_type)
 
     async def _ask(self, context: ClientRequestContext | None, request: Any, result_type: Any) -> Any:
@@ -995,6 +999,11 @@ def _linked_resources(result: dict[str, Any]) -> list[dict[str, Any]]:
         ):
             found.append({"uri": resource["uri"]})
     return found
+
+
+def _asking(server: str) -> str:
+    """How a request passed on to the client names the server that asks (clients show it as toolscript's)."""
+    return f"Server '{server}' asks"
 
 
 def _declares(session: ServerSession, accepts: Callable[[types.ClientCapabilities], bool]) -> bool:

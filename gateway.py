@@ -337,10 +337,9 @@ class Gateway:
                 f"Arguments for '{name}' must be a JSON object, not {type(arguments).__name__}.", server=server
             )
         call = _CallInput(f"{server}{SEPARATOR}{tool}", input_handler)
-        result = result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout, call, on_progress))
-        if call.declined:
-            result[DECLINED_KEY] = [request.to_dict() for request in call.declined]
-        return result
+        return call.report(
+            result_to_dict(self._run_on_loop(self._call, server, tool, arguments, timeout, call, on_progress))
+        )
 
     def resources(self, server: str | None = None) -> list[dict[str, Any]]:
         """Return the resources and resource templates of every connected server, or of `server` only.
@@ -354,11 +353,13 @@ class Gateway:
             self._config_of(server)
         return self._run_on_loop(self._listing, server, _Server.list_resources)
 
-    def read_resource(self, server: str, uri: str, *, timeout: float | None = None) -> dict[str, Any]:
+    def read_resource(
+        self, server: str, uri: str, *, timeout: float | None = None, input_handler: InputHandler | None = None
+    ) -> dict[str, Any]:
         """Read the resource `uri` of `server`: `{"contents": [{uri, mimeType?, text | blob}]}`, blobs in base64.
 
         Raises `UsageError` when the server offers no resources or refuses the URI, and the
-        errors of `call` otherwise.
+        errors of `call` otherwise. The server's requests for input go to `input_handler`, as in `call`.
         """
         self._config_of(server)
         if not isinstance(uri, str) or not uri:
@@ -366,7 +367,10 @@ class Gateway:
                 f"Give the URI of a resource of server '{server}'. Run: toolscript resources --server {server}",
                 server=server,
             )
-        return _as_json(self._run_on_loop(self._on_server, server, _Server.read_resource, uri, timeout))
+        call = _CallInput(f"the read of {uri}", input_handler)
+        return call.report(
+            _as_json(self._run_on_loop(self._on_server, server, _Server.read_resource, uri, timeout, call))
+        )
 
     def prompts(self, server: str | None = None) -> list[dict[str, Any]]:
         """Return the prompts of every connected server (all pages), or of `server` only, as `SERVER__PROMPT`.
@@ -378,18 +382,25 @@ class Gateway:
         return self._run_on_loop(self._listing, server, _Server.list_prompts)
 
     def get_prompt(
-        self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        input_handler: InputHandler | None = None,
     ) -> dict[str, Any]:
         """Get the prompt `server__prompt` filled in with `arguments`: `{description?, messages}`.
 
         Prompt arguments are strings; other JSON values are sent as their JSON text
-        (`3` as "3", `true` as "true").
+        (`3` as "3", `true` as "true"). The server's requests for input go to `input_handler`, as in `call`.
         """
         server, prompt = split_prompt_name(name)
         self._config_of(server)
-        return _as_json(
-            self._run_on_loop(
-                self._on_server, server, _Server.get_prompt, prompt, _prompt_arguments(name, arguments), timeout
+        call = _CallInput(name, input_handler)
+        prompt_arguments = _prompt_arguments(name, arguments)
+        return call.report(
+            _as_json(
+                self._run_on_loop(self._on_server, server, _Server.get_prompt, prompt, prompt_arguments, timeout, call)
             )
         )
 
@@ -647,7 +658,7 @@ class Gateway:
 class _CallInput:
     """One call's way of answering a server's requests for input, and what it declined."""
 
-    tool: str  # SERVER__TOOL
+    tool: str  # the request: SERVER__TOOL, SERVER__PROMPT, or "the read of URI"
     handler: InputHandler | None
     declined: list[InputRequest] = field(default_factory=list)
     clock: RequestClock | None = None  # the call's timeout, stopped while the user is asked
@@ -655,6 +666,12 @@ class _CallInput:
     @property
     def caller(self) -> object:
         return self  # each call has its own input handler: two calls are two callers
+
+    def report(self, result: dict[str, Any]) -> dict[str, Any]:
+        """`result`, with the requests declined for want of a handler under `declinedInputRequests`."""
+        if self.declined:
+            result[DECLINED_KEY] = [request.to_dict() for request in self.declined]
+        return result
 
     async def elicit(
         self, server: str, context: ClientRequestContext | None, params: types.ElicitRequestParams
@@ -960,22 +977,30 @@ class _Server(Upstream):
         prompts = await self._list_all("the prompt list", _prompt_page, "prompts")
         return [_prompt_row(self.name, prompt) for prompt in prompts]
 
-    async def read_resource(self, uri: str, timeout: float | None) -> types.ReadResourceResult:
+    async def read_resource(self, uri: str, timeout: float | None, call: _CallInput) -> types.ReadResourceResult:
+        call.clock = RequestClock(timeout or self.call_timeout)
         return await self.request(
             f"the read of '{uri}'",
             lambda session: session.read_resource(uri),
-            timeout or self.call_timeout,
+            call.clock.timeout,
             needs="resources",
             refused_hint=f"Run: toolscript resources --server {self.name}",
+            clock=call.clock,
+            asker=call,
         )
 
-    async def get_prompt(self, prompt: str, arguments: dict[str, str], timeout: float | None) -> types.GetPromptResult:
+    async def get_prompt(
+        self, prompt: str, arguments: dict[str, str], timeout: float | None, call: _CallInput
+    ) -> types.GetPromptResult:
+        call.clock = RequestClock(timeout or self.call_timeout)
         return await self.request(
             f"the request for prompt '{prompt}'",
             lambda session: session.get_prompt(prompt, arguments),
-            timeout or self.call_timeout,
+            call.clock.timeout,
             needs="prompts",
             refused_hint=f"Run: toolscript prompts --server {self.name}",
+            clock=call.clock,
+            asker=call,
         )
 
     async def complete(

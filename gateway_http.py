@@ -16,15 +16,19 @@ uriTemplate, argument, value?, context?}`); the reads, prompts and completions t
 `/mcp/SERVER` are MCP over streamable HTTP: after the same checks as every endpoint, such
 a request is handed to an ASGI app on the gateway's event loop (`LoopApp`, the MCP front
 of front.py) and its answer, JSON or an SSE stream, is written back as it comes. Nobody can
-answer a server's request for input through the API: it is declined at once, and the answer
-lists it in `declinedInputRequests`. Every answer is JSON (but the Python source of
-`/types`); errors are `{"error": message}` with 400 (malformed request or body), 401 (an
-MCP server needs `toolscript auth`), 403 (no or wrong API token, foreign Host or Origin),
-404 (unknown endpoint, server, tool, resource or prompt), 405 (method not allowed; `Allow`
-names the ones that are), 411 (a POST without `Content-Length`, or with
-`Transfer-Encoding`), 413 (body too large), 415 (not JSON), 502 (the server failed), 503
-(the gateway is stopping) or 504 (timeout); MCP's own answers are the MCP front's. An
-error toolscript raised also carries its `kind` and attributes (`{"error": ..., "kind": "auth_required",
+be asked through the API: a server's request for input is declined at once, and the answer
+lists it in `declinedInputRequests`, unless the call, read or prompt request presets answers
+with `?accept_defaults=1` and `?answer=NAME=VALUE` (repeatable), as `call --accept-defaults
+--answer` do (`elicitation.PresetAnswers`); the answer then lists each request, and what was
+sent, in `answeredInputRequests`. Every answer is JSON (but the Python source of `/types`);
+errors are `{"error": message}`
+with 400 (malformed request or body), 401 (an MCP server needs `toolscript auth`), 403 (no
+or wrong API token, foreign Host or Origin), 404 (unknown endpoint, server, tool, resource
+or prompt), 405 (method not allowed; `Allow` names the ones that are), 411 (a POST without
+`Content-Length`, or with `Transfer-Encoding`), 413 (body too large), 415 (not JSON), 502
+(the server failed), 503 (the gateway is stopping) or 504 (timeout); MCP's own answers
+are the MCP front's. An error toolscript
+raised also carries its `kind` and attributes (`{"error": ..., "kind": "auth_required",
 "server": ...}`), from which `RemoteGateway` raises the same exception, so a command exits
 the same either way.
 
@@ -67,6 +71,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 if __package__:
     from .config import toolscript_home
+    from .elicitation import PresetAnswers, preset_answers
     from .errors import (
         AuthConnectError,
         AuthError,
@@ -83,6 +88,7 @@ if __package__:
     from .storage import write_atomic
 else:
     from config import toolscript_home
+    from elicitation import PresetAnswers, preset_answers
     from errors import (
         AuthConnectError,
         AuthError,
@@ -134,6 +140,7 @@ _DIGITS = re.compile(r"[0-9]+")
 URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
 TOKEN_VAR = "TOOLSCRIPT_GATEWAY_TOKEN"
 _TOKEN_BYTES = 32  # 256 bits from the OS's CSPRNG
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 def _methods_for(path: str) -> tuple[str, ...]:
@@ -172,12 +179,19 @@ class SyncGateway(Protocol):
 
     def resources(self, server: str | None = None) -> list[dict[str, Any]]: ...
 
-    def read_resource(self, server: str, uri: str, *, timeout: float | None = None) -> dict[str, Any]: ...
+    def read_resource(
+        self, server: str, uri: str, *, timeout: float | None = None, input_handler: Any = None
+    ) -> dict[str, Any]: ...
 
     def prompts(self, server: str | None = None) -> list[dict[str, Any]]: ...
 
     def get_prompt(
-        self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        input_handler: Any = None,
     ) -> dict[str, Any]: ...
 
     def complete(
@@ -562,7 +576,12 @@ class _Handler(BaseHTTPRequestHandler):
         if timeout is not None and not timeout > 0:
             self._send(400, {"error": "timeout must be a positive number of seconds."})
             return
-        self._answer(lambda: self.server.gateway.read_resource(server, uri, timeout=timeout))
+        gateway = self.server.gateway
+        self._answer(
+            lambda: self._with_answers(
+                lambda handler: gateway.read_resource(server, uri, timeout=timeout, input_handler=handler)
+            )
+        )
 
     def _types(self) -> None:
         """The typed module of the tools of every `server` and each `tool` in the query (all without either)."""
@@ -604,20 +623,35 @@ class _Handler(BaseHTTPRequestHandler):
         if timeout is not None and not timeout > 0:
             self._send(400, {"error": "timeout must be a positive number of seconds."})
             return
-        self._answer(lambda: route(arguments, timeout))
+        self._answer(lambda: self._with_answers(lambda handler: route(arguments, timeout, handler)))
 
-    def _post_route(self, path: str) -> Callable[[dict[str, Any], float | None], Any]:
-        """What a POST to `path` (one `_methods_for` allows POST) does with its JSON object body and timeout."""
+    def _post_route(self, path: str) -> Callable[[dict[str, Any], float | None, Any], Any]:
+        """What a POST to `path` (one `_methods_for` allows POST) does with its JSON object body, timeout and
+        input handler."""
         gateway = self.server.gateway
         if path == _COMPLETE_PATH:
-            return lambda body, timeout: gateway.complete(**_completion_request(body), timeout=timeout)
+            return lambda body, timeout, handler: gateway.complete(**_completion_request(body), timeout=timeout)
         if path == _TOKENS_PATH:
-            return lambda body, timeout: self._mint(body)
+            return lambda body, timeout, handler: self._mint(body)
         prefix, method = (
             (_CALL_PREFIX, gateway.call) if path.startswith(_CALL_PREFIX) else (_PROMPT_PREFIX, gateway.get_prompt)
         )
         name = unquote(path[len(prefix) :])
-        return lambda body, timeout: method(name, body, timeout=timeout)
+        return lambda body, timeout, handler: method(name, body, timeout=timeout, input_handler=handler)
+
+    def _with_answers(self, produce: Callable[[PresetAnswers | None], Any]) -> Any:
+        """What `produce` returns when given the answers this request's query presets (`accept_defaults`,
+        `answer`), with the requests they answered listed in it."""
+        query = parse_qs(urlsplit(self.path).query)
+        flag = query.get("accept_defaults", ["0"])[-1].lower()
+        if flag not in _FLAGS:
+            raise _MalformedRequest(f"accept_defaults is 1 or 0, not {flag!r}.")
+        try:
+            handler = preset_answers(query.get("answer", []), accept_defaults=_FLAGS[flag])
+        except ValueError as exc:
+            raise _MalformedRequest(f"Malformed answer: {exc}.") from None
+        result = produce(handler)
+        return handler.add_to(result) if handler is not None and isinstance(result, dict) else result
 
     def _mint(self, body: dict[str, Any]) -> dict[str, Any]:
         """`POST /tokens {"tools": [PATTERN, ...], "seconds": N}`: a run token (only with the gateway's own token)."""
@@ -953,6 +987,18 @@ def _log_app_failure(done: Future[Any]) -> None:
         log.error("gateway API: the MCP front failed on a request", exc_info=error)
 
 
+def _query(timeout: float | None, input_handler: Any, pairs: list[tuple[str, str]] | None = None) -> str:
+    """The query of a request of `RemoteGateway`: `pairs`, the timeout and the answers an input handler presets."""
+    pairs = list(pairs or [])
+    if timeout:
+        pairs.append(("timeout", f"{timeout:g}"))
+    if isinstance(input_handler, PresetAnswers):
+        if input_handler.accept_defaults:
+            pairs.append(("accept_defaults", "1"))
+        pairs.extend(("answer", f"{name}={value}") for name, value in input_handler.answers.items())
+    return "?" + urlencode(pairs) if pairs else ""
+
+
 def _timeout_of(query: dict[str, str]) -> float | None:
     """The `?timeout=` of a request: None when absent, -1 when not a number (refused by the caller)."""
     try:
@@ -1050,9 +1096,9 @@ class RemoteGateway:
         input_handler: Any = None,
         on_progress: Callable[[float, float | None, str | None], None] | None = None,
     ) -> dict[str, Any]:
-        """Call a tool through the gateway; `input_handler` is not used (the gateway declines requests for
-        input), and progress stays at the gateway (the API answers once)."""
-        path = _CALL_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
+        """Call a tool through the gateway; of an `input_handler`, only `PresetAnswers` reach it (nobody else
+        can be asked through the API), and progress stays at the gateway (the API answers once)."""
+        path = _CALL_PREFIX + quote(name) + _query(timeout, input_handler)
         # The gateway bounds every call; the socket timeout only guards against a hung gateway.
         return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)
 
@@ -1060,17 +1106,24 @@ class RemoteGateway:
     def resources(self, server: str | None = None) -> list[dict[str, Any]]:
         return self._request("GET", "/resources" + (f"?server={quote(server)}" if server else ""), timeout=None)
 
-    def read_resource(self, server: str, uri: str, *, timeout: float | None = None) -> dict[str, Any]:
-        query = {"server": server, "uri": uri, **({"timeout": f"{timeout:g}"} if timeout else {})}
-        return self._request("GET", "/resources/read?" + urlencode(query), timeout=timeout + 30 if timeout else None)
+    def read_resource(
+        self, server: str, uri: str, *, timeout: float | None = None, input_handler: Any = None
+    ) -> dict[str, Any]:
+        path = "/resources/read" + _query(timeout, input_handler, [("server", server), ("uri", uri)])
+        return self._request("GET", path, timeout=timeout + 30 if timeout else None)
 
     def prompts(self, server: str | None = None) -> list[dict[str, Any]]:
         return self._request("GET", "/prompts" + (f"?server={quote(server)}" if server else ""), timeout=None)
 
     def get_prompt(
-        self, name: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        input_handler: Any = None,
     ) -> dict[str, Any]:
-        path = _PROMPT_PREFIX + quote(name) + (f"?timeout={timeout:g}" if timeout else "")
+        path = _PROMPT_PREFIX + quote(name) + _query(timeout, input_handler)
         return self._request("POST", path, arguments or {}, timeout=timeout + 30 if timeout else None)
 
     def complete(

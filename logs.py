@@ -34,7 +34,8 @@ class OneLineFilter(logging.Filter):
 
     Records of other libraries logged on behalf of a server get `Server 'NAME': ` in front;
     toolscript's own messages name their server themselves, and keep the lines they have
-    (the end of a stdio server's stderr, say).
+    (the end of a stdio server's stderr, say); the CLI's handler shows every line after the
+    first indented (`redact.escape_lines`), so none reads as a line of its own.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

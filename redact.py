@@ -8,6 +8,12 @@ Two layers: exact values registered with `register_secret` (tokens, codes, state
 PKCE verifiers, client secrets) are masked wherever they appear, and common secret
 shapes (`Bearer ...`, `access_token=...`, `"refresh_token": "..."`) are masked even when
 nobody registered the value.
+
+Every text from a server shown on a terminal goes through `escape_controls`, by one of
+three ways: `one_line` (a listing's cell, a form's field: newlines shown as `\\n`),
+`escape_lines` (an error or log line: the lines after the first indented) or `wrap` of
+an escaped line (cut to the terminal's width, each piece after a prefix). A line that
+starts in the first column is then toolscript's own.
 """
 
 from __future__ import annotations
@@ -15,8 +21,19 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import unicodedata
 
-__all__ = ["MASK", "RedactingFilter", "escape_controls", "redact", "register_secret"]
+__all__ = [
+    "MASK",
+    "RedactingFilter",
+    "escape_controls",
+    "escape_lines",
+    "one_line",
+    "redact",
+    "register_secret",
+    "width_of",
+    "wrap",
+]
 
 MASK = "[REDACTED]"
 _MIN_SECRET_LEN = 4
@@ -122,3 +139,54 @@ def escape_controls(text: str) -> str:
     Newline and tab are kept, and so is every other character.
     """
     return _SUSPECTS.sub(_shown, text)
+
+
+def one_line(text: str) -> str:
+    """Return `text` escaped (see `escape_controls`) on one line: newline and tab shown as `\\n` and `\\t`."""
+    return escape_controls(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
+CONTINUED = "    "  # the indent of the lines after the first of an error or log line
+
+
+def escape_lines(text: str, indent: str = CONTINUED) -> str:
+    """Return `text` escaped (see `escape_controls`), every line after the first starting with `indent`.
+
+    What begins a line is then toolscript's own: text that came from a server (an error
+    answer, a log notification) can continue a line, never start one that reads as another
+    error or prompt. A line already starting with `indent` keeps the indent it has.
+    """
+    first, *rest = escape_controls(text).split("\n")
+    return "\n".join([first, *(line if line.startswith(indent) else indent + line for line in rest)])
+
+
+def width_of(text: str) -> int:
+    """The columns `text` (one line, escaped) takes on a terminal: wide characters two, combining ones none."""
+    return sum(_columns(character) for character in text)
+
+
+def _columns(character: str) -> int:
+    if unicodedata.combining(character):
+        return 0
+    return 2 if unicodedata.east_asian_width(character) in ("W", "F") else 1
+
+
+def wrap(text: str, prefix: str, width: int | None, next_prefix: str | None = None) -> list[str]:
+    """Cut `text` (one line, escaped) into lines of at most `width` columns, the first after `prefix`,
+    the others after `next_prefix` (default: `prefix`), so that no cut-off part starts a line of its own
+    (a terminal would wrap it to the first column). Without a `width`, one line."""
+    next_prefix = prefix if next_prefix is None else next_prefix
+    if width is None:
+        return [prefix + text]
+    # Spaces at the end stay on the last line (the space after a prompt's colon): nothing follows them.
+    stripped = text.rstrip(" ")
+    lines, line, used = [], prefix, width_of(prefix)
+    for character in stripped:
+        columns = _columns(character)
+        if used + columns > width and line not in (prefix, next_prefix):
+            lines.append(line)
+            line, used = next_prefix, width_of(next_prefix)
+        line += character
+        used += columns
+    lines.append(line + text[len(stripped) :])
+    return lines

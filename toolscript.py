@@ -29,14 +29,14 @@ if __package__:
     from . import config as _config
     from .errors import ConnectError, ToolscriptError, UsageError, auth_command, run_hint
     from .logs import OneLineFilter
-    from .redact import RedactingFilter, escape_controls, redact
+    from .redact import RedactingFilter, escape_controls, escape_lines, one_line, redact, wrap
     from .storage import Store
     from .urls import is_loopback_host
 else:
     import config as _config
     from errors import ConnectError, ToolscriptError, UsageError, auth_command, run_hint
     from logs import OneLineFilter
-    from redact import RedactingFilter, escape_controls, redact
+    from redact import RedactingFilter, escape_controls, escape_lines, one_line, redact, wrap
     from storage import Store
     from urls import is_loopback_host
 
@@ -243,12 +243,13 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is now, so `main()` can run repeatedly in one process.
 
     A live progress line on the terminal is taken away for each record and drawn again after it.
-    Log lines carry text from servers (errors, a stdio server's stderr): terminal controls
-    in them are shown escaped.
+    Log lines carry text from servers (errors, log notifications, a stdio server's stderr):
+    terminal controls in them are shown escaped, and their lines after the first indented,
+    so that a server cannot start a line that reads as toolscript's (`error: ...`).
     """
 
     def format(self, record: logging.LogRecord) -> str:
-        return escape_controls(super().format(record))
+        return escape_lines(super().format(record))
 
     @property  # type: ignore[override]
     def stream(self):
@@ -278,7 +279,7 @@ class _ProgressLine:
     shown: _ProgressLine | None = None  # the line on the terminal now, if any
 
     def __init__(self, tool: str) -> None:
-        self.tool = tool
+        self.tool = one_line(tool)
         self.live = sys.stderr.isatty() and log.isEnabledFor(logging.INFO)  # not with -q
         self.text = ""
         self.done = False  # a late notification must not draw the line again
@@ -286,7 +287,7 @@ class _ProgressLine:
     def __call__(self, progress: float, total: float | None, message: str | None) -> None:
         count = f"{progress:g}/{total:g}" if total is not None else f"{progress:g}"
         if message:  # server text on one line: its newlines and tabs shown escaped too
-            message = escape_controls(message).replace("\n", "\\n").replace("\t", "\\t")
+            message = one_line(message)
         text = f"{self.tool}: {message} ({count})" if message else f"{self.tool}: {count}"
         if not self.live:
             log.info("%s", text)
@@ -309,7 +310,8 @@ class _ProgressLine:
                 _ProgressLine.shown = None
 
     def draw(self) -> None:
-        sys.stderr.write("\r\x1b[K" + redact(self.text))
+        # Cut to the terminal's width: a longer line would wrap, and only its last row be erased.
+        sys.stderr.write("\r\x1b[K" + wrap(redact(self.text), "", _terminal_width() - 1)[0])
         sys.stderr.flush()
 
     def erase(self) -> None:
@@ -352,7 +354,7 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
     width = max(len(str(r["name"])) for r in rows + unusable)
     for server, row in zip(cfg.servers.values(), rows, strict=True):
         oauth = f"  [oauth: {row['oauth_status']}]" if "oauth_status" in row else ""
-        reason = f" ({row['oauth_error']})" if "oauth_error" in row else ""
+        reason = f" ({one_line(str(row['oauth_error']))})" if "oauth_error" in row else ""  # an AS's words
         _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}")
     for row in unusable:
         _print(f"{row['name']:<{width}}  {'-':<5}  unusable: {row['error']}")
@@ -420,8 +422,8 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
     if args.status:
         lines = auth.status_report(server, store)
         width = max(len(label) for label, _ in lines) + 1
-        for label, value in lines:
-            _print(f"{label + ':' if label else '':<{width}} {value}")
+        for label, value in lines:  # a value may quote an authorization server: on its one line
+            _print(f"{label + ':' if label else '':<{width}} {one_line(value)}")
         return EXIT_OK
     if args.logout:
         result = auth.logout(server, store, forget_client=args.forget_client)
@@ -471,7 +473,7 @@ def _auth_list(cfg: Config, store: Store, auth: ModuleType) -> int:
             state, text = None, f"unreadable record: {exc}"
         if state is None or state.needs_auth:
             todo.append(server.name)
-        _print(f"{server.name:<{width}}  {text}")
+        _print(f"{server.name:<{width}}  {one_line(text)}")
     for name, problem in cfg.unusable.items():
         _print(f"{name:<{width}}  unusable: environment variable {problem.variable} is not set")
     if todo:
@@ -676,10 +678,10 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         _print(json.dumps(tools, indent=2))
     else:
-        names = [escape_controls(tool["name"]) for tool in tools]  # aligned as shown
+        names = [one_line(tool["name"]) for tool in tools]  # aligned as shown
         width = max(map(len, names), default=0)
         for name, tool in zip(names, tools, strict=True):
-            summary = (tool.get("description") or "").strip().split("\n")[0]
+            summary = one_line((tool.get("description") or "").strip().split("\n")[0])
             unsupported = f"  [cannot be called: it {tool['unsupported']}]" if tool.get("unsupported") else ""
             _print(f"{name:<{width}}  {summary}{unsupported}".rstrip())
     return _report_failed_servers(cfg, rows)
@@ -745,7 +747,8 @@ def _add_call(commands: argparse._SubParsersAction) -> None:
         "call",
         help='call a tool: toolscript call SERVER__TOOL \'{"name": "value"}\'',
         description="Call a tool. When the server asks for input during the call, toolscript "
-        "asks you if stdin and stderr are a terminal, and declines otherwise.",
+        "asks you if stdin and stderr are a terminal, and declines otherwise; --accept-defaults and "
+        "--answer answer without a terminal.",
     )
     p.add_argument("tool", metavar="SERVER__TOOL", help="the tool, as listed by `toolscript tools`")
     p.add_argument(
@@ -768,7 +771,49 @@ def _add_call(commands: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="give up on the call after this long without an answer or progress",
     )
+    _add_answer_options(p)
     p.set_defaults(func=cmd_call)
+
+
+def _add_answer_options(p: argparse.ArgumentParser) -> None:
+    """--accept-defaults and --answer: how `call`, `read` and `prompt` answer a server's forms without asking."""
+    p.add_argument(
+        "--accept-defaults",
+        action="store_true",
+        help="when the server asks for input, accept a form whose fields all have a default or are optional, "
+        "with those defaults; decline other forms (and URLs) instead of asking",
+    )
+    p.add_argument(
+        "--answer",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="when the server asks for input, answer its field NAME with VALUE, checked as a typed answer "
+        "(repeatable); a form whose required fields are all answered is accepted",
+    )
+
+
+def _input_handler(args: argparse.Namespace, elicitation: ModuleType) -> Any:
+    """How a command answers a server's requests for input: as preset, else at the terminal, else not at all."""
+    try:
+        preset = elicitation.preset_answers(args.answer, accept_defaults=args.accept_defaults)
+    except ValueError as exc:
+        raise UsageError(f"--answer: {exc}.") from None
+    return preset or _terminal_input_handler(elicitation)
+
+
+def _note_input_requests(result: dict[str, Any], handler: Any, elicitation: ModuleType) -> None:
+    """Say on stderr what the server asked and what it got, for each request nobody was asked about.
+
+    Answers given in advance (`PresetAnswers`) are listed in `result` too, as the HTTP API lists them.
+    """
+    if isinstance(handler, elicitation.PresetAnswers):
+        handler.add_to(result)
+    why = "nobody could be asked through the gateway" if handler else "stdin or stderr is not a terminal"
+    for request in result.get(elicitation.DECLINED_KEY) or []:
+        log.warning("note: %s; declined, as %s.", elicitation.describe_request(request), why)
+    for record in result.get(elicitation.ANSWERED_KEY) or []:
+        log.warning("note: %s; %s.", elicitation.describe_request(record), elicitation.describe_answer(record))
 
 
 def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
@@ -779,16 +824,14 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
         import tool_arguments
 
     pairs, arguments = _arguments_or_pairs(args.arguments, args.tool)
-    input_handler = _terminal_input_handler(elicitation)
+    input_handler = _input_handler(args, elicitation)
     with _open_gateway(cfg, for_tool=args.tool) as gateway, _ProgressLine(args.tool) as progress:
         if pairs is not None:
             arguments = tool_arguments.typed_arguments(pairs, gateway.tool(args.tool).get("inputSchema"), args.tool)
         result = gateway.call(
             args.tool, arguments, timeout=args.timeout, input_handler=input_handler, on_progress=progress
         )
-    why = "nobody could be asked through the gateway" if input_handler else "stdin or stderr is not a terminal"
-    for request in result.get(elicitation.DECLINED_KEY) or []:
-        log.warning("note: %s; declined, as %s.", elicitation.describe_request(request), why)
+    _note_input_requests(result, input_handler, elicitation)
     saved = save_content(result, args.output) if args.output else {}
     failed = bool(result.get("isError"))
     if args.json:
@@ -876,10 +919,10 @@ def cmd_resources(args: argparse.Namespace, cfg: Config) -> int:
     else:
         table = [
             (
-                item["server"],
-                item.get("uri") or item.get("uriTemplate", ""),
-                item.get("name", ""),
-                _resource_details(item),
+                one_line(str(item["server"])),
+                one_line(str(item.get("uri") or item.get("uriTemplate", ""))),
+                one_line(str(item.get("name", ""))),
+                one_line(_resource_details(item)),
             )
             for item in resources
         ]
@@ -914,12 +957,16 @@ def _add_read(commands: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="write the content to FILE (needed for binary content when stdout is a terminal)",
     )
+    _add_answer_options(p)
     p.set_defaults(func=cmd_read)
 
 
 def cmd_read(args: argparse.Namespace, cfg: Config) -> int:
+    elicitation = _elicitation()
+    input_handler = _input_handler(args, elicitation)
     with _open_gateway(cfg, server=args.server) as gateway:
-        result = gateway.read_resource(args.server, args.uri)
+        result = gateway.read_resource(args.server, args.uri, input_handler=input_handler)
+    _note_input_requests(result, input_handler, elicitation)
     contents = result.get("contents") or []
     if args.json:
         _print(json.dumps(result, indent=2))
@@ -993,16 +1040,17 @@ def cmd_prompts(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         _print(json.dumps(prompts, indent=2))
     else:
-        width = max((len(prompt["name"]) for prompt in prompts), default=0)
-        for prompt in prompts:
-            summary = (prompt.get("description") or "").strip().split("\n")[0]
+        names = [one_line(prompt["name"]) for prompt in prompts]  # aligned as shown
+        width = max(map(len, names), default=0)
+        for name, prompt in zip(names, prompts, strict=True):
+            summary = one_line((prompt.get("description") or "").strip().split("\n")[0])
             arguments = [
-                f"{argument['name']}{'' if argument.get('required') else '?'}"
+                f"{one_line(str(argument['name']))}{'' if argument.get('required') else '?'}"
                 for argument in prompt.get("arguments") or []
             ]
             if arguments:
                 summary = f"{summary} (arguments: {', '.join(arguments)})".strip()
-            _print(f"{prompt['name']:<{width}}  {summary}".rstrip())
+            _print(f"{name:<{width}}  {summary}".rstrip())
     return _report_failed_servers(cfg, rows)
 
 
@@ -1016,6 +1064,7 @@ def _add_prompt(commands: argparse._SubParsersAction) -> None:
         help="a JSON object, @FILE to read it from a file, - to read stdin, or name=value pairs (default: {})",
     )
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    _add_answer_options(p)
     p.set_defaults(func=cmd_prompt)
 
 
@@ -1028,13 +1077,16 @@ def cmd_prompt(args: argparse.Namespace, cfg: Config) -> int:
     pairs, arguments = _arguments_or_pairs(args.arguments, args.prompt)
     if pairs is not None:  # prompt arguments are strings: no schema to type them by
         arguments = tool_arguments.typed_arguments(pairs, None, args.prompt)
+    elicitation = _elicitation()
+    input_handler = _input_handler(args, elicitation)
     with _open_gateway(cfg, for_prompt=args.prompt) as gateway:
-        result = gateway.get_prompt(args.prompt, arguments)
+        result = gateway.get_prompt(args.prompt, arguments, input_handler=input_handler)
+    _note_input_requests(result, input_handler, elicitation)
     if args.json:
         _print(json.dumps(result, indent=2))
     else:
         for message in result.get("messages") or []:
-            _print(f"[{message.get('role')}]")
+            _print(f"[{one_line(str(message.get('role')))}]")
             _print(_render_content(message.get("content") or {}))
     return EXIT_OK
 
@@ -1074,7 +1126,7 @@ def _describe_tool(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         _print(json.dumps(tool, indent=2))
         return EXIT_OK
-    _print(tool["name"])
+    _print(one_line(tool["name"]))
     for line in (tool.get("description") or "").strip().splitlines():
         _print(f"  {line}".rstrip())
     if tool.get("unsupported"):
@@ -1086,7 +1138,7 @@ def _describe_tool(args: argparse.Namespace, cfg: Config) -> int:
         facts = [argument.type, "required" if argument.required else "optional"]
         if argument.has_default:
             facts.append(f"default: {json.dumps(argument.default)}")
-        _print(f"  {argument.name} ({', '.join(facts)})")
+        _print(f"  {one_line(argument.name)} ({one_line(', '.join(facts))})")
         for line in (argument.description or "").strip().splitlines():
             _print(f"      {line}".rstrip())
     if tool.get("outputSchema"):
@@ -1107,7 +1159,7 @@ def _terminal_input_handler(elicitation: ModuleType) -> Callable[[Any], Any] | N
 
     def ask(request: Any) -> Any:
         with one_at_a_time:
-            return elicitation.ask_on_terminal(request, sys.stdin.readline, write)
+            return elicitation.ask_on_terminal(request, sys.stdin.readline, write, _terminal_width())
 
     return ask
 
@@ -1482,6 +1534,14 @@ def _open_gateway(
 _no_gateway = threading.Event()  # --no-gateway, for this run of main()
 
 
+def _elicitation() -> ModuleType:
+    if __package__:
+        from . import elicitation
+    else:
+        import elicitation
+    return elicitation
+
+
 def _gateway_module() -> ModuleType:
     """Import `gateway`, and with it the MCP SDK, only when a command needs it."""
     if __package__:
@@ -1621,16 +1681,22 @@ def _render_content(item: dict[str, Any]) -> str:
     kind = item.get("type")
     if kind == "text":
         return str(item.get("text", ""))
+    # The server's words in a [summary] are shown on its one line.
     if kind in ("image", "audio"):
-        return f"[{kind}: {item.get('mimeType', 'unknown type')}, {_decoded_size(item.get('data'))} bytes]"
+        return (
+            f"[{kind}: {one_line(str(item.get('mimeType', 'unknown type')))}, {_decoded_size(item.get('data'))} bytes]"
+        )
     if kind == "resource_link":
-        return f"[resource link: {item.get('name') or item.get('uri')} <{item.get('uri')}>]"
+        return (
+            f"[resource link: {one_line(str(item.get('name') or item.get('uri')))} <{one_line(str(item.get('uri')))}>]"
+        )
     if kind == "resource":
         resource = item.get("resource") or {}
+        uri = one_line(str(resource.get("uri")))
         if "text" in resource:
-            return f"[resource: {resource.get('uri')}]\n{resource['text']}"
-        mime = resource.get("mimeType", "unknown type")
-        return f"[resource: {resource.get('uri')}, {mime}, {_decoded_size(resource.get('blob'))} bytes]"
+            return f"[resource: {uri}]\n{resource['text']}"
+        mime = one_line(str(resource.get("mimeType", "unknown type")))
+        return f"[resource: {uri}, {mime}, {_decoded_size(resource.get('blob'))} bytes]"
     return json.dumps(item, indent=2)
 
 
@@ -1837,7 +1903,17 @@ def _status(text: str) -> None:
 
 
 def _error(message: str) -> None:
-    print(f"error: {escape_controls(redact(message))}", file=sys.stderr, flush=True)
+    """One error on stderr: `error: ` begins its line; what follows its first line (a server's text) is indented."""
+    print(f"error: {escape_lines(redact(message))}", file=sys.stderr, flush=True)
+
+
+def _terminal_width() -> int:
+    """The columns of the terminal on stderr (80 when it does not say)."""
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = 0
+    return max(columns or 80, 40)
 
 
 if __name__ == "__main__":

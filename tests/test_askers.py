@@ -117,7 +117,9 @@ def front(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def test_a_question_outside_the_call_goes_to_the_client_that_called(front: Front, server: str) -> None:
     asked = len(front.client.elicitations)
     assert front.call(f"{server}__ask_name") == [ANSWERED]
-    assert [params.message for params in front.client.elicitations[asked:]] == ["What is your name?"]
+    assert [params.message for params in front.client.elicitations[asked:]] == [
+        f"Server '{server}' asks: What is your name?"
+    ]
 
 
 @pytest.mark.parametrize("server", ["tss", "tsh"])

@@ -6,13 +6,16 @@ its tools report what toolscript answered, so every assertion is about what the 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import re
 import select
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,8 +24,8 @@ from typing import Any
 
 import httpx2
 import pytest
-from conftest import ROOT, SERVERS, explain, run_cli, run_threads, serving_api, write_config
-from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, LINK_URL, PAGE_URL, serving
+from conftest import ROOT, SERVERS, cli, explain, run_cli, run_threads, serving_api, write_config
+from interactive import BOOKING_DEFAULTS, BOOKING_SCHEMA, BOOKING_URI, LINK_URL, PAGE_URL, serving
 
 from config import load_config
 from elicitation import ACCEPT, CANCEL, DECLINE, InputAnswer, InputRequest, ask_on_terminal, form_fields
@@ -57,13 +60,15 @@ def reported(text: str) -> dict[str, Any]:
 # -- the pseudo-terminal --------------------------------------------------------------
 
 
-def on_terminal(args: list[str], answers: list[str], timeout: float = 60) -> tuple[int, str]:
-    """Run `toolscript ARGS` on a pseudo-terminal, typing the next answer at each prompt; return (exit, output).
+def on_terminal(args: list[str], answers: list[str], timeout: float = 60, columns: int = 200) -> tuple[int, str]:
+    """Run `toolscript ARGS` on a pseudo-terminal `columns` wide, typing the next answer at each prompt; return
+    (exit, output).
 
     A prompt is output that ends with ': ' and waits; every answer is one line (`\\x04`, Ctrl-D,
     ends the input).
     """
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "toolscript.py"), *args], stdin=slave, stdout=slave, stderr=slave, close_fds=True
     )
@@ -106,12 +111,13 @@ def test_enter_for_every_field_sends_every_default(stdio_config: Path) -> None:
     assert reported(output) == {"action": "accept", "content": BOOKING_DEFAULTS}
     assert "Server 'i' asks for input (during i__book_table):\n  Book a table for tonight?\n" in output
     # Each field shows its type, limits, choices and default.
-    assert "  Name (text, at least 1 character, required) - who the table is for [Ada]: " in output
-    assert "  guests (integer, 1 to 12, required) [2]: " in output
-    assert "  vegetarian (yes/no) [no]: " in output
-    assert "  seating (one of: 1) indoor, 2) outdoor, 3) bar) [outdoor]: " in output
-    assert "  time (one of: 1) Early, 2) Late) [20:00]: " in output
-    assert "  extras (any of: 1) cake, 2) candles, 3) flowers; separate with commas) [candles]: " in output
+    # Each prompt starts its line with the server's name.
+    assert "\ni> Name (text, at least 1 character, required) - who the table is for [Ada]: " in output
+    assert "\ni> guests (integer, 1 to 12, required) [2]: " in output
+    assert "\ni> vegetarian (yes/no) [no]: " in output
+    assert "\ni> seating (one of: 1) indoor, 2) outdoor, 3) bar) [outdoor]: " in output
+    assert "\ni> time (one of: 1) Early, 2) Late) [20:00]: " in output
+    assert "\ni> extras (any of: 1) cake, 2) candles, 3) flowers; separate with commas) [candles]: " in output
 
 
 def test_without_a_terminal_the_server_gets_decline_and_stderr_a_note(stdio_config: Path) -> None:
@@ -149,7 +155,7 @@ def test_url_mode_prints_the_url_and_waits_for_the_person(stdio_config: Path) ->
     code, output = on_terminal(["call", "i__open_page"], [""])
     assert code == 0, output
     assert reported(output) == {"action": ACCEPT}
-    assert f"Open this URL in a browser to continue there:\n\n  {PAGE_URL}\n" in output
+    assert f"Open this URL in a browser to continue there:\n\n  {PAGE_URL}\n\ni> Press Enter when" in output
     code, output = on_terminal(["call", "i__open_page"], ["n"])
     assert (code, reported(output)) == (1, {"action": DECLINE}), output
 
@@ -188,6 +194,131 @@ def test_through_a_running_gateway_the_request_is_declined_and_reported(stdio_co
         proc = run_cli("call", "i__book_table", input="", env={"TOOLSCRIPT_GATEWAY_URL": api.url})
     assert proc.returncode == 1, explain(proc)
     assert (proc.stdout, proc.stderr) == ("", NOTE + DECLINED)
+
+
+# -- answers without a terminal: --accept-defaults, --answer -------------------------------
+
+ASKED = (
+    "note: Server 'i' asked for input during {during}: 'Book a table for tonight?' "
+    "(fields: name, guests, budget, vegetarian, seating, time, extras); "
+)
+
+
+def test_accept_defaults_accepts_a_form_whose_every_required_field_has_a_default(stdio_config: Path) -> None:
+    proc = run_cli("call", "i__book_table", "--accept-defaults", input="")
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads(proc.stdout) == {"action": "accept", "content": BOOKING_DEFAULTS}
+    sent = json.dumps(BOOKING_DEFAULTS)
+    assert proc.stderr == ASKED.format(during="i__book_table") + f"accepted with {sent}.\n"
+
+
+def test_answers_fill_their_fields_and_are_checked_like_typed_ones(
+    http_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(capsys, "call", "i__book_table", "--answer", "guests=3", "--answer", "name=Grace")
+    # Every required field answered: accepted with the answers only (no --accept-defaults, no defaults sent).
+    assert (code, json.loads(out)) == (0, {"action": "accept", "content": {"guests": 3, "name": "Grace"}}), err
+    code, out, err = cli(
+        capsys, "call", "i__book_table", "--answer", "guests=13", "--accept-defaults", "--answer", "extras=cake,3"
+    )
+    assert (code, out) == (1, "")
+    assert err == (
+        ASKED.format(during="i__book_table") + "declined, as the answer guests=13 does not fit: give at most 12.\n"
+        '{"action": "decline", "content": null}\n'
+    )
+    code, out, err = cli(capsys, "call", "i__book_table", "--answer", "guests=4")  # name has a default, not taken
+    assert code == 1
+    assert (
+        "declined, as field 'name' is required: answer it with --answer name=VALUE, or give --accept-defaults.\n" in err
+    )
+    code, out, err = cli(
+        capsys, "call", "i__book_table", "--answer", "guests=4", "--accept-defaults", "--answer", "extras=cake,3"
+    )
+    assert (code, json.loads(out)["content"]) == (0, {**BOOKING_DEFAULTS, "guests": 4, "extras": ["cake", "flowers"]})
+
+
+def test_a_required_field_without_default_declines_and_urls_are_declined() -> None:
+    from elicitation import PresetAnswers, describe_answer
+
+    schema = {"properties": {"email": {"type": "string", "format": "email"}}, "required": ["email"]}
+    form = InputRequest("s", "s__t", "form", "Who?", schema)
+    preset = PresetAnswers(accept_defaults=True)
+    assert preset(form) == InputAnswer(DECLINE)
+    assert preset(InputRequest("s", "s__t", "url", "Go", url="https://example.com")) == InputAnswer(DECLINE)
+    assert [describe_answer(record) for record in preset.records] == [
+        "declined, as field 'email' is required and has no default: answer it with --answer email=VALUE",
+        "declined, as a URL cannot be opened without a terminal",
+    ]
+    assert PresetAnswers({"email": "ada@example.org"})(form) == InputAnswer(ACCEPT, {"email": "ada@example.org"})
+
+
+def test_a_malformed_answer_is_a_usage_error(stdio_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "call", "i__book_table", "--answer", "guests") == (
+        2,
+        "",
+        "error: --answer: an answer is NAME=VALUE, not 'guests'.\n",
+    )
+
+
+def test_prompt_and_read_answer_as_call_does(http_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "prompt", "i__booking", "--accept-defaults", "--answer", "guests=5")
+    assert (code, reported(out)) == (0, {"action": "accept", "content": {**BOOKING_DEFAULTS, "guests": 5}}), err
+    assert err.startswith(ASKED.format(during="i__booking") + "accepted with {")
+    code, out, err = cli(capsys, "read", "i", BOOKING_URI, "--accept-defaults")
+    assert (code, json.loads(out)) == (0, {"action": "accept", "content": BOOKING_DEFAULTS}), err
+    assert err.startswith(ASKED.format(during=f"the read of {BOOKING_URI}") + "accepted with {")
+    # Without answers nor a terminal, declined and said so, as for a call.
+    code, out, err = cli(capsys, "read", "i", BOOKING_URI)
+    assert (code, json.loads(out)) == (0, {"action": "decline", "content": None}), err
+    assert (
+        err == ASKED.format(during=f"the read of {BOOKING_URI}") + "declined, as stdin or stderr is not a terminal.\n"
+    )
+
+
+def test_answers_go_through_a_running_gateway_and_its_http_api(http_config: Path) -> None:
+    with Gateway(load_config()) as gateway, serving_api(gateway) as api:
+        proc = run_cli(
+            "call",
+            "i__book_table",
+            "--accept-defaults",
+            "--answer",
+            "guests=6",
+            env={"TOOLSCRIPT_GATEWAY_URL": api.url},
+        )
+        headers = {"Authorization": f"Bearer {api.token}"}
+        answer = httpx2.post(
+            api.url + "/tools/i__book_table?accept_defaults=1&answer=name%3DGrace",
+            json={},
+            timeout=30,
+            headers=headers,
+        ).json()
+        read = httpx2.get(
+            api.url + "/resources/read",
+            params={"server": "i", "uri": BOOKING_URI, "answer": ["name=Lin", "guests=2"]},
+            timeout=30,
+            headers=headers,
+        ).json()
+        malformed = httpx2.post(api.url + "/prompts/i__booking?answer=name", json={}, timeout=30, headers=headers)
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads(proc.stdout)["content"] == {**BOOKING_DEFAULTS, "guests": 6}
+    assert proc.stderr.startswith(ASKED.format(during="i__book_table") + "accepted with {")
+    assert answer["structuredContent"] == {"action": "accept", "content": {**BOOKING_DEFAULTS, "name": "Grace"}}
+    assert answer["answeredInputRequests"] == [
+        {
+            "server": "i",
+            "tool": "i__book_table",
+            "mode": "form",
+            "message": "Book a table for tonight?",
+            "requestedSchema": BOOKING_SCHEMA,
+            "action": "accept",
+            "content": {**BOOKING_DEFAULTS, "name": "Grace"},
+        }
+    ]
+    assert json.loads(read["contents"][0]["text"]) == {"action": "accept", "content": {"name": "Lin", "guests": 2}}
+    assert (malformed.status_code, malformed.json()) == (
+        400,
+        {"error": "Malformed answer: an answer is NAME=VALUE, not 'name'.", "kind": "usage"},
+    )
 
 
 # -- the Python and HTTP APIs -----------------------------------------------------------

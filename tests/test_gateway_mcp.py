@@ -345,4 +345,4 @@ def test_a_server_asking_during_an_api_call_is_never_put_to_an_mcp_client() -> N
         through_api, through_mcp = anyio.run(scenario, api)
     assert through_api["content"][0]["text"] == "decline None"
     assert [request["message"] for request in through_api["declinedInputRequests"]] == ["API?"]
-    assert asked == ["MCP?"] and through_mcp == "accept {'name': 'not the API caller'}"
+    assert asked == ["Server 'ev' asks: MCP?"] and through_mcp == "accept {'name': 'not the API caller'}"

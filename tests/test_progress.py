@@ -3,6 +3,7 @@ INFO lines otherwise), lets it restart the call's timeout, and shows the server'
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -68,6 +69,16 @@ def test_progress_is_a_live_line_on_a_terminal() -> None:
     assert -1 not in positions and positions == sorted(positions), repr(terminal)
     assert terminal.endswith(erase), repr(terminal)  # the line is gone once the call is done
     assert "p: starting the work" in terminal
+
+
+def test_the_live_line_is_escaped_and_cut_to_the_terminal_s_width() -> None:
+    # The pseudo-terminal does not say its width: 80 columns. A longer line would wrap, and
+    # only its last row be erased: what a server wrote there would stay.
+    label = "\x1b]0;pwned\x07" + "x" * 100 + "\nerror: forged"
+    code, stdout, terminal = run_on_a_terminal("call", TOOL, json.dumps({"steps": 1, "label": label}))
+    assert (code, stdout) == (0, "worked 1 steps\n"), terminal
+    drawn = terminal.split("\r\x1b[K")[-2]  # the last line drawn before the final erase
+    assert drawn == f"{TOOL}: \\x1b]0;pwned\\x07{'x' * 100}"[:79], repr(terminal)
 
 
 def test_progress_without_a_terminal_is_logged_at_info() -> None:

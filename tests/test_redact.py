@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from redact import MASK, RedactingFilter, escape_controls, redact, register_secret
+from redact import MASK, RedactingFilter, escape_controls, escape_lines, one_line, redact, register_secret, wrap
 
 
 @pytest.fixture()
@@ -118,3 +118,11 @@ def test_the_format_characters_escaped_are_every_cf_character_of_this_python() -
     listed = set(re.findall(f"[{FORMAT_CHARACTERS}]", everything))
     assert listed == {char for char in everything if unicodedata.category(char) == "Cf"}
     assert escape_controls("a\u202eb\u200bc\U000e0001 é\xad 日本") == "a\\u202eb\\u200bc\\U000e0001 é\\u00ad 日本"
+
+
+def test_the_helpers_keep_server_text_off_the_first_column() -> None:
+    assert one_line("a\x1b[2J\nb\tc") == "a\\x1b[2J\\nb\\tc"
+    assert escape_lines("first\nerror: forged\n    kept\x07") == "first\n    error: forged\n    kept\\x07"
+    assert wrap("abcdefgh", "s> ", 7) == ["s> abcd", "s> efgh"]
+    assert wrap("日本語", "", 4) == ["日本", "語"]  # wide characters take two columns
+    assert wrap("abc", "s> ", None) == ["s> abc"]

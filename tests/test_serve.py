@@ -91,7 +91,7 @@ class Client:
 
     async def on_elicitation(self, ctx: ClientRequestContext, params: types.ElicitRequestParams) -> Any:
         self.elicitations.append(params)
-        if params.message == "Wait for me":  # everything's ask_then_give_up: it cancels this request
+        if params.message.endswith(": Wait for me"):  # everything's ask_then_give_up: it cancels this request
             try:
                 Path(self.give_up_when).touch()
                 await anyio.sleep_forever()
@@ -358,7 +358,7 @@ def test_elicitation_from_a_server_is_answered_by_the_client(tour: Tour) -> None
     result = tour.run(tour.client.call_raw, "remote__ask", {"message": "What is your name?"})
     assert texts(result) == ["accept {'name': 'Ada'}"]
     asked = tour.client.elicitations[-1]
-    assert asked.message == "What is your name?"
+    assert asked.message == "Server 'remote' asks: What is your name?"  # the client shows it as toolscript's
     assert asked.requested_schema["properties"]["name"] == {"type": "string", "default": "nobody"}
 
 
@@ -378,6 +378,7 @@ def test_sampling_from_a_server_is_answered_by_the_client_with_progress_back(tou
     assert texts(result) == ["sampled (model test-model, progress [0.5])"]
     asked = tour.client.samplings[-1]
     assert asked.messages[0].content.text == "Say something"  # type: ignore[union-attr]
+    assert asked.system_prompt == "Server 'remote' asks (through toolscript) for this completion."
 
 
 def test_resources_and_templates_are_read_from_the_server_that_listed_them(tour: Tour) -> None:

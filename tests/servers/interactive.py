@@ -13,6 +13,8 @@ result is an error unless the answer was `accept`:
   answers on every even one;
 - `pick_pizza`: asks through the SDK's `Resolve(Elicit)`, which over the legacy protocol is an
   `elicitation/create` request and over 2026-07-28 an input-required result;
+- the prompt `booking` and the resource `booking://table` (of the template `booking://{place}`)
+  ask as `book_table` does, and give the answer as their text;
 - `media`: text, image, audio, an embedded blob resource and a resource link;
 - `long_job`: declared as requiring task-augmented execution;
 - `sample`, `roots`: ask the client for sampling or roots and report the refusal;
@@ -44,6 +46,7 @@ __all__ = [
     "BLOB",
     "BOOKING_DEFAULTS",
     "BOOKING_SCHEMA",
+    "BOOKING_URI",
     "LINK_URL",
     "PAGE_URL",
     "PNG",
@@ -86,6 +89,7 @@ BOOKING_SCHEMA: dict[str, Any] = {
 BOOKING_DEFAULTS = {name: prop["default"] for name, prop in BOOKING_SCHEMA["properties"].items()}
 PAGE_URL = "https://example.com/sign?form=1"
 LINK_URL = "https://example.com/link"
+BOOKING_URI = "booking://table"
 
 
 class Pizza(BaseModel):
@@ -179,6 +183,18 @@ def add_tools(server: MCPServer) -> None:
     def client_capabilities(ctx: Context) -> dict[str, Any]:
         capabilities = ctx.session.client_capabilities
         return capabilities.model_dump(mode="json", by_alias=True, exclude_none=True) if capabilities else {}
+
+    @server.prompt(description="Book a table: asks for the details in a form, then says what it got.")
+    async def booking(ctx: Context) -> str:
+        answer = await ctx.session.elicit_form(
+            "Book a table for tonight?", BOOKING_SCHEMA, related_request_id=ctx.request_id
+        )
+        return json.dumps({"action": answer.action, "content": answer.content}, sort_keys=True)
+
+    # A template: the SDK gives a static resource no context to ask through.
+    @server.resource("booking://{place}", mime_type="application/json", description="Asks for the details in a form.")
+    async def booking_resource(place: str, ctx: Context) -> str:
+        return await booking(ctx)
 
     listed = server.list_tools
 
