@@ -18,6 +18,7 @@ message names the step and what the server said, never a secret.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -43,12 +44,12 @@ if __package__:
     from .errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from .redact import redact, register_secret
     from .storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed
-    from .urls import is_https_or_loopback, is_loopback_host, url_origin
+    from .urls import is_https_or_loopback, is_loopback_host, is_unambiguous, url_origin
 else:
     from errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from redact import redact, register_secret
     from storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed
-    from urls import is_https_or_loopback, is_loopback_host, url_origin
+    from urls import is_https_or_loopback, is_loopback_host, is_unambiguous, url_origin
 
 if TYPE_CHECKING:
     import requests
@@ -69,7 +70,9 @@ __all__ = [
 
 log = logging.getLogger("toolscript.auth")
 
-HTTP_TIMEOUT = 30.0
+HTTP_TIMEOUT = 30.0  # seconds for a whole request to the servers `auth` talks to, answer included
+# Metadata, registrations and tokens are a few KiB; anything near this is not one of them.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 CALLBACK_PATH = "/callback"
 # A connection to the loopback callback server that sends nothing for this long is dropped.
 CALLBACK_IDLE_TIMEOUT = 5.0
@@ -344,8 +347,13 @@ def status_report(server: ServerConfig, store: Store, now: float | None = None) 
 
 
 class _Http:
-    """requests with a timeout on every call, same-origin redirects only, and DEBUG lines.
+    """requests with a total deadline and a size cap on every answer, same-origin redirects only, and DEBUG lines.
 
+    Each request, from connecting to the last byte of the answer, must end within
+    `timeout` seconds: a watchdog shuts its connection down at the deadline, so an
+    authorization server that sends one byte every few seconds cannot hold `auth` for
+    minutes. An answer larger than `MAX_ANSWER_BYTES` is refused unread. Every URL is
+    checked as `requests` itself parses it (`urls.is_unambiguous`) before anything is sent.
     `requests` is imported here, not at the top, so the status commands stay fast.
     """
 
@@ -355,23 +363,23 @@ class _Http:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["User-Agent"] = _USER_AGENT
+        adapter = _watched_adapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def close(self) -> None:
         self.session.close()
 
-    def request(self, method: str, url: str, *, step: str, **kwargs: Any) -> requests.Response:
-        import requests
-
+    def request(self, method: str, url: str, *, step: str, stream: bool = False, **kwargs: Any) -> requests.Response:
+        """Send a request; with `stream`, return once the headers are in (the caller reads no body)."""
         for _ in range(_MAX_REDIRECTS + 1):
+            _check_as_sent(url, step)
             log.debug("%s %s", method, _mask_query(url))
-            try:
-                response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
-            except requests.Timeout:
-                raise AuthConnectError(
-                    f"{step} failed: {url_origin(url)} did not answer within {self.timeout:.0f}s."
-                ) from None
-            except requests.RequestException as exc:
-                raise AuthConnectError(f"{step} failed: cannot reach {url_origin(url)} ({_reason(exc)}).") from None
+            watch = _Watch(self.timeout)
+            with watch:
+                response = self._send(watch, method, url, step, kwargs)
+                if not stream:
+                    self._read(watch, response, url, step)
             location = response.headers.get("Location")
             # Only GETs and method-preserving redirects are followed, and only on the same origin.
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
@@ -383,6 +391,148 @@ class _Http:
             response.close()
             url = target
         raise AuthError(f"{step} failed: too many redirects from {url_origin(url)}.")
+
+    def _send(self, watch: _Watch, method: str, url: str, step: str, kwargs: dict[str, Any]) -> requests.Response:
+        import requests
+
+        try:
+            return self.session.request(method, url, timeout=self.timeout, allow_redirects=False, stream=True, **kwargs)
+        except requests.RequestException as exc:
+            if watch.expired or isinstance(exc, requests.Timeout):
+                raise self._late(step, url) from None
+            raise AuthConnectError(f"{step} failed: cannot reach {url_origin(url)} ({_reason(exc)}).") from None
+
+    def _read(self, watch: _Watch, response: requests.Response, url: str, step: str) -> None:
+        """Read the whole answer into `response.content`, within the deadline and the size cap."""
+        import requests
+
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    response.close()
+                    raise AuthError(
+                        f"{step} failed: {url_origin(url)} sent an answer larger than "
+                        f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB; refusing it."
+                    )
+                chunks.append(chunk)
+        except (requests.RequestException, OSError) as exc:
+            response.close()
+            if watch.expired or isinstance(exc, requests.Timeout):
+                raise self._late(step, url) from None
+            raise AuthConnectError(f"{step} failed: {url_origin(url)} broke off its answer ({_reason(exc)}).") from None
+        # What `Response.content` itself stores once it has read the body.
+        response._content = b"".join(chunks)
+
+    def _late(self, step: str, url: str) -> AuthConnectError:
+        return AuthConnectError(f"{step} failed: {url_origin(url)} did not answer within {self.timeout:g}s.")
+
+
+def _check_as_sent(url: str, step: str) -> None:
+    """Refuse a URL that `requests` would send to another origin than the one the checks saw."""
+    import requests
+
+    try:
+        prepared = requests.Request("GET", url).prepare().url or ""
+    except (requests.RequestException, ValueError):
+        prepared = ""
+    if not is_unambiguous(url) or url_origin(prepared) != url_origin(url):
+        raise AuthError(
+            f"{step} failed: the URL {_mask_query(url)!r} holds a backslash, userinfo or characters that URL "
+            "parsers read differently; refusing to send anything to it."
+        )
+
+
+class _Watch:
+    """The deadline of one request: when it passes, the connections the request used are shut down.
+
+    `_WatchedConnection` enters itself here when a request goes out on it (new or kept
+    alive), so the watchdog finds the socket in any phase: connecting aside (the connect
+    timeout bounds that), sending, waiting for headers or reading the body.
+    """
+
+    _current = threading.local()
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.expired = False
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watch:
+        _Watch._current.watch = self
+        _start_without_signals(self._timer)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _Watch._current.watch = None
+
+    @classmethod
+    def enter(cls, connection: Any) -> None:
+        watch = getattr(cls._current, "watch", None)
+        if watch is not None:
+            with watch._lock:
+                watch._connections.append(connection)
+                expired = watch.expired
+            if expired:
+                _shut(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            connections = list(self._connections)
+        for connection in connections:
+            _shut(connection)
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # a blocked read or write returns at once
+
+
+def _watched_adapter() -> Any:
+    """A `requests` adapter whose connections enter the current `_Watch` with each request."""
+    import requests.adapters
+    import urllib3
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class WatchedConnection(HTTPConnection):
+        def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+            _Watch.enter(self)
+            super().request(*args, **kwargs)
+
+    class WatchedTLSConnection(HTTPSConnection):
+        def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+            _Watch.enter(self)
+            super().request(*args, **kwargs)
+
+    class Pool(urllib3.HTTPConnectionPool):
+        ConnectionCls = WatchedConnection
+
+    class TLSPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = WatchedTLSConnection
+
+    pools = {"http": Pool, "https": TLSPool}
+
+    class WatchedAdapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            if hasattr(manager, "pool_classes_by_scheme") and not proxy.lower().startswith("socks"):
+                manager.pool_classes_by_scheme = pools
+            return manager
+
+    return WatchedAdapter()
 
 
 def _server_error(step: str, response: requests.Response) -> AuthError:
@@ -409,6 +559,11 @@ def _check_endpoint(url: str, what: str) -> None:
     """Refuse a discovered endpoint that is not https, unless it is on a loopback host."""
     if is_https_or_loopback(url):
         return
+    if not is_unambiguous(url):
+        raise AuthError(
+            f"The {what} {_mask_query(url)!r} holds a backslash, userinfo or characters that URL parsers read "
+            "differently; refusing to use it."
+        )
     raise AuthError(
         f"The {what} {_mask_query(url)} is not an https URL; refusing to use it "
         "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1)."
