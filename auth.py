@@ -25,14 +25,18 @@ import hmac
 import html
 import http.server
 import logging
+import os
 import queue
 import re
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import socketserver
 import ssl
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,12 +47,12 @@ from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsp
 if __package__:
     from .errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from .redact import redact, register_secret
-    from .storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed
+    from .storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed, oauth_status
     from .urls import is_https_or_loopback, is_loopback_host, is_unambiguous, url_origin
 else:
     from errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from redact import redact, register_secret
-    from storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed
+    from storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed, oauth_status
     from urls import is_https_or_loopback, is_loopback_host, is_unambiguous, url_origin
 
 if TYPE_CHECKING:
@@ -61,9 +65,11 @@ __all__ = [
     "LogoutResult",
     "auth_state",
     "authenticate",
+    "browser_commands",
     "describe_duration",
     "describe_tokens",
     "logout",
+    "open_in_browser",
     "parse_www_authenticate",
     "status_report",
 ]
@@ -90,7 +96,7 @@ _USER_AGENT = "toolscript"
 class AuthState:
     """What `toolscript auth` (no server) shows for one server: a state word and details."""
 
-    state: str  # "authenticated", "expired", "not authenticated" or "n/a"
+    state: str  # "authenticated", "expired", "failed", "not authenticated", "no auth needed" or "n/a"
     detail: str = ""
     needs_auth: bool = False
 
@@ -146,24 +152,48 @@ def authenticate(
             store.update(server.name, lambda old: note_auth_not_needed(old, server.url))
             return None
         record = store.load(server.name)
+        for secret in record.secret_values() if record else ():
+            register_secret(secret)  # a stored client secret goes to the token endpoint, which may echo it
         scope = _choose_scope(server, discovery, record)
         stored = record.client if record is not None and not forget_client else None
+        if stored is not None and stored.client_id == record.metadata.suspect_client_id:
+            log.info("The last authorization with the stored client registration never came back; registering anew")
+            stored = None
         callback, client = _prepare_client(http, server, discovery, stored, scope)
-        with callback:
-            code, verifier = _authorize(
-                server,
-                discovery,
-                client,
-                scope,
-                callback,
-                open_browser=open_browser,
-                show_url=show_url,
-                read_pasted=read_pasted,
-                timeout=timeout,
-                stored_client=stored is not None and client is stored,
-            )
+        try:
+            with callback:
+                code, verifier = _authorize(
+                    server,
+                    discovery,
+                    client,
+                    scope,
+                    callback,
+                    open_browser=open_browser,
+                    show_url=show_url,
+                    read_pasted=read_pasted,
+                    timeout=timeout,
+                    stored_client=stored is not None and client is stored,
+                )
+        except _SuspectClient:
+            store.update(server.name, lambda old: _suspect(old, client))
+            raise
         log.info("Exchanging the authorization code for tokens")
-        tokens = _exchange_code(http, discovery, client, code, verifier, scope)
+        try:
+            tokens = _exchange_code(http, discovery, client, code, verifier, scope)
+        except AuthError as exc:
+            if exc.error != "invalid_client" or client.registration_source != "dynamic":
+                raise
+            # The authorization server no longer knows the registration (it restarted and
+            # forgot it): forget it too, with the tokens issued under it, so that the next
+            # `toolscript auth` registers anew.
+            store.update(server.name, lambda old: _forget_client(old, client))
+            raise AuthError(
+                f"{exc.message.rstrip('.')}. The authorization server no longer knows the client registration of "
+                f"'{server.name}'; toolscript forgot it, and the next authorization registers anew.",
+                server=server.name,
+                error=exc.error,
+                next_command=auth_command(server.name),
+            ) from None
     finally:
         http.close()
 
@@ -183,6 +213,22 @@ def authenticate(
     )
     store.update(server.name, lambda old: _keep_unknown(old, new))
     return new
+
+
+def _suspect(record: Record | None, client: ClientInfo) -> Record | None:
+    """`record`, noting that the authorization with its (stored, dynamic) `client` never came back."""
+    if record is not None and record.client is not None and record.client.client_id == client.client_id:
+        record.metadata.suspect_client_id = client.client_id
+    return record
+
+
+def _forget_client(record: Record | None, client: ClientInfo) -> Record | None:
+    """`record` without the registration of `client` and the tokens issued under it (None: nothing left)."""
+    if record is None or record.client is None or record.client.client_id != client.client_id:
+        return record
+    record.client, record.tokens = None, None
+    record.metadata.note_error("the authorization server no longer knows the client registration: invalid_client")
+    return record
 
 
 def _keep_unknown(old: Record | None, new: Record) -> Record:
@@ -259,11 +305,17 @@ def auth_state(server: ServerConfig, record: Record | None, now: float | None = 
     if server.has_authorization_header:
         return AuthState("n/a", "Authorization header configured")
     tokens = record.tokens_for(server.url) if record else None
+    now = time.time() if now is None else now
+    if record is not None and record.metadata.last_error:
+        # The last use failed: say so, why and when, whatever tokens are left.
+        reason = oauth_status(record, server.url or "", now).reason or record.metadata.last_error
+        at = record.metadata.last_error_at
+        when = f"; {time.strftime('%Y-%m-%d %H:%M', time.localtime(at))}, {_duration(now - at)} ago" if at else ""
+        return AuthState("failed", f"{reason}{when}", needs_auth=True)
     if tokens is None:
         if record is not None and record.auth_not_needed(server.url):
             return AuthState("no auth needed", "it answered toolscript auth without asking for authorization")
         return AuthState("not authenticated", needs_auth=True)
-    now = time.time() if now is None else now
     if tokens.is_expired(now):
         if tokens.refresh_token:
             return AuthState("expired", "refreshable")
@@ -1312,6 +1364,10 @@ class _ForeignState(AuthError):
     """An authorization response that does not answer this request (its `state` differs)."""
 
 
+class _SuspectClient(AuthError):
+    """No authorization response came for a stored registration, which the server may have forgotten."""
+
+
 def _authorize(
     server: ServerConfig,
     discovery: _Discovery,
@@ -1367,12 +1423,12 @@ def _authorize(
     except _Timeout:
         name = server.name
         if stored_client:  # the browser may have shown the server's invalid_client page: a dead end
-            raise AuthError(
+            raise _SuspectClient(
                 f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}'. If the "
                 "browser showed an error such as invalid_client, the authorization server has forgotten "
-                "the client registration toolscript stored",
+                "the client registration toolscript stored; the next authorization registers anew",
                 server=name,
-                next_command=auth_command(name, "--forget-client"),
+                next_command=auth_command(name),
             ) from None
         raise AuthError(
             f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}' "
@@ -1382,6 +1438,50 @@ def _authorize(
         ) from None
     log.info("Authorization received")
     return code, verifier
+
+
+def open_in_browser(url: str) -> bool:
+    """Open `url` with `$BROWSER`, else the system's browser; return whether a browser took it.
+
+    `$BROWSER` is read as Python's `webbrowser` documents it: commands separated by
+    `os.pathsep`, tried in turn; `%s` in a command stands for the URL (else the URL is
+    added at the end); a trailing `&` runs it in the background. Unlike `webbrowser` in
+    Python 3.11, a command may carry arguments (`firefox --new-window`). No shell is involved.
+    """
+    import webbrowser
+
+    for argv, background in browser_commands(os.environ.get("BROWSER", ""), url):
+        if shutil.which(argv[0]) is None:
+            continue
+        try:
+            # As webbrowser does: a foreground browser is waited for (a console browser needs the terminal).
+            process = subprocess.Popen(argv, close_fds=True, start_new_session=background)
+        except OSError as exc:
+            log.debug("Could not start the browser %s: %s", argv[0], exc.strerror or exc)
+            continue
+        if background or process.wait() == 0:
+            return True
+    return webbrowser.open(url)
+
+
+def browser_commands(setting: str, url: str) -> list[tuple[list[str], bool]]:
+    """The commands a `$BROWSER` value names for `url`: (argv, run in the background) each."""
+    commands = []
+    for entry in setting.split(os.pathsep):
+        try:
+            argv = shlex.split(entry)
+        except ValueError:  # unbalanced quotes
+            continue
+        background = bool(argv) and argv[-1] == "&"
+        argv = argv[:-1] if background else argv
+        if not argv:
+            continue
+        if any("%s" in arg for arg in argv[1:]):
+            argv = [argv[0], *(arg.replace("%s", url) for arg in argv[1:])]
+        else:
+            argv.append(url)
+        commands.append((argv, background))
+    return commands
 
 
 def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
@@ -1396,11 +1496,19 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
         if not line:
             continue
         params = dict(parse_qsl(urlsplit(line).query, keep_blank_values=True))
-        if not params.keys() & {"code", "error", "state"}:
-            # A placeholder form: real-looking `code=...` values would be masked in the log line.
+        if "code_challenge" in params or "response_type" in params:
             log.warning(
-                "That is not the redirected URL (it looks like %s?code=<code>&state=<state>); paste the whole "
-                "address from the browser's address bar.",
+                "That is the authorization URL toolscript printed; open it in a browser, then paste the address "
+                "the browser ends on."
+            )
+            continue
+        if not params.keys() & {"code", "error"}:
+            # Names only, and a placeholder form: values would be masked in the log line anyway.
+            held = f"only {', '.join(sorted(params))}" if params else "no query"
+            log.warning(
+                "That URL holds %s, no code or error: it is not the redirected URL (it looks like "
+                "%s?code=<code>&state=<state>); paste the whole address from the browser's address bar.",
+                held,
                 callback.redirect_uri,
             )
             continue
@@ -1410,8 +1518,13 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
 
 
 def _check_callback(params: dict[str, str], server: str, state: str, issuer: str, iss_required: bool) -> str:
-    """Check an authorization response (state, error, RFC 9207 iss); return the code."""
-    if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
+    """Check an authorization response (state, error, RFC 9207 iss); return the code.
+
+    An error response without `state` ends the wait too: some servers leave it out of an
+    error, and waiting on would only end in a timeout.
+    """
+    stateless_error = "error" in params and "state" not in params
+    if not stateless_error and not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
         # Its values are not registered as secrets: anyone can send these, as often as they like.
         raise _ForeignState(
             "Ignored an authorization response whose state does not match the request (it may be "
@@ -1439,7 +1552,8 @@ def _check_callback(params: dict[str, str], server: str, state: str, issuer: str
         )
     code = params.get("code")
     if not code:
-        raise AuthError("The authorization response has no code.")
+        held = ", ".join(sorted(params)) or "nothing"
+        raise AuthError(f"The authorization response holds no code (only {held}); authorize again.")
     return code
 
 

@@ -67,7 +67,6 @@ class _Wiretap:
     management_tokens: dict[str, str] = field(default_factory=dict)  # client_id -> registration access token
     # path -> "slow" (one byte every 0.2 s, for a minute at most) or "huge" (64 MiB of JSON whitespace).
     hostile: dict[str, str] = field(default_factory=dict)
-    hostile_bytes_sent: int = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -152,8 +151,7 @@ class _Wiretap:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         for _ in range(count):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            self.hostile_bytes_sent += len(chunk)
-            await anyio.sleep(pause)  # also lets the server notice a client that hung up
+            await anyio.sleep(pause)
         await send({"type": "http.response.body", "body": b"{}"})
 
     async def _echo(self, seen: Seen, send: Any) -> None:

@@ -583,7 +583,6 @@ def test_an_authorization_server_trickling_its_answer_is_cut_off_at_the_deadline
     assert str(caught.value) == (
         f"Fetching authorization server metadata failed: {test_server.origin} did not answer within 2s."
     )
-    assert test_server.tap.hostile_bytes_sent < 100  # 300 before the server gives up
 
 
 def test_a_huge_answer_is_refused_without_reading_it_all(oauth_server):
@@ -595,4 +594,3 @@ def test_a_huge_answer_is_refused_without_reading_it_all(oauth_server):
         f"Fetching authorization server metadata failed: {test_server.origin} sent an answer larger than 4 MiB; "
         "refusing it."
     )
-    assert test_server.tap.hostile_bytes_sent < 32 * 1024 * 1024  # of 64 MiB
