@@ -1619,7 +1619,7 @@ def _mask_query(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, masked, ""))
 
 
-def _reason(exc: requests.RequestException) -> str:
+def _reason(exc: BaseException) -> str:
     """Say why a request could not be sent, from the OS or TLS error under the library's wrappers."""
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
