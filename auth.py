@@ -500,9 +500,10 @@ def _check_as_sent(url: str, step: str) -> None:
 class _Watch:
     """The deadline of one request: when it passes, the connections the request used are shut down.
 
-    `_WatchedConnection` enters itself here when a request goes out on it (new or kept
-    alive), so the watchdog finds the socket in any phase: connecting aside (the connect
-    timeout bounds that), sending, waiting for headers or reading the body.
+    A connection enters itself here when it connects or a request goes out on it (new or
+    kept alive; `_WatchedMixin`), so the watchdog finds its socket in every phase: the TLS
+    handshake, sending, waiting for headers, reading the body. Only the TCP connect itself
+    is bounded by the connect timeout instead.
     """
 
     _current = threading.local()
@@ -549,27 +550,29 @@ def _shut(connection: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)  # a blocked read or write returns at once
 
 
+class _WatchedMixin:
+    """Makes a urllib3 connection enter the current `_Watch` when it connects (TLS handshake included) or sends."""
+
+    def connect(self) -> None:
+        _Watch.enter(self)
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _Watch.enter(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
 def _watched_adapter() -> Any:
-    """A `requests` adapter whose connections enter the current `_Watch` with each request."""
+    """A `requests` adapter whose connections enter the current `_Watch`."""
     import requests.adapters
     import urllib3
     from urllib3.connection import HTTPConnection, HTTPSConnection
 
-    class WatchedConnection(HTTPConnection):
-        def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-            _Watch.enter(self)
-            super().request(*args, **kwargs)
-
-    class WatchedTLSConnection(HTTPSConnection):
-        def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-            _Watch.enter(self)
-            super().request(*args, **kwargs)
-
     class Pool(urllib3.HTTPConnectionPool):
-        ConnectionCls = WatchedConnection
+        ConnectionCls = type("WatchedConnection", (_WatchedMixin, HTTPConnection), {})
 
     class TLSPool(urllib3.HTTPSConnectionPool):
-        ConnectionCls = WatchedTLSConnection
+        ConnectionCls = type("WatchedTLSConnection", (_WatchedMixin, HTTPSConnection), {})
 
     pools = {"http": Pool, "https": TLSPool}
 
