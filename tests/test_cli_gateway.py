@@ -616,13 +616,11 @@ def test_a_listener_on_another_loopback_address_cannot_relay_the_gateways_proof(
 
 @pytest.mark.parametrize(("bound", "named"), [("127.0.0.1", "localhost"), ("localhost", "127.0.0.1")])
 def test_a_gateway_url_naming_another_loopback_name_finds_the_token(servers: Path, bound: str, named: str) -> None:
-    gateway = Gateway(load_config(), only=["s"]).start()
+    gateway = Gateway(load_config(), only=["broken"]).start()  # fails at once: nothing to wait for
     try:
         with serving_api(gateway, host=bound) as api:
             assert token_file(api.url).name == f"{bound}_{api.port}.token"
-            assert RemoteGateway(f"http://{named}:{api.port}").call("s__echo", {"text": "found"})["content"] == [
-                {"type": "text", "text": "found"}
-            ]
+            assert [row["name"] for row in RemoteGateway(f"http://{named}:{api.port}").servers()] == ["broken"]
     finally:
         gateway.stop()
 
