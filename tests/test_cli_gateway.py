@@ -629,3 +629,22 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_a_dual_stack_gateway_proves_itself_to_an_ipv4_client(servers: Path) -> None:
+    gateway = Gateway(load_config(), only=["broken"]).start()
+    try:
+        try:
+            serving = serving_api(gateway, host="::")
+            api = serving.__enter__()
+        except OSError:
+            pytest.skip("no IPv6")
+        try:
+            # The gateway sees the connection arrive at ::ffff:127.0.0.1; its proof must name 127.0.0.1.
+            assert api.url == f"http://[::1]:{api.port}"
+            assert [row["name"] for row in RemoteGateway(f"http://127.0.0.1:{api.port}").servers()] == ["broken"]
+        finally:
+            serving.__exit__(None, None, None)
+    finally:
+        gateway.stop()
