@@ -415,6 +415,8 @@ class _Http:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["User-Agent"] = _USER_AGENT
+        # The size cap counts decoded bytes; not inviting compression keeps a small bomb from inflating first.
+        self.session.headers["Accept-Encoding"] = "identity"
         adapter = _watched_adapter()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
