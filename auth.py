@@ -18,20 +18,25 @@ message names the step and what the server said, never a secret.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import hmac
 import html
 import http.server
 import logging
+import os
 import queue
 import re
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import socketserver
 import ssl
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,13 +47,13 @@ from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsp
 if __package__:
     from .errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from .redact import redact, register_secret
-    from .storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed
-    from .urls import is_https_or_loopback, is_loopback_host, url_origin
+    from .storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed, oauth_status
+    from .urls import is_https_or_loopback, is_loopback_host, is_unambiguous, url_origin
 else:
     from errors import AuthConnectError, AuthError, OAuthErrorResponse, StorageError, auth_command
     from redact import redact, register_secret
-    from storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed
-    from urls import is_https_or_loopback, is_loopback_host, url_origin
+    from storage import ClientInfo, Metadata, Record, Store, Tokens, note_auth_not_needed, oauth_status
+    from urls import is_https_or_loopback, is_loopback_host, is_unambiguous, url_origin
 
 if TYPE_CHECKING:
     import requests
@@ -60,16 +65,20 @@ __all__ = [
     "LogoutResult",
     "auth_state",
     "authenticate",
+    "browser_commands",
     "describe_duration",
     "describe_tokens",
     "logout",
+    "open_in_browser",
     "parse_www_authenticate",
     "status_report",
 ]
 
 log = logging.getLogger("toolscript.auth")
 
-HTTP_TIMEOUT = 30.0
+HTTP_TIMEOUT = 30.0  # seconds for a whole request to the servers `auth` talks to, answer included
+# Metadata, registrations and tokens are a few KiB; anything near this is not one of them.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 CALLBACK_PATH = "/callback"
 # A connection to the loopback callback server that sends nothing for this long is dropped.
 CALLBACK_IDLE_TIMEOUT = 5.0
@@ -87,7 +96,7 @@ _USER_AGENT = "toolscript"
 class AuthState:
     """What `toolscript auth` (no server) shows for one server: a state word and details."""
 
-    state: str  # "authenticated", "expired", "not authenticated" or "n/a"
+    state: str  # "authenticated", "expired", "failed", "not authenticated", "no auth needed" or "n/a"
     detail: str = ""
     needs_auth: bool = False
 
@@ -143,24 +152,48 @@ def authenticate(
             store.update(server.name, lambda old: note_auth_not_needed(old, server.url))
             return None
         record = store.load(server.name)
+        for secret in record.secret_values() if record else ():
+            register_secret(secret)  # a stored client secret goes to the token endpoint, which may echo it
         scope = _choose_scope(server, discovery, record)
         stored = record.client if record is not None and not forget_client else None
+        if stored is not None and stored.client_id == record.metadata.suspect_client_id:
+            log.info("The last authorization with the stored client registration never came back; registering anew")
+            stored = None
         callback, client = _prepare_client(http, server, discovery, stored, scope)
-        with callback:
-            code, verifier = _authorize(
-                server,
-                discovery,
-                client,
-                scope,
-                callback,
-                open_browser=open_browser,
-                show_url=show_url,
-                read_pasted=read_pasted,
-                timeout=timeout,
-                stored_client=stored is not None and client is stored,
-            )
+        try:
+            with callback:
+                code, verifier = _authorize(
+                    server,
+                    discovery,
+                    client,
+                    scope,
+                    callback,
+                    open_browser=open_browser,
+                    show_url=show_url,
+                    read_pasted=read_pasted,
+                    timeout=timeout,
+                    stored_client=stored is not None and client is stored,
+                )
+        except _SuspectClient:
+            store.update(server.name, lambda old: _suspect(old, client))
+            raise
         log.info("Exchanging the authorization code for tokens")
-        tokens = _exchange_code(http, discovery, client, code, verifier, scope)
+        try:
+            tokens = _exchange_code(http, discovery, client, code, verifier, scope)
+        except AuthError as exc:
+            if exc.error != "invalid_client" or client.registration_source != "dynamic":
+                raise
+            # The authorization server no longer knows the registration (it restarted and
+            # forgot it): forget it too, with the tokens issued under it, so that the next
+            # `toolscript auth` registers anew.
+            store.update(server.name, lambda old: _forget_client(old, client))
+            raise AuthError(
+                f"{exc.message.rstrip('.')}. The authorization server no longer knows the client registration of "
+                f"'{server.name}'; toolscript forgot it, and the next authorization registers anew.",
+                server=server.name,
+                error=exc.error,
+                next_command=auth_command(server.name),
+            ) from None
     finally:
         http.close()
 
@@ -180,6 +213,22 @@ def authenticate(
     )
     store.update(server.name, lambda old: _keep_unknown(old, new))
     return new
+
+
+def _suspect(record: Record | None, client: ClientInfo) -> Record | None:
+    """`record`, noting that the authorization with its (stored, dynamic) `client` never came back."""
+    if record is not None and record.client is not None and record.client.client_id == client.client_id:
+        record.metadata.suspect_client_id = client.client_id
+    return record
+
+
+def _forget_client(record: Record | None, client: ClientInfo) -> Record | None:
+    """`record` without the registration of `client` and the tokens issued under it (None: nothing left)."""
+    if record is None or record.client is None or record.client.client_id != client.client_id:
+        return record
+    record.client, record.tokens = None, None
+    record.metadata.note_error("the authorization server no longer knows the client registration: invalid_client")
+    return record
 
 
 def _keep_unknown(old: Record | None, new: Record) -> Record:
@@ -256,11 +305,17 @@ def auth_state(server: ServerConfig, record: Record | None, now: float | None = 
     if server.has_authorization_header:
         return AuthState("n/a", "Authorization header configured")
     tokens = record.tokens_for(server.url) if record else None
+    now = time.time() if now is None else now
+    if record is not None and record.metadata.last_error:
+        # The last use failed: say so, why and when, whatever tokens are left.
+        reason = oauth_status(record, server.url or "", now).reason or record.metadata.last_error
+        at = record.metadata.last_error_at
+        when = f"; {time.strftime('%Y-%m-%d %H:%M', time.localtime(at))}, {_duration(now - at)} ago" if at else ""
+        return AuthState("failed", f"{reason}{when}", needs_auth=True)
     if tokens is None:
         if record is not None and record.auth_not_needed(server.url):
             return AuthState("no auth needed", "it answered toolscript auth without asking for authorization")
         return AuthState("not authenticated", needs_auth=True)
-    now = time.time() if now is None else now
     if tokens.is_expired(now):
         if tokens.refresh_token:
             return AuthState("expired", "refreshable")
@@ -344,8 +399,13 @@ def status_report(server: ServerConfig, store: Store, now: float | None = None) 
 
 
 class _Http:
-    """requests with a timeout on every call, same-origin redirects only, and DEBUG lines.
+    """requests with a total deadline and a size cap on every answer, same-origin redirects only, and DEBUG lines.
 
+    Each request, from connecting to the last byte of the answer, must end within
+    `timeout` seconds: a watchdog shuts its connection down at the deadline, so an
+    authorization server that sends one byte every few seconds cannot hold `auth` for
+    minutes. An answer larger than `MAX_ANSWER_BYTES` is refused unread. Every URL is
+    checked as `requests` itself parses it (`urls.is_unambiguous`) before anything is sent.
     `requests` is imported here, not at the top, so the status commands stay fast.
     """
 
@@ -355,23 +415,25 @@ class _Http:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["User-Agent"] = _USER_AGENT
+        # The size cap counts decoded bytes; not inviting compression keeps a small bomb from inflating first.
+        self.session.headers["Accept-Encoding"] = "identity"
+        adapter = _watched_adapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def close(self) -> None:
         self.session.close()
 
-    def request(self, method: str, url: str, *, step: str, **kwargs: Any) -> requests.Response:
-        import requests
-
+    def request(self, method: str, url: str, *, step: str, stream: bool = False, **kwargs: Any) -> requests.Response:
+        """Send a request; with `stream`, return once the headers are in (the caller reads no body)."""
         for _ in range(_MAX_REDIRECTS + 1):
+            _check_as_sent(url, step)
             log.debug("%s %s", method, _mask_query(url))
-            try:
-                response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
-            except requests.Timeout:
-                raise AuthConnectError(
-                    f"{step} failed: {url_origin(url)} did not answer within {self.timeout:.0f}s."
-                ) from None
-            except requests.RequestException as exc:
-                raise AuthConnectError(f"{step} failed: cannot reach {url_origin(url)} ({_reason(exc)}).") from None
+            watch = _Watch(self.timeout)
+            with watch:
+                response = self._send(watch, method, url, step, kwargs)
+                if not stream:
+                    self._read(watch, response, url, step)
             location = response.headers.get("Location")
             # Only GETs and method-preserving redirects are followed, and only on the same origin.
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
@@ -383,6 +445,151 @@ class _Http:
             response.close()
             url = target
         raise AuthError(f"{step} failed: too many redirects from {url_origin(url)}.")
+
+    def _send(self, watch: _Watch, method: str, url: str, step: str, kwargs: dict[str, Any]) -> requests.Response:
+        import requests
+
+        try:
+            return self.session.request(method, url, timeout=self.timeout, allow_redirects=False, stream=True, **kwargs)
+        except requests.RequestException as exc:
+            if watch.expired or isinstance(exc, requests.Timeout):
+                raise self._late(step, url) from None
+            raise AuthConnectError(f"{step} failed: cannot reach {url_origin(url)} ({_reason(exc)}).") from None
+
+    def _read(self, watch: _Watch, response: requests.Response, url: str, step: str) -> None:
+        """Read the whole answer into `response.content`, within the deadline and the size cap."""
+        import requests
+
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    response.close()
+                    raise AuthError(
+                        f"{step} failed: {url_origin(url)} sent an answer larger than "
+                        f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB; refusing it."
+                    )
+                chunks.append(chunk)
+        except (requests.RequestException, OSError) as exc:
+            response.close()
+            if watch.expired or isinstance(exc, requests.Timeout):
+                raise self._late(step, url) from None
+            raise AuthConnectError(f"{step} failed: {url_origin(url)} broke off its answer ({_reason(exc)}).") from None
+        # What `Response.content` itself stores once it has read the body.
+        response._content = b"".join(chunks)
+
+    def _late(self, step: str, url: str) -> AuthConnectError:
+        return AuthConnectError(f"{step} failed: {url_origin(url)} did not answer within {self.timeout:g}s.")
+
+
+def _check_as_sent(url: str, step: str) -> None:
+    """Refuse a URL that `requests` would send to another origin than the one the checks saw."""
+    import requests
+
+    try:
+        prepared = requests.Request("GET", url).prepare().url or ""
+    except (requests.RequestException, ValueError):
+        prepared = ""
+    if not is_unambiguous(url) or url_origin(prepared) != url_origin(url):
+        raise AuthError(
+            f"{step} failed: the URL {_mask_query(url)!r} holds a backslash, userinfo or characters that URL "
+            "parsers read differently; refusing to send anything to it."
+        )
+
+
+class _Watch:
+    """The deadline of one request: when it passes, the connections the request used are shut down.
+
+    A connection enters itself here when it connects or a request goes out on it (new or
+    kept alive; `_WatchedMixin`), so the watchdog finds its socket in every phase: the TLS
+    handshake, sending, waiting for headers, reading the body. Only the TCP connect itself
+    is bounded by the connect timeout instead.
+    """
+
+    _current = threading.local()
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.expired = False
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watch:
+        _Watch._current.watch = self
+        _start_without_signals(self._timer)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _Watch._current.watch = None
+
+    @classmethod
+    def enter(cls, connection: Any) -> None:
+        watch = getattr(cls._current, "watch", None)
+        if watch is not None:
+            with watch._lock:
+                watch._connections.append(connection)
+                expired = watch.expired
+            if expired:
+                _shut(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            connections = list(self._connections)
+        for connection in connections:
+            _shut(connection)
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # a blocked read or write returns at once
+
+
+class _WatchedMixin:
+    """Makes a urllib3 connection enter the current `_Watch` when it connects (TLS handshake included) or sends."""
+
+    def connect(self) -> None:
+        _Watch.enter(self)
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _Watch.enter(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+def _watched_adapter() -> Any:
+    """A `requests` adapter whose connections enter the current `_Watch`."""
+    import requests.adapters
+    import urllib3
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class Pool(urllib3.HTTPConnectionPool):
+        ConnectionCls = type("WatchedConnection", (_WatchedMixin, HTTPConnection), {})
+
+    class TLSPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = type("WatchedTLSConnection", (_WatchedMixin, HTTPSConnection), {})
+
+    pools = {"http": Pool, "https": TLSPool}
+
+    class WatchedAdapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            if hasattr(manager, "pool_classes_by_scheme") and not proxy.lower().startswith("socks"):
+                manager.pool_classes_by_scheme = pools
+            return manager
+
+    return WatchedAdapter()
 
 
 def _server_error(step: str, response: requests.Response) -> AuthError:
@@ -409,6 +616,11 @@ def _check_endpoint(url: str, what: str) -> None:
     """Refuse a discovered endpoint that is not https, unless it is on a loopback host."""
     if is_https_or_loopback(url):
         return
+    if not is_unambiguous(url):
+        raise AuthError(
+            f"The {what} {_mask_query(url)!r} holds a backslash, userinfo or characters that URL parsers read "
+            "differently; refusing to use it."
+        )
     raise AuthError(
         f"The {what} {_mask_query(url)} is not an https URL; refusing to use it "
         "(plain http is allowed only for localhost, 127.0.0.0/8 and ::1)."
@@ -1157,6 +1369,10 @@ class _ForeignState(AuthError):
     """An authorization response that does not answer this request (its `state` differs)."""
 
 
+class _SuspectClient(AuthError):
+    """No authorization response came for a stored registration, which the server may have forgotten."""
+
+
 def _authorize(
     server: ServerConfig,
     discovery: _Discovery,
@@ -1212,12 +1428,12 @@ def _authorize(
     except _Timeout:
         name = server.name
         if stored_client:  # the browser may have shown the server's invalid_client page: a dead end
-            raise AuthError(
+            raise _SuspectClient(
                 f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}'. If the "
                 "browser showed an error such as invalid_client, the authorization server has forgotten "
-                "the client registration toolscript stored",
+                "the client registration toolscript stored; the next authorization registers anew",
                 server=name,
-                next_command=auth_command(name, "--forget-client"),
+                next_command=auth_command(name),
             ) from None
         raise AuthError(
             f"Timed out after {_duration(timeout)} waiting for the authorization of '{name}' "
@@ -1227,6 +1443,50 @@ def _authorize(
         ) from None
     log.info("Authorization received")
     return code, verifier
+
+
+def open_in_browser(url: str) -> bool:
+    """Open `url` with `$BROWSER`, else the system's browser; return whether a browser took it.
+
+    `$BROWSER` is read as Python's `webbrowser` documents it: commands separated by
+    `os.pathsep`, tried in turn; `%s` in a command stands for the URL (else the URL is
+    added at the end); a trailing `&` runs it in the background. Unlike `webbrowser` in
+    Python 3.11, a command may carry arguments (`firefox --new-window`). No shell is involved.
+    """
+    import webbrowser
+
+    for argv, background in browser_commands(os.environ.get("BROWSER", ""), url):
+        if shutil.which(argv[0]) is None:
+            continue
+        try:
+            # As webbrowser does: a foreground browser is waited for (a console browser needs the terminal).
+            process = subprocess.Popen(argv, close_fds=True, start_new_session=background)
+        except OSError as exc:
+            log.debug("Could not start the browser %s: %s", argv[0], exc.strerror or exc)
+            continue
+        if background or process.wait() == 0:
+            return True
+    return webbrowser.open(url)
+
+
+def browser_commands(setting: str, url: str) -> list[tuple[list[str], bool]]:
+    """The commands a `$BROWSER` value names for `url`: (argv, run in the background) each."""
+    commands = []
+    for entry in setting.split(os.pathsep):
+        try:
+            argv = shlex.split(entry)
+        except ValueError:  # unbalanced quotes
+            continue
+        background = bool(argv) and argv[-1] == "&"
+        argv = argv[:-1] if background else argv
+        if not argv:
+            continue
+        if any("%s" in arg for arg in argv[1:]):
+            argv = [argv[0], *(arg.replace("%s", url) for arg in argv[1:])]
+        else:
+            argv.append(url)
+        commands.append((argv, background))
+    return commands
 
 
 def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
@@ -1241,11 +1501,19 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
         if not line:
             continue
         params = dict(parse_qsl(urlsplit(line).query, keep_blank_values=True))
-        if not params.keys() & {"code", "error", "state"}:
-            # A placeholder form: real-looking `code=...` values would be masked in the log line.
+        if "code_challenge" in params or "response_type" in params:
             log.warning(
-                "That is not the redirected URL (it looks like %s?code=<code>&state=<state>); paste the whole "
-                "address from the browser's address bar.",
+                "That is the authorization URL toolscript printed; open it in a browser, then paste the address "
+                "the browser ends on."
+            )
+            continue
+        if not params.keys() & {"code", "error"}:
+            # Names only, and a placeholder form: values would be masked in the log line anyway.
+            held = f"only {', '.join(sorted(params))}" if params else "no query"
+            log.warning(
+                "That URL holds %s, no code or error: it is not the redirected URL (it looks like "
+                "%s?code=<code>&state=<state>); paste the whole address from the browser's address bar.",
+                held,
                 callback.redirect_uri,
             )
             continue
@@ -1255,8 +1523,13 @@ def _read_pasted(read: Callable[[], str], callback: _CallbackServer) -> None:
 
 
 def _check_callback(params: dict[str, str], server: str, state: str, issuer: str, iss_required: bool) -> str:
-    """Check an authorization response (state, error, RFC 9207 iss); return the code."""
-    if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
+    """Check an authorization response (state, error, RFC 9207 iss); return the code.
+
+    An error response without `state` ends the wait too: some servers leave it out of an
+    error, and waiting on would only end in a timeout.
+    """
+    stateless_error = "error" in params and "state" not in params
+    if not stateless_error and not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
         # Its values are not registered as secrets: anyone can send these, as often as they like.
         raise _ForeignState(
             "Ignored an authorization response whose state does not match the request (it may be "
@@ -1284,7 +1557,8 @@ def _check_callback(params: dict[str, str], server: str, state: str, issuer: str
         )
     code = params.get("code")
     if not code:
-        raise AuthError("The authorization response has no code.")
+        held = ", ".join(sorted(params)) or "nothing"
+        raise AuthError(f"The authorization response holds no code (only {held}); authorize again.")
     return code
 
 
@@ -1350,7 +1624,7 @@ def _mask_query(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, masked, ""))
 
 
-def _reason(exc: requests.RequestException) -> str:
+def _reason(exc: BaseException) -> str:
     """Say why a request could not be sent, from the OS or TLS error under the library's wrappers."""
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):

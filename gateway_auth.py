@@ -44,12 +44,28 @@ from mcp.shared.auth import (
 )
 
 if __package__:
-    from .errors import AuthError, AuthRequiredError, ConnectError, OAuthErrorResponse, auth_command, run_hint
+    from .errors import (
+        AuthError,
+        AuthRequiredError,
+        ConnectError,
+        OAuthErrorResponse,
+        StorageError,
+        auth_command,
+        run_hint,
+    )
     from .redact import register_secret
     from .storage import ClientInfo, Record, Store, Tokens
     from .urls import is_https_or_loopback, url_origin
 else:
-    from errors import AuthError, AuthRequiredError, ConnectError, OAuthErrorResponse, auth_command, run_hint
+    from errors import (
+        AuthError,
+        AuthRequiredError,
+        ConnectError,
+        OAuthErrorResponse,
+        StorageError,
+        auth_command,
+        run_hint,
+    )
     from redact import register_secret
     from storage import ClientInfo, Record, Store, Tokens
     from urls import is_https_or_loopback, url_origin
@@ -101,6 +117,9 @@ class StoredTokenAuth(OAuthClientProvider):
         self._stat: tuple[int, int, int] | None = None
         self._record: Record | None = None
         self._applied: Record | None = None  # the record the SDK's context was last filled from
+        # Refreshed tokens the record could not take (a full disk), and the access token the
+        # record holds instead: used from memory, and written as soon as the disk lets it.
+        self._unsaved: tuple[str | None, Tokens] | None = None
         super().__init__(
             server_url=server.url,
             # Both required by the SDK's constructor; only its own flow (never run) reads them.
@@ -188,7 +207,7 @@ class StoredTokenAuth(OAuthClientProvider):
     async def _refresh_request(self, used: Tokens, forced: bool) -> tuple[httpx2.Request, Tokens] | None:
         """With the record lock held: the refresh request to send, or None if another process already refreshed."""
         name = self.server.name
-        current = await self._load()
+        current = await self._load(locked=True)
         if current is None:
             raise self._fail(self._needs_auth())
         if current.access_token != used.access_token:
@@ -198,7 +217,12 @@ class StoredTokenAuth(OAuthClientProvider):
         elif not forced and not current.is_expired(leeway=_refresh_margin(current)):
             return None
         if not current.refresh_token:
-            raise self._fail(_auth_required(name, "the access token expired and there is no refresh token"))
+            if forced:  # the server refused a token it issued: the last use failed, and `auth` lists it so
+                reason = "the server rejected the access token and there is no refresh token"
+                await anyio.to_thread.run_sync(lambda: self._set_last_error(self.store.load(name), reason))
+            else:
+                reason = "the access token expired and there is no refresh token"
+            raise self._fail(_auth_required(name, reason))
         if self.context.client_info is None or self.context.oauth_metadata is None:
             reason = "the stored record lacks the client or token endpoint needed to refresh"
             raise self._fail(_auth_required(name, reason))
@@ -216,13 +240,29 @@ class StoredTokenAuth(OAuthClientProvider):
                 failure = ConnectError(f"Token refresh for server '{name}' failed: {exc}.", server=name)
                 raise self._fail(failure) from None
 
+            on_disk: list[str | None] = []
+
             def save(record: Record | None) -> None:
                 record = record or Record()
+                on_disk.append(record.tokens.access_token if record.tokens else None)
                 record.tokens = new
-                record.metadata.last_error = None
+                record.metadata.note_error(None)
                 self.store.save(name, record)
 
-            await anyio.to_thread.run_sync(lambda: save(self.store.load(name)))
+            try:
+                await anyio.to_thread.run_sync(lambda: save(self.store.load(name)))
+                self._unsaved = None
+            except StorageError as exc:
+                # The server may have rotated the refresh token: the new one exists only here now.
+                over = self._unsaved[0] if self._unsaved else (on_disk[0] if on_disk else None)
+                self._unsaved = (over, new)
+                log.error(
+                    "Server '%s': the refreshed tokens could not be saved (%s). This process keeps them in memory "
+                    "and retries the write; if it ends first, the next use may need: %s",
+                    name,
+                    exc.message,
+                    auth_command(name),
+                )
             self._use(new)
             log.debug("server '%s': access token refreshed", name)
             return
@@ -235,7 +275,7 @@ class StoredTokenAuth(OAuthClientProvider):
                 # Delete only the tokens that were used, never newer ones (the lock is held).
                 if record is not None and record.tokens is not None and record.tokens.access_token == used.access_token:
                     record.tokens = None
-                    record.metadata.last_error = reason
+                    record.metadata.note_error(reason)
                     if error != "invalid_grant" and record.client and record.client.registration_source == "dynamic":
                         # The registration itself was refused: forget it, so `toolscript auth` registers anew.
                         record.client = None
@@ -252,10 +292,18 @@ class StoredTokenAuth(OAuthClientProvider):
 
     # -- state -------------------------------------------------------------------------
 
-    async def _load(self) -> Tokens | None:
-        """Re-read the record into the SDK's context; return the tokens usable for this URL."""
+    async def _load(self, *, locked: bool = False) -> Tokens | None:
+        """Re-read the record into the SDK's context; return the tokens usable for this URL.
+
+        Refreshed tokens not saved yet are written first (unless the caller holds the record's
+        lock, `locked`), and used instead of the record's while they still cannot be.
+        """
+        if self._unsaved is not None and not locked:
+            await anyio.to_thread.run_sync(self._retry_save)
         record = self._read()
         tokens = record.tokens_for(self.server.url) if record else None
+        if self._unsaved is not None:
+            tokens = self._unsaved[1]
         if record is not None and record is self._applied:
             return tokens  # the context already holds this record (it is parsed anew when the file changes)
         self._applied = record
@@ -289,6 +337,29 @@ class StoredTokenAuth(OAuthClientProvider):
         self._use(tokens)
         self._initialized = True
         return tokens
+
+    def _retry_save(self) -> None:
+        """Write the refreshed tokens the record could not take before, unless it changed meanwhile."""
+        if self._unsaved is None:
+            return
+        name = self.server.name
+        over, new = self._unsaved
+        try:
+            with self.store.lock(name, self.lock_timeout):
+                record = self.store.load(name)
+                held = record.tokens.access_token if record and record.tokens else None
+                if record is None or held != over:
+                    # Another process wrote or deleted tokens since (a new `toolscript auth`, a logout): theirs win.
+                    log.warning("Server '%s': the stored tokens changed; dropping the unsaved refreshed ones", name)
+                    self._unsaved = None
+                    return
+                record.tokens = new
+                self.store.save(name, record)
+        except StorageError as exc:
+            log.debug("server '%s': the refreshed tokens still cannot be saved: %s", name, exc.message)
+            return
+        self._unsaved = None
+        log.warning("Server '%s': the refreshed tokens are saved now.", name)
 
     def _read(self) -> Record | None:
         """The record, parsed again only when the file changed (it is replaced, never edited)."""
@@ -353,8 +424,11 @@ class StoredTokenAuth(OAuthClientProvider):
     def _set_last_error(self, record: Record | None, reason: str | None) -> None:
         # Only call with the record lock held.
         if record is not None and record.metadata.last_error != reason:
-            record.metadata.last_error = reason
-            self.store.save(self.server.name, record)
+            record.metadata.note_error(reason)
+            try:
+                self.store.save(self.server.name, record)
+            except StorageError as exc:  # only the note is lost: the failure itself is still raised
+                log.warning("Server '%s': cannot note the last error: %s", self.server.name, exc.message)
 
     async def _record_scope(self, scope: str | None) -> None:
         if not scope:

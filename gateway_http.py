@@ -40,6 +40,15 @@ rebinding), an `Origin` other than its own (cross-site requests) and POSTs that 
 `application/json` (which browsers cannot send cross-site without asking) are refused
 even with it. The CLI publishes the token in a file only its user can read
 (`write_token_file`), where `RemoteGateway` finds it.
+
+A client must not hand the token (nor a call's arguments) to whatever listens on the
+port: after a gateway died, another local user may have bound it. So on each new
+connection `RemoteGateway` first sends `GET /health` with a random challenge
+(`X-Toolscript-Challenge`), and the gateway answers with `gateway_proof`, an HMAC of the
+challenge and the address the connection reached, keyed with its token
+(`X-Toolscript-Proof`). Only a listener that proves it knows the token gets it; binding the
+proof to the address stops a listener on `[::1]:PORT` from relaying the challenge to a
+gateway on `127.0.0.1:PORT`.
 """
 
 from __future__ import annotations
@@ -83,9 +92,10 @@ if __package__:
         ToolscriptError,
         UsageError,
     )
-    from .grants import Grant, Grants
+    from .grants import Grant, Grants, grant_id_of
     from .redact import redact, register_secret
     from .storage import write_atomic
+    from .urls import is_loopback_host
 else:
     from config import toolscript_home
     from elicitation import PresetAnswers, preset_answers
@@ -100,13 +110,16 @@ else:
         ToolscriptError,
         UsageError,
     )
-    from grants import Grant, Grants
+    from grants import Grant, Grants, grant_id_of
     from redact import redact, register_secret
     from storage import write_atomic
+    from urls import is_loopback_host
 
 __all__ = [
+    "CHALLENGE_HEADER",
     "MAX_BODY_BYTES",
     "MCP_PATH",
+    "PROOF_HEADER",
     "TOKEN_VAR",
     "URL_VAR",
     "ApiServer",
@@ -117,6 +130,8 @@ __all__ = [
     "error_from_body",
     "failed_server_error",
     "find_token",
+    "find_tokens",
+    "gateway_proof",
     "remove_token_file",
     "status_for",
     "token_file",
@@ -141,6 +156,11 @@ URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
 TOKEN_VAR = "TOOLSCRIPT_GATEWAY_TOKEN"
 _TOKEN_BYTES = 32  # 256 bits from the OS's CSPRNG
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+CHALLENGE_HEADER = "X-Toolscript-Challenge"
+RUN_HEADER = "X-Toolscript-Run"  # with a challenge: prove knowing the run token of this grant id instead
+PROOF_HEADER = "X-Toolscript-Proof"
+_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{22,128}")
+_TOKEN_FILE_BYTES = 64 * 1024
 
 
 def _methods_for(path: str) -> tuple[str, ...]:
@@ -343,11 +363,9 @@ class ApiServer(ThreadingHTTPServer):
         register_secret(self.token)
         self.grants = Grants()  # run tokens minted for `toolscript exec`
         self._token_bytes = self.token.encode()
-        self.token_help = (
-            f"send 'Authorization: Bearer <token>' with the {TOKEN_VAR} the gateway printed "
-            f"when it started (also in $TOOLSCRIPT_HOME/gateway/{token_file(self.url).name}, which only the user "
-            "who started it can read, and where toolscript commands find it)"
-        )
+        self.token_help = _token_help(self.url)
+        if is_loopback_host(host):  # the same gateway by any loopback name (IP literals: no DNS rebinding)
+            self.allowed_hosts |= {f"127.0.0.1:{self.port}", f"[::1]:{self.port}"}
 
     def host_allowed(self, host: str) -> bool:
         """Whether a `Host` header (lowercased) names this gateway."""
@@ -477,7 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.command == "POST":
             self._post(self._post_route(path), query)
         elif path == "/health":
-            self._send(200, {"status": "ok"})
+            self._send(200, {"status": "ok"}, proof=self._proof())
         elif path == "/servers":
             self._answer(gateway.servers)
         elif path == "/tools":
@@ -761,6 +779,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.request_version = self.protocol_version  # answer with a status line all the same
         self._send(code, {"error": f"{message or self.responses.get(code, ('Error',))[0]}."})
 
+    def _proof(self) -> str | None:
+        """The answer to a `RemoteGateway`'s challenge: proof that this gateway knows its token."""
+        challenge = self.headers.get(CHALLENGE_HEADER)
+        if challenge is None or not _CHALLENGE.fullmatch(challenge):
+            return None
+        key = self.server.token
+        run = self.headers.get(RUN_HEADER)
+        if run is not None:
+            grant = self.server.grants.live(run)
+            if grant is None:
+                return None
+            key = grant.token
+        return gateway_proof(key, challenge, self.connection.getsockname())
+
     def _send(
         self,
         status: int,
@@ -769,6 +801,7 @@ class _Handler(BaseHTTPRequestHandler):
         allow: str | None = None,
         close: bool = False,
         content_type: str | None = None,
+        proof: str | None = None,
     ) -> None:
         body = json.dumps(payload).encode() if content_type is None else str(payload).encode()
         if self.request_version == "HTTP/0.9":  # no status line, no headers: just the body
@@ -781,6 +814,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         if allow is not None:
             self.send_header("Allow", allow)
+        if proof is not None:
+            self.send_header(PROOF_HEADER, proof)
         if self.body_pending or close:  # close: the gateway is stopping
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -1043,9 +1078,11 @@ _ERRORS: dict[int, type[ToolscriptError]] = {
 class RemoteGateway:
     """A running gateway reached over its HTTP API, with the methods of `gateway.Gateway`.
 
-    `token` defaults to `find_token(url)`. Errors come back as the same exception types the
-    gateway raised (by their `kind`, else by HTTP status), so callers behave the same either
-    way. Each thread keeps one keep-alive connection.
+    `token` defaults to the one of `find_tokens(url)` that the listener proves it knows:
+    each new connection starts with the challenge of the module docstring, and nothing else
+    is sent on a connection whose listener failed it. Errors come back as the same exception
+    types the gateway raised (by their `kind`, else by HTTP status), so callers behave the
+    same either way. Each thread keeps one keep-alive connection.
     """
 
     def __init__(self, url: str, token: str | None = None) -> None:
@@ -1059,15 +1096,18 @@ class RemoteGateway:
         self.url = url.rstrip("/")
         self._host = parts.hostname
         self._port = port or 80
-        token = token if token is not None else find_token(url)
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._explicit = token is not None or bool(os.environ.get(TOKEN_VAR, "").strip())
+        self._tokens = [token] if token is not None else find_tokens(url)
+        for candidate in self._tokens:
+            register_secret(candidate)
+        self._headers: dict[str, str] = {}
         self._local = threading.local()
 
     def check(self) -> None:
         """Raise `ConnectError` unless a gateway answers at the URL."""
         try:
             health = self._request("GET", "/health", timeout=10)
-        except ConnectError:
+        except (ConnectError, _Unproven):
             raise
         except ToolscriptError as exc:
             raise self._unreachable(exc.message) from None
@@ -1172,24 +1212,25 @@ class RemoteGateway:
 
     def _request(self, method: str, path: str, body: Any = None, *, timeout: float | None = 60.0) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        headers = {**self._headers, "Content-Type": "application/json"} if data is not None else self._headers
         for attempt in range(2):
             connection = getattr(self._local, "connection", None)
             reused = connection is not None
-            if connection is None:
-                connection = self._local.connection = http.client.HTTPConnection(self._host, self._port)
-            connection.timeout = timeout
-            if connection.sock is not None:
-                connection.sock.settimeout(timeout)
             try:
+                if connection is None:
+                    connection = self._local.connection = self._proven_connection()
+                headers = {**self._headers, "Content-Type": "application/json"} if data is not None else self._headers
+                connection.timeout = timeout
+                if connection.sock is not None:
+                    connection.sock.settimeout(timeout)
                 connection.request(method, path, body=data, headers=headers)
                 response = connection.getresponse()
                 raw = response.read()
                 break
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                # A kept-alive connection the gateway closed meanwhile: once more on a new one.
-                if reused and attempt == 0 and isinstance(exc, (ConnectionError, http.client.RemoteDisconnected)):
+                # A kept-alive connection the gateway closed meanwhile: once more on a new (proven) one.
+                gone = (ConnectionError, http.client.RemoteDisconnected, http.client.NotConnected)
+                if reused and attempt == 0 and isinstance(exc, gone):
                     continue
                 if isinstance(exc, TimeoutError):
                     raise CallTimeoutError(f"The gateway at {self.url} did not answer in time.") from None
@@ -1202,6 +1243,42 @@ class RemoteGateway:
             return payload
         raise error_from_body(response.status, payload)
 
+    def _proven_connection(self) -> http.client.HTTPConnection:
+        """A new connection whose listener proved it knows a token of `find_tokens`; that token is sent from now on.
+
+        The connection never reconnects by itself (`auto_open`): a new one is proven again.
+        """
+        connection = http.client.HTTPConnection(self._host, self._port, timeout=_PROOF_TIMEOUT)
+        connection.auto_open = 0  # type: ignore[attr-defined]
+        try:
+            connection.connect()  # first, so that a gateway that is not there is named as such
+            if not self._tokens:
+                raise _Unproven(f"No gateway token: {_token_help(self.url)}.")
+            peer = connection.sock.getpeername()
+            challenge = secrets.token_urlsafe(32)
+            headers = {CHALLENGE_HEADER: challenge}
+            run_id = grant_id_of(self._tokens[0]) if len(self._tokens) == 1 else None
+            if run_id is not None:  # a run token (toolscript exec): the gateway proves it knows that one
+                headers[RUN_HEADER] = run_id
+            connection.request("GET", "/health", headers=headers)
+            response = connection.getresponse()
+            proof = (response.getheader(PROOF_HEADER) or "").encode("ascii", "replace")
+            response.read(_TOKEN_FILE_BYTES)  # the short {"status": "ok"}
+            for token in self._tokens:
+                if hmac.compare_digest(proof, gateway_proof(token, challenge, peer).encode()):
+                    self._headers = {"Authorization": f"Bearer {token}"}
+                    return connection
+        except BaseException:
+            connection.close()
+            raise
+        connection.close()
+        source = TOKEN_VAR if self._explicit else f"the token file {token_file(self.url)}"
+        raise _Unproven(
+            f"Wrong gateway token: the program listening at {self.url} did not prove that it knows the token from "
+            f"{source}, so nothing was sent to it. If the gateway stopped, another program may hold its port: start "
+            f"the gateway again, or unset {URL_VAR}."
+        )
+
     def _unreachable(self, reason: str) -> ConnectError:
         return ConnectError(
             f"The gateway at {self.url} ({URL_VAR}) is not reachable: {reason}. "
@@ -1210,6 +1287,36 @@ class RemoteGateway:
 
 
 # -- the token file: how the user who started a gateway, and only that user, gets its token --
+
+
+_PROOF_TIMEOUT = 10.0
+
+
+class _Unproven(UsageError):
+    """No token, or a listener that did not prove it knows the token: nothing was sent to it."""
+
+
+def gateway_proof(token: str, challenge: str, address: Any) -> str:
+    """The gateway's answer to `challenge` on a connection to `address` (a socket address), keyed with its token.
+
+    An IPv4 address reached over a dual-stack socket (`::ffff:127.0.0.1`) counts as itself.
+    """
+    host, port = str(address[0]).split("%", 1)[0], int(address[1])
+    try:
+        ip = ipaddress.ip_address(host)
+        host = str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    except ValueError:
+        pass
+    message = f"toolscript-gateway-proof\n{challenge}\n{host}\n{port}".encode()
+    return hmac.new(token.encode(), message, "sha256").hexdigest()
+
+
+def _token_help(url: str) -> str:
+    return (
+        f"send 'Authorization: Bearer <token>' with the {TOKEN_VAR} the gateway printed "
+        f"when it started (also in $TOOLSCRIPT_HOME/gateway/{token_file(url).name}, which only the user "
+        "who started it can read, and where toolscript commands find it)"
+    )
 
 
 def token_file(url: str) -> Path:
@@ -1226,7 +1333,9 @@ def token_file(url: str) -> Path:
 def write_token_file(url: str, token: str) -> Path:
     """Write `token` for the gateway at `url`, readable only by this user (0600 in a 0700 directory).
 
-    Raises `UsageError` naming the file when it cannot be written safely.
+    The file is a JSON object (`token`, `url`, `pid`; readers ignore keys they do not know);
+    older versions wrote the bare token, which `find_tokens` still reads. Raises
+    `UsageError` naming the file when it cannot be written safely.
     """
     path = token_file(url)
     directory = path.parent
@@ -1235,7 +1344,8 @@ def write_token_file(url: str, token: str) -> Path:
         directory.mkdir(mode=0o700, exist_ok=True)
         _check_private_directory(directory)
         # Created with its final mode, then renamed over any file a crashed gateway left.
-        write_atomic(path, (token + "\n").encode("ascii"))
+        document = {"token": token, "url": url, "pid": os.getpid()}
+        write_atomic(path, (json.dumps(document) + "\n").encode("ascii"))
     except OSError as exc:
         raise UsageError(f"Cannot write the gateway token file {path}: {exc.strerror or exc}.") from None
     return path
@@ -1248,14 +1358,35 @@ def remove_token_file(path: Path) -> None:
 
 
 def find_token(url: str) -> str | None:
-    """Return the token for the gateway at `url`: `$TOOLSCRIPT_GATEWAY_TOKEN`, else its token file, else None.
+    """Return the first token `find_tokens(url)` finds, or None."""
+    tokens = find_tokens(url)
+    return tokens[0] if tokens else None
 
-    Raises `UsageError` naming the file when it exists but is not this user's private file.
+
+def find_tokens(url: str) -> list[str]:
+    """Return the tokens that may be the gateway's at `url`: `$TOOLSCRIPT_GATEWAY_TOKEN`, else its token files.
+
+    A loopback URL also finds the files written for the same port under another loopback
+    name (`localhost`, `127.0.0.1`, `[::1]`): which of them is right, the gateway proves
+    (`RemoteGateway`). Raises `UsageError` naming a file that exists but is not this
+    user's private file.
     """
     token = os.environ.get(TOKEN_VAR, "").strip()
     if token:
-        return token
-    path = token_file(url)
+        return [token]
+    parts = urlsplit(url)
+    urls = [url]
+    if is_loopback_host(parts.hostname):
+        try:
+            port = parts.port or 80
+        except ValueError:
+            port = 0
+        urls += [f"http://{host}:{port}" for host in ("127.0.0.1", "localhost", "[::1]")]
+    paths = dict.fromkeys(token_file(each) for each in urls)
+    return list(dict.fromkeys(found for path in paths if (found := _read_token_file(path))))
+
+
+def _read_token_file(path: Path) -> str | None:
     try:
         _check_private_directory(path.parent)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -1272,7 +1403,15 @@ def find_token(url: str) -> str | None:
                 f"{path} is not a private file of yours (mode 0600); refusing to use it. "
                 f"Delete it and restart the gateway, or set {TOKEN_VAR}."
             )
-        return handle.read(1024).decode("ascii", "replace").strip() or None
+        text = handle.read(_TOKEN_FILE_BYTES).decode("ascii", "replace").strip()
+    if not text.startswith("{"):
+        return text or None  # the bare token of an older version
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    token = document.get("token") if isinstance(document, dict) else None
+    return token.strip() or None if isinstance(token, str) else None
 
 
 def _check_private_directory(directory: Path) -> None:

@@ -18,9 +18,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Grant", "Grants"]
+__all__ = ["PREFIX", "Grant", "Grants", "grant_id_of"]
 
 _TOKEN_BYTES = 32
+PREFIX = "run."  # a run token is `run.ID.SECRET`; the gateway's own token never holds a dot
+
+
+def grant_id_of(token: str) -> str | None:
+    """The grant id a run token names, or None when `token` is not a run token."""
+    if not token.startswith(PREFIX):
+        return None
+    grant_id, dot, _ = token[len(PREFIX) :].partition(".")
+    return grant_id if dot else None
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,11 @@ class Grant:
     tools: tuple[str, ...]
     expires: float
     _token: bytes = field(repr=False)
+
+    @property
+    def token(self) -> str:
+        """The run token itself (the key of the gateway's proof to its holder)."""
+        return self._token.decode()
 
     def allows(self, tool: str) -> bool:
         """Whether the run may list and call `tool` (SERVER__TOOL)."""
@@ -49,8 +63,11 @@ class Grants:
 
     def mint(self, tools: list[str], seconds: float) -> tuple[Grant, str]:
         """Make a run token for `tools` (patterns), valid for `seconds`; return its grant and the token."""
-        token = "run-" + secrets.token_urlsafe(_TOKEN_BYTES)
-        grant = Grant(secrets.token_hex(8), tuple(tools), self._now() + seconds, token.encode())
+        grant_id = secrets.token_hex(8)
+        # The id is part of the token, so the gateway finds the grant without comparing every
+        # live token, and can prove to the token's holder that it knows it (gateway_http).
+        token = f"{PREFIX}{grant_id}.{secrets.token_urlsafe(_TOKEN_BYTES)}"
+        grant = Grant(grant_id, tuple(tools), self._now() + seconds, token.encode())
         with self._lock:
             self._drop_expired()
             if len(self._live) >= self.MAX_LIVE:
@@ -65,14 +82,16 @@ class Grants:
 
     def match(self, credential: str) -> Grant | None:
         """The live grant whose token is `credential`, compared in constant time; None for none."""
-        offered = credential.encode("utf-8", "replace")
-        found = None
+        grant = self.live(grant_id_of(credential) or "")
+        if grant is None or not hmac.compare_digest(credential.encode("utf-8", "replace"), grant._token):
+            return None
+        return grant
+
+    def live(self, grant_id: str) -> Grant | None:
+        """The grant `grant_id` if it is still live."""
         with self._lock:
             self._drop_expired()
-            for grant in self._live.values():
-                if hmac.compare_digest(offered, grant._token):
-                    found = grant
-        return found
+            return self._live.get(grant_id)
 
     def _drop_expired(self) -> None:
         now = self._now()

@@ -152,8 +152,9 @@ class Metadata:
     authorization_endpoint: str | None = None
     revocation_endpoint: str | None = None
     resource: str | None = None
-    # Why the last use of these credentials failed (no secret), for `servers` and `auth`.
+    # Why the last use of these credentials failed (no secret), and when, for `servers` and `auth`.
     last_error: str | None = None
+    last_error_at: float | None = None
     # Scopes a call was refused for (insufficient_scope); the next `auth` asks for them.
     step_up_scope: str | None = None
     # The discovery chain followed by the last `auth`, for `auth --status`.
@@ -161,6 +162,14 @@ class Metadata:
     scope_requested: str | None = None
     # The server URL that `toolscript auth` found answering without asking for authorization.
     auth_not_needed_for: str | None = None
+    # A dynamic registration whose authorization never came back (the authorization server
+    # may have forgotten it and shown the browser an error): the next `auth` registers anew.
+    suspect_client_id: str | None = None
+
+    def note_error(self, reason: str | None, now: float | None = None) -> None:
+        """Record why the last use failed, and when (None: it works again)."""
+        self.last_error = reason
+        self.last_error_at = None if reason is None else (time.time() if now is None else now)
 
 
 @dataclass

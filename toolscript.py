@@ -493,8 +493,6 @@ def _auth_run(
     open_browser: Callable[[str], object] | None = None,
     forget_client: bool = False,
 ) -> int:
-    import webbrowser
-
     def show_url(url: str) -> None:
         _status(f"\nOpen this URL in a browser to authorize toolscript for '{server.name}':\n\n  {url}\n")
         if no_browser:
@@ -503,7 +501,7 @@ def _auth_run(
                 "(SSH, container), paste the full address it ended on here and press Enter.\n"
             )
 
-    opener = None if no_browser else (open_browser or webbrowser.open)
+    opener = None if no_browser else (open_browser or auth.open_in_browser)
     try:
         record = auth.authenticate(
             server,

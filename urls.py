@@ -10,9 +10,23 @@ others, so the rules sit below all four. Only the standard library is imported.
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
-__all__ = ["is_https_or_loopback", "is_loopback_host", "is_loopback_http", "same_resource", "url_origin"]
+__all__ = [
+    "is_https_or_loopback",
+    "is_loopback_host",
+    "is_loopback_http",
+    "is_unambiguous",
+    "same_resource",
+    "url_origin",
+]
+
+# The authority of a URL every parser reads alike: a plain host name or IPv4 address, or an
+# IPv6 literal in brackets, and an optional port. No userinfo, no percent-escapes.
+_AUTHORITY = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+# Browsers and `requests` (urllib3) end the authority at a backslash; `urllib.parse` does not.
+_NEVER_IN_URLS = re.compile(r"[\\\s\x00-\x1f\x7f]")
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -28,16 +42,34 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def is_unambiguous(url: str) -> bool:
+    """Return whether every URL parser finds the same host in `url`.
+
+    `urllib.parse` reads `http://evil.example\\@127.0.0.1/` as a URL to 127.0.0.1 with
+    userinfo, while `requests` and browsers send it to evil.example. A URL whose host a
+    secret's destination is decided on must hold no backslash, whitespace or control
+    character, no userinfo and no escapes in its authority.
+    """
+    if _NEVER_IN_URLS.search(url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return False
+    return _AUTHORITY.fullmatch(parts.netloc) is not None
+
+
 def is_loopback_http(url: str) -> bool:
     """Return whether `url` is plain http to a loopback host (what a redirect URI must be)."""
     parts = urlsplit(url)
-    return parts.scheme == "http" and is_loopback_host(parts.hostname)
+    return parts.scheme == "http" and is_unambiguous(url) and is_loopback_host(parts.hostname)
 
 
 def is_https_or_loopback(url: str) -> bool:
     """Return whether a secret may be sent to `url`: https, or plain http only to a loopback host."""
     parts = urlsplit(url)
-    return (parts.scheme == "https" and bool(parts.hostname)) or is_loopback_http(url)
+    return (parts.scheme == "https" and bool(parts.hostname) and is_unambiguous(url)) or is_loopback_http(url)
 
 
 def url_origin(url: str) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio
 import requests
 
 from demo_server import DemoServer
@@ -64,6 +65,8 @@ class _Wiretap:
     registration_management: bool = False
     client_exists: Callable[[str], bool] = lambda client_id: False
     management_tokens: dict[str, str] = field(default_factory=dict)  # client_id -> registration access token
+    # path -> "slow" (one byte every 0.2 s, for a minute at most) or "huge" (64 MiB of JSON whitespace).
+    hostile: dict[str, str] = field(default_factory=dict)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -82,6 +85,9 @@ class _Wiretap:
             return
         if scope["path"] == "/token" and self.rewrite_token_response is not None:
             send = _rewriting(send, self.rewrite_token_response)
+        if scope["path"] in self.hostile:
+            await self._hostile(self.hostile[scope["path"]], send)
+            return
         if scope["path"] in self.documents:
             status, document = self.documents[scope["path"]]
             await _send_json(send, status, document)
@@ -139,6 +145,14 @@ class _Wiretap:
             await send(message)
 
         await self.app(scope, tapped_receive, tapped_send)
+
+    async def _hostile(self, kind: str, send: Any) -> None:
+        chunk, count, pause = (b" ", 300, 0.2) if kind == "slow" else (b" " * 65536, 1024, 0.0)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        for _ in range(count):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await anyio.sleep(pause)
+        await send({"type": "http.response.body", "body": b"{}"})
 
     async def _echo(self, seen: Seen, send: Any) -> None:
         status, error = self.echo_credentials or (400, "invalid_request")
@@ -287,6 +301,14 @@ class OAuthTestServer(DemoServer):
     def echo_credentials(self, status: int = 400, error: str = "invalid_request") -> None:
         """Make the token endpoint refuse every request with `error`, echoing every credential it received."""
         self.tap.echo_credentials = (status, error)
+
+    def answer_slowly(self, path: str) -> None:
+        """Make `path` answer 200 and then one byte every 0.2 s (for a minute at most)."""
+        self.tap.hostile[path] = "slow"
+
+    def answer_hugely(self, path: str) -> None:
+        """Make `path` answer 200 with 64 MiB of JSON whitespace before `{}`."""
+        self.tap.hostile[path] = "huge"
 
     def send_expires_in(self, raw: str) -> None:
         """Make the token endpoint's responses carry `"expires_in": RAW` (raw JSON text, e.g. `Infinity`)."""

@@ -544,3 +544,53 @@ def test_a_plain_expires_in_is_kept(oauth_server):
     record, _ = _authenticate(_server(test_server))
     assert before + 120 <= record.tokens.expires_at <= time.time() + 120
     assert before <= record.tokens.issued_at <= time.time()
+
+
+# -- a hostile authorization server ----------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["token_endpoint", "registration_endpoint", "authorization_endpoint"])
+def test_an_endpoint_that_url_parsers_read_differently_is_refused_before_anything_is_sent(oauth_server, key):
+    test_server = oauth_server()
+    # urllib.parse reads 127.0.0.1 (with userinfo); requests and browsers go to evil.example.
+    endpoint = f"http://evil.example\\@{test_server.origin.removeprefix('http://')}/{key}"
+    test_server.patch_document(test_server.metadata_path, **{key: endpoint})
+    opened: list[str] = []
+    with pytest.raises(AuthError) as caught:
+        _authenticate(_server(test_server), open_browser=opened.append)
+    assert str(caught.value) == (
+        f"The {key.replace('_', ' ')} {endpoint!r} holds a backslash, userinfo or characters that URL parsers "
+        "read differently; refusing to use it."
+    )
+    assert opened == [] and test_server.requests_to("/register") == []
+
+
+def test_a_url_requests_would_send_elsewhere_is_never_requested():
+    http = auth._Http(5)
+    try:
+        with pytest.raises(AuthError) as caught:
+            http.request("GET", "http://evil.example\\@127.0.0.1:9/x", step="Fetching")
+    finally:
+        http.close()
+    assert "refusing to send anything to it" in caught.value.message
+
+
+def test_an_authorization_server_trickling_its_answer_is_cut_off_at_the_deadline(oauth_server):
+    test_server = oauth_server()
+    test_server.answer_slowly(test_server.metadata_path)  # one byte every 0.2 s: no read ever times out
+    with pytest.raises(AuthError) as caught:
+        _authenticate(_server(test_server), http_timeout=2)
+    assert str(caught.value) == (
+        f"Fetching authorization server metadata failed: {test_server.origin} did not answer within 2s."
+    )
+
+
+def test_a_huge_answer_is_refused_without_reading_it_all(oauth_server):
+    test_server = oauth_server()
+    test_server.answer_hugely(test_server.metadata_path)
+    with pytest.raises(AuthError) as caught:
+        _authenticate(_server(test_server))
+    assert str(caught.value) == (
+        f"Fetching authorization server metadata failed: {test_server.origin} sent an answer larger than 4 MiB; "
+        "refusing it."
+    )

@@ -18,6 +18,7 @@ import tomllib
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+import pytest
 import requests
 from conftest import ROOT, explain, run_cli, write_config
 from oauth_server import pkce_challenge, with_query
@@ -330,12 +331,17 @@ def test_no_browser_accepts_the_pasted_url(oauth_server, isolated_env):
     url = cli.authorization_url()
     location = requests.get(url, allow_redirects=False, timeout=10).headers["Location"]
     assert cli.proc.stdin is not None
-    cli.proc.stdin.write("not a url\n" + location + "\n")
+    state = dict(parse_qsl(urlsplit(url).query))["state"]
+    mistakes = ["not a url", url, location.split("?")[0] + f"?state={state}&iss=x"]  # the last: its code cut off
+    cli.proc.stdin.write("".join(line + "\n" for line in [*mistakes, location]))
     cli.proc.stdin.flush()
     code, stdout, stderr = cli.finish()
     assert code == 0, stderr
     assert stdout.startswith("✓ Authenticated 'demo'")
-    assert "That is not the redirected URL" in stderr
+    # Each mistake is explained, by what the pasted line held, and the wait goes on.
+    assert "That URL holds no query, no code or error: it is not the redirected URL" in stderr
+    assert "That is the authorization URL toolscript printed; open it in a browser" in stderr
+    assert "That URL holds only iss, state, no code or error: it is not the redirected URL" in stderr
     assert "Opening the authorization URL" not in stderr
     assert _record(isolated_env)["tokens"]["access_token"] in server.provider.access_tokens
 
@@ -523,3 +529,105 @@ def test_keys_from_a_newer_version_survive_auth_and_logout(oauth_server, browser
     assert "tokens" not in record
     assert record["client"]["jwks_uri"] == "https://client.example/jwks"
     assert record["future"] == {"flag": True, "nested": {"level": 2}}
+
+
+# -- recovery without a manual -----------------------------------------------------------
+
+
+def _error_redirect(location: str) -> str:
+    """The server's error redirect, without state, its description echoing the state (a secret of toolscript's)."""
+    state = dict(parse_qsl(urlsplit(location).query))["state"]
+    return with_query(
+        location, code=None, state=None, error="invalid_client", error_description=f"unknown client (state {state})"
+    )
+
+
+def test_an_error_redirect_without_state_ends_the_flow_at_once(oauth_server, browser):
+    server = oauth_server()
+    server.tap.rewrite_redirect = _error_redirect
+    _config(server)
+    proc = run_cli("auth", "demo", "--timeout", "120", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    assert proc.stderr.splitlines()[-1] == (
+        "error: Authorization was denied by the server: invalid_client: unknown client (state [REDACTED])"
+    )
+    assert server.requests_to("/token") == []
+
+
+def test_a_pasted_error_redirect_ends_the_flow_at_once(oauth_server):
+    server = oauth_server()
+    _config(server)
+    cli = _Interactive("auth", "demo", "--no-browser", "--timeout", "120")
+    url = cli.authorization_url()
+    location = requests.get(url, allow_redirects=False, timeout=10).headers["Location"]
+    assert cli.proc.stdin is not None
+    cli.proc.stdin.write(_error_redirect(location) + "\n")
+    cli.proc.stdin.flush()
+    code, _, stderr = cli.finish(close_stdin=False)  # ended by the paste, not by the end of input
+    assert code == 1, stderr
+    assert stderr.splitlines()[-1] == (
+        "error: Authorization was denied by the server: invalid_client: unknown client (state [REDACTED])"
+    )
+
+
+def test_invalid_client_at_the_token_exchange_forgets_the_registration_and_auth_registers_anew(
+    oauth_server, browser, isolated_env
+):
+    server = oauth_server()
+    _config(server)
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    secret = _record(isolated_env)["client"]["client_secret"]
+    server.echo_credentials(401, "invalid_client")  # the server restarted and forgot its registrations
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("error: Token exchange failed: 401 invalid_client: ")
+    assert last.endswith(
+        "The authorization server no longer knows the client registration of 'demo'; toolscript forgot it, and "
+        "the next authorization registers anew. Run: toolscript auth demo"
+    )
+    assert secret not in proc.stderr  # the stored client secret, echoed by the server, is masked
+    record = _record(isolated_env)
+    assert "client" not in record and "tokens" not in record
+    server.tap.echo_credentials = None
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    assert len(server.requests_to("/register")) == 2
+
+
+def test_a_forgotten_registration_the_browser_cannot_use_is_replaced_by_the_next_auth(
+    oauth_server, browser, isolated_env
+):
+    server = oauth_server()
+    _config(server)
+    assert run_cli("auth", "demo", env=browser).returncode == 0
+    server.provider.clients.clear()  # /authorize now shows the browser an error page, and never redirects
+    proc = run_cli("auth", "demo", "--timeout", "1", env=browser)
+    assert proc.returncode == 1, explain(proc)
+    assert proc.stderr.splitlines()[-1] == (
+        "error: Timed out after 1 s waiting for the authorization of 'demo'. If the browser showed an error such "
+        "as invalid_client, the authorization server has forgotten the client registration toolscript stored; "
+        "the next authorization registers anew. Run: toolscript auth demo"
+    )
+    proc = run_cli("auth", "demo", env=browser)
+    assert proc.returncode == 0, explain(proc)
+    assert len(server.requests_to("/register")) == 2
+    assert "suspect_client_id" not in _record(isolated_env)["metadata"]
+
+
+@pytest.mark.parametrize("arguments", ["--new-window", "--url=%s --new-window"])
+def test_browser_variable_with_arguments(oauth_server, tmp_path, arguments):
+    server = oauth_server()
+    _config(server)
+    script = tmp_path / "my browser"
+    script.write_text(
+        f"#!{sys.executable}\nimport json, sys\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from browser import visit\n"
+        f"open({str(tmp_path / 'args')!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        "visit(next(arg for arg in sys.argv if '/authorize?' in arg).removeprefix('--url='))\n"
+    )
+    script.chmod(0o755)
+    proc = run_cli("auth", "demo", "--timeout", "20", env={"BROWSER": f"'{script}' {arguments}"})
+    assert proc.returncode == 0, explain(proc)
+    args = json.loads((tmp_path / "args").read_text())
+    url = next(arg for arg in args if "/authorize?" in arg).removeprefix("--url=")
+    assert args == (["--new-window", url] if arguments == "--new-window" else [f"--url={url}", "--new-window"])

@@ -296,8 +296,10 @@ def test_the_token_file_is_private_to_its_user(isolated_env: Any) -> None:
     assert path == isolated_env / "gateway" / "127.0.0.1_8123.token" == token_file(url + "/")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert path.read_text() == "the-token-value\n"
+    assert json.loads(path.read_text())["token"] == "the-token-value"
     assert find_token(url) == "the-token-value"
+    path.write_text("an-older-version\n")  # the bare token older versions wrote is still read
+    assert find_token(url) == "an-older-version"
     assert find_token("http://127.0.0.1:8124") is None  # another address: another gateway
     assert token_file("http://[::1]:8123").name == "::1_8123.token"
     write_token_file(url, "a-newer-one")  # over a file a crashed gateway left

@@ -8,6 +8,9 @@ at the server what went over the wire.
 from __future__ import annotations
 
 import json
+import re
+import resource
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ import pytest
 from browser import visit
 from conftest import (
     ROOT,
+    cli,
     explain,
     finish_within,
     gateway_variables,
@@ -32,6 +36,7 @@ import auth
 from config import load_config
 from errors import AuthError, AuthRequiredError
 from gateway import Gateway
+from gateway_http import RemoteGateway
 from redact import MASK
 from storage import ClientInfo, Metadata, Record, Store, Tokens
 
@@ -523,3 +528,91 @@ def test_a_secret_stored_in_last_error_by_an_older_version_is_masked_when_shown(
         assert proc.returncode == 0, explain(proc)
         assert f"400 invalid_request: {MASK}, {MASK}" in proc.stdout, explain(proc)
         assert refresh_token not in proc.stdout and client_secret not in proc.stdout
+
+
+def _auth_list(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    code, out, _ = cli(capsys, "auth")
+    assert code == 0
+    return out.splitlines()
+
+
+def test_a_server_whose_registrations_were_forgotten_is_listed_as_failed_and_auth_registers_anew(
+    oauth_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = setup_server(oauth_server)
+    # The authorization server restarted and forgot its registrations and the tokens it issued.
+    for issued in (server.provider.clients, server.provider.access_tokens, server.provider.refresh_tokens):
+        issued.clear()
+    with Gateway(load_config()) as gateway, pytest.raises(AuthRequiredError) as caught:
+        gateway.call(f"{NAME}__echo", {"text": "x"})  # 401, then a refresh answered invalid_client
+    assert str(caught.value) == (
+        "Server 'demo' requires OAuth2 authorization (the refresh token was rejected: invalid_client). "
+        "Run: toolscript auth demo"
+    )
+    stored = Store().load(NAME)
+    assert stored.client is None and stored.tokens is None  # forgotten at once, with the dead tokens
+    [line, _, hint] = _auth_list(capsys)
+    assert re.fullmatch(
+        r"demo  failed \(the refresh token was rejected: invalid_client; \d{4}-\d\d-\d\d \d\d:\d\d, \d+ s ago\)", line
+    ), line
+    assert hint == "Run: toolscript auth demo"
+    authenticate()  # what the hint says: no --forget-client needed
+    assert len(server.requests_to("/register")) == 2
+    assert _auth_list(capsys)[0].startswith("demo  authenticated (")
+
+
+def test_a_rejected_token_is_listed_as_failed_never_as_authenticated(
+    oauth_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = setup_server(oauth_server, refresh_tokens=False)
+    assert _auth_list(capsys)[0].startswith("demo  authenticated (")
+    server.provider.access_tokens.clear()  # the token still looks valid here
+    with Gateway(load_config()) as gateway, pytest.raises(AuthRequiredError):
+        gateway.call(f"{NAME}__echo", {"text": "x"})
+    assert Store().load(NAME).tokens is not None
+    line = _auth_list(capsys)[0]
+    assert line.startswith("demo  failed (the server rejected the access token and there is no refresh token; "), line
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs prlimit (Linux)")
+def test_refreshed_tokens_that_cannot_be_saved_are_kept_and_saved_when_the_disk_lets_them(oauth_server: Any) -> None:
+    server = setup_server(oauth_server)  # it rotates refresh tokens: the spent one is dead at once
+    old = age_tokens()
+    path = Store().path(NAME)
+    limit = 512  # bytes a file of the gateway may grow to: its token file fits, the record does not
+    assert path.stat().st_size > limit
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "toolscript.py"), "gateway", "--wait", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A full disk, as far as this process can tell: writing past the limit fails with EFBIG.
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard)),
+    )
+    try:
+        assert proc.stdout is not None
+        url, token = (proc.stdout.readline().rstrip("\n").split("=", 1)[1] for _ in range(2))
+        gateway = RemoteGateway(url, token)
+        assert gateway.call(f"{NAME}__echo", {"text": "a"})["content"][0]["text"] == "a"
+        assert len(refreshes(server)) == 1
+        assert Store().load(NAME).tokens.access_token == old.tokens.access_token  # not saved
+        # The next call uses the new tokens from memory: the spent refresh token is not sent again.
+        assert gateway.call(f"{NAME}__echo", {"text": "b"})["content"][0]["text"] == "b"
+        assert len(refreshes(server)) == 1
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (hard, hard))  # space again
+        assert gateway.call(f"{NAME}__echo", {"text": "c"})["content"][0]["text"] == "c"
+        saved = Store().load(NAME).tokens
+        assert saved.refresh_token in server.provider.refresh_tokens  # the live, rotated one
+        assert saved.access_token in server.provider.access_tokens
+        assert len(refreshes(server)) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert (
+        "Server 'demo': the refreshed tokens could not be saved (Cannot write " in err
+        and "This process keeps them in memory and retries the write; if it ends first, the next use may need: "
+        "toolscript auth demo"
+        in err
+    ), err
+    assert "Server 'demo': the refreshed tokens are saved now." in err

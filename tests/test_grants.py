@@ -103,3 +103,12 @@ def test_live_tokens_are_bounded() -> None:
         grants.mint(["*"], 60)
     with pytest.raises(OverflowError):
         grants.mint(["*"], 60)
+
+
+def test_the_gateway_proves_itself_to_a_run_token_holder(api: ApiServer) -> None:
+    """A script holds only its run token: the gateway's proof is keyed with that token, not its own."""
+    grant_id, token = api.mint_run_token(["s__echo"], 60)
+    assert [tool["name"] for tool in RemoteGateway(api.url, token).tools()] == ["s__echo"]
+    api.grants.revoke(grant_id)
+    with pytest.raises(UsageError, match="did not prove"):
+        RemoteGateway(api.url, token).tools()

@@ -424,3 +424,14 @@ def test_an_unusable_time_is_never_written(isolated_env: Path, value: float) -> 
     record.tokens.expires_at = value
     Store().save("github", record)
     assert "expires_at" not in tomllib.loads(Store().path("github").read_text())["tokens"]
+
+
+def test_the_last_error_is_stored_with_when_it_happened(isolated_env: Path) -> None:
+    store = Store()
+    record = sample_record()
+    record.metadata.note_error("the refresh token was rejected: invalid_client", now=1_700_000_000.0)
+    store.save("github", record)
+    loaded = store.load("github").metadata
+    assert (loaded.last_error, loaded.last_error_at) == ("the refresh token was rejected: invalid_client", 1.7e9)
+    loaded.note_error(None)
+    assert (loaded.last_error, loaded.last_error_at) == (None, None)

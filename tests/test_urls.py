@@ -40,6 +40,12 @@ def test_loopback_hosts(host: str | None, loopback: bool) -> None:
         ("ftp://127.0.0.1/x", False, False),
         ("https:///no-host", False, False),
         ("auth.example.com/token", False, False),
+        # Parsers disagree on these (urllib.parse finds 127.0.0.1; requests and browsers do not).
+        ("http://evil.example\\@127.0.0.1/token", False, False),
+        ("http://user@127.0.0.1/token", False, False),
+        ("http://127.0.0.1%2f@evil.example/", False, False),
+        ("http://127.0.0.1\t/x", False, False),
+        ("https://auth.example.com/a\\b", False, False),
     ],
 )
 def test_where_a_secret_may_go(url: str, https_or_loopback: bool, loopback_http: bool) -> None:
