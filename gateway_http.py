@@ -1077,14 +1077,16 @@ def find_token(url: str) -> str | None:
         raise UsageError(
             f"Cannot read the gateway token file {path}: {exc.strerror or exc}; set {TOKEN_VAR} instead."
         ) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)  # before fdopen, which refuses a directory with a traceback
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
             raise UsageError(
                 f"{path} is not a private file of yours (mode 0600); refusing to use it. "
                 f"Delete it and restart the gateway, or set {TOKEN_VAR}."
             )
-        return handle.read(1024).decode("ascii", "replace").strip() or None
+        return os.read(fd, 1024).decode("ascii", "replace").strip() or None
+    finally:
+        os.close(fd)
 
 
 def _check_private_directory(directory: Path) -> None:

@@ -29,7 +29,7 @@ url = "https://events.example.com/sse"
 
 
 def test_help_servers_and_auth_listing_do_not_import_the_sdk(isolated_env: Path) -> None:
-    Path("toolscript.toml").write_text(CONFIG)
+    write_config(CONFIG)
     script = (
         "import sys, contextlib, io\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
@@ -59,7 +59,7 @@ def test_version() -> None:
 
 
 def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    Path("toolscript.toml").write_text(CONFIG)
+    write_config(CONFIG)
     Store().save(
         "github",
         Record(
@@ -85,18 +85,25 @@ def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pyte
     ]
     assert toolscript.main(["servers", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0] == {"name": "files", "type": "stdio", "command": ["python3", "server.py"], "oauth_record": False}
+    assert rows[0] == {
+        "name": "files",
+        "type": "stdio",
+        "command": ["python3", "server.py"],
+        "source": "toolscript.toml",
+        "oauth_record": False,
+    }
     assert rows[1] == {
         "name": "github",
         "type": "http",
         "url": "https://api.example.com/mcp",
+        "source": "toolscript.toml",
         "oauth_record": True,
         "oauth_status": "authenticated",
     }
     assert rows[2]["oauth_status"] == "authentication_failed"
     Store().delete("github")
     Store().delete("events")
-    Path("toolscript.toml").write_text(CONFIG + '[servers.github.oauth]\nscopes = ["repo"]\n')
+    write_config(CONFIG + '[servers.github.oauth]\nscopes = ["repo"]\n')
     assert toolscript.main(["servers", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[1]["oauth_status"] == "pending_authorization" and "oauth_status" not in rows[2]
@@ -105,7 +112,7 @@ def test_servers_lists_config_and_oauth_records(isolated_env: Path, capsys: pyte
 def test_status_lines_show_server_text_with_controls_escaped(
     isolated_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    Path("toolscript.toml").write_text(CONFIG)
+    write_config(CONFIG)
     from_server = "invalid_grant: \x1b]52;c;aGk=\x07\x1b[2J\x9b31m\rok"  # as an error_description could say
     metadata = Metadata(
         server_url="https://events.example.com/sse", issuer="https://evil.example/\x1b]0;x\x07", last_error=from_server
@@ -176,25 +183,29 @@ def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str])
 
 
 def test_a_server_whose_variable_is_unset_is_left_out_and_named_when_used(isolated_env: Path) -> None:
-    """One server's unset `${VAR}` does not stop the others; using that server says what to set."""
+    """One server's unset `${VAR}` does not stop the others; a command using it says so once; others say nothing."""
     write_config(
         {"local": stdio_server(), "remote": {"url": "https://x.example/mcp", "headers": {"K": "${NO_SUCH_V}"}}}
     )
     listed = run_cli("servers")
     called = run_cli("call", "local__echo", "text=still works")
+    listing = run_cli("tools", "--server", "local")
+    every = run_cli("tools")
     refused = run_cli("call", "remote__echo", "text=x")
     assert listed.returncode == 0, explain(listed)
     assert listed.stdout.splitlines()[1] == (
         "remote  -      unusable: toolscript.toml: servers.remote.headers.K: environment variable NO_SUCH_V is not "
         "set (server 'remote'); set it or write ${NO_SUCH_V:-default}"
     )
-    assert (called.returncode, called.stdout) == (0, "still works\n"), explain(called)
-    assert called.stderr == (
+    assert (called.returncode, called.stdout, called.stderr) == (0, "still works\n", ""), explain(called)
+    assert (listing.returncode, listing.stderr) == (0, ""), explain(listing)
+    assert every.returncode == 0, explain(every)
+    assert every.stderr == (
         "warning: server 'remote' is left out: environment variable NO_SUCH_V is not set "
         "(toolscript servers shows where toolscript.toml uses it).\n"
     )
     assert refused.returncode == 2, explain(refused)
-    assert refused.stderr.splitlines()[-1] == (
+    assert refused.stderr == (  # said once, as the error
         "error: toolscript.toml: servers.remote.headers.K: environment variable NO_SUCH_V is not set "
-        "(server 'remote'); set it or write ${NO_SUCH_V:-default}"
+        "(server 'remote'); set it or write ${NO_SUCH_V:-default}\n"
     )
