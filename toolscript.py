@@ -345,9 +345,8 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         reason = f" ({row['oauth_error']})" if "oauth_error" in row else ""
         source = f"  (from {row['source']})" if merged else ""
         _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}{source}")
-    for row in unusable:
-        source = f"  (from {row['source']})" if merged else ""
-        _print(f"{row['name']:<{width}}  {'-':<5}  unusable: {row['error']}{source}")
+    for row in unusable:  # the error names the file
+        _print(f"{row['name']:<{width}}  {'-':<5}  unusable: {row['error']}")
     return EXIT_OK
 
 
@@ -624,9 +623,9 @@ def _add_config(commands: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(title="actions", metavar="ACTION")
     example = actions.add_parser(
         "example",
-        help="print an example config with every key (toolscript config example > toolscript.toml)",
+        help="print an example config with every key (toolscript config example > ~/.toolscript/config.toml)",
         description=f"Print {EXAMPLE_CONFIG.name}, an example config with every key, to start from: "
-        "toolscript config example > toolscript.toml",
+        "toolscript config example > ~/.toolscript/config.toml",
     )
     _add_global_options(example, after_command=True)
     example.set_defaults(func=cmd_config_example, needs_config=False)
