@@ -233,9 +233,8 @@ def _read_config_bytes(path: Path, given_by: str | None) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: config file not found (given by {given_by or 'the search'}).", path=str(path)
-        ) from None
+        given = f" (given by {given_by})" if given_by else ""
+        raise ConfigError(f"{path}: config file not found{given}.", path=str(path)) from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a config file.", path=str(path)) from None
     except PermissionError:

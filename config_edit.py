@@ -137,8 +137,11 @@ def _without_table(text: str, name: str, path: Path) -> str:
     """`text` without the `[servers.NAME]` table: its header, body and sub-tables, the comment just
     above it and the blank lines that set it apart; every other byte stays as it was."""
     lines = text.splitlines(keepends=True)
-    headers = [(index, _table_header(line)) for index, line in enumerate(lines)]
-    headers = [(index, keys) for index, keys in headers if keys is not None]
+    headers: list[tuple[int, list[str]]] = []
+    for index, line in enumerate(lines):
+        keys = _table_header(line)
+        if keys is not None:
+            headers.append((index, keys))
     ours = [index for index, keys in headers if keys[:2] == ["servers", name]]
     if not ours:
         raise ConfigError(

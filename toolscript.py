@@ -75,8 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # The demo brings its own config; a broken user config must not stop it.
         cfg = _config.load_config(args.config) if getattr(args, "needs_config", True) else None
-        if cfg is not None and cfg.ignored_project is not None:
-            _warn_ignored_project(cfg.ignored_project)
         return args.func(args, cfg)
     except ToolscriptError as exc:
         log.debug("command failed", exc_info=True)
@@ -111,14 +109,18 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     return args
 
 
-def _warn_ignored_project(ignored: _config.IgnoredProject) -> None:
-    """Say, once per command, that a project config was not used and how to use it."""
-    why = "it changed since you trusted it" if ignored.changed else "it is not trusted"
-    log.warning("warning: ignoring the project config %s: %s; review it, then run: toolscript trust", ignored.path, why)
+def _warn_unused(cfg: Config, names: Iterable[str] = ()) -> None:
+    """Warn, once per command that uses the config, of what it leaves out.
 
-
-def _warn_left_out(cfg: Config, names: Iterable[str]) -> None:
-    """Warn of each server among `names` (those a command uses) left out for an unset variable."""
+    That is a project config it ignores (with how to trust it), and each server among
+    `names` (those the command uses) left out for an unset variable.
+    """
+    ignored = cfg.ignored_project
+    if ignored is not None:
+        why = "it changed since you trusted it" if ignored.changed else "it is not trusted"
+        log.warning(
+            "warning: ignoring the project config %s: %s; review it, then run: toolscript trust", ignored.path, why
+        )
     for name in names:
         problem = cfg.unusable.get(name)
         if problem is not None:
@@ -313,6 +315,7 @@ def _add_servers(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
+    _warn_unused(cfg)  # it lists the servers left out itself
     store = Store()
     rows = []
     for server in cfg.servers.values():
@@ -400,6 +403,7 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
     else:
         import auth
 
+    _warn_unused(cfg)  # it lists the servers left out, or names the one asked for
     store = Store()
     if args.server is None:
         if args.status or args.logout or args.forget_client:
@@ -1052,7 +1056,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     else:
         from front import HttpFront
     hooks = gateway_module.SessionHooks()
-    _warn_left_out(cfg, cfg.unusable)
+    _warn_unused(cfg, cfg.unusable)
     gateway = gateway_module.Gateway(cfg, hooks=hooks)  # announces each server as it connects or fails
     mcp = HttpFront(gateway, hooks, version=__version__, list_wait=max(0.0, args.wait))  # /mcp and /mcp/SERVER
     try:
@@ -1123,9 +1127,8 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         from . import front
     else:
         import front
+    _warn_unused(cfg, () if args.server else cfg.unusable)
     names = list(dict.fromkeys(cfg.server(name).name for name in args.server)) or list(cfg.servers)
-    if not args.server:
-        _warn_left_out(cfg, cfg.unusable)
     if not names:
         raise UsageError(_no_servers(cfg))
     ended_by = front.serve_stdio(cfg, names, version=__version__, list_wait=max(0.0, args.wait))
@@ -1155,8 +1158,7 @@ def _open_gateway(
         server = gateway_module.split_tool_name(for_tool)[0]
     elif for_prompt is not None:
         server = gateway_module.split_prompt_name(for_prompt)[0]
-    if not server:  # one server named: using it says why it is unusable, if it is
-        _warn_left_out(cfg, cfg.unusable)
+    _warn_unused(cfg, () if server else cfg.unusable)  # one server named: using it says why it is unusable
     gateway = gateway_module.Gateway(cfg, only=[server] if server else None, announce=False)
     with _signals_interrupt():
         # Not waiting here: a call waits for its server within its own timeout, a listing as long as it must.
