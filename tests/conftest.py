@@ -48,9 +48,11 @@ def _snapshot() -> dict[str, tuple[int, int]]:
 
 _USERS_FILES = _snapshot()
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="toolscript-tests-"))
-# Tools' caches stay where they are (pip builds a wheel in test_packaging); toolscript's files do not.
-os.environ.setdefault("XDG_CACHE_HOME", str(_REAL_HOME / ".cache"))
-os.environ.setdefault("npm_config_cache", str(_REAL_HOME / ".npm"))
+# Tools' caches stay where they are, if they are there (pip builds a wheel in test_packaging,
+# npm installs the conformance suite); toolscript's files do not.
+for _variable, _cache in (("XDG_CACHE_HOME", _REAL_HOME / ".cache"), ("npm_config_cache", _REAL_HOME / ".npm")):
+    if _cache.is_dir():
+        os.environ.setdefault(_variable, str(_cache))
 os.environ["HOME"] = str(_SESSION_HOME / "user")
 os.environ["TOOLSCRIPT_HOME"] = str(_SESSION_HOME / "user" / ".toolscript")
 (_SESSION_HOME / "user").mkdir()
