@@ -44,7 +44,7 @@ _LOG_TAIL = 5  # lines of the log shown when it failed to start
 
 
 def start(args: argparse.Namespace, cfg: Config) -> int:
-    record = gateway_state.record_path(toolscript_home(), cfg.path)
+    record = gateway_state.record_path(toolscript_home(), cfg.sources or cfg.path)
     running = gateway_state.find_running(record)
     if running is not None:
         print(f"A gateway for {_config_name(cfg)} is already running (pid {running.pid}):", file=sys.stderr)
@@ -70,7 +70,7 @@ def start(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def status(args: argparse.Namespace, cfg: Config) -> int:
-    record = gateway_state.record_path(toolscript_home(), cfg.path)
+    record = gateway_state.record_path(toolscript_home(), cfg.sources or cfg.path)
     running = gateway_state.find_running(record)
     if running is None:
         print(f"No gateway is running for {_config_name(cfg)}. Start one with: toolscript gateway start")
@@ -91,7 +91,7 @@ def status(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def stop(args: argparse.Namespace, cfg: Config) -> int:
-    record = gateway_state.record_path(toolscript_home(), cfg.path)
+    record = gateway_state.record_path(toolscript_home(), cfg.sources or cfg.path)
     running = gateway_state.find_running(record)
     if running is None:
         print(f"No gateway is running for {_config_name(cfg)}.", file=sys.stderr)

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 if __package__:
-    from .config import find_config, load_config, toolscript_home
+    from .config import load_config, toolscript_home
     from .errors import ToolscriptError
 else:
-    from config import find_config, load_config, toolscript_home
+    from config import load_config, toolscript_home
     from errors import ToolscriptError
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def connect(config: str | os.PathLike[str] | None = None, *, servers: Iterable[s
     gateway of our own to those servers (a running gateway serves what it serves).
     """
     explicit = None if config is None else os.fspath(config)
-    remote = running_gateway(find_config(explicit))
+    remote = running_gateway(lambda: load_config(explicit).sources)
     if remote is not None:
         return Client(remote)
     if __package__:
@@ -76,11 +76,14 @@ def connect(config: str | os.PathLike[str] | None = None, *, servers: Iterable[s
     return Client(own, owns_gateway=True)
 
 
-def running_gateway(config_path: str | os.PathLike[str] | None, *, discover: bool = True) -> RemoteGateway | None:
+def running_gateway(
+    sources: Sequence[str | os.PathLike[str]] | Callable[[], Sequence[Path]], *, discover: bool = True
+) -> RemoteGateway | None:
     """Return the gateway a command or program should use instead of starting its own, or None.
 
     That is the one at $TOOLSCRIPT_GATEWAY_URL, else (with `discover`) a gateway of this
-    user's serving the config file `config_path`, as recorded under $TOOLSCRIPT_HOME
+    user's serving the config read from `sources` (`Config.sources`, or a function that
+    reads the config for them only when needed), as recorded under $TOOLSCRIPT_HOME
     (gateway_state; a stale record is ignored). Raises `ConnectError` when
     $TOOLSCRIPT_GATEWAY_URL is set but nothing answers there.
     """
@@ -92,8 +95,8 @@ def running_gateway(config_path: str | os.PathLike[str] | None, *, discover: boo
         from gateway_http import URL_VAR, RemoteGateway
     url = os.environ.get(URL_VAR)
     if not url and discover:
-        path = None if config_path is None else Path(config_path)
-        running = gateway_state.find_running(gateway_state.record_path(toolscript_home(), path))
+        paths = sources() if callable(sources) else sources
+        running = gateway_state.find_running(gateway_state.record_path(toolscript_home(), paths))
         url = running.url if running is not None else None
     if not url:
         return None

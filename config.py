@@ -1,41 +1,54 @@
 """Find, read and validate the toolscript configuration file.
 
 It stands alone because the CLI, `auth` and `gateway` all need the validated server
-definitions, and it needs nothing from them. Besides `errors` and `urls`, only the
-standard library is imported.
+definitions, and it needs nothing from them. Besides `errors`, `trust` and `urls`, only
+the standard library is imported.
 
 The file is TOML with one table per server under `servers`; see `config.toml.example`.
 Every mistake raises `ConfigError` with one line naming the file and the key path.
+
+Two files may be read: the user's own config, and a project's `toolscript.toml`, which is
+used only once trusted (see `trust`) and then merged over the user's, server by server.
+Loading reads the files afresh each time, so it can be called again to reload them.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 if __package__:
+    from . import trust
     from .errors import ConfigError, did_you_mean
     from .urls import is_loopback_http
 else:
+    import trust
     from errors import ConfigError, did_you_mean
     from urls import is_loopback_http
 
 __all__ = [
+    "PROJECT_FILE_NAME",
     "Config",
+    "IgnoredProject",
     "OAuthConfig",
     "ServerConfig",
     "find_config",
+    "find_project_config",
     "load_config",
+    "parse_config",
+    "parse_config_file",
     "toolscript_home",
     "validate_server_name",
 ]
 
 SERVER_TYPES = ("stdio", "http", "sse")
+PROJECT_FILE_NAME = "toolscript.toml"
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 # `$$` is a literal `$`; `${NAME}` and `${NAME:-default}` are substitutions.
 _VAR_RE = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
@@ -92,6 +105,14 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class IgnoredProject:
+    """A project config file that was not used, because it is not trusted (or changed since it was)."""
+
+    path: Path
+    changed: bool  # trusted once, with other content
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration: where it came from and its servers, in file order."""
 
@@ -99,6 +120,12 @@ class Config:
     servers: dict[str, ServerConfig]
     # Servers left out because a variable they use is not set: what using one raises.
     unusable: dict[str, ConfigError] = field(default_factory=dict)
+    # The files read, the user's config first; a trusted project file merged over it last.
+    sources: tuple[Path, ...] = ()
+    # Which of `sources` defines each server (usable or not).
+    origins: dict[str, Path] = field(default_factory=dict)
+    # A project file found but not used, for the warning that says how to trust it.
+    ignored_project: IgnoredProject | None = None
 
     def server(self, name: str) -> ServerConfig:
         """Return the server called `name` or raise a `ConfigError` (listing the known ones, or why it is unusable)."""
@@ -107,7 +134,7 @@ class Config:
         try:
             return self.servers[name]
         except KeyError:
-            where = f" in {self.path}" if self.path else ""
+            where = f" in {' and '.join(map(str, self.sources))}" if self.sources else ""
             # A near miss names the server meant; else the list shows what there is.
             known = [*self.servers, *self.unusable]
             hint = did_you_mean(name, known) or f" (configured: {', '.join(known) or 'none'})"
@@ -122,42 +149,113 @@ def toolscript_home(environ: dict[str, str] | None = None) -> Path:
 
 
 def find_config(explicit: str | None = None, environ: dict[str, str] | None = None) -> Path | None:
-    """Return the config path to read, or None when there is none (zero servers).
+    """Return the user's config path, or None when there is none.
 
-    Order: `--config`, `$TOOLSCRIPT_CONFIG`, `./toolscript.toml`, `$TOOLSCRIPT_HOME/config.toml`.
-    The first two are returned even if missing, so that reading them fails loudly.
+    Order: `--config`, `$TOOLSCRIPT_CONFIG`, `$TOOLSCRIPT_HOME/config.toml`. The first two are
+    returned even if missing, so that reading them fails loudly. A project file is not the
+    user's: see `find_project_config`.
     """
     env = os.environ if environ is None else environ
     if explicit:
         return Path(explicit).expanduser()
     if env.get("TOOLSCRIPT_CONFIG"):
         return Path(env["TOOLSCRIPT_CONFIG"]).expanduser()
-    for candidate in (Path("toolscript.toml"), toolscript_home(env) / "config.toml"):
+    candidate = toolscript_home(env) / "config.toml"
+    return candidate if candidate.is_file() else None
+
+
+def find_project_config(directory: Path | None = None) -> Path | None:
+    """Return the project config for `directory` (default: the working directory), or None.
+
+    That is the nearest `toolscript.toml` from `directory` up to the root of the repository
+    it is in (the nearest directory holding `.git`); outside a repository, only `directory`'s
+    own. One in the working directory is returned as the relative `toolscript.toml`.
+    """
+    start = Path.cwd() if directory is None else directory
+    here = start.resolve()
+    chain = [here, *here.parents]
+    root = next((index for index, folder in enumerate(chain) if (folder / ".git").exists()), 0)
+    for index, folder in enumerate(chain[: root + 1]):
+        candidate = folder / PROJECT_FILE_NAME
         if candidate.is_file():
-            return candidate
+            return Path(PROJECT_FILE_NAME) if index == 0 and directory is None else candidate
     return None
 
 
 def load_config(explicit: str | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Find, parse and validate the configuration; see `find_config` for the search order."""
+    """Read and validate the user's config, and the project's if it is trusted; merge them.
+
+    A config named by `--config` or `$TOOLSCRIPT_CONFIG` is used alone. Otherwise a
+    trusted project file (see `find_project_config`) is merged over `$TOOLSCRIPT_HOME/config.toml`,
+    server by server; an untrusted one is not parsed at all, only noted in `ignored_project`.
+    """
     env = os.environ if environ is None else environ
     path = find_config(explicit, env)
-    if path is None:
-        return Config(path=None, servers={})
+    user = Config(path=None, servers={})
+    if path is not None:
+        hint = "--config" if explicit else "$TOOLSCRIPT_CONFIG" if env.get("TOOLSCRIPT_CONFIG") else None
+        user = parse_config_file(path, _read_config_bytes(path, hint), env)
+    if explicit or env.get("TOOLSCRIPT_CONFIG"):
+        return user
+    project = find_project_config()
+    if project is None:
+        return user
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = project.read_bytes()
+    except OSError:
+        return replace(user, ignored_project=IgnoredProject(project, changed=False))
+    trusted = trust.read_trusted(toolscript_home(env)).get(trust.project_key(project))
+    # The bytes hashed are the bytes parsed: a file changed in between is never used unchecked.
+    if trusted != trust.content_digest(data):
+        return replace(user, ignored_project=IgnoredProject(project, changed=trusted is not None))
+    return _merged(user, parse_config_file(project, data, env))
+
+
+def _merged(user: Config, project: Config) -> Config:
+    """`project`'s servers over `user`'s: a project server replaces the user's server of the same name."""
+    overridden = {*project.servers, *project.unusable}
+    return Config(
+        path=user.path or project.path,
+        servers={
+            **{name: server for name, server in user.servers.items() if name not in overridden},
+            **project.servers,
+        },
+        unusable={
+            **{name: problem for name, problem in user.unusable.items() if name not in overridden},
+            **project.unusable,
+        },
+        sources=(*user.sources, *project.sources),
+        origins={**{name: where for name, where in user.origins.items() if name not in overridden}, **project.origins},
+    )
+
+
+def _read_config_bytes(path: Path, given_by: str | None) -> bytes:
+    try:
+        return path.read_bytes()
     except FileNotFoundError:
-        hint = "--config" if explicit else "$TOOLSCRIPT_CONFIG"
-        raise ConfigError(f"{path}: config file not found (given by {hint}).", path=str(path)) from None
+        given = f" (given by {given_by})" if given_by else ""
+        raise ConfigError(f"{path}: config file not found{given}.", path=str(path)) from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a config file.", path=str(path)) from None
     except PermissionError:
         raise ConfigError(f"{path}: cannot read config file: permission denied.", path=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}.", path=str(path)) from None
+
+
+def parse_config_file(path: Path, data: bytes, env: dict[str, str] | None = None) -> Config:
+    """Parse and validate exactly `data`, the bytes read from `path`."""
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config file is not valid UTF-8.", path=str(path)) from None
+    try:
+        parsed = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {_describe_toml_error(exc, path)}", path=str(path)) from None
-    return parse_config(data, path=path, environ=env)
+        raise ConfigError(f"{path}: {_describe_toml_error(exc, text)}", path=str(path)) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: values are nested too deeply to read.", path=str(path)) from None
+    return parse_config(parsed, path=path, environ=env)
 
 
 def parse_config(data: dict[str, Any], *, path: Path | None = None, environ: dict[str, str] | None = None) -> Config:
@@ -188,7 +286,13 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None, environ: dic
             unusable[name] = fail(str(exc), name, exc.variable)
         except _Invalid as exc:
             raise fail(str(exc), name) from None
-    return Config(path=path, servers=servers, unusable=unusable)
+    return Config(
+        path=path,
+        servers=servers,
+        unusable=unusable,
+        sources=(path,) if path else (),
+        origins=dict.fromkeys([*servers, *unusable], path) if path else {},
+    )
 
 
 def validate_server_name(name: str) -> str:
@@ -198,14 +302,14 @@ def validate_server_name(name: str) -> str:
     return name
 
 
-def _describe_toml_error(exc: tomllib.TOMLDecodeError, path: Path) -> str:
+def _describe_toml_error(exc: tomllib.TOMLDecodeError, text: str) -> str:
     # tomllib (3.11) puts the position only in the message text.
     message = str(exc)
     found = re.search(r" \(at line (\d+), column (\d+)\)$", message)
     if found:
         return f"TOML syntax error at line {found[1]}, column {found[2]}: {message[: found.start()]}"
     if message.endswith(" (at end of document)"):
-        lines = path.read_text(encoding="utf-8").count("\n") + 1
+        lines = text.count("\n") + 1
         return f"TOML syntax error at line {lines} (end of file): {message[: -len(' (at end of document)')]}"
     return f"TOML syntax error: {message}"
 
@@ -261,7 +365,7 @@ def _parse_server(name: str, table: dict[str, Any], env: dict[str, str]) -> Serv
 
     timeout = table.get("timeout")
     if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise _Invalid(f"{prefix}.timeout: must be a positive number of seconds")
         timeout = float(timeout)
     include = tuple(sub(p, f"{prefix}.include_tools") for p in _str_list(table, "include_tools", prefix))

@@ -1,19 +1,26 @@
-"""Change the config file in place (`toolscript add`, `remove`, `import`), and read other clients' configs.
+"""Change toolscript's files in place (`toolscript add`, `remove`, `import`, `trust`), and read other clients' configs.
 
 It stands alone because `config.py` only reads and validates, for every command, while only
-these three commands write; and reading the MCP configs of Claude Desktop, Claude Code, VS
-Code, Cursor and Codex concerns nothing else. Edits are textual, so the rest of the file
-(comments, order, layout) stays byte for byte as it was; every edit is checked by parsing
-the result before the file is replaced atomically, and refused if anything else would change.
+these commands write; and reading the MCP configs of Claude Desktop, Claude Code, VS Code,
+Cursor and Codex concerns nothing else. Edits are textual, so the rest of the file
+(comments, order, layout, line endings) stays byte for byte as it was; every edit is checked
+by parsing the result before the file is replaced atomically, and refused if anything else
+would change. Each edit holds a lock on the file's directory from reading to replacing, so
+parallel edits all land, and removes the temporary files an interrupted edit left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import math
 import os
 import re
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +28,15 @@ from typing import Any
 import tomli_w
 
 if __package__:
+    from . import trust
     from .config import find_config, parse_config, toolscript_home
     from .errors import ConfigError
-    from .storage import write_atomic
+    from .storage import remove_temporary_files, write_atomic
 else:
+    import trust
     from config import find_config, parse_config, toolscript_home
     from errors import ConfigError
-    from storage import write_atomic
+    from storage import remove_temporary_files, write_atomic
 
 __all__ = [
     "ImportPlan",
@@ -35,10 +44,14 @@ __all__ = [
     "configured_servers",
     "plan_import",
     "remove_server",
+    "revoke_project",
     "servers_toml",
+    "trust_project",
     "unset_variables",
     "writable_config_path",
 ]
+
+LOCK_TIMEOUT = 60.0
 
 # `${VAR}` and `${VAR:-default}` (toolscript, Claude Code), `${env:VAR}` (VS Code, Cursor), and the
 # VS Code/Cursor placeholders `${input:ID}`, `${workspaceFolder}`, `${userHome}`; anything else in
@@ -46,12 +59,13 @@ __all__ = [
 _REFERENCE_RE = re.compile(r"\$\{([^}]*)\}")
 _VARIABLE_RE = re.compile(r"(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?")
 _VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HEADER_RE = re.compile(r"^[ \t]*\[(?!\[)(.*)\][ \t]*(?:#.*)?$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+_HEADER_RE = re.compile(r"^[ \t]*\[\[?(.*?)\]\]?[ \t]*(?:#.*)?$")
 _KEY_PART_RE = re.compile(r"""[ \t]*(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([A-Za-z0-9_-]+))[ \t]*(\.|$)""")
 
 
 def writable_config_path(explicit: str | None = None) -> Path:
-    """The file `add` and `import` write: the config in use, else `$TOOLSCRIPT_HOME/config.toml`."""
+    """The file `add` and `import` write: the user's config (a project file only when named by `--config`)."""
     return find_config(explicit) or toolscript_home() / "config.toml"
 
 
@@ -66,59 +80,100 @@ def servers_toml(servers: Mapping[str, Mapping[str, Any]]) -> str:
     return tomli_w.dumps({"servers": {name: dict(table) for name, table in servers.items()}})
 
 
-def add_servers(path: Path, servers: Mapping[str, Mapping[str, Any]]) -> None:
-    """Append `[servers.NAME]` tables to the config at `path` (created 0600 if missing), keeping the rest as it is."""
-    text, data = _read(path)
-    existing = _servers_of(data, path)
-    for name, table in servers.items():
-        if name in existing:
-            raise ConfigError(
-                f"Server '{name}' is already configured in {path}; to replace it, first run: toolscript remove {name}",
-                path=str(path),
-                server=name,
-            )
-        check_server_table(name, table, path)
-    block = servers_toml(servers)
-    new_text = (text.rstrip("\n") + "\n\n" + block) if text.strip() else block
-    _replace(path, text, new_text, {**existing, **{name: dict(table) for name, table in servers.items()}}, data)
+def add_servers(
+    path: Path, servers: Mapping[str, Mapping[str, Any]], *, replace: bool = False, private: bool = False
+) -> bool:
+    """Append `[servers.NAME]` tables to the config at `path` (created 0600 if missing), keeping the rest as it is.
+
+    With `replace`, a server of the same name is removed first; else it is refused. With
+    `private` (the servers came from a file only its owner can read), a config others can
+    read is made private too. Return whether it was.
+    """
+    with _locked(path):
+        text, data = _read(path)
+        existing = _servers_of(data, path)
+        for name, table in servers.items():
+            if name in existing and not replace:
+                raise ConfigError(
+                    f"Server '{name}' is already configured in {path}; to replace it, first run: "
+                    f"toolscript remove {name}",
+                    path=str(path),
+                    server=name,
+                )
+            check_server_table(name, table, path)
+        kept = dict(existing)
+        for name in servers:
+            if name in kept:
+                text = _without_table(text, name, path)
+                del kept[name]
+        newline = "\r\n" if "\r\n" in text else "\n"
+        block = servers_toml(servers).replace("\n", newline)
+        if text.strip():
+            if not text.endswith("\n"):
+                text += newline
+            if not text.endswith(newline * 2):
+                text += newline  # a blank line before the new tables
+            new_text = text + block
+        else:
+            new_text = block
+        expected = {**kept, **{name: dict(table) for name, table in servers.items()}}
+        return _replace(path, new_text, expected, data, private=private)
 
 
 def remove_server(path: Path, name: str) -> None:
     """Delete the `[servers.NAME]` table (and its sub-tables and the comment just above it) from the config."""
-    text, data = _read(path)
-    existing = _servers_of(data, path)
-    if name not in existing:
-        known = ", ".join(existing) or "none"
-        raise ConfigError(f"Unknown server '{name}' in {path} (configured: {known}).", path=str(path), server=name)
-    keep: list[str] = []
-    dropped: list[str] = []  # the lines of the table being removed
-    inside = removed = False
-    for line in text.splitlines(keepends=True):
+    with _locked(path):
+        text, data = _read(path)
+        existing = _servers_of(data, path)
+        if name not in existing:
+            known = ", ".join(existing) or "none"
+            raise ConfigError(f"Unknown server '{name}' in {path} (configured: {known}).", path=str(path), server=name)
+        new_text = _without_table(text, name, path)
+        expected = {key: value for key, value in existing.items() if key != name}
+        _replace(path, new_text, expected, data)
+
+
+def _without_table(text: str, name: str, path: Path) -> str:
+    """`text` without the `[servers.NAME]` table: its header, body and sub-tables, the comment just
+    above it and the blank lines that set it apart; every other byte stays as it was."""
+    lines = text.splitlines(keepends=True)
+    headers: list[tuple[int, list[str]]] = []
+    for index, line in enumerate(lines):
         keys = _table_header(line)
         if keys is not None:
-            if inside:
-                # Comments and blank lines at the end of the removed table introduce the next one: keep them.
-                tail = len(dropped)
-                while tail and (not dropped[tail - 1].strip() or dropped[tail - 1].lstrip().startswith("#")):
-                    tail -= 1
-                keep += dropped[tail:]
-                dropped = []
-            inside = keys[:2] == ["servers", name]
-            if inside:
-                removed = True
-                while keep and keep[-1].lstrip().startswith("#"):  # the comment that introduces this server
-                    keep.pop()
-        (dropped if inside else keep).append(line)
-    if not removed:
+            headers.append((index, keys))
+    ours = [index for index, keys in headers if keys[:2] == ["servers", name]]
+    if not ours:
         raise ConfigError(
             f"Server '{name}' in {path} is not written as a [servers.{name}] table; remove it by editing the file.",
             path=str(path),
             server=name,
         )
-    new_text = re.sub(r"\n{3,}", "\n\n", "".join(keep)).rstrip("\n")
-    new_text = new_text + "\n" if new_text else ""
-    expected = {key: value for key, value in existing.items() if key != name}
-    _replace(path, text, new_text, expected, data)
+    start = ours[0]
+    # The table and its sub-tables run until the next header of anything else.
+    following = [index for index, keys in headers if index > start and keys[:2] != ["servers", name]]
+    end = following[0] if following else len(lines)
+
+    def blank(index: int) -> bool:
+        return not lines[index].strip()
+
+    def comment(index: int) -> bool:
+        return lines[index].lstrip().startswith("#")
+
+    # Comments and blank lines at its end introduce what follows (or close the file): they stay.
+    while end > start + 1 and (blank(end - 1) or comment(end - 1)):
+        end -= 1
+    while start > 0 and comment(start - 1):  # the comment that introduces it
+        start -= 1
+    # The blank lines that separated it from what came before go with it; at the top of the
+    # file, those that separated it from what follows.
+    if start > 0:
+        while start > 0 and blank(start - 1):
+            start -= 1
+    else:
+        while end < len(lines) and blank(end):
+            end += 1
+    return "".join(lines[:start] + lines[end:])
 
 
 def check_server_table(name: str, table: Mapping[str, Any], path: Path | None = None) -> None:
@@ -165,8 +220,16 @@ class ImportPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan_import(path: Path, configured: Mapping[str, Any] | None = None) -> ImportPlan:
-    """Read an MCP client's config file and convert its servers; skip (with a reason) what cannot be converted."""
+def plan_import(
+    path: Path, configured: Mapping[str, Any] | None = None, *, prefix: str = "", replace: bool = False
+) -> ImportPlan:
+    """Read an MCP client's config file and convert its servers; skip (with a reason) what cannot be converted.
+
+    Each server is named `prefix` + its name there; one named like a `configured` server is
+    skipped, or with `replace` replaces it.
+    """
+    if prefix and not _NAME_RE.fullmatch(prefix):
+        raise ConfigError(f"Invalid --prefix {prefix!r}: use letters, digits, '_' and '-'.")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -178,6 +241,8 @@ def plan_import(path: Path, configured: Mapping[str, Any] | None = None) -> Impo
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc}).", path=str(path)) from None
+        except RecursionError:
+            raise ConfigError(f"{path}: values are nested too deeply to read.", path=str(path)) from None
         entries = data.get("mcp_servers")
         if not isinstance(entries, dict):
             raise ConfigError(f"{path}: no [mcp_servers.NAME] tables (expected a Codex config.toml).", path=str(path))
@@ -189,6 +254,8 @@ def plan_import(path: Path, configured: Mapping[str, Any] | None = None) -> Impo
             raise ConfigError(
                 f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).", path=str(path)
             ) from None
+        except RecursionError:
+            raise ConfigError(f"{path}: values are nested too deeply to read.", path=str(path)) from None
         entries, source = _json_servers(data, path)
         plan, convert = ImportPlan(source), _from_json
     workspace = path.resolve().parent
@@ -200,8 +267,14 @@ def plan_import(path: Path, configured: Mapping[str, Any] | None = None) -> Impo
         if not name:
             plan.skipped.append((str(raw_name), "no usable name (use letters, digits, '_' and '-')"))
             continue
-        if name in (configured or {}) or name in plan.servers:
-            plan.skipped.append((str(raw_name), f"a server named '{name}' is already configured"))
+        name = _server_name(prefix + name)
+        if name in plan.servers:
+            plan.skipped.append((str(raw_name), f"a server named '{name}' comes earlier in that file"))
+            continue
+        if name in (configured or {}) and not replace:
+            plan.skipped.append(
+                (str(raw_name), f"a server named '{name}' is already configured (use --prefix P or --replace)")
+            )
             continue
         if not isinstance(entry, dict):
             plan.skipped.append((str(raw_name), "its entry is not an object"))
@@ -212,8 +285,10 @@ def plan_import(path: Path, configured: Mapping[str, Any] | None = None) -> Impo
         except (_Unconvertible, ConfigError) as exc:
             plan.skipped.append((str(raw_name), str(exc).rstrip(".")))
             continue
-        if name != raw_name:
+        if name != raw_name and name != prefix + str(raw_name):
             notes.insert(0, f"named '{name}' ('{raw_name}' is not a valid toolscript server name)")
+        if name in (configured or {}):
+            notes.insert(0, f"replaces the server '{name}' configured before")
         missing = [variable for variable in unset_variables(table) if not any(variable in note for note in notes)]
         if missing:
             notes.append(f"set {', '.join(missing)} in the environment before using it")
@@ -402,8 +477,8 @@ def _from_codex(entry: dict[str, Any], placeholders: _Placeholders) -> tuple[dic
             table["headers"] = headers
     else:
         raise _Unconvertible("it has neither a command nor a url")
-    timeout = entry.get("tool_timeout_sec")
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+    timeout = _codex_timeout(entry, placeholders.notes)
+    if timeout is not None:
         table["timeout"] = timeout
     for key, ours in (("enabled_tools", "include_tools"), ("disabled_tools", "exclude_tools")):
         if entry.get(key):
@@ -412,6 +487,32 @@ def _from_codex(entry: dict[str, Any], placeholders: _Placeholders) -> tuple[dic
     if ignored:
         placeholders.notes.append(f"ignored {', '.join(ignored)} (no toolscript equivalent)")
     return table, placeholders.notes
+
+
+def _codex_timeout(entry: dict[str, Any], notes: list[str]) -> float | None:
+    """One `timeout` for Codex's startup and tool timeouts: toolscript's covers connecting and each request alike.
+
+    The longer one is taken, so that neither is cut short; the note says what became of each.
+    """
+    given = {}
+    for key, scale in (("startup_timeout_sec", 1), ("startup_timeout_ms", 1000), ("tool_timeout_sec", 1)):
+        value = entry.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            notes.append(f"{key} = {value!r} dropped (not a positive number)")
+            continue
+        given[key] = value / scale
+    if not given:
+        return None
+    timeout = max(given.values())
+    timeout = int(timeout) if float(timeout).is_integer() else timeout
+    if len(given) > 1 or "tool_timeout_sec" not in given:
+        notes.append(
+            f"{' and '.join(given)} became timeout = {timeout} (toolscript has one timeout, for connecting "
+            "and for each request)"
+        )
+    return timeout
 
 
 def _variable_name(value: Any, where: str) -> str:
@@ -455,7 +556,7 @@ def _strip_json_comments(text: str) -> str:
 
 def _read(path: Path) -> tuple[str, dict[str, Any]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")  # not read_text: CRLF line endings must stay CRLF
     except FileNotFoundError:
         return "", {}
     except (OSError, UnicodeDecodeError) as exc:
@@ -464,6 +565,8 @@ def _read(path: Path) -> tuple[str, dict[str, Any]]:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: fix its TOML syntax first ({exc}).", path=str(path)) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: values are nested too deeply to read.", path=str(path)) from None
 
 
 def _servers_of(data: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -490,11 +593,16 @@ def _table_header(line: str) -> list[str] | None:
     return keys
 
 
-def _replace(path: Path, old_text: str, new_text: str, servers: dict[str, Any], old_data: dict[str, Any]) -> None:
-    """Write `new_text` if it parses to `old_data` with exactly `servers`; else refuse, leaving the file alone."""
+def _replace(
+    path: Path, new_text: str, servers: dict[str, Any], old_data: dict[str, Any], *, private: bool = False
+) -> bool:
+    """Write `new_text` if it parses to `old_data` with exactly `servers`; else refuse, leaving the file alone.
+
+    With `private`, a file others could read is written 0600 instead; return whether it was.
+    """
     try:
         new_data = tomllib.loads(new_text)
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         new_data = None
     expected = {**old_data, "servers": servers}
     if not servers and new_data is not None and "servers" not in new_data:
@@ -504,15 +612,87 @@ def _replace(path: Path, old_text: str, new_text: str, servers: dict[str, Any], 
             f"{path}: cannot edit this file safely by text (its layout is unusual); make the change by hand.",
             path=str(path),
         )
+    tightened = False
     try:
-        if old_text or path.exists():
+        if path.exists():
             mode = path.stat().st_mode & 0o777
+            if private and mode & 0o077:
+                mode, tightened = mode & 0o700, True
         else:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             mode = 0o600  # it may hold API keys in headers
         write_atomic(path.resolve(), new_text.encode("utf-8"), mode)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write the config ({_os_reason(exc)}).", path=str(path)) from None
+    return tightened
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the lock of the directory `path` is in (created 0700 if missing) while editing `path`.
+
+    The directory, not the file: the file is replaced by each edit (a lock on it would stay
+    on the old one) and may not exist yet. Temporary files an interrupted edit left are
+    removed once the lock is held, so no other editor's is taken.
+    """
+    target = path.resolve()
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open its directory ({_os_reason(exc)}).", path=str(path)) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    reason = _os_reason(exc)
+                    raise ConfigError(f"{path}: cannot lock its directory ({reason}).", path=str(path)) from None
+                if time.monotonic() >= deadline:
+                    raise ConfigError(
+                        f"{path}: timed out after {timeout:.0f}s waiting for another toolscript editing it.",
+                        path=str(path),
+                    ) from None
+                time.sleep(0.01)
+        remove_temporary_files(target)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# -- trusted project files ------------------------------------------------------------------
+
+
+def trust_project(path: Path, data: bytes, home: Path | None = None) -> None:
+    """Record that the project file at `path` is trusted with the content `data` (the bytes the user saw)."""
+    _edit_trusted(home, lambda entries: {**entries, trust.project_key(path): trust.content_digest(data)})
+
+
+def revoke_project(path: Path, home: Path | None = None) -> bool:
+    """Forget the trust in the project file at `path`; return whether it was trusted."""
+    key = trust.project_key(path)
+    found = False
+
+    def without(entries: dict[str, str]) -> dict[str, str]:
+        nonlocal found
+        found = key in entries or str(path) in entries
+        return {name: digest for name, digest in entries.items() if name not in (key, str(path))}
+
+    _edit_trusted(home, without)
+    return found
+
+
+def _edit_trusted(home: Path | None, change: Any) -> None:
+    home = home or toolscript_home()
+    record = home / trust.TRUST_FILE_NAME
+    with _locked(record):
+        entries = change(trust.read_trusted(home))
+        try:
+            write_atomic(record, trust.trusted_text(entries).encode("utf-8"), 0o600)
+        except OSError as exc:
+            raise ConfigError(f"{record}: cannot write it ({_os_reason(exc)}).", path=str(record)) from None
 
 
 def _os_reason(exc: BaseException) -> str:

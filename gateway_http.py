@@ -1396,14 +1396,16 @@ def _read_token_file(path: Path) -> str | None:
         raise UsageError(
             f"Cannot read the gateway token file {path}: {exc.strerror or exc}; set {TOKEN_VAR} instead."
         ) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)  # before fdopen, which refuses a directory with a traceback
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
             raise UsageError(
                 f"{path} is not a private file of yours (mode 0600); refusing to use it. "
                 f"Delete it and restart the gateway, or set {TOKEN_VAR}."
             )
-        text = handle.read(_TOKEN_FILE_BYTES).decode("ascii", "replace").strip()
+        text = os.read(fd, _TOKEN_FILE_BYTES).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
     if not text.startswith("{"):
         return text or None  # the bare token of an older version
     try:

@@ -21,6 +21,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,9 +56,14 @@ class Running:
         return max(0.0, time.time() - self.since)
 
 
-def record_path(home: Path, config: Path | None) -> Path:
-    """Where the gateway serving `config` (None: no config file) records itself under `home`."""
-    key = hashlib.sha256(str(config.resolve() if config else "").encode()).hexdigest()[:16]
+def record_path(home: Path, config: os.PathLike[str] | str | Sequence[os.PathLike[str] | str] | None) -> Path:
+    """Where the gateway serving `config` records itself under `home`.
+
+    `config` is the config file, or the files a config was read from (`Config.sources`: the
+    user's, and a trusted project file); None or none for no config file.
+    """
+    paths = [] if config is None else [config] if isinstance(config, (str, os.PathLike)) else list(config)
+    key = hashlib.sha256("\n".join(str(Path(path).resolve()) for path in paths).encode()).hexdigest()[:16]
     return home / "gateway" / f"running-{key}.json"
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "expires_at_from",
     "note_auth_not_needed",
     "oauth_status",
+    "remove_temporary_files",
     "write_atomic",
 ]
 
@@ -385,7 +386,7 @@ class Store:
         self._ensure_directory()
         data = tomli_w.dumps(record.to_dict()).encode("utf-8")
         try:
-            _remove_temporary_files(path)
+            remove_temporary_files(path)
             write_atomic(path, data)
         except OSError as exc:
             raise StorageError(f"Cannot write {path}: {exc.strerror or exc}.", path=str(path), server=server) from None
@@ -394,7 +395,7 @@ class Store:
         """Delete the record (and temporary files a crashed write left); return whether there was one."""
         path = self.path(server)
         try:
-            _remove_temporary_files(path)
+            remove_temporary_files(path)
             path.unlink()
         except FileNotFoundError:
             return False
@@ -594,10 +595,10 @@ def _open_lock_file(path: Path, server: str) -> int:
     return fd
 
 
-def _remove_temporary_files(path: Path) -> None:
-    """Remove the temporary files (`.NAME.toml.*.tmp`, holding tokens) a crash in `write_atomic` left.
+def remove_temporary_files(path: Path) -> None:
+    """Remove the temporary files (`.NAME.*.tmp`, holding tokens or secrets) a crash in `write_atomic` left.
 
-    Only call with the record's lock held, so no other writer's file is taken.
+    Only call with the file's lock held, so no other writer's file is taken.
     """
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):
         with contextlib.suppress(FileNotFoundError):

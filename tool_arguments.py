@@ -20,7 +20,20 @@ if __package__:
 else:
     from errors import UsageError
 
-__all__ = ["Argument", "describe_arguments", "is_pair", "parse_pairs", "type_text", "typed_arguments"]
+__all__ = [
+    "MAX_DEPTH",
+    "Argument",
+    "describe_arguments",
+    "is_pair",
+    "loads_json",
+    "parse_pairs",
+    "type_text",
+    "typed_arguments",
+]
+
+# Arrays and objects nested deeper than this are refused: no tool needs them, and the SDK
+# (and Python's own parser, deeper still) fails on them with a traceback instead of an answer.
+MAX_DEPTH = 64
 
 _MISSING: Any = object()
 _TRUE = {"true", "yes", "on", "1"}
@@ -113,6 +126,30 @@ def parse_pairs(words: list[str], tool: str) -> list[tuple[str, bool, str]]:
     return pairs
 
 
+def loads_json(text: str) -> Any:
+    """Parse JSON given on the command line; raise ValueError (saying why) for bad or too deeply nested JSON."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value = _MISSING
+    if value is _MISSING or _deeper_than(value, MAX_DEPTH):
+        raise ValueError(f"arrays and objects are nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def typed_arguments(pairs: list[tuple[str, bool, str]], schema: dict[str, Any] | None, tool: str) -> dict[str, Any]:
     """The arguments object of `pairs`, each value typed by the tool's input `schema`."""
     schema = schema or {}
@@ -122,7 +159,7 @@ def typed_arguments(pairs: list[tuple[str, bool, str]], schema: dict[str, Any] |
     for key, is_json, text in pairs:
         if is_json:
             try:
-                arguments[key] = json.loads(text)
+                arguments[key] = loads_json(text)
             except ValueError as exc:
                 raise UsageError(f"The value of '{key}' for '{tool}' ({key}:=...) is not valid JSON: {exc}.") from None
             continue
@@ -169,7 +206,7 @@ def _convert(kind: str, text: str) -> Any:
     if kind == "null":
         return None if word == "null" else _MISSING
     try:
-        value = json.loads(text)
+        value = loads_json(text)
     except ValueError:
         return _MISSING
     return value if isinstance(value, list if kind == "array" else dict) else _MISSING

@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Self
@@ -100,15 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # The demo brings its own config; a broken user config must not stop it.
         cfg = _config.load_config(args.config) if getattr(args, "needs_config", True) else None
-        if cfg is not None and args.func not in (cmd_servers, cmd_auth):  # those two list them
-            for name, problem in cfg.unusable.items():
-                log.warning(
-                    "warning: server '%s' is left out: environment variable %s is not set (toolscript servers "
-                    "shows where %s uses it).",
-                    name,
-                    problem.variable,
-                    cfg.path,
-                )
         return args.func(args, cfg)
     except ToolscriptError as exc:
         log.debug("command failed", exc_info=True)
@@ -133,7 +127,42 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if getattr(args, "func", None) is cmd_exec:
             args.args += argv[cut + 1 :]
             return args
-    return parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and getattr(args, "func", None) is cmd_add and args.command:
+        # `add NAME npx -y pkg`: the command's own options were taken for toolscript's.
+        rest = argv[argv.index(args.name, argv.index("add") + 1) + 1 :]
+        _error(
+            "Put the server's command after --, so that its options stay its own: "
+            f"toolscript add {shlex.join([args.name, '--', *rest])}"
+        )
+        raise SystemExit(EXIT_USAGE)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _warn_unused(cfg: Config, names: Iterable[str] = ()) -> None:
+    """Warn, once per command that uses the config, of what it leaves out.
+
+    That is a project config it ignores (with how to trust it), and each server among
+    `names` (those the command uses) left out for an unset variable.
+    """
+    ignored = cfg.ignored_project
+    if ignored is not None:
+        why = "it changed since you trusted it" if ignored.changed else "it is not trusted"
+        log.warning(
+            "warning: ignoring the project config %s: %s; review it, then run: toolscript trust", ignored.path, why
+        )
+    for name in names:
+        problem = cfg.unusable.get(name)
+        if problem is not None:
+            log.warning(
+                "warning: server '%s' is left out: environment variable %s is not set (toolscript servers "
+                "shows where %s uses it).",
+                name,
+                problem.variable,
+                cfg.origins.get(name, cfg.path),
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_remove,
         _add_import,
         _add_types,
+        _add_trust,
     ):
         add(commands)
     for command in commands.choices.values():
@@ -182,7 +212,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
         "--config",
         metavar="PATH",
         **unset,
-        help="config file (default: $TOOLSCRIPT_CONFIG, ./toolscript.toml, then $TOOLSCRIPT_HOME/config.toml)",
+        help="config file, used alone (default: $TOOLSCRIPT_CONFIG, else $TOOLSCRIPT_HOME/config.toml and a "
+        "trusted ./toolscript.toml over it)",
     )
     parser.add_argument(
         "--no-gateway",
@@ -329,6 +360,7 @@ def _add_servers(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
+    _warn_unused(cfg)  # it lists the servers left out itself
     store = Store()
     rows = []
     for server in cfg.servers.values():
@@ -337,13 +369,15 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
             row["url"] = server.url
         else:
             row["command"] = [server.command, *server.args]
+        row["source"] = str(cfg.origins.get(server.name, ""))
         row["oauth_record"] = server.is_remote and store.exists(server.name)
         oauth = store.oauth_status_of(server)
         if oauth is not None:
             row.update(oauth.row())
         rows.append(row)
     unusable = [
-        {"name": name, "status": "unusable", "error": problem.message} for name, problem in cfg.unusable.items()
+        {"name": name, "status": "unusable", "error": problem.message, "source": str(cfg.origins.get(name, ""))}
+        for name, problem in cfg.unusable.items()
     ]
     if args.json:
         _print(json.dumps(rows + unusable, indent=2))
@@ -352,11 +386,14 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
         _print(_no_servers(cfg))
         return EXIT_OK
     width = max(len(str(r["name"])) for r in rows + unusable)
+    # With a project config merged over the user's, each line says which file the server is from.
+    merged = len(cfg.sources) > 1
     for server, row in zip(cfg.servers.values(), rows, strict=True):
         oauth = f"  [oauth: {row['oauth_status']}]" if "oauth_status" in row else ""
         reason = f" ({one_line(str(row['oauth_error']))})" if "oauth_error" in row else ""  # an AS's words
-        _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}")
-    for row in unusable:
+        source = f"  (from {row['source']})" if merged else ""
+        _print(f"{server.name:<{width}}  {server.type:<5}  {server.target}{oauth}{reason}{source}")
+    for row in unusable:  # the error names the file
         _print(f"{row['name']:<{width}}  {'-':<5}  unusable: {row['error']}")
     return EXIT_OK
 
@@ -411,6 +448,7 @@ def cmd_auth(args: argparse.Namespace, cfg: Config) -> int:
     else:
         import auth
 
+    _warn_unused(cfg)  # it lists the servers left out, or names the one asked for
     store = Store()
     if args.server is None:
         if args.status or args.logout or args.forget_client:
@@ -632,9 +670,9 @@ def _add_config(commands: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(title="actions", metavar="ACTION")
     example = actions.add_parser(
         "example",
-        help="print an example config with every key (toolscript config example > toolscript.toml)",
+        help="print an example config with every key (toolscript config example > ~/.toolscript/config.toml)",
         description=f"Print {EXAMPLE_CONFIG.name}, an example config with every key, to start from: "
-        "toolscript config example > toolscript.toml",
+        "toolscript config example > ~/.toolscript/config.toml",
     )
     _add_global_options(example, after_command=True)
     example.set_defaults(func=cmd_config_example, needs_config=False)
@@ -678,10 +716,15 @@ def cmd_tools(args: argparse.Namespace, cfg: Config) -> int:
     else:
         names = [one_line(tool["name"]) for tool in tools]  # aligned as shown
         width = max(map(len, names), default=0)
+        # On a terminal, one line per tool, cut to its width; piped, each line whole.
+        columns = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
         for name, tool in zip(names, tools, strict=True):
             summary = one_line((tool.get("description") or "").strip().split("\n")[0])
             unsupported = f"  [cannot be called: it {tool['unsupported']}]" if tool.get("unsupported") else ""
-            _print(f"{name:<{width}}  {summary}{unsupported}".rstrip())
+            line = escape_controls(f"{name:<{width}}  {summary}{unsupported}".rstrip())
+            if columns is not None and len(line) > columns:
+                line = line.replace("\t", " ")[: max(columns - 3, 0)] + "..."
+            _print(line)
     return _report_failed_servers(cfg, rows)
 
 
@@ -977,10 +1020,10 @@ def cmd_read(args: argparse.Namespace, cfg: Config) -> int:
             )
         data = _content_bytes(contents[0])
         try:
-            with open(args.output, "wb") as file:
+            with _open_output(args.output) as file:
                 file.write(data)
         except OSError as exc:
-            raise UsageError(f"Cannot write {args.output}: {exc.strerror or exc}.") from None
+            raise UsageError(f"Cannot write {args.output}: {_output_problem(exc)}.") from None
         log.info("Wrote %d bytes to %s.", len(data), args.output)
         return EXIT_OK
     binary = [item for item in contents if "text" not in item]
@@ -1217,6 +1260,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     else:
         from front import HttpFront
     hooks = gateway_module.SessionHooks()
+    _warn_unused(cfg, cfg.unusable)
     gateway = gateway_module.Gateway(cfg, hooks=hooks)  # announces each server as it connects or fails
     mcp = HttpFront(gateway, hooks, version=__version__, list_wait=max(0.0, args.wait))  # /mcp and /mcp/SERVER
     try:
@@ -1273,7 +1317,7 @@ def _gateway_state() -> ModuleType:
 
 def _running_record(cfg: Config) -> Path:
     """Where a gateway serving `cfg` records itself, for every command of this user to find it."""
-    return _gateway_state().record_path(_config.toolscript_home(), cfg.path)
+    return _gateway_state().record_path(_config.toolscript_home(), cfg.sources or cfg.path)
 
 
 def _record_running(record: Path, url: str, cfg: Config) -> None:
@@ -1368,7 +1412,7 @@ def cmd_exec(args: argparse.Namespace, cfg: Config) -> int:
     )
     if not args.sandbox:
         log.warning("warning: running the script without the sandbox: it can read and reach what you can.")
-    remote = running_gateway(cfg.path, discover=not _no_gateway.is_set())
+    remote = running_gateway(cfg.sources or cfg.path, discover=not _no_gateway.is_set())
     with _signals_interrupt(), script_runner.gateway_for_run(cfg, patterns, remote) as (access, gateway):
         tools = script_runner.allowed_tools(gateway.tools(), patterns)
         return script_runner.run_script(
@@ -1467,7 +1511,7 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config | None) -> int:
 
 def _suggested_tools(prompt: str, limit: int) -> list[dict[str, Any]]:
     """Search the running gateway (never one started here: too slow for a hook) for `prompt`."""
-    remote = running_gateway(_config.find_config(None))
+    remote = running_gateway(_config.load_config(None).sources)
     return [] if remote is None else remote.search(prompt, limit=limit)
 
 
@@ -1489,6 +1533,7 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         from . import front
     else:
         import front
+    _warn_unused(cfg, () if args.server else cfg.unusable)
     names = list(dict.fromkeys(cfg.server(name).name for name in args.server)) or list(cfg.servers)
     if not names:
         raise UsageError(_no_servers(cfg))
@@ -1510,7 +1555,7 @@ def _open_gateway(
     Our own connects only `server` (or `servers`), or the server of the tool `for_tool` or prompt `for_prompt`,
     or else all.
     """
-    remote = running_gateway(cfg.path, discover=not _no_gateway.is_set())
+    remote = running_gateway(cfg.sources or cfg.path, discover=not _no_gateway.is_set())
     if remote is not None:
         yield remote
         return
@@ -1519,6 +1564,7 @@ def _open_gateway(
         server = gateway_module.split_tool_name(for_tool)[0]
     elif for_prompt is not None:
         server = gateway_module.split_prompt_name(for_prompt)[0]
+    _warn_unused(cfg, () if server else cfg.unusable)  # one server named: using it says why it is unusable
     gateway = gateway_module.Gateway(cfg, only=[server] if server else (list(servers) or None), announce=False)
     with _signals_interrupt():
         # Not waiting here: a call waits for its server within its own timeout, a listing as long as it must.
@@ -1586,6 +1632,11 @@ def _signals_interrupt() -> Iterator[None]:
 
 def _read_arguments(source: str | None, tool: str) -> dict[str, Any]:
     """Parse ARGS of `call`: inline JSON, `@file`, `-` for stdin, or nothing for `{}`."""
+    if __package__:
+        from . import tool_arguments
+    else:
+        import tool_arguments
+
     if source is None:
         return {}
     where = "ARGS"
@@ -1602,7 +1653,7 @@ def _read_arguments(source: str | None, tool: str) -> dict[str, Any]:
     else:
         text = source
     try:
-        arguments = json.loads(text)
+        arguments = tool_arguments.loads_json(text)
     except ValueError as exc:
         raise UsageError(
             f"The arguments for '{tool}' ({where}) are not valid JSON: {exc}. "
@@ -1652,14 +1703,24 @@ def save_content(result: dict[str, Any], directory: str) -> dict[int, str]:
         path = os.path.join(directory, f"{position}-{kind}{extension}")
         try:
             os.makedirs(directory, exist_ok=True)
-            # Never through a symbolic link planted in DIR (a shared directory, say).
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "wb") as file:
+            with _open_output(path) as file:
                 file.write(content)
         except OSError as exc:
-            raise UsageError(f"Cannot save the {kind} of the result to {path}: {exc.strerror or exc}.") from None
+            raise UsageError(f"Cannot save the {kind} of the result to {path}: {_output_problem(exc)}.") from None
         saved[position] = path
     return saved
+
+
+def _open_output(path: str) -> Any:
+    """Open `path` to write server content into: never through a symbolic link planted there (a shared directory)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return os.fdopen(fd, "wb")
+
+
+def _output_problem(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link; refusing to write through it (remove it, or give another path)"
+    return exc.strerror or str(exc)
 
 
 # MIME types servers send that Python's table does not know (it has audio/x-wav, not audio/wav).
@@ -1839,16 +1900,17 @@ def _add_import(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", metavar="FILE")
     p.add_argument("--dry-run", action="store_true", help="print the TOML it would add, change nothing")
+    p.add_argument("--prefix", default="", metavar="P", help="name each imported server P + its name there")
+    p.add_argument("--replace", action="store_true", help="replace configured servers of the same name")
     p.set_defaults(func=cmd_import, needs_config=False)
 
 
 def cmd_import(args: argparse.Namespace, cfg: Config | None) -> int:
     config_edit = _config_edit()
-    from pathlib import Path
-
     path = config_edit.writable_config_path(args.config)
     configured = config_edit.configured_servers(path)
-    plan = config_edit.plan_import(Path(args.file).expanduser(), configured)
+    source = Path(args.file).expanduser()
+    plan = config_edit.plan_import(source, configured, prefix=args.prefix, replace=args.replace)
     for name, reason in plan.skipped:
         log.warning("Skipped '%s': %s.", name, reason)
     for note in plan.notes:
@@ -1859,9 +1921,80 @@ def cmd_import(args: argparse.Namespace, cfg: Config | None) -> int:
         _status(f"Would add {len(plan.servers)} server(s) from {plan.source} to {path}.")
         return EXIT_OK
     if plan.servers:
-        config_edit.add_servers(path, plan.servers)
+        # Servers from a file only its owner can read may hold secrets: the config keeps them as private.
+        private = not source.stat().st_mode & 0o077
+        if config_edit.add_servers(path, plan.servers, replace=args.replace, private=private):
+            log.warning(
+                "Note: made %s readable only by you, as %s is: the servers imported may hold secrets.", path, source
+            )
     names = ", ".join(plan.servers) or "none"
     _print(f"Added {len(plan.servers)} server(s) from {plan.source} to {path}: {names}.")
+    return EXIT_OK
+
+
+def _add_trust(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "trust",
+        help="use this project's toolscript.toml (after reviewing it)",
+        description="A project's toolscript.toml (here, or the nearest one up to the repository root) is used, "
+        "merged over your own config, only once you trust it: this records its path and a hash of its content "
+        "under $TOOLSCRIPT_HOME. A changed file is ignored until trusted again. Review the file first: its "
+        "servers are commands toolscript runs, with your environment.",
+    )
+    p.add_argument("file", nargs="?", metavar="FILE", help="the project file (default: the one found from here)")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--revoke", action="store_true", help="stop trusting the project file")
+    action.add_argument("--list", action="store_true", help="list the trusted project files")
+    p.set_defaults(func=cmd_trust, needs_config=False)
+
+
+def cmd_trust(args: argparse.Namespace, cfg: Config | None) -> int:
+    if __package__:
+        from . import trust
+    else:
+        import trust
+    config_edit = _config_edit()
+    home = _config.toolscript_home()
+    if args.list:
+        if args.file:
+            raise UsageError("--list takes no FILE: toolscript trust --list")
+        entries = trust.read_trusted(home)
+        if not entries:
+            _print("No project config is trusted.")
+        for key, digest in entries.items():
+            try:
+                state = "trusted" if trust.content_digest(Path(key).read_bytes()) == digest else "changed since trusted"
+            except FileNotFoundError:
+                state = "missing"
+            except OSError as exc:
+                state = f"unreadable: {exc.strerror or exc}"
+            _print(f"{key}  {state}")
+        return EXIT_OK
+    path = Path(args.file).expanduser() if args.file else _config.find_project_config()
+    if path is None:
+        raise UsageError(
+            f"No {_config.PROJECT_FILE_NAME} here or up to the repository root; nothing to trust. "
+            "Your own config needs no trust: toolscript servers"
+        )
+    if args.revoke:
+        if config_edit.revoke_project(path, home):
+            _print(f"{path} is no longer trusted; toolscript ignores it.")
+        else:
+            _print(f"{path} was not trusted; nothing to revoke.")
+        return EXIT_OK
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+    # What is shown and checked here is exactly what is recorded as trusted.
+    project = _config.parse_config_file(path, data)
+    config_edit.trust_project(path, data, home)
+    _print(f"Trusted {path}; toolscript uses it here, merged over your own config, until it changes.")
+    width = max((len(name) for name in [*project.servers, *project.unusable]), default=0)
+    for server in project.servers.values():
+        _print(f"  {server.name:<{width}}  {server.type:<5}  {server.target}")
+    for name, problem in project.unusable.items():
+        _print(f"  {name:<{width}}  {'-':<5}  unusable until {problem.variable} is set")
     return EXIT_OK
 
 

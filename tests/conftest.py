@@ -1,11 +1,19 @@
-"""Shared fixtures: an isolated TOOLSCRIPT_HOME and config per test, and a CLI runner."""
+"""Shared fixtures: an isolated TOOLSCRIPT_HOME and config per test, and a CLI runner.
+
+The whole session runs with HOME and TOOLSCRIPT_HOME in a temporary directory, set before
+any fixture (a module-scoped gateway, say) runs; at the end, the session fails if anything
+was written to the user's own.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +22,55 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+# == the session's own HOME and TOOLSCRIPT_HOME ===========================================
+
+
+_REAL_HOME = Path.home()
+_REAL_TOOLSCRIPT_HOME = os.environ.get("TOOLSCRIPT_HOME")
+
+
+def _snapshot() -> dict[str, tuple[int, int]]:
+    """Every file under the user's $TOOLSCRIPT_HOME and ~/.toolscript (size, modification time), and the names in ~."""
+    homes = [Path(_REAL_TOOLSCRIPT_HOME).expanduser()] if _REAL_TOOLSCRIPT_HOME else []
+    found: dict[str, tuple[int, int]] = {}
+    for home in [*homes, _REAL_HOME / ".toolscript"]:
+        for path in [home, *home.rglob("*")] if home.is_dir() else []:
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                found[str(path)] = (0, 0) if path.is_dir() else (info.st_size, info.st_mtime_ns)
+    with contextlib.suppress(OSError):
+        for entry in _REAL_HOME.iterdir():
+            found.setdefault(str(entry), (0, 0))
+    return found
+
+
+_USERS_FILES = _snapshot()
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="toolscript-tests-"))
+# Tools' caches stay where they are, if they are there (pip builds a wheel in test_packaging,
+# npm installs the conformance suite); toolscript's files do not.
+for _variable, _cache in (("XDG_CACHE_HOME", _REAL_HOME / ".cache"), ("npm_config_cache", _REAL_HOME / ".npm")):
+    if _cache.is_dir():
+        os.environ.setdefault(_variable, str(_cache))
+os.environ["HOME"] = str(_SESSION_HOME / "user")
+os.environ["TOOLSCRIPT_HOME"] = str(_SESSION_HOME / "user" / ".toolscript")
+(_SESSION_HOME / "user").mkdir()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if a test wrote to the user's own HOME or TOOLSCRIPT_HOME; remove the session's."""
+    after = _snapshot()
+    changed = sorted(path for path in {*after, *_USERS_FILES} if after.get(path) != _USERS_FILES.get(path))
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "the tests changed the user's own files: " + ", ".join(changed)
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {message}", red=True)
+        else:
+            print(f"ERROR: {message}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +127,6 @@ def explain(proc: subprocess.CompletedProcess[str]) -> str:
 
 # == auth: OAuth test server, stand-in browser, config writer ===========================
 
-import contextlib  # noqa: E402
 import stat  # noqa: E402
 
 
@@ -93,15 +149,22 @@ def browser(tmp_path: Path) -> dict[str, str]:
 
 
 def write_config(config: str | dict[str, dict[str, Any]], path: Path | None = None) -> Path:
-    """Write ./toolscript.toml (found by the CLI in the test's working directory).
+    """Write ./toolscript.toml, trusted as `toolscript trust` does (so the CLI uses it in the test's directory).
 
-    `config` is TOML text, or a dict of `[servers.NAME]` tables.
+    `config` is TOML text, or a dict of `[servers.NAME]` tables. A `path` given is written
+    only, not trusted: pass it with --config.
     """
     import tomli_w
 
-    path = path or Path("toolscript.toml")
+    import config_edit
+
     text = config if isinstance(config, str) else tomli_w.dumps({"servers": config})
+    if path is not None:
+        path.write_text(text, encoding="utf-8")
+        return path
+    path = Path("toolscript.toml")
     path.write_text(text, encoding="utf-8")
+    config_edit.trust_project(path, path.read_bytes())
     return path
 
 

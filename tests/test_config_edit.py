@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import STDIO_SERVER, explain, run_cli
+from conftest import STDIO_SERVER, explain, run_cli, run_threads
 
 import toolscript
 
@@ -30,6 +30,13 @@ Authorization = "Bearer ${GH_TOKEN:-none}"
 [servers.z]
 command = "z"   # keep this comment
 """
+
+
+@pytest.fixture(autouse=True)
+def config_in_use(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The config these tests edit: ./toolscript.toml, as the user's own (named by $TOOLSCRIPT_CONFIG)."""
+    monkeypatch.setenv("TOOLSCRIPT_CONFIG", "toolscript.toml")
+    return Path("toolscript.toml")
 
 
 def _servers_json(capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, object]]:
@@ -74,7 +81,8 @@ def test_add_appends_a_table_and_keeps_the_file_byte_for_byte(capsys: pytest.Cap
     assert cfg.servers["remote"].headers == {"X-Key": "k"} and cfg.servers["remote"].timeout == 12
 
 
-def test_add_creates_a_private_config_in_toolscript_home(isolated_env: Path) -> None:
+def test_add_creates_a_private_config_in_toolscript_home(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOOLSCRIPT_CONFIG")
     assert toolscript.main(["add", "s", "--", sys.executable, STDIO_SERVER]) == 0
     path = isolated_env / "config.toml"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -352,7 +360,7 @@ def test_import_dry_run_prints_toml_and_changes_nothing(capsys: pytest.CaptureFi
     assert toolscript.main(["import", ".mcp.json", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     assert out == '[servers.new]\ncommand = "n"\nargs = [\n    "a",\n]\n'
-    assert "Skipped 'time': a server named 'time' is already configured." in err
+    assert "Skipped 'time': a server named 'time' is already configured (use --prefix P or --replace)." in err
     assert "Would add 1 server(s) from Claude Code (.mcp.json) to toolscript.toml." in err
     assert Path("toolscript.toml").read_text() == EXISTING
 
@@ -406,3 +414,157 @@ bearer_token_env_var = "TOK}x"
     from config import load_config
 
     assert load_config("toolscript.toml").servers["tools"].include_tools == ("a$b",)
+
+
+# -- edits are locked, exact and clean ------------------------------------------------------
+
+
+def test_parallel_adds_all_land(config_in_use: Path) -> None:
+    """Each edit reads, changes and replaces the file under one lock: none is lost to another."""
+    import config_edit
+
+    def add_ten(worker: int) -> None:
+        for n in range(10):
+            config_edit.add_servers(config_in_use, {f"s{worker}-{n}": {"command": "x"}})
+
+    run_threads(add_ten, 8)
+    assert len(config_edit.configured_servers(config_in_use)) == 80
+
+
+CRLF_CONFIG = (
+    "# mine\r\n"
+    "[servers.a]\r\n"
+    'command = "a"\r\n'
+    "\r\n"
+    "\r\n"
+    "\r\n"
+    "# about b\r\n"
+    "[servers.b]\r\n"
+    'command = "b"\r\n'
+    "\r\n"
+    "[servers.c]\r\n"
+    'command = "c"\r\n'
+    "\r\n"
+    "# notes after the last table\r\n"
+)
+
+
+def test_remove_changes_only_its_table_byte_for_byte(config_in_use: Path) -> None:
+    import config_edit
+
+    config_in_use.write_bytes(CRLF_CONFIG.encode())
+    config_edit.remove_server(config_in_use, "c")
+    assert config_in_use.read_bytes() == CRLF_CONFIG.replace('[servers.c]\r\ncommand = "c"\r\n\r\n', "").encode()
+    config_edit.remove_server(config_in_use, "b")
+    assert config_in_use.read_bytes() == (
+        b'# mine\r\n[servers.a]\r\ncommand = "a"\r\n\r\n# notes after the last table\r\n'
+    )
+    config_edit.add_servers(config_in_use, {"d": {"command": "d"}})  # in the file's line endings
+    assert config_in_use.read_bytes() == (
+        b'# mine\r\n[servers.a]\r\ncommand = "a"\r\n\r\n# notes after the last table\r\n\r\n'
+        b'[servers.d]\r\ncommand = "d"\r\n'
+    )
+
+
+def test_an_edit_removes_the_temporary_files_an_interrupted_edit_left(config_in_use: Path) -> None:
+    import config_edit
+
+    config_in_use.write_text(EXISTING)
+    left = Path(".toolscript.toml.0a1b2c3d4e5f.tmp")
+    left.write_text('[servers.x]\nheaders = { Authorization = "Bearer secret" }\n')
+    other = Path(".other.toml.0a1b2c3d4e5f.tmp")  # another file's: not ours to remove
+    other.write_text("")
+    config_edit.remove_server(config_in_use, "z")
+    assert not left.exists() and other.exists()
+    assert sorted(path.name for path in Path().iterdir()) == [".other.toml.0a1b2c3d4e5f.tmp", "toolscript.toml"]
+
+
+def test_import_from_a_private_file_keeps_the_config_private(
+    config_in_use: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_in_use.write_text(EXISTING)
+    config_in_use.chmod(0o644)
+    source = _write(".mcp.json", json.dumps({"mcpServers": {"api": {"url": "https://x/mcp", "headers": {"K": "s"}}}}))
+    source.chmod(0o600)
+    assert toolscript.main(["import", ".mcp.json"]) == 0
+    assert stat.S_IMODE(config_in_use.stat().st_mode) == 0o600
+    assert capsys.readouterr().err == (
+        "Note: made toolscript.toml readable only by you, as .mcp.json is: the servers imported may hold secrets.\n"
+    )
+    source.chmod(0o644)  # from a file anyone can read: the config's mode is left alone
+    config_in_use.chmod(0o640)
+    _write(".mcp.json", json.dumps({"mcpServers": {"api2": {"url": "https://x/mcp"}}}))
+    assert toolscript.main(["import", ".mcp.json"]) == 0
+    assert stat.S_IMODE(config_in_use.stat().st_mode) == 0o640
+
+
+def test_import_resolves_name_clashes_with_a_prefix_or_by_replacing(
+    config_in_use: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_in_use.write_text(EXISTING)
+    _write(".mcp.json", json.dumps({"mcpServers": {"time": {"command": "new-time"}, "z": {"command": "new-z"}}}))
+    assert toolscript.main(["import", ".mcp.json", "--prefix", "work-"]) == 0
+    assert "Added 2 server(s) from Claude Code (.mcp.json) to toolscript.toml: work-time, work-z." in (
+        capsys.readouterr().out
+    )
+    assert toolscript.main(["import", ".mcp.json", "--replace"]) == 0
+    _out, err = capsys.readouterr()
+    assert "Note: time: replaces the server 'time' configured before." in err
+    servers = _servers_json(capsys)
+    assert list(servers) == ["gh", "work-time", "work-z", "time", "z"]
+    assert (servers["time"]["command"], servers["z"]["command"]) == (["new-time"], ["new-z"])
+    text = config_in_use.read_text()
+    assert "# GitHub, with a token from the environment\n[servers.gh]" in text and "# the time server" not in text
+    assert toolscript.main(["import", ".mcp.json", "--prefix", "a.b"]) == 2
+    assert capsys.readouterr().err == "error: Invalid --prefix 'a.b': use letters, digits, '_' and '-'.\n"
+
+
+def test_import_codex_timeouts_become_timeout(config_in_use: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write(
+        "codex/config.toml",
+        """\
+[mcp_servers.slow]
+command = "s"
+startup_timeout_sec = 120
+tool_timeout_sec = 30
+
+[mcp_servers.ms]
+command = "m"
+startup_timeout_ms = 20000
+
+[mcp_servers.bad]
+command = "b"
+tool_timeout_sec = -1
+""",
+    )
+    assert toolscript.main(["import", "codex/config.toml"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "Note: slow: startup_timeout_sec and tool_timeout_sec became timeout = 120 (toolscript has one timeout, "
+        "for connecting and for each request)."
+    ) in err
+    assert "Note: ms: startup_timeout_ms became timeout = 20" in err
+    assert "Note: bad: tool_timeout_sec = -1 dropped (not a positive number)." in err
+    from config import load_config
+
+    cfg = load_config()
+    assert (cfg.servers["slow"].timeout, cfg.servers["ms"].timeout, cfg.servers["bad"].timeout) == (120, 20, None)
+
+
+@pytest.mark.parametrize("name", ["deep.json", "deep.toml"])
+def test_a_deeply_nested_import_file_is_one_line(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    _write(name, '{"mcpServers": ' + nested + "}" if name.endswith(".json") else f"a = {nested}\n")
+    assert toolscript.main(["import", name]) == 2
+    assert capsys.readouterr().err == f"error: {name}: values are nested too deeply to read.\n"
+
+
+def test_add_without_dashes_says_to_put_the_command_after_them(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        toolscript.main(["add", "pkg", "npx", "-y", "@scope/pkg"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: Put the server's command after --, so that its options stay its own: "
+        "toolscript add pkg -- npx -y @scope/pkg\n"
+    )
+    assert not Path("toolscript.toml").exists()

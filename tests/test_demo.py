@@ -43,7 +43,8 @@ def recording_browser(browser: dict[str, str], tmp_path: Path) -> tuple[dict[str
 
 
 def test_demo_without_browser_or_network(headless, isolated_env, tmp_path):
-    write_config("this is [not valid toml")  # the user's config is not the demo's business
+    # The user's config is not the demo's business.
+    headless["TOOLSCRIPT_CONFIG"] = str(write_config("this is [not valid toml", tmp_path / "broken.toml"))
     proc = _run_demo(headless)
     assert proc.returncode == 0, explain(proc)
     lines = proc.stdout.splitlines()

@@ -450,6 +450,21 @@ def test_cli_read_prints_text_and_writes_files(
     assert (code, err) == (2, f"error: Cannot write {tmp_path / 'no' / 'such' / 'dir'}: No such file or directory.\n")
 
 
+def test_cli_read_never_writes_through_a_planted_symbolic_link(
+    servers: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "out.png").symlink_to(victim)
+    assert cli(capsys, "read", "c", "catalog://logo.png", "-o", str(tmp_path / "out.png")) == (
+        2,
+        "",
+        f"error: Cannot write {tmp_path / 'out.png'}: it is a symbolic link; refusing to write through it "
+        "(remove it, or give another path).\n",
+    )
+    assert victim.read_text() == "keep me"
+
+
 def test_cli_read_errors(servers: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(capsys, "read", "bare", "catalog://readme") == (
         2,
