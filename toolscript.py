@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -2034,8 +2035,12 @@ def _status(text: str) -> None:
 
 
 def _error(message: str) -> None:
-    """One error on stderr: `error: ` begins its line; what follows its first line (a server's text) is indented."""
-    print(f"error: {escape_lines(redact(message))}", file=sys.stderr, flush=True)
+    """One error on stderr, on one line (a server's newlines shown as `\\n`): nothing a server put in it
+    can start a line of its own, such as a forged `error: ... Run: ...`."""
+    print(f"error: {one_line(_INDENTED_LINE.sub(chr(10), redact(message)))}", file=sys.stderr, flush=True)
+
+
+_INDENTED_LINE = re.compile(r"\n[ \t]+")  # a message's own continuation lines (a stderr tail): `\n` is enough
 
 
 def _terminal_width() -> int:

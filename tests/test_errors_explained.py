@@ -44,10 +44,10 @@ def test_a_stdio_server_exiting_at_start_shows_the_end_of_its_stderr(capsys: pyt
     )
     write_config({"dies": {"command": sys.executable, "args": ["-c", script]}})
     assert toolscript.main(["call", "dies__echo"]) == 4
-    tail = "".join(f"\n    loading {n}" for n in range(6, 15))
+    tail = "".join(f"\\nloading {n}" for n in range(6, 15))
     assert capsys.readouterr().err == (
         "error: Server 'dies' failed to connect: the server process closed the connection; its stderr ended with:"
-        f"{tail}\n    Error: Cannot find module 'left-pad'\n"
+        f"{tail}\\nError: Cannot find module 'left-pad'\n"
     )
 
 

@@ -61,7 +61,7 @@ def test_a_server_s_error_answer_is_one_error_line(capsys: pytest.CaptureFixture
     assert cli(capsys, "call", "h__fail") == (
         4,
         "",
-        f"error: Server 'h' answered the call to 'fail' with an error: it broke{ESCAPED}\n    {FORGED_ERROR}\n",
+        f"error: Server 'h' answered the call to 'fail' with an error: it broke{ESCAPED}\\n{FORGED_ERROR}\n",
     )
 
 
