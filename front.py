@@ -57,7 +57,7 @@ if __package__:
         SessionHooks,
         tool_allowed,
     )
-    from .gateway_http import MCP_PATH
+    from .gateway_http import MAX_UNSENT_BYTES, MCP_PATH
 else:
     from errors import ToolscriptError, did_you_mean
     from gateway import (
@@ -70,7 +70,7 @@ else:
         SessionHooks,
         tool_allowed,
     )
-    from gateway_http import MCP_PATH
+    from gateway_http import MAX_UNSENT_BYTES, MCP_PATH
 
 if TYPE_CHECKING:
     from mcp.client.session import ClientRequestContext, ClientSession
@@ -90,6 +90,9 @@ AUTH_POLL_INTERVAL = 2.0
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _RAW: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])  # a result as sent; the server re-checks it
 _STATE_KEY = "toolscript.downstream"
+# In a view of several servers, a resource URI that two servers claim is shown as
+# toolscript:SERVER:URI (a valid URI still), and a read of that goes to SERVER with URI.
+RESOURCE_PREFIX = "toolscript:"
 
 
 class Front:
@@ -111,9 +114,10 @@ class Front:
         self._statuses: dict[str, str] = {}
         self._list_deadline = math.inf
         self._tasks: anyio.abc.TaskGroup | None = None
-        # Where resource URIs and templates came from, across views: uri -> server, (server, template).
-        self._resource_owners: dict[str, str] = {}
-        self._templates: list[tuple[str, str]] = []
+        # What each server's last resource and template listing held: a read goes to the server
+        # whose listing or template produced the URI, never to one that merely mentioned it.
+        self._listed: dict[str, set[str]] = {}
+        self._templates: dict[str, list[str]] = {}
         self._subscriptions: dict[tuple[str, str], int] = {}  # (server, uri) -> subscribed clients
         self._log_level: str | None = None  # the level last asked for, applied to servers as they connect
 
@@ -212,28 +216,25 @@ class Front:
             return False
         return getattr(session.server_capabilities, capability, None) is not None
 
-    def record_resources(self, server: str, entries: Iterable[dict[str, Any]]) -> None:
-        """Remember which server listed these resources (`uri`) or templates (`uriTemplate`)."""
-        for entry in entries:
-            if isinstance(entry.get("uri"), str):
-                self._resource_owners[entry["uri"]] = server
-            elif isinstance(entry.get("uriTemplate"), str):
-                template = (server, entry["uriTemplate"])
-                if template not in self._templates:
-                    self._templates.append(template)
+    def record_listing(self, server: str, key: str, entries: Iterable[dict[str, Any]]) -> None:
+        """Remember what `server` listed as its resources (`key` "resources") or templates ("resourceTemplates")."""
+        if key == "resources":
+            self._listed[server] = {entry["uri"] for entry in entries if isinstance(entry.get("uri"), str)}
+        elif key == "resourceTemplates":
+            self._templates[server] = [e["uriTemplate"] for e in entries if isinstance(e.get("uriTemplate"), str)]
 
-    def resource_owner(self, uri: str, names: list[str]) -> str | None:
-        """The server among `names` that listed `uri`, or whose template matches it."""
-        owner = self._resource_owners.get(uri)
-        if owner in names:
-            return owner
-        return next(
-            (server for server, template in self._templates if server in names and _template_matches(template, uri)),
-            None,
-        )
+    def resource_owners(self, uri: str, names: list[str]) -> list[str]:
+        """The servers among `names` that listed `uri`, or have a template that matches it."""
+        return [
+            server
+            for server in names
+            if uri in self._listed.get(server, ())
+            or any(_template_matches(template, uri) for template in self._templates.get(server, ()))
+        ]
 
-    def template_owner(self, template: str, names: list[str]) -> str | None:
-        return next((server for server, known in self._templates if server in names and known == template), None)
+    def template_owners(self, template: str, names: list[str]) -> list[str]:
+        """The servers among `names` that listed the URI template `template`."""
+        return [server for server in names if template in self._templates.get(server, ())]
 
     async def subscribe(self, server: str, uri: str) -> None:
         """Subscribe to `uri` at `server` for one more client (the server hears of the first one only)."""
@@ -289,6 +290,8 @@ class Front:
                     self._status_event(server)
                 else:
                     await self._notify(server, message)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):  # a client went away meanwhile
+                log.debug("Server '%s': a client left before %s reached it", server, type(message).__name__)
             except Exception:  # one bad event must not stop the others
                 log.exception("Server '%s': could not pass on %s", server, type(message).__name__)
 
@@ -351,8 +354,9 @@ class Front:
                 await downstream.session.send_prompt_list_changed()
         elif isinstance(message, types.ResourceUpdatedNotification):
             for downstream in self._downstreams(server):
-                if message.params.uri in downstream.subscriptions:
-                    await downstream.session.send_resource_updated(message.params.uri)
+                subscribed_as = downstream.subscriptions.get((server, message.params.uri))
+                if subscribed_as is not None:
+                    await downstream.session.send_resource_updated(subscribed_as)
         elif isinstance(message, types.LoggingMessageNotification):
             params = message.params
             await self._broadcast_log(server, params.level, params.data, params.logger)
@@ -466,7 +470,7 @@ class _Downstream:
     session: ServerSession
     view: _View
     log_level: str | None = None
-    subscriptions: set[str] = field(default_factory=set)
+    subscriptions: dict[tuple[str, str], str] = field(default_factory=dict)  # (server, its URI) -> the client's URI
     told: set[str] = field(default_factory=set)  # servers it was told need authorization
 
     def wants_log(self, level: str) -> bool:
@@ -554,10 +558,8 @@ class _View(Server):  # type: ignore[type-arg]
 
     def _forget(self, downstream: _Downstream) -> None:
         self.downstreams.discard(downstream)
-        for uri in downstream.subscriptions:
-            server = self.front.resource_owner(uri, self.names)
-            if server is not None:
-                self.front.unsubscribe_soon(server, uri)
+        for server, uri in downstream.subscriptions:
+            self.front.unsubscribe_soon(server, uri)
 
     async def _forward(self, ctx: ServerRequestContext[Any, Any], server: str, what: str, request: Any) -> Any:
         """`Front.forward`, with the gateway's errors as JSON-RPC errors (tool calls shape their own)."""
@@ -566,8 +568,17 @@ class _View(Server):  # type: ignore[type-arg]
         except ToolscriptError as exc:
             raise MCPError(types.INTERNAL_ERROR, exc.message) from None
 
-    def _owner_of(self, uri: str) -> str | None:
-        return self.names[0] if not self.prefixed else self.front.resource_owner(uri, self.names)
+    def client_uri(self, server: str, uri: str, owners: list[str]) -> str:
+        """How this view shows `server`'s `uri` (or URI template), which `owners` claim: as it is, unless that
+        is ambiguous here; then as `toolscript:SERVER:URI`."""
+        if not self.prefixed or (owners == [server] and _named_resource(uri) is None):
+            return uri
+        return f"{RESOURCE_PREFIX}{server}:{uri}"
+
+    def _named_server(self, named: tuple[str, str], uri: str) -> tuple[str, str]:
+        if named[0] not in self.names:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown resource: {uri} (no server '{named[0]}' here)")
+        return named
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -591,7 +602,8 @@ class _View(Server):  # type: ignore[type-arg]
             result = await self.front.forward(ctx, server, f"the call to '{tool}'", request, tool_call=True)
         except ToolscriptError as exc:  # the person using the client sees this text, e.g. "Run: toolscript auth X"
             return types.CallToolResult(content=[types.TextContent(type="text", text=exc.message)], is_error=True)
-        self.front.record_resources(server, _linked_resources(result))
+        if self.prefixed:  # what a client reads from a link goes to the server whose result it was
+            result = _with_named_resources(result, "content", server)
         return result
 
     async def _list_resources(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
@@ -624,48 +636,69 @@ class _View(Server):  # type: ignore[type-arg]
             for server in self.names:
                 tg.start_soon(one, server)
         entries = []
+        if capability == "resources":
+            for server in self.names:
+                self.front.record_listing(server, key, found.get(server, []))
         for server in self.names:
-            self.front.record_resources(server, found.get(server, []) if capability == "resources" else [])
             for entry in found.get(server, []):
                 if key == "prompts" and self.prefixed:
                     entry = {**entry, "name": self.public_name(server, entry.get("name", ""))}
+                elif key == "resources" and isinstance(entry.get("uri"), str):
+                    owners = self.front.resource_owners(entry["uri"], self.names)
+                    entry = {**entry, "uri": self.client_uri(server, entry["uri"], owners)}
+                elif key == "resourceTemplates" and isinstance(entry.get("uriTemplate"), str):
+                    owners = self.front.template_owners(entry["uriTemplate"], self.names)
+                    entry = {**entry, "uriTemplate": self.client_uri(server, entry["uriTemplate"], owners)}
                 entries.append(entry)
         return entries
 
     async def _read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
         await self.client(ctx)
-        server = await self._resource_server(ctx, params.uri)
-        request = types.ReadResourceRequest(params=_without_progress_token(params))
-        return await self._forward(ctx, server, f"the read of '{params.uri}'", request)
+        server, uri = await self._resource_server(ctx, params.uri)
+        request = types.ReadResourceRequest(params=_without_progress_token(params, uri=uri))
+        result = await self._forward(ctx, server, f"the read of '{uri}'", request)
+        return result if uri == params.uri else _with_named_resources(result, "contents", server)
 
-    async def _resource_server(self, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
-        server = self._owner_of(uri)
-        if server is None:  # not listed yet in this run: list, then look again
+    async def _resource_server(self, ctx: ServerRequestContext[Any, Any], uri: str) -> tuple[str, str]:
+        """The server to ask for the resource the client calls `uri`, and the server's own URI of it.
+
+        In a view of several servers, that is the server named in a `toolscript:SERVER:URI`, or the
+        one server whose listing or template produced `uri`; two that did make it ambiguous.
+        """
+        if not self.prefixed:
+            return self.names[0], uri
+        named = _named_resource(uri)
+        if named is not None:
+            return self._named_server(named, uri)
+        owners = self.front.resource_owners(uri, self.names)
+        if not owners:  # not listed yet in this run: list, then look again
             await self._listing(ctx, types.ListResourcesRequest, "resources", "resources")
             await self._listing(ctx, types.ListResourceTemplatesRequest, "resources", "resourceTemplates")
-            server = self._owner_of(uri)
-        if server is None:
+            owners = self.front.resource_owners(uri, self.names)
+        if not owners:
             raise MCPError(types.INVALID_PARAMS, f"Unknown resource: {uri} (no server here lists it)")
-        return server
+        if len(owners) > 1:
+            raise MCPError(types.INVALID_PARAMS, _ambiguous("Resource", uri, owners))
+        return owners[0], uri
 
     async def _subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> Any:
         downstream = await self.client(ctx)
-        server = await self._resource_server(ctx, params.uri)
-        if params.uri not in downstream.subscriptions:
+        key = await self._resource_server(ctx, params.uri)
+        if key not in downstream.subscriptions:
             try:
-                await self.front.subscribe(server, params.uri)
+                await self.front.subscribe(*key)
             except ToolscriptError as exc:
                 raise MCPError(types.INTERNAL_ERROR, exc.message) from None
-            downstream.subscriptions.add(params.uri)
+            downstream.subscriptions[key] = params.uri
         return {}
 
     async def _unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams) -> Any:
         downstream = await self.client(ctx)
-        if params.uri in downstream.subscriptions:
-            downstream.subscriptions.discard(params.uri)
-            server = await self._resource_server(ctx, params.uri)
+        key = next((key for key, uri in downstream.subscriptions.items() if uri == params.uri), None)
+        if key is not None:
+            del downstream.subscriptions[key]
             try:
-                await self.front.unsubscribe(server, params.uri)
+                await self.front.unsubscribe(*key)
             except ToolscriptError as exc:
                 raise MCPError(types.INTERNAL_ERROR, exc.message) from None
         return {}
@@ -683,15 +716,27 @@ class _View(Server):  # type: ignore[type-arg]
             server, prompt = self.route(ref.name, "prompt")
             ref = ref.model_copy(update={"name": prompt})
         else:
-            found = self.names[0] if not self.prefixed else self.front.template_owner(ref.uri, self.names)
-            if found is None:
-                await self._listing(ctx, types.ListResourceTemplatesRequest, "resources", "resourceTemplates")
-                found = self.front.template_owner(ref.uri, self.names)
-            if found is None:
-                raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: {ref.uri}")
-            server = found
+            server, template = await self._template_server(ctx, ref.uri)
+            ref = ref.model_copy(update={"uri": template})
         request = types.CompleteRequest(params=_without_progress_token(params, ref=ref))
         return await self._forward(ctx, server, f"the completion of '{params.argument.name}'", request)
+
+    async def _template_server(self, ctx: ServerRequestContext[Any, Any], template: str) -> tuple[str, str]:
+        """The server whose URI template the client calls `template`, and the server's own template."""
+        if not self.prefixed:
+            return self.names[0], template
+        named = _named_resource(template)
+        if named is not None:
+            return self._named_server(named, template)
+        owners = self.front.template_owners(template, self.names)
+        if not owners:
+            await self._listing(ctx, types.ListResourceTemplatesRequest, "resources", "resourceTemplates")
+            owners = self.front.template_owners(template, self.names)
+        if not owners:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: {template}")
+        if len(owners) > 1:
+            raise MCPError(types.INVALID_PARAMS, _ambiguous("Resource template", template, owners))
+        return owners[0], template
 
     async def _set_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
         (await self.client(ctx)).log_level = params.level
@@ -793,10 +838,16 @@ async def _serve_stdio(config: Config, only: list[str] | None, version: str, lis
     async with gateway.run_in_current_loop(), front.running(), anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, tg.cancel_scope, ended_by)
         async with _stdio_streams() as (read, write):
+            tg.start_soon(_stop_when_set, write.gone, tg.cancel_scope)
             await view.run(read, write, view.create_initialization_options())
         log.debug("stdin closed; stopping")
         tg.cancel_scope.cancel()
     return ended_by[0] if ended_by else None
+
+
+async def _stop_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _stop_on_signals(scope: anyio.CancelScope, ended_by: list[int]) -> None:
@@ -897,15 +948,22 @@ class _WireOut:
 
     What the pipe does not take at once goes to the backlog (and so does every message after
     it, until the backlog is written), which `write_backlog` writes in order; so a sender
-    cancelled while it waits never leaves half a message on the wire. A sender waits until
-    its message is out.
+    cancelled while it waits never leaves half a message on the wire. The sender of an answer
+    or a request waits until its message is out; a notification's does not (the front passes
+    the servers' notifications on one after another, and one client that does not read must
+    not hold them all up). Notifications the client has not read are bounded as `/mcp`'s
+    streams are (`MAX_UNSENT_BYTES`): beyond that the client counts as gone, and `gone` is set.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._backlog_in, self._backlog = anyio.create_memory_object_stream[tuple[memoryview, anyio.Event]](math.inf)
+        self._backlog_in, self._backlog = anyio.create_memory_object_stream[tuple[memoryview, anyio.Event | None]](
+            math.inf
+        )
         self._waiting = 0  # messages in the backlog, not yet all written
-        self._broken = False  # the client closed its end
+        self._unread_notifications = 0  # bytes of the notifications in the backlog
+        self._broken = False  # the client closed its end, or read too little for too long
+        self.gone = anyio.Event()
 
     async def send(self, message: SessionMessage) -> None:
         data = memoryview((message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
@@ -913,12 +971,27 @@ class _WireOut:
             data = self._write(data)
             if not data:
                 return
+        if isinstance(message.message, types.JSONRPCNotification):
+            if self._unread_notifications + len(data) > MAX_UNSENT_BYTES:
+                log.warning(
+                    "The MCP client has not read %d bytes of notifications serve sent it; stopping.", MAX_UNSENT_BYTES
+                )
+                self._give_up()
+                raise anyio.BrokenResourceError
+            self._unread_notifications += len(data)
+            self._waiting += 1
+            self._backlog_in.send_nowait((data, None))
+            return
         written = anyio.Event()
         self._waiting += 1
         self._backlog_in.send_nowait((data, written))
         await written.wait()
         if self._broken:
             raise anyio.BrokenResourceError
+
+    def _give_up(self) -> None:
+        self._broken = True
+        self.gone.set()
 
     def _write(self, data: memoryview) -> memoryview:
         """What of `data` the pipe did not take; a client that went away is the SDK's `BrokenResourceError`."""
@@ -929,17 +1002,21 @@ class _WireOut:
         except BlockingIOError:
             return data
         except (BrokenPipeError, ConnectionResetError):
-            self._broken = True
+            self._give_up()
             raise anyio.BrokenResourceError from None
 
     async def write_backlog(self) -> None:
         """Write the backlog, message by message, as the pipe takes it."""
         async for data, written in self._backlog:
+            size = len(data)
             with contextlib.suppress(anyio.BrokenResourceError):
                 while data := self._write(data):
                     await anyio.wait_writable(self._fd)
             self._waiting -= 1
-            written.set()
+            if written is None:
+                self._unread_notifications -= size
+            else:
+                written.set()
 
     def close(self) -> None:
         self._backlog_in.close()
@@ -972,20 +1049,38 @@ def _without_progress_token(params: Any, **changes: Any) -> Any:
     return params.model_copy(update={"meta": meta, **changes})
 
 
-def _linked_resources(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The resources a tool result links to or embeds, as `{"uri": ...}`, so reading them goes to its server."""
-    found = []
-    for item in result.get("content") or []:
-        if not isinstance(item, dict):
-            continue
-        resource = item.get("resource") if item.get("type") == "resource" else item
-        if (
-            item.get("type") in ("resource", "resource_link")
-            and isinstance(resource, dict)
-            and isinstance(resource.get("uri"), str)
-        ):
-            found.append({"uri": resource["uri"]})
-    return found
+def _named_resource(uri: str) -> tuple[str, str] | None:
+    """The server and its own URI of a `toolscript:SERVER:URI`, or None for any other URI."""
+    if not uri.startswith(RESOURCE_PREFIX):
+        return None
+    server, sep, own = uri[len(RESOURCE_PREFIX) :].partition(":")
+    return (server, own) if sep and server and own else None
+
+
+def _ambiguous(kind: str, uri: str, owners: list[str]) -> str:
+    named = " or ".join(f"{RESOURCE_PREFIX}{server}:{uri}" for server in owners)
+    return f"{kind} {uri} is offered by several servers here ({', '.join(owners)}); name the one you mean: {named}"
+
+
+def _with_named_resources(result: dict[str, Any], key: str, server: str) -> dict[str, Any]:
+    """`result` with the URI of each resource in `result[key]` (a link, an embedded resource, read contents)
+    as `toolscript:SERVER:URI`, so that reading it again goes to `server`."""
+    items = result.get(key)
+    if not isinstance(items, list):
+        return result
+    named = []
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "resource" and isinstance(item.get("resource"), dict):
+            item = {**item, "resource": _with_named_uri(item["resource"], server)}
+        elif isinstance(item, dict) and (item.get("type") == "resource_link" or key == "contents"):
+            item = _with_named_uri(item, server)
+        named.append(item)
+    return {**result, key: named}
+
+
+def _with_named_uri(entry: dict[str, Any], server: str) -> dict[str, Any]:
+    uri = entry.get("uri")
+    return {**entry, "uri": f"{RESOURCE_PREFIX}{server}:{uri}"} if isinstance(uri, str) else entry
 
 
 def _declares(session: ServerSession, accepts: Callable[[types.ClientCapabilities], bool]) -> bool:
@@ -1017,5 +1112,7 @@ async def _logged(work: Awaitable[Any], what: str) -> None:
         await work
     except (ToolscriptError, MCPError) as exc:
         log.warning("Could not %s: %s", what, exc)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        log.debug("Could not %s: the client has gone", what)
     except Exception:
         log.exception("Could not %s", what)
