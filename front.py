@@ -46,6 +46,7 @@ from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from pydantic import TypeAdapter, ValidationError
 
 if __package__:
+    from .config_watch import file_stamp
     from .errors import ToolscriptError, did_you_mean
     from .gateway import (
         AUTH_REQUIRED,
@@ -59,6 +60,7 @@ if __package__:
     )
     from .gateway_http import MAX_UNSENT_BYTES, MCP_PATH
 else:
+    from config_watch import file_stamp
     from errors import ToolscriptError, did_you_mean
     from gateway import (
         AUTH_REQUIRED,
@@ -102,11 +104,20 @@ class Front:
     build it before the gateway starts. Run it with `async with front.running():`.
     """
 
-    def __init__(self, gateway: Gateway, hooks: SessionHooks, *, list_wait: float = DEFAULT_LIST_WAIT) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        hooks: SessionHooks,
+        *,
+        list_wait: float = DEFAULT_LIST_WAIT,
+        servers_changed: Callable[[], None] | None = None,
+    ) -> None:
         self.gateway = gateway
         self.list_wait = list_wait
+        self._servers_changed = servers_changed  # told (on the loop) once the gateway's servers changed
         hooks.status_changed = self._on_status_changed
         hooks.notification = self._on_notification
+        hooks.servers_changed = self._on_servers_changed
         hooks.offers_sampling = True  # passed on to the client whose request a server is serving
         self._views: list[_View] = []
         self._events_in, self._events = anyio.create_memory_object_stream[tuple[str, str, Any]](math.inf)
@@ -121,11 +132,16 @@ class Front:
         self._subscriptions: dict[tuple[str, str], int] = {}  # (server, uri) -> subscribed clients
         self._log_level: str | None = None  # the level last asked for, applied to servers as they connect
 
-    def view(self, names: Iterable[str], *, version: str = "") -> _View:
-        """Return an SDK `Server` serving `names`: with one name, its names as they are, else `SERVER__NAME`."""
-        view = _View(self, list(names), version=version)
+    def view(self, names: Iterable[str] | None = None, *, version: str = "") -> _View:
+        """Return an SDK `Server` serving `names` (default: every server of the gateway, as its config changes):
+        with one server, its names as they are, else `SERVER__NAME`."""
+        view = _View(self, None if names is None else list(names), version=version)
         self._views.append(view)
         return view
+
+    def drop_view(self, view: _View) -> None:
+        """Forget `view` (its server left the config)."""
+        self._views.remove(view)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Front]:
@@ -282,12 +298,17 @@ class Front:
     def _on_notification(self, server: str, message: Any) -> None:
         self._events_in.send_nowait(("notification", server, message))
 
+    def _on_servers_changed(self, gone: list[str], new: list[str]) -> None:
+        self._events_in.send_nowait(("servers", "", gone))
+
     async def _deliver_events(self) -> None:
         """Handle the gateway's events one at a time, in the order they came."""
         async for kind, server, message in self._events:
             try:
                 if kind == "status":
                     self._status_event(server)
+                elif kind == "servers":
+                    await self._servers_event(message)
                 else:
                     await self._notify(server, message)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):  # a client went away meanwhile
@@ -295,7 +316,28 @@ class Front:
             except Exception:  # one bad event must not stop the others
                 log.exception("Server '%s': could not pass on %s", server, type(message).__name__)
 
+    async def _servers_event(self, gone: list[str]) -> None:
+        """The config changed: forget what `gone` servers (removed or changed) listed, tell the clients."""
+        removed = [name for name in gone if name not in self.gateway.server_names]
+        for name in gone:
+            self._statuses.pop(name, None)  # a changed server's connection is announced as a new one's
+            self._listed.pop(name, None)
+            self._templates.pop(name, None)
+        for key in [key for key in self._subscriptions if key[0] in removed]:
+            del self._subscriptions[key]
+        if self._servers_changed is not None:
+            self._servers_changed()
+        for view in list(self._views):
+            if not view.follows_config and not any(name in view.names for name in gone):
+                continue
+            for downstream in list(view.downstreams):
+                for key in [key for key in downstream.subscriptions if key[0] in removed]:
+                    del downstream.subscriptions[key]
+                await _logged(_announce_lists(downstream), "announce the changed lists")
+
     def _status_event(self, server: str) -> None:
+        if server not in self.gateway.server_names:
+            return  # a server the config no longer has, closing
         status, before = self.gateway.status(server), self._statuses.get(server)
         self._statuses[server] = status
         if status == before:
@@ -407,10 +449,11 @@ class Front:
         connected with it or was reconnected because of it; a change seen while the server
         is connecting waits for the outcome.
         """
-        used = {name: _file_stamp(self.gateway.store.path(name)) for name in self.gateway.server_names}
+        used: dict[str, Any] = {}
         while True:
             for name in self.gateway.server_names:
-                status, stamp = self.gateway.status(name), _file_stamp(self.gateway.store.path(name))
+                status, stamp = self.gateway.status(name), file_stamp(self.gateway.store.path(name))
+                used.setdefault(name, stamp)
                 if status == CONNECTED:
                     used[name] = stamp
                 elif status == AUTH_REQUIRED and stamp != used[name] and self._tasks is not None:
@@ -482,10 +525,9 @@ class _Downstream:
 class _View(Server):  # type: ignore[type-arg]
     """An SDK `Server` over some of a front's servers, with every handler registered (see `Front.view`)."""
 
-    def __init__(self, front: Front, names: list[str], *, version: str) -> None:
+    def __init__(self, front: Front, names: list[str] | None, *, version: str) -> None:
         self.front = front
-        self.names = names
-        self.prefixed = len(names) != 1
+        self._names = names
         self.downstreams: set[_Downstream] = set()
         super().__init__(
             "toolscript",
@@ -511,6 +553,20 @@ class _View(Server):  # type: ignore[type-arg]
         """Declare `listChanged` for tools, resources and prompts: servers come and go behind the view."""
         every_change = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
         return super().create_initialization_options(notification_options or every_change, *args, **kwargs)
+
+    @property
+    def names(self) -> list[str]:
+        """Its servers: the ones it was made for, or every server of the gateway."""
+        return self.front.gateway.server_names if self._names is None else self._names
+
+    @property
+    def follows_config(self) -> bool:
+        """Whether it serves every server of the gateway, as the gateway's config has them now."""
+        return self._names is None
+
+    @property
+    def prefixed(self) -> bool:
+        return len(self.names) != 1
 
     def _instructions(self) -> str | None:
         if not self.prefixed:
@@ -761,28 +817,59 @@ class HttpFront:
     def __init__(
         self, gateway: Gateway, hooks: SessionHooks, *, version: str = "", list_wait: float = DEFAULT_LIST_WAIT
     ) -> None:
-        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-
         warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # as in serve_stdio
         self.gateway = gateway
-        self.front = Front(gateway, hooks, list_wait=list_wait)
-        views = {"": gateway.server_names} | {name: [name] for name in gateway.server_names}
+        self.version = version
+        self.front = Front(gateway, hooks, list_wait=list_wait, servers_changed=self._follow_servers)
         self._serving = False  # between entering and leaving `running`
-        self._managers = {
-            key: StreamableHTTPSessionManager(self.front.view(names, version=version)) for key, names in views.items()
-        }
+        self._managers: dict[str, Any] = {}  # "" for /mcp, NAME for /mcp/NAME: the running session managers
+        self._stops: dict[str, anyio.Event] = {}  # set to end a manager and its sessions
+        self._tasks: anyio.abc.TaskGroup | None = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[HttpFront]:
         """Serve sessions until exit; on exit every session ends (its open streams close)."""
-        async with self.front.running(), contextlib.AsyncExitStack() as stack:
-            for manager in self._managers.values():
-                await stack.enter_async_context(manager.run())
+        async with self.front.running(), anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            for key in ["", *self.gateway.server_names]:
+                await tasks.start(self._run_manager, key)
             self._serving = True
             try:
                 yield self
             finally:
                 self._serving = False
+                self._tasks = None
+                for stop in self._stops.values():
+                    stop.set()
+
+    async def _run_manager(
+        self, key: str, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve `/mcp` (`key` "") or `/mcp/NAME` until its stop is set."""
+        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+        view = self.front.view(None if key == "" else [key], version=self.version)
+        manager = StreamableHTTPSessionManager(view)
+        stop = self._stops[key] = anyio.Event()
+        try:
+            async with manager.run():
+                self._managers[key] = manager
+                task_status.started()
+                await stop.wait()
+        finally:
+            if self._managers.get(key) is manager:
+                del self._managers[key]
+            self.front.drop_view(view)
+
+    def _follow_servers(self) -> None:
+        """The gateway's servers changed: end `/mcp/NAME` of a server gone, start it for a new one."""
+        names = self.gateway.server_names
+        for key in [key for key in self._stops if key and key not in names]:
+            self._managers.pop(key, None)  # refused from now on; its sessions end
+            self._stops.pop(key).set()
+        for name in names:
+            if name not in self._stops and self._tasks is not None:
+                self._tasks.start_soon(self._run_manager, name)
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Start `func(*args)` on the gateway's loop from another thread (a `concurrent.futures.Future`)."""
@@ -818,22 +905,30 @@ async def _json_answer(send: Any, status: int, payload: dict[str, Any]) -> None:
 
 
 def serve_stdio(
-    config: Config, only: list[str] | None = None, *, version: str = "", list_wait: float = DEFAULT_LIST_WAIT
+    config: Config,
+    only: list[str] | None = None,
+    *,
+    version: str = "",
+    list_wait: float = DEFAULT_LIST_WAIT,
+    reload: Callable[[], Config] | None = None,
 ) -> int | None:
     """Serve the servers of `config` (or `only` those) over stdin and stdout until EOF or a signal.
 
+    With `reload` (how `config` was read) the servers follow the config (see `Gateway`).
     Returns the number of the signal that ended it (SIGTERM, SIGHUP, SIGINT), or None at EOF.
     Every stdio server started is ended before it returns.
     """
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging, sampling: still what clients use
-    return anyio.run(_serve_stdio, config, only, version, list_wait)
+    return anyio.run(_serve_stdio, config, only, version, list_wait, reload)
 
 
-async def _serve_stdio(config: Config, only: list[str] | None, version: str, list_wait: float) -> int | None:
+async def _serve_stdio(
+    config: Config, only: list[str] | None, version: str, list_wait: float, reload: Callable[[], Config] | None
+) -> int | None:
     hooks = SessionHooks()
-    gateway = Gateway(config, only=only, hooks=hooks)
+    gateway = Gateway(config, only=only, hooks=hooks, reload=reload)
     front = Front(gateway, hooks, list_wait=list_wait)
-    view = front.view(gateway.server_names, version=version)
+    view = front.view(version=version)
     ended_by: list[int] = []
     async with gateway.run_in_current_loop(), front.running(), anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, tg.cancel_scope, ended_by)
@@ -1098,12 +1193,11 @@ def _template_matches(template: str, uri: str) -> bool:
     return re.fullmatch("".join(pattern), uri) is not None
 
 
-def _file_stamp(path: os.PathLike[str] | str) -> tuple[int, int, int] | None:
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found.st_ino, found.st_mtime_ns, found.st_size
+async def _announce_lists(downstream: _Downstream) -> None:
+    """Tell a client that the tools, resources and prompts it may have listed changed."""
+    await downstream.session.send_tool_list_changed()
+    await downstream.session.send_resource_list_changed()
+    await downstream.session.send_prompt_list_changed()
 
 
 async def _logged(work: Awaitable[Any], what: str) -> None:

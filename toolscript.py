@@ -1013,7 +1013,8 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
     else:
         from front import HttpFront
     hooks = gateway_module.SessionHooks()
-    gateway = gateway_module.Gateway(cfg, hooks=hooks)  # announces each server as it connects or fails
+    # Announces each server as it connects or fails; follows the config as it changes.
+    gateway = gateway_module.Gateway(cfg, hooks=hooks, reload=lambda: _config.load_config(args.config))
     mcp = HttpFront(gateway, hooks, version=__version__, list_wait=max(0.0, args.wait))  # /mcp and /mcp/SERVER
     try:
         api = ApiServer(gateway, args.host, args.port, mcp=mcp)
@@ -1083,10 +1084,12 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
         from . import front
     else:
         import front
-    names = list(dict.fromkeys(cfg.server(name).name for name in args.server)) or list(cfg.servers)
-    if not names:
+    names = list(dict.fromkeys(cfg.server(name).name for name in args.server)) or None  # None: all, as they change
+    if not cfg.servers:
         raise UsageError(_no_servers(cfg))
-    ended_by = front.serve_stdio(cfg, names, version=__version__, list_wait=max(0.0, args.wait))
+    ended_by = front.serve_stdio(
+        cfg, names, version=__version__, list_wait=max(0.0, args.wait), reload=lambda: _config.load_config(args.config)
+    )
     return EXIT_INTERRUPTED if ended_by == signal.SIGINT else EXIT_OK
 
 
