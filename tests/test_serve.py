@@ -535,6 +535,35 @@ def test_a_late_server_appears_through_list_changed(tmp_path: Path, front: str) 
 
 
 @pytest.mark.parametrize("front", FRONTS)
+def test_servers_added_to_or_removed_from_the_config_appear_and_go_through_list_changed(
+    tmp_path: Path, front: str
+) -> None:
+    config = write_config({"a": stdio_server()}, tmp_path / "toolscript.toml")
+
+    async def scenario() -> None:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(
+                config, "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog, front=front
+            ) as client:
+                assert "echo" in await client.list_until(lambda names: "echo" in names)  # one server: its own names
+                a_pid = texts(await client.call_raw("pid"))
+                write_config({"a": stdio_server(), "b": stdio_server()}, config)
+                names = await client.list_until(lambda names: "b__echo" in names)
+                assert "a__echo" in names  # two servers now: SERVER__TOOL
+                assert texts(await client.call_raw("a__pid")) == a_pid  # unchanged: the same session
+                b_pid = int(texts(await client.call_raw("b__pid"))[0])
+                write_config({"b": stdio_server()}, config)
+                names = await client.list_until(lambda names: "pid" in names)
+                assert not any(name.startswith("a__") for name in names)
+                assert texts(await client.call_raw("pid")) == [str(b_pid)]
+                with anyio.fail_after(TIMEOUT):
+                    while process_exists(int(a_pid[0])):  # the removed server's process ends
+                        await anyio.sleep(0.05)
+
+    anyio.run(scenario)
+
+
+@pytest.mark.parametrize("front", FRONTS)
 def test_progress_restarts_a_calls_timeout_even_when_the_client_did_not_ask_for_progress(
     tmp_path: Path, front: str
 ) -> None:
