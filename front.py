@@ -8,11 +8,13 @@ serve` runs it over stdio (`serve_stdio`); the gateway's streamable HTTP `/mcp` 
 `Front` and its views.
 
 A `Front` belongs to one gateway and runs on that gateway's event loop. `Front.view(names)`
-builds an SDK `Server` over some of its servers: with one server, names pass through
-unchanged (a transparent proxy); with several, tools and prompts are `SERVER__NAME` and a
-resource URI goes back to the server that listed it. Requests are forwarded raw, so what
-a server sends (annotations, output schemas, structured content, `_meta`) reaches the
-client as the SDK lets it through, without the SDK client's result checks in between.
+builds an SDK `Server` over some of its servers (by default every server of the gateway,
+as its config changes): with one server, names pass through unchanged (a transparent
+proxy); with several, tools and prompts are `SERVER__NAME` and a resource read goes to the
+server whose listing or template produced the URI (`toolscript:SERVER:URI` where two do).
+Requests are forwarded raw, so what a server sends (annotations, output schemas,
+structured content, `_meta`) reaches the client as the SDK lets it through, without the
+SDK client's result checks in between.
 Server-to-client notifications (log messages, list changes, resource updates) arrive
 through the gateway's `SessionHooks` and go to the clients of the views that include the
 server; a server's requests (elicitation, sampling) go to the client whose request it is
