@@ -1063,6 +1063,8 @@ class _WireOut:
         self.gone = anyio.Event()
 
     async def send(self, message: SessionMessage) -> None:
+        if self._broken:
+            raise anyio.BrokenResourceError
         data = memoryview((message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
         if not self._waiting:
             data = self._write(data)

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from conftest import (
     BROKEN,
+    INITIALIZE,
     ROOT,
     STDIO_SERVER,
     DenyingAuth,
@@ -345,12 +347,16 @@ def test_the_gateway_follows_its_config_file(capsys: pytest.CaptureFixture[str],
     config = write_config({"a": stdio_server()})
     proc, first = start_gateway_process()
     try:
-        url = gateway_variables(first)["TOOLSCRIPT_GATEWAY_URL"]
+        url, token = gateway_variables(first).values()
         monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", url)
         gateway = RemoteGateway(url)
 
         def pid(server: str) -> int:
             return int(gateway.call(f"{server}__pid")["content"][0]["text"])
+
+        def mcp_status(server: str) -> int:  # of an MCP initialize at /mcp/SERVER
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+            return httpx2.post(f"{url}/mcp/{server}", json=INITIALIZE, headers=headers, timeout=60).status_code
 
         a_pid = pid("a")
         # Added: usable at once, through the gateway, by the next command.
@@ -358,6 +364,7 @@ def test_the_gateway_follows_its_config_file(capsys: pytest.CaptureFixture[str],
         assert cli(capsys, "call", "b__echo", '{"text": "new"}') == (0, "new\n", "")
         b_pid = pid("b")
         assert pid("a") == a_pid  # an unchanged server keeps its session
+        wait_until(lambda: mcp_status("b") == 200, timeout=30, what="/mcp/b to serve")
         # Changed: reconnected (a new process; the old one ends); the others untouched.
         write_config({"a": stdio_server(exclude_tools=["crash"]), "b": stdio_server()})
         a_pid_changed = pid("a")
@@ -367,6 +374,7 @@ def test_the_gateway_follows_its_config_file(capsys: pytest.CaptureFixture[str],
         assert cli(capsys, "remove", "a")[0] == 0
         assert [row["name"] for row in gateway.servers()] == ["b"]
         wait_until(lambda: not process_exists(a_pid_changed), timeout=30, what="the removed server's process to end")
+        wait_until(lambda: mcp_status("a") == 404, timeout=30, what="/mcp/a to go")
         unknown = f"Unknown server 'a' in {config.absolute()}, the config this gateway serves (configured: b)."
         assert cli(capsys, "call", "a__echo") == (2, "", f"error: {unknown}\n")
         # A file that does not validate: logged once, naming the key; the last good config is served.
