@@ -329,7 +329,7 @@ class Front:
             del self._subscriptions[key]
         if self._servers_changed is not None:
             self._servers_changed()
-        for view in list(self._views):
+        for view in list(self._views) if gone else []:
             if not view.follows_config and not any(name in view.names for name in gone):
                 continue
             for downstream in list(view.downstreams):
@@ -824,8 +824,7 @@ class HttpFront:
         self.version = version
         self.front = Front(gateway, hooks, list_wait=list_wait, servers_changed=self._follow_servers)
         self._serving = False  # between entering and leaving `running`
-        self._managers: dict[str, Any] = {}  # "" for /mcp, NAME for /mcp/NAME: the running session managers
-        self._stops: dict[str, anyio.Event] = {}  # set to end a manager and its sessions
+        self._endpoints: dict[str, _Endpoint] = {}  # "" for /mcp, NAME for /mcp/NAME
         self._tasks: anyio.abc.TaskGroup | None = None
 
     @contextlib.asynccontextmanager
@@ -834,44 +833,59 @@ class HttpFront:
         async with self.front.running(), anyio.create_task_group() as tasks:
             self._tasks = tasks
             for key in ["", *self.gateway.server_names]:
-                await tasks.start(self._run_manager, key)
+                await self._open(key).ready.wait()
             self._serving = True
             try:
                 yield self
             finally:
                 self._serving = False
                 self._tasks = None
-                for stop in self._stops.values():
-                    stop.set()
+                for endpoint in self._endpoints.values():
+                    endpoint.stop.set()
 
-    async def _run_manager(
-        self, key: str, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve `/mcp` (`key` "") or `/mcp/NAME` until its stop is set."""
+    def _open(self, key: str) -> _Endpoint:
+        """Start serving `/mcp` (`key` "") or `/mcp/NAME`; it is `ready` once its sessions can start."""
+        assert self._tasks is not None
+        endpoint = self._endpoints[key] = _Endpoint()
+        self._tasks.start_soon(self._serve_endpoint, key, endpoint)
+        return endpoint
+
+    async def _serve_endpoint(self, key: str, endpoint: _Endpoint) -> None:
         from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
         view = self.front.view(None if key == "" else [key], version=self.version)
         manager = StreamableHTTPSessionManager(view)
-        stop = self._stops[key] = anyio.Event()
         try:
             async with manager.run():
-                self._managers[key] = manager
-                task_status.started()
-                await stop.wait()
+                endpoint.manager = manager
+                endpoint.ready.set()
+                await endpoint.stop.wait()
         finally:
-            if self._managers.get(key) is manager:
-                del self._managers[key]
+            endpoint.manager = None
+            endpoint.ready.set()
             self.front.drop_view(view)
 
     def _follow_servers(self) -> None:
         """The gateway's servers changed: end `/mcp/NAME` of a server gone, start it for a new one."""
         names = self.gateway.server_names
-        for key in [key for key in self._stops if key and key not in names]:
-            self._managers.pop(key, None)  # refused from now on; its sessions end
-            self._stops.pop(key).set()
+        for key in [key for key in self._endpoints if key and key not in names]:
+            self._endpoints.pop(key).stop.set()  # refused from now on; its sessions end
         for name in names:
-            if name not in self._stops and self._tasks is not None:
-                self._tasks.start_soon(self._run_manager, name)
+            if name not in self._endpoints and self._tasks is not None:
+                self._open(name)
+
+    async def _manager(self, name: str) -> Any:
+        """The session manager of `/mcp` (`name` "") or `/mcp/NAME`, or None; a server added to the config a
+        moment ago is served at once."""
+        if name not in self._endpoints and self._serving:
+            await self.gateway.reload_config()
+        if name and (name in self._endpoints) != (name in self.gateway.server_names):
+            self._follow_servers()  # now, not when the front hears of the change
+        endpoint = self._endpoints.get(name)
+        if endpoint is None:
+            return None
+        await endpoint.ready.wait()
+        return endpoint.manager
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Start `func(*args)` on the gateway's loop from another thread (a `concurrent.futures.Future`)."""
@@ -881,7 +895,7 @@ class HttpFront:
         """The ASGI app for `/mcp` and `/mcp/SERVER`."""
         rest = scope["path"][len(MCP_PATH) :]  # decoded already, as ASGI has it
         name = rest[1:] if rest.startswith("/") else rest
-        manager = self._managers.get(name)
+        manager = await self._manager(name)
         if not self._serving:
             await _json_answer(send, 503, {"error": "The gateway is stopping."})
         elif manager is None and name in self.gateway.config.unusable:
@@ -894,6 +908,15 @@ class HttpFront:
             await _json_answer(send, 404, {"error": f"{problem}."})
         else:
             await manager.handle_request(scope, receive, send)
+
+
+@dataclass(eq=False)
+class _Endpoint:
+    """`/mcp` or `/mcp/NAME` of an `HttpFront`: its session manager while it runs; `stop` ends its sessions."""
+
+    manager: Any = None
+    ready: anyio.Event = field(default_factory=anyio.Event)  # running, or failed to
+    stop: anyio.Event = field(default_factory=anyio.Event)
 
 
 async def _json_answer(send: Any, status: int, payload: dict[str, Any]) -> None:
