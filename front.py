@@ -609,7 +609,9 @@ class _View(Server):  # type: ignore[type-arg]
         return found  # type: ignore[no-any-return]
 
     async def client(self, ctx: ServerRequestContext[Any, Any]) -> _Downstream:
-        """`downstream(ctx)`, told with this request which of its servers need authorization (`Front.greet`)."""
+        """`downstream(ctx)`, told with this request which of its servers need authorization (`Front.greet`);
+        the gateway's config is read again first if it changed."""
+        await self.front.gateway.follow_config()
         downstream = self.downstream(ctx)
         await self.front.greet(downstream, ctx.request_id)
         return downstream

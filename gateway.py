@@ -539,6 +539,11 @@ class Gateway:
         """The servers this gateway connects, in config order (it changes when a followed config does)."""
         return list(self._configs)
 
+    async def follow_config(self) -> None:
+        """Before a request: read the config again if one of its files changed (a followed config only)."""
+        if self._watch is not None and self._watch.changed():
+            await self.reload_config()
+
     async def reload_config(self) -> None:
         """Read the config again, if the gateway follows it, and apply what changed (see the class docstring)."""
         if self._watch is None or self._reloading is None:
@@ -775,7 +780,7 @@ class Gateway:
         return server, tool
 
     def _follow_config(self) -> None:
-        """Before a request: read the config again if one of its files changed (a followed config only)."""
+        """`follow_config` from another thread (checked here first: most requests find no change)."""
         if self._watch is not None and self._watch.changed():
             self._run_on_loop(self.reload_config)
 
