@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         # The demo brings its own config; a broken user config must not stop it.
-        cfg = _config.load_config(args.config) if getattr(args, "needs_config", True) else None
+        cfg = _load_config(args) if getattr(args, "needs_config", True) else None
         if cfg is not None and args.func not in (cmd_servers, cmd_auth):  # those two list them
             for name, problem in cfg.unusable.items():
                 log.warning(
@@ -91,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    """The config a command uses (also how a running gateway or serve reads it again)."""
+    return _config.load_config(args.config)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -1014,7 +1019,7 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
         from front import HttpFront
     hooks = gateway_module.SessionHooks()
     # Announces each server as it connects or fails; follows the config as it changes.
-    gateway = gateway_module.Gateway(cfg, hooks=hooks, reload=lambda: _config.load_config(args.config))
+    gateway = gateway_module.Gateway(cfg, hooks=hooks, reload=lambda: _load_config(args))
     mcp = HttpFront(gateway, hooks, version=__version__, list_wait=max(0.0, args.wait))  # /mcp and /mcp/SERVER
     try:
         api = ApiServer(gateway, args.host, args.port, mcp=mcp)
@@ -1088,7 +1093,7 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     if not cfg.servers:
         raise UsageError(_no_servers(cfg))
     ended_by = front.serve_stdio(
-        cfg, names, version=__version__, list_wait=max(0.0, args.wait), reload=lambda: _config.load_config(args.config)
+        cfg, names, version=__version__, list_wait=max(0.0, args.wait), reload=lambda: _load_config(args)
     )
     return EXIT_INTERRUPTED if ended_by == signal.SIGINT else EXIT_OK
 
