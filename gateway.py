@@ -804,8 +804,10 @@ class Gateway:
         if self._watch is None:
             return config.unknown_server(server, f"in {config.path}" if config.path else "")
         # Absolute: the client asking may run elsewhere than the gateway.
-        files = ", ".join(str(path.absolute()) for path in config.files) or "no config file"
+        files = ", ".join(str(path.absolute()) for path in config.files) or "no file"
         problem = self._watch.problem
+        if problem is None and not config.files:
+            return config.unknown_server(server, "in the config this gateway serves, which comes from no file")
         if problem is None:
             return config.unknown_server(server, f"in {files}, the config this gateway serves")
         why = problem.message.rstrip(".")
