@@ -330,7 +330,8 @@ class Front:
         if self._servers_changed is not None:
             self._servers_changed()
         for view in list(self._views) if gone else []:
-            if not view.follows_config and not any(name in view.names for name in gone):
+            # A view of one removed server is ending (HttpFront); a changed one's clients are told.
+            if not view.follows_config and not any(name in view.names and name not in removed for name in gone):
                 continue
             for downstream in list(view.downstreams):
                 for key in [key for key in downstream.subscriptions if key[0] in removed]:
