@@ -127,6 +127,11 @@ class Config:
     # A project file found but not used, for the warning that says how to trust it.
     ignored_project: IgnoredProject | None = None
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files this config was read from (what a running gateway watches)."""
+        return self.sources or ((self.path,) if self.path else ())
+
     def server(self, name: str) -> ServerConfig:
         """Return the server called `name` or raise a `ConfigError` (listing the known ones, or why it is unusable)."""
         if name in self.unusable:
@@ -134,11 +139,16 @@ class Config:
         try:
             return self.servers[name]
         except KeyError:
-            where = f" in {' and '.join(map(str, self.sources))}" if self.sources else ""
-            # A near miss names the server meant; else the list shows what there is.
-            known = [*self.servers, *self.unusable]
-            hint = did_you_mean(name, known) or f" (configured: {', '.join(known) or 'none'})"
-            raise ConfigError(f"Unknown server '{name}'{where}{hint}.", server=name) from None
+            raise self.unknown_server(
+                name, f"in {' and '.join(map(str, self.sources))}" if self.sources else ""
+            ) from None
+
+    def unknown_server(self, name: str, where: str) -> ConfigError:
+        """The error for a server `name` this config lacks; `where` ("in FILE") says which config that is."""
+        # A near miss names the server meant; else the list shows what there is.
+        known = [*self.servers, *self.unusable]
+        hint = did_you_mean(name, known) or f" (configured: {', '.join(known) or 'none'})"
+        return ConfigError(f"Unknown server '{name}'{' ' + where if where else ''}{hint}.", server=name)
 
 
 def toolscript_home(environ: dict[str, str] | None = None) -> Path:

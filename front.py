@@ -8,11 +8,13 @@ serve` runs it over stdio (`serve_stdio`); the gateway's streamable HTTP `/mcp` 
 `Front` and its views.
 
 A `Front` belongs to one gateway and runs on that gateway's event loop. `Front.view(names)`
-builds an SDK `Server` over some of its servers: with one server, names pass through
-unchanged (a transparent proxy); with several, tools and prompts are `SERVER__NAME` and a
-resource URI goes back to the server that listed it. Requests are forwarded raw, so what
-a server sends (annotations, output schemas, structured content, `_meta`) reaches the
-client as the SDK lets it through, without the SDK client's result checks in between.
+builds an SDK `Server` over some of its servers (by default every server of the gateway,
+as its config changes): with one server, names pass through unchanged (a transparent
+proxy); with several, tools and prompts are `SERVER__NAME` and a resource read goes to the
+server whose listing or template produced the URI (`toolscript:SERVER:URI` where two do).
+Requests are forwarded raw, so what a server sends (annotations, output schemas,
+structured content, `_meta`) reaches the client as the SDK lets it through, without the
+SDK client's result checks in between.
 Server-to-client notifications (log messages, list changes, resource updates) arrive
 through the gateway's `SessionHooks` and go to the clients of the views that include the
 server; a server's requests (elicitation, sampling) go to the client whose request it is
@@ -46,6 +48,7 @@ from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from pydantic import TypeAdapter, ValidationError
 
 if __package__:
+    from .config_watch import file_stamp
     from .errors import ToolscriptError, did_you_mean
     from .gateway import (
         AUTH_REQUIRED,
@@ -57,8 +60,9 @@ if __package__:
         SessionHooks,
         tool_allowed,
     )
-    from .gateway_http import MCP_PATH
+    from .gateway_http import MAX_UNSENT_BYTES, MCP_PATH
 else:
+    from config_watch import file_stamp
     from errors import ToolscriptError, did_you_mean
     from gateway import (
         AUTH_REQUIRED,
@@ -70,7 +74,7 @@ else:
         SessionHooks,
         tool_allowed,
     )
-    from gateway_http import MCP_PATH
+    from gateway_http import MAX_UNSENT_BYTES, MCP_PATH
 
 if TYPE_CHECKING:
     from mcp.client.session import ClientRequestContext, ClientSession
@@ -90,6 +94,9 @@ AUTH_POLL_INTERVAL = 2.0
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 _RAW: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])  # a result as sent; the server re-checks it
 _STATE_KEY = "toolscript.downstream"
+# In a view of several servers, a resource URI that two servers claim is shown as
+# toolscript:SERVER:URI (a valid URI still), and a read of that goes to SERVER with URI.
+RESOURCE_PREFIX = "toolscript:"
 
 
 class Front:
@@ -99,11 +106,20 @@ class Front:
     build it before the gateway starts. Run it with `async with front.running():`.
     """
 
-    def __init__(self, gateway: Gateway, hooks: SessionHooks, *, list_wait: float = DEFAULT_LIST_WAIT) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        hooks: SessionHooks,
+        *,
+        list_wait: float = DEFAULT_LIST_WAIT,
+        servers_changed: Callable[[], None] | None = None,
+    ) -> None:
         self.gateway = gateway
         self.list_wait = list_wait
+        self._servers_changed = servers_changed  # told (on the loop) once the gateway's servers changed
         hooks.status_changed = self._on_status_changed
         hooks.notification = self._on_notification
+        hooks.servers_changed = self._on_servers_changed
         hooks.offers_sampling = True  # passed on to the client whose request a server is serving
         self._views: list[_View] = []
         self._events_in, self._events = anyio.create_memory_object_stream[tuple[str, str, Any]](math.inf)
@@ -111,17 +127,23 @@ class Front:
         self._statuses: dict[str, str] = {}
         self._list_deadline = math.inf
         self._tasks: anyio.abc.TaskGroup | None = None
-        # Where resource URIs and templates came from, across views: uri -> server, (server, template).
-        self._resource_owners: dict[str, str] = {}
-        self._templates: list[tuple[str, str]] = []
+        # What each server's last resource and template listing held: a read goes to the server
+        # whose listing or template produced the URI, never to one that merely mentioned it.
+        self._listed: dict[str, set[str]] = {}
+        self._templates: dict[str, list[str]] = {}
         self._subscriptions: dict[tuple[str, str], int] = {}  # (server, uri) -> subscribed clients
         self._log_level: str | None = None  # the level last asked for, applied to servers as they connect
 
-    def view(self, names: Iterable[str], *, version: str = "") -> _View:
-        """Return an SDK `Server` serving `names`: with one name, its names as they are, else `SERVER__NAME`."""
-        view = _View(self, list(names), version=version)
+    def view(self, names: Iterable[str] | None = None, *, version: str = "") -> _View:
+        """Return an SDK `Server` serving `names` (default: every server of the gateway, as its config changes):
+        with one server, its names as they are, else `SERVER__NAME`."""
+        view = _View(self, None if names is None else list(names), version=version)
         self._views.append(view)
         return view
+
+    def drop_view(self, view: _View) -> None:
+        """Forget `view` (its server left the config)."""
+        self._views.remove(view)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Front]:
@@ -212,28 +234,25 @@ class Front:
             return False
         return getattr(session.server_capabilities, capability, None) is not None
 
-    def record_resources(self, server: str, entries: Iterable[dict[str, Any]]) -> None:
-        """Remember which server listed these resources (`uri`) or templates (`uriTemplate`)."""
-        for entry in entries:
-            if isinstance(entry.get("uri"), str):
-                self._resource_owners[entry["uri"]] = server
-            elif isinstance(entry.get("uriTemplate"), str):
-                template = (server, entry["uriTemplate"])
-                if template not in self._templates:
-                    self._templates.append(template)
+    def record_listing(self, server: str, key: str, entries: Iterable[dict[str, Any]]) -> None:
+        """Remember what `server` listed as its resources (`key` "resources") or templates ("resourceTemplates")."""
+        if key == "resources":
+            self._listed[server] = {entry["uri"] for entry in entries if isinstance(entry.get("uri"), str)}
+        elif key == "resourceTemplates":
+            self._templates[server] = [e["uriTemplate"] for e in entries if isinstance(e.get("uriTemplate"), str)]
 
-    def resource_owner(self, uri: str, names: list[str]) -> str | None:
-        """The server among `names` that listed `uri`, or whose template matches it."""
-        owner = self._resource_owners.get(uri)
-        if owner in names:
-            return owner
-        return next(
-            (server for server, template in self._templates if server in names and _template_matches(template, uri)),
-            None,
-        )
+    def resource_owners(self, uri: str, names: list[str]) -> list[str]:
+        """The servers among `names` that listed `uri`, or have a template that matches it."""
+        return [
+            server
+            for server in names
+            if uri in self._listed.get(server, ())
+            or any(_template_matches(template, uri) for template in self._templates.get(server, ()))
+        ]
 
-    def template_owner(self, template: str, names: list[str]) -> str | None:
-        return next((server for server, known in self._templates if server in names and known == template), None)
+    def template_owners(self, template: str, names: list[str]) -> list[str]:
+        """The servers among `names` that listed the URI template `template`."""
+        return [server for server in names if template in self._templates.get(server, ())]
 
     async def subscribe(self, server: str, uri: str) -> None:
         """Subscribe to `uri` at `server` for one more client (the server hears of the first one only)."""
@@ -281,18 +300,47 @@ class Front:
     def _on_notification(self, server: str, message: Any) -> None:
         self._events_in.send_nowait(("notification", server, message))
 
+    def _on_servers_changed(self, gone: list[str], new: list[str]) -> None:
+        self._events_in.send_nowait(("servers", "", gone))
+
     async def _deliver_events(self) -> None:
         """Handle the gateway's events one at a time, in the order they came."""
         async for kind, server, message in self._events:
             try:
                 if kind == "status":
                     self._status_event(server)
+                elif kind == "servers":
+                    await self._servers_event(message)
                 else:
                     await self._notify(server, message)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):  # a client went away meanwhile
+                log.debug("Server '%s': a client left before %s reached it", server, type(message).__name__)
             except Exception:  # one bad event must not stop the others
                 log.exception("Server '%s': could not pass on %s", server, type(message).__name__)
 
+    async def _servers_event(self, gone: list[str]) -> None:
+        """The config changed: forget what `gone` servers (removed or changed) listed, tell the clients."""
+        removed = [name for name in gone if name not in self.gateway.server_names]
+        for name in gone:
+            self._statuses.pop(name, None)  # a changed server's connection is announced as a new one's
+            self._listed.pop(name, None)
+            self._templates.pop(name, None)
+        for key in [key for key in self._subscriptions if key[0] in removed]:
+            del self._subscriptions[key]
+        if self._servers_changed is not None:
+            self._servers_changed()
+        for view in list(self._views) if gone else []:
+            # A view of one removed server is ending (HttpFront); a changed one's clients are told.
+            if not view.follows_config and not any(name in view.names and name not in removed for name in gone):
+                continue
+            for downstream in list(view.downstreams):
+                for key in [key for key in downstream.subscriptions if key[0] in removed]:
+                    del downstream.subscriptions[key]
+                await _logged(_announce_lists(downstream), "announce the changed lists")
+
     def _status_event(self, server: str) -> None:
+        if server not in self.gateway.server_names:
+            return  # a server the config no longer has, closing
         status, before = self.gateway.status(server), self._statuses.get(server)
         self._statuses[server] = status
         if status == before:
@@ -351,8 +399,9 @@ class Front:
                 await downstream.session.send_prompt_list_changed()
         elif isinstance(message, types.ResourceUpdatedNotification):
             for downstream in self._downstreams(server):
-                if message.params.uri in downstream.subscriptions:
-                    await downstream.session.send_resource_updated(message.params.uri)
+                subscribed_as = downstream.subscriptions.get((server, message.params.uri))
+                if subscribed_as is not None:
+                    await downstream.session.send_resource_updated(subscribed_as)
         elif isinstance(message, types.LoggingMessageNotification):
             params = message.params
             await self._broadcast_log(server, params.level, params.data, params.logger)
@@ -403,10 +452,11 @@ class Front:
         connected with it or was reconnected because of it; a change seen while the server
         is connecting waits for the outcome.
         """
-        used = {name: _file_stamp(self.gateway.store.path(name)) for name in self.gateway.server_names}
+        used: dict[str, Any] = {}
         while True:
             for name in self.gateway.server_names:
-                status, stamp = self.gateway.status(name), _file_stamp(self.gateway.store.path(name))
+                status, stamp = self.gateway.status(name), file_stamp(self.gateway.store.path(name))
+                used.setdefault(name, stamp)
                 if status == CONNECTED:
                     used[name] = stamp
                 elif status == AUTH_REQUIRED and stamp != used[name] and self._tasks is not None:
@@ -480,7 +530,7 @@ class _Downstream:
     session: ServerSession
     view: _View
     log_level: str | None = None
-    subscriptions: set[str] = field(default_factory=set)
+    subscriptions: dict[tuple[str, str], str] = field(default_factory=dict)  # (server, its URI) -> the client's URI
     told: set[str] = field(default_factory=set)  # servers it was told need authorization
 
     def wants_log(self, level: str) -> bool:
@@ -492,10 +542,9 @@ class _Downstream:
 class _View(Server):  # type: ignore[type-arg]
     """An SDK `Server` over some of a front's servers, with every handler registered (see `Front.view`)."""
 
-    def __init__(self, front: Front, names: list[str], *, version: str) -> None:
+    def __init__(self, front: Front, names: list[str] | None, *, version: str) -> None:
         self.front = front
-        self.names = names
-        self.prefixed = len(names) != 1
+        self._names = names
         self.downstreams: set[_Downstream] = set()
         super().__init__(
             "toolscript",
@@ -521,6 +570,20 @@ class _View(Server):  # type: ignore[type-arg]
         """Declare `listChanged` for tools, resources and prompts: servers come and go behind the view."""
         every_change = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
         return super().create_initialization_options(notification_options or every_change, *args, **kwargs)
+
+    @property
+    def names(self) -> list[str]:
+        """Its servers: the ones it was made for, or every server of the gateway."""
+        return self.front.gateway.server_names if self._names is None else self._names
+
+    @property
+    def follows_config(self) -> bool:
+        """Whether it serves every server of the gateway, as the gateway's config has them now."""
+        return self._names is None
+
+    @property
+    def prefixed(self) -> bool:
+        return len(self.names) != 1
 
     def _instructions(self) -> str | None:
         if not self.prefixed:
@@ -560,17 +623,17 @@ class _View(Server):  # type: ignore[type-arg]
         return found  # type: ignore[no-any-return]
 
     async def client(self, ctx: ServerRequestContext[Any, Any]) -> _Downstream:
-        """`downstream(ctx)`, told with this request which of its servers need authorization (`Front.greet`)."""
+        """`downstream(ctx)`, told with this request which of its servers need authorization (`Front.greet`);
+        the gateway's config is read again first if it changed."""
+        await self.front.gateway.follow_config()
         downstream = self.downstream(ctx)
         await self.front.greet(downstream, ctx.request_id)
         return downstream
 
     def _forget(self, downstream: _Downstream) -> None:
         self.downstreams.discard(downstream)
-        for uri in downstream.subscriptions:
-            server = self.front.resource_owner(uri, self.names)
-            if server is not None:
-                self.front.unsubscribe_soon(server, uri)
+        for server, uri in downstream.subscriptions:
+            self.front.unsubscribe_soon(server, uri)
 
     async def _forward(self, ctx: ServerRequestContext[Any, Any], server: str, what: str, request: Any) -> Any:
         """`Front.forward`, with the gateway's errors as JSON-RPC errors (tool calls shape their own)."""
@@ -579,8 +642,17 @@ class _View(Server):  # type: ignore[type-arg]
         except ToolscriptError as exc:
             raise MCPError(types.INTERNAL_ERROR, exc.message) from None
 
-    def _owner_of(self, uri: str) -> str | None:
-        return self.names[0] if not self.prefixed else self.front.resource_owner(uri, self.names)
+    def client_uri(self, server: str, uri: str, owners: list[str]) -> str:
+        """How this view shows `server`'s `uri` (or URI template), which `owners` claim: as it is, unless that
+        is ambiguous here; then as `toolscript:SERVER:URI`."""
+        if not self.prefixed or (owners == [server] and _named_resource(uri) is None):
+            return uri
+        return f"{RESOURCE_PREFIX}{server}:{uri}"
+
+    def _named_server(self, named: tuple[str, str], uri: str) -> tuple[str, str]:
+        if named[0] not in self.names:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown resource: {uri} (no server '{named[0]}' here)")
+        return named
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -604,7 +676,8 @@ class _View(Server):  # type: ignore[type-arg]
             result = await self.front.forward(ctx, server, f"the call to '{tool}'", request, tool_call=True)
         except ToolscriptError as exc:  # the person using the client sees this text, e.g. "Run: toolscript auth X"
             return types.CallToolResult(content=[types.TextContent(type="text", text=exc.message)], is_error=True)
-        self.front.record_resources(server, _linked_resources(result))
+        if self.prefixed:  # what a client reads from a link goes to the server whose result it was
+            result = _with_named_resources(result, "content", server)
         return result
 
     async def _list_resources(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
@@ -637,48 +710,69 @@ class _View(Server):  # type: ignore[type-arg]
             for server in self.names:
                 tg.start_soon(one, server)
         entries = []
+        if capability == "resources":
+            for server in self.names:
+                self.front.record_listing(server, key, found.get(server, []))
         for server in self.names:
-            self.front.record_resources(server, found.get(server, []) if capability == "resources" else [])
             for entry in found.get(server, []):
                 if key == "prompts" and self.prefixed:
                     entry = {**entry, "name": self.public_name(server, entry.get("name", ""))}
+                elif key == "resources" and isinstance(entry.get("uri"), str):
+                    owners = self.front.resource_owners(entry["uri"], self.names)
+                    entry = {**entry, "uri": self.client_uri(server, entry["uri"], owners)}
+                elif key == "resourceTemplates" and isinstance(entry.get("uriTemplate"), str):
+                    owners = self.front.template_owners(entry["uriTemplate"], self.names)
+                    entry = {**entry, "uriTemplate": self.client_uri(server, entry["uriTemplate"], owners)}
                 entries.append(entry)
         return entries
 
     async def _read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
         await self.client(ctx)
-        server = await self._resource_server(ctx, params.uri)
-        request = types.ReadResourceRequest(params=_without_progress_token(params))
-        return await self._forward(ctx, server, f"the read of '{params.uri}'", request)
+        server, uri = await self._resource_server(ctx, params.uri)
+        request = types.ReadResourceRequest(params=_without_progress_token(params, uri=uri))
+        result = await self._forward(ctx, server, f"the read of '{uri}'", request)
+        return result if uri == params.uri else _with_named_resources(result, "contents", server)
 
-    async def _resource_server(self, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
-        server = self._owner_of(uri)
-        if server is None:  # not listed yet in this run: list, then look again
+    async def _resource_server(self, ctx: ServerRequestContext[Any, Any], uri: str) -> tuple[str, str]:
+        """The server to ask for the resource the client calls `uri`, and the server's own URI of it.
+
+        In a view of several servers, that is the server named in a `toolscript:SERVER:URI`, or the
+        one server whose listing or template produced `uri`; two that did make it ambiguous.
+        """
+        if not self.prefixed:
+            return self.names[0], uri
+        named = _named_resource(uri)
+        if named is not None:
+            return self._named_server(named, uri)
+        owners = self.front.resource_owners(uri, self.names)
+        if not owners:  # not listed yet in this run: list, then look again
             await self._listing(ctx, types.ListResourcesRequest, "resources", "resources")
             await self._listing(ctx, types.ListResourceTemplatesRequest, "resources", "resourceTemplates")
-            server = self._owner_of(uri)
-        if server is None:
+            owners = self.front.resource_owners(uri, self.names)
+        if not owners:
             raise MCPError(types.INVALID_PARAMS, f"Unknown resource: {uri} (no server here lists it)")
-        return server
+        if len(owners) > 1:
+            raise MCPError(types.INVALID_PARAMS, _ambiguous("Resource", uri, owners))
+        return owners[0], uri
 
     async def _subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> Any:
         downstream = await self.client(ctx)
-        server = await self._resource_server(ctx, params.uri)
-        if params.uri not in downstream.subscriptions:
+        key = await self._resource_server(ctx, params.uri)
+        if key not in downstream.subscriptions:
             try:
-                await self.front.subscribe(server, params.uri)
+                await self.front.subscribe(*key)
             except ToolscriptError as exc:
                 raise MCPError(types.INTERNAL_ERROR, exc.message) from None
-            downstream.subscriptions.add(params.uri)
+            downstream.subscriptions[key] = params.uri
         return {}
 
     async def _unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams) -> Any:
         downstream = await self.client(ctx)
-        if params.uri in downstream.subscriptions:
-            downstream.subscriptions.discard(params.uri)
-            server = await self._resource_server(ctx, params.uri)
+        key = next((key for key, uri in downstream.subscriptions.items() if uri == params.uri), None)
+        if key is not None:
+            del downstream.subscriptions[key]
             try:
-                await self.front.unsubscribe(server, params.uri)
+                await self.front.unsubscribe(*key)
             except ToolscriptError as exc:
                 raise MCPError(types.INTERNAL_ERROR, exc.message) from None
         return {}
@@ -696,15 +790,27 @@ class _View(Server):  # type: ignore[type-arg]
             server, prompt = self.route(ref.name, "prompt")
             ref = ref.model_copy(update={"name": prompt})
         else:
-            found = self.names[0] if not self.prefixed else self.front.template_owner(ref.uri, self.names)
-            if found is None:
-                await self._listing(ctx, types.ListResourceTemplatesRequest, "resources", "resourceTemplates")
-                found = self.front.template_owner(ref.uri, self.names)
-            if found is None:
-                raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: {ref.uri}")
-            server = found
+            server, template = await self._template_server(ctx, ref.uri)
+            ref = ref.model_copy(update={"uri": template})
         request = types.CompleteRequest(params=_without_progress_token(params, ref=ref))
         return await self._forward(ctx, server, f"the completion of '{params.argument.name}'", request)
+
+    async def _template_server(self, ctx: ServerRequestContext[Any, Any], template: str) -> tuple[str, str]:
+        """The server whose URI template the client calls `template`, and the server's own template."""
+        if not self.prefixed:
+            return self.names[0], template
+        named = _named_resource(template)
+        if named is not None:
+            return self._named_server(named, template)
+        owners = self.front.template_owners(template, self.names)
+        if not owners:
+            await self._listing(ctx, types.ListResourceTemplatesRequest, "resources", "resourceTemplates")
+            owners = self.front.template_owners(template, self.names)
+        if not owners:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: {template}")
+        if len(owners) > 1:
+            raise MCPError(types.INVALID_PARAMS, _ambiguous("Resource template", template, owners))
+        return owners[0], template
 
     async def _set_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
         (await self.client(ctx)).log_level = params.level
@@ -729,28 +835,73 @@ class HttpFront:
     def __init__(
         self, gateway: Gateway, hooks: SessionHooks, *, version: str = "", list_wait: float = DEFAULT_LIST_WAIT
     ) -> None:
-        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-
         warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # as in serve_stdio
         self.gateway = gateway
-        self.front = Front(gateway, hooks, list_wait=list_wait)
-        views = {"": gateway.server_names} | {name: [name] for name in gateway.server_names}
+        self.version = version
+        self.front = Front(gateway, hooks, list_wait=list_wait, servers_changed=self._follow_servers)
         self._serving = False  # between entering and leaving `running`
-        self._managers = {
-            key: StreamableHTTPSessionManager(self.front.view(names, version=version)) for key, names in views.items()
-        }
+        self._endpoints: dict[str, _Endpoint] = {}  # "" for /mcp, NAME for /mcp/NAME
+        self._tasks: anyio.abc.TaskGroup | None = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[HttpFront]:
         """Serve sessions until exit; on exit every session ends (its open streams close)."""
-        async with self.front.running(), contextlib.AsyncExitStack() as stack:
-            for manager in self._managers.values():
-                await stack.enter_async_context(manager.run())
+        async with self.front.running(), anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            for key in ["", *self.gateway.server_names]:
+                await self._open(key).ready.wait()
             self._serving = True
             try:
                 yield self
             finally:
                 self._serving = False
+                self._tasks = None
+                for endpoint in self._endpoints.values():
+                    endpoint.stop.set()
+
+    def _open(self, key: str) -> _Endpoint:
+        """Start serving `/mcp` (`key` "") or `/mcp/NAME`; it is `ready` once its sessions can start."""
+        assert self._tasks is not None
+        endpoint = self._endpoints[key] = _Endpoint()
+        self._tasks.start_soon(self._serve_endpoint, key, endpoint)
+        return endpoint
+
+    async def _serve_endpoint(self, key: str, endpoint: _Endpoint) -> None:
+        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+        view = self.front.view(None if key == "" else [key], version=self.version)
+        manager = StreamableHTTPSessionManager(view)
+        try:
+            async with manager.run():
+                endpoint.manager = manager
+                endpoint.ready.set()
+                await endpoint.stop.wait()
+        finally:
+            endpoint.manager = None
+            endpoint.ready.set()
+            self.front.drop_view(view)
+
+    def _follow_servers(self) -> None:
+        """The gateway's servers changed: end `/mcp/NAME` of a server gone, start it for a new one."""
+        names = self.gateway.server_names
+        for key in [key for key in self._endpoints if key and key not in names]:
+            self._endpoints.pop(key).stop.set()  # refused from now on; its sessions end
+        for name in names:
+            if name not in self._endpoints and self._tasks is not None:
+                self._open(name)
+
+    async def _manager(self, name: str) -> Any:
+        """The session manager of `/mcp` (`name` "") or `/mcp/NAME`, or None; a server added to the config a
+        moment ago is served at once."""
+        if name not in self._endpoints and self._serving:
+            await self.gateway.reload_config()
+        if name and (name in self._endpoints) != (name in self.gateway.server_names):
+            self._follow_servers()  # now, not when the front hears of the change
+        endpoint = self._endpoints.get(name)
+        if endpoint is None:
+            return None
+        await endpoint.ready.wait()
+        return endpoint.manager
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Start `func(*args)` on the gateway's loop from another thread (a `concurrent.futures.Future`)."""
@@ -760,7 +911,7 @@ class HttpFront:
         """The ASGI app for `/mcp` and `/mcp/SERVER`."""
         rest = scope["path"][len(MCP_PATH) :]  # decoded already, as ASGI has it
         name = rest[1:] if rest.startswith("/") else rest
-        manager = self._managers.get(name)
+        manager = await self._manager(name)
         if not self._serving:
             await _json_answer(send, 503, {"error": "The gateway is stopping."})
         elif manager is None and name in self.gateway.config.unusable:
@@ -775,6 +926,15 @@ class HttpFront:
             await manager.handle_request(scope, receive, send)
 
 
+@dataclass(eq=False)
+class _Endpoint:
+    """`/mcp` or `/mcp/NAME` of an `HttpFront`: its session manager while it runs; `stop` ends its sessions."""
+
+    manager: Any = None
+    ready: anyio.Event = field(default_factory=anyio.Event)  # running, or failed to
+    stop: anyio.Event = field(default_factory=anyio.Event)
+
+
 async def _json_answer(send: Any, status: int, payload: dict[str, Any]) -> None:
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -786,30 +946,44 @@ async def _json_answer(send: Any, status: int, payload: dict[str, Any]) -> None:
 
 
 def serve_stdio(
-    config: Config, only: list[str] | None = None, *, version: str = "", list_wait: float = DEFAULT_LIST_WAIT
+    config: Config,
+    only: list[str] | None = None,
+    *,
+    version: str = "",
+    list_wait: float = DEFAULT_LIST_WAIT,
+    reload: Callable[[], Config] | None = None,
 ) -> int | None:
     """Serve the servers of `config` (or `only` those) over stdin and stdout until EOF or a signal.
 
+    With `reload` (how `config` was read) the servers follow the config (see `Gateway`).
     Returns the number of the signal that ended it (SIGTERM, SIGHUP, SIGINT), or None at EOF.
     Every stdio server started is ended before it returns.
     """
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging, sampling: still what clients use
-    return anyio.run(_serve_stdio, config, only, version, list_wait)
+    return anyio.run(_serve_stdio, config, only, version, list_wait, reload)
 
 
-async def _serve_stdio(config: Config, only: list[str] | None, version: str, list_wait: float) -> int | None:
+async def _serve_stdio(
+    config: Config, only: list[str] | None, version: str, list_wait: float, reload: Callable[[], Config] | None
+) -> int | None:
     hooks = SessionHooks()
-    gateway = Gateway(config, only=only, hooks=hooks)
+    gateway = Gateway(config, only=only, hooks=hooks, reload=reload)
     front = Front(gateway, hooks, list_wait=list_wait)
-    view = front.view(gateway.server_names, version=version)
+    view = front.view(version=version)
     ended_by: list[int] = []
     async with gateway.run_in_current_loop(), front.running(), anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signals, tg.cancel_scope, ended_by)
         async with _stdio_streams() as (read, write):
+            tg.start_soon(_stop_when_set, write.gone, tg.cancel_scope)
             await view.run(read, write, view.create_initialization_options())
         log.debug("stdin closed; stopping")
         tg.cancel_scope.cancel()
     return ended_by[0] if ended_by else None
+
+
+async def _stop_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _stop_on_signals(scope: anyio.CancelScope, ended_by: list[int]) -> None:
@@ -910,28 +1084,52 @@ class _WireOut:
 
     What the pipe does not take at once goes to the backlog (and so does every message after
     it, until the backlog is written), which `write_backlog` writes in order; so a sender
-    cancelled while it waits never leaves half a message on the wire. A sender waits until
-    its message is out.
+    cancelled while it waits never leaves half a message on the wire. The sender of an answer
+    or a request waits until its message is out; a notification's does not (the front passes
+    the servers' notifications on one after another, and one client that does not read must
+    not hold them all up). Notifications the client has not read are bounded as `/mcp`'s
+    streams are (`MAX_UNSENT_BYTES`): beyond that the client counts as gone, and `gone` is set.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._backlog_in, self._backlog = anyio.create_memory_object_stream[tuple[memoryview, anyio.Event]](math.inf)
+        self._backlog_in, self._backlog = anyio.create_memory_object_stream[tuple[memoryview, anyio.Event | None]](
+            math.inf
+        )
         self._waiting = 0  # messages in the backlog, not yet all written
-        self._broken = False  # the client closed its end
+        self._unread_notifications = 0  # bytes of the notifications in the backlog
+        self._broken = False  # the client closed its end, or read too little for too long
+        self.gone = anyio.Event()
 
     async def send(self, message: SessionMessage) -> None:
+        if self._broken:
+            raise anyio.BrokenResourceError
         data = memoryview((message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
         if not self._waiting:
             data = self._write(data)
             if not data:
                 return
+        if isinstance(message.message, types.JSONRPCNotification):
+            if self._unread_notifications + len(data) > MAX_UNSENT_BYTES:
+                log.warning(
+                    "The MCP client has not read %d bytes of notifications serve sent it; stopping.", MAX_UNSENT_BYTES
+                )
+                self._give_up()
+                raise anyio.BrokenResourceError
+            self._unread_notifications += len(data)
+            self._waiting += 1
+            self._backlog_in.send_nowait((data, None))
+            return
         written = anyio.Event()
         self._waiting += 1
         self._backlog_in.send_nowait((data, written))
         await written.wait()
         if self._broken:
             raise anyio.BrokenResourceError
+
+    def _give_up(self) -> None:
+        self._broken = True
+        self.gone.set()
 
     def _write(self, data: memoryview) -> memoryview:
         """What of `data` the pipe did not take; a client that went away is the SDK's `BrokenResourceError`."""
@@ -942,17 +1140,21 @@ class _WireOut:
         except BlockingIOError:
             return data
         except (BrokenPipeError, ConnectionResetError):
-            self._broken = True
+            self._give_up()
             raise anyio.BrokenResourceError from None
 
     async def write_backlog(self) -> None:
         """Write the backlog, message by message, as the pipe takes it."""
         async for data, written in self._backlog:
+            size = len(data)
             with contextlib.suppress(anyio.BrokenResourceError):
                 while data := self._write(data):
                     await anyio.wait_writable(self._fd)
             self._waiting -= 1
-            written.set()
+            if written is None:
+                self._unread_notifications -= size
+            else:
+                written.set()
 
     def close(self) -> None:
         self._backlog_in.close()
@@ -985,20 +1187,38 @@ def _without_progress_token(params: Any, **changes: Any) -> Any:
     return params.model_copy(update={"meta": meta, **changes})
 
 
-def _linked_resources(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The resources a tool result links to or embeds, as `{"uri": ...}`, so reading them goes to its server."""
-    found = []
-    for item in result.get("content") or []:
-        if not isinstance(item, dict):
-            continue
-        resource = item.get("resource") if item.get("type") == "resource" else item
-        if (
-            item.get("type") in ("resource", "resource_link")
-            and isinstance(resource, dict)
-            and isinstance(resource.get("uri"), str)
-        ):
-            found.append({"uri": resource["uri"]})
-    return found
+def _named_resource(uri: str) -> tuple[str, str] | None:
+    """The server and its own URI of a `toolscript:SERVER:URI`, or None for any other URI."""
+    if not uri.startswith(RESOURCE_PREFIX):
+        return None
+    server, sep, own = uri[len(RESOURCE_PREFIX) :].partition(":")
+    return (server, own) if sep and server and own else None
+
+
+def _ambiguous(kind: str, uri: str, owners: list[str]) -> str:
+    named = " or ".join(f"{RESOURCE_PREFIX}{server}:{uri}" for server in owners)
+    return f"{kind} {uri} is offered by several servers here ({', '.join(owners)}); name the one you mean: {named}"
+
+
+def _with_named_resources(result: dict[str, Any], key: str, server: str) -> dict[str, Any]:
+    """`result` with the URI of each resource in `result[key]` (a link, an embedded resource, read contents)
+    as `toolscript:SERVER:URI`, so that reading it again goes to `server`."""
+    items = result.get(key)
+    if not isinstance(items, list):
+        return result
+    named = []
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "resource" and isinstance(item.get("resource"), dict):
+            item = {**item, "resource": _with_named_uri(item["resource"], server)}
+        elif isinstance(item, dict) and (item.get("type") == "resource_link" or key == "contents"):
+            item = _with_named_uri(item, server)
+        named.append(item)
+    return {**result, key: named}
+
+
+def _with_named_uri(entry: dict[str, Any], server: str) -> dict[str, Any]:
+    uri = entry.get("uri")
+    return {**entry, "uri": f"{RESOURCE_PREFIX}{server}:{uri}"} if isinstance(uri, str) else entry
 
 
 def _asking(server: str) -> str:
@@ -1021,12 +1241,11 @@ def _template_matches(template: str, uri: str) -> bool:
     return re.fullmatch("".join(pattern), uri) is not None
 
 
-def _file_stamp(path: os.PathLike[str] | str) -> tuple[int, int, int] | None:
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found.st_ino, found.st_mtime_ns, found.st_size
+async def _announce_lists(downstream: _Downstream) -> None:
+    """Tell a client that the tools, resources and prompts it may have listed changed."""
+    await downstream.session.send_tool_list_changed()
+    await downstream.session.send_resource_list_changed()
+    await downstream.session.send_prompt_list_changed()
 
 
 async def _logged(work: Awaitable[Any], what: str) -> None:
@@ -1035,5 +1254,7 @@ async def _logged(work: Awaitable[Any], what: str) -> None:
         await work
     except (ToolscriptError, MCPError) as exc:
         log.warning("Could not %s: %s", what, exc)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        log.debug("Could not %s: the client has gone", what)
     except Exception:
         log.exception("Could not %s", what)

@@ -51,8 +51,17 @@ from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 
 if __package__:
     from .askers import Asker
+    from .config_watch import CHECK_INTERVAL, ConfigWatch
     from .elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
-    from .errors import AuthError, CallTimeoutError, ConnectError, ToolscriptError, UsageError, did_you_mean
+    from .errors import (
+        AuthError,
+        CallTimeoutError,
+        ConfigError,
+        ConnectError,
+        ToolscriptError,
+        UsageError,
+        did_you_mean,
+    )
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .logs import SERVER
     from .redact import register_secret
@@ -77,8 +86,9 @@ if __package__:
     )
 else:
     from askers import Asker
+    from config_watch import CHECK_INTERVAL, ConfigWatch
     from elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
-    from errors import AuthError, CallTimeoutError, ConnectError, ToolscriptError, UsageError, did_you_mean
+    from errors import AuthError, CallTimeoutError, ConfigError, ConnectError, ToolscriptError, UsageError, did_you_mean
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from logs import SERVER
     from redact import register_secret
@@ -195,6 +205,12 @@ class Gateway:
     revision is agreed with each server: "legacy" (the initialize handshake, up to
     2025-11-25) or "auto" (2026-07-28 offered first); legacy, because servers built with
     the SDK's `ctx.elicit` can ask the user only over the legacy protocol.
+
+    With `reload` (how the config was read, to read it again) the gateway follows its config:
+    it reads it again every `CHECK_INTERVAL` seconds, whenever one of its files changed before
+    a request, and before it calls a server unknown; added servers connect, removed ones are
+    closed (a stdio server's process ends), changed ones reconnect and the others keep their
+    sessions. A config that does not validate is logged and the last good one kept.
     """
 
     def __init__(
@@ -209,14 +225,16 @@ class Gateway:
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         hooks: SessionHooks | None = None,
         negotiation: str = "legacy",
+        reload: Callable[[], Config] | None = None,
     ) -> None:
-        names = list(config.servers) if only is None else [config.server(name).name for name in only]
+        self._only = None if only is None else [config.server(name).name for name in only]
         self.config = config
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
-        self._configs = {name: config.servers[name] for name in names}
+        self._configs = self._chosen(config)
         for server in self._configs.values():
             _register_secrets(server)
+        self._watch = ConfigWatch(config, reload) if reload is not None else None
         self.store = store or Store()
         self.announce = announce
         self._auth_factory = auth or stored_oauth(self.store)
@@ -226,6 +244,9 @@ class Gateway:
         self._portal: BlockingPortal | None = None
         self._supervisor: Any = None
         self._servers: dict[str, _Server] = {}
+        self._hosted: dict[str, _Hosted] = {}  # how each server of `_servers` is closed
+        self._hosts: TaskGroup | None = None
+        self._reloading: anyio.Lock | None = None
         self._stopping: anyio.Event | None = None
         self._search_indexes = IndexCache()  # used on the event loop only
 
@@ -275,12 +296,15 @@ class Gateway:
 
     def servers(self) -> list[dict[str, Any]]:
         """Return each server's `name`, `type`, `status`, `error` (unless connected) and tool count."""
+        self._follow_config()
         return self._run_on_loop(self._server_rows)
 
     def tools(self, server: str | None = None) -> list[dict[str, Any]]:
         """Return the visible tools of every connected server, or of `server` only."""
         if server is not None:
             self._config_of(server)
+        else:
+            self._follow_config()
         return self._run_on_loop(self._tool_rows, server)
 
     def search(self, query: str, *, limit: int = 5, server: str | None = None) -> list[dict[str, Any]]:
@@ -351,6 +375,8 @@ class Gateway:
         """
         if server is not None:
             self._config_of(server)
+        else:
+            self._follow_config()
         return self._run_on_loop(self._listing, server, _Server.list_resources)
 
     def read_resource(
@@ -379,6 +405,8 @@ class Gateway:
         """
         if server is not None:
             self._config_of(server)
+        else:
+            self._follow_config()
         return self._run_on_loop(self._listing, server, _Server.list_prompts)
 
     def get_prompt(
@@ -460,27 +488,43 @@ class Gateway:
 
     @property
     def server_names(self) -> list[str]:
-        """The servers this gateway connects, in config order."""
+        """The servers this gateway connects, in config order (it changes when a followed config does)."""
         return list(self._configs)
+
+    async def follow_config(self) -> None:
+        """Before a request: read the config again if one of its files changed (a followed config only)."""
+        if self._watch is not None and self._watch.changed():
+            await self.reload_config()
+
+    async def reload_config(self) -> None:
+        """Read the config again, if the gateway follows it, and apply what changed (see the class docstring)."""
+        if self._watch is None or self._reloading is None:
+            return
+        async with self._reloading:
+            if self._stopping is None or self._stopping.is_set():
+                return
+            config = await anyio.to_thread.run_sync(self._watch.check)
+            if config is not None:
+                await self._apply_config(config)
 
     def status(self, server: str) -> str:
         """`connecting` until its first attempt to connect ends, then `connected`, `failed` or `auth_required`."""
-        return self._servers[server].status
+        return self._server(server).status
 
     def error(self, server: str) -> ToolscriptError:
         """Why `server` is not connected (its last error)."""
-        return self._servers[server].error
+        return self._server(server).error
 
     def cached_tools(self, server: str) -> list[types.Tool]:
         """The visible tools `server` listed when it last connected or notified a change."""
-        return list(self._servers[server].tools.values())
+        return list(self._server(server).tools.values())
 
     async def session_for(self, server: str) -> ClientSession:
         """The live session of `server`, waiting for an attempt in progress and reconnecting one that ended.
 
         Raises the server's error (`AuthRequiredError`, `ConnectError`) when it cannot connect.
         """
-        connection = await self._servers[server].live_connection()
+        connection = await self._server(server).live_connection()
         assert connection.session is not None
         return connection.session
 
@@ -502,7 +546,7 @@ class Gateway:
         as for `call`. `what` names the request in messages; `timeout` defaults to the server's,
         and is `clock`'s timeout when one is given (see `RequestClock`; `clock_for(server)`).
         """
-        state = self._servers[server]
+        state = self._server(server)
         timeout = clock.timeout if clock is not None else timeout or state.call_timeout
         return await state.request(
             what, send, timeout, clock=clock, pass_through=True, tool_call=tool_call, asker=asker
@@ -510,7 +554,7 @@ class Gateway:
 
     def clock_for(self, server: str) -> RequestClock:
         """A `RequestClock` with the call timeout of `server`, for `forward`."""
-        return RequestClock(self._servers[server].call_timeout)
+        return RequestClock(self._server(server).call_timeout)
 
     # -- on the loop thread --------------------------------------------------------------
 
@@ -520,16 +564,74 @@ class Gateway:
         *,
         task_status: TaskStatus[None],
     ) -> None:
-        """Own the task group every connection runs in; on stop, close them, within a deadline."""
+        """Own the task group every server runs in, and follow the config; on stop, close them all."""
         self._stopping = anyio.Event()
+        self._reloading = anyio.Lock()
+        async with anyio.create_task_group() as hosts:
+            self._hosts = hosts
+            for name, config in self._configs.items():
+                self._hosted[name] = await hosts.start(self._host, config)
+            self._servers = {name: hosted.server for name, hosted in self._hosted.items()}
+            async with anyio.create_task_group() as following:
+                if self._watch is not None:
+                    following.start_soon(self._follow_config_on_loop)
+                async with alongside() if alongside is not None else contextlib.nullcontext():
+                    task_status.started()
+                    await self._stopping.wait()
+                following.cancel_scope.cancel()
+            async with self._reloading:  # a reload in progress finishes first; none starts after
+                for hosted in self._hosted.values():
+                    hosted.retire.set()
+
+    async def _host(self, config: ServerConfig, *, task_status: TaskStatus[_Hosted]) -> None:
+        """Run one server's connections in a task group of their own until it is retired; then close them
+        (within a deadline), so that a server the config no longer has ends as at stop."""
+        retire = anyio.Event()
         async with anyio.create_task_group() as connections:
-            self._servers = {name: self._new_server(config, connections) for name, config in self._configs.items()}
-            async with alongside() if alongside is not None else contextlib.nullcontext():
-                task_status.started()
-                await self._stopping.wait()
+            server = self._new_server(config, connections)
+            task_status.started(_Hosted(server, retire))
+            await retire.wait()
             connections.cancel_scope.deadline = anyio.current_time() + STOP_TIMEOUT
-            for server in self._servers.values():
-                server.close()
+            server.close()
+
+    async def _follow_config_on_loop(self) -> None:
+        while True:
+            await anyio.sleep(CHECK_INTERVAL)
+            await self.reload_config()
+
+    def _chosen(self, config: Config) -> dict[str, ServerConfig]:
+        """The servers of `config` this gateway connects: all, or those of `only` it still has."""
+        names = config.servers if self._only is None else [name for name in self._only if name in config.servers]
+        return {name: config.servers[name] for name in names}
+
+    async def _apply_config(self, config: Config) -> None:
+        """Serve `config`: connect added servers, close removed ones, reconnect changed ones."""
+        before, after = self._configs, self._chosen(config)
+        added = [name for name in after if name not in before]
+        removed = [name for name in before if name not in after]
+        changed = [name for name in after if name in before and after[name] != before[name]]
+        retired = [self._hosted.pop(name) for name in [*removed, *changed]]
+        assert self._hosts is not None
+        for name in [*added, *changed]:
+            _register_secrets(after[name])
+            self._hosted[name] = await self._hosts.start(self._host, after[name])
+        self.config, self._configs = config, after
+        self._servers = {name: self._hosted[name].server for name in after}
+        for hosted in retired:
+            hosted.retire.set()
+        if added or removed or changed:
+            log.info(
+                "The config changed: %s.",
+                "; ".join(
+                    f"{what} {', '.join(names)}"
+                    for what, names in (("added", added), ("removed", removed), ("reconnecting", changed))
+                    if names
+                ),
+            )
+            if self._hooks.servers_changed is not None:
+                self._hooks.servers_changed([*removed, *changed], [*added, *changed])
+        for name in [*added, *changed]:
+            self._servers[name].begin_connect()
 
     async def _connect_all(self, wait: bool) -> None:
         connections = [server.begin_connect() for server in self._servers.values()]
@@ -542,7 +644,7 @@ class Gateway:
 
     async def _tool_rows(self, name: str | None) -> list[dict[str, Any]]:
         rows = []
-        for server in [self._servers[name]] if name else self._servers.values():
+        for server in [self._server(name)] if name else list(self._servers.values()):
             await server.connecting_done()  # so that a listing right after start is complete
             await server.wait_for_tool_refresh()
             rows.extend(_tool_row(server.name, tool) for tool in server.tools.values())
@@ -569,24 +671,31 @@ class Gateway:
         call: _CallInput,
         on_progress: ProgressCallback | None,
     ) -> types.CallToolResult:
-        server = self._servers[name]
+        server = self._server(name)
         SERVER.set(name)  # this task's own context: what the SDK logs for the call names the server
         return await server.call_tool(tool, arguments, timeout or server.call_timeout, call, on_progress=on_progress)
 
     async def _tool_row_of(self, name: str, tool: str) -> dict[str, Any]:
-        server = self._servers[name]
+        server = self._server(name)
         await server.live_connection()
         return _tool_row(server.name, await server.known_tool(tool))
 
     async def _on_server(self, name: str, method: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-        return await method(self._servers[name], *args)
+        return await method(self._server(name), *args)
+
+    def _server(self, name: str) -> _Server:
+        """The server `name` on the loop; one the config lost since the request began is unknown now."""
+        try:
+            return self._servers[name]
+        except KeyError:
+            raise self._unknown_server(self.config, name) from None
 
     async def _listing(
         self, name: str | None, list_one: Callable[[_Server], Awaitable[list[dict[str, Any]]]]
     ) -> list[dict[str, Any]]:
         """The rows `list_one` gives for server `name`, or for every connected server (concurrently)."""
         if name is not None:
-            return await list_one(self._servers[name])
+            return await list_one(self._server(name))
         for server in self._servers.values():
             await server.connecting_done()  # so that a listing right after start is complete
         servers = [server for server in self._servers.values() if server.status == CONNECTED]
@@ -634,11 +743,41 @@ class Gateway:
             )
         return server, tool
 
+    def _follow_config(self) -> None:
+        """`follow_config` from another thread (checked here first: most requests find no change)."""
+        if self._watch is not None and self._watch.changed():
+            self._run_on_loop(self.reload_config)
+
     def _config_of(self, server: str) -> ServerConfig:
-        config = self.config.server(server)  # ConfigError naming the configured servers
+        """The config of `server`, read again first if the gateway follows its config and it changed."""
+        if server not in self._configs and self._watch is not None:
+            self._run_on_loop(self.reload_config)  # it may have been added a moment ago
+        else:
+            self._follow_config()
+        config = self.config
+        if server in config.unusable:
+            raise config.unusable[server]
+        if server not in config.servers:
+            raise self._unknown_server(config, server)
         if server not in self._configs:
             raise UsageError(f"Server '{server}' is not connected by this gateway.", server=server)
-        return config
+        return config.servers[server]
+
+    def _unknown_server(self, config: Config, server: str) -> ConfigError:
+        """The error for `server` missing from `config`; a gateway that follows its config says which one it serves."""
+        if self._watch is None:
+            return config.unknown_server(server, f"in {config.path}" if config.path else "")
+        # Absolute: the client asking may run elsewhere than the gateway.
+        files = ", ".join(str(path.absolute()) for path in config.files) or "no file"
+        problem = self._watch.problem
+        if problem is None and not config.files:
+            return config.unknown_server(server, "in the config this gateway serves, which comes from no file")
+        if problem is None:
+            return config.unknown_server(server, f"in {files}, the config this gateway serves")
+        why = problem.message.rstrip(".")
+        return config.unknown_server(
+            server, f"in the config this gateway serves, {files} as last read before it stopped validating ({why})"
+        )
 
     def _new_server(self, config: ServerConfig, connections: TaskGroup) -> _Server:
         return _Server(
@@ -652,6 +791,14 @@ class Gateway:
             hooks=self._hooks,
             negotiation=self._negotiation,
         )
+
+
+@dataclass(eq=False)
+class _Hosted:
+    """A server as the gateway runs it: setting `retire` closes its connections for good."""
+
+    server: _Server
+    retire: anyio.Event
 
 
 @dataclass(eq=False)

@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         # The demo brings its own config; a broken user config must not stop it.
-        cfg = _config.load_config(args.config) if getattr(args, "needs_config", True) else None
+        cfg = _load_config(args) if getattr(args, "needs_config", True) else None
         return args.func(args, cfg)
     except ToolscriptError as exc:
         log.debug("command failed", exc_info=True)
@@ -114,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    """The config a command uses (also how a running gateway or serve reads it again)."""
+    return _config.load_config(args.config)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -1262,7 +1267,8 @@ def cmd_gateway(args: argparse.Namespace, cfg: Config) -> int:
         from front import HttpFront
     hooks = gateway_module.SessionHooks()
     _warn_unused(cfg, cfg.unusable)
-    gateway = gateway_module.Gateway(cfg, hooks=hooks)  # announces each server as it connects or fails
+    # Announces each server as it connects or fails; follows the config as it changes.
+    gateway = gateway_module.Gateway(cfg, hooks=hooks, reload=lambda: _load_config(args))
     mcp = HttpFront(gateway, hooks, version=__version__, list_wait=max(0.0, args.wait))  # /mcp and /mcp/SERVER
     try:
         api = ApiServer(gateway, args.host, args.port, mcp=mcp)
@@ -1535,10 +1541,12 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     else:
         import front
     _warn_unused(cfg, () if args.server else cfg.unusable)
-    names = list(dict.fromkeys(cfg.server(name).name for name in args.server)) or list(cfg.servers)
-    if not names:
+    names = list(dict.fromkeys(cfg.server(name).name for name in args.server)) or None  # None: all, as they change
+    if not cfg.servers:
         raise UsageError(_no_servers(cfg))
-    ended_by = front.serve_stdio(cfg, names, version=__version__, list_wait=max(0.0, args.wait))
+    ended_by = front.serve_stdio(
+        cfg, names, version=__version__, list_wait=max(0.0, args.wait), reload=lambda: _load_config(args)
+    )
     return EXIT_INTERRUPTED if ended_by == signal.SIGINT else EXIT_OK
 
 

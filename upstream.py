@@ -126,13 +126,16 @@ class SessionHooks:
 
     Each runs on the gateway's loop thread. `status_changed(server)` after a server connected
     or its connection attempt or connection ended; `notification(server, message)` for each
-    notification it sends (after the gateway's own handling, so a tool list is fresh). Both
-    must not block. With `offers_sampling`, the sessions declare sampling: a front passes
-    a server's sampling requests on to its clients (see `Asker`).
+    notification it sends (after the gateway's own handling, so a tool list is fresh);
+    `servers_changed(gone, new)` when the config changed: the sessions of `gone` servers
+    (removed or changed) are closing, `new` ones (added or changed) are connecting. None may
+    block. With `offers_sampling`, the sessions declare sampling: a front passes a server's
+    sampling requests on to its clients (see `Asker`).
     """
 
     status_changed: Callable[[str], None] | None = None
     notification: Callable[[str, Any], None] | None = None
+    servers_changed: Callable[[list[str], list[str]], None] | None = None
     offers_sampling: bool = False
 
 

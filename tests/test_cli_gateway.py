@@ -16,11 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import requests
 from conftest import (
     BROKEN,
+    INITIALIZE,
     ROOT,
+    STDIO_SERVER,
     DenyingAuth,
     cli,
     explain,
@@ -34,7 +37,8 @@ from conftest import (
     write_config,
 )
 
-from config import load_config
+from config import load_config, toolscript_home
+from errors import ConfigError
 from gateway import Gateway
 from gateway_http import CHALLENGE_HEADER, PROOF_HEADER, RemoteGateway, token_file, write_token_file
 
@@ -342,6 +346,63 @@ def test_gateway_serves_before_its_servers_connect(servers: Path, tmp_path: Path
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130
+
+
+def test_the_gateway_follows_its_config_file(capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
+    # The user's own config, which `add` and `remove` edit (a project file they leave alone).
+    user_config = toolscript_home() / "config.toml"
+    user_config.parent.mkdir(parents=True, exist_ok=True)
+    config = write_config({"a": stdio_server()}, user_config)
+    proc, first = start_gateway_process()
+    try:
+        url, token = gateway_variables(first).values()
+        monkeypatch.setenv("TOOLSCRIPT_GATEWAY_URL", url)
+        gateway = RemoteGateway(url)
+
+        def pid(server: str) -> int:
+            return int(gateway.call(f"{server}__pid")["content"][0]["text"])
+
+        def mcp_status(server: str) -> int:  # of an MCP initialize at /mcp/SERVER
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+            return httpx2.post(f"{url}/mcp/{server}", json=INITIALIZE, headers=headers, timeout=60).status_code
+
+        a_pid = pid("a")
+        # Added: usable at once, through the gateway, by the next command.
+        assert cli(capsys, "add", "b", "--", sys.executable, STDIO_SERVER)[0] == 0
+        assert cli(capsys, "call", "b__echo", '{"text": "new"}') == (0, "new\n", "")
+        b_pid = pid("b")
+        assert pid("a") == a_pid  # an unchanged server keeps its session
+        assert mcp_status("b") == 200  # /mcp/b too
+        # Changed: reconnected (a new process; the old one ends); the others untouched.
+        write_config({"a": stdio_server(exclude_tools=["crash"]), "b": stdio_server()}, user_config)
+        a_pid_changed = pid("a")
+        assert a_pid_changed != a_pid and pid("b") == b_pid
+        wait_until(lambda: not process_exists(a_pid), timeout=30, what="the changed server's old process to end")
+        # Removed: no longer listed, its process ended, and the gateway says which config it serves.
+        assert cli(capsys, "remove", "a")[0] == 0
+        assert [row["name"] for row in gateway.servers()] == ["b"]
+        wait_until(lambda: not process_exists(a_pid_changed), timeout=30, what="the removed server's process to end")
+        assert mcp_status("a") == 404
+        unknown = f"Unknown server 'a' in {config.absolute()}, the config this gateway serves (configured: b)."
+        assert cli(capsys, "call", "a__echo") == (2, "", f"error: {unknown}\n")
+        # A file that does not validate: logged once, naming the key; the last good config is served.
+        config.write_text(config.read_text() + '\n[servers.c]\nurl = "ftp://example.com"\n')
+        assert gateway.call("b__echo", {"text": "still"})["content"][0]["text"] == "still"
+        with pytest.raises(ConfigError) as stale:
+            gateway.call("c__echo")
+        assert stale.value.message.startswith(
+            f"Unknown server 'c' in the config this gateway serves, {config.absolute()} as last read before it "
+            f"stopped validating ({config}: servers.c.url: must be an http:// or https:// URL"
+        )
+        assert [row["name"] for row in gateway.servers()] == ["b"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert [line for line in err.splitlines() if "servers.c.url" in line] == [
+        f"{config}: servers.c.url: must be an http:// or https:// URL, not 'ftp://example.com'; "
+        "still serving the config read before."
+    ], err
+    assert "The config changed: added b." in err and "The config changed: removed a." in err
 
 
 def test_gateway_command_on_every_address_prints_a_usable_url(servers: Path) -> None:

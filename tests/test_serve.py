@@ -454,6 +454,41 @@ def test_stdout_carries_only_mcp_and_logs_go_to_stderr(tour: Tour) -> None:
     assert "Traceback" not in stderr_of(tour.errlog)
 
 
+@pytest.mark.parametrize("front", FRONTS)
+def test_a_server_cannot_take_over_reads_of_another_servers_resources(tmp_path: Path, front: str) -> None:
+    hostile = {"command": sys.executable, "args": [EVERYTHING, "evil", "local"]}  # lists and links local's URIs
+    config = write_config({"local": everything("local"), "evil": hostile})
+
+    async def scenario() -> None:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(
+                config, "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog, front=front
+            ) as client:
+                session = client.session
+                # A link in evil's result names evil; the resource it points at is still read from local.
+                linked = await client.call_raw("evil__link", {"uri": "test://local/blob"})
+                blob = (await session.read_resource("test://local/blob")).contents[0]
+                assert blob.blob == BLOB  # type: ignore[union-attr]
+                assert [item["uri"] for item in linked["content"]] == ["toolscript:evil:test://local/blob"]
+                told = (await session.read_resource("toolscript:evil:test://local/blob")).contents[0]
+                assert told.text == "test://local/blob as evil tells it"  # type: ignore[union-attr]
+                await client.call_raw("evil__link", {"uri": "test://local/items/7"})
+                item = (await session.read_resource("test://local/items/7")).contents[0]
+                assert item.text == "item 7 of local"  # type: ignore[union-attr]
+                # Both list test://local/static: each is shown with its server, and a plain read is refused.
+                uris = {str(resource.uri) for resource in (await session.list_resources()).resources}
+                assert {"toolscript:local:test://local/static", "toolscript:evil:test://local/static"} <= uris
+                assert {"test://local/blob", "test://evil/static"} <= uris and "test://local/static" not in uris
+                with pytest.raises(MCPError) as ambiguous:
+                    await session.read_resource("test://local/static")
+                assert ambiguous.value.code == types.INVALID_PARAMS
+                assert "toolscript:local:test://local/static" in ambiguous.value.message
+                named = (await session.read_resource("toolscript:local:test://local/static")).contents[0]
+                assert (named.uri, named.text) == ("toolscript:local:test://local/static", "static text of local")  # type: ignore[union-attr]
+
+    anyio.run(scenario)
+
+
 # == one server: names pass through ========================================================
 
 
@@ -496,6 +531,35 @@ def test_a_late_server_appears_through_list_changed(tmp_path: Path, front: str) 
                 (barrier / "test").touch()
                 await client.list_until(lambda names: "late__echo" in names)
                 assert texts(await client.call_raw("late__echo", {"text": "made it"})) == ["made it"]
+
+    anyio.run(scenario)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_servers_added_to_or_removed_from_the_config_appear_and_go_through_list_changed(
+    tmp_path: Path, front: str
+) -> None:
+    config = write_config({"a": stdio_server()}, tmp_path / "toolscript.toml")
+
+    async def scenario() -> None:
+        with tempfile.NamedTemporaryFile("w+") as errlog:
+            async with serve(
+                config, "--wait", str(TIMEOUT), home=tmp_path / "home", errlog=errlog, front=front
+            ) as client:
+                assert "echo" in await client.list_until(lambda names: "echo" in names)  # one server: its own names
+                a_pid = texts(await client.call_raw("pid"))
+                write_config({"a": stdio_server(), "b": stdio_server()}, config)
+                names = await client.list_until(lambda names: "b__echo" in names)
+                assert "a__echo" in names  # two servers now: SERVER__TOOL
+                assert texts(await client.call_raw("a__pid")) == a_pid  # unchanged: the same session
+                b_pid = int(texts(await client.call_raw("b__pid"))[0])
+                write_config({"b": stdio_server()}, config)
+                names = await client.list_until(lambda names: "pid" in names)
+                assert not any(name.startswith("a__") for name in names)
+                assert texts(await client.call_raw("pid")) == [str(b_pid)]
+                with anyio.fail_after(TIMEOUT):
+                    while process_exists(int(a_pid[0])):  # the removed server's process ends
+                        await anyio.sleep(0.05)
 
     anyio.run(scenario)
 
@@ -761,10 +825,10 @@ def test_what_the_pipe_does_not_take_at_once_goes_out_whole_and_in_order_even_if
             tg.start_soon(wire.write_backlog)
             with anyio.CancelScope() as sender:
                 sender.cancel()  # its sender gives up while it waits; the message still goes out whole
-                await wire.send(_notification("big", {"text": big}))
+                await wire.send(_answer(1, {"text": big}))
             reader.start()
             with anyio.fail_after(TIMEOUT):
-                await wire.send(_notification("small"))  # after the big one, never inside it
+                await wire.send(_answer(2))  # after the big one, never inside it
             tg.cancel_scope.cancel()
         wire.close()
         os.close(write_end)
@@ -772,9 +836,45 @@ def test_what_the_pipe_does_not_take_at_once_goes_out_whole_and_in_order_even_if
     reader = threading.Thread(target=read_all, daemon=True)
     anyio.run(main)
     reader.join(TIMEOUT)  # it reads until the write end is closed
-    assert [json.loads(line)["method"] for line in received] == ["big", "small"]
-    assert json.loads(received[0])["params"]["text"] == big
+    assert [json.loads(line)["id"] for line in received] == [1, 2]
+    assert json.loads(received[0])["result"]["text"] == big
+
+
+def test_notifications_a_client_does_not_read_are_bounded_then_it_counts_as_gone() -> None:
+    import front
+
+    read_end, write_end = os.pipe()  # nobody reads: the pipe fills, then the backlog
+    os.set_blocking(write_end, False)
+    text = "x" * (1 << 16)
+
+    async def main() -> int:
+        wire = front._WireOut(write_end)
+        sent = 0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wire.write_backlog)
+            with anyio.fail_after(TIMEOUT), pytest.raises(anyio.BrokenResourceError):
+                while True:  # a sender of notifications is not held up by a client that does not read
+                    await wire.send(_notification("notifications/message", {"level": "info", "data": text}))
+                    sent += 1
+            assert wire.gone.is_set()
+            with pytest.raises(anyio.BrokenResourceError):  # an answer too: the client is gone
+                await wire.send(_answer(1))
+            tg.cancel_scope.cancel()
+        wire.close()
+        return sent
+
+    try:
+        sent = anyio.run(main)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    held = front.MAX_UNSENT_BYTES // len(text)
+    assert held - 2 <= sent <= held + 2, sent  # what the backlog holds, and what the pipe took
 
 
 def _notification(method: str, params: dict[str, Any] | None = None) -> SessionMessage:
     return SessionMessage(types.JSONRPCNotification(jsonrpc="2.0", method=method, params=params))
+
+
+def _answer(request_id: int, result: dict[str, Any] | None = None) -> SessionMessage:
+    return SessionMessage(types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result or {}))
