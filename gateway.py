@@ -47,9 +47,9 @@ import anyio
 import anyio.lowlevel
 import httpx2
 import mcp_types as types
+import pydantic
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
-from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 
@@ -66,8 +66,10 @@ if __package__:
         did_you_mean,
     )
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
+    from .http_drops import DropWatch, ServerGoneError
     from .logs import SERVER
     from .redact import redact, register_secret
+    from .stdio_transport import DEFAULT_MAX_MESSAGE, Ending, MessageTooLargeError, bounded_lines, open_stdio
     from .storage import OAuthStatus, Store, note_auth_not_needed
 else:
     from elicitation import ACCEPT, CANCEL, DECLINE, DECLINED_KEY, InputHandler, InputRequest
@@ -82,8 +84,10 @@ else:
         did_you_mean,
     )
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
+    from http_drops import DropWatch, ServerGoneError
     from logs import SERVER
     from redact import redact, register_secret
+    from stdio_transport import DEFAULT_MAX_MESSAGE, Ending, MessageTooLargeError, bounded_lines, open_stdio
     from storage import OAuthStatus, Store, note_auth_not_needed
 
 if TYPE_CHECKING:
@@ -126,6 +130,8 @@ RECONNECT_BACKOFF = 0.25  # seconds before the second attempt; doubles after eac
 # server does not make every call wait out more connection attempts.
 RETRY_COOLDOWN = 2.0
 STOP_TIMEOUT = 10.0
+SESSION_END_TIMEOUT = 5.0  # for a streamable HTTP server to answer the DELETE that ends its session
+SSE_PROBE_TIMEOUT = 2.0  # for an http server that refused to connect to say whether it is an SSE endpoint
 _MAX_PAGES = 1000
 # Error answers that mean the request itself was wrong: no such resource or prompt, bad arguments.
 # -32002 is "resource not found" of the 2025 specifications (retired since, but servers send it).
@@ -135,6 +141,7 @@ _T = TypeVar("_T")
 INPUT_ROUNDS = 10
 _INPUT_POLL_DELAYS = (0.05, 0.1, 0.2, 0.25)  # before resending a call whose result asked for nothing
 _MAX_STDERR_LINE = 300
+_MAX_STDERR_LOG_LINE = 8192  # characters of a stdio server's stderr line logged; the rest is skipped
 STDERR_TAIL_LINES = 10  # of a stdio server that failed to start, shown in its error
 STDERR_DRAIN_TIMEOUT = 1.0  # seconds to wait for the rest of a dead stdio server's stderr
 # MCP logging levels (RFC 5424 names) as Python's.
@@ -244,12 +251,13 @@ def http_client(
     auth: httpx2.Auth | None = None,
     *,
     on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None,
+    watch: DropWatch | None = None,
 ) -> httpx2.AsyncClient:
     """Build the HTTP client of an http/sse server: its static headers, its timeout and `auth`.
 
     This is the one place where an HTTP transport's client is made; OAuth plugs in as `auth`.
     `on_response` sees every response (the SDK turns an HTTP error into a JSON-RPC error
-    without its status).
+    without its status); `watch` sees every response body that breaks off.
     """
     timeout = server.timeout or DEFAULT_CONNECT_TIMEOUT
     return httpx2.AsyncClient(
@@ -257,6 +265,7 @@ def http_client(
         timeout=httpx2.Timeout(timeout, read=max(timeout, STREAM_READ_TIMEOUT)),
         auth=auth,
         event_hooks={"response": [on_response]} if on_response is not None else None,
+        transport=watch.transport(httpx2.AsyncHTTPTransport()) if watch is not None else None,
     )
 
 
@@ -304,6 +313,7 @@ class Gateway:
         self._supervisor: Any = None
         self._servers: dict[str, _Server] = {}
         self._stopping: anyio.Event | None = None
+        self._stop_within: float | None = None  # of `stop`
 
     def __enter__(self) -> Gateway:
         return self.start()
@@ -335,14 +345,19 @@ class Gateway:
             raise
         return self
 
-    def stop(self) -> None:
-        """Close every session and end every stdio server process; safe to call twice."""
+    def stop(self, *, within: float | None = None) -> None:
+        """Close every session and end every stdio server process; safe to call twice.
+
+        With `within`, a stdio server still running that many seconds from now is killed
+        (its usual grace periods are cut to fit): a command keeps its deadline.
+        """
         portal, portal_cm = self._portal, self._portal_cm
         self._portal = self._portal_cm = None
         if portal is None or portal_cm is None:
             return
         try:
             if self._stopping is not None:
+                self._stop_within = within
                 portal.call(self._stopping.set)
             if self._supervisor is not None:
                 self._supervisor.result(STOP_TIMEOUT + 5)
@@ -580,7 +595,7 @@ class Gateway:
                 await self._stopping.wait()
             connections.cancel_scope.deadline = anyio.current_time() + STOP_TIMEOUT
             for server in self._servers.values():
-                server.close()
+                server.close(self._stop_within)
 
     async def _connect_all(self, wait: bool) -> None:
         connections = [server.begin_connect() for server in self._servers.values()]
@@ -779,6 +794,7 @@ class _Connection:
     attempt: anyio.CancelScope | None = None  # the connection's scope, cancelled to abandon an attempt
     first: bool = False  # the server's first attempt, whose failure an announcing gateway logs
     clues: _Clues = field(default_factory=lambda: _Clues())
+    ending: Ending = field(default_factory=Ending)  # by when a stdio server's process must be gone once it closes
 
 
 @dataclass(eq=False)
@@ -788,8 +804,11 @@ class _Clues:
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))  # a stdio server's last lines
     stderr_closed: threading.Event = field(default_factory=threading.Event)
     http_error: tuple[int, str] | None = None  # status and URL of the last HTTP error answering a POST
+    session_id: str | None = None  # a streamable HTTP server's
+    serves_sse: bool = False  # an http server refused to connect, and a GET answers with an event stream
 
     async def note_response(self, response: httpx2.Response) -> None:
+        self.session_id = response.headers.get("mcp-session-id", self.session_id)
         # Only POSTs carry MCP messages; a GET stream may be refused (405) without harm.
         if response.status_code >= 400 and response.request.method == "POST":
             self.http_error = response.status_code, str(response.request.url.copy_with(query=None))
@@ -1049,6 +1068,8 @@ class _Server:
                     return await send(connection.session)
                 raise TimeoutError  # only a scope cancelled by its deadline (never cancelled otherwise) gets here
             except TimeoutError:
+                if connection is not None:
+                    connection.ending.at_once()  # a server that kept a request past its deadline gets no grace
                 if failures:
                     raise failures[-1] from None
                 if connection is None:
@@ -1093,6 +1114,11 @@ class _Server:
             except RuntimeError as exc:  # e.g. the SDK rejects a result that breaks the tool's outputSchema
                 raise ConnectError(
                     f"Server '{self.name}' sent an unusable result for {what}: {_first_line(exc)}", server=self.name
+                ) from None
+            except pydantic.ValidationError as exc:  # the SDK rejects a result that breaks the MCP schema
+                raise ConnectError(
+                    f"Server '{self.name}' sent an unusable result for {what}: {_schema_problem(exc)}.",
+                    server=self.name,
                 ) from None
 
     @contextlib.contextmanager
@@ -1295,10 +1321,12 @@ class _Server:
         with anyio.move_on_after(STOP_TIMEOUT):
             await connection.closed.wait()
 
-    def close(self) -> None:
-        """Close the current connection for good: the gateway is stopping."""
+    def close(self, within: float | None = None) -> None:
+        """Close the current connection for good: the gateway is stopping; a stdio server ends `within` seconds."""
         self._closing = True
         if self._connection is not None:
+            if within is not None:
+                self._connection.ending.within(within)
             self._connection.close_requested.set()
             if not self._connection.connected_or_failed.is_set() and self._connection.attempt is not None:
                 self._connection.attempt.cancel()  # still connecting: give up now, not at the connect timeout
@@ -1335,7 +1363,7 @@ class _Server:
         try:
             with anyio.CancelScope() as scope:
                 scope.deadline = anyio.current_time() + self.connect_timeout
-                async with _open_transport(self.config, auth, connection.clues) as (read, write):
+                async with _open_transport(self.config, auth, connection.clues, connection.ending) as (read, write):
                     # Abandoning the attempt is safe only from here: a cancellation while the stdio
                     # transport spawns its process would lose the process (an asyncio limitation).
                     connection.attempt = scope
@@ -1510,10 +1538,10 @@ class _ReadStreamWithEndEvent:
 
 @contextlib.asynccontextmanager
 async def _open_transport(
-    server: ServerConfig, auth: httpx2.Auth | None, clues: _Clues
+    server: ServerConfig, auth: httpx2.Auth | None, clues: _Clues, ending: Ending
 ) -> AsyncIterator[tuple[Any, Any]]:
     if server.type == "stdio":
-        async with _stdio_transport(server, clues) as streams:
+        async with _stdio_transport(server, clues, ending) as streams:
             yield streams
     elif server.type == "sse":
         assert server.url is not None
@@ -1527,41 +1555,84 @@ async def _open_transport(
             yield streams
     else:
         assert server.url is not None
+        watch = DropWatch(server.url)  # a server that dies mid-call ends the connection at once
         async with (
-            http_client(server, auth, on_response=clues.note_response) as client,
-            streamable_http_client(server.url, http_client=client) as streams,
+            http_client(server, auth, on_response=clues.note_response, watch=watch) as client,
+            anyio.create_task_group() as tg,
         ):
-            yield streams
+            tg.start_soon(watch.run)
+            try:
+                # Not terminated by the SDK, which would try (and warn) even when the server is gone.
+                async with streamable_http_client(server.url, http_client=client, terminate_on_close=False) as streams:
+                    yield streams
+                await _end_session(client, server.url, clues)
+            except Exception:
+                refused = clues.http_error
+                if clues.session_id is None and refused is not None and _maybe_sse(server, refused[0]):
+                    clues.serves_sse = await _serves_sse(client, server.url)
+                raise
+            finally:
+                tg.cancel_scope.cancel()
+
+
+async def _serves_sse(client: httpx2.AsyncClient, url: str) -> bool:
+    """Whether a GET of `url` answers with an event stream: an SSE server's endpoint."""
+    with anyio.move_on_after(SSE_PROBE_TIMEOUT):
+        try:
+            async with client.stream("GET", url, headers={"accept": "text/event-stream"}) as response:
+                content_type = response.headers.get("content-type", "")
+                return response.status_code == 200 and content_type.startswith("text/event-stream")
+        except httpx2.HTTPError:
+            return False
+    return False
+
+
+async def _end_session(client: httpx2.AsyncClient, url: str, clues: _Clues) -> None:
+    """Tell a streamable HTTP server that its session is over (DELETE), as the specification asks; quietly."""
+    if clues.session_id is None:
+        return
+    with anyio.move_on_after(SESSION_END_TIMEOUT):
+        try:
+            response = await client.delete(url, headers={"mcp-session-id": clues.session_id})
+            log.debug("Session end at %s: HTTP %d", url, response.status_code)
+        except httpx2.HTTPError as exc:
+            log.debug("Session end at %s failed: %s", url, _first_line(exc) or type(exc).__name__)
 
 
 @contextlib.asynccontextmanager
-async def _stdio_transport(server: ServerConfig, clues: _Clues) -> AsyncIterator[tuple[Any, Any]]:
+async def _stdio_transport(server: ServerConfig, clues: _Clues, ending: Ending) -> AsyncIterator[tuple[Any, Any]]:
     """Run a stdio server with its stderr going to our log at DEBUG (and its last lines to `clues`)."""
     assert server.command is not None
-    params = StdioServerParameters(
-        command=server.command, args=list(server.args), env={**os.environ, **server.env}, cwd=server.cwd
-    )
+    max_message = DEFAULT_MAX_MESSAGE if server.max_message_mb is None else int(server.max_message_mb * 1024 * 1024)
     read_fd, write_fd = os.pipe()
     threading.Thread(
         target=_log_stderr, args=(server.name, read_fd, clues), daemon=True, name=f"stderr-{server.name}"
     ).start()
-    errlog = os.fdopen(write_fd, "w")
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
-        finally:
-            errlog.close()  # the child has its own copy; the reader sees EOF when the child exits
-        yield streams
+    try:
+        async with open_stdio(
+            [server.command, *server.args],
+            env={**os.environ, **server.env},
+            cwd=server.cwd,
+            stderr=write_fd,
+            max_message=max_message,
+            ending=ending,
+        ) as streams:
+            os.close(write_fd)  # the child has its own copy; the reader sees EOF when the child exits
+            write_fd = -1
+            yield streams
+    finally:
+        if write_fd != -1:
+            os.close(write_fd)
 
 
 def _log_stderr(server: str, fd: int, clues: _Clues) -> None:
     try:
-        with open(fd, encoding="utf-8", errors="replace") as stream:
-            for line in stream:
-                log.debug("%s (stderr): %s", server, line.rstrip())
-                if line.strip():
-                    clues.stderr.append(redact(line.rstrip())[:_MAX_STDERR_LINE])  # masked before it is cut
+        for line in bounded_lines(fd, _MAX_STDERR_LOG_LINE):
+            log.debug("%s (stderr): %s", server, line.rstrip())
+            if line.strip():
+                clues.stderr.append(redact(line.rstrip())[:_MAX_STDERR_LINE])  # masked before it is cut
     finally:
+        os.close(fd)
         clues.stderr_closed.set()
 
 
@@ -1737,12 +1808,14 @@ def _reason(exc: BaseException, server: ServerConfig, clues: _Clues | None = Non
     leaf = next((e for e in _leaves(exc) if not isinstance(e, cancelled)), exc)
     if isinstance(leaf, MCPError) and leaf.code == types.CONNECTION_CLOSED and server.type == "stdio":
         return "the server process closed the connection" + _stderr_tail(clues)
+    if isinstance(leaf, (MessageTooLargeError, ServerGoneError)):
+        return leaf.message
     if isinstance(leaf, OSError) and server.type == "stdio":
         return f"cannot run {server.command!r}: {leaf.strerror or leaf}"
     if isinstance(leaf, httpx2.HTTPStatusError):
-        return _http_failure(leaf.response.status_code, str(leaf.request.url.copy_with(query=None)))
+        return _http_failure(leaf.response.status_code, str(leaf.request.url.copy_with(query=None)), server, clues)
     if isinstance(leaf, MCPError) and clues is not None and clues.http_error is not None:
-        return _http_failure(*clues.http_error)  # the SDK's error lost the status ("Not Found")
+        return _http_failure(*clues.http_error, server, clues)  # the SDK's error lost the status ("Not Found")
     if isinstance(leaf, httpx2.TimeoutException):
         return f"no answer from {server.url} in time"
     if isinstance(leaf, (httpx2.TransportError, OSError)):
@@ -1753,9 +1826,22 @@ def _reason(exc: BaseException, server: ServerConfig, clues: _Clues | None = Non
     return f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
 
 
-def _http_failure(status: int, url: str) -> str:
+def _http_failure(status: int, url: str, server: ServerConfig, clues: _Clues | None) -> str:
+    if _maybe_sse(server, status) and (
+        httpx2.URL(url).path.rstrip("/").endswith("/sse") or (clues is not None and clues.serves_sse)
+    ):
+        return f'HTTP {status} from {url}: it looks like an SSE endpoint; set type = "sse" in [servers.{server.name}]'
     hint = ": is this the server's MCP endpoint?" if status in (404, 405) else ""
     return f"HTTP {status} from {url}{hint}"
+
+
+def _maybe_sse(server: ServerConfig, status: int) -> bool:
+    """Whether an HTTP error answering a streamable HTTP request may mean the server speaks SSE instead.
+
+    An SSE server's endpoint takes only GET (405, or 404 where no route matches a POST); one
+    that takes its messages at the same path wants a session id there (400).
+    """
+    return server.type == "http" and status in (400, 404, 405)
 
 
 def _stderr_tail(clues: _Clues | None) -> str:
@@ -1764,6 +1850,17 @@ def _stderr_tail(clues: _Clues | None) -> str:
     if not clues.stderr:
         return " without writing to stderr"
     return "; its stderr ended with:" + "".join(f"\n    {line}" for line in clues.stderr)
+
+
+def _schema_problem(exc: pydantic.ValidationError) -> str:
+    """The first thing wrong in a message that breaks the MCP schema, as `content.0.text: Field required`."""
+    problems = exc.errors(include_url=False, include_input=False)
+    if not problems:
+        return "it does not match the MCP schema"
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -682,9 +682,16 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
 
     pairs, arguments = _arguments_or_pairs(args.arguments, args.tool)
     input_handler = _terminal_input_handler(elicitation)
-    with _open_gateway(cfg, for_tool=args.tool) as gateway, _ProgressLine(args.tool) as progress:
+    end_by: float | None = None  # with --timeout, the call and the end of its server fit in it
+
+    def remaining() -> float | None:
+        return None if end_by is None else max(0.0, end_by - time.monotonic())
+
+    with _open_gateway(cfg, for_tool=args.tool, stop_within=remaining) as gateway, _ProgressLine(args.tool) as progress:
         if pairs is not None:
             arguments = tool_arguments.typed_arguments(pairs, gateway.tool(args.tool).get("inputSchema"), args.tool)
+        if args.timeout is not None:
+            end_by = time.monotonic() + args.timeout
         result = gateway.call(
             args.tool, arguments, timeout=args.timeout, input_handler=input_handler, on_progress=progress
         )
@@ -1092,11 +1099,17 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 
 @contextlib.contextmanager
 def _open_gateway(
-    cfg: Config, *, server: str | None = None, for_tool: str | None = None, for_prompt: str | None = None
+    cfg: Config,
+    *,
+    server: str | None = None,
+    for_tool: str | None = None,
+    for_prompt: str | None = None,
+    stop_within: Callable[[], float | None] | None = None,
 ) -> Iterator[SyncGateway]:
     """Yield the running gateway at $TOOLSCRIPT_GATEWAY_URL, else a gateway of our own.
 
     Our own connects only `server`, or the server of the tool `for_tool` or prompt `for_prompt`, or else all.
+    When it stops, its stdio servers are ended within the seconds `stop_within()` says (None: no hurry).
     """
     if __package__:
         from .gateway_http import URL_VAR, RemoteGateway
@@ -1120,7 +1133,7 @@ def _open_gateway(
         try:
             yield gateway
         finally:
-            gateway.stop()
+            gateway.stop(within=stop_within() if stop_within is not None else None)
 
 
 def _gateway_module() -> ModuleType:
