@@ -36,7 +36,7 @@ def test_auth_required_names_its_server_command() -> None:
 
 
 def test_gateway_adds_the_command_by_attribute() -> None:
-    from gateway import _auth_error
+    from upstream import _auth_error
 
     named = AuthRequiredError("Server 'h' is not authenticated.", server="h")
     assert _auth_error(named, "h") is named

@@ -1,25 +1,70 @@
-"""Notice at once that a streamable HTTP server went away under a request.
+"""What toolscript adds to the SDK's streamable HTTP transport: a dead server noticed at once,
+a quiet end of the session, and an SSE endpoint told from a refusal.
 
-It stands alone because the SDK's streamable HTTP transport does not tell: when a response
-stream breaks it waits a second and tries again (twice, or as often as the server's
-`retry` says), or fails only that request while the transport stays open, so a call to a
-server that died would wait seconds for an answer that cannot come. `DropWatch` wraps the
-HTTP client's transport; when the answer to a POST (a request in flight) breaks off, `run` asks whether anything
-still accepts connections at the server's address, and if not, raises `ServerGoneError`
-(the connection is then over, and every request on it fails with that reason). A server
-that still listens (a proxy dropped one stream) is left to the SDK to resume.
+It stands alone (the connection's lifecycle in upstream.py only calls it) because the SDK's
+transport does not tell that a server died: when a response stream breaks it waits a second
+and tries again (twice, or as often as the server's `retry` says), or fails only that
+request while the transport stays open, so a call to a server that died would wait seconds
+for an answer that cannot come. `DropWatch` wraps the HTTP client's transport; when the
+answer to a POST (a request in flight) breaks off, `run` asks whether anything still accepts
+connections at the server's address, and if not, raises `ServerGoneError` (the connection is
+then over, and every request on it fails with that reason). A server that still listens (a
+proxy dropped one stream) is left to the SDK to resume.
+
+The SDK's own end of the session (a DELETE) would be tried, and warned about, even against
+a server that is gone; `end_session` is sent only on a clean close, and quietly. And an
+`http` server that refuses to connect may be an SSE endpoint configured without
+`type = "sse"`: `serves_sse` asks it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import anyio
 import httpx2
 
-__all__ = ["PROBE_TIMEOUT", "DropWatch", "ServerGoneError"]
+__all__ = ["PROBE_TIMEOUT", "DropWatch", "ServerGoneError", "end_session", "may_be_sse", "serves_sse"]
+
+log = logging.getLogger("toolscript.gateway")
 
 PROBE_TIMEOUT = 1.0  # seconds for the server's address to accept a TCP connection after a stream broke
+SESSION_END_TIMEOUT = 5.0  # for a server to answer the DELETE that ends its session
+SSE_PROBE_TIMEOUT = 2.0  # for a server that refused to connect to say whether it is an SSE endpoint
+
+
+async def end_session(client: httpx2.AsyncClient, url: str, session_id: str | None) -> None:
+    """Tell a server that its session is over (DELETE), as the specification asks; failures are only logged (DEBUG)."""
+    if session_id is None:
+        return
+    with anyio.move_on_after(SESSION_END_TIMEOUT):
+        try:
+            response = await client.delete(url, headers={"mcp-session-id": session_id})
+            log.debug("Session end at %s: HTTP %d", url, response.status_code)
+        except httpx2.HTTPError as exc:
+            log.debug("Session end at %s failed: %s", url, str(exc).strip() or type(exc).__name__)
+
+
+def may_be_sse(status: int) -> bool:
+    """Whether an HTTP error answering a streamable HTTP request may mean the server speaks SSE instead.
+
+    An SSE server's endpoint takes only GET (405, or 404 where no route matches a POST); one
+    that takes its messages at the same path wants a session id there (400).
+    """
+    return status in (400, 404, 405)
+
+
+async def serves_sse(client: httpx2.AsyncClient, url: str) -> bool:
+    """Whether a GET of `url` answers with an event stream: an SSE server's endpoint."""
+    with anyio.move_on_after(SSE_PROBE_TIMEOUT):
+        try:
+            async with client.stream("GET", url, headers={"accept": "text/event-stream"}) as response:
+                content_type = response.headers.get("content-type", "")
+                return response.status_code == 200 and content_type.startswith("text/event-stream")
+        except httpx2.HTTPError:
+            return False
+    return False
 
 
 class ServerGoneError(Exception):
