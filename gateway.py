@@ -1142,9 +1142,7 @@ def _schema_problem(exc: pydantic.ValidationError) -> str:
     if not problems:
         return "it does not match the MCP schema"
     first = problems[0]
-    where = ".".join(str(part) for part in first["loc"])
-    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return ".".join(str(part) for part in first["loc"]) + f": {first['msg']}"
 
 
 def _session_expired(exc: MCPError) -> bool:

@@ -6,8 +6,8 @@ transport does not tell that a server died: when a response stream breaks it wai
 and tries again (twice, or as often as the server's `retry` says), or fails only that
 request while the transport stays open, so a call to a server that died would wait seconds
 for an answer that cannot come. `DropWatch` wraps the HTTP client's transport; when the
-answer to a POST (a request in flight) breaks off, `run` asks whether anything still accepts
-connections at the server's address, and if not, raises `ServerGoneError` (the connection is
+answer to a POST (a request in flight) breaks off, `run` asks whether anything still answers
+at the server's URL, and if not, raises `ServerGoneError` (the connection is
 then over, and every request on it fails with that reason). A server that still listens (a
 proxy dropped one stream) is left to the SDK to resume.
 
@@ -29,7 +29,7 @@ __all__ = ["PROBE_TIMEOUT", "DropWatch", "ServerGoneError", "end_session", "may_
 
 log = logging.getLogger("toolscript.gateway")
 
-PROBE_TIMEOUT = 1.0  # seconds for the server's address to accept a TCP connection after a stream broke
+PROBE_TIMEOUT = 1.0  # seconds for anything at the server's URL to answer after a stream broke
 SESSION_END_TIMEOUT = 5.0  # for a server to answer the DELETE that ends its session
 SSE_PROBE_TIMEOUT = 2.0  # for a server that refused to connect to say whether it is an SSE endpoint
 
@@ -68,11 +68,11 @@ async def serves_sse(client: httpx2.AsyncClient, url: str) -> bool:
 
 
 class ServerGoneError(Exception):
-    """A response stream of a streamable HTTP server broke off and its address accepts no connections."""
+    """A response stream of a streamable HTTP server broke off and nothing answers at its URL any more."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.message = f"the connection to {url} broke off and nothing accepts connections there any more"
+        self.message = f"the connection to {url} broke off and nothing answers there any more"
         super().__init__(self.message)
 
 
@@ -91,23 +91,28 @@ class DropWatch:
         self._dropped.set()
 
     async def run(self) -> None:
-        """Wait for a broken response; raise `ServerGoneError` if the server's address no longer accepts connections."""
+        """Wait for a broken response; raise `ServerGoneError` if nothing answers at the server's URL any more."""
         while True:
             await self._dropped.wait()
             self._dropped = anyio.Event()
-            if not await self._accepts_connections():
+            if not await self._answers():
                 raise ServerGoneError(str(self._url.copy_with(query=None)))
 
-    async def _accepts_connections(self) -> bool:
-        host = self._url.host
-        port = self._url.port or (443 if self._url.scheme == "https" else 80)
+    async def _answers(self) -> bool:
+        """Whether anything at the server's URL still answers HTTP (with any status).
+
+        Not just a TCP connection: a dying server's socket may accept one from its backlog
+        an instant before the process is gone.
+        """
         with anyio.move_on_after(PROBE_TIMEOUT):
             try:
-                stream = await anyio.connect_tcp(host, port)
-            except OSError:
+                async with (
+                    httpx2.AsyncClient(timeout=PROBE_TIMEOUT) as client,
+                    client.stream("GET", self._url, headers={"accept": "text/event-stream"}),
+                ):
+                    return True
+            except httpx2.HTTPError:
                 return False
-            await stream.aclose()
-            return True
         return False
 
 

@@ -80,13 +80,14 @@ class Ending:
 async def open_stdio(
     argv: list[str],
     *,
+    name: str,
     env: dict[str, str],
     cwd: str | None,
     stderr: int,
     max_message: int = DEFAULT_MAX_MESSAGE,
     ending: Ending | None = None,
 ) -> AsyncIterator[tuple[Any, Any]]:
-    """Run `argv` in a session of its own and yield the MCP (read, write) streams over its stdin/stdout.
+    """Run `argv` (server `name`) in a session of its own and yield the MCP (read, write) streams over its stdio.
 
     Its stderr goes to the descriptor `stderr`. On exit the process group is ended as
     `ending` says. A message longer than `max_message` bytes raises `MessageTooLargeError`
@@ -110,7 +111,7 @@ async def open_stdio(
                     return
                 try:
                     for line in lines.feed(chunk) if lines is not None else ():
-                        await to_session.send(_parse(line))
+                        await to_session.send(_parse(line, name))
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                     # Go on reading: a server blocked writing its stdout could not see its input end.
                     lines = None
@@ -186,12 +187,13 @@ def _signal_group(process: anyio.abc.Process, number: int) -> None:
         os.killpg(process.pid, number)
 
 
-def _parse(line: bytes) -> SessionMessage | Exception:
-    """One line from the server as a message, or (logged) the error that says why it is not one."""
+def _parse(line: bytes, name: str) -> SessionMessage | Exception:
+    """One line from server `name` as a message, or (logged) the error that says why it is not one."""
     try:
-        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+        text = line.decode("utf-8", errors="replace")
+        return SessionMessage(types.jsonrpc_message_adapter.validate_json(text, by_name=False))
     except ValueError as exc:
-        log.warning("Failed to parse JSONRPC message from server", exc_info=True)  # one line unless -v
+        log.warning("Server '%s': Failed to parse JSONRPC message from server", name, exc_info=True)  # one line
         return exc
 
 

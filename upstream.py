@@ -621,6 +621,7 @@ async def _stdio_transport(server: ServerConfig, clues: _Clues, ending: Ending) 
     try:
         async with open_stdio(
             [server.command, *server.args],
+            name=server.name,
             env={**os.environ, **server.env},
             cwd=server.cwd,
             stderr=write_fd,
