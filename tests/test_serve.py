@@ -680,30 +680,21 @@ def test_a_signal_stops_serve_and_its_stdio_servers(tmp_path: Path, signum: int)
 def test_a_second_signal_while_stopping_neither_orphans_a_stdio_server_nor_hangs(
     tmp_path: Path, signals: tuple[int, int]
 ) -> None:
-    # The server ignores SIGTERM and the end of its input: ending it takes serve's whole grace (4 s),
-    # and the second signal comes in that time, once serve said (at -v) that the first one stops it.
-    # Before, a second SIGTERM or SIGHUP killed serve and left the server running; a second SIGINT hung it.
+    # The server ignores SIGTERM and the end of its input, so ending it takes serve's whole grace
+    # (4 s); the second signal comes in that time, once the server saw its input end.
+    # Before, a second SIGTERM or SIGHUP killed serve and left the server running; a second SIGINT
+    # broke serve's shutdown.
     raw = [str(SERVERS / "raw_stdio.py"), "--stubborn", str(tmp_path), "--outlive", "60"]
     config = write_config({"stubborn": {"command": sys.executable, "args": raw}})
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "toolscript.py"), "-v", "--config", str(config), "serve", "--wait", "60"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "TOOLSCRIPT_HOME": str(tmp_path / "home")},
-    )
-    stopping = threading.Event()
-    err: list[str] = []
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            err.append(line)
-            if f"{signal.Signals(signals[0]).name}; stopping" in line:
-                stopping.set()
-
-    threading.Thread(target=read_stderr, daemon=True).start()
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "toolscript.py"), "--config", str(config), "serve", "--wait", "60"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "TOOLSCRIPT_HOME": str(tmp_path / "home")},
+        )
     child = None
     try:
         _exchange(proc, INITIALIZE)
@@ -714,10 +705,12 @@ def test_a_second_signal_while_stopping_neither_orphans_a_stdio_server_nor_hangs
         assert answer["result"]["content"][0]["text"] == "up"
         child = int((tmp_path / "pid").read_text())
         proc.send_signal(signals[0])
-        assert stopping.wait(TIMEOUT), "".join(err)
+        wait_until((tmp_path / "eof").exists, TIMEOUT, "serve to end the server's input")
         proc.send_signal(signals[1])
         code = proc.wait(TIMEOUT / 2)
-        assert code == (130 if signals[0] == signal.SIGINT else 0), "".join(err)
+        err = (tmp_path / "stderr").read_text()
+        assert code == (130 if signals[0] == signal.SIGINT else 0), err
+        assert err.splitlines() == ["Server 'stubborn': connected, 5 tools"], err
         wait_until(lambda: _gone(child), timeout=10, what=f"the stdio server {child} to be gone")
     finally:
         if proc.poll() is None:

@@ -10,8 +10,9 @@ block {seconds, started_file, finished_file}
                                             (SIGTERM ignored) for `seconds`, then create `finished_file`
 invalid                                     answer a result that breaks the MCP schema (a text item without text)
 
---stubborn DIR      ignore SIGTERM, write its pid to DIR/pid; once stdin ends, wait --outlive seconds,
-                    then create DIR/outlived and stay until killed: a server that ignores end of input
+--stubborn DIR      ignore SIGTERM, write its pid to DIR/pid; once stdin ends, create DIR/eof, wait
+                    --outlive seconds, then create DIR/outlived and stay until killed: a server that
+                    ignores end of input
 --outlive SECONDS   (default 3)
 """
 
@@ -90,6 +91,7 @@ def main() -> None:
         else:
             send({"jsonrpc": "2.0", "id": ident, "result": result})
     if args.stubborn is not None:
+        (args.stubborn / "eof").touch()
         time.sleep(args.outlive)
         (args.stubborn / "outlived").touch()
         while True:
