@@ -13,7 +13,7 @@ import pytest
 from conftest import SERVERS, finish_within, process_exists, write_config
 
 from config import load_config
-from errors import ConnectError
+from errors import ConfigError, ConnectError
 from gateway import Gateway
 from stdio_transport import bounded_lines
 
@@ -46,6 +46,14 @@ def test_max_message_mb_sets_a_servers_limit() -> None:
         assert text == "x" * 400_000
         with pytest.raises(ConnectError, match=r"it sent a message larger than 524288 bytes \(max_message_mb\)"):
             gateway.call("small__big", {"size": 600_000})
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "16"])
+def test_max_message_mb_must_be_a_positive_number(value: object) -> None:
+    path = write_config({"small": raw(max_message_mb=value)})
+    with pytest.raises(ConfigError) as caught:
+        load_config()
+    assert str(caught.value) == f"{path}: servers.small.max_message_mb: must be a positive number of MiB"
 
 
 def test_stderr_is_read_in_lines_cut_to_the_limit() -> None:
