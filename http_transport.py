@@ -55,11 +55,17 @@ def may_be_sse(status: int) -> bool:
     return status in (400, 404, 405)
 
 
-async def serves_sse(client: httpx2.AsyncClient, url: str) -> bool:
-    """Whether a GET of `url` answers with an event stream: an SSE server's endpoint."""
+async def serves_sse(url: str, headers: dict[str, str]) -> bool:
+    """Whether a GET of `url` (with the server's static `headers`) answers with an event stream: an SSE endpoint.
+
+    Not with the connection's client: its OAuth would try to refresh a token again.
+    """
     with anyio.move_on_after(SSE_PROBE_TIMEOUT):
         try:
-            async with client.stream("GET", url, headers={"accept": "text/event-stream"}) as response:
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=SSE_PROBE_TIMEOUT) as client,
+                client.stream("GET", url, headers={"accept": "text/event-stream"}) as response,
+            ):
                 content_type = response.headers.get("content-type", "")
                 return response.status_code == 200 and content_type.startswith("text/event-stream")
         except httpx2.HTTPError:
@@ -80,7 +86,7 @@ class DropWatch:
     """Watch the responses of one HTTP client (`transport`) for a body that breaks off; `run` acts on it."""
 
     def __init__(self, url: str) -> None:
-        self._url = httpx2.URL(url)
+        self.url = httpx2.URL(url).copy_with(query=None)
         self._dropped = anyio.Event()
 
     def transport(self, inner: httpx2.AsyncBaseTransport) -> httpx2.AsyncBaseTransport:
@@ -96,7 +102,7 @@ class DropWatch:
             await self._dropped.wait()
             self._dropped = anyio.Event()
             if not await self._answers():
-                raise ServerGoneError(str(self._url.copy_with(query=None)))
+                raise ServerGoneError(str(self.url))
 
     async def _answers(self) -> bool:
         """Whether anything at the server's URL still answers HTTP (with any status).
@@ -108,7 +114,7 @@ class DropWatch:
             try:
                 async with (
                     httpx2.AsyncClient(timeout=PROBE_TIMEOUT) as client,
-                    client.stream("GET", self._url, headers={"accept": "text/event-stream"}),
+                    client.stream("GET", self.url, headers={"accept": "text/event-stream"}),
                 ):
                     return True
             except httpx2.HTTPError:
@@ -122,8 +128,9 @@ class _WatchedTransport(httpx2.AsyncBaseTransport):
         self._watch = watch
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        # Only a POST's answer is a request in flight; the SDK reopens a broken GET stream when it can.
-        if request.method != "POST":
+        # Only a POST to the server (not, say, to its token endpoint) is a request in flight; the SDK
+        # reopens a broken GET stream when it can.
+        if request.method != "POST" or request.url.copy_with(query=None) != self._watch.url:
             return await self._inner.handle_async_request(request)
         try:
             response = await self._inner.handle_async_request(request)

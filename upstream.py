@@ -601,9 +601,9 @@ async def _open_transport(
                     yield streams
                 await end_session(client, server.url, clues.session_id)
             except Exception:
-                refused = clues.http_error
-                if clues.session_id is None and refused is not None and may_be_sse(refused[0]):
-                    clues.serves_sse = await serves_sse(client, server.url)
+                refused = clues.http_error  # by the server itself, not (say) its token endpoint
+                if clues.session_id is None and refused is not None and refused[1] == str(watch.url):
+                    clues.serves_sse = may_be_sse(refused[0]) and await serves_sse(server.url, dict(server.headers))
                 raise
             finally:
                 tg.cancel_scope.cancel()
