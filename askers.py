@@ -3,8 +3,15 @@
 It stands apart from the connection (`upstream`) and the requests sent on it (`gateway`)
 because it is one decision with its own rule, fed from both sides: each request in flight
 registers its `Asker` (`Askers.asking`), and the session's callbacks (`Askers.elicit`,
-`Askers.sample`) ask `Askers.answerer` whom the server's question goes to. Only the asker
-of the request the server is serving is asked, never another caller's.
+`Askers.sample`) ask `Askers.answerer` whom the server's question goes to:
+
+- a question tied to a request (streamable HTTP delivers it in that request's context) goes
+  to that request's asker;
+- a question tied to none (stdio and SSE never say; over streamable HTTP, a server that asks
+  without a related request id, as TypeScript-SDK servers often do, sends it on the
+  standalone GET stream) goes to the only request in flight, or, with several in flight
+  whose askers are all the same caller (one MCP client of a front), to that caller;
+- otherwise it is declined, and the log says why: never is one caller asked on another's behalf.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ else:
 if TYPE_CHECKING:
     from mcp.client.session import ClientRequestContext
 
-__all__ = ["Asker", "Askers"]
+__all__ = ["Asker", "Askers", "outside_requests"]
 
 log = logging.getLogger("toolscript.gateway")
 
@@ -35,8 +42,12 @@ class Asker(Protocol):
 
     A tool call's is its input handler (`Gateway.call`); a front's is the client whose
     request it passed on (`Gateway.forward`). Only the asker of the request the server is
-    serving is asked, never another caller's.
+    serving is asked, never another caller's. `caller` is who is asked: the same object
+    for every request of one caller (a front's client connection); a tool call is its own.
     """
+
+    @property
+    def caller(self) -> object: ...
 
     async def elicit(
         self, server: str, context: ClientRequestContext | None, params: types.ElicitRequestParams
@@ -53,42 +64,50 @@ class Asker(Protocol):
 _ASKER: ContextVar[Asker | None] = ContextVar("toolscript_asker", default=None)
 
 
+def outside_requests() -> None:
+    """In a connection's own task: what its transport delivers belongs to no request unless it says so.
+
+    Tasks copy the context they are started from; without this, a connection opened on behalf
+    of a request would hand every later message of its transport to that request's asker.
+    """
+    _ASKER.set(None)
+
+
 class Askers:
     """The askers of the requests in flight to one server, and the rule that picks who answers its question."""
 
-    def __init__(self, server: str, transport: str) -> None:
+    def __init__(self, server: str) -> None:
         self.server = server
-        self.transport = transport  # the server's type: stdio, sse or http
-        self._in_flight: set[Asker] = set()
+        self._in_flight: dict[Asker, None] = {}  # in the order the requests began
 
     @contextlib.contextmanager
     def asking(self, asker: Asker | None) -> Iterator[None]:
         """While a request is in flight: what the server asks on its behalf may go to `asker` (None: nobody)."""
         if asker is not None:
             _ASKER.set(asker)  # the request task's context, which the streamable HTTP transport hands to the callbacks
-            self._in_flight.add(asker)
+            self._in_flight[asker] = None
         try:
             yield
         finally:
-            self._in_flight.discard(asker)  # type: ignore[arg-type]
+            self._in_flight.pop(asker, None)  # type: ignore[arg-type]
 
     def answerer(self, kind: str) -> Asker | None:
-        """The asker of the request a server's request (`kind`) is about; None, after saying why, if unknown."""
-        asker = _ASKER.get()
-        if asker in self._in_flight:  # delivered in the context of the request that caused it (streamable HTTP)
-            return asker
-        if self.transport != "http" and len(self._in_flight) == 1:  # stdio and SSE do not say which request asked
-            return next(iter(self._in_flight))
-        log.warning(
-            "Server '%s' asked for %s while %s; declined.",
-            self.server,
-            kind,
-            "no request was in flight"
-            if not self._in_flight
-            else "outside the requests in flight"
-            if self.transport == "http"
-            else "several requests were in flight and its transport does not say which one asked",
-        )
+        """Who answers a server's request for `kind` (see the module's rule); None, after saying why, if nobody."""
+        tied = _ASKER.get()
+        if tied is not None:
+            if tied in self._in_flight:
+                return tied
+            why = "after the request it belongs to had ended"
+        elif not self._in_flight:
+            why = "while no request was in flight"
+        elif len({asker.caller for asker in self._in_flight}) == 1:
+            return next(reversed(self._in_flight))  # one caller: its latest request is the likeliest cause
+        else:
+            why = (
+                f"outside its requests while {len(self._in_flight)} requests of different callers were in flight, "
+                "so it is not known whom to ask"
+            )
+        log.warning("Server '%s' asked for %s %s; declined.", self.server, kind, why)
         return None
 
     async def elicit(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:

@@ -416,6 +416,12 @@ class Front:
             await anyio.sleep(AUTH_POLL_INTERVAL)
 
 
+def _client_connection(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """The client connection a request came on: the SDK's per-connection object (a ServerSession is made
+    per request and has no public handle to it)."""
+    return ctx.session._connection
+
+
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, one per request
 class _ForwardedRequest:
     """A client's request passed on to a server (a `gateway.Asker`): what the server asks while it serves
@@ -423,6 +429,10 @@ class _ForwardedRequest:
 
     ctx: ServerRequestContext[Any, Any]
     clock: RequestClock  # the request's timeout, stopped while the client answers
+
+    @property
+    def caller(self) -> object:
+        return _client_connection(self.ctx)  # the same for every request of one client
 
     async def elicit(
         self, server: str, context: ClientRequestContext | None, params: types.ElicitRequestParams
@@ -537,8 +547,7 @@ class _View(Server):  # type: ignore[type-arg]
 
     def downstream(self, ctx: ServerRequestContext[Any, Any]) -> _Downstream:
         """The record of the client connection `ctx` came on, made on its first message."""
-        # The SDK's per-connection object; a ServerSession is made per request and has no public handle to it.
-        connection = ctx.session._connection
+        connection = _client_connection(ctx)
         found = connection.state.get(_STATE_KEY)
         if found is None:
             found = connection.state[_STATE_KEY] = _Downstream(ctx.session, self)

@@ -310,9 +310,8 @@ class Gateway:
         input-required result), `input_handler` is asked, in a thread of its own; time spent
         there does not count against `timeout`. Without a handler every such request is
         declined at once and listed in the result's `declinedInputRequests`. Each call has its
-        own handler, also among concurrent calls to one server (over stdio and SSE, whose
-        messages do not say which call a request belongs to, only while that call is the
-        server's only one in flight; otherwise the request is declined).
+        own handler, also among concurrent calls to one server (a request that does not say
+        which call it belongs to goes to the server's only call in flight; see askers.py).
 
         Raises `UsageError` for an unknown or hidden tool, `AuthRequiredError`, `CallTimeoutError`
         when no answer (nor progress) came in `timeout` seconds, and `ConnectError` when the
@@ -629,6 +628,10 @@ class _CallInput:
     handler: InputHandler | None
     declined: list[InputRequest] = field(default_factory=list)
     clock: RequestClock | None = None  # the call's timeout, stopped while the user is asked
+
+    @property
+    def caller(self) -> object:
+        return self  # each call has its own input handler: two calls are two callers
 
     async def elicit(
         self, server: str, context: ClientRequestContext | None, params: types.ElicitRequestParams

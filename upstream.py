@@ -32,7 +32,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 if __package__:
-    from .askers import Askers
+    from .askers import Askers, outside_requests
     from .errors import (
         AuthError,
         AuthRequiredError,
@@ -48,7 +48,7 @@ if __package__:
     from .stdio_transport import DEFAULT_MAX_MESSAGE, Ending, MessageTooLargeError, bounded_lines, open_stdio
     from .storage import OAuthStatus, Store, note_auth_not_needed
 else:
-    from askers import Askers
+    from askers import Askers, outside_requests
     from errors import (
         AuthError,
         AuthRequiredError,
@@ -246,7 +246,7 @@ class Upstream:
         self._reconnect_lock = anyio.Lock()
         self._fail_fast_until = 0.0  # after a failed reconnect round, calls fail with its error until then
         self._tool_refresh_done: anyio.Event | None = None  # None unless a tool list refresh is in progress
-        self.askers = Askers(self.name, config.type)
+        self.askers = Askers(self.name)
         self.auth: httpx2.Auth | None = None  # the current connection's
         self.call_auth_failure: AuthError | None = None  # of the last call, which failed with it
 
@@ -390,6 +390,7 @@ class Upstream:
     async def _run(self, connection: Connection) -> None:
         """Connect, then hold the connection open until it is closed or lost."""
         SERVER.set(self.name)  # what the SDK logs for this connection names the server
+        outside_requests()  # even when a request opened it, the connection is not that request's
         error: BaseException | None = None
         auth = self.auth = self._auth_factory(self.config) if self._auth_factory is not None else None
         if isinstance(auth, StoredTokenAuth):
