@@ -54,7 +54,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 _VAR_RE = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
 _COMMON_KEYS = {"type", "timeout", "include_tools", "exclude_tools"}
-_STDIO_KEYS = _COMMON_KEYS | {"command", "args", "env", "cwd"}
+_STDIO_KEYS = _COMMON_KEYS | {"command", "args", "env", "cwd", "max_message_mb"}
 _REMOTE_KEYS = _COMMON_KEYS | {"url", "headers", "oauth"}
 _OAUTH_KEYS = {"client_id", "client_secret", "scopes", "redirect_uri", "client_metadata_url"}
 
@@ -86,6 +86,7 @@ class ServerConfig:
     oauth: OAuthConfig | None = None
     include_tools: tuple[str, ...] = ()
     exclude_tools: tuple[str, ...] = ()
+    max_message_mb: float | None = None  # a stdio server's longest message (default: stdio_transport's)
 
     @property
     def is_remote(self) -> bool:
@@ -389,6 +390,11 @@ def _parse_server(name: str, table: dict[str, Any], env: dict[str, str]) -> Serv
         env_table = {k: sub(v, f"{prefix}.env.{k}") for k, v in _str_table(table, "env", prefix).items()}
         cwd = table.get("cwd")
         cwd = sub(_str(table, "cwd", prefix), f"{prefix}.cwd") if cwd is not None else None
+        max_message_mb = table.get("max_message_mb")
+        if max_message_mb is not None and (
+            isinstance(max_message_mb, bool) or not isinstance(max_message_mb, (int, float)) or max_message_mb <= 0
+        ):
+            raise _Invalid(f"{prefix}.max_message_mb: must be a positive number of MiB")
         return ServerConfig(
             name=name,
             type=kind,
@@ -396,6 +402,7 @@ def _parse_server(name: str, table: dict[str, Any], env: dict[str, str]) -> Serv
             args=args,
             env=env_table,
             cwd=cwd,
+            max_message_mb=max_message_mb,
             timeout=timeout,
             include_tools=include,
             exclude_tools=exclude,

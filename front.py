@@ -971,13 +971,17 @@ async def _serve_stdio(
     front = Front(gateway, hooks, list_wait=list_wait)
     view = front.view(version=version)
     ended_by: list[int] = []
-    async with gateway.run_in_current_loop(), front.running(), anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signals, tg.cancel_scope, ended_by)
-        async with _stdio_streams() as (read, write):
-            tg.start_soon(_stop_when_set, write.gone, tg.cancel_scope)
-            await view.run(read, write, view.create_initialization_options())
-        log.debug("stdin closed; stopping")
-        tg.cancel_scope.cancel()
+    serving = anyio.CancelScope()  # cancelled by the first signal, or a client gone; the servers are closed after it
+    # Signals are heard until every server has ended: a second one neither cuts that short nor kills us.
+    async with anyio.create_task_group() as listening:
+        listening.start_soon(_stop_on_signals, serving, ended_by)
+        async with gateway.run_in_current_loop(), front.running():
+            with serving:
+                async with _stdio_streams() as (read, write):
+                    listening.start_soon(_stop_when_set, write.gone, serving)
+                    await view.run(read, write, view.create_initialization_options())
+                log.debug("stdin closed; stopping")
+        listening.cancel_scope.cancel()
     return ended_by[0] if ended_by else None
 
 
@@ -989,10 +993,13 @@ async def _stop_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
 async def _stop_on_signals(scope: anyio.CancelScope, ended_by: list[int]) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP, signal.SIGINT) as signals:
         async for signum in signals:
-            log.debug("%s; stopping", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if ended_by:
+                log.debug("%s; stopping already", name)
+                continue
+            log.debug("%s; stopping", name)
             ended_by.append(signum)
             scope.cancel()
-            return
 
 
 @contextlib.asynccontextmanager

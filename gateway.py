@@ -46,6 +46,7 @@ import anyio
 import anyio.lowlevel
 import httpx2
 import mcp_types as types
+import pydantic
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 
@@ -249,6 +250,7 @@ class Gateway:
         self._reloading: anyio.Lock | None = None
         self._stopping: anyio.Event | None = None
         self._search_indexes = IndexCache()  # used on the event loop only
+        self._stop_within: float | None = None  # of `stop`
 
     def __enter__(self) -> Gateway:
         return self.start()
@@ -280,14 +282,19 @@ class Gateway:
             raise
         return self
 
-    def stop(self) -> None:
-        """Close every session and end every stdio server process; safe to call twice."""
+    def stop(self, *, within: float | None = None) -> None:
+        """Close every session and end every stdio server process; safe to call twice.
+
+        With `within`, a stdio server still running that many seconds from now is killed
+        (its usual grace periods are cut to fit): a command keeps its deadline.
+        """
         portal, portal_cm = self._portal, self._portal_cm
         self._portal = self._portal_cm = None
         if portal is None or portal_cm is None:
             return
         try:
             if self._stopping is not None:
+                self._stop_within = within
                 portal.call(self._stopping.set)
             if self._supervisor is not None:
                 self._supervisor.result(STOP_TIMEOUT + 5)
@@ -591,8 +598,10 @@ class Gateway:
             server = self._new_server(config, connections)
             task_status.started(_Hosted(server, retire))
             await retire.wait()
-            connections.cancel_scope.deadline = anyio.current_time() + STOP_TIMEOUT
-            server.close()
+            # At stop with a deadline (`stop(within=...)`), the servers end within it; else as usual.
+            grace = STOP_TIMEOUT if self._stop_within is None else min(STOP_TIMEOUT, self._stop_within)
+            connections.cancel_scope.deadline = anyio.current_time() + grace
+            server.close(self._stop_within)
 
     async def _follow_config_on_loop(self) -> None:
         while True:
@@ -1007,6 +1016,8 @@ class _Server(Upstream):
                     return await send(connection.session)
                 raise TimeoutError  # only a scope cancelled by its deadline (never cancelled otherwise) gets here
             except TimeoutError:
+                if connection is not None:
+                    connection.ending.at_once()  # a server that kept a request past its deadline gets no grace
                 if failures:
                     raise failures[-1] from None
                 if connection is None:
@@ -1051,6 +1062,11 @@ class _Server(Upstream):
             except RuntimeError as exc:  # e.g. the SDK rejects a result that breaks the tool's outputSchema
                 raise ConnectError(
                     f"Server '{self.name}' sent an unusable result for {what}: {first_line(exc)}", server=self.name
+                ) from None
+            except pydantic.ValidationError as exc:  # the SDK rejects a result that breaks the MCP schema
+                raise ConnectError(
+                    f"Server '{self.name}' sent an unusable result for {what}: {_schema_problem(exc)}.",
+                    server=self.name,
                 ) from None
 
     @contextlib.contextmanager
@@ -1328,6 +1344,15 @@ def _register_secrets(server: ServerConfig) -> None:
             register_secret(value)
             _scheme, _, credential = value.partition(" ")  # "Bearer abc" -> also "abc"
             register_secret(credential.strip())
+
+
+def _schema_problem(exc: pydantic.ValidationError) -> str:
+    """The first thing wrong in a message that breaks the MCP schema, as `content.0.text: Field required`."""
+    problems = exc.errors(include_url=False, include_input=False)
+    if not problems:
+        return "it does not match the MCP schema"
+    first = problems[0]
+    return ".".join(str(part) for part in first["loc"]) + f": {first['msg']}"
 
 
 def _session_expired(exc: MCPError) -> bool:

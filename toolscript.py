@@ -872,9 +872,16 @@ def cmd_call(args: argparse.Namespace, cfg: Config) -> int:
 
     pairs, arguments = _arguments_or_pairs(args.arguments, args.tool)
     input_handler = _input_handler(args, elicitation)
-    with _open_gateway(cfg, for_tool=args.tool) as gateway, _ProgressLine(args.tool) as progress:
+    end_by: float | None = None  # with --timeout, the call and the end of its server fit in it
+
+    def remaining() -> float | None:
+        return None if end_by is None else max(0.0, end_by - time.monotonic())
+
+    with _open_gateway(cfg, for_tool=args.tool, stop_within=remaining) as gateway, _ProgressLine(args.tool) as progress:
         if pairs is not None:
             arguments = tool_arguments.typed_arguments(pairs, gateway.tool(args.tool).get("inputSchema"), args.tool)
+        if args.timeout is not None:
+            end_by = time.monotonic() + args.timeout
         result = gateway.call(
             args.tool, arguments, timeout=args.timeout, input_handler=input_handler, on_progress=progress
         )
@@ -1558,11 +1565,13 @@ def _open_gateway(
     for_tool: str | None = None,
     for_prompt: str | None = None,
     servers: Sequence[str] = (),
+    stop_within: Callable[[], float | None] | None = None,
 ) -> Iterator[SyncGateway]:
     """Yield the running gateway at $TOOLSCRIPT_GATEWAY_URL, else a gateway of our own.
 
     Our own connects only `server` (or `servers`), or the server of the tool `for_tool` or prompt `for_prompt`,
-    or else all.
+    or else all. When it stops, its stdio servers are ended within the seconds `stop_within()` says (None: no
+    hurry).
     """
     remote = running_gateway(cfg.sources or cfg.path, discover=not _no_gateway.is_set())
     if remote is not None:
@@ -1581,7 +1590,7 @@ def _open_gateway(
         try:
             yield gateway
         finally:
-            gateway.stop()
+            gateway.stop(within=stop_within() if stop_within is not None else None)
 
 
 _no_gateway = threading.Event()  # --no-gateway, for this run of main()

@@ -28,7 +28,6 @@ import httpx2
 import mcp_types as types
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
-from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
@@ -43,8 +42,10 @@ if __package__:
         ToolscriptError,
     )
     from .gateway_auth import StoredTokenAuth
+    from .http_transport import DropWatch, ServerGoneError, end_session, may_be_sse, serves_sse
     from .logs import SERVER
     from .redact import redact
+    from .stdio_transport import DEFAULT_MAX_MESSAGE, Ending, MessageTooLargeError, bounded_lines, open_stdio
     from .storage import OAuthStatus, Store, note_auth_not_needed
 else:
     from askers import Askers, outside_requests
@@ -57,8 +58,10 @@ else:
         ToolscriptError,
     )
     from gateway_auth import StoredTokenAuth
+    from http_transport import DropWatch, ServerGoneError, end_session, may_be_sse, serves_sse
     from logs import SERVER
     from redact import redact
+    from stdio_transport import DEFAULT_MAX_MESSAGE, Ending, MessageTooLargeError, bounded_lines, open_stdio
     from storage import OAuthStatus, Store, note_auth_not_needed
 
 if TYPE_CHECKING:
@@ -100,6 +103,7 @@ RETRY_COOLDOWN = 2.0
 STOP_TIMEOUT = 10.0
 MAX_PAGES = 1000
 _MAX_STDERR_LINE = 300
+_MAX_STDERR_LOG_LINE = 8192  # characters of a stdio server's stderr line logged; the rest is skipped
 STDERR_TAIL_LINES = 10  # of a stdio server that failed to start, shown in its error
 STDERR_DRAIN_TIMEOUT = 1.0  # seconds to wait for the rest of a dead stdio server's stderr
 # MCP logging levels (RFC 5424 names) as Python's.
@@ -151,12 +155,13 @@ def http_client(
     auth: httpx2.Auth | None = None,
     *,
     on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None,
+    watch: DropWatch | None = None,
 ) -> httpx2.AsyncClient:
     """Build the HTTP client of an http/sse server: its static headers, its timeout and `auth`.
 
     This is the one place where an HTTP transport's client is made; OAuth plugs in as `auth`.
     `on_response` sees every response (the SDK turns an HTTP error into a JSON-RPC error
-    without its status).
+    without its status); `watch` sees every answer to a POST that breaks off.
     """
     timeout = server.timeout or DEFAULT_CONNECT_TIMEOUT
     return httpx2.AsyncClient(
@@ -164,6 +169,7 @@ def http_client(
         timeout=httpx2.Timeout(timeout, read=max(timeout, STREAM_READ_TIMEOUT)),
         auth=auth,
         event_hooks={"response": [on_response]} if on_response is not None else None,
+        transport=watch.transport(httpx2.AsyncHTTPTransport()) if watch is not None else None,
     )
 
 
@@ -183,6 +189,7 @@ class Connection:
     attempt: anyio.CancelScope | None = None  # the connection's scope, cancelled to abandon an attempt
     first: bool = False  # the server's first attempt, whose failure an announcing gateway logs
     clues: _Clues = field(default_factory=lambda: _Clues())
+    ending: Ending = field(default_factory=Ending)  # by when a stdio server's process must be gone once it closes
 
 
 @dataclass(eq=False)
@@ -192,8 +199,11 @@ class _Clues:
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))  # a stdio server's last lines
     stderr_closed: threading.Event = field(default_factory=threading.Event)
     http_error: tuple[int, str] | None = None  # status and URL of the last HTTP error answering a POST
+    session_id: str | None = None  # a streamable HTTP server's
+    serves_sse: bool = False  # an http server refused to connect, and a GET answers with an event stream
 
     async def note_response(self, response: httpx2.Response) -> None:
+        self.session_id = response.headers.get("mcp-session-id", self.session_id)
         # Only POSTs carry MCP messages; a GET stream may be refused (405) without harm.
         if response.status_code >= 400 and response.request.method == "POST":
             self.http_error = response.status_code, str(response.request.url.copy_with(query=None))
@@ -348,10 +358,12 @@ class Upstream:
         with anyio.move_on_after(STOP_TIMEOUT):
             await connection.closed.wait()
 
-    def close(self) -> None:
-        """Close the current connection for good: the gateway is stopping."""
+    def close(self, within: float | None = None) -> None:
+        """Close the current connection for good: the gateway is stopping; a stdio server ends `within` seconds."""
         self._closing = True
         if self._connection is not None:
+            if within is not None:
+                self._connection.ending.within(within)
             self._connection.close_requested.set()
             if not self._connection.connected_or_failed.is_set() and self._connection.attempt is not None:
                 self._connection.attempt.cancel()  # still connecting: give up now, not at the connect timeout
@@ -389,7 +401,7 @@ class Upstream:
         try:
             with anyio.CancelScope() as scope:
                 scope.deadline = anyio.current_time() + self.connect_timeout
-                async with _open_transport(self.config, auth, connection.clues) as (read, write):
+                async with _open_transport(self.config, auth, connection.clues, connection.ending) as (read, write):
                     # Abandoning the attempt is safe only from here: a cancellation while the stdio
                     # transport spawns its process would lose the process (an asyncio limitation).
                     connection.attempt = scope
@@ -564,10 +576,10 @@ class _ReadStreamWithEndEvent:
 
 @contextlib.asynccontextmanager
 async def _open_transport(
-    server: ServerConfig, auth: httpx2.Auth | None, clues: _Clues
+    server: ServerConfig, auth: httpx2.Auth | None, clues: _Clues, ending: Ending
 ) -> AsyncIterator[tuple[Any, Any]]:
     if server.type == "stdio":
-        async with _stdio_transport(server, clues) as streams:
+        async with _stdio_transport(server, clues, ending) as streams:
             yield streams
     elif server.type == "sse":
         assert server.url is not None
@@ -581,41 +593,61 @@ async def _open_transport(
             yield streams
     else:
         assert server.url is not None
+        watch = DropWatch(server.url)  # a server that dies mid-call ends the connection at once
         async with (
-            http_client(server, auth, on_response=clues.note_response) as client,
-            streamable_http_client(server.url, http_client=client) as streams,
+            http_client(server, auth, on_response=clues.note_response, watch=watch) as client,
+            anyio.create_task_group() as tg,
         ):
-            yield streams
+            tg.start_soon(watch.run)
+            try:
+                # Not ended by the SDK, which would try (and warn) even when the server is gone.
+                async with streamable_http_client(server.url, http_client=client, terminate_on_close=False) as streams:
+                    yield streams
+                await end_session(client, server.url, clues.session_id)
+            except Exception:
+                refused = clues.http_error  # by the server itself, not (say) its token endpoint
+                if clues.session_id is None and refused is not None and refused[1] == str(watch.url):
+                    clues.serves_sse = may_be_sse(refused[0]) and await serves_sse(server.url, dict(server.headers))
+                raise
+            finally:
+                tg.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
-async def _stdio_transport(server: ServerConfig, clues: _Clues) -> AsyncIterator[tuple[Any, Any]]:
+async def _stdio_transport(server: ServerConfig, clues: _Clues, ending: Ending) -> AsyncIterator[tuple[Any, Any]]:
     """Run a stdio server with its stderr going to our log at DEBUG (and its last lines to `clues`)."""
     assert server.command is not None
-    params = StdioServerParameters(
-        command=server.command, args=list(server.args), env={**os.environ, **server.env}, cwd=server.cwd
-    )
+    max_message = DEFAULT_MAX_MESSAGE if server.max_message_mb is None else int(server.max_message_mb * 1024 * 1024)
     read_fd, write_fd = os.pipe()
     threading.Thread(
         target=_log_stderr, args=(server.name, read_fd, clues), daemon=True, name=f"stderr-{server.name}"
     ).start()
-    errlog = os.fdopen(write_fd, "w")
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
-        finally:
-            errlog.close()  # the child has its own copy; the reader sees EOF when the child exits
-        yield streams
+    try:
+        async with open_stdio(
+            [server.command, *server.args],
+            name=server.name,
+            env={**os.environ, **server.env},
+            cwd=server.cwd,
+            stderr=write_fd,
+            max_message=max_message,
+            ending=ending,
+        ) as streams:
+            os.close(write_fd)  # the child has its own copy; the reader sees EOF when the child exits
+            write_fd = -1
+            yield streams
+    finally:
+        if write_fd != -1:
+            os.close(write_fd)
 
 
 def _log_stderr(server: str, fd: int, clues: _Clues) -> None:
     try:
-        with open(fd, encoding="utf-8", errors="replace") as stream:
-            for line in stream:
-                log.debug("%s (stderr): %s", server, line.rstrip())
-                if line.strip():
-                    clues.stderr.append(redact(line.rstrip())[:_MAX_STDERR_LINE])  # masked before it is cut
+        for line in bounded_lines(fd, _MAX_STDERR_LOG_LINE):
+            log.debug("%s (stderr): %s", server, line.rstrip())
+            if line.strip():
+                clues.stderr.append(redact(line.rstrip())[:_MAX_STDERR_LINE])  # masked before it is cut
     finally:
+        os.close(fd)
         clues.stderr_closed.set()
 
 
@@ -657,12 +689,14 @@ def _reason(exc: BaseException, server: ServerConfig, clues: _Clues | None = Non
     leaf = next((e for e in _leaves(exc) if not isinstance(e, cancelled)), exc)
     if isinstance(leaf, MCPError) and leaf.code == types.CONNECTION_CLOSED and server.type == "stdio":
         return "the server process closed the connection" + _stderr_tail(clues)
+    if isinstance(leaf, (MessageTooLargeError, ServerGoneError)):
+        return leaf.message
     if isinstance(leaf, OSError) and server.type == "stdio":
         return f"cannot run {server.command!r}: {leaf.strerror or leaf}"
     if isinstance(leaf, httpx2.HTTPStatusError):
-        return _http_failure(leaf.response.status_code, str(leaf.request.url.copy_with(query=None)))
+        return _http_failure(leaf.response.status_code, str(leaf.request.url.copy_with(query=None)), server, clues)
     if isinstance(leaf, MCPError) and clues is not None and clues.http_error is not None:
-        return _http_failure(*clues.http_error)  # the SDK's error lost the status ("Not Found")
+        return _http_failure(*clues.http_error, server, clues)  # the SDK's error lost the status ("Not Found")
     if isinstance(leaf, httpx2.TimeoutException):
         return f"no answer from {server.url} in time"
     if isinstance(leaf, (httpx2.TransportError, OSError)):
@@ -673,7 +707,13 @@ def _reason(exc: BaseException, server: ServerConfig, clues: _Clues | None = Non
     return f"{type(leaf).__name__}: {text}" if text else type(leaf).__name__
 
 
-def _http_failure(status: int, url: str) -> str:
+def _http_failure(status: int, url: str, server: ServerConfig, clues: _Clues | None) -> str:
+    if (
+        server.type == "http"
+        and may_be_sse(status)
+        and (httpx2.URL(url).path.rstrip("/").endswith("/sse") or (clues is not None and clues.serves_sse))
+    ):
+        return f'HTTP {status} from {url}: it looks like an SSE endpoint; set type = "sse" in [servers.{server.name}]'
     hint = ": is this the server's MCP endpoint?" if status in (404, 405) else ""
     return f"HTTP {status} from {url}{hint}"
 

@@ -286,3 +286,20 @@ def test_describe_and_key_value_through_a_running_gateway(toolbox: Path) -> None
         2,
         "error: Unknown tool 'nope' on server 's'. Run: toolscript tools --server s\n",
     ), explain(unknown)
+
+
+def test_a_result_that_breaks_the_mcp_schema_is_one_line_naming_the_server(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import requests
+
+    write_config({"raw": {"command": sys.executable, "args": [str(SERVERS / "raw_stdio.py")]}})
+    message = (
+        "Server 'raw' sent an unusable result for the call to 'invalid': content.0.TextContent.text: Field required."
+    )
+    assert cli(capsys, "call", "raw__invalid") == (4, "", f"error: {message}\n")
+    with Gateway(load_config()) as gateway, serving_api(gateway) as api:
+        answer = requests.post(
+            f"{api.url}/tools/raw__invalid", json={}, headers={"Authorization": f"Bearer {api.token}"}, timeout=60
+        )
+    assert (answer.status_code, answer.json()["error"]) == (502, message)

@@ -374,3 +374,42 @@ def test_a_directory_at_the_gateways_token_path_is_one_line(capsys: pytest.Captu
         f"error: {path} is not a private file of yours (mode 0600); refusing to use it. "
         "Delete it and restart the gateway, or set TOOLSCRIPT_GATEWAY_TOKEN.\n"
     )
+
+
+# -- --timeout bounds the whole call, the end of its server included ----------------------
+
+
+def _raw(*flags: str) -> dict[str, object]:
+    from conftest import SERVERS
+
+    return {"command": sys.executable, "args": [str(SERVERS / "raw_stdio.py"), *flags]}
+
+
+def test_call_timeout_ends_a_server_stuck_in_a_blocking_call_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import cli
+
+    # The tool ignores SIGTERM and sleeps 3 s past the timeout, then leaves a file. Before, the
+    # server got the usual grace (2 s after its input ends, 2 s after SIGTERM): it finished and
+    # left the file, and the command ran 4 s past its timeout. Now it is killed when the call is given up.
+    write_config({"raw": _raw()})
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    arguments = json.dumps({"seconds": 6, "started_file": str(started), "finished_file": str(finished)})
+    code, out, err = cli(capsys, "call", "raw__block", arguments, "--timeout", "3")
+    assert (code, out, err) == (4, "", "error: Tool 'raw__block' did not answer within 3 s.\n")
+    assert started.exists() and not finished.exists()
+
+
+def test_call_timeout_bounds_the_end_of_a_server_that_ignores_end_of_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import cli, process_exists
+
+    # The server ignores SIGTERM and the end of its input, and leaves a file 3.5 s after its input
+    # ended: past the 3 s the whole command may take (it ended its input later than the command
+    # started), but within the usual grace of 4 s, which the command took before.
+    write_config({"raw": _raw("--stubborn", str(tmp_path), "--outlive", "3.5")})
+    assert cli(capsys, "call", "raw__echo", '{"text": "hi"}', "--timeout", "3") == (0, "hi\n", "")
+    assert not process_exists(int((tmp_path / "pid").read_text()))
+    assert not (tmp_path / "outlived").exists()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import SERVERS, explain, run_cli, wait_until, write_config
+from conftest import SERVERS, explain, finish_within, run_cli, wait_until, write_config
 
 import toolscript
 from config import load_config
@@ -105,7 +105,7 @@ def test_an_sse_server_going_away_is_one_line(capsys: pytest.CaptureFixture[str]
     assert "Traceback" not in err
 
 
-def test_a_404_on_session_termination_is_one_line_naming_the_server(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_404_on_session_termination_is_not_reported(capsys: pytest.CaptureFixture[str]) -> None:
     toolscript.configure_logging()
     with server_process("http") as (_, url):
         write_config({"h": {"type": "http", "url": url}})
@@ -117,7 +117,58 @@ def test_a_404_on_session_termination_is_one_line_naming_the_server(capsys: pyte
             gateway.stop()
     finally:
         gateway.stop()
-    assert capsys.readouterr().err == "Server 'h': Session termination failed: 404\n"
+    assert capsys.readouterr().err == ""  # the session is over either way
+
+
+def test_a_streamable_http_server_dying_mid_call_fails_the_call_at_once_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with server_process("http") as (_, url):
+        write_config({"h": {"url": url}})
+        # Before, the call waited out the gateway's stop timeout (10 s) for the connection to end,
+        # and the SDK warned that it could not end the session at the dead server first.
+        code = finish_within(8, lambda: toolscript.main(["call", "h__crash"]))
+    assert (code, capsys.readouterr().err) == (
+        4,
+        f"error: Server 'h' failed (the connection to {url} broke off and nothing answers there any more) "
+        "during the call to 'crash'; it is reconnected on the next call.\n",
+    )
+
+
+def test_an_sse_endpoint_configured_as_http_gets_the_hint_to_set_its_type(
+    sse_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config({"x": {"url": sse_server.url}})  # ends in /sse, which answers a POST with 405
+    assert toolscript.main(["tools", "--server", "x"]) == 4
+    assert capsys.readouterr().err == (
+        f"error: Server 'x' failed to connect: HTTP 405 from {sse_server.url}: it looks like an SSE endpoint; "
+        'set type = "sse" in [servers.x]\n'
+    )
+
+
+def test_an_sse_endpoint_that_answers_400_gets_the_hint_to_set_its_type(capsys: pytest.CaptureFixture[str]) -> None:
+    from http_server import serving_app
+    from toolbox import build
+
+    inner = build().sse_app()  # GET /sse opens the stream, POST /messages/?session_id=... carries messages
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        # An SSE server at one path: a GET opens the stream, a POST is a message, and wants a session id (else 400).
+        if scope["type"] == "http" and scope["path"] == "/events":
+            scope = {**scope, "path": "/messages/" if scope["method"] == "POST" else "/sse"}
+        await inner(scope, receive, send)
+
+    with serving_app(app, "/events") as running:
+        write_config({"x": {"url": running.url}, "right": {"type": "sse", "url": running.url}})
+        assert toolscript.main(["tools", "--server", "right"]) == 0  # it is an SSE endpoint
+        capsys.readouterr()
+        assert toolscript.main(["tools", "--server", "x"]) == 4
+    # Only our error lines: the server, in this process, logs to the same stderr.
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: Server 'x' failed to connect: HTTP 400 from {running.url}: it looks like an SSE endpoint; "
+        'set type = "sse" in [servers.x]'
+    ]
 
 
 # -- OAuth ------------------------------------------------------------------------------

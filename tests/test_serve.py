@@ -737,6 +737,63 @@ def test_a_signal_stops_serve_and_its_stdio_servers(tmp_path: Path, signum: int)
     assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
 
 
+@pytest.mark.parametrize(
+    "signals",
+    [(signal.SIGHUP, signal.SIGTERM), (signal.SIGINT, signal.SIGINT)],
+    ids=["HUP-TERM", "INT-INT"],
+)
+def test_a_second_signal_while_stopping_neither_orphans_a_stdio_server_nor_hangs(
+    tmp_path: Path, signals: tuple[int, int]
+) -> None:
+    # The server ignores SIGTERM and the end of its input, so ending it takes serve's whole grace
+    # (4 s); the second signal comes in that time, once the server saw its input end.
+    # Before, a second SIGTERM or SIGHUP killed serve and left the server running; a second SIGINT
+    # broke serve's shutdown.
+    raw = [str(SERVERS / "raw_stdio.py"), "--stubborn", str(tmp_path), "--outlive", "60"]
+    config = write_config({"stubborn": {"command": sys.executable, "args": raw}})
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "toolscript.py"), "--config", str(config), "serve", "--wait", "60"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "TOOLSCRIPT_HOME": str(tmp_path / "home")},
+        )
+    child = None
+    try:
+        _exchange(proc, INITIALIZE)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        call = {"name": "echo", "arguments": {"text": "up"}}
+        answer = _exchange(proc, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call})
+        assert answer["result"]["content"][0]["text"] == "up"
+        child = int((tmp_path / "pid").read_text())
+        proc.send_signal(signals[0])
+        wait_until((tmp_path / "eof").exists, TIMEOUT, "serve to end the server's input")
+        proc.send_signal(signals[1])
+        code = proc.wait(TIMEOUT / 2)
+        err = (tmp_path / "stderr").read_text()
+        assert code == (130 if signals[0] == signal.SIGINT else 0), err
+        assert err.splitlines() == ["Server 'stubborn': connected, 5 tools"], err
+        wait_until(lambda: _gone(child), timeout=10, what=f"the stdio server {child} to be gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if child is not None and not _gone(child):
+            os.killpg(child, signal.SIGKILL)  # the old code leaves it running: do not leak it
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie waiting for a parent that never reaps it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 # == one refresh for many serve processes ===================================================
 
 RACER = lock_racer('["-v", "--config", sys.argv[3], "serve", "--wait", "60"]')
