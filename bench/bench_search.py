@@ -14,7 +14,8 @@ half (odd query lines), on which the ranker's weights and word table were tuned,
 held-out half (even lines), which was not looked at while tuning. Then the time to build an
 index of >= 1,000 tools (the fixtures three times over, under other server names, with their
 descriptions' sentences rotated so the copies differ) and the median and worst time of a query
-over it (each query's time the median of 3 runs). Targets: recall@1 >= 0.70, recall@5 >= 0.90, a query over 1,000 tools < 50 ms.
+over it (each query's time the median of 3 runs). Targets: recall@1 >= 0.70, recall@5 >= 0.90,
+a query over 1,000 tools < 50 ms.
 `--misses` lists the queries whose first answer was not acceptable.
 """
 
