@@ -153,7 +153,7 @@ _SHORTHANDS: dict[str, tuple[str, ...]] = {
 }
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"[A-Za-z0-9]+")
 
 
 @lru_cache(maxsize=65536)
@@ -184,7 +184,13 @@ def _stem(word: str) -> str:
 
 def _words(text: str) -> list[str]:
     """The lower-case words of `text`, names split on `_`, `-`, `.` and camelCase."""
-    return _WORD.findall(_CAMEL.sub(" ", text).lower())
+    words = []
+    for word in _WORD.findall(text):
+        if word.islower() or word.isupper() or word[1:].islower() or word.isdigit():
+            words.append(word.lower())  # most words: no camelCase to split (the split is slow on long text)
+        else:
+            words.extend(_CAMEL.sub(" ", word).lower().split())
+    return words
 
 
 def tokenize(text: str) -> list[str]:
@@ -260,9 +266,8 @@ _SHORTHAND_STEMS = {word: tuple(_stem(part) for part in parts) for word, parts i
 Expansion = tuple[tuple[str, ...], float]
 
 
-def _terms(text: str, *, concepts: bool = True) -> list[str]:
-    """The index terms of a field: its stemmed words (stop words left out) and the concepts they name."""
-    words = _words(text)
+def _terms(words: list[str], *, concepts: bool = True) -> list[str]:
+    """The index terms of a field's words: their stems (stop words left out) and the concepts they name."""
     stems = [_stem(word) for word in words]
     terms = [stem for word, stem in zip(words, stems, strict=True) if word not in _STOPWORDS]
     if not concepts:
@@ -295,8 +300,9 @@ class ToolIndex:
             counts: dict[str, Counter[str]] = {}
             for field, text in texts.items():
                 # Parameters are mostly the same few options on every tool of a server: words, not concepts.
-                terms = _terms(text, concepts=field != "parameters")
-                surface.update(_words(text))
+                words = _words(text)
+                terms = _terms(words, concepts=field != "parameters")
+                surface.update(words)
                 field_lengths[field].append(sum(not term.startswith("#") for term in terms))
                 counts[field] = Counter(terms)
             field_counts.append(counts)
