@@ -41,6 +41,7 @@ _COMPOUND_WEIGHT = 0.6  # in each of the compound's two words' slots
 _NAME_COVERAGE = 1.0
 _COVERAGE_EXPONENT = 0.5
 _DESCRIPTION_CHARS = 160
+_MAX_QUERY_WORDS = 64  # the words after these do not count (a query's time grows with its words)
 
 _STOPWORDS = frozenset(
     """a an the to of in on for with by from at as and or into onto via is are be been was were it its
@@ -345,9 +346,10 @@ class ToolIndex:
     def search(self, query: str, limit: int = 5, *, server: str | None = None) -> list[dict[str, Any]]:
         """The `limit` tools that fit `query` best, best first: `{name, server, description, score}`.
 
-        Tools that match none of the query's words are left out; with `server`, only its tools.
+        Tools that match none of the query's words are left out; with `server`, only its tools. Only
+        the query's first 64 words (stop words aside) count.
         """
-        slots = self._slots(query)
+        slots = self._slots(query)[:_MAX_QUERY_WORDS]
         if not slots or limit <= 0:
             return []
         scores: dict[int, float] = defaultdict(float)
@@ -439,27 +441,23 @@ class ToolIndex:
 
 
 class IndexCache:
-    """The `ToolIndex` of a tool list, rebuilt only when one of the lists it was built from is replaced.
+    """The `ToolIndex` of each tool list, kept until one of the lists it was built from is replaced.
 
     `versions` are the objects a tool list is made from (e.g. each server's tool dict), which their
-    owner replaces, never changes in place, when the list changes: the index is reused while every
-    one of them is the same object.
+    owner replaces, never changes in place, when the list changes: an index is good while every
+    one of them is the very object it was built from.
     """
 
     def __init__(self) -> None:
         self._entries: dict[Any, tuple[tuple[object, ...], ToolIndex]] = {}
-        self.builds = 0
 
-    def get(self, key: Any, versions: Sequence[object], rows: Iterable[dict[str, Any]]) -> ToolIndex:
-        """The index for `key`, built from `rows` unless `versions` are the very objects it was built from."""
+    def get(self, key: Any, versions: Sequence[object]) -> ToolIndex | None:
+        """The index stored for `key` if it was built from `versions`, else None."""
         entry = self._entries.get(key)
-        if (
-            entry is not None
-            and len(entry[0]) == len(versions)
-            and all(a is b for a, b in zip(entry[0], versions, strict=True))
-        ):
-            return entry[1]
-        index = ToolIndex(rows)
-        self.builds += 1
+        if entry is None or len(entry[0]) != len(versions):
+            return None
+        return entry[1] if all(a is b for a, b in zip(entry[0], versions, strict=True)) else None
+
+    def put(self, key: Any, versions: Sequence[object], index: ToolIndex) -> None:
+        """Keep `index`, built from `versions`, for `key` (in place of the one before)."""
         self._entries[key] = (tuple(versions), index)
-        return index

@@ -91,6 +91,8 @@ def test_hits_name_the_tool_and_its_server_with_a_one_line_description_and_a_sco
     assert [hit["server"] for hit in index.search("create", limit=10, server="files")] == ["files"]
     assert index.search("zzzz qqqq") == []  # nothing fits: nothing, rather than noise
     assert index.search("the of a") == []  # stop words only
+    assert index.search(" ".join(["zzzz"] * 64 + ["issue"])) == []  # only the first 64 words count
+    assert index.search(" ".join(["zzzz"] * 63 + ["issue"]))
 
 
 def test_words_and_descriptions() -> None:
@@ -110,15 +112,15 @@ def test_the_recorded_servers_answer_plain_requests() -> None:
     assert top(index, "get a secret from the key vault", server="azure") == "azure__keyvault_secret_get"
 
 
-def test_an_index_is_built_once_per_tool_list_and_again_when_a_list_is_replaced() -> None:
+def test_an_index_is_kept_until_a_list_it_was_built_from_is_replaced() -> None:
     cache = IndexCache()
     first, second = {"a": 1}, {"b": 2}
-    index = cache.get(None, [first, second], CATALOGUE)
-    assert cache.get(None, [first, second], []) is index and cache.builds == 1
-    replaced = dict(second)  # equal, but a new list: its owner replaced it
-    assert cache.get(None, [first, replaced], CATALOGUE[:1]) is not index and cache.builds == 2
-    assert len(cache.get(None, [first, replaced], [])) == 1
-    assert len(cache.get("files", [first], CATALOGUE[4:6])) == 2 and cache.builds == 3
+    assert cache.get(None, [first, second]) is None
+    index = ToolIndex(CATALOGUE)
+    cache.put(None, [first, second], index)
+    assert cache.get(None, [first, second]) is index
+    assert cache.get(None, [first, dict(second)]) is None  # equal, but a new list: its owner replaced it
+    assert cache.get(None, [first]) is None and cache.get("files", [first, second]) is None
 
 
 # -- through a gateway -------------------------------------------------------------------------
