@@ -75,7 +75,7 @@ _GROUPS: tuple[tuple[str, ...], ...] = (
     ("comment", "reply", "remark", "feedback"),
     ("review", "approve", "approval"),
     ("merge", "land", "integrate"),
-    ("navigate", "go", "visit", "url", "website", "site", "goto"),
+    ("navigate", "go", "visit", "url", "website", "site", "goto", "open"),
     ("screenshot", "picture", "image", "photo", "capture", "snapshot"),
     ("click", "press", "tap", "hit"),
     ("type", "enter", "input", "fill"),

@@ -684,7 +684,7 @@ def cmd_search(args: argparse.Namespace, cfg: Config) -> int:
         if source:
             _print()
             _print(source.rstrip("\n"))
-    if not hits:
+    if not hits and rows:  # (with no servers, _report_failed_servers says so)
         _status(f"No tool fits {query!r}; try other words, or list them all: toolscript tools")
     return _report_failed_servers(cfg, rows)
 

@@ -262,3 +262,9 @@ def test_types_follow_the_ranking(
     code, out, _ = cli(capsys, "search", "add two numbers", "--limit", "1", "--types", "--json")
     answer = json.loads(out)
     assert [hit["name"] for hit in answer["results"]] == ["ev__add"] and "def " in answer["types"]
+
+
+def test_the_cli_without_servers(capsys: pytest.CaptureFixture[str]) -> None:
+    write_config("")
+    code, out, err = cli(capsys, "search", "open", "a", "bug")
+    assert (code, out) == (0, "") and "No servers" in err and "No tool fits" not in err
