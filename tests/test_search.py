@@ -174,10 +174,10 @@ def test_gateway_search_refuses_bad_input(gateway: Gateway) -> None:
         gateway.search("echo", server="nope")
 
 
-def get(api: ApiServer, path: str) -> tuple[int, Any]:
+def get(api: ApiServer, path: str, token: str | None = None) -> tuple[int, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
     try:
-        connection.request("GET", path, headers={"Authorization": f"Bearer {api.token}"})
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token or api.token}"})
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -196,6 +196,7 @@ def test_the_search_endpoint(api: ApiServer, gateway: Gateway) -> None:
     assert get(api, "/search?q=echo&limit=" + "9" * 5000) == (400, limit_error)
     assert get(api, "/search?q=+&limit=1") == (400, {"error": "Say what to search for: GET /search?q=QUERY."})
     assert get(api, "/search?q=echo&server=nope")[0] == 404
+    assert get(api, "/search?q=echo", token="wrong")[0] == 403
     remote = RemoteGateway(api.url, token=api.token)
     assert remote.search("sum of two numbers", limit=2) == gateway.search("sum of two numbers", limit=2)
     hits = remote.search("echo", server="ev")
