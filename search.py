@@ -262,6 +262,7 @@ def _build_concepts() -> tuple[dict[str, list[str]], dict[tuple[str, str], list[
 
 
 _WORD_CONCEPTS, _PHRASE_CONCEPTS = _build_concepts()
+_TABLE_WORDS = frozenset(word for group in _GROUPS for member in group for word in _words(member))
 _SHORTHAND_STEMS = {word: tuple(_stem(part) for part in parts) for word, parts in _SHORTHANDS.items()}
 
 Expansion = tuple[tuple[str, ...], float]
@@ -335,7 +336,8 @@ class ToolIndex:
         # Typo tolerance works on the words as written (a stem can hide a typo: "isue" -> "isu"): each
         # word, and each word with one letter left out, leads to the word.
         self._by_deletion: dict[str, list[str]] = defaultdict(list)
-        for word in surface:
+        self._surface = frozenset(surface)
+        for word in surface | _TABLE_WORDS:
             if len(word) >= 3 and word.isalpha():
                 for key in {word, *_deletions(word)}:
                     self._by_deletion[key].append(word)
@@ -410,7 +412,10 @@ class ToolIndex:
                 if compound in self._postings:
                     expansions.append(((compound,), _COMPOUND_WEIGHT))  # "key vault" finds "keyvault"
             if stem not in self._postings and not concepts and word not in _SHORTHAND_STEMS:
-                expansions.extend(((near,), _TYPO_WEIGHT) for near in self._near_words(word))
+                for near in self._near_words(word):  # a tool's word, or a word of the table ("remembr")
+                    expansions.append(((near,), _TYPO_WEIGHT))
+                    concepts = () if near in self._postings else _WORD_CONCEPTS.get(near, ())
+                    expansions.extend(((concept,), _TYPO_WEIGHT * _SYNONYM_WEIGHT) for concept in concepts)
             slots.append(expansions)
         return slots
 
@@ -431,9 +436,9 @@ class ToolIndex:
         for candidate in candidates:
             distance = _osa_distance(word, candidate, limit)
             if distance <= limit:
-                found.append(
-                    (distance + 0.5 * (candidate[0] != word[0]), candidate)
-                )  # typos rarely hit the first letter
+                # Typos rarely hit the first letter; a word the tools use is likelier meant than one of the table.
+                penalty = 0.5 * (candidate[0] != word[0]) + 0.25 * (candidate not in self._surface)
+                found.append((distance + penalty, candidate))
         if not found:
             return []
         closest = min(distance for distance, _ in found)

@@ -75,6 +75,7 @@ def top(index: ToolIndex, query: str, **options: Any) -> str | None:
         ("hostname", "misc__resolve"),  # a parameter's name
         ("creat isue", "github__create_issue"),  # typos
         ("screensot", "web__browser_take_screenshot"),
+        ("forgett Bob", "memory__delete_entities"),  # a typo of a word only the synonym table knows
     ],
 )
 def test_ranking_on_a_small_fixed_catalogue(query: str, expected: str) -> None:
