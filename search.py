@@ -48,7 +48,7 @@ _STOPWORDS = frozenset(
     this that these those there here i me my mine we our you your yours he she they them their his her
     do does did can could should would will shall may might must please want need like just some any
     all every each what which who whom whose when where how why about up out over so than then too
-    very also using use tool tools let lets get's i'm it's don't""".split()  # noqa: SIM905 (words read better as text)
+    very also using use tool tools let lets s t d m ll re ve""".split()  # noqa: SIM905 (words read better as text)
 )
 
 # Words people use for the same thing. Each group lists words and two-word phrases; a query's word
