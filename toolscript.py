@@ -667,9 +667,8 @@ def cmd_search(args: argparse.Namespace, cfg: Config) -> int:
 
     def search(gateway: SyncGateway) -> list[dict[str, Any]]:
         hits = gateway.search(query, limit=args.limit, server=args.server)
-        if args.types and hits:
-            tools = {tool["name"]: tool for tool in gateway.tools(args.server)}
-            found.extend(tools[hit["name"]] for hit in hits if hit["name"] in tools)
+        if args.types:
+            found.extend(gateway.tool(hit["name"]) for hit in hits)
         return hits
 
     hits, rows = _listing(cfg, args.server, search)
