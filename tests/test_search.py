@@ -96,6 +96,20 @@ def test_hits_name_the_tool_and_its_server_with_a_one_line_description_and_a_sco
     assert index.search(" ".join(["zzzz"] * 63 + ["issue"]))
 
 
+def test_odd_rows_and_queries_do_not_break_the_index() -> None:
+    rows: list[dict[str, Any]] = [
+        {"name": "s__a", "server": "s", "tool": "a", "description": None, "inputSchema": []},
+        {"name": "s__b", "server": "s", "tool": "b", "description": 42, "inputSchema": {"properties": {"x": 1}}},
+        {"name": "s__c\x1b[2J", "server": "s", "tool": "c\x1b[2J", "description": "Clear\u202escreen " * 5000},
+        {},
+    ]
+    index = ToolIndex(rows)
+    assert len(index) == 4
+    assert index.search("clear screen")[0]["name"] == "s__c\x1b[2J"  # escaping is the printer's job
+    assert index.search("créer un ticket 🎫 ß") == [] and index.search("") == [] and index.search("x", limit=0) == []
+    assert ToolIndex([]).search("anything") == []
+
+
 def test_words_and_descriptions() -> None:
     assert tokenize("getPullRequest_files-v2.json") == ["get", "pull", "request", "fil", "v2", "json"]
     assert tokenize("creating created creates") == ["creat"] * 3
