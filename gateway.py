@@ -66,7 +66,7 @@ if __package__:
     from .gateway_auth import CALL_FAILURES, StoredTokenAuth
     from .logs import SERVER
     from .redact import register_secret
-    from .search import IndexCache
+    from .search import IndexCache, ToolIndex
     from .storage import Store
     from .upstream import (
         AUTH_REQUIRED,
@@ -93,7 +93,7 @@ else:
     from gateway_auth import CALL_FAILURES, StoredTokenAuth
     from logs import SERVER
     from redact import register_secret
-    from search import IndexCache
+    from search import IndexCache, ToolIndex
     from storage import Store
     from upstream import (
         AUTH_REQUIRED,
@@ -669,7 +669,13 @@ class Gateway:
             rows = await self._tool_rows(name)
             if all(server.tools is version for server, version in zip(servers, versions, strict=True)):
                 break
-        return self._search_indexes.get(name, versions, rows).search(query, limit)
+        # Building an index (a few hundred ms for a few hundred tools) and ranking happen in a worker
+        # thread, so that the calls in flight on this loop are not held up meanwhile.
+        index = self._search_indexes.get(name, versions)
+        if index is None:
+            index = await anyio.to_thread.run_sync(ToolIndex, rows)
+            self._search_indexes.put(name, versions, index)
+        return await anyio.to_thread.run_sync(index.search, query, limit)
 
     async def _call(
         self,

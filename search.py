@@ -41,13 +41,14 @@ _COMPOUND_WEIGHT = 0.6  # in each of the compound's two words' slots
 _NAME_COVERAGE = 1.0
 _COVERAGE_EXPONENT = 0.5
 _DESCRIPTION_CHARS = 160
+_MAX_QUERY_WORDS = 64  # the words after these do not count (a query's time grows with its words)
 
 _STOPWORDS = frozenset(
     """a an the to of in on for with by from at as and or into onto via is are be been was were it its
     this that these those there here i me my mine we our you your yours he she they them their his her
     do does did can could should would will shall may might must please want need like just some any
     all every each what which who whom whose when where how why about up out over so than then too
-    very also using use tool tools let lets get's i'm it's don't""".split()  # noqa: SIM905 (words read better as text)
+    very also using use tool tools let lets s t d m ll re ve""".split()  # noqa: SIM905 (words read better as text)
 )
 
 # Words people use for the same thing. Each group lists words and two-word phrases; a query's word
@@ -74,7 +75,7 @@ _GROUPS: tuple[tuple[str, ...], ...] = (
     ("comment", "reply", "remark", "feedback"),
     ("review", "approve", "approval"),
     ("merge", "land", "integrate"),
-    ("navigate", "go", "visit", "url", "website", "site", "goto"),
+    ("navigate", "go", "visit", "url", "website", "site", "goto", "open"),
     ("screenshot", "picture", "image", "photo", "capture", "snapshot"),
     ("click", "press", "tap", "hit"),
     ("type", "enter", "input", "fill"),
@@ -153,7 +154,7 @@ _SHORTHANDS: dict[str, tuple[str, ...]] = {
 }
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"[A-Za-z0-9]+")
 
 
 @lru_cache(maxsize=65536)
@@ -184,7 +185,13 @@ def _stem(word: str) -> str:
 
 def _words(text: str) -> list[str]:
     """The lower-case words of `text`, names split on `_`, `-`, `.` and camelCase."""
-    return _WORD.findall(_CAMEL.sub(" ", text).lower())
+    words = []
+    for word in _WORD.findall(text):
+        if word.islower() or word.isupper() or word[1:].islower() or word.isdigit():
+            words.append(word.lower())  # most words: no camelCase to split (the split is slow on long text)
+        else:
+            words.extend(_CAMEL.sub(" ", word).lower().split())
+    return words
 
 
 def tokenize(text: str) -> list[str]:
@@ -255,14 +262,14 @@ def _build_concepts() -> tuple[dict[str, list[str]], dict[tuple[str, str], list[
 
 
 _WORD_CONCEPTS, _PHRASE_CONCEPTS = _build_concepts()
+_TABLE_WORDS = frozenset(word for group in _GROUPS for member in group for word in _words(member))
 _SHORTHAND_STEMS = {word: tuple(_stem(part) for part in parts) for word, parts in _SHORTHANDS.items()}
 
 Expansion = tuple[tuple[str, ...], float]
 
 
-def _terms(text: str, *, concepts: bool = True) -> list[str]:
-    """The index terms of a field: its stemmed words (stop words left out) and the concepts they name."""
-    words = _words(text)
+def _terms(words: list[str], *, concepts: bool = True) -> list[str]:
+    """The index terms of a field's words: their stems (stop words left out) and the concepts they name."""
     stems = [_stem(word) for word in words]
     terms = [stem for word, stem in zip(words, stems, strict=True) if word not in _STOPWORDS]
     if not concepts:
@@ -295,8 +302,9 @@ class ToolIndex:
             counts: dict[str, Counter[str]] = {}
             for field, text in texts.items():
                 # Parameters are mostly the same few options on every tool of a server: words, not concepts.
-                terms = _terms(text, concepts=field != "parameters")
-                surface.update(_words(text))
+                words = _words(text)
+                terms = _terms(words, concepts=field != "parameters")
+                surface.update(words)
                 field_lengths[field].append(sum(not term.startswith("#") for term in terms))
                 counts[field] = Counter(terms)
             field_counts.append(counts)
@@ -328,7 +336,8 @@ class ToolIndex:
         # Typo tolerance works on the words as written (a stem can hide a typo: "isue" -> "isu"): each
         # word, and each word with one letter left out, leads to the word.
         self._by_deletion: dict[str, list[str]] = defaultdict(list)
-        for word in surface:
+        self._surface = frozenset(surface)
+        for word in surface | _TABLE_WORDS:
             if len(word) >= 3 and word.isalpha():
                 for key in {word, *_deletions(word)}:
                     self._by_deletion[key].append(word)
@@ -339,9 +348,10 @@ class ToolIndex:
     def search(self, query: str, limit: int = 5, *, server: str | None = None) -> list[dict[str, Any]]:
         """The `limit` tools that fit `query` best, best first: `{name, server, description, score}`.
 
-        Tools that match none of the query's words are left out; with `server`, only its tools.
+        Tools that match none of the query's words are left out; with `server`, only its tools. Only
+        the query's first 64 words (stop words aside) count.
         """
-        slots = self._slots(query)
+        slots = self._slots(query)[:_MAX_QUERY_WORDS]
         if not slots or limit <= 0:
             return []
         scores: dict[int, float] = defaultdict(float)
@@ -402,7 +412,10 @@ class ToolIndex:
                 if compound in self._postings:
                     expansions.append(((compound,), _COMPOUND_WEIGHT))  # "key vault" finds "keyvault"
             if stem not in self._postings and not concepts and word not in _SHORTHAND_STEMS:
-                expansions.extend(((near,), _TYPO_WEIGHT) for near in self._near_words(word))
+                for near in self._near_words(word):  # a tool's word, or a word of the table ("remembr")
+                    expansions.append(((near,), _TYPO_WEIGHT))
+                    concepts = () if near in self._postings else _WORD_CONCEPTS.get(near, ())
+                    expansions.extend(((concept,), _TYPO_WEIGHT * _SYNONYM_WEIGHT) for concept in concepts)
             slots.append(expansions)
         return slots
 
@@ -423,9 +436,9 @@ class ToolIndex:
         for candidate in candidates:
             distance = _osa_distance(word, candidate, limit)
             if distance <= limit:
-                found.append(
-                    (distance + 0.5 * (candidate[0] != word[0]), candidate)
-                )  # typos rarely hit the first letter
+                # Typos rarely hit the first letter; a word the tools use is likelier meant than one of the table.
+                penalty = 0.5 * (candidate[0] != word[0]) + 0.25 * (candidate not in self._surface)
+                found.append((distance + penalty, candidate))
         if not found:
             return []
         closest = min(distance for distance, _ in found)
@@ -433,27 +446,23 @@ class ToolIndex:
 
 
 class IndexCache:
-    """The `ToolIndex` of a tool list, rebuilt only when one of the lists it was built from is replaced.
+    """The `ToolIndex` of each tool list, kept until one of the lists it was built from is replaced.
 
     `versions` are the objects a tool list is made from (e.g. each server's tool dict), which their
-    owner replaces, never changes in place, when the list changes: the index is reused while every
-    one of them is the same object.
+    owner replaces, never changes in place, when the list changes: an index is good while every
+    one of them is the very object it was built from.
     """
 
     def __init__(self) -> None:
         self._entries: dict[Any, tuple[tuple[object, ...], ToolIndex]] = {}
-        self.builds = 0
 
-    def get(self, key: Any, versions: Sequence[object], rows: Iterable[dict[str, Any]]) -> ToolIndex:
-        """The index for `key`, built from `rows` unless `versions` are the very objects it was built from."""
+    def get(self, key: Any, versions: Sequence[object]) -> ToolIndex | None:
+        """The index stored for `key` if it was built from `versions`, else None."""
         entry = self._entries.get(key)
-        if (
-            entry is not None
-            and len(entry[0]) == len(versions)
-            and all(a is b for a, b in zip(entry[0], versions, strict=True))
-        ):
-            return entry[1]
-        index = ToolIndex(rows)
-        self.builds += 1
+        if entry is None or len(entry[0]) != len(versions):
+            return None
+        return entry[1] if all(a is b for a, b in zip(entry[0], versions, strict=True)) else None
+
+    def put(self, key: Any, versions: Sequence[object], index: ToolIndex) -> None:
+        """Keep `index`, built from `versions`, for `key` (in place of the one before)."""
         self._entries[key] = (tuple(versions), index)
-        return index

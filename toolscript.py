@@ -758,9 +758,8 @@ def cmd_search(args: argparse.Namespace, cfg: Config) -> int:
 
     def search(gateway: SyncGateway) -> list[dict[str, Any]]:
         hits = gateway.search(query, limit=args.limit, server=args.server)
-        if args.types and hits:
-            tools = {tool["name"]: tool for tool in gateway.tools(args.server)}
-            found.extend(tools[hit["name"]] for hit in hits if hit["name"] in tools)
+        if args.types:
+            found.extend(gateway.tool(hit["name"]) for hit in hits)
         return hits
 
     hits, rows = _listing(cfg, args.server, search)
@@ -775,7 +774,7 @@ def cmd_search(args: argparse.Namespace, cfg: Config) -> int:
         if source:
             _print()
             _print(source.rstrip("\n"))
-    if not hits:
+    if not hits and rows:  # (with no servers, _report_failed_servers says so)
         _status(f"No tool fits {query!r}; try other words, or list them all: toolscript tools")
     return _report_failed_servers(cfg, rows)
 

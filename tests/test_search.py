@@ -75,6 +75,7 @@ def top(index: ToolIndex, query: str, **options: Any) -> str | None:
         ("hostname", "misc__resolve"),  # a parameter's name
         ("creat isue", "github__create_issue"),  # typos
         ("screensot", "web__browser_take_screenshot"),
+        ("forgett Bob", "memory__delete_entities"),  # a typo of a word only the synonym table knows
     ],
 )
 def test_ranking_on_a_small_fixed_catalogue(query: str, expected: str) -> None:
@@ -91,6 +92,22 @@ def test_hits_name_the_tool_and_its_server_with_a_one_line_description_and_a_sco
     assert [hit["server"] for hit in index.search("create", limit=10, server="files")] == ["files"]
     assert index.search("zzzz qqqq") == []  # nothing fits: nothing, rather than noise
     assert index.search("the of a") == []  # stop words only
+    assert index.search(" ".join(["zzzz"] * 64 + ["issue"])) == []  # only the first 64 words count
+    assert index.search(" ".join(["zzzz"] * 63 + ["issue"]))
+
+
+def test_odd_rows_and_queries_do_not_break_the_index() -> None:
+    rows: list[dict[str, Any]] = [
+        {"name": "s__a", "server": "s", "tool": "a", "description": None, "inputSchema": []},
+        {"name": "s__b", "server": "s", "tool": "b", "description": 42, "inputSchema": {"properties": {"x": 1}}},
+        {"name": "s__c\x1b[2J", "server": "s", "tool": "c\x1b[2J", "description": "Clear\u202escreen " * 5000},
+        {},
+    ]
+    index = ToolIndex(rows)
+    assert len(index) == 4
+    assert index.search("clear screen")[0]["name"] == "s__c\x1b[2J"  # escaping is the printer's job
+    assert index.search("créer un ticket 🎫 ß") == [] and index.search("") == [] and index.search("x", limit=0) == []
+    assert ToolIndex([]).search("anything") == []
 
 
 def test_words_and_descriptions() -> None:
@@ -110,15 +127,15 @@ def test_the_recorded_servers_answer_plain_requests() -> None:
     assert top(index, "get a secret from the key vault", server="azure") == "azure__keyvault_secret_get"
 
 
-def test_an_index_is_built_once_per_tool_list_and_again_when_a_list_is_replaced() -> None:
+def test_an_index_is_kept_until_a_list_it_was_built_from_is_replaced() -> None:
     cache = IndexCache()
     first, second = {"a": 1}, {"b": 2}
-    index = cache.get(None, [first, second], CATALOGUE)
-    assert cache.get(None, [first, second], []) is index and cache.builds == 1
-    replaced = dict(second)  # equal, but a new list: its owner replaced it
-    assert cache.get(None, [first, replaced], CATALOGUE[:1]) is not index and cache.builds == 2
-    assert len(cache.get(None, [first, replaced], [])) == 1
-    assert len(cache.get("files", [first], CATALOGUE[4:6])) == 2 and cache.builds == 3
+    assert cache.get(None, [first, second]) is None
+    index = ToolIndex(CATALOGUE)
+    cache.put(None, [first, second], index)
+    assert cache.get(None, [first, second]) is index
+    assert cache.get(None, [first, dict(second)]) is None  # equal, but a new list: its owner replaced it
+    assert cache.get(None, [first]) is None and cache.get("files", [first, second]) is None
 
 
 # -- through a gateway -------------------------------------------------------------------------
@@ -172,10 +189,10 @@ def test_gateway_search_refuses_bad_input(gateway: Gateway) -> None:
         gateway.search("echo", server="nope")
 
 
-def get(api: ApiServer, path: str) -> tuple[int, Any]:
+def get(api: ApiServer, path: str, token: str | None = None) -> tuple[int, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
     try:
-        connection.request("GET", path, headers={"Authorization": f"Bearer {api.token}"})
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token or api.token}"})
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -194,6 +211,7 @@ def test_the_search_endpoint(api: ApiServer, gateway: Gateway) -> None:
     assert get(api, "/search?q=echo&limit=" + "9" * 5000) == (400, limit_error)
     assert get(api, "/search?q=+&limit=1") == (400, {"error": "Say what to search for: GET /search?q=QUERY."})
     assert get(api, "/search?q=echo&server=nope")[0] == 404
+    assert get(api, "/search?q=echo", token="wrong")[0] == 403
     remote = RemoteGateway(api.url, token=api.token)
     assert remote.search("sum of two numbers", limit=2) == gateway.search("sum of two numbers", limit=2)
     hits = remote.search("echo", server="ev")
@@ -260,3 +278,9 @@ def test_types_follow_the_ranking(
     code, out, _ = cli(capsys, "search", "add two numbers", "--limit", "1", "--types", "--json")
     answer = json.loads(out)
     assert [hit["name"] for hit in answer["results"]] == ["ev__add"] and "def " in answer["types"]
+
+
+def test_the_cli_without_servers(capsys: pytest.CaptureFixture[str]) -> None:
+    write_config("")
+    code, out, err = cli(capsys, "search", "open", "a", "bug")
+    assert (code, out) == (0, "") and "No servers" in err and "No tool fits" not in err
