@@ -118,7 +118,9 @@ def _toolscript() -> list[str]:
 
 def _gateway_argv(args: argparse.Namespace, cfg: Config) -> list[str]:
     """The foreground gateway's command line, with the config and the options `start` was given."""
-    config = ["--config", str(cfg.path.resolve())] if cfg.path else []
+    # The same config as this command: `--config` only if it was given (it turns project files off), and
+    # the child runs in this directory with this environment, so it finds the same project file.
+    config = ["--config", os.path.abspath(args.config)] if getattr(args, "config", None) else []
     return [*config, "gateway", "--host", args.host, "--port", str(args.port), "--wait", f"{args.wait:g}"]
 
 
@@ -173,7 +175,7 @@ def _remote(url: str) -> RemoteGateway:
 
 
 def _config_name(cfg: Config) -> str:
-    return str(cfg.path) if cfg.path else "no config file"
+    return " and ".join(map(str, cfg.sources)) or (str(cfg.path) if cfg.path else "no config file")
 
 
 def _duration(seconds: float) -> str:

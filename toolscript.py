@@ -407,10 +407,8 @@ def cmd_servers(args: argparse.Namespace, cfg: Config) -> int:
 def _no_servers(cfg: Config) -> str:
     if cfg.unusable:
         return f"No usable servers in {cfg.path}: every one uses a variable that is not set; run: toolscript servers"
-    return (
-        f"No servers configured ({cfg.path or 'no config file found'}). "
-        "For an example with every key, run: toolscript config example"
-    )
+    where = cfg.path or f"no config file at {_config.toolscript_home() / 'config.toml'}"
+    return f"No servers configured ({where}). For an example with every key, run: toolscript config example"
 
 
 # -- auth ----------------------------------------------------------------------------
@@ -1334,8 +1332,19 @@ def _running_record(cfg: Config) -> Path:
 
 
 def _record_running(record: Path, url: str, cfg: Config) -> None:
+    """Record this gateway for the commands of its config, unless another gateway of it runs already."""
     state = _gateway_state()
-    running = state.Running(url, os.getpid(), state.process_started(os.getpid()), str(cfg.path or ""), time.time())
+    other = state.find_running(record)
+    if other is not None and other.pid != os.getpid():
+        log.warning(
+            "warning: another gateway (pid %s, %s) serves this config already: commands go on using that one; "
+            "this one answers only at its own URL.",
+            other.pid,
+            other.url,
+        )
+        return
+    config = " and ".join(map(str, cfg.sources)) or str(cfg.path or "")
+    running = state.Running(url, os.getpid(), state.process_started(os.getpid()), config, time.time())
     try:
         state.write_record(record, running)
     except OSError as exc:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import explain, run_cli, stdio_server, write_config
+from conftest import ROOT, STDIO_SERVER, explain, run_cli, stdio_server, write_config
 
 import gateway_state
 from config import toolscript_home
@@ -105,3 +107,48 @@ def test_the_url_variable_wins_over_the_record(config: Path, started: str) -> No
     )
     assert proc.returncode == 4, explain(proc)
     assert "http://127.0.0.1:9" in proc.stderr
+
+
+def test_a_second_gateway_of_the_config_neither_takes_nor_removes_the_first_ones_record(
+    config: Path, started: str
+) -> None:
+    record_file = gateway_state.record_path(toolscript_home(), config)
+    first = gateway_state.find_running(record_file)
+    assert first is not None
+    second = subprocess.Popen(
+        [sys.executable, str(ROOT / "toolscript.py"), "--config", str(config), "gateway"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert second.stdout is not None
+        assert second.stdout.readline().startswith("TOOLSCRIPT_GATEWAY_URL=")  # it serves, at its own URL
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=60)
+    assert f"another gateway (pid {first.pid}" in err
+    assert gateway_state.find_running(record_file) == first
+    proc = run_cli("--config", str(config), "gateway", "status")
+    assert proc.returncode == 0 and f"pid: {first.pid}" in proc.stdout, explain(proc)
+
+
+def test_start_in_a_trusted_project_serves_and_finds_the_project_config(tmp_path: Path) -> None:
+    project = tmp_path / "repo"
+    (project / ".git").mkdir(parents=True)
+    toolscript_home().mkdir(parents=True, exist_ok=True)
+    user = write_config({"box": stdio_server(timeout=30)}, toolscript_home() / "config.toml")
+    (project / "toolscript.toml").write_text(
+        f'[servers.extra]\ncommand = "{sys.executable}"\nargs = ["{STDIO_SERVER}"]\n', encoding="utf-8"
+    )
+    assert run_cli("trust", cwd=project).returncode == 0
+    proc = run_cli("gateway", "start", cwd=project)
+    try:
+        assert proc.returncode == 0, explain(proc)
+        status = run_cli("gateway", "status", cwd=project)
+        assert status.returncode == 0, explain(status)
+        assert "  extra: " in status.stdout and "  box: " in status.stdout
+        assert run_cli("gateway", "status").returncode == 1  # the user's config alone has no gateway
+        assert user.exists()
+    finally:
+        run_cli("gateway", "stop", cwd=project)

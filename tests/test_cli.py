@@ -13,6 +13,7 @@ import pytest
 from conftest import INITIALIZE, ROOT, cli, explain, run_cli, serving_api, stdio_server, write_config
 
 import toolscript
+from config import toolscript_home
 from storage import Metadata, Record, Store, Tokens
 
 CONFIG = """
@@ -133,7 +134,8 @@ def test_status_lines_show_server_text_with_controls_escaped(
 def test_servers_without_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert toolscript.main(["servers"]) == 0
     assert capsys.readouterr().out.strip() == (
-        "No servers configured (no config file found). For an example with every key, run: toolscript config example"
+        f"No servers configured (no config file at {toolscript_home() / 'config.toml'}). "
+        "For an example with every key, run: toolscript config example"
     )
 
 

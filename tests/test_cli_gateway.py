@@ -73,7 +73,8 @@ def test_tools_exit_3_when_only_authorization_is_missing(oauth_server: Any, caps
 
 def test_tools_without_any_config_is_not_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     notice = (
-        "No servers configured (no config file found). For an example with every key, run: toolscript config example\n"
+        f"No servers configured (no config file at {toolscript_home() / 'config.toml'}). "
+        "For an example with every key, run: toolscript config example\n"
     )
     assert cli(capsys, "tools") == (0, "", notice)
     assert cli(capsys, "tools", "--json") == (0, "[]\n", notice)
