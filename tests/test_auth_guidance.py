@@ -40,7 +40,9 @@ def test_a_forgotten_registration_is_found_by_rfc_7592_and_replaced(oauth_server
     assert proc.returncode == 0 and len(server.provider.registrations) == 2, explain(proc)
 
 
-def test_a_timeout_with_a_stored_registration_names_forget_client(oauth_server: Any, browser: dict[str, str]) -> None:
+def test_a_timeout_with_a_stored_registration_says_the_next_auth_registers_anew(
+    oauth_server: Any, browser: dict[str, str]
+) -> None:
     server = oauth_server()
     _config(server)
     assert run_cli("auth", "demo", env=browser).returncode == 0
@@ -49,10 +51,10 @@ def test_a_timeout_with_a_stored_registration_names_forget_client(oauth_server: 
     assert proc.returncode == 1, explain(proc)
     assert proc.stderr.splitlines()[-1] == (
         "error: Timed out after 2 s waiting for the authorization of 'demo'. If the browser showed an error such as "
-        "invalid_client, the authorization server has forgotten the client registration toolscript stored. "
-        "Run: toolscript auth demo --forget-client"
+        "invalid_client, the authorization server has forgotten the client registration toolscript stored; "
+        "the next authorization registers anew. Run: toolscript auth demo"
     )
-    proc = run_cli("auth", "demo", "--forget-client", env=browser)
+    proc = run_cli("auth", "demo", env=browser)  # no --forget-client needed
     assert proc.returncode == 0, explain(proc)
     assert len(server.provider.registrations) == 2
     assert Store().load("demo").client.client_id == server.provider.registrations[1].client_id
@@ -96,14 +98,14 @@ def test_the_paste_hint_shows_a_placeholder_not_masked_values(oauth_server: Any)
     cli.proc.stdin.write("not a url\n")
     cli.proc.stdin.flush()
     hint = ""
-    while not hint.startswith("That is not"):
+    while not hint.startswith("That URL holds"):
         hint = cli.lines.get(timeout=30)
     cli.proc.stdin.write(requests.get(url, allow_redirects=False, timeout=10).headers["Location"] + "\n")
     code, _, stderr = cli.finish()
     assert code == 0, stderr
     assert hint == (
-        f"That is not the redirected URL (it looks like {redirect_uri}?code=<code>&state=<state>); "
-        "paste the whole address from the browser's address bar.\n"
+        f"That URL holds no query, no code or error: it is not the redirected URL (it looks like "
+        f"{redirect_uri}?code=<code>&state=<state>); paste the whole address from the browser's address bar.\n"
     )
 
 

@@ -179,9 +179,12 @@ def test_the_working_directory_is_removed_unless_kept(api_env: dict[str, str]) -
     assert f"The working directory is kept: {kept.stdout.strip()}" in kept.stderr
 
 
-@pytest.mark.skipif(not FILESYSTEM.exists(), reason="npm ci in tests/conformance installs server-filesystem")
-def test_the_skill_runs_as_written_against_server_filesystem(tmp_path: Path) -> None:
-    """Every command of the skill, its worked example chaining server-filesystem's tools included."""
+def test_the_skill_runs_as_written_against_server_filesystem(tmp_path: Path, conformance_cli: list[str]) -> None:
+    """Every command of the skill, its worked example chaining server-filesystem's tools included.
+
+    server-filesystem is installed with the conformance suite (`npm ci` in tests/conformance).
+    """
+    assert FILESYSTEM.exists(), "tests/conformance/package.json pins @modelcontextprotocol/server-filesystem"
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "a.txt").write_text("alpha")
