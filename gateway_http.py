@@ -10,20 +10,21 @@ Endpoints: `GET /health`, `GET /servers`, `GET /tools[?server=NAME]`, `GET /tool
 `POST /tools/SERVER__TOOL` (a JSON object body; `?timeout=SECONDS` optional),
 `GET /resources[?server=NAME]`, `GET /resources/read?server=NAME&uri=URI`,
 `GET /prompts[?server=NAME]`, `POST /prompts/SERVER__PROMPT` (the arguments as a JSON
-object) and `POST /complete` (`{server, prompt | uriTemplate, argument, value?,
-context?}`); the reads, prompts and completions take `?timeout=SECONDS` too. `/mcp` and
+object), `GET /types[?server=NAME...][&tool=SERVER__TOOL...]` (the typed module of
+`toolscript types`, as Python source) and `POST /complete` (`{server, prompt |
+uriTemplate, argument, value?, context?}`); the reads, prompts and completions take `?timeout=SECONDS` too. `/mcp` and
 `/mcp/SERVER` are MCP over streamable HTTP: after the same checks as every endpoint, such
 a request is handed to an ASGI app on the gateway's event loop (`LoopApp`, the MCP front
 of front.py) and its answer, JSON or an SSE stream, is written back as it comes. Nobody can
 answer a server's request for input through the API: it is declined at once, and the answer
-lists it in `declinedInputRequests`. Every answer is JSON; errors are `{"error": message}`
-with 400 (malformed request or body), 401 (an MCP server needs `toolscript auth`), 403 (no
-or wrong API token, foreign Host or Origin), 404 (unknown endpoint, server, tool, resource
-or prompt), 405 (method not allowed; `Allow` names the ones that are), 411 (a POST without
-`Content-Length`, or with `Transfer-Encoding`), 413 (body too large), 415 (not JSON), 502
-(the server failed), 503 (the gateway is stopping) or 504 (timeout); MCP's own answers
-are the MCP front's. An error toolscript
-raised also carries its `kind` and attributes (`{"error": ..., "kind": "auth_required",
+lists it in `declinedInputRequests`. Every answer is JSON (but the Python source of
+`/types`); errors are `{"error": message}` with 400 (malformed request or body), 401 (an
+MCP server needs `toolscript auth`), 403 (no or wrong API token, foreign Host or Origin),
+404 (unknown endpoint, server, tool, resource or prompt), 405 (method not allowed; `Allow`
+names the ones that are), 411 (a POST without `Content-Length`, or with
+`Transfer-Encoding`), 413 (body too large), 415 (not JSON), 502 (the server failed), 503
+(the gateway is stopping) or 504 (timeout); MCP's own answers are the MCP front's. An
+error toolscript raised also carries its `kind` and attributes (`{"error": ..., "kind": "auth_required",
 "server": ...}`), from which `RemoteGateway` raises the same exception, so a command exits
 the same either way.
 
@@ -56,7 +57,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import CancelledError as FutureCancelledError
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,6 +107,7 @@ __all__ = [
     "SyncGateway",
     "error_body",
     "error_from_body",
+    "failed_server_error",
     "find_token",
     "remove_token_file",
     "status_for",
@@ -123,7 +125,7 @@ _PROMPT_PREFIX = "/prompts/"
 _COMPLETE_PATH = "/complete"
 MCP_PATH = "/mcp"
 _SEARCH_PATH = "/search"
-_GET_PATHS = ("/health", "/servers", "/tools", _SEARCH_PATH, "/resources", "/resources/read", "/prompts")
+_GET_PATHS = ("/health", "/servers", "/tools", _SEARCH_PATH, "/resources", "/resources/read", "/prompts", "/types")
 _DIGITS = re.compile(r"[0-9]+")
 URL_VAR = "TOOLSCRIPT_GATEWAY_URL"
 TOKEN_VAR = "TOOLSCRIPT_GATEWAY_TOKEN"
@@ -261,6 +263,16 @@ def error_from_body(status: int, body: Any) -> ToolscriptError:
         if key != "server" and isinstance(body.get(key), str) and hasattr(exc, attribute):
             setattr(exc, attribute, body[key])
     return exc
+
+
+def failed_server_error(rows: list[dict[str, Any]], servers: Collection[str] = ()) -> ToolscriptError | None:
+    """The error of the first server of `rows` (as `servers()` returns them; only `servers`, if any) that is
+    neither connected nor connecting, as the exception a request to it raises; None when there is none."""
+    for row in rows:
+        if (not servers or row["name"] in servers) and row["status"] not in ("connected", "connecting"):
+            status = 401 if row["status"] == "auth_required" else 502
+            return error_from_body(status, {"error": row.get("error") or "", "server": row["name"]})
+    return None
 
 
 def _is_ip(text: str) -> bool:
@@ -408,7 +420,7 @@ class _Handler(BaseHTTPRequestHandler):
                 404,
                 {
                     "error": f"No endpoint {self.command} {path}; try GET /health, /servers, /tools, "
-                    "/tools/SERVER__TOOL, /search?q=QUERY, /resources, /resources/read, /prompts, or POST "
+                    "/tools/SERVER__TOOL, /search?q=QUERY, /resources, /resources/read, /prompts, /types, or POST "
                     "/tools/SERVER__TOOL, /prompts/SERVER__PROMPT, /complete, or MCP at /mcp and /mcp/SERVER."
                 },
             )
@@ -434,6 +446,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_resource(query)
         elif path == "/prompts":
             self._answer(lambda: gateway.prompts(query.get("server")))
+        elif path == "/types":
+            self._types()
         else:  # GET /tools/SERVER__TOOL
             self._answer(lambda: gateway.tool(unquote(path[len(_CALL_PREFIX) :])))
 
@@ -505,6 +519,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": "timeout must be a positive number of seconds."})
             return
         self._answer(lambda: self.server.gateway.read_resource(server, uri, timeout=timeout))
+
+    def _types(self) -> None:
+        """The typed module of the tools of every `server` and each `tool` in the query (all without either)."""
+        if __package__:
+            from . import typegen
+        else:
+            import typegen
+
+        query = parse_qs(urlsplit(self.path).query)
+        servers, tools = query.get("server", []), query.get("tool", [])
+        gateway = self.server.gateway
+
+        def produce() -> str:
+            rows = typegen.select_tools(gateway, servers, tools)
+            failure = failed_server_error(gateway.servers(), servers)
+            if failure is not None:
+                raise failure
+            return typegen.module_source(rows)
+
+        self._answer(produce, content_type="text/x-python; charset=utf-8")
 
     def _post(self, route: Callable[[dict[str, Any], float | None], Any], query: dict[str, str]) -> None:
         """Read a POST's JSON object body exactly, then answer with what `route` makes of it."""
@@ -604,7 +638,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         return parts.path, {key: values[-1] for key, values in parse_qs(parts.query).items()}
 
-    def _answer(self, produce: Callable[[], Any]) -> None:
+    def _answer(self, produce: Callable[[], Any], *, content_type: str | None = None) -> None:
+        """Answer with what `produce` returns: as JSON, or as text of `content_type`."""
         with self.server.answering():
             if self.server.stopping.is_set():
                 self._send(503, error_body(_stopping()), close=True)
@@ -621,7 +656,7 @@ class _Handler(BaseHTTPRequestHandler):
                 log.exception("gateway API: unexpected error for %s %s", self.command, self.path)
                 self._send(500, {"error": "Internal gateway error; see the gateway's log."})
             else:
-                self._send(200, payload)
+                self._send(200, payload, content_type=content_type)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Answer http.server's own refusals (malformed request line, headers too long) in JSON too."""
@@ -630,14 +665,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.request_version = self.protocol_version  # answer with a status line all the same
         self._send(code, {"error": f"{message or self.responses.get(code, ('Error',))[0]}."})
 
-    def _send(self, status: int, payload: Any, *, allow: str | None = None, close: bool = False) -> None:
-        body = json.dumps(payload).encode()
+    def _send(
+        self,
+        status: int,
+        payload: Any,
+        *,
+        allow: str | None = None,
+        close: bool = False,
+        content_type: str | None = None,
+    ) -> None:
+        body = json.dumps(payload).encode() if content_type is None else str(payload).encode()
         if self.request_version == "HTTP/0.9":  # no status line, no headers: just the body
             self.wfile.write(body)
             self.close_connection = True
             return
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type or "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         if allow is not None:

@@ -40,11 +40,35 @@ else:
     from storage import Store
     from urls import is_loopback_host
 
+# The library's API: `import toolscript` from a checkout or a vendored copy is this module
+# (installed, the package's __init__.py offers the same names). Importing it costs nothing:
+# client.py loads the gateway only when `connect()` is called.
+if __package__:
+    from .client import Client, ToolError, connect, running_gateway
+    from .errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, StorageError
+else:
+    from client import Client, ToolError, connect, running_gateway
+    from errors import AuthConnectError, AuthError, AuthRequiredError, CallTimeoutError, ConfigError, StorageError
+
 if TYPE_CHECKING:
     from config import Config, ServerConfig
     from gateway_http import SyncGateway
 
-__all__ = ["main"]
+__all__ = [
+    "AuthConnectError",
+    "AuthError",
+    "AuthRequiredError",
+    "CallTimeoutError",
+    "Client",
+    "ConfigError",
+    "ConnectError",
+    "StorageError",
+    "ToolError",
+    "ToolscriptError",
+    "UsageError",
+    "connect",
+    "main",
+]
 __version__ = "0.1.0"
 
 log = logging.getLogger("toolscript")
@@ -129,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_add,
         _add_remove,
         _add_import,
+        _add_types,
     ):
         add(commands)
     for command in commands.choices.values():
@@ -771,6 +796,48 @@ def _arguments_or_pairs(words: list[str], name: str) -> tuple[list[tuple[str, bo
     return None, _read_arguments(words[0] if words else None, name)
 
 
+# -- types ---------------------------------------------------------------------------
+
+
+def _add_types(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "types",
+        help="write a typed Python module for the tools (connects to the servers)",
+        description="Write Python source with one namespace per server and one function per tool, its keyword "
+        "arguments typed from the tool's input schema and its result from the output schema, which calls the "
+        "tools through toolscript.connect(): from generated import SERVER; SERVER.TOOL(name=value).",
+    )
+    p.add_argument("--server", action="append", default=[], metavar="NAME", help="the tools of NAME (repeatable)")
+    p.add_argument("--tool", action="append", default=[], metavar="SERVER__TOOL", help="this tool (repeatable)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the module to FILE (default: stdout)")
+    p.set_defaults(func=cmd_types)
+
+
+def cmd_types(args: argparse.Namespace, cfg: Config) -> int:
+    if __package__:
+        from . import typegen
+    else:
+        import typegen
+
+    servers = list(dict.fromkeys(args.server))
+    if args.tool:
+        servers += [_gateway_module().split_tool_name(name)[0] for name in args.tool]
+    with _open_gateway(cfg, servers=list(dict.fromkeys(servers))) as gateway:
+        tools = typegen.select_tools(gateway, args.server, args.tool)
+        rows = [row for row in gateway.servers() if not servers or row["name"] in servers]
+    source = typegen.module_source(tools)
+    if args.output is None:
+        sys.stdout.write(source)
+        sys.stdout.flush()
+    else:
+        try:
+            Path(args.output).write_text(source, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"Cannot write the typed module to {args.output}: {exc.strerror or exc}.") from None
+        log.info("Wrote %s (%d tools).", args.output, len(tools))
+    return _report_failed_servers(cfg, rows)
+
+
 # -- resources, read, prompts, prompt -------------------------------------------------
 
 
@@ -1147,20 +1214,20 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 
 @contextlib.contextmanager
 def _open_gateway(
-    cfg: Config, *, server: str | None = None, for_tool: str | None = None, for_prompt: str | None = None
+    cfg: Config,
+    *,
+    server: str | None = None,
+    for_tool: str | None = None,
+    for_prompt: str | None = None,
+    servers: Sequence[str] = (),
 ) -> Iterator[SyncGateway]:
     """Yield the running gateway at $TOOLSCRIPT_GATEWAY_URL, else a gateway of our own.
 
-    Our own connects only `server`, or the server of the tool `for_tool` or prompt `for_prompt`, or else all.
+    Our own connects only `server` (or `servers`), or the server of the tool `for_tool` or prompt `for_prompt`,
+    or else all.
     """
-    if __package__:
-        from .gateway_http import URL_VAR, RemoteGateway
-    else:
-        from gateway_http import URL_VAR, RemoteGateway
-    url = os.environ.get(URL_VAR)
-    if url:
-        remote = RemoteGateway(url)
-        remote.check()
+    remote = running_gateway(cfg.path)
+    if remote is not None:
         yield remote
         return
     gateway_module = _gateway_module()
@@ -1168,7 +1235,7 @@ def _open_gateway(
         server = gateway_module.split_tool_name(for_tool)[0]
     elif for_prompt is not None:
         server = gateway_module.split_prompt_name(for_prompt)[0]
-    gateway = gateway_module.Gateway(cfg, only=[server] if server else None, announce=False)
+    gateway = gateway_module.Gateway(cfg, only=[server] if server else (list(servers) or None), announce=False)
     with _signals_interrupt():
         # Not waiting here: a call waits for its server within its own timeout, a listing as long as it must.
         gateway.start(wait=False)

@@ -106,3 +106,11 @@ def test_installed_package_runs_and_leaves_no_generic_module(wheel: Path, tmp_pa
     )
     assert proc.returncode == 0, explain(proc)
     assert proc.stdout == (ROOT / "config.toml.example").read_text(), explain(proc)
+    # The library's API, loaded on first use (`import toolscript` imports nothing else).
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import toolscript; before = set(sys.modules);"
+        "print(toolscript.connect.__module__, toolscript.ToolError.__module__, toolscript.UsageError.__module__,"
+        " 'toolscript.client' in before)"
+    )
+    proc = _run(sys.executable, "-I", "-c", code, str(target), cwd=tmp_path)
+    assert proc.stdout == "toolscript.client toolscript.client toolscript.errors False\n", explain(proc)
