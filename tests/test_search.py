@@ -20,6 +20,7 @@ from errors import ConfigError, UsageError
 from gateway import Gateway
 from gateway_http import TOKEN_VAR, URL_VAR, ApiServer, RemoteGateway
 from search import IndexCache, ToolIndex, one_line, tokenize
+from typegen import module_source
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tools"
 EVERYTHING = str(SERVERS / "everything.py")
@@ -263,16 +264,13 @@ def test_the_cli_with_its_own_gateway(capsys: pytest.CaptureFixture[str]) -> Non
 def test_types_follow_the_ranking(
     api: ApiServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    typegen = pytest.importorskip("typegen")
-    if not hasattr(typegen, "module_source"):  # typegen.py comes with branch typegen
-        pytest.skip("typegen.module_source is not in this checkout")
     monkeypatch.setenv(URL_VAR, api.url)
     monkeypatch.setenv(TOKEN_VAR, api.token)
     code, out, err = cli(capsys, "search", "add two numbers", "--limit", "1", "--types")
     assert code == 0, err
     ranking, source = out.split("\n\n", 1)
     assert ranking.split()[0] == "ev__add"
-    expected = typegen.module_source([RemoteGateway(api.url, token=api.token).tool("ev__add")])
+    expected = module_source([RemoteGateway(api.url, token=api.token).tool("ev__add")])
     assert source.rstrip("\n") == expected.rstrip("\n")
     compile(source, "<types>", "exec")
     code, out, _ = cli(capsys, "search", "add two numbers", "--limit", "1", "--types", "--json")
