@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=32, help="concurrent callers for throughput")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the best of them")
     parser.add_argument("--peers-dir", type=Path, default=_default_peers_dir(), help="where the peers are installed")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout of toolscript whose /mcp/echo and REST are measured too"
+    )
     options = parser.parse_args()
     peers = {name: _install(options.peers_dir, name, specs) for name, specs in PEERS.items()}
     load = os.getloadavg()[0]
@@ -97,6 +100,13 @@ def main() -> None:
             "REST": RestFront(gateway_url, "/tools/echo__echo", auth),
             "mcpo": RestFront(mcpo_url, "/echo", {}),
         }
+        if options.baseline:  # the same fronts from another checkout, for a before/after in one run
+            old_url, old_token = stack.enter_context(
+                _gateway_process(config, env, str(options.baseline / "toolscript.py"))
+            )
+            old_auth = {"Authorization": f"Bearer {old_token}"}
+            fronts["old /mcp"] = stack.enter_context(_mcp_front(_http(old_url + "/mcp/echo", old_auth), "echo"))
+            fronts["old REST"] = RestFront(old_url, "/tools/echo__echo", old_auth)
         results = _measure(fronts, options.calls, options.callers, options.rounds)
     _report(results, options.callers)
 
@@ -130,7 +140,7 @@ class McpFront(Front):
     async def _call(self) -> None:
         result = await self._session.call_tool(self._tool, ARGS)
         if result.is_error:
-            raise SystemExit(f"the call failed: {result}")
+            raise RuntimeError(f"the call failed: {result}")
 
     async def _latencies(self, calls: int) -> list[float]:
         times = []
@@ -172,11 +182,17 @@ class RestFront(Front):
         if connection is None:
             host, port = self._address.rsplit(":", 1)
             connection = self._local.connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        connection.request("POST", self._path, self._body, self._headers)
-        response = connection.getresponse()
+        try:
+            connection.request("POST", self._path, self._body, self._headers)
+            response = connection.getresponse()
+        except (ConnectionError, http.client.RemoteDisconnected):
+            # uvicorn (mcpo) closes a connection idle for 5 s, as between two rounds: open another.
+            connection.close()
+            connection.request("POST", self._path, self._body, self._headers)
+            response = connection.getresponse()
         body = response.read()
         if response.status != 200 or b"hello" not in body:
-            raise SystemExit(f"the call failed: {response.status} {body[:200]!r}")
+            raise RuntimeError(f"the call failed: {response.status} {body[:200]!r}")
 
     def latencies(self, calls: int) -> list[float]:
         times = []
@@ -215,20 +231,35 @@ class RestFront(Front):
 def _measure(fronts: dict[str, Front], calls: int, callers: int, rounds: int) -> dict[str, dict[str, float]]:
     names = list(fronts)
     for name in names:  # warm up every front, and check it answers
-        fronts[name].latencies(WARMUP)
-        fronts[name].load(callers, callers)
+        with _named(name):
+            fronts[name].latencies(WARMUP)
+            fronts[name].load(callers, callers)
     best: dict[str, dict[str, float]] = {}
     for round_number in range(rounds):
         order = names[round_number % len(names) :] + names[: round_number % len(names)]
         for name in order:
-            latency = statistics.median(fronts[name].latencies(calls))
-            rate, loaded = fronts[name].load(callers, max(calls, callers))
+            with _named(name):
+                latency = statistics.median(fronts[name].latencies(calls))
+                rate, loaded = fronts[name].load(callers, max(calls, callers))
             row = best.setdefault(name, {"latency": float("inf"), "rate": 0.0, "loaded": float("inf")})
             row["latency"] = min(row["latency"], latency)
             row["rate"] = max(row["rate"], rate)
             row["loaded"] = min(row["loaded"], statistics.median(loaded))
         print(f"  round {round_number + 1} done, load {os.getloadavg()[0]:.1f}", flush=True)
     return best
+
+
+@contextlib.contextmanager
+def _named(front: str) -> Iterator[None]:
+    """End the run with one line naming the front that failed and the innermost error."""
+    try:
+        yield
+    except Exception as exc:  # an exception group hides its cause ten levels down
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        # Said here: on its way out through the sessions' task groups it gets wrapped again.
+        print(f"{front} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def _report(results: dict[str, dict[str, float]], callers: int) -> None:
@@ -322,10 +353,10 @@ def _wait_for_port(port: int, proc: subprocess.Popen[Any], name: str) -> None:
 
 
 @contextlib.contextmanager
-def _gateway_process(config: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
+def _gateway_process(config: Path, env: dict[str, str], toolscript: str = TOOLSCRIPT) -> Iterator[tuple[str, str]]:
     """`toolscript gateway` with `config`: its URL and API token."""
     proc = subprocess.Popen(
-        [sys.executable, TOOLSCRIPT, "-q", "--config", str(config), "gateway"],
+        [sys.executable, toolscript, "-q", "--config", str(config), "gateway"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
