@@ -59,7 +59,6 @@ import http.client
 import ipaddress
 import json
 import logging
-import math
 import os
 import queue
 import re
@@ -69,7 +68,6 @@ import socket
 import stat
 import sys
 import threading
-import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import CancelledError as FutureCancelledError
 from concurrent.futures import Future
@@ -839,20 +837,26 @@ class _Exchange:
     """
 
     _POLL = 0.5  # seconds between checks that a client waiting on a quiet stream is still there
-    _HEAD_HOLD = 0.05  # seconds a POST's stream waits for its first event before sending its headers alone
+    _HOLD = 0.05  # seconds a POST's headers wait for its first event, and its answer for the stream's end
 
     def __init__(self, body: bytes) -> None:
         self._body: bytes | None = body
-        self._messages: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        # What the app sent, handed to the handler's thread in batches (see `_send`).
+        self._messages: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
+        self._held: list[dict[str, Any]] = []  # sent by the app, not yet handed on
+        self._release: Any = None  # the loop's timer that hands `_held` on
+        self._post = False
         self._gone = False
         self._gone_event: Any = None  # an anyio.Event, made and set on the loop
         # Body bytes the app has sent (counted on the loop) and the handler has taken (on its thread).
         self._given = self._taken = 0
 
     async def run(self, app: LoopApp, scope: dict[str, Any]) -> None:
+        self._post = scope["method"] == "POST"
         try:
             await app(scope, self._receive, self._send)
         finally:
+            self._hand_on()
             self._messages.put(None)
 
     async def _receive(self) -> dict[str, Any]:
@@ -876,9 +880,31 @@ class _Exchange:
             # rather than hold everything in memory; the handler closes the connection.
             log.warning("gateway API: an MCP client fell %d bytes behind its stream; disconnected", MAX_UNSENT_BYTES)
             await self._hang_up()
+            self._hand_on()
             self._messages.put(None)
             raise OSError("the client fell too far behind")
-        self._messages.put(message)
+        # Each batch handed on wakes the handler's thread, which on a busy gateway fights the loop
+        # for the GIL; and a client that finds the end of a POST's stream only after its answer
+        # has moved on and closed the connection, so its next request opens another (a thread
+        # here). So a POST's headers wait for its first event, and its answer for the end of
+        # the stream, which follows at once: all go out in one write. Both wait at most _HOLD.
+        self._held.append(message)
+        if self._post and _more_follows(message):
+            if self._release is None:
+                import asyncio  # here, not at the top: the CLI's client side never needs it
+
+                self._release = asyncio.get_running_loop().call_later(self._HOLD, self._hand_on)
+            return
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Hand what the app sent and `_send` held on to the handler's thread (on the loop)."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if self._held:
+            held, self._held = self._held, []
+            self._messages.put(held)
 
     async def _hang_up(self) -> None:
         self._gone = True
@@ -907,22 +933,23 @@ class _Exchange:
     def _write_answer(self, handler: _Handler, done: Future[Any]) -> bool:
         """`answer`'s loop; False when the client is gone or fell too far behind."""
         head: bytes | None = None  # status line and headers not yet sent
-        head_due = math.inf  # when they go out even without a body part
         started = chunked = False
         while True:
-            wait = self._POLL if head is None else max(0.0, head_due - time.monotonic())
             try:
-                batch = [self._messages.get(timeout=wait)]
+                first = self._messages.get(timeout=self._POLL)
             except queue.Empty:
-                if head is not None:
-                    handler.wfile.write(head)
-                    head = None
-                elif _hung_up(handler.connection):
+                if _hung_up(handler.connection):
                     return False
                 continue
+            batch: list[dict[str, Any] | None] = [None] if first is None else first
             with contextlib.suppress(queue.Empty):
-                while True:
-                    batch.append(self._messages.get_nowait())
+                while batch[-1] is not None:
+                    more = self._messages.get_nowait()
+                    batch += [None] if more is None else more
+            whole = self._as_json(handler, batch) if not started else None
+            if whole is not None:
+                handler.wfile.write(whole)
+                return True
             out = bytearray()
             finished = False
             for message in batch:
@@ -947,7 +974,6 @@ class _Exchange:
                 if message["type"] == "http.response.start":
                     started = True
                     head, chunked = self._head(handler, message)
-                    head_due = time.monotonic() + (self._HEAD_HOLD if handler.command == "POST" else 0.0)
                 elif message["type"] == "http.response.body":
                     if head is not None:
                         out += head
@@ -963,7 +989,7 @@ class _Exchange:
                         out += b"0\r\n\r\n" if chunked else b""
                         finished = True
                         break
-            if head is not None and head_due <= time.monotonic():
+            if head is not None:  # alone: the loop held it for its first event already (see `_send`)
                 out += head
                 head = None
             if out:
@@ -972,6 +998,34 @@ class _Exchange:
                 return True
             if self._gone:  # fell too far behind (see `_send`)
                 return False
+
+    def _as_json(self, handler: _Handler, batch: list[dict[str, Any] | None]) -> bytes | None:
+        """A POST's whole SSE answer (headers, one event, the end) as plain JSON, or None if it is not one.
+
+        The client accepts both (the SDK refuses a POST that does not); a JSON answer is read
+        to its end, so the client can reuse the connection, where it drops one whose stream
+        it stopped reading at the answer, before the end. An answer with anything before it
+        (progress, a question) stays a stream.
+        """
+        if len(batch) != 3 or handler.command != "POST" or batch[0] is None or batch[1] is None or batch[2] is None:
+            return None
+        start, event, end = batch
+        if start["type"] != "http.response.start" or start["status"] != 200 or end.get("body") or end.get("more_body"):
+            return None
+        headers = [(name.lower(), value) for name, value in start.get("headers", [])]
+        if (b"content-type", b"text/event-stream") not in headers or "application/json" not in handler.headers.get(
+            "Accept", ""
+        ):
+            return None
+        lines = event.get("body", b"").split(b"\r\n")
+        if len(lines) != 4 or lines[0] != b"event: message" or not lines[1].startswith(b"data: ") or any(lines[2:]):
+            return None
+        data = lines[1][len(b"data: ") :]
+        self._taken += len(event["body"])
+        kept = [(name, value) for name, value in headers if name not in _STREAM_HEADERS]
+        kept += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+        head, _ = self._head(handler, {"status": 200, "headers": kept})
+        return head + data
 
     @staticmethod
     def _head(handler: _Handler, message: dict[str, Any]) -> tuple[bytes, bool]:
@@ -985,6 +1039,23 @@ class _Exchange:
             headers.append(("Connection", "close"))
             handler.close_connection = True
         return _head(handler, message["status"], headers, None), chunked
+
+
+# What an SSE answer's headers say of the stream, left out when it goes as JSON (see `_Exchange._as_json`).
+_STREAM_HEADERS = {b"content-type", b"cache-control", b"connection", b"x-accel-buffering", b"transfer-encoding"}
+
+
+def _more_follows(message: dict[str, Any]) -> bool:
+    """Whether the app, having sent `message` on a POST's answer, will at once send more of it.
+
+    After the headers comes the first event (unless the call is slow); after an event that
+    is a JSON-RPC response (one without a `"method"`, as requests and notifications have),
+    the end of the stream. A wrong guess costs only a wait of `_Exchange._HOLD`.
+    """
+    if message["type"] == "http.response.start":
+        return True
+    body = message.get("body", b"")
+    return bool(message.get("more_body")) and body.startswith(b"event: message") and b'"method"' not in body
 
 
 def _head(handler: _Handler, status: int, headers: list[tuple[str, str]], length: int | None) -> bytes:

@@ -10,6 +10,7 @@ a call refused for its authorization shows in the gateway's OAuth status.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ from conftest import (
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+import gateway_http
 from config import load_config
 from front import HttpFront
 from gateway import Gateway as InProcessGateway
@@ -117,7 +119,9 @@ class Session:
 
 
 def events(response: httpx2.Response) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of an SSE answer."""
+    """The JSON-RPC messages of an answer: an SSE stream, or plain JSON when nothing came before the answer."""
+    if response.headers["content-type"] == "application/json":
+        return [response.json()]
     return [json.loads(line[len("data: ") :]) for line in response.text.splitlines() if line.startswith("data: {")]
 
 
@@ -130,7 +134,7 @@ def test_mcp_needs_the_gateway_token(gateway: Gateway) -> None:
     assert missing.json()["error"].startswith("No gateway token: send 'Authorization: Bearer <token>'")
     assert wrong.json()["error"].startswith("Wrong gateway token: ")
     assert accepted.status_code == 200, accepted.text
-    assert accepted.headers["content-type"].startswith("text/event-stream")
+    assert accepted.headers["content-type"].split(";")[0] in ("text/event-stream", "application/json")
     assert accepted.headers.get("mcp-session-id")
     [answer] = events(accepted)
     assert answer["result"]["serverInfo"]["name"] == "toolscript"
@@ -275,6 +279,55 @@ def test_a_stream_whose_client_vanished_is_given_up_so_the_session_can_open_anot
                 return read_until(again, b"\r\n\r\n").startswith(b"HTTP/1.1 200 ")  # 409 while the old one lives
 
         wait_until(another_stream, TIMEOUT, "the session to accept a new GET stream")
+
+
+def test_a_slow_call_gets_its_headers_before_its_answer(gateway: Gateway, tmp_path: Path) -> None:
+    """A POST's headers wait briefly for the first event, then go out alone: the client sees the stream open."""
+    release = tmp_path / "release"
+    with httpx2.Client(timeout=TIMEOUT) as client:
+        session = Session(client, gateway, "/mcp")
+        params = {"name": "files__slow", "arguments": {"seconds": TIMEOUT, "text": "late", "until_file": str(release)}}
+        body = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}).encode()
+        headers = {**session.headers(), "Content-Length": str(len(body))}
+        with connect(gateway) as sock:
+            sock.sendall(raw_request(gateway, "POST", "/mcp", headers) + body)
+            head = read_until(sock, b"\r\n\r\n")
+            opened_before_the_answer = not release.exists()
+            release.touch()
+            rest = read_until(sock, b"0\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"content-type: text/event-stream" in head.lower()
+    # The headers came alone, not with the stream's keep-alive ping (15 s on) nor with the answer.
+    assert head.index(b"\r\n\r\n") == len(head) - 4 and opened_before_the_answer
+    assert b'"late"' in head + rest and rest.endswith(b"0\r\n\r\n")
+
+
+def test_an_answer_with_nothing_before_it_goes_as_json_on_a_kept_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client reads a JSON answer to its end and keeps the connection, where it drops one whose SSE stream it
+    stopped reading at the answer; so a POST answered with nothing before it (no progress, no question) is JSON."""
+    monkeypatch.setattr(gateway_http._Exchange, "_HOLD", TIMEOUT)  # the rule, not this machine's speed, decides
+    write_config({"files": stdio_server()})
+    with gateway_in_process() as (_, api):
+        host, port = api.url.removeprefix("http://").rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+        headers = {**MCP_HEADERS, "Authorization": f"Bearer {api.token}"}
+
+        def post(message: dict[str, Any]) -> tuple[http.client.HTTPResponse, bytes]:
+            connection.request("POST", "/mcp/files", json.dumps(message), headers)
+            response = connection.getresponse()
+            return response, response.read()
+
+        opened, _ = post(INITIALIZE)
+        headers |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        kept = connection.sock
+        params = {"name": "echo", "arguments": {"text": "plain"}}
+        answer, body = post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params})
+        same_connection = connection.sock is kept and kept is not None
+        connection.close()
+    assert (answer.status, answer.headers["content-type"]) == (200, "application/json"), body
+    assert json.loads(body)["result"]["content"] == [{"type": "text", "text": "plain"}]
+    assert answer.headers["mcp-session-id"] == headers["Mcp-Session-Id"]
+    assert same_connection
 
 
 @contextlib.contextmanager
