@@ -1007,9 +1007,11 @@ class _Exchange:
         it stopped reading at the answer, before the end. An answer with anything before it
         (progress, a question) stays a stream.
         """
-        if len(batch) != 3 or handler.command != "POST" or batch[0] is None or batch[1] is None or batch[2] is None:
+        # The app's end (None) may come in the same batch or not, as the threads meet: either way.
+        messages = batch[:-1] if batch and batch[-1] is None else batch
+        if len(messages) != 3 or handler.command != "POST" or None in messages:
             return None
-        start, event, end = batch
+        start, event, end = messages
         if start["type"] != "http.response.start" or start["status"] != 200 or end.get("body") or end.get("more_body"):
             return None
         headers = [(name.lower(), value) for name, value in start.get("headers", [])]

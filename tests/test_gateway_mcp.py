@@ -319,6 +319,9 @@ def test_an_answer_with_nothing_before_it_goes_as_json_on_a_kept_connection(monk
         opened, _ = post(INITIALIZE)
         headers |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
         post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        # A listing first: it waits for the server to connect, so nothing about the connecting (a list
+        # changed, a status) can ride on the call's answer stream.
+        post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         kept = connection.sock
         params = {"name": "echo", "arguments": {"text": "plain"}}
         answer, body = post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params})
