@@ -343,10 +343,10 @@ def _sdk(kind: str, url: str, through: str | None = None) -> Iterator[_Sdk]:
 
 
 @contextlib.contextmanager
-def _gateway_process(config: Path, env: dict[str, str]) -> Iterator[tuple[str, str]]:
-    """`toolscript gateway` with `config`: its URL and API token."""
+def _gateway_process(config: Path, env: dict[str, str], toolscript: str = TOOLSCRIPT) -> Iterator[tuple[str, str]]:
+    """`toolscript gateway` (of the checkout at `toolscript`) with `config`: its URL and API token."""
     proc = subprocess.Popen(
-        [sys.executable, TOOLSCRIPT, "-q", "--config", str(config), "gateway"],
+        [sys.executable, toolscript, "-q", "--config", str(config), "gateway"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

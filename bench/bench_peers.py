@@ -52,6 +52,9 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parent.parent
+# The gateway's and the HTTP echo server's processes, as bench_gateway.py starts them (this folder is on sys.path).
+from bench_gateway import _gateway_process, _http_echo_server  # noqa: E402
+
 ECHO = [sys.executable, str(ROOT / "bench" / "echo_server.py"), "stdio"]
 TOOLSCRIPT = str(ROOT / "toolscript.py")
 ARGS = {"text": "hello"}
@@ -84,7 +87,7 @@ def main() -> None:
         config.write_text(f"[servers.echo]\ncommand = {json.dumps(ECHO[0])}\nargs = {json.dumps(ECHO[1:])}\n")
         env = {**os.environ, "TOOLSCRIPT_HOME": str(home)}
         gateway_url, token = stack.enter_context(_gateway_process(config, env))
-        sdk_http_url = stack.enter_context(_sdk_http_server())
+        sdk_http_url = stack.enter_context(_http_echo_server())
         proxy_url = stack.enter_context(_peer_process("mcp-proxy", [str(peers["mcp-proxy"]), "--log-level", "WARNING"]))
         mcpo_url = stack.enter_context(_peer_process("mcpo", [str(peers["mcpo"])]))
         auth = {"Authorization": f"Bearer {token}"}
@@ -350,38 +353,6 @@ def _wait_for_port(port: int, proc: subprocess.Popen[Any], name: str) -> None:
             return
         time.sleep(0.1)  # polling a child's start-up, bounded by START_TIMEOUT
     raise SystemExit(f"{name} did not listen on port {port} within {START_TIMEOUT:.0f} s")
-
-
-@contextlib.contextmanager
-def _gateway_process(config: Path, env: dict[str, str], toolscript: str = TOOLSCRIPT) -> Iterator[tuple[str, str]]:
-    """`toolscript gateway` with `config`: its URL and API token."""
-    proc = subprocess.Popen(
-        [sys.executable, toolscript, "-q", "--config", str(config), "gateway"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(2))
-        yield lines["TOOLSCRIPT_GATEWAY_URL"], lines["TOOLSCRIPT_GATEWAY_TOKEN"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@contextlib.contextmanager
-def _sdk_http_server() -> Iterator[str]:
-    proc = subprocess.Popen([*ECHO[:2], "http"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("URL="):
-            raise SystemExit(f"the HTTP echo server did not start: {line!r}")
-        yield line.strip().split("=", 1)[1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _stdio(command: list[str], env: dict[str, str] | None = None) -> Callable[[], Any]:
