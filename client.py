@@ -23,6 +23,7 @@ else:
     from errors import ToolscriptError
 
 if TYPE_CHECKING:
+    from config import Config
     from gateway_http import RemoteGateway, SyncGateway
 
 __all__ = ["Client", "ToolError", "connect", "running_gateway"]
@@ -62,7 +63,13 @@ def connect(config: str | os.PathLike[str] | None = None, *, servers: Iterable[s
     gateway of our own to those servers (a running gateway serves what it serves).
     """
     explicit = None if config is None else os.fspath(config)
-    remote = running_gateway(lambda: load_config(explicit).sources)
+    loaded: list[Config] = []  # read once: for finding a running gateway, then for a gateway of our own
+
+    def sources() -> tuple[Path, ...]:
+        loaded.append(load_config(explicit))
+        return loaded[0].sources
+
+    remote = running_gateway(sources)
     if remote is not None:
         return Client(remote)
     if __package__:
@@ -70,7 +77,8 @@ def connect(config: str | os.PathLike[str] | None = None, *, servers: Iterable[s
     else:
         import gateway
 
-    own = gateway.Gateway(load_config(explicit), only=None if servers is None else list(servers), announce=False)
+    cfg = loaded[0] if loaded else load_config(explicit)
+    own = gateway.Gateway(cfg, only=None if servers is None else list(servers), announce=False)
     # Not waiting: a call waits for its own server, a listing for every server it covers.
     own.start(wait=False)
     return Client(own, owns_gateway=True)
