@@ -32,6 +32,7 @@ import os
 import re
 import signal
 import stat
+import threading
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -840,8 +841,10 @@ class HttpFront:
         self.version = version
         self.front = Front(gateway, hooks, list_wait=list_wait, servers_changed=self._follow_servers)
         self._serving = False  # between entering and leaving `running`
+        self.started = threading.Event()  # the same, for other threads (the API serves on this loop meanwhile)
         self._endpoints: dict[str, _Endpoint] = {}  # "" for /mcp, NAME for /mcp/NAME
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._alongside: set[anyio.CancelScope] = set()  # of what `start_soon` runs while the front serves
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[HttpFront]:
@@ -851,10 +854,14 @@ class HttpFront:
             for key in ["", *self.gateway.server_names]:
                 await self._open(key).ready.wait()
             self._serving = True
+            self.started.set()
             try:
                 yield self
             finally:
+                self.started.clear()
                 self._serving = False
+                for scope in list(self._alongside):
+                    scope.cancel()
                 self._tasks = None
                 for endpoint in self._endpoints.values():
                     endpoint.stop.set()
@@ -904,8 +911,27 @@ class HttpFront:
         return endpoint.manager
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Start `func(*args)` on the gateway's loop from another thread (a `concurrent.futures.Future`)."""
-        return self.gateway.start_soon_on_loop(func, *args)
+        """Start `func(*args)` on the gateway's loop from another thread, to run while this front serves (it is
+        cancelled when the front stops); a `concurrent.futures.Future` that ends with it."""
+        return self.gateway.start_soon_on_loop(self._while_serving, func, *args)
+
+    async def _while_serving(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        tasks = self._tasks
+        if tasks is None:  # stopped already
+            return
+        ended = anyio.Event()
+
+        async def run() -> None:
+            with anyio.CancelScope() as scope:
+                self._alongside.add(scope)
+                try:
+                    await func(*args)
+                finally:
+                    self._alongside.discard(scope)
+                    ended.set()
+
+        tasks.start_soon(run)
+        await ended.wait()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The ASGI app for `/mcp` and `/mcp/SERVER`."""

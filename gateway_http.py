@@ -56,24 +56,21 @@ from __future__ import annotations
 import contextlib
 import hmac
 import http.client
+import io
 import ipaddress
 import json
 import logging
 import os
-import queue
 import re
 import secrets
-import select
 import socket
 import stat
-import sys
 import threading
 from collections.abc import Callable, Collection, Iterator
-from concurrent.futures import CancelledError as FutureCancelledError
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 if __package__:
@@ -113,6 +110,11 @@ else:
     from storage import write_atomic
     from urls import is_loopback_host
 
+if TYPE_CHECKING:  # asyncio and http_loop are imported where the API serves, never by its clients
+    import asyncio
+
+    from http_loop import Connection, Workers
+
 __all__ = [
     "CHALLENGE_HEADER",
     "MAX_BODY_BYTES",
@@ -140,7 +142,8 @@ log = logging.getLogger("toolscript.gateway.http")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_UNSENT_BYTES = 16 * 1024 * 1024  # of an MCP answer or stream a client has not read yet
-_IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle before its thread gives up
+_IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle, or a client take to read an answer
+_MAX_HEAD_BYTES = 1024 * 1024  # http_loop.MAX_HEAD_BYTES: a head cut there is refused
 _CALL_PREFIX = "/tools/"
 _PROMPT_PREFIX = "/prompts/"
 _COMPLETE_PATH = "/complete"
@@ -226,12 +229,17 @@ class SyncGateway(Protocol):
 
 
 class LoopApp(Protocol):
-    """An ASGI app that runs on an event loop in another thread: the MCP front (front.HttpFront) for `/mcp`."""
+    """An ASGI app that runs on an event loop in another thread: the MCP front (front.HttpFront) for `/mcp`.
+
+    The API serves on that loop while `started` is set (from the app's start to its end).
+    """
+
+    started: threading.Event
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None: ...
 
     def start_soon(self, func: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Start `func(*args)` (a coroutine function) on the app's loop."""
+        """Start `func(*args)` (a coroutine function) on the app's loop, to run while the app does."""
         ...
 
 
@@ -355,6 +363,12 @@ class ApiServer(ThreadingHTTPServer):
         # since DNS rebinding needs a host name.
         self.wildcard = ipaddress.ip_address(host).is_unspecified if _is_ip(host) else False
         self.stopping = threading.Event()
+        self._stop_requested = threading.Event()  # by `shutdown`
+        self._served = threading.Event()  # set while `serve_forever` is not running
+        self._served.set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # where it serves
+        self._stop_event: asyncio.Event | None = None
+        self._workers: Workers | None = None  # made on the loop, with the first request that needs one
         self._answering = 0  # requests between reaching the gateway and their answer being sent
         self._idle = threading.Condition()
         self.token = token or secrets.token_urlsafe(_TOKEN_BYTES)
@@ -400,13 +414,136 @@ class ApiServer(ThreadingHTTPServer):
         register_secret(token)
         return grant.id, token
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver would print the traceback to stderr, past the log's redaction.
-        error = sys.exc_info()[1]
-        if isinstance(error, OSError):  # the client went away or stalled: nothing to debug here
-            log.debug("gateway API: connection from %s ended: %s", client_address[0], error)
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until `shutdown()`: on the MCP front's event loop (the gateway's) when there is one, else on
+        an event loop of its own in this thread. Requests that may block run in worker threads."""
+        import asyncio
+
+        self._served.clear()
+        try:
+            if self.mcp is None:
+                asyncio.run(self._serve_on_loop())
+                return
+            while not self.mcp.started.wait(min(poll_interval, 0.1)):  # the gateway may start after the API
+                if self._stop_requested.is_set():
+                    return
+            try:
+                serving = self.mcp.start_soon(self._serve_on_loop)
+            except (ToolscriptError, RuntimeError):  # the gateway stopped just now
+                return
+            serving.add_done_callback(lambda _: self._stop_requested.set())
+            try:
+                # Not one wait without end: a signal another thread took runs its handler only once the
+                # main thread runs again (socketserver polls likewise).
+                while not self._stop_requested.wait(poll_interval):
+                    pass
+            finally:
+                self._stop_serving()
+            if not serving.cancelled() and serving.done() and serving.exception() is not None:
+                raise serving.exception()  # type: ignore[misc]
+        finally:
+            self._served.set()
+
+    def shutdown(self) -> None:
+        """Stop `serve_forever` (from another thread) and return once it has; requests in flight go on."""
+        self._stop_requested.set()
+        self._stop_serving()
+        self._served.wait()
+
+    def _stop_serving(self) -> None:
+        loop, stop = self._loop, self._stop_event
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # that loop has ended already
+                loop.call_soon_threadsafe(stop.set)
+
+    async def _serve_on_loop(self) -> None:
+        import asyncio
+
+        if __package__:
+            from .http_loop import Connection
         else:
-            log.error("gateway API: unexpected error on a connection from %s", client_address[0], exc_info=error)
+            from http_loop import Connection
+
+        loop = asyncio.get_running_loop()
+        self._stop_event, self._loop = asyncio.Event(), loop
+        if self._stop_requested.is_set():  # after setting both: `shutdown` sees them, or this sees it
+            return
+        listener = await loop.create_server(
+            lambda: Connection(self._serve_connection, _IDLE_TIMEOUT), sock=self.socket, backlog=self.request_queue_size
+        )
+        try:
+            await self._stop_event.wait()
+        finally:
+            self._loop = None
+            listener.close()
+
+    async def _serve_connection(self, connection: Connection) -> None:
+        """Answer the requests of one connection in turn, until it ends or one of them closes it."""
+        while True:
+            head, whole = await connection.read_head()
+            if not head:
+                return
+            handler = _Handler.reading(self, head, connection)
+            parsed = handler.parse(cut=not whole and len(head) >= _MAX_HEAD_BYTES)
+            connection.write(handler.written())  # a refusal, or 100 Continue
+            if not parsed:
+                return
+            target = handler.admitted()
+            length = handler.body_length() if target is not None else 0
+            if length:
+                body = await connection.read_body(length)
+                if body is None:  # the client closed the connection mid-body
+                    return
+                handler.rfile = io.BytesIO(body)
+            if target is None:
+                connection.write(handler.written())
+            elif self.mcp is not None and (target[0] == MCP_PATH or target[0].startswith(MCP_PATH + "/")):
+                await handler.mcp(target[0], connection)
+                connection.write(handler.written())
+            elif target[0] == MCP_PATH or target[0].startswith(MCP_PATH + "/"):
+                handler._send(404, {"error": "This gateway does not serve MCP."})
+                connection.write(handler.written())
+            elif not await self._in_worker(handler, target, connection):
+                return
+            if handler.close_connection:
+                return
+
+    async def _in_worker(self, handler: _Handler, target: tuple[str, dict[str, str]], connection: Connection) -> bool:
+        """Answer in a worker thread, which writes the answer itself; whether the connection goes on."""
+        if __package__:
+            from .http_loop import Workers, blocking_copy
+        else:
+            from http_loop import Workers, blocking_copy
+
+        import asyncio
+
+        await connection.drained()  # nothing of the loop's is still to go out before the worker's answer
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[bool] = loop.create_future()
+        sock = blocking_copy(connection, _IDLE_TIMEOUT)
+
+        def settle(keep: bool) -> None:
+            if not answered.done():
+                answered.set_result(keep)
+
+        def answer() -> None:
+            keep = False
+            try:
+                with self.answering():
+                    handler.wfile = _SocketWriter(sock)
+                    handler.route(*target)
+                    keep = not handler.close_connection
+            except OSError as exc:  # the client went away or stalled
+                log.debug("gateway API: connection from %s ended: %s", handler.client_address[0], exc)
+            finally:
+                sock.close()
+                with contextlib.suppress(RuntimeError):  # the loop has ended (the gateway stopped): nothing to tell
+                    loop.call_soon_threadsafe(settle, keep)
+
+        if self._workers is None:
+            self._workers = Workers("toolscript-api")
+        self._workers.submit(answer)
+        return await answered
 
     @property
     def url(self) -> str:
@@ -448,28 +585,73 @@ class _Handler(BaseHTTPRequestHandler):
     # The run token the request carries instead of the gateway's own (see grants.py).
     grant: Grant | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        # http.server calls do_GET, do_POST, do_PUT ... and answers 501 (HTML) when there is
-        # none: every method comes here instead, to get a JSON answer (405 for the unsupported).
-        if name.startswith("do_"):
-            return self._dispatch
-        raise AttributeError(name)
+    @classmethod
+    def reading(cls, server: ApiServer, head: bytes, connection: Connection) -> _Handler:
+        """A handler for the request whose head is `head`, on `connection` (answers go to `written()` until
+        `route` is given a socket)."""
+        handler = cls.__new__(cls)  # not BaseRequestHandler.__init__, which would serve a connection itself
+        assert connection.transport is not None
+        handler.server = server
+        handler.request = handler.connection = connection.transport.get_extra_info("socket")
+        handler.client_address = connection.transport.get_extra_info("peername")
+        handler.rfile = io.BytesIO(head)
+        handler.wfile = io.BytesIO()
+        handler.close_connection = True
+        return handler
 
-    def _dispatch(self) -> None:
+    def parse(self, cut: bool) -> bool:
+        """Parse the head as http.server does (refusing what it refuses); False when there is no request to
+        answer. `cut`: the head ran past its limit, and is refused even if what came of it parses."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return False
+        if not self.parse_request():
+            return False
+        if cut:
+            self.send_error(431, "Request header fields too large")
+            return False
+        return True
+
+    def written(self) -> bytes:
+        """What was answered so far (on the loop, before a worker took the request)."""
+        assert isinstance(self.wfile, io.BytesIO)
+        data = self.wfile.getvalue()
+        self.wfile = io.BytesIO()
+        return data
+
+    def admitted(self) -> tuple[str, dict[str, str]] | None:
+        """The request's path and query if it passes the checks every request must; None once it is refused."""
         headers = self.headers
         self.body_pending = "Transfer-Encoding" in headers or headers.get("Content-Length", "0").strip() != "0"
         path, query = self._target()
         if not self._allowed(needs_token=(self.command, path) != ("GET", "/health")):
-            return
+            return None
         if self.grant is not None and not self._granted(path):
             self._send(
                 403,
                 {"error": f"A run token may list and call only its run's tools, not {self.command} {path}."},
             )
-            return
-        if path == MCP_PATH or path.startswith(MCP_PATH + "/"):
-            self._mcp(path)
-            return
+            return None
+        return path, query
+
+    def body_length(self) -> int:
+        """How many body bytes to read before answering: a POST's exact `Content-Length`, if it may be taken.
+
+        Any other framing is refused by the route (`_content_length`) without reading a body,
+        and the connection is closed.
+        """
+        if self.command != "POST" or "Transfer-Encoding" in self.headers:
+            return 0
+        lengths = {value.strip() for value in self.headers.get_all("Content-Length") or []}
+        if len(lengths) != 1:
+            return 0
+        (length,) = lengths
+        return int(length) if _DIGITS.fullmatch(length) and int(length) <= MAX_BODY_BYTES else 0
+
+    def route(self, path: str, query: dict[str, str]) -> None:
+        """Answer an admitted request that is not MCP (it may block: a call waits for its server)."""
         methods = _methods_for(path)
         gateway = self.server.gateway
         if not methods:
@@ -525,12 +707,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self.grant.allows(unquote(path[len(_CALL_PREFIX) :]))
         return False
 
-    def _mcp(self, path: str) -> None:
-        """Hand an MCP request (streamable HTTP) to the front on the gateway's loop; stream its answer back."""
+    async def mcp(self, path: str, connection: Connection) -> None:
+        """Answer an admitted MCP request (streamable HTTP) with the MCP front, on the loop."""
         app = self.server.mcp
-        if app is None:
-            self._send(404, {"error": "This gateway does not serve MCP."})
-            return
+        assert app is not None
         if self.server.stopping.is_set():
             self._send(503, error_body(_stopping()), close=True)
             return
@@ -541,15 +721,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._json_body() if self.command == "POST" else b""
         if body is None:
             return
-        exchange = _Exchange(body)
         with self.server.answering():  # a stop waits for the answer (or the end of a stream) to go out
-            try:
-                done = app.start_soon(exchange.run, app, self._asgi_scope(path))
-            except (ToolscriptError, RuntimeError):  # the gateway stopped just now
-                self._send(503, error_body(_stopping()), close=True)
-                return
-            done.add_done_callback(_log_app_failure)
-            exchange.answer(self, done)
+            await _Exchange(self, connection, body).run(app, self._asgi_scope(path))
 
     def _asgi_scope(self, path: str) -> dict[str, Any]:
         """The ASGI scope of this request, without its `Authorization` (the gateway's token stays here)."""
@@ -828,191 +1001,147 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Exchange:
-    """One HTTP request handed to an ASGI app on another thread's event loop.
+    """One MCP request (streamable HTTP) answered by an ASGI app on the loop, written out as the app sends it.
 
-    `run` (on the loop) calls the app; what the app sends is queued for `answer` (on the
-    handler's thread), which writes it out as it comes: a JSON answer at once, an SSE
-    stream event by event (chunked) until the app ends it. When the client hangs up, the
-    app's `receive` says `http.disconnect`, as an ASGI server's does.
+    A JSON answer goes out at once; an SSE stream event by event (chunked) until the app ends
+    it. When the client hangs up, the app's `receive` says `http.disconnect`, as an ASGI
+    server's does, and its next `send` raises. A POST's headers wait up to `_HOLD` for its
+    first event, and a first event that is the answer waits up to `_HOLD` for the end of the
+    stream (which follows at once): one write, one wake-up of the client, instead of three,
+    and an answer with nothing before it goes as plain JSON (see `_as_json`).
     """
 
-    _POLL = 0.5  # seconds between checks that a client waiting on a quiet stream is still there
-    _HOLD = 0.05  # seconds a POST's headers wait for its first event, and its answer for the stream's end
+    _HOLD = 0.05  # seconds
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, handler: _Handler, connection: Connection, body: bytes) -> None:
+        self._handler = handler
+        self._connection = connection
         self._body: bytes | None = body
-        # What the app sent, handed to the handler's thread in batches (see `_send`).
-        self._messages: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
-        self._held: list[dict[str, Any]] = []  # sent by the app, not yet handed on
-        self._release: Any = None  # the loop's timer that hands `_held` on
-        self._post = False
-        self._gone = False
-        self._gone_event: Any = None  # an anyio.Event, made and set on the loop
-        # Body bytes the app has sent (counted on the loop) and the handler has taken (on its thread).
-        self._given = self._taken = 0
+        self._post = handler.command == "POST"
+        self._held: list[dict[str, Any]] = []  # a POST's start, and maybe its first event, not yet written
+        self._timer: Any = None  # the loop's timer that writes `_held` after all
+        self._started = False  # the status line and headers are written
+        self._chunked = False
+        self._finished = False
 
     async def run(self, app: LoopApp, scope: dict[str, Any]) -> None:
-        self._post = scope["method"] == "POST"
+        failed = False
         try:
             await app(scope, self._receive, self._send)
+        except OSError:  # the client went away: nothing to answer
+            pass
+        except Exception:
+            log.exception("gateway API: the MCP front failed on a request")
+            failed = True
         finally:
-            self._hand_on()
-            self._messages.put(None)
+            self._end(failed)
 
     async def _receive(self) -> dict[str, Any]:
         if self._body is not None:
             body, self._body = self._body, None
             return {"type": "http.request", "body": body, "more_body": False}
-        if not self._gone:
-            if self._gone_event is None:
-                import anyio  # here, not at the top: the CLI's client side never needs it
-
-                self._gone_event = anyio.Event()
-            await self._gone_event.wait()
+        await self._connection.gone.wait()
         return {"type": "http.disconnect"}
 
     async def _send(self, message: dict[str, Any]) -> None:
-        if self._gone:
+        if self._connection.gone.is_set():
             raise OSError("the client has gone")  # what an ASGI server raises: the app stops streaming
-        self._given += len(message.get("body", b""))
-        if self._given - self._taken > MAX_UNSENT_BYTES:
-            # The client reads too slowly (or not at all) for what the server sends: let it go
-            # rather than hold everything in memory; the handler closes the connection.
-            log.warning("gateway API: an MCP client fell %d bytes behind its stream; disconnected", MAX_UNSENT_BYTES)
-            await self._hang_up()
-            self._hand_on()
-            self._messages.put(None)
-            raise OSError("the client fell too far behind")
-        # Each batch handed on wakes the handler's thread, which on a busy gateway fights the loop
-        # for the GIL; and a client that finds the end of a POST's stream only after its answer
-        # has moved on and closed the connection, so its next request opens another (a thread
-        # here). So a POST's headers wait for its first event, and its answer for the end of
-        # the stream, which follows at once: all go out in one write. Both wait at most _HOLD.
-        self._held.append(message)
-        if self._post and _more_follows(message):
-            if self._release is None:
-                import asyncio  # here, not at the top: the CLI's client side never needs it
-
-                self._release = asyncio.get_running_loop().call_later(self._HOLD, self._hand_on)
+        if self._finished:
             return
-        self._hand_on()
-
-    def _hand_on(self) -> None:
-        """Hand what the app sent and `_send` held on to the handler's thread (on the loop)."""
-        if self._release is not None:
-            self._release.cancel()
-            self._release = None
+        if message["type"] == "http.response.start":
+            self._held = [message]
+            if self._post:
+                self._hold()
+            else:  # a GET's stream may stay quiet for long: the client sees it open at once
+                self._write_held()
+            return
         if self._held:
-            held, self._held = self._held, []
-            self._messages.put(held)
+            if len(self._held) == 1 and _more_follows(message):
+                self._held.append(message)
+                self._hold()
+                return
+            if len(self._held) == 2 and not message.get("body") and not message.get("more_body"):
+                whole = self._as_json(*self._held)
+                if whole is not None:
+                    self._held = []
+                    self._release()
+                    self._finished = True
+                    self._connection.write(whole)
+                    return
+            self._write_held()
+        self._write_body(message)
 
-    async def _hang_up(self) -> None:
-        self._gone = True
-        if self._gone_event is not None:
-            self._gone_event.set()
+    def _hold(self) -> None:
+        import asyncio
 
-    def answer(self, handler: _Handler, done: Future[Any]) -> None:
-        """Write the app's answer on `handler`'s connection as it comes, until the app has sent all of it.
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._HOLD, self._write_held)
 
-        What the app has queued goes out in one write: on loopback every send wakes the
-        client, so headers, an event and the end of the stream cost one wake-up, not three.
-        A POST's stream holds its headers back briefly for its first event (its answer);
-        a GET's stream (server-to-client messages, maybe none for long) sends them at once.
-        If the answer cannot be finished (the client went away, stopped reading, or the
-        write failed), the connection is closed and the app hears `http.disconnect`.
-        """
-        finished = False
-        try:
-            finished = self._write_answer(handler, done)
-        finally:
-            if not finished:
-                handler.close_connection = True
-                with contextlib.suppress(RuntimeError, ToolscriptError):  # the loop is gone already
-                    handler.server.mcp.start_soon(self._hang_up)  # type: ignore[union-attr]
+    def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _write_answer(self, handler: _Handler, done: Future[Any]) -> bool:
-        """`answer`'s loop; False when the client is gone or fell too far behind."""
-        head: bytes | None = None  # status line and headers not yet sent
-        started = chunked = False
-        while True:
-            try:
-                first = self._messages.get(timeout=self._POLL)
-            except queue.Empty:
-                if _hung_up(handler.connection):
-                    return False
-                continue
-            batch: list[dict[str, Any] | None] = [None] if first is None else first
-            with contextlib.suppress(queue.Empty):
-                while batch[-1] is not None:
-                    more = self._messages.get_nowait()
-                    batch += [None] if more is None else more
-            whole = self._as_json(handler, batch) if not started else None
-            if whole is not None:
-                handler.wfile.write(whole)
-                return True
-            out = bytearray()
-            finished = False
-            for message in batch:
-                if message is None:  # the app ended without finishing its answer
-                    out += head or b""
-                    head = None
-                    if chunked:
-                        out += b"0\r\n\r\n"
-                    elif not started:
-                        stopping = handler.server.stopping.is_set()
-                        if stopping or _failed(done):
-                            status, payload = (
-                                (503, error_body(_stopping()))
-                                if stopping
-                                else (500, {"error": "Internal gateway error; see the gateway's log."})
-                            )
-                            body = json.dumps(payload).encode()
-                            out += _head(handler, status, [("Content-Type", "application/json")], len(body)) + body
-                    handler.close_connection = True
-                    finished = True
-                    break
-                if message["type"] == "http.response.start":
-                    started = True
-                    head, chunked = self._head(handler, message)
-                elif message["type"] == "http.response.body":
-                    if head is not None:
-                        out += head
-                        head = None
-                    data = message.get("body", b"")
-                    self._taken += len(data)
-                    more = message.get("more_body", False)
-                    if not chunked:
-                        out += data
-                    elif data:
-                        out += b"%x\r\n%s\r\n" % (len(data), data)
-                    if not more:
-                        out += b"0\r\n\r\n" if chunked else b""
-                        finished = True
-                        break
-            if head is not None:  # alone: the loop held it for its first event already (see `_send`)
-                out += head
-                head = None
-            if out:
-                handler.wfile.write(out)
-            if finished:
-                return True
-            if self._gone:  # fell too far behind (see `_send`)
-                return False
+    def _write_held(self) -> None:
+        """Write the held start (and event) of the answer, as a stream."""
+        self._release()
+        held, self._held = self._held, []
+        if not held:
+            return
+        head, self._chunked = self._head(self._handler, held[0])
+        self._started = True
+        self._connection.write(head)
+        for message in held[1:]:
+            self._write_body(message)
 
-    def _as_json(self, handler: _Handler, batch: list[dict[str, Any] | None]) -> bytes | None:
-        """A POST's whole SSE answer (headers, one event, the end) as plain JSON, or None if it is not one.
+    def _write_body(self, message: dict[str, Any]) -> None:
+        data = message.get("body", b"")
+        more = message.get("more_body", False)
+        if not self._chunked:
+            out = data
+        else:
+            out = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+            if not more:
+                out += b"0\r\n\r\n"
+        if out:
+            self._connection.write(out)
+        if not more:
+            self._finished = True
+        elif self._connection.backlog() > MAX_UNSENT_BYTES:
+            # The client reads too slowly (or not at all) for what the server sends: let it go
+            # rather than hold everything in memory.
+            log.warning("gateway API: an MCP client fell %d bytes behind its stream; disconnected", MAX_UNSENT_BYTES)
+            self._handler.close_connection = True
+            self._connection.abort()
+            raise OSError("the client fell too far behind")
+
+    def _end(self, failed: bool) -> None:
+        """The app has ended: finish its answer, or answer for it if it sent nothing."""
+        if self._held and not self._connection.gone.is_set():
+            self._write_held()
+        self._release()
+        if self._finished:
+            return
+        handler = self._handler
+        handler.close_connection = True  # the answer is cut short: the connection cannot go on
+        if self._started:
+            if self._chunked:
+                self._connection.write(b"0\r\n\r\n")
+        elif handler.server.stopping.is_set():
+            handler._send(503, error_body(_stopping()), close=True)
+        elif failed:
+            handler._send(500, {"error": "Internal gateway error; see the gateway's log."}, close=True)
+
+    def _as_json(self, start: dict[str, Any], event: dict[str, Any]) -> bytes | None:
+        """A POST's whole SSE answer (headers, one event; its end came) as plain JSON, or None if it is not one.
 
         The client accepts both (the SDK refuses a POST that does not); a JSON answer is read
         to its end, so the client can reuse the connection, where it drops one whose stream
         it stopped reading at the answer, before the end. An answer with anything before it
         (progress, a question) stays a stream.
         """
-        # The app's end (None) may come in the same batch or not, as the threads meet: either way.
-        messages = batch[:-1] if batch and batch[-1] is None else batch
-        if len(messages) != 3 or handler.command != "POST" or None in messages:
-            return None
-        start, event, end = messages
-        if start["type"] != "http.response.start" or start["status"] != 200 or end.get("body") or end.get("more_body"):
+        handler = self._handler
+        if start["status"] != 200:
             return None
         headers = [(name.lower(), value) for name, value in start.get("headers", [])]
         if (b"content-type", b"text/event-stream") not in headers or "application/json" not in handler.headers.get(
@@ -1023,7 +1152,6 @@ class _Exchange:
         if len(lines) != 4 or lines[0] != b"event: message" or not lines[1].startswith(b"data: ") or any(lines[2:]):
             return None
         data = lines[1][len(b"data: ") :]
-        self._taken += len(event["body"])
         kept = [(name, value) for name, value in headers if name not in _STREAM_HEADERS]
         kept += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
         head, _ = self._head(handler, {"status": 200, "headers": kept})
@@ -1054,8 +1182,6 @@ def _more_follows(message: dict[str, Any]) -> bool:
     is a JSON-RPC response (one without a `"method"`, as requests and notifications have),
     the end of the stream. A wrong guess costs only a wait of `_Exchange._HOLD`.
     """
-    if message["type"] == "http.response.start":
-        return True
     body = message.get("body", b"")
     return bool(message.get("more_body")) and body.startswith(b"event: message") and b'"method"' not in body
 
@@ -1070,29 +1196,18 @@ def _head(handler: _Handler, status: int, headers: list[tuple[str, str]], length
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
 
-def _hung_up(connection: socket.socket) -> bool:
-    """Whether the client closed `connection` (readable, with nothing left to read)."""
-    try:
-        readable, _, _ = select.select([connection], [], [], 0)
-        return bool(readable) and not connection.recv(1, socket.MSG_PEEK)
-    except (OSError, ValueError):
-        return True
+class _SocketWriter:
+    """The `wfile` of a request answered in a worker thread: each write goes straight to the client."""
 
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
 
-def _failed(done: Future[Any]) -> bool:
-    """Whether the app's run (ending now) raised, other than by being cancelled."""
-    try:
-        return done.exception(timeout=5) is not None
-    except (FutureCancelledError, TimeoutError):
-        return False
+    def write(self, data: bytes) -> int:
+        self._sock.sendall(data)
+        return len(data)
 
-
-def _log_app_failure(done: Future[Any]) -> None:
-    if done.cancelled():
-        return
-    error = done.exception()
-    if error is not None and not isinstance(error, OSError):
-        log.error("gateway API: the MCP front failed on a request", exc_info=error)
+    def flush(self) -> None:
+        pass
 
 
 def _query(timeout: float | None, input_handler: Any, pairs: list[tuple[str, str]] | None = None) -> str:
