@@ -14,8 +14,10 @@ object), `GET /types[?server=NAME...][&tool=SERVER__TOOL...]` (the typed module 
 `toolscript types`, as Python source) and `POST /complete` (`{server, prompt |
 uriTemplate, argument, value?, context?}`); the reads, prompts and completions take `?timeout=SECONDS` too. `/mcp` and
 `/mcp/SERVER` are MCP over streamable HTTP: after the same checks as every endpoint, such
-a request is handed to an ASGI app on the gateway's event loop (`LoopApp`, the MCP front
-of front.py) and its answer, JSON or an SSE stream, is written back as it comes. Nobody can
+a request goes to an ASGI app (`LoopApp`, the MCP front of front.py) on the gateway's event
+loop, where the API serves its connections (http_loop.py), and its answer, JSON or an SSE
+stream, is written out as it comes. Requests that block (the synchronous gateway's
+calls) are answered in worker threads. Nobody can
 be asked through the API: a server's request for input is declined at once, and the answer
 lists it in `declinedInputRequests`, unless the call, read or prompt request presets answers
 with `?accept_defaults=1` and `?answer=NAME=VALUE` (repeatable), as `call --accept-defaults
@@ -334,8 +336,10 @@ class ApiServer(ThreadingHTTPServer):
 
     `token` is what clients must send as `Authorization: Bearer TOKEN` (default: a fresh
     random one); it is registered as a secret, so no log line shows it. Run the server
-    with `serve_forever()`; each connection gets its own thread, so a slow tool call never
-    holds up other clients. To stop: `shutdown()` (or interrupt `serve_forever`),
+    with `serve_forever()`: connections are read and written on an event loop (the one of
+    `mcp`, the gateway's, so that MCP requests reach the front without crossing threads),
+    and each request that may block runs in a worker thread of its own, so a slow tool call
+    never holds up other clients. To stop: `shutdown()` (or interrupt `serve_forever`),
     `stopping.set()` so that what is still asked or answered gets 503 "the gateway is
     stopping", stop the gateway, then `wait_idle()` so those answers go out.
     """
@@ -1005,7 +1009,7 @@ class _Exchange:
 
     A JSON answer goes out at once; an SSE stream event by event (chunked) until the app ends
     it. When the client hangs up, the app's `receive` says `http.disconnect`, as an ASGI
-    server's does, and its next `send` raises. A POST's headers wait up to `_HOLD` for its
+    server's does, and what it sends after is dropped. A POST's headers wait up to `_HOLD` for its
     first event, and a first event that is the answer waits up to `_HOLD` for the end of the
     stream (which follows at once): one write, one wake-up of the client, instead of three,
     and an answer with nothing before it goes as plain JSON (see `_as_json`).
@@ -1044,9 +1048,8 @@ class _Exchange:
         return {"type": "http.disconnect"}
 
     async def _send(self, message: dict[str, Any]) -> None:
-        if self._connection.gone.is_set():
-            raise OSError("the client has gone")  # what an ASGI server raises: the app stops streaming
-        if self._finished:
+        if self._finished or self._connection.closed:
+            # As uvicorn does: what comes after the client has gone is dropped, and `receive` tells the app.
             return
         if message["type"] == "http.response.start":
             self._held = [message]
@@ -1113,11 +1116,10 @@ class _Exchange:
             log.warning("gateway API: an MCP client fell %d bytes behind its stream; disconnected", MAX_UNSENT_BYTES)
             self._handler.close_connection = True
             self._connection.abort()
-            raise OSError("the client fell too far behind")
 
     def _end(self, failed: bool) -> None:
         """The app has ended: finish its answer, or answer for it if it sent nothing."""
-        if self._held and not self._connection.gone.is_set():
+        if self._held and not self._connection.closed:
             self._write_held()
         self._release()
         if self._finished:

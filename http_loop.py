@@ -106,7 +106,7 @@ class Connection(asyncio.Protocol):
                 if not self._buffer[:start].strip():  # a blank request line: nothing follows it
                     return bytes(self._buffer[: start + 1]), True
                 found = _HEAD_END.search(self._buffer, max(start, searched - 2))
-                if found is not None:
+                if found is not None and found.end() <= MAX_HEAD_BYTES:
                     return self._take(found.end()), True
                 searched = len(self._buffer)
             if len(self._buffer) > MAX_HEAD_BYTES:
@@ -126,6 +126,11 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    @property
+    def closed(self) -> bool:
+        """Whether nothing can be written any more (the connection broke, or is being closed)."""
+        return self.transport is None or self.transport.is_closing()
 
     def backlog(self) -> int:
         """Bytes written and not yet sent to the client."""

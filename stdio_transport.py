@@ -44,7 +44,6 @@ DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024  # bytes of one JSON-RPC message (one lin
 END_OF_INPUT_GRACE = 2.0  # seconds a server may take to exit once its stdin is closed
 TERMINATE_GRACE = 2.0  # seconds after SIGTERM before SIGKILL
 _REAP_TIMEOUT = 2.0  # for the loop to see a killed process exit; only an unkillable one runs this out
-_FLUSH_TIMEOUT = 0.5  # for messages already accepted to be written before stdin closes
 _CHUNK = 64 * 1024
 _POLL = 0.01
 
@@ -97,8 +96,9 @@ async def open_stdio(
     process = await anyio.open_process(argv, env=env, cwd=cwd, stderr=stderr, start_new_session=True)
     # No await until the task group below is entered: a cancellation there would lose the process.
     to_session, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    write_stream, from_session = anyio.create_memory_object_stream[SessionMessage](0)
-    writer_done = anyio.Event()
+    assert process.stdin is not None
+    # Written by the session's senders themselves, not by a task of ours: one hand-over less per message.
+    write_stream = _ToStdin(process.stdin, to_session)
 
     async def read_stdout() -> None:
         assert process.stdout is not None
@@ -119,35 +119,57 @@ async def open_stdio(
                     ending.at_once()  # a server this far outside the protocol gets no grace
                     raise
 
-    async def write_stdin() -> None:
-        assert process.stdin is not None
-        try:
-            async with from_session:
-                async for message in from_session:
-                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
-                    await process.stdin.send(data.encode())
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            await to_session.aclose()  # the session sees the connection end rather than wait for an answer
-        finally:
-            writer_done.set()
-
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(read_stdout)
-            tg.start_soon(write_stdin)
             try:
                 yield read_stream, write_stream
             finally:
                 with anyio.CancelScope(shield=True):  # a cancelled caller must not leave the process running
                     read_stream.close()  # the reader drops what still comes
                     write_stream.close()
-                    with anyio.move_on_after(min(_FLUSH_TIMEOUT, max(0.0, ending.deadline - anyio.current_time()))):
-                        await writer_done.wait()
-                    await _end(process, ending)
+                    await _end(process, ending)  # what was sent is written before stdin closes (see _end)
                 tg.cancel_scope.cancel()
     finally:
-        for stream in (read_stream, write_stream, to_session, from_session):
+        for stream in (read_stream, write_stream, to_session):
             stream.close()
+
+
+class _ToStdin:
+    """The session's write stream to the server's stdin: each message is written when sent, whole and in
+    order (what the pipe does not take at once waits in asyncio's pipe transport, and the sender with it).
+
+    A write that fails ends the session's read stream too, so that requests in flight see the
+    connection end rather than wait for answers.
+    """
+
+    def __init__(self, stdin: anyio.abc.ByteSendStream, to_session: Any) -> None:
+        self._stdin = stdin
+        self._to_session = to_session
+        self._closed = False
+
+    async def send(self, message: SessionMessage) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        data = (message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode()
+        try:
+            await self._stdin.send(data)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            self._closed = True
+            self._to_session.close()
+            raise anyio.BrokenResourceError from None
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> _ToStdin:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closed = True
 
 
 async def _end(process: anyio.abc.Process, ending: Ending) -> None:

@@ -519,6 +519,18 @@ def test_unreadable_requests_get_json_errors(api: ApiServer, data: bytes, status
     assert isinstance(payload["error"], str) and payload["error"]
 
 
+def test_a_head_past_a_mebibyte_is_refused_though_each_line_is_short(api: ApiServer) -> None:
+    """http.server's limits are per line (64 KiB) and per count (100): 20 lines of 60 KiB passed them."""
+    calls = len(api.gateway.calls)
+    lines = [f"X-Filler-{number}: {'x' * 60_000}" for number in range(20)]
+    [(code, headers, payload)] = responses(
+        raw_exchange(api, call_head(api, "s__pid", *lines, "Content-Length: 2") + b"{}")
+    )
+    assert (code, headers["connection"]) == (431, "close")
+    assert payload == {"error": "Request header fields too large."}
+    assert len(api.gateway.calls) == calls
+
+
 # -- what a browser or another host could send ---------------------------------------
 
 
