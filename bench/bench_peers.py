@@ -8,6 +8,8 @@ Every front fronts the same stdio server (`echo_server.py stdio`, one `echo` too
   sdk-http   the SDK's own streamable HTTP server (`echo_server.py http`) and client: what any
              front over HTTP starts from (a reference, it fronts nothing)
   serve      `toolscript serve` over stdio, with the SDK's client
+  sdk-proxy  `sdk_proxy.py`: the SDK's low-level server passing calls to the SDK's client, over
+             stdio both ways; the least any proxy built on the SDK costs (a reference for serve)
   /mcp/echo  a `toolscript gateway` process's `/mcp/echo`, with the SDK's streamable HTTP client
   /mcp       the same gateway's `/mcp` (all servers; with one, its tools keep their names)
   mcp-proxy  mcp-proxy 0.13's streamable HTTP `/mcp`, with the SDK's streamable HTTP client
@@ -56,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from bench_gateway import _gateway_process, _http_echo_server  # noqa: E402
 
 ECHO = [sys.executable, str(ROOT / "bench" / "echo_server.py"), "stdio"]
+SDK_PROXY = ROOT / "bench" / "sdk_proxy.py"
 TOOLSCRIPT = str(ROOT / "toolscript.py")
 ARGS = {"text": "hello"}
 # Both peers are built on the SDK's v1 API, which mcpo 0.0.20 does not pin; nor does it pin
@@ -97,6 +100,7 @@ def main() -> None:
             "serve": stack.enter_context(
                 _mcp_front(_stdio([sys.executable, TOOLSCRIPT, "--config", str(config), "serve"], env), "echo")
             ),
+            "sdk-proxy": stack.enter_context(_mcp_front(_stdio([sys.executable, str(SDK_PROXY), *ECHO]), "echo")),
             "/mcp/echo": stack.enter_context(_mcp_front(_http(gateway_url + "/mcp/echo", auth), "echo")),
             "/mcp": stack.enter_context(_mcp_front(_http(gateway_url + "/mcp", auth), "echo")),
             "mcp-proxy": stack.enter_context(_mcp_front(_http(proxy_url + "/mcp"), "echo")),
@@ -292,6 +296,11 @@ def _report(results: dict[str, dict[str, float]], callers: int) -> None:
     for label, value, relation, goal in goals:
         met = value <= goal if relation == "<=" else value >= goal
         print(f"  {label:<36} {value:6.2f}  (goal {relation} {goal})  {'met' if met else 'MISSED'}")
+    floor = results["sdk-proxy"]["latency"]
+    print(
+        f"  serve / the SDK's least proxy (sdk_proxy.py): latency {results['serve']['latency'] / floor:.2f}x; "
+        f"that proxy / direct: {floor / direct['latency']:.2f}x (no goal)"
+    )
     sdk_http = results["sdk-http"]
     for front in ("/mcp/echo", "/mcp"):
         latency, rate = results[front]["latency"] / sdk_http["latency"], results[front]["rate"] / sdk_http["rate"]
