@@ -926,10 +926,15 @@ class HttpFront:
         ended = anyio.Event()
 
         async def run() -> None:
+            if not self._serving:  # the front stopped before this could start
+                ended.set()
+                return
             with anyio.CancelScope() as scope:
                 self._alongside.add(scope)
                 try:
                     await func(*args)
+                except Exception:  # its own failure, not the front's
+                    log.exception("The gateway's API failed on its loop")
                 finally:
                     self._alongside.discard(scope)
                     ended.set()

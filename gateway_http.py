@@ -146,6 +146,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_UNSENT_BYTES = 16 * 1024 * 1024  # of an MCP answer or stream a client has not read yet
 _IDLE_TIMEOUT = 300.0  # seconds a keep-alive connection may sit idle, or a client take to read an answer
 _MAX_HEAD_BYTES = 1024 * 1024  # http_loop.MAX_HEAD_BYTES: a head cut there is refused
+_STOP_LISTENING_TIMEOUT = 5.0  # seconds `shutdown` waits for the listener to close and requests to finish
 _CALL_PREFIX = "/tools/"
 _PROMPT_PREFIX = "/prompts/"
 _COMPLETE_PATH = "/complete"
@@ -373,6 +374,9 @@ class ApiServer(ThreadingHTTPServer):
         self._loop: asyncio.AbstractEventLoop | None = None  # where it serves
         self._stop_event: asyncio.Event | None = None
         self._workers: Workers | None = None  # made on the loop, with the first request that needs one
+        self._connections: set[Connection] = set()  # open, on the loop
+        self._with_workers: set[Connection] = set()  # of those, the ones whose request a worker answers
+        self._draining = False  # stopped listening: connections end after the request they are in
         self._answering = 0  # requests between reaching the gateway and their answer being sent
         self._idle = threading.Condition()
         self.token = token or secrets.token_urlsafe(_TOKEN_BYTES)
@@ -442,9 +446,11 @@ class ApiServer(ThreadingHTTPServer):
                 while not self._stop_requested.wait(poll_interval):
                     pass
             finally:
+                self._stop_requested.set()  # also when interrupted: the loop must not go on listening
                 self._stop_serving()
-            if not serving.cancelled() and serving.done() and serving.exception() is not None:
-                raise serving.exception()  # type: ignore[misc]
+                # The listener is the loop's until it has closed it (`server_close` must come after).
+                with contextlib.suppress(Exception):
+                    serving.exception(timeout=_STOP_LISTENING_TIMEOUT)
         finally:
             self._served.set()
 
@@ -472,6 +478,7 @@ class ApiServer(ThreadingHTTPServer):
         self._stop_event, self._loop = asyncio.Event(), loop
         if self._stop_requested.is_set():  # after setting both: `shutdown` sees them, or this sees it
             return
+        self._draining = False
         listener = await loop.create_server(
             lambda: Connection(self._serve_connection, _IDLE_TIMEOUT), sock=self.socket, backlog=self.request_queue_size
         )
@@ -479,11 +486,43 @@ class ApiServer(ThreadingHTTPServer):
             await self._stop_event.wait()
         finally:
             self._loop = None
-            listener.close()
+            with contextlib.suppress(OSError, ValueError):  # closed already by `server_close`
+                listener.close()
+            await self._finish_connections()
+
+    async def _finish_connections(self) -> None:
+        """At stop: close the connections waiting for a request; on a loop of its own (which ends now), give
+        the others `_STOP_LISTENING_TIMEOUT` to finish the request they are in (a worker's answer goes out
+        all the same). On the gateway's loop, they go on as long as it runs."""
+        import asyncio
+
+        self._draining = True
+        for connection in list(self._connections):
+            if connection.waiting_idle:
+                connection.close()
+        # A worker writes its answer itself, even after this loop ended: no need to wait for it.
+        busy = [
+            connection.task
+            for connection in self._connections
+            if connection.task is not None and connection not in self._with_workers
+        ]
+        if self.mcp is None and busy:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(busy, timeout=_STOP_LISTENING_TIMEOUT)
 
     async def _serve_connection(self, connection: Connection) -> None:
         """Answer the requests of one connection in turn, until it ends or one of them closes it."""
-        while True:
+        self._connections.add(connection)
+        try:
+            await self._serve_requests(connection)
+        finally:
+            self._connections.discard(connection)
+
+    async def _serve_requests(self, connection: Connection) -> None:
+        while not self._draining:
+            # A client that sends requests without reading the answers waits here, not in our memory.
+            if connection.backlog():
+                await connection.drained()
             head, whole = await connection.read_head()
             if not head:
                 return
@@ -547,7 +586,11 @@ class ApiServer(ThreadingHTTPServer):
         if self._workers is None:
             self._workers = Workers("toolscript-api")
         self._workers.submit(answer)
-        return await answered
+        self._with_workers.add(connection)
+        try:
+            return await answered
+        finally:
+            self._with_workers.discard(connection)
 
     @property
     def url(self) -> str:
@@ -1044,7 +1087,8 @@ class _Exchange:
         if self._body is not None:
             body, self._body = self._body, None
             return {"type": "http.request", "body": body, "more_body": False}
-        await self._connection.gone.wait()
+        # A client that closed its side still reads the answer to its POST; a GET's stream ends with it.
+        await (self._connection.gone if self._post else self._connection.ended).wait()
         return {"type": "http.disconnect"}
 
     async def _send(self, message: dict[str, Any]) -> None:

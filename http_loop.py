@@ -30,15 +30,18 @@ log = logging.getLogger("toolscript.gateway.http")
 # A request's head (request line and headers) longer than this without its end is cut here
 # and answered 414 or 431 (http.server's own limits, 64 KiB a line, are smaller).
 MAX_HEAD_BYTES = 1024 * 1024
-_READ_AHEAD = 8 * 1024 * 1024  # bytes buffered before the connection stops reading (a body is at most 4 MiB)
+# Bytes buffered ahead of what the current request needs before the connection stops reading: a
+# client pipelining requests it never reads the answers of is held to that, and to one answer.
+_READ_AHEAD = 256 * 1024
 _HEAD_END = re.compile(rb"\n\r?\n")  # a blank line, after the line before it (http.server takes bare \n too)
 
 
 class Connection(asyncio.Protocol):
     """One client's connection: `serve(connection)` answers its requests in order, then it closes.
 
-    Reading waits at most `idle_timeout` seconds for the client. `gone` is set when the client
-    closed its side or the connection broke; what was sent before its end is still served.
+    Reading, and waiting for what was written to go out, take at most `idle_timeout` seconds
+    each. `ended` is set when the client closed its side (what it sent before is still
+    served), `gone` when the connection broke or was closed.
     """
 
     def __init__(self, serve: Callable[[Connection], Awaitable[None]], idle_timeout: float) -> None:
@@ -49,7 +52,9 @@ class Connection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._eof = False
         self._paused = False
+        self.ended = asyncio.Event()
         self.gone = asyncio.Event()
+        self.waiting_idle = False  # waiting for the next request, none of it come yet
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -71,12 +76,13 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        self.gone.set()
+        self.ended.set()
         self._wake()
         return True  # half-closed: the requests already sent are still answered
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
+        self.ended.set()
         self.gone.set()
         self._wake()
         if self._drained is not None and not self._drained.done():
@@ -101,8 +107,10 @@ class Connection(asyncio.Protocol):
         """
         searched = 0
         while True:
+            self.waiting_idle = not self._buffer
             start = self._buffer.find(b"\n")
             if start >= 0:
+                self.waiting_idle = False
                 if not self._buffer[:start].strip():  # a blank request line: nothing follows it
                     return bytes(self._buffer[: start + 1]), True
                 found = _HEAD_END.search(self._buffer, max(start, searched - 2))
@@ -110,8 +118,10 @@ class Connection(asyncio.Protocol):
                     return self._take(found.end()), True
                 searched = len(self._buffer)
             if len(self._buffer) > MAX_HEAD_BYTES:
+                self.waiting_idle = False
                 return self._take(MAX_HEAD_BYTES), False
             if self._eof:
+                self.waiting_idle = False
                 return self._take(len(self._buffer)), False
             await self._more()
 
@@ -137,9 +147,12 @@ class Connection(asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     async def drained(self) -> None:
-        """Return once everything written went out (or the connection broke)."""
-        while self._drained is not None and not self._drained.done():
-            await self._drained
+        """Return once everything written went out (or the connection broke); `TimeoutError` if that takes
+        longer than `idle_timeout` (the client does not read)."""
+        if self._drained is not None and not self._drained.done():
+            async with asyncio.timeout(self.idle_timeout):
+                while self._drained is not None and not self._drained.done():
+                    await asyncio.shield(self._drained)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -154,23 +167,27 @@ class Connection(asyncio.Protocol):
     async def _run(self) -> None:
         try:
             await self._serve(self)
-        except (ConnectionError, TimeoutError):
+        except TimeoutError:  # the client neither sent nor read for `idle_timeout`
+            self.abort()
+        except ConnectionError:
             pass
         except Exception:
             log.exception("gateway API: unexpected error on a connection")
         finally:
             self.close()
+            if self.backlog():  # a close waits for what is written to go out: not for ever
+                asyncio.get_running_loop().call_later(self.idle_timeout, self.abort)
 
     def _take(self, size: int) -> bytes:
         taken = bytes(self._buffer[:size])
         del self._buffer[:size]
-        if self._paused and len(self._buffer) <= _READ_AHEAD and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
         return taken
 
     async def _more(self) -> None:
         """Wait for more bytes (or the end) from the client, at most `idle_timeout` seconds."""
+        if self._paused and self.transport is not None:  # what is buffered is not enough: read on
+            self._paused = False
+            self.transport.resume_reading()
         self._waiter = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(self.idle_timeout):
