@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -92,6 +93,17 @@ def test_a_blocked_call_holds_up_neither_its_neighbours_nor_the_next_request_on_
         answers = blocked.makefile("rb")
         assert _read_answer(answers)[0] == 200
         assert _read_answer(answers) == (200, [{"name": "s", "status": "connected"}])  # then the next, in order
+
+
+def test_a_client_that_never_reads_its_answers_is_not_answered_into_memory(api: ApiServer) -> None:
+    """Requests refused without a token keep the connection; a client pipelining them without reading the
+    answers must fill its own buffers, not the gateway's memory (each answer is 12 times its request)."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=3) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with contextlib.suppress(TimeoutError):
+            sock.sendall(b"GET /tools HTTP/1.1\r\n\r\n" * 400_000)  # 9 MiB
+        unsent = sum(connection.backlog() for connection in api._connections)
+    assert unsent < 64 * 1024
 
 
 def test_workers_run_every_job_and_idle_ones_leave() -> None:
