@@ -1052,13 +1052,18 @@ class _Exchange:
 
     A JSON answer goes out at once; an SSE stream event by event (chunked) until the app ends
     it. When the client hangs up, the app's `receive` says `http.disconnect`, as an ASGI
-    server's does, and what it sends after is dropped. A POST's headers wait up to `_HOLD` for its
-    first event, and a first event that is the answer waits up to `_HOLD` for the end of the
-    stream (which follows at once): one write, one wake-up of the client, instead of three,
-    and an answer with nothing before it goes as plain JSON (see `_as_json`).
+    server's does, and what it sends after is dropped. A POST's headers wait up to
+    `_HEAD_HOLD` for its first event, and a first event that is the answer waits up to `_HOLD`
+    for the end of the stream (which follows at once): one write, one wake-up of the client,
+    instead of three, and an answer with nothing before it goes as plain JSON (see
+    `_as_json`), which the client reads to its end and keeps the connection for.
     """
 
-    _HOLD = 0.05  # seconds
+    # Seconds a POST's headers wait for its first event: longer than a call takes on a busy
+    # gateway (tens of ms), or its answer would go as a stream; short enough that the
+    # client of a silent slow call soon sees its stream open.
+    _HEAD_HOLD = 1.0
+    _HOLD = 0.05  # seconds an answer waits for the end of its stream, which the app sends at once
 
     def __init__(self, handler: _Handler, connection: Connection, body: bytes) -> None:
         self._handler = handler
@@ -1098,14 +1103,14 @@ class _Exchange:
         if message["type"] == "http.response.start":
             self._held = [message]
             if self._post:
-                self._hold()
+                self._hold(self._HEAD_HOLD)
             else:  # a GET's stream may stay quiet for long: the client sees it open at once
                 self._write_held()
             return
         if self._held:
             if len(self._held) == 1 and _more_follows(message):
                 self._held.append(message)
-                self._hold()
+                self._hold(self._HOLD)
                 return
             if len(self._held) == 2 and not message.get("body") and not message.get("more_body"):
                 whole = self._as_json(*self._held)
@@ -1118,11 +1123,12 @@ class _Exchange:
             self._write_held()
         self._write_body(message)
 
-    def _hold(self) -> None:
+    def _hold(self, seconds: float) -> None:
+        """Write what is held after `seconds` (from now), unless what the app sends meanwhile decides it."""
         import asyncio
 
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._HOLD, self._write_held)
+        self._release()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._write_held)
 
     def _release(self) -> None:
         if self._timer is not None:

@@ -18,7 +18,9 @@ Every front fronts the same stdio server (`echo_server.py stdio`, one `echo` too
 
 Latency: the median of `--calls` sequential calls. Throughput: `--callers` concurrent callers
 (tasks on one session for the MCP fronts, threads with a connection each for the REST ones)
-making `--calls` calls in all; it also gives the median latency of a call under that load.
+making `--calls` calls in all; it also gives the median latency of a call under that load,
+and the CPU time the process in the middle (the gateway, a peer) spent per call meanwhile,
+which background load disturbs far less than throughput.
 A round measures every front in turn; the order rotates from round to round, and each figure
 is the best of `--rounds` rounds. Ratios are taken within the run, so that background load
 hits all fronts alike.
@@ -114,6 +116,10 @@ def main() -> None:
             old_auth = {"Authorization": f"Bearer {old_token}"}
             fronts["old /mcp"] = stack.enter_context(_mcp_front(_http(old_url + "/mcp/echo", old_auth), "echo"))
             fronts["old REST"] = RestFront(old_url, "/tools/echo__echo", old_auth)
+        middles = {"/mcp/echo": gateway_url, "/mcp": gateway_url, "mcp-proxy": proxy_url, "REST": gateway_url}
+        middles |= {"mcpo": mcpo_url, **({"old /mcp": old_url, "old REST": old_url} if options.baseline else {})}
+        for name, url in middles.items():
+            fronts[name].pid = _listener_pid(url)
         results = _measure(fronts, options.calls, options.callers, options.rounds)
     _report(results, options.callers)
 
@@ -122,6 +128,8 @@ def main() -> None:
 
 
 class Front:
+    pid: int | None = None  # the process in the middle (a gateway, a peer), whose CPU time is measured
+
     def latencies(self, calls: int) -> list[float]:
         raise NotImplementedError
 
@@ -247,11 +255,16 @@ def _measure(fronts: dict[str, Front], calls: int, callers: int, rounds: int) ->
         for name in order:
             with _named(name):
                 latency = statistics.median(fronts[name].latencies(calls))
+                pid, cpu_before = fronts[name].pid, _cpu_seconds(fronts[name].pid)
                 rate, loaded = fronts[name].load(callers, max(calls, callers))
-            row = best.setdefault(name, {"latency": float("inf"), "rate": 0.0, "loaded": float("inf")})
+                cpu = (_cpu_seconds(pid) - cpu_before) / max(calls, callers) if pid else float("nan")
+            row = best.setdefault(
+                name, {"latency": float("inf"), "rate": 0.0, "loaded": float("inf"), "cpu": float("inf")}
+            )
             row["latency"] = min(row["latency"], latency)
             row["rate"] = max(row["rate"], rate)
             row["loaded"] = min(row["loaded"], statistics.median(loaded))
+            row["cpu"] = min(row["cpu"], cpu) if pid else cpu
         print(f"  round {round_number + 1} done, load {os.getloadavg()[0]:.1f}", flush=True)
     return best
 
@@ -273,13 +286,14 @@ def _report(results: dict[str, dict[str, float]], callers: int) -> None:
     direct = results["direct"]
     print(
         f"\n{'front':<10} {'latency us':>10} {'vs direct':>9}   {'calls/s':>8} {'vs direct':>9}   "
-        f"{'latency at ' + str(callers):>14} {'vs direct':>9}"
+        f"{'latency at ' + str(callers):>14} {'vs direct':>9}   {'CPU us/call':>11}"
     )
     for name, row in results.items():
+        cpu = f"{row['cpu'] * 1e6:11.0f}" if row["cpu"] == row["cpu"] else f"{'':>11}"  # NaN: not measured
         print(
             f"{name:<10} {row['latency'] * 1e6:10.0f} {row['latency'] / direct['latency']:8.2f}x   "
             f"{row['rate']:8.0f} {row['rate'] / direct['rate']:8.2f}x   "
-            f"{row['loaded'] * 1e6:14.0f} {row['loaded'] / direct['loaded']:8.2f}x"
+            f"{row['loaded'] * 1e6:14.0f} {row['loaded'] / direct['loaded']:8.2f}x   {cpu}"
         )
     proxy, mcpo = results["mcp-proxy"], results["mcpo"]
     goals: list[tuple[str, float, str, float]] = []
@@ -296,6 +310,9 @@ def _report(results: dict[str, dict[str, float]], callers: int) -> None:
     for label, value, relation, goal in goals:
         met = value <= goal if relation == "<=" else value >= goal
         print(f"  {label:<36} {value:6.2f}  (goal {relation} {goal})  {'met' if met else 'MISSED'}")
+    for front, peer in (("/mcp/echo", proxy), ("/mcp", proxy), ("REST", mcpo)):
+        cpu = results[front]["cpu"] / peer["cpu"]
+        print(f"  {front} CPU per call under load / its peer's: {cpu:.2f} (no goal; less noisy than throughput)")
     floor = results["sdk-proxy"]["latency"]
     print(
         f"  serve / the SDK's least proxy (sdk_proxy.py): latency {results['serve']['latency'] / floor:.2f}x; "
@@ -331,6 +348,31 @@ def _install(peers_dir: Path, name: str, specs: list[str]) -> Path:
     ).stdout
     print(f"{name} {next(line.split()[1] for line in version.splitlines() if line.startswith('Version:'))}")
     return command
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User and system CPU time of process `pid` so far (0 without one)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _listener_pid(url: str) -> int | None:
+    """The process listening on the loopback port of `url` (found through /proc; None elsewhere)."""
+    port = int(url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+    return None
 
 
 def _free_port() -> int:

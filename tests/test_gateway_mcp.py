@@ -350,6 +350,26 @@ def test_an_answer_with_nothing_before_it_goes_as_json_on_a_kept_connection(monk
     assert same_connection
 
 
+def test_a_call_slower_than_the_end_of_its_stream_takes_still_goes_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most real calls take longer than the moment an answer waits for the end of its stream: the headers wait
+    for the answer longer than that, so those answers go as JSON too (a stream would cost the connection)."""
+    monkeypatch.setattr(gateway_http._Exchange, "_HEAD_HOLD", TIMEOUT)  # the rule, not this machine's speed
+    write_config({"files": stdio_server()})
+    with gateway_in_process() as (_, api), httpx2.Client(timeout=TIMEOUT) as client:
+        headers = {**MCP_HEADERS, "Authorization": f"Bearer {api.token}"}
+        opened = initialize(client, api.url + "/mcp/files", headers)
+        headers |= {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        client.post(
+            api.url + "/mcp/files", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+        )
+        client.post(api.url + "/mcp/files", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
+        params = {"name": "slow", "arguments": {"seconds": 0.3, "text": "slow"}}
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+        answer = client.post(api.url + "/mcp/files", json=call, headers=headers)
+    assert answer.headers["content-type"] == "application/json", answer.text
+    assert answer.json()["result"]["content"] == [{"type": "text", "text": "slow"}]
+
+
 @contextlib.contextmanager
 def gateway_in_process() -> Iterator[tuple[InProcessGateway, ApiServer]]:
     """The gateway of ./toolscript.toml with its API and /mcp, in this process (as `toolscript gateway` runs it)."""
