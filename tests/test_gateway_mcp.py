@@ -281,16 +281,20 @@ def test_a_stream_whose_client_vanished_is_given_up_so_the_session_can_open_anot
         wait_until(another_stream, TIMEOUT, "the session to accept a new GET stream")
 
 
+def slow_call(gateway: Gateway, session: Session, release: Path) -> bytes:
+    """A raw POST to /mcp of a call to `files__slow` that answers "late" once the file `release` exists."""
+    params = {"name": "files__slow", "arguments": {"seconds": TIMEOUT, "text": "late", "until_file": str(release)}}
+    body = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}).encode()
+    return raw_request(gateway, "POST", "/mcp", {**session.headers(), "Content-Length": str(len(body))}) + body
+
+
 def test_a_client_that_closed_its_side_still_gets_its_answer(gateway: Gateway, tmp_path: Path) -> None:
     """HTTP lets a client end its side once its request is sent: the answer to a POST still comes."""
     release = tmp_path / "release"
     with httpx2.Client(timeout=TIMEOUT) as client:
         session = Session(client, gateway, "/mcp")
-        params = {"name": "files__slow", "arguments": {"seconds": TIMEOUT, "text": "late", "until_file": str(release)}}
-        body = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}).encode()
-        headers = {**session.headers(), "Content-Length": str(len(body))}
         with connect(gateway) as sock:
-            sock.sendall(raw_request(gateway, "POST", "/mcp", headers) + body)
+            sock.sendall(slow_call(gateway, session, release))
             sock.shutdown(socket.SHUT_WR)
             head = read_until(sock, b"\r\n\r\n")
             release.touch()  # answered only after the client's side ended
@@ -303,11 +307,8 @@ def test_a_slow_call_gets_its_headers_before_its_answer(gateway: Gateway, tmp_pa
     release = tmp_path / "release"
     with httpx2.Client(timeout=TIMEOUT) as client:
         session = Session(client, gateway, "/mcp")
-        params = {"name": "files__slow", "arguments": {"seconds": TIMEOUT, "text": "late", "until_file": str(release)}}
-        body = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}).encode()
-        headers = {**session.headers(), "Content-Length": str(len(body))}
         with connect(gateway) as sock:
-            sock.sendall(raw_request(gateway, "POST", "/mcp", headers) + body)
+            sock.sendall(slow_call(gateway, session, release))
             head = read_until(sock, b"\r\n\r\n")
             opened_before_the_answer = not release.exists()
             release.touch()

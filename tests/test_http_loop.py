@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import serving_api, wait_until
 
 from gateway_http import ApiServer
 from http_loop import Workers
@@ -35,13 +35,8 @@ class _Answering:
 
 @pytest.fixture
 def api() -> Iterator[ApiServer]:
-    server = ApiServer(_Answering())  # type: ignore[arg-type]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving_api(_Answering()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _head(api: ApiServer, request_line: str, *headers: str, newline: str = "\r\n") -> bytes:
