@@ -218,14 +218,22 @@ def _throughput(
 
 
 def _threaded(call: Callable[[], Any], workers: int, calls: int) -> float:
+    return threaded_load(call, workers, calls)[0]
+
+
+def threaded_load(call: Callable[[], Any], workers: int, calls: int) -> tuple[float, list[float]]:
+    """Calls per second of `workers` threads making `calls` calls in all, and each call's latency."""
     per_worker = max(1, calls // workers)
     barrier = threading.Barrier(workers + 1, timeout=120)  # a failed worker must not hang the run
+    times: list[float] = []
 
     def worker() -> None:
         call()  # opens this thread's HTTP connection before the clock starts
         barrier.wait()
         for _ in range(per_worker):
+            started = time.perf_counter()
             call()
+            times.append(time.perf_counter() - started)
 
     threads = [threading.Thread(target=worker) for _ in range(workers)]
     for thread in threads:
@@ -234,7 +242,7 @@ def _threaded(call: Callable[[], Any], workers: int, calls: int) -> float:
     started = time.perf_counter()
     for thread in threads:
         thread.join()
-    return per_worker * workers / (time.perf_counter() - started)
+    return per_worker * workers / (time.perf_counter() - started), times
 
 
 # -- start-up ------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parent.parent
 # The gateway's and the HTTP echo server's processes, as bench_gateway.py starts them (this folder is on sys.path).
-from bench_gateway import _gateway_process, _http_echo_server  # noqa: E402
+from bench_gateway import _gateway_process, _http_echo_server, threaded_load  # noqa: E402
 
 ECHO = [sys.executable, str(ROOT / "bench" / "echo_server.py"), "stdio"]
 SDK_PROXY = ROOT / "bench" / "sdk_proxy.py"
@@ -218,26 +218,7 @@ class RestFront(Front):
         return times
 
     def load(self, callers: int, calls: int) -> tuple[float, list[float]]:
-        per_caller = max(1, calls // callers)
-        barrier = threading.Barrier(callers + 1, timeout=120)  # a failed caller must not hang the run
-        times: list[float] = []
-
-        def caller() -> None:
-            self._call()  # opens this thread's connection before the clock starts
-            barrier.wait()
-            for _ in range(per_caller):
-                started = time.perf_counter()
-                self._call()
-                times.append(time.perf_counter() - started)
-
-        threads = [threading.Thread(target=caller) for _ in range(callers)]
-        for thread in threads:
-            thread.start()
-        barrier.wait()
-        started = time.perf_counter()
-        for thread in threads:
-            thread.join()
-        return per_caller * callers / (time.perf_counter() - started), times
+        return threaded_load(self._call, callers, calls)
 
 
 # -- measuring -----------------------------------------------------------------------

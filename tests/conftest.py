@@ -298,6 +298,17 @@ def start_gateway_process(*args: str, env: dict[str, str] | None = None) -> tupl
 
 
 @contextlib.contextmanager
+def serving(server: Any) -> Iterator[Any]:
+    """Run `server.serve_forever()` (a socketserver's, or an `ApiServer`'s) in a thread until the block ends."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def serving_api(gateway: Any, **options: Any) -> Iterator[Any]:
     """Serve `gateway` over the HTTP API (`ApiServer(gateway, **options)`) in a thread until the block ends.
 
@@ -306,15 +317,12 @@ def serving_api(gateway: Any, **options: Any) -> Iterator[Any]:
     """
     from gateway_http import ApiServer, remove_token_file, write_token_file
 
-    api = ApiServer(gateway, **options)
-    threading.Thread(target=api.serve_forever, daemon=True).start()
-    token_path = write_token_file(api.url, api.token)
-    try:
-        yield api
-    finally:
-        remove_token_file(token_path)
-        api.shutdown()
-        api.server_close()
+    with serving(ApiServer(gateway, **options)) as api:
+        token_path = write_token_file(api.url, api.token)
+        try:
+            yield api
+        finally:
+            remove_token_file(token_path)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -30,6 +30,7 @@ from conftest import (
     gateway_variables,
     process_exists,
     run_cli,
+    serving,
     serving_api,
     start_gateway_process,
     stdio_server,
@@ -628,13 +629,8 @@ class _Impostor(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def _impostor(host: str, port: int, relay_to: str | None = None) -> Iterator[_Impostor]:
-    server = _Impostor(host, port, relay_to)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(_Impostor(host, port, relay_to)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_program_on_a_dead_gateways_port_gets_neither_the_token_nor_the_call(

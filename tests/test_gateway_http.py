@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DenyingAuth, run_threads, stdio_server, wait_until
+from conftest import DenyingAuth, run_threads, serving, stdio_server, wait_until
 
 from config import parse_config
 from errors import (
@@ -74,14 +74,10 @@ def api(http_server_module: Any) -> Iterator[ApiServer]:
         }
     )
     gateway = Gateway(cfg, auth=lambda server: DenyingAuth("locked")).start()
-    server = ApiServer(_Recording(gateway))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield server
+        with serving(ApiServer(_Recording(gateway))) as server:
+            yield server
     finally:
-        server.shutdown()
-        server.server_close()
         gateway.stop()
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import stdio_server
+from conftest import serving, stdio_server
 
 from config import parse_config
 from errors import UsageError
@@ -22,15 +21,11 @@ from grants import Grants
 def api() -> Iterator[ApiServer]:
     cfg = parse_config({"servers": {"s": stdio_server(timeout=10), "t": stdio_server(timeout=10)}})
     gateway = Gateway(cfg).start()
-    server = ApiServer(gateway)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield server
+        with serving(ApiServer(gateway)) as server:
+            yield server
     finally:
-        server.shutdown()
         gateway.stop()
-        server.server_close()
 
 
 def request(api: ApiServer, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import http.client
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import SERVERS, cli, stdio_server, write_config
+from conftest import SERVERS, cli, serving, stdio_server, write_config
 
 from config import parse_config
 from errors import ConfigError, UsageError
@@ -159,13 +158,8 @@ def gateway() -> Iterator[Gateway]:
 
 @pytest.fixture(scope="module")
 def api(gateway: Gateway) -> Iterator[ApiServer]:
-    server = ApiServer(gateway)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(ApiServer(gateway)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_tool_row_has_the_tool_title(gateway: Gateway) -> None:
